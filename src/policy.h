@@ -1,0 +1,48 @@
+/*
+ * policy.h -- a loaded policy script, as the server sees it.
+ *
+ * The server (main.c, conn.c) knows a policy only through this interface:
+ * load a script, read what it configured (options, listen addresses), and
+ * get the session hooks that carry every SMTP event into Lua.  The Lua side
+ * lives in lua_*.c and lua/smtp/.
+ */
+#ifndef LUASMTPD_POLICY_H
+#define LUASMTPD_POLICY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "session.h"
+
+struct event_base;
+
+/* One server:listen(port[, host[, opts]]) call of the script. */
+struct policy_listen {
+	char		host[256];	/* "" when the script gave none */
+	uint16_t	port;
+};
+
+struct policy;
+
+/*
+ * Creates a Lua state, runs the script (which calls smtp.createServer and
+ * server:listen) and checks what it configured.  On failure returns NULL and
+ * writes one line naming the file and line into err.  base may be NULL when
+ * only checking (--check): timers then cannot be armed.
+ */
+struct policy	*policy_load(const char *script, struct event_base *base,
+		    char *err, size_t errlen);
+void		 policy_destroy(struct policy *p);	/* NULL is a no-op */
+
+/* The script's server options over the engine defaults (hostname, maxSize, ...). */
+void		 policy_session_config(const struct policy *p,
+		    struct session_config *cfg);
+
+size_t		 policy_listen_count(const struct policy *p);
+const struct policy_listen *policy_listen_at(const struct policy *p, size_t i);
+
+/* The hooks for session_create(); the context is the policy itself. */
+const struct session_hooks *policy_hooks(const struct policy *p);
+
+#endif

@@ -1,0 +1,178 @@
+/*
+ * session.h -- the SMTP protocol engine: bytes in, replies and events out.
+ *
+ * One struct session per SMTP connection. It knows nothing of sockets,
+ * libevent or Lua: a transport (struct session_io) feeds it bytes and
+ * receives replies; a policy (struct session_hooks) is asked for every
+ * decision and may answer at once or later through session_decide().
+ * The libevent server (conn.c), the Lua test harness (lua_engine.c) and
+ * the fuzzers all drive this same engine.
+ */
+#ifndef LUASMTPD_SESSION_H
+#define LUASMTPD_SESSION_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "proto.h"
+
+/* ESMTP extensions; each can be switched off in session_config.extensions. */
+enum {
+	EXT_PIPELINING		= 1 << 0,	/* RFC 2920 */
+	EXT_SIZE		= 1 << 1,	/* RFC 1870 */
+	EXT_8BITMIME		= 1 << 2,	/* RFC 6152 */
+	EXT_ENHANCEDSTATUSCODES	= 1 << 3,	/* RFC 2034 */
+	EXT_SMTPUTF8		= 1 << 4,	/* RFC 6531 */
+	EXT_ALL			= (1 << 5) - 1,
+};
+
+/* Limits and timeouts; session_config_init() sets the RFC 5321 4.5.3 defaults. */
+struct session_config {
+	const char	*hostname;		/* in the greeting and HELO/EHLO replies */
+	unsigned	 extensions;		/* EXT_* bits: advertised and honoured */
+	size_t		 max_line;		/* command line incl. CRLF (512) */
+	size_t		 max_text_line;		/* DATA line incl. CRLF (1000); 0 = no limit */
+	size_t		 max_recipients;	/* accepted RCPTs per message (100) */
+	uint64_t	 max_size;		/* message octets after unstuffing; 0 = no limit */
+	unsigned	 max_bad_commands;	/* errors before 421 and close (20) */
+	unsigned	 timeout_command_ms;	/* waiting for a command (5 min) */
+	unsigned	 timeout_data_ms;	/* waiting for the next DATA block (3 min) */
+	unsigned	 timeout_decision_ms;	/* waiting for a policy verdict (10 min) */
+};
+
+void	session_config_init(struct session_config *cfg);
+
+/* What the policy is asked about.  Every one of them may be answered later. */
+enum session_event {
+	SEV_CONNECT,	/* before the greeting */
+	SEV_HELO,	/* args.arg = the name */
+	SEV_EHLO,	/* args.arg = the name */
+	SEV_MAIL,	/* args.path = the reverse-path and its parameters */
+	SEV_RCPT,	/* args.path = the forward-path and its parameters */
+	SEV_DATA,	/* the DATA command: accept gives 354 */
+	SEV_DATA_END,	/* the final dot: args.size = octets; accept gives 250 */
+	SEV_RSET,	/* only the reply text can be chosen */
+	SEV_QUIT,	/* only the reply text can be chosen */
+	SEV_VRFY,	/* args.arg = the argument */
+	SEV_EXPN,	/* args.arg = the argument */
+	SEV_COUNT
+};
+
+struct session_event_args {
+	const char		*arg;	/* HELO/EHLO/VRFY/EXPN argument, NUL-terminated */
+	const struct smtp_path	*path;	/* MAIL and RCPT */
+	uint64_t		 size;	/* DATA_END: the message size in octets */
+};
+
+/*
+ * A policy's answer.  code 0 means the engine's default for the event and
+ * outcome; text NULL means the default text.  A text may start with an
+ * enhanced status code ("5.7.1 Relaying denied") and may hold several lines
+ * separated by '\n'.  The engine validates it (a 2xx for a rejection, CR or
+ * control characters, a wrong class: each becomes 451 4.3.0 and a log line)
+ * and copies it before session_decide() returns.
+ */
+struct verdict {
+	bool		 accept;
+	int		 code;
+	const char	*text;
+};
+
+/* Why a message in progress will not be delivered. */
+enum session_abort {
+	ABORT_DISCONNECT,	/* the client went away mid-DATA or before the verdict */
+	ABORT_TOO_BIG,		/* over max_size: 552 after the final dot */
+	ABORT_BARE_NEWLINE,	/* a bare CR or LF in the data: 550 after the final dot */
+	ABORT_LINE_TOO_LONG,	/* a text line over max_text_line: 550 after the final dot */
+	ABORT_TIMEOUT,		/* the client stopped sending data */
+	ABORT_SHUTDOWN,		/* the server is stopping */
+};
+
+enum hook_result {
+	HOOK_DONE,	/* *v holds the verdict */
+	HOOK_WAIT,	/* the policy will call session_decide() later */
+};
+
+struct session;
+
+/* The policy side.  Every member may be NULL (then: accept, no-op). */
+struct session_hooks {
+	/* Asked once per event; at most one ask is outstanding per session. */
+	enum hook_result (*ask)(void *ctx, struct session *s,
+	    enum session_event ev, const struct session_event_args *args,
+	    struct verdict *v);
+	/* An outstanding ask was abandoned (timeout, disconnect): drop its verdict. */
+	void	(*cancel)(void *ctx, struct session *s, enum session_event ev);
+	/* What the client was told, after every ask: the engine's reply code. */
+	void	(*outcome)(void *ctx, struct session *s, enum session_event ev,
+	    int code);
+	/* Message data, dot-unstuffed, CRLF kept, the final "." excluded. */
+	void	(*data)(void *ctx, struct session *s, const char *buf, size_t len);
+	/* The message in progress will not be delivered; no DATA_END ask follows. */
+	void	(*abort)(void *ctx, struct session *s, enum session_abort why);
+	/* Last call for this session, from session_destroy(). */
+	void	(*closed)(void *ctx, struct session *s);
+};
+
+/* The transport side.  write and close are required. */
+struct session_io {
+	/* Append reply bytes; the transport flushes when its input is drained. */
+	void	(*write)(void *io, const char *buf, size_t len);
+	/* Flush what was written, then close; no more writes will follow. */
+	void	(*close)(void *io);
+	/* The engine can consume input again: feed what was held back. */
+	void	(*wake)(void *io);
+	/* (Re)arm the session's one timer to fire in ms; 0 disarms it. */
+	void	(*timer)(void *io, unsigned ms);
+};
+
+/* Where the client is, as the transport knows it (for the policy and logs). */
+struct session_peer {
+	char		remote_addr[46];	/* INET6_ADDRSTRLEN */
+	uint16_t	remote_port;
+	char		local_addr[46];
+	uint16_t	local_port;
+};
+
+/*
+ * Creates a session and asks SEV_CONNECT (the greeting follows the verdict).
+ * cfg, hooks and io must outlive the session.  Returns NULL on ENOMEM.
+ */
+struct session	*session_create(const struct session_config *cfg,
+		    const struct session_hooks *hooks, void *hook_ctx,
+		    const struct session_io *io, void *io_ctx,
+		    const struct session_peer *peer);
+void		 session_destroy(struct session *s);	/* NULL is a no-op */
+
+/*
+ * Consumes client bytes and returns how many were taken.  Fewer than len
+ * means the engine waits (a verdict, a pause, or it is closing): the
+ * transport keeps the rest and feeds it again after io->wake.
+ */
+size_t	session_feed(struct session *s, const char *buf, size_t len);
+
+/* The client closed its side: no reply, aborts a message in progress. */
+void	session_eof(struct session *s);
+
+/* The session timer fired: 421 and close, or 451 for an overdue verdict. */
+void	session_timeout(struct session *s);
+
+/* The server is stopping: 421 4.3.2 and close. */
+void	session_shutdown(struct session *s);
+
+/* Answers the outstanding ask.  Returns -1 (and ignores v) if there is none. */
+int	session_decide(struct session *s, const struct verdict *v);
+
+/* Flow control for message data (the policy reads slower than the client sends). */
+void	session_pause(struct session *s);
+void	session_resume(struct session *s);
+
+uint64_t		 session_id(const struct session *s);
+const struct session_peer *session_peer(const struct session *s);
+const char		*session_state_name(const struct session *s);
+bool			 session_idle(const struct session *s);	/* no transaction, no ask */
+bool			 session_closing(const struct session *s);
+const char		*session_event_name(enum session_event ev);
+
+#endif
