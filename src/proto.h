@@ -27,6 +27,11 @@ struct smtp_path {
 	struct smtp_param	 params[SMTP_PARAMS_MAX];
 	size_t			 nparams;
 	bool			 utf8;		/* the address holds non-ASCII octets */
+	/*
+	 * Storage behind `local`: the line has no room for both "local@domain"
+	 * and a separate "local" string.  Copying the struct does not copy it.
+	 */
+	char			 local_buf[SMTP_LOCAL_MAX + 1];
 };
 
 enum {

@@ -2,8 +2,9 @@
  * tap.h -- a header-only Test Anything Protocol helper for the C tests.
  *
  * Each check prints "ok N - what" or "not ok N - what" (a failure adds
- * "# " diagnostic lines on stdout); tap_done() prints the plan "1..N" and returns
- * the exit status (0 only if every check passed).  One test program = one
+ * "# " diagnostic lines on stdout; control octets in descriptions and
+ * strings are shown as \xNN so one check stays one line); tap_done() prints
+ * the plan "1..N" and returns the exit status (0 only if all checks passed).  One test program = one
  * translation unit including this header:
  *
  *	int
@@ -26,6 +27,34 @@
 static unsigned	tap_count_;
 static unsigned	tap_failed_;
 
+/*
+ * Prints text on the current line with what would break TAP escaped: a
+ * control or non-ASCII octet as \xNN, "#" (a directive) as "\#".
+ */
+static inline void
+tap_put_escaped(const char *text, bool hash)
+{
+	const unsigned char	*p;
+
+	for (p = (const unsigned char *)text; *p != '\0'; p++) {
+		if (*p < 0x20 || *p >= 0x7f)
+			printf("\\x%02x", *p);
+		else if (*p == '#' && hash)
+			fputs("\\#", stdout);
+		else
+			putchar(*p);
+	}
+}
+
+static inline void
+tap_vput(const char *fmt, va_list ap, bool hash)
+{
+	char	buf[1024];
+
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	tap_put_escaped(buf, hash);
+}
+
 /* Records one result; returns ok so callers can add diagnostics on failure. */
 static inline bool
 tap_result(bool ok, const char *file, int line, const char *fmt, ...)
@@ -37,7 +66,7 @@ tap_result(bool ok, const char *file, int line, const char *fmt, ...)
 		tap_failed_++;
 	printf("%sok %u - ", ok ? "" : "not ", tap_count_);
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	tap_vput(fmt, ap, true);
 	va_end(ap);
 	putchar('\n');
 	if (!ok)
@@ -54,7 +83,7 @@ tap_diag(const char *fmt, ...)
 
 	fputs("# ", stdout);
 	va_start(ap, fmt);
-	vprintf(fmt, ap);
+	tap_vput(fmt, ap, false);
 	va_end(ap);
 	putchar('\n');
 	fflush(stdout);
@@ -69,10 +98,21 @@ tap_check_str(const char *got, const char *want, const char *file, int line,
 	ok = (got == NULL && want == NULL) ||
 	    (got != NULL && want != NULL && strcmp(got, want) == 0);
 	if (!tap_result(ok, file, line, "%s", what)) {
-		printf("#        got: %s%s%s\n", got ? "\"" : "", got ? got : "NULL",
-		    got ? "\"" : "");
-		printf("#   expected: %s%s%s\n", want ? "\"" : "",
-		    want ? want : "NULL", want ? "\"" : "");
+		fputs("#        got: ", stdout);
+		if (got != NULL) {
+			putchar('"');
+			tap_put_escaped(got, false);
+			putchar('"');
+		} else
+			fputs("NULL", stdout);
+		fputs("\n#   expected: ", stdout);
+		if (want != NULL) {
+			putchar('"');
+			tap_put_escaped(want, false);
+			putchar('"');
+		} else
+			fputs("NULL", stdout);
+		putchar('\n');
 	}
 	return ok;
 }
