@@ -1,0 +1,1175 @@
+/*
+ * session.c -- one SMTP connection: line framing, the command table, the
+ * state machine, the DATA scanner and the only door replies leave through.
+ * Never touches a socket (session_io does) and never decides policy
+ * (session_hooks does); see session.h for the contract.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "proto.h"
+#include "reply.h"
+#include "session.h"
+
+enum state {
+	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
+	S_REFUSED,	/* greeted with 554: only QUIT and NOOP (RFC 5321 3.1) */
+	S_GREETED,	/* waiting for HELO/EHLO */
+	S_HELO,		/* ready for MAIL */
+	S_MAIL,		/* sender accepted */
+	S_RCPT,		/* at least one recipient accepted */
+	S_DATA,		/* reading message data */
+	S_CLOSED,	/* close requested: nothing more is read or written */
+};
+
+static const char *const state_names[] = {
+	"connect", "refused", "greeted", "helo", "mail", "rcpt", "data", "closed",
+};
+
+#define ST(s)		(1u << (s))
+#define ST_READY	(ST(S_GREETED) | ST(S_HELO) | ST(S_MAIL) | ST(S_RCPT))
+#define ST_ANY		(ST_READY | ST(S_REFUSED))
+#define NO_EVENT	SEV_COUNT
+
+/* Where the DATA scanner is within the current line. */
+enum data_scan {
+	DS_BOL,		/* at the start of a line */
+	DS_TEXT,	/* inside a line */
+	DS_CR,		/* after a CR: only LF may follow */
+	DS_DOT,		/* after a "." at the start of a line */
+	DS_DOT_CR,	/* after "." CR at the start of a line */
+};
+
+struct session {
+	const struct session_config	*cfg;
+	const struct session_hooks	*hooks;
+	void				*hook_ctx;
+	const struct session_io		*io;
+	void				*io_ctx;
+	struct session_peer		 peer;
+	uint64_t			 id;
+
+	enum state			 state;
+	enum session_event		 pending;	/* the outstanding ask, or NO_EVENT */
+	bool				 paused;
+	bool				 feeding;	/* inside session_feed() */
+	bool				 esmtp;		/* the client said EHLO */
+	unsigned			 bad_commands;
+
+	/* the transaction */
+	bool				 smtputf8;
+	bool				 rcpt_tried;
+	size_t				 rcpt_count;
+
+	/* the DATA scanner */
+	enum data_scan			 ds;
+	size_t				 text_line_len;
+	uint64_t			 size;
+	bool				 failed;
+	enum session_abort		 fail_reason;
+
+	/* the command line being assembled */
+	size_t				 line_len;
+	bool				 line_cr;	/* the last octet was CR */
+	bool				 line_too_long;
+	bool				 line_bad;	/* bare CR, bare LF or NUL seen */
+	char				 line[];	/* cfg->max_line octets */
+};
+
+struct command {
+	const char	*verb;
+	unsigned	 states;	/* where the verb is legal; else 503 */
+	void		(*handler)(struct session *, char *arg);	/* NULL: 502 */
+	const char	*out_of_sequence;
+};
+
+static void	cmd_helo(struct session *, char *);
+static void	cmd_ehlo(struct session *, char *);
+static void	cmd_mail(struct session *, char *);
+static void	cmd_rcpt(struct session *, char *);
+static void	cmd_data(struct session *, char *);
+static void	cmd_rset(struct session *, char *);
+static void	cmd_noop(struct session *, char *);
+static void	cmd_quit(struct session *, char *);
+static void	cmd_vrfy(struct session *, char *);
+static void	cmd_expn(struct session *, char *);
+static void	cmd_help(struct session *, char *);
+
+static const struct command commands[] = {
+	{ "HELO",	ST_READY,	cmd_helo,	"Send QUIT" },
+	{ "EHLO",	ST_READY,	cmd_ehlo,	"Send QUIT" },
+	{ "MAIL",	ST(S_HELO),	cmd_mail,	NULL },
+	{ "RCPT",	ST(S_MAIL) | ST(S_RCPT), cmd_rcpt, "Need MAIL before RCPT" },
+	{ "DATA",	ST(S_MAIL) | ST(S_RCPT), cmd_data, "Need MAIL and RCPT before DATA" },
+	{ "RSET",	ST_READY,	cmd_rset,	"Send QUIT" },
+	{ "NOOP",	ST_ANY,		cmd_noop,	NULL },
+	{ "QUIT",	ST_ANY,		cmd_quit,	NULL },
+	{ "VRFY",	ST_READY,	cmd_vrfy,	"Send QUIT" },
+	{ "EXPN",	ST_READY,	cmd_expn,	"Send QUIT" },
+	{ "HELP",	ST_READY,	cmd_help,	"Send QUIT" },
+	/* known verbs this server does not offer */
+	{ "STARTTLS",	ST_ANY,		NULL,		NULL },
+	{ "AUTH",	ST_ANY,		NULL,		NULL },
+	{ "BDAT",	ST_ANY,		NULL,		NULL },
+	{ "ETRN",	ST_ANY,		NULL,		NULL },
+	{ "TURN",	ST_ANY,		NULL,		NULL },
+	{ NULL,		0,		NULL,		NULL },
+};
+
+/* What the engine says when the policy leaves code or text to it. */
+struct event_reply {
+	int		 ok_code;
+	const char	*ok_enhanced;
+	const char	*ok_text;
+	int		 no_code;
+	const char	*no_enhanced;
+	const char	*no_text;
+};
+
+static const struct event_reply event_replies[SEV_COUNT] = {
+	[SEV_CONNECT]	= { 220, NULL, NULL, 554, "5.7.1", "Access denied" },
+	[SEV_HELO]	= { 250, NULL, NULL, 550, "5.7.1", "HELO name rejected" },
+	[SEV_EHLO]	= { 250, NULL, NULL, 550, "5.7.1", "EHLO name rejected" },
+	[SEV_MAIL]	= { 250, "2.1.0", "Sender ok", 550, "5.7.1", "Sender address rejected" },
+	[SEV_RCPT]	= { 250, "2.1.5", "Recipient ok", 550, "5.7.1", "Recipient address rejected" },
+	[SEV_DATA]	= { 354, NULL, "End data with <CR><LF>.<CR><LF>", 554, "5.7.1", "Transaction rejected" },
+	[SEV_DATA_END]	= { 250, "2.0.0", "Message accepted", 550, "5.7.1", "Message rejected" },
+	[SEV_RSET]	= { 250, "2.0.0", "Ok", 250, "2.0.0", "Ok" },
+	[SEV_QUIT]	= { 221, "2.0.0", "Bye", 221, "2.0.0", "Bye" },
+	[SEV_VRFY]	= { 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery",
+			    550, "5.1.1", "Mailbox unavailable" },
+	[SEV_EXPN]	= { 252, "2.5.0", "Cannot EXPN list", 550, "5.1.1", "Mailbox unavailable" },
+};
+
+static const char *const event_names[SEV_COUNT] = {
+	"CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "DATA_END", "RSET",
+	"QUIT", "VRFY", "EXPN",
+};
+
+static void	reply(struct session *, int, const char *, const char *, ...)
+		    __attribute__((format(printf, 4, 5)));
+static void	session_close(struct session *);
+static void	arm_timer(struct session *);
+static void	ask(struct session *, enum session_event,
+		    const struct session_event_args *);
+static void	apply_verdict(struct session *, enum session_event,
+		    const struct verdict *);
+
+void
+session_config_init(struct session_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->hostname = "localhost";
+	cfg->extensions = EXT_ALL;
+	cfg->max_line = 512;
+	cfg->max_text_line = 1000;
+	cfg->max_recipients = 100;
+	cfg->max_size = 0;
+	cfg->max_bad_commands = 20;
+	cfg->timeout_command_ms = 5 * 60 * 1000;
+	cfg->timeout_data_ms = 3 * 60 * 1000;
+	cfg->timeout_decision_ms = 10 * 60 * 1000;
+}
+
+const char *
+session_event_name(enum session_event ev)
+{
+	return ev < SEV_COUNT ? event_names[ev] : "NONE";
+}
+
+static uint64_t
+next_session_id(void)
+{
+	static uint64_t	next;
+
+	/* unique within a process, and unlikely to repeat across restarts */
+	if (next == 0)
+		next = ((uint64_t)time(NULL) << 24) ^ ((uint64_t)getpid() << 8);
+	return ++next;
+}
+
+struct session *
+session_create(const struct session_config *cfg,
+    const struct session_hooks *hooks, void *hook_ctx,
+    const struct session_io *io, void *io_ctx,
+    const struct session_peer *peer)
+{
+	static const struct session_hooks	 no_hooks;
+	struct session				*s;
+
+	if ((s = calloc(1, sizeof(*s) + cfg->max_line)) == NULL)
+		return NULL;
+	s->cfg = cfg;
+	s->hooks = hooks != NULL ? hooks : &no_hooks;
+	s->hook_ctx = hook_ctx;
+	s->io = io;
+	s->io_ctx = io_ctx;
+	if (peer != NULL)
+		s->peer = *peer;
+	s->id = next_session_id();
+	s->state = S_CONNECT;
+	s->pending = NO_EVENT;
+	ask(s, SEV_CONNECT, &(struct session_event_args){ .arg = s->peer.remote_addr });
+	arm_timer(s);
+	return s;
+}
+
+void
+session_destroy(struct session *s)
+{
+	if (s == NULL)
+		return;
+	if (s->pending != NO_EVENT && s->hooks->cancel != NULL)
+		s->hooks->cancel(s->hook_ctx, s, s->pending);
+	if ((s->state == S_DATA || s->pending == SEV_DATA_END) && !s->failed &&
+	    s->hooks->abort != NULL)
+		s->hooks->abort(s->hook_ctx, s, ABORT_DISCONNECT);
+	if (s->hooks->closed != NULL)
+		s->hooks->closed(s->hook_ctx, s);
+	free(s);
+}
+
+/* --- the session timer ---------------------------------------------------- */
+
+static void
+arm_timer(struct session *s)
+{
+	unsigned ms;
+
+	if (s->io->timer == NULL || s->state == S_CLOSED)
+		return;
+	if (s->pending != NO_EVENT || s->paused)
+		ms = s->cfg->timeout_decision_ms;
+	else if (s->state == S_DATA)
+		ms = s->cfg->timeout_data_ms;
+	else
+		ms = s->cfg->timeout_command_ms;
+	s->io->timer(s->io_ctx, ms);
+}
+
+void
+session_timeout(struct session *s)
+{
+	if (s->state == S_CLOSED)
+		return;
+	if (s->pending != NO_EVENT) {
+		enum session_event ev = s->pending;
+
+		log_warn(s->id, "no verdict for %s within %u ms",
+		    event_names[ev], s->cfg->timeout_decision_ms);
+		s->pending = NO_EVENT;
+		if (s->hooks->cancel != NULL)
+			s->hooks->cancel(s->hook_ctx, s, ev);
+		apply_verdict(s, ev, &(struct verdict){ false, 451,
+		    "4.3.0 Timed out waiting for a policy decision" });
+		if (!s->feeding && s->io->wake != NULL && s->state != S_CLOSED)
+			s->io->wake(s->io_ctx);
+		return;
+	}
+	log_info(s->id, "timeout in state %s", state_names[s->state]);
+	if (s->state == S_DATA && !s->failed && s->hooks->abort != NULL) {
+		s->failed = true;
+		s->hooks->abort(s->hook_ctx, s, ABORT_TIMEOUT);
+	}
+	reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->cfg->hostname);
+}
+
+void
+session_shutdown(struct session *s)
+{
+	if (s->state == S_CLOSED)
+		return;
+	if (s->pending != NO_EVENT) {
+		if (s->hooks->cancel != NULL)
+			s->hooks->cancel(s->hook_ctx, s, s->pending);
+		if (s->pending == SEV_DATA_END)
+			s->state = S_DATA;	/* so that the message is aborted below */
+		s->pending = NO_EVENT;
+	}
+	if (s->state == S_DATA && !s->failed && s->hooks->abort != NULL) {
+		s->failed = true;
+		s->hooks->abort(s->hook_ctx, s, ABORT_SHUTDOWN);
+	}
+	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
+}
+
+void
+session_eof(struct session *s)
+{
+	if (s->state == S_CLOSED)
+		return;
+	log_debug(s->id, "client closed the connection in state %s",
+	    state_names[s->state]);
+	/* session_destroy() cancels the ask and aborts the message */
+	if (s->state != S_DATA && s->pending != SEV_DATA_END)
+		s->state = S_CLOSED;
+}
+
+/* --- replies: the one door ------------------------------------------------ */
+
+static void
+session_close(struct session *s)
+{
+	if (s->state == S_CLOSED)
+		return;
+	log_debug(s->id, "%s -> closed", state_names[s->state]);
+	s->state = S_CLOSED;
+	s->io->close(s->io_ctx);
+}
+
+/*
+ * Formats and writes one reply.  The enhanced code is dropped when the
+ * extension is off; 421 always closes the connection after it is written.
+ */
+static void
+reply_text(struct session *s, int code, const char *enhanced, const char *text)
+{
+	char	buf[REPLY_LINE_MAX * REPLY_LINES_MAX];
+	size_t	len;
+
+	if (s->state == S_CLOSED)
+		return;
+	if (!(s->cfg->extensions & EXT_ENHANCEDSTATUSCODES))
+		enhanced = NULL;
+	if ((len = reply_format(buf, sizeof(buf), code, enhanced, text)) == 0)
+		len = reply_format(buf, sizeof(buf), 451, enhanced ? "4.3.0" : NULL,
+		    "Reply too long");
+	log_debug(s->id, "<<< %.*s", (int)(len - 2), buf);
+	s->io->write(s->io_ctx, buf, len);
+	if (code == 421)
+		session_close(s);
+}
+
+static void
+reply(struct session *s, int code, const char *enhanced, const char *fmt, ...)
+{
+	char	text[REPLY_LINE_MAX];
+	va_list	ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	reply_text(s, code, enhanced, text);
+}
+
+/* A 5xx reply to a command the client got wrong; too many end the session. */
+static void
+reply_error(struct session *s, int code, const char *enhanced,
+    const char *fmt, ...)
+{
+	char	text[REPLY_LINE_MAX];
+	va_list	ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	reply_text(s, code, enhanced, text);
+	if (++s->bad_commands >= s->cfg->max_bad_commands) {
+		log_info(s->id, "%u errors: closing", s->bad_commands);
+		reply(s, 421, "4.7.0", "%s Error: too many errors",
+		    s->cfg->hostname);
+	}
+}
+
+/* --- verdicts ----------------------------------------------------------- */
+
+static void
+ask(struct session *s, enum session_event ev,
+    const struct session_event_args *args)
+{
+	struct verdict	v = { .accept = true };
+
+	if (s->hooks->ask != NULL) {
+		s->pending = ev;
+		if (s->hooks->ask(s->hook_ctx, s, ev, args, &v) == HOOK_WAIT) {
+			arm_timer(s);
+			return;
+		}
+		s->pending = NO_EVENT;
+	}
+	apply_verdict(s, ev, &v);
+}
+
+int
+session_decide(struct session *s, const struct verdict *v)
+{
+	enum session_event ev = s->pending;
+
+	if (ev == NO_EVENT || s->state == S_CLOSED)
+		return -1;
+	s->pending = NO_EVENT;
+	apply_verdict(s, ev, v);
+	arm_timer(s);
+	/* held input can now be read (inside a feed, the loop goes on by itself) */
+	if (!s->feeding && s->io->wake != NULL && s->state != S_CLOSED)
+		s->io->wake(s->io_ctx);
+	return 0;
+}
+
+/* Is the code one the event can carry for this outcome? */
+static bool
+verdict_code_ok(enum session_event ev, bool accept, int code)
+{
+	if (!reply_valid_code(code))
+		return false;
+	if (!accept)
+		return code / 100 == 4 || code / 100 == 5;
+	switch (ev) {
+	case SEV_CONNECT:	return code == 220;
+	case SEV_DATA:		return code == 354;
+	case SEV_QUIT:		return code == 221;
+	default:		return code / 100 == 2;
+	}
+}
+
+static void	enter_state(struct session *, enum state);
+static void	reset_transaction(struct session *);
+static void	greet(struct session *, int, const char *, const char *);
+static void	ehlo_reply(struct session *, const char *);
+static void	data_begin(struct session *);
+
+/*
+ * Turns a verdict into the reply and the state change.  An invalid verdict
+ * (a 2xx rejection, a bad text) becomes 451 4.3.0, and the reason is logged.
+ */
+static void
+apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
+{
+	const struct event_reply	*d = &event_replies[ev];
+	char				 enhanced[REPLY_ENHANCED_MAX];
+	const char			*text;
+	bool				 accept = v->accept;
+	int				 code = v->code;
+
+	if (code == 0)
+		code = accept ? d->ok_code : d->no_code;
+	text = v->text != NULL ? reply_split_enhanced(v->text, enhanced) : NULL;
+	if (text == NULL) {
+		strcpy(enhanced, "");
+		text = accept ? d->ok_text : d->no_text;
+	}
+	if (!verdict_code_ok(ev, accept, code) ||
+	    (v->text != NULL && !reply_valid_text(v->text)) ||
+	    (enhanced[0] != '\0' && enhanced[0] - '0' != code / 100)) {
+		log_error(s->id, "invalid verdict for %s: %s with code %d%s",
+		    event_names[ev], accept ? "accept" : "reject", v->code,
+		    v->text != NULL && !reply_valid_text(v->text) ?
+		    " and a text with control characters or too long" : "");
+		accept = false;
+		code = ev == SEV_CONNECT ? 421 : 451;
+		strcpy(enhanced, "4.3.0");
+		text = "Local policy error, try again later";
+	}
+	if (enhanced[0] == '\0') {
+		const char *def = accept ? d->ok_enhanced : d->no_enhanced;
+
+		if (def != NULL)
+			snprintf(enhanced, sizeof(enhanced), "%d%s", code / 100,
+			    def + 1);
+	}
+	/* RSET and QUIT cannot be refused: only their text is the policy's */
+	if ((ev == SEV_RSET || ev == SEV_QUIT) && !accept) {
+		accept = true;
+		code = d->ok_code;
+		strcpy(enhanced, d->ok_enhanced);
+		text = d->ok_text;
+	}
+
+	switch (ev) {
+	case SEV_CONNECT:
+		greet(s, accept ? code : code / 100 == 4 ? 421 : code,
+		    accept ? NULL : enhanced, text);
+		break;
+	case SEV_HELO:
+	case SEV_EHLO:
+		if (accept) {
+			s->esmtp = ev == SEV_EHLO;
+			enter_state(s, S_HELO);
+			if (ev == SEV_EHLO && code == 250)
+				ehlo_reply(s, v->text != NULL ? text : NULL);
+			else
+				reply_text(s, code, NULL, v->text != NULL ?
+				    text : s->cfg->hostname);
+		} else {
+			enter_state(s, S_GREETED);
+			reply_text(s, code, enhanced, text);
+		}
+		break;
+	case SEV_MAIL:
+		if (accept)
+			enter_state(s, S_MAIL);
+		else
+			reset_transaction(s);
+		reply_text(s, code, enhanced, text);
+		break;
+	case SEV_RCPT:
+		if (accept) {
+			s->rcpt_count++;
+			enter_state(s, S_RCPT);
+		}
+		reply_text(s, code, enhanced, text);
+		break;
+	case SEV_DATA:
+		if (accept)
+			data_begin(s);
+		reply_text(s, code, accept ? NULL : enhanced, text);
+		break;
+	case SEV_DATA_END:
+		reset_transaction(s);
+		enter_state(s, S_HELO);
+		reply_text(s, code, enhanced, text);
+		break;
+	case SEV_RSET:
+		reset_transaction(s);
+		if (s->state != S_GREETED)
+			enter_state(s, S_HELO);
+		reply_text(s, code, enhanced, text);
+		break;
+	case SEV_QUIT:
+		reply_text(s, code, enhanced, text);
+		session_close(s);
+		break;
+	case SEV_VRFY:
+	case SEV_EXPN:
+		reply_text(s, code, enhanced, text);
+		break;
+	case SEV_COUNT:
+		break;
+	}
+	if (s->hooks->outcome != NULL)
+		s->hooks->outcome(s->hook_ctx, s, ev, code);
+}
+
+/* --- state ------------------------------------------------------------- */
+
+/* The one writer of s->state outside close: logs old -> new. */
+static void
+enter_state(struct session *s, enum state next)
+{
+	if (s->state == next || s->state == S_CLOSED)
+		return;
+	log_debug(s->id, "%s -> %s", state_names[s->state], state_names[next]);
+	s->state = next;
+}
+
+static void
+reset_transaction(struct session *s)
+{
+	s->smtputf8 = false;
+	s->rcpt_tried = false;
+	s->rcpt_count = 0;
+	if (s->state == S_MAIL || s->state == S_RCPT || s->state == S_DATA)
+		enter_state(s, S_HELO);
+}
+
+static void
+greet(struct session *s, int code, const char *enhanced, const char *text)
+{
+	if (code == 220) {
+		enter_state(s, S_GREETED);
+		reply(s, 220, NULL, "%s %s", s->cfg->hostname,
+		    text != NULL ? text : "ESMTP");
+		return;
+	}
+	/* 554: stay to answer 503 until QUIT; 421 closes in reply_text() */
+	enter_state(s, S_REFUSED);
+	reply(s, code, enhanced, "%s %s", s->cfg->hostname, text);
+}
+
+static void
+ehlo_reply(struct session *s, const char *text)
+{
+	char		 buf[REPLY_LINE_MAX * 8];
+	size_t		 len;
+	unsigned	 ext = s->cfg->extensions;
+
+	len = (size_t)snprintf(buf, sizeof(buf), "%s%s%s", s->cfg->hostname,
+	    text != NULL ? " " : "", text != NULL ? text : "");
+	if (ext & EXT_PIPELINING)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nPIPELINING");
+	if ((ext & EXT_SIZE) && s->cfg->max_size > 0)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+		    "\nSIZE %" PRIu64, s->cfg->max_size);
+	else if (ext & EXT_SIZE)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nSIZE");
+	if (ext & EXT_8BITMIME)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\n8BITMIME");
+	if (ext & EXT_ENHANCEDSTATUSCODES)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
+		    "\nENHANCEDSTATUSCODES");
+	if (ext & EXT_SMTPUTF8)
+		snprintf(buf + len, sizeof(buf) - len, "\nSMTPUTF8");
+	reply_text(s, 250, NULL, buf);
+}
+
+/* --- commands ----------------------------------------------------------- */
+
+static bool
+blank(const char *arg)
+{
+	return arg == NULL || *arg == '\0';
+}
+
+static void
+helo_or_ehlo(struct session *s, char *arg, enum session_event ev)
+{
+	if (blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: %s hostname",
+		    ev == SEV_EHLO ? "EHLO" : "HELO");
+		return;
+	}
+	if (!proto_valid_helo(arg, (s->cfg->extensions & EXT_SMTPUTF8) != 0)) {
+		reply_error(s, 501, "5.5.4", "Invalid domain name");
+		return;
+	}
+	/* a new HELO/EHLO resets the transaction (RFC 5321 4.1.4) */
+	reset_transaction(s);
+	ask(s, ev, &(struct session_event_args){ .arg = arg });
+}
+
+static void
+cmd_helo(struct session *s, char *arg)
+{
+	helo_or_ehlo(s, arg, SEV_HELO);
+}
+
+static void
+cmd_ehlo(struct session *s, char *arg)
+{
+	helo_or_ehlo(s, arg, SEV_EHLO);
+}
+
+/* Checks MAIL parameters against the extensions on; replies on failure. */
+static bool
+mail_params_ok(struct session *s, const struct smtp_path *path)
+{
+	unsigned ext = s->cfg->extensions;
+
+	for (size_t i = 0; i < path->nparams; i++) {
+		const struct smtp_param *p = &path->params[i];
+
+		if (!s->esmtp) {
+			reply_error(s, 555, "5.5.4",
+			    "Parameters need EHLO, not HELO");
+			return false;
+		}
+		if (strcasecmp(p->key, "SIZE") == 0 && (ext & EXT_SIZE)) {
+			char		*end;
+			uint64_t	 size;
+
+			if (p->value == NULL || p->value[0] < '0' ||
+			    p->value[0] > '9' || strlen(p->value) > 20) {
+				reply_error(s, 501, "5.5.4", "Bad SIZE value");
+				return false;
+			}
+			size = strtoull(p->value, &end, 10);
+			if (*end != '\0') {
+				reply_error(s, 501, "5.5.4", "Bad SIZE value");
+				return false;
+			}
+			if (s->cfg->max_size > 0 && size > s->cfg->max_size) {
+				reply(s, 552, "5.3.4",
+				    "Message size exceeds fixed limit");
+				return false;
+			}
+		} else if (strcasecmp(p->key, "BODY") == 0 && (ext & EXT_8BITMIME)) {
+			if (p->value == NULL || (strcasecmp(p->value, "7BIT") != 0 &&
+			    strcasecmp(p->value, "8BITMIME") != 0)) {
+				reply_error(s, 501, "5.5.4", "Bad BODY value");
+				return false;
+			}
+		} else if (strcasecmp(p->key, "SMTPUTF8") == 0 &&
+		    (ext & EXT_SMTPUTF8)) {
+			if (p->value != NULL) {
+				reply_error(s, 501, "5.5.4",
+				    "SMTPUTF8 takes no value");
+				return false;
+			}
+			s->smtputf8 = true;
+		} else {
+			reply_error(s, 555, "5.5.4", "Unsupported parameter %.64s",
+			    p->key);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void
+cmd_mail(struct session *s, char *arg)
+{
+	struct smtp_path	 path;
+	const char		*rest, *why;
+	int			 flags = PATH_ALLOW_NULL;
+
+	if (arg == NULL || (rest = proto_skip_prefix(arg, "FROM:")) == NULL) {
+		reply_error(s, 501, "5.5.4", "Syntax: MAIL FROM:<address>");
+		return;
+	}
+	if (s->cfg->extensions & EXT_SMTPUTF8)
+		flags |= PATH_ALLOW_UTF8;
+	if (proto_parse_path((char *)rest, flags, &path, &why) == -1) {
+		reply_error(s, 501, "5.1.7", "Bad sender address syntax: %s", why);
+		return;
+	}
+	s->smtputf8 = false;
+	if (!mail_params_ok(s, &path)) {
+		s->smtputf8 = false;
+		return;
+	}
+	if (path.utf8 && !s->smtputf8) {
+		reply(s, 553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
+		return;
+	}
+	ask(s, SEV_MAIL, &(struct session_event_args){ .path = &path });
+}
+
+static void
+cmd_rcpt(struct session *s, char *arg)
+{
+	struct smtp_path	 path;
+	const char		*rest, *why;
+	int			 flags = PATH_POSTMASTER;
+
+	if (arg == NULL || (rest = proto_skip_prefix(arg, "TO:")) == NULL) {
+		reply_error(s, 501, "5.5.4", "Syntax: RCPT TO:<address>");
+		return;
+	}
+	if (s->smtputf8)
+		flags |= PATH_ALLOW_UTF8;
+	if (proto_parse_path((char *)rest, flags, &path, &why) == -1) {
+		reply_error(s, 501, "5.1.3", "Bad recipient address syntax: %s", why);
+		return;
+	}
+	if (path.nparams > 0) {
+		reply_error(s, 555, "5.5.4", "Unsupported parameter %.64s",
+		    path.params[0].key);
+		return;
+	}
+	if (s->rcpt_count >= s->cfg->max_recipients) {
+		reply(s, 452, "4.5.3", "Too many recipients");
+		return;
+	}
+	s->rcpt_tried = true;
+	ask(s, SEV_RCPT, &(struct session_event_args){ .path = &path });
+}
+
+static void
+cmd_data(struct session *s, char *arg)
+{
+	if (!blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: DATA");
+		return;
+	}
+	if (s->state == S_MAIL) {
+		/* RFC 2920 3.1: a pipelined DATA after refused recipients */
+		if (s->rcpt_tried)
+			reply(s, 554, "5.5.1", "No valid recipients");
+		else
+			reply_error(s, 503, "5.5.1", "Need RCPT before DATA");
+		return;
+	}
+	ask(s, SEV_DATA, &(struct session_event_args){ 0 });
+}
+
+static void
+cmd_rset(struct session *s, char *arg)
+{
+	if (!blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: RSET");
+		return;
+	}
+	ask(s, SEV_RSET, &(struct session_event_args){ 0 });
+}
+
+static void
+cmd_noop(struct session *s, char *arg)
+{
+	(void)arg;	/* NOOP [SP String] */
+	reply(s, 250, "2.0.0", "Ok");
+}
+
+static void
+cmd_quit(struct session *s, char *arg)
+{
+	if (!blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: QUIT");
+		return;
+	}
+	if (s->state == S_REFUSED) {
+		reply(s, 221, "2.0.0", "Bye");
+		session_close(s);
+		return;
+	}
+	ask(s, SEV_QUIT, &(struct session_event_args){ 0 });
+}
+
+static void
+cmd_vrfy(struct session *s, char *arg)
+{
+	if (blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: VRFY address");
+		return;
+	}
+	ask(s, SEV_VRFY, &(struct session_event_args){ .arg = arg });
+}
+
+static void
+cmd_expn(struct session *s, char *arg)
+{
+	if (blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: EXPN list");
+		return;
+	}
+	ask(s, SEV_EXPN, &(struct session_event_args){ .arg = arg });
+}
+
+static void
+cmd_help(struct session *s, char *arg)
+{
+	(void)arg;
+	reply(s, 214, "2.0.0",
+	    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY EXPN HELP");
+}
+
+/* Splits "VERB[ SP arg]", finds the verb and checks the state. */
+static void
+dispatch(struct session *s, char *line, size_t len)
+{
+	const struct command	*c;
+	char			*arg;
+
+	/* trailing spaces are common and harmless */
+	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
+		line[--len] = '\0';
+	if ((arg = strchr(line, ' ')) != NULL) {
+		*arg++ = '\0';
+		while (*arg == ' ')
+			arg++;
+	}
+	for (c = commands; c->verb != NULL; c++)
+		if (strcasecmp(c->verb, line) == 0)
+			break;
+	if (c->verb == NULL) {
+		reply_error(s, 500, "5.5.2", "Command unrecognized");
+		return;
+	}
+	if (c->handler == NULL) {
+		reply_error(s, 502, "5.5.1", "Command not implemented");
+		return;
+	}
+	if ((c->states & ST(s->state)) == 0) {
+		if (s->state == S_REFUSED)
+			reply_error(s, 503, "5.5.1", "Bad sequence of commands: send QUIT");
+		else if (s->state == S_GREETED && c->out_of_sequence == NULL)
+			reply_error(s, 503, "5.5.1", "Send HELO/EHLO first");
+		else if (c->handler == cmd_mail)
+			reply_error(s, 503, "5.5.1", "Nested MAIL command");
+		else
+			reply_error(s, 503, "5.5.1", "Bad sequence of commands: %s",
+			    c->out_of_sequence);
+		return;
+	}
+	c->handler(s, arg);
+}
+
+/* A complete command line (CRLF seen) or a rejected one. */
+static void
+line_done(struct session *s)
+{
+	size_t len = s->line_len;
+
+	s->line_len = 0;
+	if (s->line_too_long) {
+		s->line_too_long = s->line_bad = false;
+		reply_error(s, 500, "5.5.2", "Line too long");
+		return;
+	}
+	if (s->line_bad) {
+		s->line_bad = false;
+		reply_error(s, 500, "5.5.2", "Bare CR, LF or NUL in command line");
+		return;
+	}
+	s->line[len] = '\0';
+	log_debug(s->id, ">>> %s", len >= 5 && strncasecmp(s->line, "AUTH ", 5) == 0 ?
+	    "AUTH ..." : s->line);
+	dispatch(s, s->line, len);
+}
+
+/*
+ * Assembles command lines: only CRLF ends one; a bare CR, bare LF or NUL
+ * poisons the line (500) and an over-long one is discarded up to its CRLF.
+ */
+static size_t
+command_feed(struct session *s, const char *buf, size_t len)
+{
+	size_t	i = 0;
+
+	while (i < len && s->pending == NO_EVENT && s->state != S_CLOSED &&
+	    s->state != S_DATA) {
+		char c = buf[i++];
+
+		if (s->line_cr) {
+			s->line_cr = false;
+			if (c == '\n') {
+				line_done(s);
+				continue;
+			}
+			s->line_bad = true;
+		}
+		if (c == '\r') {
+			s->line_cr = true;
+			continue;
+		}
+		if (c == '\n' || c == '\0')
+			s->line_bad = true;
+		/* room for CRLF within max_line, and the NUL we write */
+		if (s->line_len + 2 >= s->cfg->max_line)
+			s->line_too_long = true;
+		else
+			s->line[s->line_len++] = c;
+	}
+	return i;
+}
+
+/* --- DATA -------------------------------------------------------------- */
+
+static void
+data_begin(struct session *s)
+{
+	enter_state(s, S_DATA);
+	s->ds = DS_BOL;
+	s->text_line_len = 0;
+	s->size = 0;
+	s->failed = false;
+}
+
+/* The message will not be delivered: tell the policy once, keep reading. */
+static void
+data_fail(struct session *s, enum session_abort why)
+{
+	if (s->failed)
+		return;
+	s->failed = true;
+	s->fail_reason = why;
+	log_info(s->id, "message refused while receiving: %s",
+	    why == ABORT_TOO_BIG ? "too big" : why == ABORT_BARE_NEWLINE ?
+	    "bare CR or LF" : "line too long");
+	if (s->hooks->abort != NULL)
+		s->hooks->abort(s->hook_ctx, s, why);
+}
+
+/* Hands a span of unstuffed data to the policy, counting its size. */
+static void
+data_emit(struct session *s, const char *p, size_t n)
+{
+	if (n == 0 || s->failed)
+		return;
+	s->size += n;
+	if (s->cfg->max_size > 0 && s->size > s->cfg->max_size) {
+		data_fail(s, ABORT_TOO_BIG);
+		return;
+	}
+	if (s->hooks->data != NULL)
+		s->hooks->data(s->hook_ctx, s, p, n);
+}
+
+static void
+data_end(struct session *s)
+{
+	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
+	if (!s->failed) {
+		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
+		return;
+	}
+	reset_transaction(s);
+	switch (s->fail_reason) {
+	case ABORT_TOO_BIG:
+		reply(s, 552, "5.3.4", "Message size exceeds fixed maximum message size");
+		break;
+	case ABORT_LINE_TOO_LONG:
+		reply(s, 550, "5.6.0", "Message has a line longer than %zu octets",
+		    s->cfg->max_text_line);
+		break;
+	default:
+		reply(s, 550, "5.6.0",
+		    "Message contains a bare CR or LF (RFC 5321 2.3.8)");
+		break;
+	}
+}
+
+static void
+text_line_grow(struct session *s, size_t n)
+{
+	s->text_line_len += n;
+	if (s->cfg->max_text_line > 0 && s->text_line_len + 2 > s->cfg->max_text_line)
+		data_fail(s, ABORT_LINE_TOO_LONG);
+}
+
+/*
+ * Scans message data: removes the stuffed dot at the start of a line, ends
+ * only at CRLF "." CRLF, and fails the message on a bare CR or LF (they are
+ * never taken as a line end: SMTP smuggling).  Returns the octets consumed.
+ */
+static size_t
+data_feed(struct session *s, const char *buf, size_t len)
+{
+	const char	*p = buf, *end = buf + len, *span = buf;
+
+	while (p < end && !s->paused) {
+		switch (s->ds) {
+		case DS_BOL:
+			s->text_line_len = 0;
+			if (*p == '.') {
+				data_emit(s, span, (size_t)(p - span));
+				span = ++p;	/* the dot is never data */
+				text_line_grow(s, 1);
+				s->ds = DS_DOT;
+				break;
+			}
+			s->ds = DS_TEXT;
+			/* FALLTHROUGH */
+		case DS_TEXT: {
+			const char *lf = memchr(p, '\n', (size_t)(end - p));
+			const char *stop = lf != NULL ? lf : end;
+			const char *cr = memchr(p, '\r', (size_t)(stop - p));
+			const char *q = cr != NULL ? cr : stop;
+
+			text_line_grow(s, (size_t)(q - p));
+			p = q;
+			if (p == end)
+				break;
+			if (*p == '\n') {
+				/* not a line end: what follows is no line start */
+				data_fail(s, ABORT_BARE_NEWLINE);
+				p++;
+				break;
+			}
+			p++;
+			s->ds = DS_CR;
+			break;
+		}
+		case DS_CR:
+			if (*p == '\n') {
+				p++;
+				s->ds = DS_BOL;
+			} else {
+				data_fail(s, ABORT_BARE_NEWLINE);
+				s->ds = DS_TEXT;
+			}
+			break;
+		case DS_DOT:
+			if (*p == '\r') {
+				data_emit(s, span, (size_t)(p - span));
+				span = ++p;	/* held back: ".\r\n" is the end */
+				s->ds = DS_DOT_CR;
+			} else if (*p == '\n') {
+				data_fail(s, ABORT_BARE_NEWLINE);
+				p++;
+				s->ds = DS_TEXT;
+			} else {
+				s->ds = DS_TEXT;
+			}
+			break;
+		case DS_DOT_CR:
+			if (*p == '\n') {
+				p++;
+				data_end(s);
+				return (size_t)(p - buf);
+			}
+			/* "." CR without LF: a bare CR, the held CR is moot */
+			data_fail(s, ABORT_BARE_NEWLINE);
+			span = p;
+			s->ds = DS_TEXT;
+			break;
+		}
+	}
+	data_emit(s, span, (size_t)(p - span));
+	return (size_t)(p - buf);
+}
+
+/* --- input -------------------------------------------------------------- */
+
+size_t
+session_feed(struct session *s, const char *buf, size_t len)
+{
+	size_t	used = 0;
+
+	if (s->state == S_CLOSED)
+		return len;	/* discarded: the connection is closing */
+	s->feeding = true;
+	while (used < len && s->pending == NO_EVENT && !s->paused &&
+	    s->state != S_CLOSED) {
+		if (s->state == S_DATA)
+			used += data_feed(s, buf + used, len - used);
+		else
+			used += command_feed(s, buf + used, len - used);
+	}
+	s->feeding = false;
+	if (s->state == S_CLOSED)
+		return len;
+	arm_timer(s);
+	return used;
+}
+
+void
+session_pause(struct session *s)
+{
+	if (s->paused || s->state == S_CLOSED)
+		return;
+	s->paused = true;
+	arm_timer(s);
+}
+
+void
+session_resume(struct session *s)
+{
+	if (!s->paused)
+		return;
+	s->paused = false;
+	if (s->state == S_CLOSED)
+		return;
+	arm_timer(s);
+	if (!s->feeding && s->io->wake != NULL)
+		s->io->wake(s->io_ctx);
+}
+
+/* --- accessors ---------------------------------------------------------- */
+
+uint64_t
+session_id(const struct session *s)
+{
+	return s->id;
+}
+
+const struct session_peer *
+session_peer(const struct session *s)
+{
+	return &s->peer;
+}
+
+const char *
+session_state_name(const struct session *s)
+{
+	return state_names[s->state];
+}
+
+bool
+session_idle(const struct session *s)
+{
+	return s->pending == NO_EVENT && (s->state == S_GREETED ||
+	    s->state == S_HELO || s->state == S_REFUSED);
+}
+
+bool
+session_closing(const struct session *s)
+{
+	return s->state == S_CLOSED;
+}

@@ -1,0 +1,648 @@
+/*
+ * test_session.c -- the protocol engine driven byte by byte, with a policy
+ * that accepts, rejects or waits per event, and a transport that records.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "session.h"
+#include "tap.h"
+
+struct harness {
+	struct session_config	 cfg;
+	struct session		*s;
+	char			 out[65536];	/* replies not yet taken */
+	size_t			 out_len;
+	char			 data[65536];	/* message data handed to the policy */
+	size_t			 data_len;
+	char			 held[65536];	/* input the engine did not take yet */
+	size_t			 held_len;
+	int			 asked[SEV_COUNT];
+	int			 outcome[SEV_COUNT];	/* last code per event */
+	bool			 wait[SEV_COUNT];	/* answer HOOK_WAIT */
+	struct verdict		 answer[SEV_COUNT];	/* else answer this */
+	int			 aborts;
+	enum session_abort	 last_abort;
+	int			 cancels;
+	bool			 closed;
+	bool			 pause_on_data;
+	unsigned		 timer_ms;
+	char			 mail_from[300];
+};
+
+static void
+io_write(void *ctx, const char *buf, size_t len)
+{
+	struct harness *h = ctx;
+
+	if (!CHECK(!h->closed && h->out_len + len < sizeof(h->out)))
+		return;
+	memcpy(h->out + h->out_len, buf, len);
+	h->out_len += len;
+}
+
+static void
+io_close(void *ctx)
+{
+	((struct harness *)ctx)->closed = true;
+}
+
+static void	feed_held(struct harness *);
+
+static void
+io_wake(void *ctx)
+{
+	feed_held(ctx);
+}
+
+static void
+io_timer(void *ctx, unsigned ms)
+{
+	((struct harness *)ctx)->timer_ms = ms;
+}
+
+static const struct session_io harness_io = { io_write, io_close, io_wake, io_timer };
+
+static enum hook_result
+hook_ask(void *ctx, struct session *s, enum session_event ev,
+    const struct session_event_args *a, struct verdict *v)
+{
+	struct harness *h = ctx;
+
+	(void)s;
+	h->asked[ev]++;
+	if (ev == SEV_MAIL)
+		snprintf(h->mail_from, sizeof(h->mail_from), "%s", a->path->address);
+	if (h->wait[ev])
+		return HOOK_WAIT;
+	*v = h->answer[ev];
+	return HOOK_DONE;
+}
+
+static void
+hook_cancel(void *ctx, struct session *s, enum session_event ev)
+{
+	(void)s;
+	(void)ev;
+	((struct harness *)ctx)->cancels++;
+}
+
+static void
+hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
+{
+	(void)s;
+	((struct harness *)ctx)->outcome[ev] = code;
+}
+
+static void
+hook_data(void *ctx, struct session *s, const char *buf, size_t len)
+{
+	struct harness *h = ctx;
+
+	if (CHECK(h->data_len + len < sizeof(h->data))) {
+		memcpy(h->data + h->data_len, buf, len);
+		h->data_len += len;
+	}
+	if (h->pause_on_data)
+		session_pause(s);
+}
+
+static void
+hook_abort(void *ctx, struct session *s, enum session_abort why)
+{
+	struct harness *h = ctx;
+
+	(void)s;
+	h->aborts++;
+	h->last_abort = why;
+}
+
+static const struct session_hooks harness_hooks = {
+	hook_ask, hook_cancel, hook_outcome, hook_data, hook_abort, NULL,
+};
+
+static struct harness *
+harness_new(void (*configure)(struct session_config *))
+{
+	struct harness *h = calloc(1, sizeof(*h));
+
+	session_config_init(&h->cfg);
+	h->cfg.hostname = "test.example";
+	for (int ev = 0; ev < SEV_COUNT; ev++)
+		h->answer[ev].accept = true;
+	if (configure != NULL)
+		configure(&h->cfg);
+	return h;
+}
+
+static void
+harness_start(struct harness *h)
+{
+	h->s = session_create(&h->cfg, &harness_hooks, h, &harness_io, h, NULL);
+}
+
+static void
+harness_free(struct harness *h)
+{
+	session_destroy(h->s);
+	free(h);
+}
+
+/* Feeds bytes; what the engine does not take is held until it wakes us. */
+static void
+feed_len(struct harness *h, const char *buf, size_t len)
+{
+	size_t used;
+
+	if (h->held_len > 0) {
+		memcpy(h->held + h->held_len, buf, len);
+		h->held_len += len;
+		feed_held(h);
+		return;
+	}
+	used = session_feed(h->s, buf, len);
+	memcpy(h->held, buf + used, len - used);
+	h->held_len = len - used;
+}
+
+static void
+feed_held(struct harness *h)
+{
+	size_t used = session_feed(h->s, h->held, h->held_len);
+
+	memmove(h->held, h->held + used, h->held_len - used);
+	h->held_len -= used;
+}
+
+static void
+feed(struct harness *h, const char *text)
+{
+	feed_len(h, text, strlen(text));
+}
+
+/* Returns and clears the replies written so far. */
+static const char *
+take(struct harness *h)
+{
+	static char buf[sizeof(((struct harness *)0)->out) + 1];
+
+	memcpy(buf, h->out, h->out_len);
+	buf[h->out_len] = '\0';
+	h->out_len = 0;
+	return buf;
+}
+
+static struct harness *
+started_with_ehlo(void (*configure)(struct session_config *))
+{
+	struct harness *h = harness_new(configure);
+
+	harness_start(h);
+	take(h);
+	feed(h, "EHLO client.example\r\n");
+	take(h);
+	return h;
+}
+
+/* --- tests -------------------------------------------------------------- */
+
+static void
+test_greeting_and_ehlo(void)
+{
+	struct harness *h = harness_new(NULL);
+
+	harness_start(h);
+	CHECK_STR(take(h), "220 test.example ESMTP\r\n");
+	CHECK(h->asked[SEV_CONNECT] == 1);
+	feed(h, "EHLO client.example\r\n");
+	CHECK_STR(take(h), "250-test.example\r\n250-PIPELINING\r\n250-SIZE\r\n"
+	    "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
+	feed(h, "HELO client.example\r\n");
+	CHECK_STR(take(h), "250 test.example\r\n");
+	feed(h, "noop\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Ok\r\n");
+	harness_free(h);
+}
+
+static void
+only_size_limit(struct session_config *cfg)
+{
+	cfg->extensions = EXT_SIZE;
+	cfg->max_size = 1000;
+}
+
+static void
+test_extensions_off(void)
+{
+	struct harness *h = harness_new(only_size_limit);
+
+	harness_start(h);
+	take(h);
+	feed(h, "EHLO client.example\r\n");
+	CHECK_STR(take(h), "250-test.example\r\n250 SIZE 1000\r\n");
+	feed(h, "MAIL FROM:<a@b.example>\r\n");
+	CHECK_STR(take(h), "250 Sender ok\r\n");	/* no enhanced codes */
+	feed(h, "RSET\r\nMAIL FROM:<a@b.example> BODY=8BITMIME\r\n");
+	CHECK_STR(take(h), "250 Ok\r\n555 Unsupported parameter BODY\r\n");
+	harness_free(h);
+}
+
+static void
+test_transaction(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	feed(h, "MAIL FROM:<alice@a.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	CHECK_STR(h->mail_from, "alice@a.example");
+	feed(h, "RCPT TO:<bob@b.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.5 Recipient ok\r\n");
+	feed(h, "DATA\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n");
+	feed(h, "Subject: hi\r\n\r\n..leading dot\r\n.\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	h->data[h->data_len] = '\0';
+	CHECK_STR(h->data, "Subject: hi\r\n\r\n.leading dot\r\n");
+	CHECK(h->outcome[SEV_DATA_END] == 250);
+	/* the session is ready for the next transaction */
+	feed(h, "MAIL FROM:<>\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	CHECK_STR(h->mail_from, "");
+	feed(h, "QUIT\r\nNOOP\r\n");
+	CHECK_STR(take(h), "221 2.0.0 Bye\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+}
+
+static void
+test_sequence(void)
+{
+	struct harness *h = harness_new(NULL);
+
+	harness_start(h);
+	take(h);
+	feed(h, "MAIL FROM:<a@b.example>\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Send HELO/EHLO first\r\n");
+	feed(h, "ehlo x.example\r\nrcpt to:<a@b.example>\r\n");
+	CHECK_STR(strstr(take(h), "503"), "503 5.5.1 Bad sequence of commands: Need MAIL before RCPT\r\n");
+	feed(h, "DATA\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Bad sequence of commands: Need MAIL and RCPT before DATA\r\n");
+	feed(h, "Mail From:<a@b.example>\r\nMAIL FROM:<a@b.example>\r\nDATA\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n503 5.5.1 Nested MAIL command\r\n"
+	    "503 5.5.1 Need RCPT before DATA\r\n");
+	feed(h, "RSET\r\nRCPT TO:<a@b.example>\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Ok\r\n503 5.5.1 Bad sequence of commands: Need MAIL before RCPT\r\n");
+	harness_free(h);
+}
+
+static void
+test_syntax_errors(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	feed(h, "FOO\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Command unrecognized\r\n");
+	feed(h, "STARTTLS\r\n");
+	CHECK_STR(take(h), "502 5.5.1 Command not implemented\r\n");
+	feed(h, "HELO\r\n");
+	CHECK_STR(take(h), "501 5.5.4 Syntax: HELO hostname\r\n");
+	feed(h, "MAIL TO:<a@b.example>\r\n");
+	CHECK_STR(take(h), "501 5.5.4 Syntax: MAIL FROM:<address>\r\n");
+	feed(h, "MAIL FROM:a@b.example\r\n");
+	CHECK(strncmp(take(h), "501 5.1.7 Bad sender address syntax: ", 37) == 0);
+	feed(h, "MAIL FROM:<a@b.example> FOO=bar\r\n");
+	CHECK_STR(take(h), "555 5.5.4 Unsupported parameter FOO\r\n");
+	feed(h, "MAIL FROM:<a@b.example> BODY=9BIT\r\n");
+	CHECK_STR(take(h), "501 5.5.4 Bad BODY value\r\n");
+	feed(h, "MAIL FROM:<a@b.example> BODY=8BITMIME SIZE=100\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	feed(h, "DATA extra\r\n");
+	CHECK_STR(take(h), "501 5.5.4 Syntax: DATA\r\n");
+	feed(h, "RCPT TO:<Postmaster>\r\n");
+	CHECK_STR(take(h), "250 2.1.5 Recipient ok\r\n");
+	harness_free(h);
+}
+
+static void
+test_pipelining_in_order(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	h->answer[SEV_RCPT] = (struct verdict){ .accept = false };
+	/* one write from the client: every reply in order, DATA last */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "RCPT TO:<c@b.example>\r\nDATA\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n"
+	    "550 5.7.1 Recipient address rejected\r\n"
+	    "550 5.7.1 Recipient address rejected\r\n"
+	    "554 5.5.1 No valid recipients\r\n");
+	harness_free(h);
+}
+
+static void
+test_async_verdict_holds_later_commands(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	h->wait[SEV_RCPT] = true;
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\nNOOP\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	CHECK(h->held_len == strlen("RCPT TO:<c@b.example>\r\nNOOP\r\n"));
+	CHECK(h->timer_ms == h->cfg.timeout_decision_ms);
+	CHECK(session_decide(h->s, &(struct verdict){ false, 450,
+	    "greylisted, try later" }) == 0);
+	/* the second RCPT is asked again and waits in turn */
+	CHECK_STR(take(h), "450 4.7.1 greylisted, try later\r\n");
+	CHECK(h->asked[SEV_RCPT] == 2);
+	CHECK(session_decide(h->s, &(struct verdict){ true, 0, NULL }) == 0);
+	CHECK_STR(take(h), "250 2.1.5 Recipient ok\r\n250 2.0.0 Ok\r\n");
+	CHECK(h->held_len == 0);
+	CHECK(session_decide(h->s, &(struct verdict){ true, 0, NULL }) == -1);
+	harness_free(h);
+}
+
+static void
+test_verdict_validation(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	h->answer[SEV_MAIL] = (struct verdict){ false, 250, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "451 4.3.0 Local policy error, try again later\r\n");
+	h->answer[SEV_MAIL] = (struct verdict){ false, 550, "bad\r\ntext" };
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "451 4.3.0 Local policy error, try again later\r\n");
+	h->answer[SEV_MAIL] = (struct verdict){ false, 550, "4.7.1 wrong class" };
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "451 4.3.0 Local policy error, try again later\r\n");
+	h->answer[SEV_MAIL] = (struct verdict){ false, 553, "5.7.1 Relaying denied" };
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "553 5.7.1 Relaying denied\r\n");
+	h->answer[SEV_MAIL] = (struct verdict){ true, 0, "first\nsecond" };
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "250-2.1.0 first\r\n250 2.1.0 second\r\n");
+	CHECK(h->outcome[SEV_MAIL] == 250);
+	h->answer[SEV_RSET] = (struct verdict){ false, 550, NULL };
+	feed(h, "RSET\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Ok\r\n");	/* RSET cannot be refused */
+	harness_free(h);
+}
+
+static void
+test_size_limits(void)
+{
+	struct harness *h;
+
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_ALL;
+	feed(h, "MAIL FROM:<a@a.example> SIZE=1001\r\n");
+	CHECK_STR(take(h), "552 5.3.4 Message size exceeds fixed limit\r\n");
+	feed(h, "MAIL FROM:<a@a.example> SIZE=1000\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	for (int i = 0; i < 20; i++)
+		feed(h, "0123456789012345678901234567890123456789012345678\r\n");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_TOO_BIG);
+	CHECK(h->data_len <= 1000);
+	feed(h, ".\r\n");
+	CHECK_STR(take(h), "552 5.3.4 Message size exceeds fixed maximum message size\r\n");
+	CHECK(h->asked[SEV_DATA_END] == 0);
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	harness_free(h);
+}
+
+static void
+test_line_limits(void)
+{
+	struct harness	*h = started_with_ehlo(NULL);
+	char		 line[2048];
+
+	/* 510 octets and CRLF is the longest command line (512) */
+	memset(line, 'x', sizeof(line));
+	memcpy(line, "NOOP ", 5);
+	strcpy(line + 510, "\r\n");
+	feed(h, line);
+	CHECK_STR(take(h), "250 2.0.0 Ok\r\n");
+	memset(line, 'x', sizeof(line));
+	memcpy(line, "NOOP ", 5);
+	strcpy(line + 511, "\r\n");
+	feed(h, line);
+	CHECK_STR(take(h), "500 5.5.2 Line too long\r\n");
+	feed_len(h, "NOOP\0\r\n", 7);
+	CHECK_STR(take(h), "500 5.5.2 Bare CR, LF or NUL in command line\r\n");
+	feed(h, "NOOP\nNOOP\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Bare CR, LF or NUL in command line\r\n");
+	feed(h, "NOOP\rNOOP\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Bare CR, LF or NUL in command line\r\n");
+
+	/* text lines: 998 octets and CRLF pass, one more fails the message */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	memset(line, 'y', sizeof(line));
+	strcpy(line + 998, "\r\n");
+	feed(h, line);
+	CHECK(h->aborts == 0);
+	memset(line, 'y', sizeof(line));
+	strcpy(line + 999, "\r\n.\r\n");
+	feed(h, line);
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_LINE_TOO_LONG);
+	CHECK_STR(take(h), "550 5.6.0 Message has a line longer than 1000 octets\r\n");
+	harness_free(h);
+}
+
+static void
+few_errors(struct session_config *cfg)
+{
+	cfg->max_bad_commands = 3;
+	cfg->max_recipients = 2;
+}
+
+static void
+test_error_and_recipient_limits(void)
+{
+	struct harness *h = started_with_ehlo(few_errors);
+
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "RCPT TO:<c@b.example>\r\nRCPT TO:<d@b.example>\r\n");
+	CHECK(strstr(take(h), "452 4.5.3 Too many recipients\r\n") != NULL);
+	feed(h, "X\r\nY\r\n");
+	CHECK(!h->closed);
+	feed(h, "Z\r\nNOOP\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Command unrecognized\r\n500 5.5.2 Command unrecognized\r\n"
+	    "500 5.5.2 Command unrecognized\r\n421 4.7.0 test.example Error: too many errors\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+}
+
+/*
+ * SMTP smuggling: an end of data that is not CRLF "." CRLF must never end the
+ * data; the message fails, and the "smuggled" commands stay message text.
+ */
+static void
+test_smuggling(void)
+{
+	static const char *const variants[] = {
+		"\n.\n", "\n.\r\n", "\r.\r", "\r\n.\n", "\n.\r", "\r\n.\r",
+		"\r.\r\n", "\r\n.\r\r\n",
+	};
+
+	for (size_t i = 0; i < sizeof(variants) / sizeof(variants[0]); i++) {
+		struct harness	*h = started_with_ehlo(NULL);
+		char		 msg[512];
+
+		tap_diag("smuggling variant %zu", i);
+		feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+		take(h);
+		snprintf(msg, sizeof(msg), "Subject: one\r\n\r\nbody%s"
+		    "MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@b.example>\r\n"
+		    "DATA\r\nSubject: two\r\n", variants[i]);
+		feed(h, msg);
+		CHECK_STR(take(h), "");
+		CHECK(h->asked[SEV_MAIL] == 1 && h->asked[SEV_DATA_END] == 0);
+		CHECK(h->aborts == 1 && h->last_abort == ABORT_BARE_NEWLINE);
+		feed(h, "\r\n.\r\n");
+		CHECK_STR(take(h), "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+		CHECK(h->asked[SEV_MAIL] == 1 && h->asked[SEV_DATA_END] == 0);
+		harness_free(h);
+	}
+}
+
+/* The same transaction, fed one octet at a time, gives the same result. */
+static void
+test_split_anywhere(void)
+{
+	static const char script[] =
+	    "EHLO c.example\r\nMAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "DATA\r\n.x\r\n..\r\na\r\n\r\n.\r\nQUIT\r\n";
+	struct harness	*h = harness_new(NULL);
+	char		 whole[4096];
+
+	harness_start(h);
+	feed(h, script);
+	snprintf(whole, sizeof(whole), "%s", take(h));
+	harness_free(h);
+
+	h = harness_new(NULL);
+	harness_start(h);
+	for (size_t i = 0; i < sizeof(script) - 1; i++)
+		feed_len(h, script + i, 1);
+	CHECK_STR(take(h), whole);
+	h->data[h->data_len] = '\0';
+	CHECK_STR(h->data, "x\r\n.\r\na\r\n\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+}
+
+static void
+test_timeouts(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	CHECK(h->timer_ms == h->cfg.timeout_command_ms);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	CHECK(h->timer_ms == h->cfg.timeout_data_ms);
+	take(h);
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "text\r\n.\r\nNOOP\r\n");
+	CHECK(h->timer_ms == h->cfg.timeout_decision_ms);
+	session_timeout(h->s);
+	CHECK(h->cancels == 1);
+	CHECK_STR(take(h), "451 4.3.0 Timed out waiting for a policy decision\r\n250 2.0.0 Ok\r\n");
+	session_timeout(h->s);
+	CHECK_STR(take(h), "421 4.4.2 test.example Error: timeout exceeded\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+
+	h = started_with_ehlo(NULL);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\npartial");
+	session_timeout(h->s);
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_TIMEOUT);
+	CHECK(h->closed);
+	harness_free(h);
+}
+
+static void
+test_refused_connection(void)
+{
+	struct harness *h = harness_new(NULL);
+
+	h->answer[SEV_CONNECT] = (struct verdict){ .accept = false };
+	harness_start(h);
+	CHECK_STR(take(h), "554 5.7.1 test.example Access denied\r\n");
+	feed(h, "EHLO x.example\r\nNOOP\r\nQUIT\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Bad sequence of commands: send QUIT\r\n"
+	    "250 2.0.0 Ok\r\n221 2.0.0 Bye\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+
+	h = harness_new(NULL);
+	h->answer[SEV_CONNECT] = (struct verdict){ false, 450, "busy" };
+	harness_start(h);
+	CHECK_STR(take(h), "421 4.7.1 test.example busy\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+}
+
+static void
+test_smtputf8(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	feed(h, "MAIL FROM:<j\xc3\xb6rg@b\xc3\xbc.example>\r\n");
+	CHECK_STR(take(h), "553 5.6.7 Non-ASCII address needs SMTPUTF8\r\n");
+	feed(h, "MAIL FROM:<j\xc3\xb6rg@b\xc3\xbc.example> SMTPUTF8\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	feed(h, "RCPT TO:<m\xc3\xbcller@b\xc3\xbc.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.5 Recipient ok\r\n");
+	harness_free(h);
+}
+
+static void
+test_disconnect_and_pause(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nhalf a mess");
+	session_eof(h->s);
+	session_destroy(h->s);
+	h->s = NULL;
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_DISCONNECT);
+	CHECK(h->asked[SEV_DATA_END] == 0);
+	harness_free(h);
+
+	h = started_with_ehlo(NULL);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	h->pause_on_data = true;
+	feed(h, "line one\r\n");
+	feed(h, "line two\r\n.\r\n");
+	CHECK(h->held_len == strlen("line two\r\n.\r\n"));
+	h->pause_on_data = false;
+	session_resume(h->s);
+	CHECK(h->held_len == 0);
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	harness_free(h);
+}
+
+int
+main(void)
+{
+	test_greeting_and_ehlo();
+	test_extensions_off();
+	test_transaction();
+	test_sequence();
+	test_syntax_errors();
+	test_pipelining_in_order();
+	test_async_verdict_holds_later_commands();
+	test_verdict_validation();
+	test_size_limits();
+	test_line_limits();
+	test_error_and_recipient_limits();
+	test_smuggling();
+	test_split_anywhere();
+	test_timeouts();
+	test_refused_connection();
+	test_smtputf8();
+	test_disconnect_and_pause();
+	return tap_done();
+}
