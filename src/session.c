@@ -16,6 +16,7 @@
 #include "log.h"
 #include "proto.h"
 #include "reply.h"
+#include "sasl.h"
 #include "session.h"
 
 enum state {
@@ -26,17 +27,27 @@ enum state {
 	S_MAIL,		/* sender accepted */
 	S_RCPT,		/* at least one recipient accepted */
 	S_DATA,		/* reading message data */
+	S_TLS,		/* STARTTLS said 220: input is discarded until the handshake */
 	S_CLOSED,	/* close requested: nothing more is read or written */
 };
 
 static const char *const state_names[] = {
-	"connect", "refused", "greeted", "helo", "mail", "rcpt", "data", "closed",
+	"connect", "refused", "greeted", "helo", "mail", "rcpt", "data",
+	"starttls", "closed",
 };
 
 #define ST(s)		(1u << (s))
 #define ST_READY	(ST(S_GREETED) | ST(S_HELO) | ST(S_MAIL) | ST(S_RCPT))
 #define ST_ANY		(ST_READY | ST(S_REFUSED))
 #define NO_EVENT	SEV_COUNT
+
+/* Where an AUTH exchange stands (RFC 4954): the next line is a SASL response. */
+enum sasl_step {
+	SASL_NONE,
+	SASL_PLAIN,		/* waiting for the PLAIN message */
+	SASL_LOGIN_USER,	/* waiting for the LOGIN username */
+	SASL_LOGIN_PASS,	/* waiting for the LOGIN password */
+};
 
 /* Where the DATA scanner is within the current line. */
 enum data_scan {
@@ -62,6 +73,13 @@ struct session {
 	bool				 feeding;	/* inside session_feed() */
 	bool				 esmtp;		/* the client said EHLO */
 	unsigned			 bad_commands;
+
+	/* TLS and authentication */
+	struct session_tls		*tls;		/* NULL: plaintext */
+	char				*user;		/* NULL: not authenticated */
+	char				*sasl_user;	/* username of the AUTH in progress */
+	enum sasl_step			 sasl;
+	unsigned			 auth_failures;
 
 	/* the transaction */
 	bool				 smtputf8;
@@ -101,6 +119,8 @@ static void	cmd_quit(struct session *, char *);
 static void	cmd_vrfy(struct session *, char *);
 static void	cmd_expn(struct session *, char *);
 static void	cmd_help(struct session *, char *);
+static void	cmd_starttls(struct session *, char *);
+static void	cmd_auth(struct session *, char *);
 
 static const struct command commands[] = {
 	{ "HELO",	ST_READY,	cmd_helo,	"Send QUIT" },
@@ -114,9 +134,9 @@ static const struct command commands[] = {
 	{ "VRFY",	ST_READY,	cmd_vrfy,	"Send QUIT" },
 	{ "EXPN",	ST_READY,	cmd_expn,	"Send QUIT" },
 	{ "HELP",	ST_READY,	cmd_help,	"Send QUIT" },
+	{ "STARTTLS",	ST_READY,	cmd_starttls,	"Send QUIT" },
+	{ "AUTH",	ST(S_HELO),	cmd_auth,	"AUTH not allowed during a mail transaction" },
 	/* known verbs this server does not offer */
-	{ "STARTTLS",	ST_ANY,		NULL,		NULL },
-	{ "AUTH",	ST_ANY,		NULL,		NULL },
 	{ "BDAT",	ST_ANY,		NULL,		NULL },
 	{ "ETRN",	ST_ANY,		NULL,		NULL },
 	{ "TURN",	ST_ANY,		NULL,		NULL },
@@ -146,16 +166,19 @@ static const struct event_reply event_replies[SEV_COUNT] = {
 	[SEV_VRFY]	= { 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery",
 			    550, "5.1.1", "Mailbox unavailable" },
 	[SEV_EXPN]	= { 252, "2.5.0", "Cannot EXPN list", 550, "5.1.1", "Mailbox unavailable" },
+	[SEV_AUTH]	= { 235, "2.7.0", "Authentication successful",
+			    535, "5.7.8", "Authentication credentials invalid" },
 };
 
 static const char *const event_names[SEV_COUNT] = {
 	"CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "DATA_END", "RSET",
-	"QUIT", "VRFY", "EXPN",
+	"QUIT", "VRFY", "EXPN", "AUTH",
 };
 
 static void	reply(struct session *, int, const char *, const char *, ...)
 		    __attribute__((format(printf, 4, 5)));
 static void	session_close(struct session *);
+static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
@@ -176,6 +199,7 @@ session_config_init(struct session_config *cfg)
 	cfg->timeout_command_ms = 5 * 60 * 1000;
 	cfg->timeout_data_ms = 3 * 60 * 1000;
 	cfg->timeout_decision_ms = 10 * 60 * 1000;
+	cfg->max_auth_failures = 3;
 }
 
 const char *
@@ -216,6 +240,14 @@ session_create(const struct session_config *cfg,
 	s->id = next_session_id();
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
+	if (peer != NULL && peer->tls != NULL) {
+		if ((s->tls = malloc(sizeof(*s->tls))) == NULL) {
+			free(s);
+			return NULL;
+		}
+		*s->tls = *peer->tls;
+		s->peer.tls = s->tls;
+	}
 	ask(s, SEV_CONNECT, &(struct session_event_args){ .arg = s->peer.remote_addr });
 	arm_timer(s);
 	return s;
@@ -233,6 +265,9 @@ session_destroy(struct session *s)
 		s->hooks->abort(s->hook_ctx, s, ABORT_DISCONNECT);
 	if (s->hooks->closed != NULL)
 		s->hooks->closed(s->hook_ctx, s);
+	sasl_forget(s);
+	free(s->user);
+	free(s->tls);
 	free(s);
 }
 
@@ -425,6 +460,7 @@ verdict_code_ok(enum session_event ev, bool accept, int code)
 	case SEV_CONNECT:	return code == 220;
 	case SEV_DATA:		return code == 354;
 	case SEV_QUIT:		return code == 221;
+	case SEV_AUTH:		return code == 235;
 	default:		return code / 100 == 2;
 	}
 }
@@ -434,6 +470,8 @@ static void	reset_transaction(struct session *);
 static void	greet(struct session *, int, const char *, const char *);
 static void	ehlo_reply(struct session *, const char *);
 static void	data_begin(struct session *);
+static void	auth_decided(struct session *, bool, int, const char *,
+		    const char *);
 
 /*
  * Turns a verdict into the reply and the state change.  An invalid verdict
@@ -540,6 +578,9 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 	case SEV_EXPN:
 		reply_text(s, code, enhanced, text);
 		break;
+	case SEV_AUTH:
+		auth_decided(s, accept, code, enhanced, text);
+		break;
 	case SEV_COUNT:
 		break;
 	}
@@ -583,6 +624,14 @@ greet(struct session *s, int code, const char *enhanced, const char *text)
 	reply(s, code, enhanced, "%s %s", s->cfg->hostname, text);
 }
 
+/* AUTH is advertised once the session may use it (RFC 4954 4, RFC 3207). */
+static bool
+auth_offered(const struct session *s)
+{
+	return s->cfg->auth_methods != 0 &&
+	    (s->tls != NULL || s->cfg->auth_without_tls);
+}
+
 static void
 ehlo_reply(struct session *s, const char *text)
 {
@@ -605,7 +654,13 @@ ehlo_reply(struct session *s, const char *text)
 		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
 		    "\nENHANCEDSTATUSCODES");
 	if (ext & EXT_SMTPUTF8)
-		snprintf(buf + len, sizeof(buf) - len, "\nSMTPUTF8");
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nSMTPUTF8");
+	if (s->cfg->starttls && s->tls == NULL)
+		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nSTARTTLS");
+	if (auth_offered(s))
+		snprintf(buf + len, sizeof(buf) - len, "\nAUTH%s%s",
+		    s->cfg->auth_methods & AUTH_PLAIN ? " PLAIN" : "",
+		    s->cfg->auth_methods & AUTH_LOGIN ? " LOGIN" : "");
 	reply_text(s, 250, NULL, buf);
 }
 
@@ -683,6 +738,13 @@ mail_params_ok(struct session *s, const struct smtp_path *path)
 			if (p->value == NULL || (strcasecmp(p->value, "7BIT") != 0 &&
 			    strcasecmp(p->value, "8BITMIME") != 0)) {
 				reply_error(s, 501, "5.5.4", "Bad BODY value");
+				return false;
+			}
+		} else if (strcasecmp(p->key, "AUTH") == 0 &&
+		    s->cfg->auth_methods != 0) {
+			/* RFC 4954 5: accepted; the identity is not trusted */
+			if (p->value == NULL) {
+				reply_error(s, 501, "5.5.4", "Bad AUTH value");
 				return false;
 			}
 		} else if (strcasecmp(p->key, "SMTPUTF8") == 0 &&
@@ -839,6 +901,237 @@ cmd_help(struct session *s, char *arg)
 	    "Commands: HELO EHLO MAIL RCPT DATA RSET NOOP QUIT VRFY EXPN HELP");
 }
 
+/* --- STARTTLS and AUTH ------------------------------------------------- */
+
+static void
+cmd_starttls(struct session *s, char *arg)
+{
+	if (!blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: STARTTLS");
+		return;
+	}
+	if (s->tls != NULL) {
+		reply_error(s, 503, "5.5.1", "TLS already active");
+		return;
+	}
+	if (s->io->starttls == NULL) {
+		reply(s, 454, "4.7.0", "TLS not available due to temporary reason");
+		return;
+	}
+	reply(s, 220, "2.0.0", "Ready to start TLS");
+	/* from here on, plaintext input is dropped (CVE-2011-0411) */
+	enter_state(s, S_TLS);
+	s->io->starttls(s->io_ctx);
+}
+
+void
+session_tls_started(struct session *s, const struct session_tls *tls)
+{
+	if (s->state != S_TLS)
+		return;
+	if (s->tls == NULL && (s->tls = malloc(sizeof(*s->tls))) == NULL) {
+		reply(s, 421, "4.3.0", "%s Error: out of memory", s->cfg->hostname);
+		return;
+	}
+	*s->tls = *tls;
+	s->peer.tls = s->tls;
+	log_info(s->id, "TLS started: %s %s", tls->version, tls->cipher);
+	/* RFC 3207 4.2: forget everything learnt from the client before TLS */
+	reset_transaction(s);
+	s->esmtp = false;
+	free(s->user);
+	s->user = NULL;
+	sasl_forget(s);
+	enter_state(s, S_GREETED);
+	arm_timer(s);
+	if (s->io->wake != NULL)
+		s->io->wake(s->io_ctx);
+}
+
+/* Drops the credentials of an AUTH exchange, wiping them first. */
+static void
+sasl_forget(struct session *s)
+{
+	s->sasl = SASL_NONE;
+	if (s->sasl_user != NULL) {
+		explicit_bzero(s->sasl_user, strlen(s->sasl_user));
+		free(s->sasl_user);
+		s->sasl_user = NULL;
+	}
+}
+
+/* Decodes one base64 SASL field ("=" is the empty one); replies 501 on error. */
+static long
+sasl_decode(struct session *s, const char *in, char *out, size_t outsize)
+{
+	long n;
+
+	if (strcmp(in, "=") == 0)
+		return 0;
+	n = sasl_base64_decode(in, strlen(in), out, outsize - 1);
+	if (n < 0 || memchr(out, '\0', (size_t)n) != NULL ||
+	    (size_t)n >= SASL_FIELD_MAX) {
+		sasl_forget(s);
+		reply_error(s, 501, "5.5.2", "Invalid base64 data");
+		return -1;
+	}
+	out[n] = '\0';
+	return n;
+}
+
+/* Asks the policy about complete credentials, then wipes them. */
+static void
+auth_ask(struct session *s, const char *method, const char *username,
+    const char *password, const char *authzid)
+{
+	struct session_auth auth = { method, username, password, authzid };
+
+	free(s->sasl_user);
+	if ((s->sasl_user = strdup(username)) == NULL) {
+		reply(s, 454, "4.7.0", "Temporary authentication failure");
+		return;
+	}
+	ask(s, SEV_AUTH, &(struct session_event_args){ .auth = &auth });
+}
+
+static void
+sasl_plain(struct session *s, const char *response)
+{
+	char		 msg[REPLY_LINE_MAX];
+	const char	*authzid, *authcid, *passwd;
+	long		 n;
+
+	n = strcmp(response, "=") == 0 ? 0 :
+	    sasl_base64_decode(response, strlen(response), msg, sizeof(msg) - 1);
+	if (n < 0 || sasl_plain_split(msg, (size_t)n, &authzid, &authcid,
+	    &passwd) == -1) {
+		explicit_bzero(msg, sizeof(msg));
+		sasl_forget(s);
+		reply_error(s, 501, "5.5.2", "Invalid PLAIN response");
+		return;
+	}
+	auth_ask(s, "PLAIN", authcid, passwd, authzid);
+	explicit_bzero(msg, sizeof(msg));
+}
+
+static void
+cmd_auth(struct session *s, char *arg)
+{
+	char	*initial = NULL;
+	char	 username[REPLY_LINE_MAX];
+
+	if (s->user != NULL) {
+		reply_error(s, 503, "5.5.1", "Already authenticated");
+		return;
+	}
+	if (!s->esmtp) {
+		reply_error(s, 503, "5.5.1", "Send EHLO first");
+		return;
+	}
+	if (!auth_offered(s)) {
+		reply(s, 538, "5.7.11",
+		    "Encryption required for requested authentication mechanism");
+		return;
+	}
+	if (blank(arg)) {
+		reply_error(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+		return;
+	}
+	if ((initial = strchr(arg, ' ')) != NULL)
+		*initial++ = '\0';
+	if (strcasecmp(arg, "PLAIN") == 0 && (s->cfg->auth_methods & AUTH_PLAIN)) {
+		if (initial != NULL) {
+			sasl_plain(s, initial);
+			return;
+		}
+		s->sasl = SASL_PLAIN;
+		reply(s, 334, NULL, "%s", "");
+	} else if (strcasecmp(arg, "LOGIN") == 0 &&
+	    (s->cfg->auth_methods & AUTH_LOGIN)) {
+		if (initial == NULL) {
+			s->sasl = SASL_LOGIN_USER;
+			reply(s, 334, NULL, "VXNlcm5hbWU6");	/* "Username:" */
+			return;
+		}
+		if (sasl_decode(s, initial, username, sizeof(username)) < 0)
+			return;
+		s->sasl_user = strdup(username);
+		explicit_bzero(username, sizeof(username));
+		if (s->sasl_user == NULL) {
+			reply(s, 454, "4.7.0", "Temporary authentication failure");
+			return;
+		}
+		s->sasl = SASL_LOGIN_PASS;
+		reply(s, 334, NULL, "UGFzc3dvcmQ6");	/* "Password:" */
+	} else
+		reply_error(s, 504, "5.5.4", "Unrecognized authentication type");
+}
+
+/* A line of an AUTH exchange: "*" cancels (RFC 4954 4). */
+static void
+sasl_response(struct session *s, char *line, size_t len)
+{
+	enum sasl_step	 step = s->sasl;
+	char		 field[REPLY_LINE_MAX];
+
+	(void)len;
+	s->sasl = SASL_NONE;
+	if (strcmp(line, "*") == 0) {
+		sasl_forget(s);
+		reply_error(s, 501, "5.0.0", "Authentication cancelled");
+		return;
+	}
+	switch (step) {
+	case SASL_PLAIN:
+		sasl_plain(s, line);
+		break;
+	case SASL_LOGIN_USER:
+		if (sasl_decode(s, line, field, sizeof(field)) < 0)
+			break;
+		if ((s->sasl_user = strdup(field)) == NULL) {
+			reply(s, 454, "4.7.0", "Temporary authentication failure");
+			break;
+		}
+		s->sasl = SASL_LOGIN_PASS;
+		reply(s, 334, NULL, "UGFzc3dvcmQ6");
+		break;
+	case SASL_LOGIN_PASS:
+		if (sasl_decode(s, line, field, sizeof(field)) < 0)
+			break;
+		{
+			char user[SASL_FIELD_MAX];
+
+			snprintf(user, sizeof(user), "%s", s->sasl_user);
+			auth_ask(s, "LOGIN", user, field, "");
+			explicit_bzero(user, sizeof(user));
+		}
+		break;
+	case SASL_NONE:
+		break;
+	}
+	explicit_bzero(field, sizeof(field));
+	explicit_bzero(line, strlen(line));
+}
+
+static void
+auth_decided(struct session *s, bool accept, int code, const char *enhanced,
+    const char *text)
+{
+	if (accept) {
+		s->user = s->sasl_user;
+		s->sasl_user = NULL;
+		log_info(s->id, "authenticated as %s", s->user);
+	} else {
+		s->auth_failures++;
+		log_info(s->id, "authentication failed (%u)", s->auth_failures);
+	}
+	sasl_forget(s);
+	reply_text(s, code, enhanced, text);
+	if (!accept && s->auth_failures >= s->cfg->max_auth_failures)
+		reply(s, 421, "4.7.0", "%s Error: too many failed authentications",
+		    s->cfg->hostname);
+}
+
 /* Splits "VERB[ SP arg]", finds the verb and checks the state. */
 static void
 dispatch(struct session *s, char *line, size_t len)
@@ -861,7 +1154,9 @@ dispatch(struct session *s, char *line, size_t len)
 		reply_error(s, 500, "5.5.2", "Command unrecognized");
 		return;
 	}
-	if (c->handler == NULL) {
+	if (c->handler == NULL ||
+	    (c->handler == cmd_starttls && !s->cfg->starttls) ||
+	    (c->handler == cmd_auth && s->cfg->auth_methods == 0)) {
 		reply_error(s, 502, "5.5.1", "Command not implemented");
 		return;
 	}
@@ -880,6 +1175,8 @@ dispatch(struct session *s, char *line, size_t len)
 	c->handler(s, arg);
 }
 
+static void	sasl_response(struct session *, char *, size_t);
+
 /* A complete command line (CRLF seen) or a rejected one. */
 static void
 line_done(struct session *s)
@@ -887,6 +1184,8 @@ line_done(struct session *s)
 	size_t len = s->line_len;
 
 	s->line_len = 0;
+	if (s->line_too_long || s->line_bad)
+		sasl_forget(s);		/* a broken SASL response ends the exchange */
 	if (s->line_too_long) {
 		s->line_too_long = s->line_bad = false;
 		reply_error(s, 500, "5.5.2", "Line too long");
@@ -898,6 +1197,11 @@ line_done(struct session *s)
 		return;
 	}
 	s->line[len] = '\0';
+	if (s->sasl != SASL_NONE) {
+		log_debug(s->id, ">>> (SASL response)");	/* credentials: never logged */
+		sasl_response(s, s->line, len);
+		return;
+	}
 	log_debug(s->id, ">>> %s", len >= 5 && strncasecmp(s->line, "AUTH ", 5) == 0 ?
 	    "AUTH ..." : s->line);
 	dispatch(s, s->line, len);
@@ -913,7 +1217,7 @@ command_feed(struct session *s, const char *buf, size_t len)
 	size_t	i = 0;
 
 	while (i < len && s->pending == NO_EVENT && s->state != S_CLOSED &&
-	    s->state != S_DATA) {
+	    s->state != S_DATA && s->state != S_TLS) {
 		char c = buf[i++];
 
 		if (s->line_cr) {
@@ -1102,11 +1406,11 @@ session_feed(struct session *s, const char *buf, size_t len)
 {
 	size_t	used = 0;
 
-	if (s->state == S_CLOSED)
-		return len;	/* discarded: the connection is closing */
+	if (s->state == S_CLOSED || s->state == S_TLS)
+		return len;	/* discarded: closing, or plaintext after STARTTLS */
 	s->feeding = true;
 	while (used < len && s->pending == NO_EVENT && !s->paused &&
-	    s->state != S_CLOSED) {
+	    s->state != S_CLOSED && s->state != S_TLS) {
 		if (s->state == S_DATA)
 			used += data_feed(s, buf + used, len - used);
 		else
@@ -1115,6 +1419,12 @@ session_feed(struct session *s, const char *buf, size_t len)
 	s->feeding = false;
 	if (s->state == S_CLOSED)
 		return len;
+	if (s->state == S_TLS) {
+		if (used < len)
+			log_info(s->id, "discarded %zu octets sent after STARTTLS",
+			    len - used);
+		return len;
+	}
 	arm_timer(s);
 	return used;
 }
@@ -1172,4 +1482,16 @@ bool
 session_closing(const struct session *s)
 {
 	return s->state == S_CLOSED;
+}
+
+const struct session_tls *
+session_tls(const struct session *s)
+{
+	return s->tls;
+}
+
+const char *
+session_user(const struct session *s)
+{
+	return s->user;
 }

@@ -27,6 +27,12 @@ enum {
 	EXT_ALL			= (1 << 5) - 1,
 };
 
+/* SASL mechanisms for AUTH (RFC 4954); none by default. */
+enum {
+	AUTH_PLAIN	= 1 << 0,	/* RFC 4616 */
+	AUTH_LOGIN	= 1 << 1,	/* draft-murchison-sasl-login */
+};
+
 /* Limits and timeouts; session_config_init() sets the RFC 5321 4.5.3 defaults. */
 struct session_config {
 	const char	*hostname;		/* in the greeting and HELO/EHLO replies */
@@ -39,6 +45,10 @@ struct session_config {
 	unsigned	 timeout_command_ms;	/* waiting for a command (5 min) */
 	unsigned	 timeout_data_ms;	/* waiting for the next DATA block (3 min) */
 	unsigned	 timeout_decision_ms;	/* waiting for a policy verdict (10 min) */
+	bool		 starttls;		/* offer STARTTLS (io->starttls required) */
+	unsigned	 auth_methods;		/* AUTH_* bits; 0: no AUTH */
+	bool		 auth_without_tls;	/* allow AUTH on a plaintext session */
+	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -56,13 +66,23 @@ enum session_event {
 	SEV_QUIT,	/* only the reply text can be chosen */
 	SEV_VRFY,	/* args.arg = the argument */
 	SEV_EXPN,	/* args.arg = the argument */
+	SEV_AUTH,	/* args.auth = the credentials; accept gives 235 */
 	SEV_COUNT
 };
 
+/* AUTH credentials, decoded; wiped by the engine once the verdict is in. */
+struct session_auth {
+	const char	*method;	/* "PLAIN" or "LOGIN" */
+	const char	*username;	/* the authentication identity */
+	const char	*password;
+	const char	*authzid;	/* PLAIN's authorization identity; "" if none */
+};
+
 struct session_event_args {
-	const char		*arg;	/* HELO/EHLO/VRFY/EXPN argument, NUL-terminated */
-	const struct smtp_path	*path;	/* MAIL and RCPT */
-	uint64_t		 size;	/* DATA_END: the message size in octets */
+	const char			*arg;	/* HELO/EHLO/VRFY/EXPN argument, NUL-terminated */
+	const struct smtp_path		*path;	/* MAIL and RCPT */
+	uint64_t			 size;	/* DATA_END: the message size in octets */
+	const struct session_auth	*auth;	/* AUTH */
 };
 
 /*
@@ -125,6 +145,19 @@ struct session_io {
 	void	(*wake)(void *io);
 	/* (Re)arm the session's one timer to fire in ms; 0 disarms it. */
 	void	(*timer)(void *io, unsigned ms);
+	/*
+	 * After "220 Ready to start TLS" is written: discard every byte the
+	 * client sent after the STARTTLS line (the engine does the same with
+	 * what it is fed until session_tls_started()), flush, then handshake.
+	 */
+	void	(*starttls)(void *io);
+};
+
+/* What the transport knows of a TLS session, for the policy and logs. */
+struct session_tls {
+	char	version[16];		/* "TLSv1.3" */
+	char	cipher[64];
+	char	peer_subject[256];	/* "" without a client certificate */
 };
 
 /* Where the client is, as the transport knows it (for the policy and logs). */
@@ -133,6 +166,7 @@ struct session_peer {
 	uint16_t	remote_port;
 	char		local_addr[46];
 	uint16_t	local_port;
+	const struct session_tls *tls;	/* implicit TLS: secure from the start */
 };
 
 /*
@@ -164,6 +198,12 @@ void	session_shutdown(struct session *s);
 /* Answers the outstanding ask.  Returns -1 (and ignores v) if there is none. */
 int	session_decide(struct session *s, const struct verdict *v);
 
+/*
+ * The TLS handshake after STARTTLS succeeded: the session starts over
+ * (RFC 3207 4.2: HELO, transaction and authentication are forgotten).
+ */
+void	session_tls_started(struct session *s, const struct session_tls *tls);
+
 /* Flow control for message data (the policy reads slower than the client sends). */
 void	session_pause(struct session *s);
 void	session_resume(struct session *s);
@@ -173,6 +213,8 @@ const struct session_peer *session_peer(const struct session *s);
 const char		*session_state_name(const struct session *s);
 bool			 session_idle(const struct session *s);	/* no transaction, no ask */
 bool			 session_closing(const struct session *s);
+const struct session_tls *session_tls(const struct session *s);	/* NULL: plaintext */
+const char		*session_user(const struct session *s);	/* NULL: not authenticated */
 const char		*session_event_name(enum session_event ev);
 
 #endif

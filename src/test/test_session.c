@@ -25,7 +25,9 @@ struct harness {
 	enum session_abort	 last_abort;
 	int			 cancels;
 	bool			 closed;
+	int			 starttls;	/* io->starttls calls */
 	bool			 pause_on_data;
+	char			 auth_user[64], auth_pass[64], auth_method[8];
 	unsigned		 timer_ms;
 	char			 mail_from[300];
 };
@@ -61,7 +63,15 @@ io_timer(void *ctx, unsigned ms)
 	((struct harness *)ctx)->timer_ms = ms;
 }
 
-static const struct session_io harness_io = { io_write, io_close, io_wake, io_timer };
+static void
+io_starttls(void *ctx)
+{
+	((struct harness *)ctx)->starttls++;
+}
+
+static const struct session_io harness_io = {
+	io_write, io_close, io_wake, io_timer, io_starttls,
+};
 
 static enum hook_result
 hook_ask(void *ctx, struct session *s, enum session_event ev,
@@ -73,6 +83,11 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	h->asked[ev]++;
 	if (ev == SEV_MAIL)
 		snprintf(h->mail_from, sizeof(h->mail_from), "%s", a->path->address);
+	if (ev == SEV_AUTH) {
+		snprintf(h->auth_user, sizeof(h->auth_user), "%s", a->auth->username);
+		snprintf(h->auth_pass, sizeof(h->auth_pass), "%s", a->auth->password);
+		snprintf(h->auth_method, sizeof(h->auth_method), "%s", a->auth->method);
+	}
 	if (h->wait[ev])
 		return HOOK_WAIT;
 	*v = h->answer[ev];
@@ -624,6 +639,106 @@ test_disconnect_and_pause(void)
 	harness_free(h);
 }
 
+static void
+tls_and_auth(struct session_config *cfg)
+{
+	cfg->starttls = true;
+	cfg->auth_methods = AUTH_PLAIN | AUTH_LOGIN;
+	cfg->max_auth_failures = 2;
+}
+
+static const struct session_tls test_tls = { "TLSv1.3", "TLS_AES_256_GCM_SHA384", "" };
+
+/*
+ * CVE-2011-0411: commands pipelined after STARTTLS in plaintext must never
+ * run; after the handshake the session starts over.
+ */
+static void
+test_starttls_discards_injected_plaintext(void)
+{
+	struct harness *h = started_with_ehlo(tls_and_auth);
+
+	feed(h, "EHLO c.example\r\n");
+	CHECK(strstr(take(h), "250-SMTPUTF8\r\n250 STARTTLS\r\n") != NULL);
+	feed(h, "MAIL FROM:<a@a.example>\r\nSTARTTLS\r\nRSET\r\nMAIL FROM:<evil@x.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n220 2.0.0 Ready to start TLS\r\n");
+	CHECK(h->starttls == 1 && h->held_len == 0);
+	CHECK(h->asked[SEV_RSET] == 0 && h->asked[SEV_MAIL] == 1);
+	feed(h, "NOOP\r\n");	/* still plaintext: dropped */
+	CHECK_STR(take(h), "");
+	session_tls_started(h->s, &test_tls);
+	CHECK(session_tls(h->s) != NULL);
+	CHECK_STR(session_tls(h->s)->version, "TLSv1.3");
+	feed(h, "MAIL FROM:<a@a.example>\r\n");	/* HELO was forgotten */
+	CHECK_STR(take(h), "503 5.5.1 Send HELO/EHLO first\r\n");
+	feed(h, "EHLO c.example\r\n");
+	{
+		const char *r = take(h);
+
+		CHECK(strstr(r, "STARTTLS") == NULL);
+		CHECK(strstr(r, "250 AUTH PLAIN LOGIN\r\n") != NULL);
+	}
+	feed(h, "STARTTLS\r\n");
+	CHECK_STR(take(h), "503 5.5.1 TLS already active\r\n");
+	harness_free(h);
+}
+
+static void
+test_auth(void)
+{
+	struct harness *h = started_with_ehlo(tls_and_auth);
+
+	/* before TLS: not advertised, and refused with 538 */
+	feed(h, "EHLO c.example\r\n");
+	CHECK(strstr(take(h), "AUTH") == NULL);
+	feed(h, "AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n");
+	CHECK_STR(take(h), "538 5.7.11 Encryption required for requested authentication mechanism\r\n");
+	CHECK(h->asked[SEV_AUTH] == 0);
+	feed(h, "STARTTLS\r\n");
+	take(h);
+	session_tls_started(h->s, &test_tls);
+	feed(h, "EHLO c.example\r\nAUTH CRAM-MD5\r\n");
+	CHECK(strstr(take(h), "504 5.5.4 Unrecognized authentication type\r\n") != NULL);
+
+	/* PLAIN with an initial response: "\0bob\0secret" */
+	h->answer[SEV_AUTH] = (struct verdict){ .accept = false };
+	feed(h, "AUTH PLAIN AGJvYgBzZWNyZXQ=\r\n");
+	CHECK_STR(take(h), "535 5.7.8 Authentication credentials invalid\r\n");
+	CHECK_STR(h->auth_user, "bob");
+	CHECK_STR(h->auth_pass, "secret");
+	CHECK(session_user(h->s) == NULL);
+
+	/* LOGIN, step by step; "*" cancels */
+	feed(h, "AUTH LOGIN\r\n");
+	CHECK_STR(take(h), "334 VXNlcm5hbWU6\r\n");
+	feed(h, "*\r\n");
+	CHECK_STR(take(h), "501 5.0.0 Authentication cancelled\r\n");
+	feed(h, "AUTH LOGIN\r\nYm9i\r\n!!!\r\n");
+	CHECK_STR(take(h), "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n501 5.5.2 Invalid base64 data\r\n");
+	h->answer[SEV_AUTH] = (struct verdict){ .accept = true };
+	feed(h, "AUTH LOGIN\r\nYm9i\r\nc2VjcmV0\r\n");
+	CHECK_STR(take(h), "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n235 2.7.0 Authentication successful\r\n");
+	CHECK_STR(h->auth_method, "LOGIN");
+	CHECK_STR(h->auth_pass, "secret");
+	CHECK(session_user(h->s) != NULL && strcmp(session_user(h->s), "bob") == 0);
+	feed(h, "AUTH PLAIN\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Already authenticated\r\n");
+	feed(h, "MAIL FROM:<bob@a.example> AUTH=<>\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	harness_free(h);
+
+	/* failed attempts are bounded */
+	h = started_with_ehlo(tls_and_auth);
+	h->cfg.auth_without_tls = true;
+	h->answer[SEV_AUTH] = (struct verdict){ .accept = false };
+	feed(h, "EHLO c.example\r\nAUTH PLAIN\r\nAGJvYgB4\r\nAUTH PLAIN AGJvYgB5\r\nNOOP\r\n");
+	CHECK_STR(strstr(take(h), "334 \r\n"), "334 \r\n535 5.7.8 Authentication credentials invalid\r\n"
+	    "535 5.7.8 Authentication credentials invalid\r\n"
+	    "421 4.7.0 test.example Error: too many failed authentications\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+}
+
 int
 main(void)
 {
@@ -644,5 +759,7 @@ main(void)
 	test_refused_connection();
 	test_smtputf8();
 	test_disconnect_and_pause();
+	test_starttls_discards_injected_plaintext();
+	test_auth();
 	return tap_done();
 }
