@@ -342,7 +342,7 @@ test_bounds(void)
 	snprintf(dom, sizeof(dom), "[x:%s]", repeat(label, 'c', 60));
 	CHECK(parse(line, sizeof(line), 0, &p, &why, "<%s@%s>", "a", dom) == 0);
 	{
-		char	lit[300], body[300];
+		char	lit[400], body[300];
 
 		snprintf(lit, sizeof(lit), "[x:%s]", repeat(body, 'c', 255 - 4));
 		CHECK(parse(line, sizeof(line), 0, &p, &why, "<%s@%s>", "a", lit) == -1);
