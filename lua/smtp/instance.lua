@@ -1,0 +1,671 @@
+-- smtp.instance -- the smtp API (require "smtp") bound to one platform.
+--
+-- Owns the Server, Connection and Message objects, the dispatch function
+-- the C bridge calls for every engine hook (lua_core.c), running every
+-- handler in its own coroutine under an instruction budget, turning event
+-- objects (valid/code/message) into verdicts, and smtp.sleep/setTimeout.
+-- A platform supplies time and timers: libevent in the server
+-- (lua_policy.c), a virtual clock in smtp.testing.  Each call of new()
+-- is a fresh instance: the harness loads every policy into its own.
+
+local Emitter = require "smtp.emitter"
+
+local M = {}
+
+local FAIL_CODE, FAIL_TEXT = 451, "4.3.0 Local error in policy, try again later"
+local DEFAULT_BUDGET = 10000000
+
+local CONNECTION_EVENTS = {
+  HELO = "HELO", EHLO = "EHLO",
+  MAIL = "MAIL", ["MAIL FROM"] = "MAIL",
+  RCPT = "RCPT", ["RCPT TO"] = "RCPT",
+  DATA = "DATA", RSET = "RSET", QUIT = "QUIT", VRFY = "VRFY", EXPN = "EXPN",
+  close = "close",
+}
+local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reject = "reject" }
+local SERVER_EVENTS = { connection = "connection" }
+
+-- Address objects print as their address (the seed's "'From ' + message.sender").
+local Address = {
+  __tostring = function(a) return a.address end,
+  __concat = function(a, b)
+    local function s(x) return type(x) == "table" and x.address or x end
+    return s(a) .. s(b)
+  end,
+}
+
+local function domain_of(address)
+  return address:match("@([^@]*)$") or ""
+end
+
+-- ---- options -------------------------------------------------------------
+
+local function is_int(v) return math.type(v) == "integer" end
+
+-- name -> { check(v) -> ok, expected ; to(cfg, v) }
+local function ms(field)
+  return {
+    check = function(v) return type(v) == "number" and v > 0 and v <= 86400, "a number of seconds in (0, 86400]" end,
+    to = function(cfg, v) cfg[field] = math.max(1, math.floor(v * 1000 + 0.5)) end,
+  }
+end
+local function int(field, min, what)
+  return {
+    check = function(v) return is_int(v) and v >= min, what end,
+    to = function(cfg, v) cfg[field] = v end,
+  }
+end
+local function ext(bit)
+  return {
+    check = function(v) return type(v) == "boolean", "a boolean" end,
+    to = function(cfg, v, core)
+      local b = core.EXT[bit]
+      if v then cfg.extensions = cfg.extensions | b else cfg.extensions = cfg.extensions & ~b end
+    end,
+  }
+end
+
+local OPTIONS = {
+  hostname = {
+    check = function(v)
+      return type(v) == "string" and #v > 0 and #v <= 255 and not v:find("[%c%s]"),
+        "a host name (no spaces or control characters, at most 255 octets)"
+    end,
+    to = function(cfg, v) cfg.hostname = v end,
+  },
+  maxSize = int("max_size", 0, "an integer >= 0 (octets; 0: no limit)"),
+  allowPipelining = ext("PIPELINING"),
+  enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
+  eightBitMime = ext("8BITMIME"),
+  smtputf8 = ext("SMTPUTF8"),
+  authMethods = {
+    check = function(v)
+      if type(v) ~= "table" then return false, "an array of strings" end
+      for _, m in ipairs(v) do if type(m) ~= "string" then return false, "an array of strings" end end
+      return true
+    end,
+    to = function() end,	-- recorded; AUTH is not offered yet
+  },
+  maxRecipients = int("max_recipients", 1, "an integer >= 1"),
+  maxBadCommands = int("max_bad_commands", 1, "an integer >= 1"),
+  maxLineLength = int("max_line", 512, "an integer >= 512 (octets, with CRLF)"),
+  maxTextLineLength = {
+    check = function(v) return is_int(v) and (v == 0 or v >= 1000), "0 (no limit) or an integer >= 1000" end,
+    to = function(cfg, v) cfg.max_text_line = v end,
+  },
+  commandTimeout = ms("timeout_command_ms"),
+  dataTimeout = ms("timeout_data_ms"),
+  decisionTimeout = ms("timeout_decision_ms"),
+  handlerBudget = {
+    check = function(v) return is_int(v) and v >= 1000, "an integer >= 1000 (VM instructions)" end,
+    to = function() end,
+  },
+}
+
+-- ---- the instance ----------------------------------------------------------
+
+function M.new(platform)
+  platform = platform or {}
+  local core = platform.core or require "smtp_core"
+  local smtp = { _VERSION = "luasmtpd smtp 0.1" }
+  local tasks = setmetatable({}, { __mode = "k" })	-- coroutine -> task
+  local conns = {}					-- handle -> connection
+  local server, bridge
+
+  local function log(level, id, fmt, ...)
+    local ok, text = pcall(string.format, fmt, ...)
+    if not ok then text = tostring(fmt) end
+    core.log(level, id, text)
+  end
+
+  local function current_task()
+    local co = coroutine.running()
+    return co and tasks[co]
+  end
+
+  local function budget()
+    return server and server._opts.handlerBudget or DEFAULT_BUDGET
+  end
+
+  -- ---- tasks: one coroutine per handler ----------------------------------
+
+  local function drop(task)
+    task.dropped = true
+    if task.timer then task.timer:cancel() ; task.timer = nil end
+  end
+
+  local function resume(task, ...)
+    if task.dead or task.dropped then return end
+    local co = task.co
+    -- a count hook per resume; once over budget it fires on every
+    -- instruction, so a pcall inside the handler cannot swallow it
+    debug.sethook(co, function()
+      debug.sethook(function() error("handler exceeded its instruction budget", 0) end, "", 1)
+      error("handler exceeded its instruction budget (" .. budget() .. " instructions)", 0)
+    end, "", budget())
+    local ok, err = coroutine.resume(co, ...)
+    if coroutine.status(co) == "dead" then
+      task.dead = true
+      tasks[co] = nil
+      if ok then
+        task.on_finish(true)
+      else
+        task.on_finish(false, debug.traceback(co, tostring(err)))
+      end
+    else
+      debug.sethook(co)	-- waiting: the budget restarts at the next resume
+    end
+  end
+
+  local function spawn(conn, fn, on_finish, ...)
+    local task = { co = coroutine.create(fn), conn = conn, on_finish = on_finish }
+    tasks[task.co] = task
+    resume(task, ...)
+    return task
+  end
+
+  -- runs fns one after the other, each in its own task; done(ok, err) once
+  local function run_chain(conn, fns, args, done)
+    local chain = { cancelled = false }
+    local i = 0
+    local function step(ok, err)
+      if chain.cancelled then return end
+      chain.current = nil
+      if not ok then return done(false, err) end
+      i = i + 1
+      if fns[i] == nil then return done(true) end
+      chain.current = spawn(conn, fns[i], step, table.unpack(args, 1, args.n))
+    end
+    function chain.cancel()
+      chain.cancelled = true
+      if chain.current then drop(chain.current) end
+    end
+    step(true)
+    return chain
+  end
+
+  -- fire-and-forget listeners (data, close, accept, reject, timers)
+  local function emit_detached(conn, what, fns, ...)
+    for _, fn in ipairs(fns) do
+      spawn(conn, fn, function(ok, err)
+        if not ok then log("warn", conn and conn.id, "handler %s failed: %s", what, err) end
+      end, ...)
+    end
+  end
+
+  -- ---- verdicts ------------------------------------------------------------
+
+  local function check_code(code, accept)
+    if code == nil then return 0 end
+    if not is_int(code) or code < 200 or code > 599 then
+      error("reply code must be an integer from 200 to 599, got " .. tostring(code), 0)
+    end
+    if accept == false and code < 400 then
+      error("refused verdict: code " .. code .. " with valid = false (a rejection needs 4xx or 5xx)", 0)
+    end
+    return code
+  end
+
+  local function check_text(text)
+    if text ~= nil and type(text) ~= "string" then
+      error("reply message must be a string, got " .. type(text), 0)
+    end
+    return text
+  end
+
+  local function verdict_of(obj)
+    local accept = obj.valid ~= false
+    return accept, check_code(obj.code, accept), check_text(obj.message)
+  end
+
+  local WAIT = {}
+
+  -- Settles an ask: returned by dispatch if still inside it, else decided.
+  local function settle(conn, a, accept, code, text)
+    if a.settled or a.cancelled then return end
+    a.settled = true
+    if a.sync then
+      a.result = { accept, code, text }
+    else
+      local ok, err = conn._handle:decide(accept, code, text)
+      if not ok and err ~= "session closed" then
+        log("warn", conn.id, "decision for %s dropped: %s", a.name, err)
+      end
+    end
+  end
+
+  local function fail(conn, a, what, err)
+    log("warn", conn.id, "handler %s failed: %s", what, err)
+    settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
+  end
+
+  -- Runs the listeners of an ask; finish(obj) gives the verdict (or WAIT).
+  local function ask(conn, name, obj, fns, finish)
+    local a = { name = name, obj = obj, sync = true }
+    conn._ask = a
+    a.chain = run_chain(conn, fns, { obj, n = 1 }, function(ok, err)
+      if not ok then return fail(conn, a, name:lower(), err) end
+      local ok2, accept, code, text = pcall(finish or verdict_of, obj)
+      if not ok2 then return fail(conn, a, name:lower(), accept) end
+      if accept == WAIT then a.waiting = true ; return end
+      settle(conn, a, accept, code, text)
+    end)
+    a.sync = false
+    if a.result then return true, a.result[1], a.result[2], a.result[3] end
+    return false
+  end
+
+  -- ---- Message -------------------------------------------------------------
+
+  local Message = setmetatable({}, { __index = Emitter })
+  Message.__index = Message
+
+  local function new_message(conn)
+    local m = Emitter.init(setmetatable({}, Message), MESSAGE_EVENTS)
+    m.connection = conn
+    m.sender = conn.sender
+    m.recipients = {}
+    for i, r in ipairs(conn.recipients) do m.recipients[i] = r end
+    m.receivers = m.recipients
+    m.accepted = false
+    m.size = 0
+    return m
+  end
+
+  local function decide_message(m, accept, code, text)
+    if m._decision then return false, "already decided" end
+    m._decision = { accept, code, text }
+    local conn = m.connection
+    local a = conn._ask
+    if a and a.name == "DATA_END" and a.obj == m and a.waiting then
+      settle(conn, a, accept, code, text)
+    end
+    return true
+  end
+
+  -- message:accept([code][, text]) -> true | false, "already decided"
+  function Message:accept(code, text)
+    if type(code) == "string" and text == nil then code, text = nil, code end
+    if code ~= nil and (not is_int(code) or code < 200 or code > 299) then
+      error("accept code must be 2xx, got " .. tostring(code), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
+    return decide_message(self, true, code or 0, text)
+  end
+
+  -- message:reject([code][, text]) -> true | false, "already decided"
+  function Message:reject(code, text)
+    if type(code) == "string" and text == nil then code, text = nil, code end
+    if code ~= nil and (not is_int(code) or code < 400 or code > 599) then
+      error("reject code must be 4xx or 5xx, got " .. tostring(code), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
+    return decide_message(self, false, code or 0, text)
+  end
+
+  function Message:pause() self.connection._handle:pause() end
+  function Message:resume() self.connection._handle:resume() end
+
+  local function finish_message(m, accepted, code, reason)
+    if m._finished then return end
+    m._finished = true
+    m.accepted = accepted
+    m.code = code
+    local conn = m.connection
+    if conn.currentMessage == m then conn.currentMessage = nil end
+    local name = accepted and "accept" or "reject"
+    emit_detached(conn, name, m:take(name), m, code or reason)
+  end
+
+  -- ---- Connection ----------------------------------------------------------
+
+  local Connection = setmetatable({}, { __index = Emitter })
+  local ConnMeta = {
+    __index = function(c, k)
+      if k == "state" then return c._handle:state() end
+      return Connection[k]
+    end,
+    __tostring = function(c) return "smtp.Connection " .. c.id end,
+  }
+
+  local function update_mask(conn)
+    local E = core.EVENTS
+    local mask = 0
+    for _, canon in ipairs { "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "VRFY", "EXPN" } do
+      if conn:has_listeners(canon) then
+        mask = mask | E[canon]
+        if canon == "DATA" then mask = mask | E.DATA_END end
+      end
+    end
+    conn._handle:attach(mask)
+  end
+
+  local function new_connection(handle)
+    local c = setmetatable({}, ConnMeta)
+    Emitter.init(c, CONNECTION_EVENTS, update_mask)
+    rawset(c, "_handle", handle)
+    local peer = handle:peer()
+    c.id = handle:id()
+    c.remoteAddress, c.remotePort = peer.remoteAddress, peer.remotePort
+    c.localAddress, c.localPort = peer.localAddress, peer.localPort
+    c.server = server
+    c.recipients = {}
+    handle:attach(0)
+    return c
+  end
+
+  -- connection:log(level, fmt, ...): a log line with this session's id
+  function Connection:log(level, fmt, ...) log(level, self.id, fmt, ...) end
+
+  local function clear_transaction(conn)
+    conn.sender = nil
+    conn.recipients = {}
+  end
+
+  -- ---- dispatch: what the C bridge calls -------------------------------------
+
+  local function address_object(args, fallback)
+    local o = setmetatable({
+      address = args and args.address or fallback or "",
+      params = args and args.params or {},
+      localPart = args and args.localPart,
+      domain = args and args.domain,
+      utf8 = args and args.utf8 or false,
+      valid = true,
+    }, Address)
+    if o.domain == nil then o.domain = domain_of(o.address) end
+    if o.localPart == nil then o.localPart = o.address:match("^(.*)@") or o.address end
+    return o
+  end
+
+  local asks = {}
+
+  function asks.CONNECT(handle)
+    local conn = new_connection(handle)
+    conns[handle] = conn
+    return ask(conn, "CONNECT", conn, server:take("connection"))
+  end
+
+  local function helo(ext)
+    return function(conn, args)
+      local name = ext and "EHLO" or "HELO"
+      return ask(conn, name, { name = args.arg, extended = ext, valid = true }, conn:take(name))
+    end
+  end
+  asks.HELO, asks.EHLO = helo(false), helo(true)
+
+  function asks.MAIL(conn, args)
+    return ask(conn, "MAIL", address_object(args), conn:take("MAIL"))
+  end
+
+  function asks.RCPT(conn, args)
+    return ask(conn, "RCPT", address_object(args), conn:take("RCPT"))
+  end
+
+  function asks.DATA(conn)
+    local m = new_message(conn)
+    conn.currentMessage = m
+    return ask(conn, "DATA", m, conn:take("DATA"), function()
+      -- a reject() during the DATA handlers refuses the DATA command itself
+      local d = m._decision
+      if d and not d[1] then
+        m._decision = nil
+        return false, d[2], d[3]
+      end
+      if m.valid == false then return false, check_code(m.code, false), check_text(m.message) end
+      return true, 0, nil
+    end)
+  end
+
+  function asks.DATA_END(conn, args)
+    local m = conn.currentMessage
+    if not m then return true, true, 0, nil end
+    m.size = args.size or m.size
+    return ask(conn, "DATA_END", m, m:take("end"), function()
+      if m._failed then error(m._failed, 0) end
+      local d = m._decision
+      if not d then return WAIT end
+      return d[1], d[2], d[3]
+    end)
+  end
+
+  local function simple(name)
+    return function(conn)
+      return ask(conn, name, { valid = true }, conn:take(name))
+    end
+  end
+  asks.RSET, asks.QUIT = simple("RSET"), simple("QUIT")
+
+  local function argument(name)
+    return function(conn, args)
+      return ask(conn, name, { argument = args.arg, valid = true }, conn:take(name))
+    end
+  end
+  asks.VRFY, asks.EXPN = argument("VRFY"), argument("EXPN")
+
+  local function cancel_ask(conn)
+    local a = conn._ask
+    if a then
+      a.cancelled = true
+      if a.chain then a.chain.cancel() end
+      conn._ask = nil
+    end
+  end
+
+  local kinds = {}
+
+  function kinds.ask(handle, name, args)
+    if name == "CONNECT" then return asks.CONNECT(handle) end
+    local conn = conns[handle]
+    local f = asks[name]
+    if not conn or not f then return true, true, 0, nil end
+    return f(conn, args)
+  end
+
+  function kinds.cancel(handle, name)
+    local conn = conns[handle]
+    if conn then
+      log("info", conn.id, "%s handler abandoned", name:lower())
+      cancel_ask(conn)
+    end
+  end
+
+  function kinds.outcome(handle, name, code, arg)
+    local conn = conns[handle]
+    if not conn then return end
+    local a = conn._ask
+    if a and a.name == name then conn._ask = nil else a = nil end
+    local ok = code >= 200 and code < 400
+    if name == "HELO" or name == "EHLO" then
+      clear_transaction(conn)
+      if ok then conn.helo = { name = a and a.obj.name or arg, extended = name == "EHLO" } end
+    elseif name == "MAIL" then
+      clear_transaction(conn)
+      if ok then conn.sender = a and a.obj or address_object(nil, arg) end
+    elseif name == "RCPT" then
+      if ok then conn.recipients[#conn.recipients + 1] = a and a.obj or address_object(nil, arg) end
+    elseif name == "DATA" then
+      local m = conn.currentMessage
+      if m and code ~= 354 then finish_message(m, false, code) end
+    elseif name == "DATA_END" then
+      local m = conn.currentMessage
+      if m then finish_message(m, ok, code) end
+      clear_transaction(conn)
+    elseif name == "RSET" then
+      clear_transaction(conn)
+    end
+  end
+
+  function kinds.data(handle, chunk)
+    local conn = conns[handle]
+    local m = conn and conn.currentMessage
+    if not m then return end
+    m.size = m.size + #chunk
+    local fns = m:take("data")
+    for _, fn in ipairs(fns) do
+      spawn(conn, fn, function(ok, err)
+        if not ok then
+          log("warn", conn.id, "handler data failed: %s", err)
+          m._failed = m._failed or "a data handler failed"
+        end
+      end, chunk)
+    end
+  end
+
+  function kinds.abort(handle, why)
+    local conn = conns[handle]
+    local m = conn and conn.currentMessage
+    if m then
+      m.aborted = why
+      finish_message(m, false, nil, why)
+    end
+  end
+
+  function kinds.closed(handle)
+    local conn = conns[handle]
+    if not conn then return end
+    cancel_ask(conn)
+    conns[handle] = nil
+    rawset(conn, "closed", true)
+    emit_detached(conn, "close", conn:take("close"), conn)
+  end
+
+  local function dispatch(kind, handle, ...)
+    return kinds[kind](handle, ...)
+  end
+
+  -- ---- Server --------------------------------------------------------------
+
+  local Server = setmetatable({}, { __index = Emitter })
+  local ServerMeta = {
+    __index = function(s, k)
+      local v = rawget(s, "_opts")[k]
+      if v ~= nil then return v end
+      if k == "hostname" then return platform.hostname and platform.hostname() or core.fqdn() end
+      return Server[k]
+    end,
+    __newindex = function(s, k, v)
+      local opt = OPTIONS[k]
+      if not opt then
+        error(string.format("unknown server option %q", tostring(k)), 2)
+      end
+      if v ~= nil then
+        local ok, expected = opt.check(v)
+        if not ok then
+          error(string.format("server.%s must be %s, got %s", k, expected,
+            type(v) == "string" and string.format("%q", v) or tostring(v)), 2)
+        end
+      end
+      rawget(s, "_opts")[k] = v
+    end,
+  }
+
+  -- server:listen(port[, host]) -> server (records the address: the binary binds)
+  function Server:listen(port, host)
+    if not is_int(port) or port < 0 or port > 65535 then
+      error("listen: port must be an integer from 0 to 65535", 2)
+    end
+    if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
+      error("listen: host must be a non-empty string", 2)
+    end
+    local l = rawget(self, "listening")
+    l[#l + 1] = { port = port, host = host }
+    return self
+  end
+
+  -- server:_config() -> the engine config (snake_case) the options give
+  function Server:_config()
+    local cfg = core.defaults()
+    cfg.hostname = self.hostname
+    for name, opt in pairs(OPTIONS) do
+      local v = rawget(self, "_opts")[name]
+      if v ~= nil then opt.to(cfg, v, core) end
+    end
+    return cfg
+  end
+
+  -- smtp.createServer([fn]) -> server; fn is a 'connection' listener
+  function smtp.createServer(fn)
+    if server then error("one server per script: createServer was already called", 2) end
+    if fn ~= nil and type(fn) ~= "function" then error("createServer: a function expected", 2) end
+    bridge = core.bridge(dispatch)
+    local s = setmetatable({}, ServerMeta)
+    rawset(s, "_opts", {})
+    rawset(s, "listening", {})
+    Emitter.init(s, SERVER_EVENTS, function(self)
+      bridge:watch(self:has_listeners("connection"))
+    end)
+    server = s
+    if fn then s:on("connection", fn) end
+    return s
+  end
+
+  -- ---- time ----------------------------------------------------------------
+
+  local function timer(seconds, fn)
+    if not platform.timer then
+      error("no event loop: timers run in luasmtpd or smtp.testing", 3)
+    end
+    return platform.timer(seconds, fn)
+  end
+
+  -- smtp.sleep(seconds): the handler waits; its session's reply waits with it
+  function smtp.sleep(seconds)
+    if type(seconds) ~= "number" or seconds < 0 then error("sleep: seconds must be a number >= 0", 2) end
+    local task = current_task()
+    if not task then error("smtp.sleep must be called from a handler", 2) end
+    task.timer = timer(seconds, function()
+      task.timer = nil
+      resume(task)
+    end)
+    coroutine.yield()
+  end
+
+  -- smtp.setTimeout(fn, ms) -> timer; fn runs in its own coroutine
+  function smtp.setTimeout(fn, ms)
+    if type(fn) ~= "function" then error("setTimeout: a function expected", 2) end
+    if type(ms) ~= "number" or ms < 0 then error("setTimeout: ms must be a number >= 0", 2) end
+    local task = current_task()
+    local conn = task and task.conn
+    local t = { cancelled = false }
+    t.handle = timer(ms / 1000, function()
+      if t.cancelled then return end
+      emit_detached(conn, "timer", { fn })
+    end)
+    return t
+  end
+
+  -- smtp.clearTimeout(timer)
+  function smtp.clearTimeout(t)
+    if type(t) == "table" and t.handle and not t.cancelled then
+      t.cancelled = true
+      t.handle:cancel()
+    end
+  end
+
+  -- smtp.now() -> seconds (the virtual clock under smtp.testing)
+  function smtp.now()
+    return platform.now and platform.now() or os.time()
+  end
+
+  -- smtp.log(level, fmt, ...): level is "error", "warn", "info" or "debug"
+  function smtp.log(level, fmt, ...)
+    local task = current_task()
+    log(level, task and task.conn and task.conn.id or nil, fmt, ...)
+  end
+
+  -- What the C side (lua_policy.c) and the harness read after the script ran.
+  function smtp._policy()
+    if not server then return nil, "the script did not call smtp.createServer" end
+    return {
+      bridge = bridge,
+      server = server,
+      config = server:_config(),
+      listening = rawget(server, "listening"),
+    }
+  end
+
+  return smtp
+end
+
+return M

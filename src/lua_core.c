@@ -1,0 +1,1060 @@
+/*
+ * lua_core.c -- the smtp_core Lua module: engine hooks bridged into Lua.
+ *
+ * Owns the bridge (a policy's session_hooks: every engine call into Lua goes
+ * through one dispatch function, and an event without a Lua listener never
+ * enters Lua), the weak session handles Lua holds (a handle outlives its
+ * session; then decide is a no-op and other methods raise), the harness
+ * transport (sessions whose io is an in-memory buffer, for busted), log
+ * capture, and the conversion of server options into a session_config.
+ * Knows nothing of sockets or libevent: timers belong to the caller.
+ */
+#include <ctype.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "log.h"
+#include "lua_core.h"
+#include "session.h"
+
+#define TEXT_MAX	4096		/* a verdict text copied out of Lua */
+#define OUT_MAX		(16u << 20)	/* harness: reply bytes held for Lua */
+#define CAPTURE_MAX	10000		/* harness: captured log lines held */
+#define EVBIT(ev)	(1u << (ev))
+
+struct lbridge {
+	lua_State	*L;		/* the thread hooks run Lua on */
+	lua_State	*main;		/* ... when no call from Lua is in progress */
+	int		 dispatch_ref;	/* dispatch(kind, handle, ...) */
+	int		 map_ref;	/* session pointer -> handle (weak values) */
+	int		 watch_connect;	/* the server has 'connection' listeners */
+	struct lsession	*creating;	/* harness: the handle session_create binds */
+	char		 text[TEXT_MAX];
+};
+
+struct lsession {
+	struct session	*s;		/* NULL once the session is gone */
+	struct lbridge	*b;
+	uint64_t	 id;
+	unsigned	 mask;		/* EVBIT of events with Lua listeners */
+	int		 attached;	/* Lua made a connection object for it */
+	int		 owned;		/* harness: this handle destroys the session */
+	int		 finalizing;
+	char		 arg[512];	/* the last ask's argument, for outcome */
+	/* harness transport */
+	struct session_config cfg;
+	char		 hostname[256];
+	struct session_peer peer;
+	char		*out;
+	size_t		 outlen, outcap;
+	int		 io_closed, woken;
+	unsigned	 timer_ms, timer_seq;
+};
+
+/* Captured log lines (the harness); process-wide like the log sink itself. */
+static char	**capture_lines;
+static size_t	  capture_len;
+static int	  capture_on;
+
+static const char *const abort_names[] = {
+	"disconnect", "too big", "bare newline", "line too long", "timeout",
+	"shutdown",
+};
+
+/* ---- handles ----------------------------------------------------------- */
+
+static struct lsession *
+check_handle(lua_State *L, int idx)
+{
+	return luaL_checkudata(L, idx, LCORE_SESSION_MT);
+}
+
+static struct session *
+check_session(lua_State *L, int idx)
+{
+	struct lsession *ls = check_handle(L, idx);
+
+	if (ls->s == NULL)
+		luaL_error(L, "attempt to use a closed session");
+	return ls->s;
+}
+
+/* Pushes the handle of s (or nothing) and returns it; NULL if none. */
+static struct lsession *
+push_handle(struct lbridge *b, lua_State *L, struct session *s)
+{
+	struct lsession *ls;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	if (lua_rawgetp(L, -1, s) != LUA_TUSERDATA) {
+		lua_pop(L, 2);
+		return NULL;
+	}
+	ls = lua_touserdata(L, -1);
+	lua_remove(L, -2);
+	return ls;
+}
+
+/* A new handle for s, registered in the bridge's map; left on the stack. */
+static struct lsession *
+new_handle(struct lbridge *b, lua_State *L, int bridge_idx)
+{
+	struct lsession *ls;
+
+	bridge_idx = lua_absindex(L, bridge_idx);
+	ls = lua_newuserdatauv(L, sizeof(*ls), 1);
+	memset(ls, 0, sizeof(*ls));
+	ls->b = b;
+	luaL_setmetatable(L, LCORE_SESSION_MT);
+	lua_pushvalue(L, bridge_idx);
+	lua_setiuservalue(L, -2, 1);	/* the handle keeps its bridge alive */
+	return ls;
+}
+
+static void
+map_set(struct lbridge *b, lua_State *L, struct session *s, int idx)
+{
+	idx = lua_absindex(L, idx);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	lua_pushvalue(L, idx);
+	lua_rawsetp(L, -2, s);
+	lua_pop(L, 1);
+}
+
+static void
+map_clear(struct lbridge *b, lua_State *L, struct session *s)
+{
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	lua_pushnil(L);
+	lua_rawsetp(L, -2, s);
+	lua_pop(L, 1);
+}
+
+/* ---- calling Lua from the hooks ----------------------------------------- */
+
+static int
+traceback(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+
+	if (msg == NULL)
+		msg = luaL_typename(L, 1);
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+/*
+ * Calls dispatch(kind, handle, <nargs values on the stack>) on b->L.  The
+ * handle is on the stack below the arguments.  Returns the number of
+ * results (left on the stack) or -1 after logging the error.
+ */
+static int
+dispatch(struct lbridge *b, struct lsession *ls, const char *kind, int nargs)
+{
+	lua_State	*L = b->L;
+	int		 base = lua_gettop(L) - nargs;	/* the handle */
+
+	lua_pushcfunction(L, traceback);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
+	lua_pushstring(L, kind);
+	lua_rotate(L, base, 3);		/* traceback dispatch kind handle args */
+	if (lua_pcall(L, nargs + 2, LUA_MULTRET, base) != LUA_OK) {
+		log_warn(ls->id, "lua: %s failed: %s", kind, lua_tostring(L, -1));
+		lua_settop(L, base - 1);
+		return -1;
+	}
+	lua_remove(L, base);		/* the traceback function */
+	return lua_gettop(L) - base + 1;
+}
+
+static void
+push_args(lua_State *L, enum session_event ev, const struct session_event_args *a)
+{
+	char key[64];
+
+	lua_createtable(L, 0, 6);
+	if (a == NULL)
+		return;
+	if (a->arg != NULL) {
+		lua_pushstring(L, a->arg);
+		lua_setfield(L, -2, "arg");
+	}
+	if (ev == SEV_DATA_END) {
+		lua_pushinteger(L, (lua_Integer)a->size);
+		lua_setfield(L, -2, "size");
+	}
+	if (a->path != NULL) {
+		const struct smtp_path *p = a->path;
+
+		lua_pushstring(L, p->address ? p->address : "");
+		lua_setfield(L, -2, "address");
+		lua_pushstring(L, p->local ? p->local : "");
+		lua_setfield(L, -2, "localPart");
+		lua_pushstring(L, p->domain ? p->domain : "");
+		lua_setfield(L, -2, "domain");
+		lua_pushboolean(L, p->utf8);
+		lua_setfield(L, -2, "utf8");
+		lua_createtable(L, 0, (int)p->nparams);
+		for (size_t i = 0; i < p->nparams && i < SMTP_PARAMS_MAX; i++) {
+			size_t j;
+
+			if (p->params[i].key == NULL)
+				continue;
+			for (j = 0; p->params[i].key[j] && j < sizeof(key) - 1; j++)
+				key[j] = (char)toupper((unsigned char)p->params[i].key[j]);
+			key[j] = '\0';
+			if (p->params[i].value != NULL)
+				lua_pushstring(L, p->params[i].value);
+			else
+				lua_pushboolean(L, 1);
+			lua_setfield(L, -2, key);
+		}
+		lua_setfield(L, -2, "params");
+	}
+}
+
+static void
+verdict_fail(struct lbridge *b, struct verdict *v)
+{
+	v->accept = false;
+	v->code = 451;
+	snprintf(b->text, sizeof(b->text), "4.3.0 Local error in policy, try again later");
+	v->text = b->text;
+}
+
+static enum hook_result
+hook_ask(void *ctx, struct session *s, enum session_event ev,
+    const struct session_event_args *args, struct verdict *v)
+{
+	struct lbridge	*b = ctx;
+	lua_State	*L = b->L;
+	struct lsession	*ls;
+	int		 top = lua_gettop(L), n;
+	enum hook_result r = HOOK_DONE;
+
+	v->accept = true;
+	v->code = 0;
+	v->text = NULL;
+	if (!lua_checkstack(L, 16)) {
+		verdict_fail(b, v);
+		return HOOK_DONE;
+	}
+	if (ev == SEV_CONNECT && b->creating != NULL) {
+		/* the harness's own session (core.session): bind its handle */
+		ls = b->creating;
+		b->creating = NULL;
+		ls->s = s;
+		ls->id = session_id(s);
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+		lua_getfield(L, -1, "creating");
+		lua_remove(L, -2);
+		map_set(b, L, s, -1);
+	} else if (ev == SEV_CONNECT) {
+		if (!b->watch_connect)
+			return HOOK_DONE;	/* no 'connection' listener: no Lua */
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+		lua_getmetatable(L, -1);	/* the map's metatable names the bridge */
+		lua_getfield(L, -1, "bridge");
+		ls = new_handle(b, L, -1);
+		ls->s = s;
+		ls->id = session_id(s);
+		lua_replace(L, top + 1);
+		lua_settop(L, top + 1);
+		map_set(b, L, s, -1);
+	} else if ((ls = push_handle(b, L, s)) == NULL)
+		return HOOK_DONE;
+	/* outcome tells Lua the argument even when the ask skipped Lua */
+	snprintf(ls->arg, sizeof(ls->arg), "%s", args == NULL ? "" :
+	    args->path != NULL && args->path->address != NULL ? args->path->address :
+	    args->arg != NULL ? args->arg : "");
+	if (ev == SEV_CONNECT ? !b->watch_connect :
+	    (!ls->attached || (ls->mask & EVBIT(ev)) == 0)) {
+		lua_settop(L, top);	/* the cheap path: no listener, no Lua call */
+		return HOOK_DONE;
+	}
+	lua_pushstring(L, session_event_name(ev));
+	push_args(L, ev, args);
+	if ((n = dispatch(b, ls, "ask", 2)) < 0) {
+		verdict_fail(b, v);
+		lua_settop(L, top);
+		return HOOK_DONE;
+	}
+	/* dispatch returns true, accept, code, text | false (a decide follows) */
+	if (n >= 1 && lua_toboolean(L, -n)) {
+		const char *text = n >= 4 ? lua_tostring(L, -n + 3) : NULL;
+
+		v->accept = n >= 2 ? lua_toboolean(L, -n + 1) : true;
+		v->code = n >= 3 ? (int)lua_tointeger(L, -n + 2) : 0;
+		if (text != NULL) {
+			snprintf(b->text, sizeof(b->text), "%s", text);
+			v->text = b->text;
+		}
+	} else
+		r = HOOK_WAIT;
+	lua_settop(L, top);
+	return r;
+}
+
+/* The hooks that only inform Lua: run when Lua has a connection object. */
+static struct lsession *
+attached_handle(struct lbridge *b, struct session *s)
+{
+	struct lsession *ls;
+
+	if (!lua_checkstack(b->L, 16))
+		return NULL;
+	if ((ls = push_handle(b, b->L, s)) == NULL)
+		return NULL;
+	if (!ls->attached || ls->finalizing) {
+		lua_pop(b->L, 1);
+		return NULL;
+	}
+	return ls;
+}
+
+static void
+hook_cancel(void *ctx, struct session *s, enum session_event ev)
+{
+	struct lbridge	*b = ctx;
+	int		 top = lua_gettop(b->L);
+	struct lsession	*ls;
+
+	if ((ls = attached_handle(b, s)) == NULL)
+		return;
+	lua_pushstring(b->L, session_event_name(ev));
+	dispatch(b, ls, "cancel", 1);
+	lua_settop(b->L, top);
+}
+
+static void
+hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
+{
+	struct lbridge	*b = ctx;
+	int		 top = lua_gettop(b->L);
+	struct lsession	*ls;
+
+	if ((ls = attached_handle(b, s)) == NULL)
+		return;
+	lua_pushstring(b->L, session_event_name(ev));
+	lua_pushinteger(b->L, code);
+	lua_pushstring(b->L, ls->arg);
+	dispatch(b, ls, "outcome", 3);
+	lua_settop(b->L, top);
+}
+
+static void
+hook_data(void *ctx, struct session *s, const char *buf, size_t len)
+{
+	struct lbridge	*b = ctx;
+	int		 top = lua_gettop(b->L);
+	struct lsession	*ls;
+
+	if ((ls = attached_handle(b, s)) == NULL)
+		return;
+	if ((ls->mask & EVBIT(SEV_DATA)) == 0) {
+		lua_settop(b->L, top);
+		return;
+	}
+	lua_pushlstring(b->L, buf, len);
+	dispatch(b, ls, "data", 1);
+	lua_settop(b->L, top);
+}
+
+static void
+hook_abort(void *ctx, struct session *s, enum session_abort why)
+{
+	struct lbridge	*b = ctx;
+	int		 top = lua_gettop(b->L);
+	struct lsession	*ls;
+
+	if ((ls = attached_handle(b, s)) == NULL)
+		return;
+	lua_pushstring(b->L, (size_t)why < sizeof(abort_names) / sizeof(abort_names[0]) ?
+	    abort_names[why] : "unknown");
+	dispatch(b, ls, "abort", 1);
+	lua_settop(b->L, top);
+}
+
+static void
+hook_closed(void *ctx, struct session *s)
+{
+	struct lbridge	*b = ctx;
+	lua_State	*L = b->L;
+	int		 top = lua_gettop(L);
+	struct lsession	*ls;
+
+	if (!lua_checkstack(L, 16) || (ls = push_handle(b, L, s)) == NULL)
+		return;
+	if (ls->attached && !ls->finalizing)
+		dispatch(b, ls, "closed", 0);
+	ls->s = NULL;			/* the handle goes weak */
+	map_clear(b, L, s);
+	lua_settop(L, top);
+}
+
+const struct session_hooks lcore_hooks = {
+	.ask = hook_ask,
+	.cancel = hook_cancel,
+	.outcome = hook_outcome,
+	.data = hook_data,
+	.abort = hook_abort,
+	.closed = hook_closed,
+};
+
+/* Every call from Lua into the engine runs hooks on the calling thread. */
+#define ENTER(b, L)	lua_State *saved_L_ = (b)->L; (b)->L = (L)
+#define LEAVE(b)	((b)->L = saved_L_)
+
+void
+lcore_bridge_set_main(struct lbridge *b, lua_State *L)
+{
+	b->L = b->main = L;
+}
+
+/* ---- the bridge ---------------------------------------------------------- */
+
+struct lbridge *
+lcore_check_bridge(lua_State *L, int idx)
+{
+	return luaL_checkudata(L, idx, LCORE_BRIDGE_MT);
+}
+
+/* smtp_core.bridge(dispatch) -> bridge */
+static int
+lcore_bridge(lua_State *L)
+{
+	struct lbridge *b;
+
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	b = lua_newuserdatauv(L, sizeof(*b), 0);
+	memset(b, 0, sizeof(*b));
+	b->dispatch_ref = b->map_ref = LUA_NOREF;
+	luaL_setmetatable(L, LCORE_BRIDGE_MT);
+	b->L = b->main = L;
+	lua_pushvalue(L, 1);
+	b->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	/* the map: weak values; its metatable also names the bridge (weakly) */
+	lua_newtable(L);
+	lua_createtable(L, 0, 2);
+	lua_pushliteral(L, "v");
+	lua_setfield(L, -2, "__mode");
+	lua_pushvalue(L, -3);		/* the bridge */
+	lua_setfield(L, -2, "bridge");
+	lua_setmetatable(L, -2);
+	b->map_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 1;
+}
+
+/*
+ * The map's metatable refers to the bridge strongly and the registry holds
+ * the map: break that cycle when the owner releases the bridge.
+ */
+static int
+lbridge_release(lua_State *L)
+{
+	struct lbridge *b = lcore_check_bridge(L, 1);
+
+	luaL_unref(L, LUA_REGISTRYINDEX, b->dispatch_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, b->map_ref);
+	b->dispatch_ref = b->map_ref = LUA_NOREF;
+	return 0;
+}
+
+/* bridge:watch(bool): whether CONNECT enters Lua (a 'connection' listener exists) */
+static int
+lbridge_watch(lua_State *L)
+{
+	struct lbridge *b = lcore_check_bridge(L, 1);
+
+	b->watch_connect = lua_toboolean(L, 2);
+	return 0;
+}
+
+/* ---- the harness transport ------------------------------------------------ */
+
+static void
+hio_write(void *io, const char *buf, size_t len)
+{
+	struct lsession *ls = io;
+
+	if (ls->outlen + len > OUT_MAX)
+		return;
+	if (ls->outlen + len > ls->outcap) {
+		size_t	 cap = ls->outcap ? ls->outcap : 1024;
+		char	*p;
+
+		while (cap < ls->outlen + len)
+			cap *= 2;
+		if ((p = realloc(ls->out, cap)) == NULL)
+			return;
+		ls->out = p;
+		ls->outcap = cap;
+	}
+	memcpy(ls->out + ls->outlen, buf, len);
+	ls->outlen += len;
+}
+
+static void
+hio_close(void *io)
+{
+	((struct lsession *)io)->io_closed = 1;
+}
+
+static void
+hio_wake(void *io)
+{
+	((struct lsession *)io)->woken = 1;
+}
+
+static void
+hio_timer(void *io, unsigned ms)
+{
+	struct lsession *ls = io;
+
+	ls->timer_ms = ms;
+	ls->timer_seq++;
+}
+
+static const struct session_io harness_io = {
+	.write = hio_write,
+	.close = hio_close,
+	.wake = hio_wake,
+	.timer = hio_timer,
+};
+
+static void
+copy_addr(lua_State *L, int idx, const char *key, char *dst, size_t len)
+{
+	if (lua_getfield(L, idx, key) == LUA_TSTRING)
+		snprintf(dst, len, "%s", lua_tostring(L, -1));
+	lua_pop(L, 1);
+}
+
+static uint16_t
+get_port(lua_State *L, int idx, const char *key)
+{
+	lua_Integer p = 0;
+
+	if (lua_getfield(L, idx, key) != LUA_TNIL)
+		p = luaL_checkinteger(L, -1);
+	lua_pop(L, 1);
+	luaL_argcheck(L, p >= 0 && p <= 65535, 3, "port out of range");
+	return (uint16_t)p;
+}
+
+/*
+ * smtp_core.session(bridge, config, peer) -> handle
+ * A session whose transport is memory: the harness feeds it and reads its
+ * replies.  The CONNECT ask runs before this returns.
+ */
+static int
+lcore_session(lua_State *L)
+{
+	struct lbridge	*b = lcore_check_bridge(L, 1);
+	struct lsession	*ls;
+	struct session	*s;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	luaL_checktype(L, 3, LUA_TTABLE);
+	ls = new_handle(b, L, 1);
+	ls->owned = 1;
+	session_config_init(&ls->cfg);
+	lcore_config(L, 2, &ls->cfg, ls->hostname, sizeof(ls->hostname));
+	snprintf(ls->peer.remote_addr, sizeof(ls->peer.remote_addr), "192.0.2.1");
+	snprintf(ls->peer.local_addr, sizeof(ls->peer.local_addr), "127.0.0.1");
+	ls->peer.remote_port = 49152;
+	ls->peer.local_port = 25;
+	copy_addr(L, 3, "remoteAddress", ls->peer.remote_addr, sizeof(ls->peer.remote_addr));
+	copy_addr(L, 3, "localAddress", ls->peer.local_addr, sizeof(ls->peer.local_addr));
+	ls->peer.remote_port = get_port(L, 3, "remotePort") ?: ls->peer.remote_port;
+	ls->peer.local_port = get_port(L, 3, "localPort") ?: ls->peer.local_port;
+	/* the CONNECT hook binds the handle it finds here to the new session */
+	b->creating = ls;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	lua_pushvalue(L, -2);
+	lua_setfield(L, -2, "creating");
+	lua_pop(L, 1);
+	{
+		ENTER(b, L);
+		s = session_create(&ls->cfg, &lcore_hooks, b, &harness_io, ls, &ls->peer);
+		LEAVE(b);
+	}
+	b->creating = NULL;
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	lua_pushnil(L);
+	lua_setfield(L, -2, "creating");
+	lua_pop(L, 1);
+	if (s == NULL)
+		return luaL_error(L, "out of memory");
+	return 1;
+}
+
+/* ---- handle methods ------------------------------------------------------- */
+
+/* handle:decide(accept, code, text) -> true | nil, reason (a no-op once closed) */
+static int
+lsession_decide(lua_State *L)
+{
+	struct lsession	*ls = check_handle(L, 1);
+	struct verdict	 v;
+	int		 rc;
+
+	if (ls->s == NULL) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "session closed");
+		return 2;
+	}
+	v.accept = lua_toboolean(L, 2);
+	v.code = (int)luaL_optinteger(L, 3, 0);
+	v.text = luaL_optstring(L, 4, NULL);
+	{
+		ENTER(ls->b, L);
+		rc = session_decide(ls->s, &v);
+		LEAVE(ls->b);
+	}
+	if (rc == -1) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "no outstanding question");
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* handle:feed(bytes) -> octets consumed */
+static int
+lsession_feed(lua_State *L)
+{
+	struct lsession	*ls = check_handle(L, 1);
+	size_t		 len, n;
+	const char	*buf = luaL_checklstring(L, 2, &len);
+
+	check_session(L, 1);
+	{
+		ENTER(ls->b, L);
+		n = session_feed(ls->s, buf, len);
+		LEAVE(ls->b);
+	}
+	lua_pushinteger(L, (lua_Integer)n);
+	return 1;
+}
+
+#define SIMPLE_CALL(name, fn)						\
+static int								\
+name(lua_State *L)							\
+{									\
+	struct lsession *ls = check_handle(L, 1);			\
+									\
+	check_session(L, 1);						\
+	{								\
+		ENTER(ls->b, L);					\
+		fn(ls->s);						\
+		LEAVE(ls->b);						\
+	}								\
+	return 0;							\
+}
+
+SIMPLE_CALL(lsession_eof, session_eof)
+SIMPLE_CALL(lsession_timeout, session_timeout)
+SIMPLE_CALL(lsession_shutdown, session_shutdown)
+
+/* pause/resume: no-ops once closed (a late call from a timer is harmless) */
+static int
+lsession_pause(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	if (ls->s != NULL) {
+		ENTER(ls->b, L);
+		session_pause(ls->s);
+		LEAVE(ls->b);
+	}
+	return 0;
+}
+
+static int
+lsession_resume(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	if (ls->s != NULL) {
+		ENTER(ls->b, L);
+		session_resume(ls->s);
+		LEAVE(ls->b);
+	}
+	return 0;
+}
+
+/* handle:destroy(): harness only; runs the closed hook */
+static int
+lsession_destroy(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+	struct session	*s = ls->s;
+
+	luaL_argcheck(L, ls->owned, 1, "not a harness session");
+	if (s != NULL) {
+		ENTER(ls->b, L);
+		session_destroy(s);	/* hook_closed clears ls->s */
+		LEAVE(ls->b);
+		ls->s = NULL;
+	}
+	return 0;
+}
+
+/* handle:output() -> the reply bytes written since the last call */
+static int
+lsession_output(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	lua_pushlstring(L, ls->out ? ls->out : "", ls->outlen);
+	ls->outlen = 0;
+	return 1;
+}
+
+/* handle:io() -> closed, woken (cleared), timer_seq, timer_ms */
+static int
+lsession_io(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	lua_pushboolean(L, ls->io_closed);
+	lua_pushboolean(L, ls->woken);
+	ls->woken = 0;
+	lua_pushinteger(L, ls->timer_seq);
+	lua_pushinteger(L, ls->timer_ms);
+	return 4;
+}
+
+/* handle:attach(mask): Lua has a connection object; mask = events it listens to */
+static int
+lsession_attach(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	ls->attached = 1;
+	ls->mask = (unsigned)luaL_checkinteger(L, 2);
+	return 0;
+}
+
+static int
+lsession_id(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	char buf[17];
+
+	snprintf(buf, sizeof(buf), "%016llx", (unsigned long long)ls->id);
+	lua_pushstring(L, buf);
+	return 1;
+}
+
+static int
+lsession_state(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	if (ls->s == NULL)
+		lua_pushliteral(L, "closed");
+	else
+		lua_pushstring(L, session_state_name(ls->s));
+	return 1;
+}
+
+static int
+lsession_closed(lua_State *L)
+{
+	lua_pushboolean(L, check_handle(L, 1)->s == NULL);
+	return 1;
+}
+
+static int
+lsession_idle(lua_State *L)
+{
+	lua_pushboolean(L, session_idle(check_session(L, 1)));
+	return 1;
+}
+
+/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=} */
+static int
+lsession_peer(lua_State *L)
+{
+	const struct session_peer *p = session_peer(check_session(L, 1));
+
+	lua_createtable(L, 0, 4);
+	lua_pushstring(L, p->remote_addr);
+	lua_setfield(L, -2, "remoteAddress");
+	lua_pushinteger(L, p->remote_port);
+	lua_setfield(L, -2, "remotePort");
+	lua_pushstring(L, p->local_addr);
+	lua_setfield(L, -2, "localAddress");
+	lua_pushinteger(L, p->local_port);
+	lua_setfield(L, -2, "localPort");
+	return 1;
+}
+
+static int
+lsession_gc(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	if (ls->owned && ls->s != NULL) {
+		ls->finalizing = 1;	/* no Lua from hooks for a dying handle */
+		session_destroy(ls->s);
+		ls->s = NULL;
+	}
+	free(ls->out);
+	ls->out = NULL;
+	ls->outlen = ls->outcap = 0;
+	return 0;
+}
+
+static int
+lsession_tostring(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	lua_pushfstring(L, "smtp_core.session (%s)", ls->s ? "open" : "closed");
+	return 1;
+}
+
+/* ---- config ------------------------------------------------------------- */
+
+static lua_Integer
+opt_int(lua_State *L, int idx, const char *key, lua_Integer def, lua_Integer min)
+{
+	lua_Integer v = def;
+	int isint;
+
+	if (lua_getfield(L, idx, key) != LUA_TNIL) {
+		v = lua_tointegerx(L, -1, &isint);
+		if (!isint || v < min)
+			luaL_error(L, "config field %s: integer >= %d expected", key, (int)min);
+	}
+	lua_pop(L, 1);
+	return v;
+}
+
+void
+lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
+    size_t hostlen)
+{
+	idx = lua_absindex(L, idx);
+	if (lua_getfield(L, idx, "hostname") == LUA_TSTRING) {
+		snprintf(host, hostlen, "%s", lua_tostring(L, -1));
+		cfg->hostname = host;
+	}
+	lua_pop(L, 1);
+	cfg->extensions = (unsigned)opt_int(L, idx, "extensions", cfg->extensions, 0) & EXT_ALL;
+	cfg->max_line = (size_t)opt_int(L, idx, "max_line", (lua_Integer)cfg->max_line, 0);
+	cfg->max_text_line = (size_t)opt_int(L, idx, "max_text_line", (lua_Integer)cfg->max_text_line, 0);
+	cfg->max_recipients = (size_t)opt_int(L, idx, "max_recipients", (lua_Integer)cfg->max_recipients, 1);
+	cfg->max_size = (uint64_t)opt_int(L, idx, "max_size", (lua_Integer)cfg->max_size, 0);
+	cfg->max_bad_commands = (unsigned)opt_int(L, idx, "max_bad_commands", cfg->max_bad_commands, 1);
+	cfg->timeout_command_ms = (unsigned)opt_int(L, idx, "timeout_command_ms", cfg->timeout_command_ms, 1);
+	cfg->timeout_data_ms = (unsigned)opt_int(L, idx, "timeout_data_ms", cfg->timeout_data_ms, 1);
+	cfg->timeout_decision_ms = (unsigned)opt_int(L, idx, "timeout_decision_ms", cfg->timeout_decision_ms, 1);
+}
+
+/* smtp_core.defaults() -> the engine's config defaults, snake_case */
+static int
+lcore_defaults(lua_State *L)
+{
+	struct session_config cfg;
+
+	session_config_init(&cfg);
+	lua_createtable(L, 0, 10);
+	lua_pushinteger(L, cfg.extensions);
+	lua_setfield(L, -2, "extensions");
+#define F(name) lua_pushinteger(L, (lua_Integer)cfg.name); lua_setfield(L, -2, #name)
+	F(max_line); F(max_text_line); F(max_recipients); F(max_size);
+	F(max_bad_commands); F(timeout_command_ms); F(timeout_data_ms);
+	F(timeout_decision_ms);
+#undef F
+	return 1;
+}
+
+/* ---- logging ------------------------------------------------------------ */
+
+static void
+capture_sink(void *arg, enum log_level level, const char *line)
+{
+	char *copy;
+
+	(void)arg;
+	(void)level;
+	if (capture_len >= CAPTURE_MAX)
+		return;
+	if (capture_lines == NULL &&
+	    (capture_lines = calloc(CAPTURE_MAX, sizeof(*capture_lines))) == NULL)
+		return;
+	if ((copy = strdup(line)) != NULL)
+		capture_lines[capture_len++] = copy;
+}
+
+static int
+check_level(lua_State *L, int idx)
+{
+	enum log_level level;
+
+	if (log_parse_level(luaL_checkstring(L, idx), &level) == -1)
+		return luaL_argerror(L, idx, "error, warn, info or debug expected");
+	return (int)level;
+}
+
+/* smtp_core.log(level, id_hex|nil, text) */
+static int
+lcore_log(lua_State *L)
+{
+	int		 level = check_level(L, 1);
+	const char	*hex = luaL_optstring(L, 2, NULL);
+	const char	*text = luaL_checkstring(L, 3);
+	uint64_t	 id = hex ? strtoull(hex, NULL, 16) : 0;
+
+	log_msg((enum log_level)level, id, "%s", text);
+	return 0;
+}
+
+/* smtp_core.log_level([name]) -> the current level's name */
+static int
+lcore_log_level(lua_State *L)
+{
+	static const char *const names[] = { "error", "warn", "info", "debug" };
+
+	if (!lua_isnoneornil(L, 1))
+		log_set_level((enum log_level)check_level(L, 1));
+	lua_pushstring(L, names[log_get_level()]);
+	return 1;
+}
+
+/* smtp_core.log_capture(on): route log lines into memory (the harness) */
+static int
+lcore_log_capture(lua_State *L)
+{
+	capture_on = lua_toboolean(L, 1);
+	log_set_sink(capture_on ? capture_sink : NULL, NULL);
+	return 0;
+}
+
+/* smtp_core.log_take() -> the captured lines since the last call */
+static int
+lcore_log_take(lua_State *L)
+{
+	lua_createtable(L, (int)capture_len, 0);
+	for (size_t i = 0; i < capture_len; i++) {
+		lua_pushstring(L, capture_lines[i]);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+		free(capture_lines[i]);
+		capture_lines[i] = NULL;
+	}
+	capture_len = 0;
+	return 1;
+}
+
+/* smtp_core.fqdn() -> the machine's fully qualified name (or its hostname) */
+static int
+lcore_fqdn(lua_State *L)
+{
+	char		 name[256];
+	struct addrinfo	 hints, *res = NULL;
+
+	if (gethostname(name, sizeof(name)) == -1)
+		snprintf(name, sizeof(name), "localhost");
+	name[sizeof(name) - 1] = '\0';
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_flags = AI_CANONNAME;
+	if (getaddrinfo(name, NULL, &hints, &res) == 0 && res != NULL &&
+	    res->ai_canonname != NULL && strchr(res->ai_canonname, '.') != NULL)
+		snprintf(name, sizeof(name), "%s", res->ai_canonname);
+	if (res != NULL)
+		freeaddrinfo(res);
+	lua_pushstring(L, name);
+	return 1;
+}
+
+/* ---- registration -------------------------------------------------------- */
+
+static const luaL_Reg core_funcs[] = {
+	{ "bridge",	 lcore_bridge },
+	{ "session",	 lcore_session },
+	{ "defaults",	 lcore_defaults },
+	{ "log",	 lcore_log },
+	{ "log_level",	 lcore_log_level },
+	{ "log_capture", lcore_log_capture },
+	{ "log_take",	 lcore_log_take },
+	{ "fqdn",	 lcore_fqdn },
+	{ NULL, NULL }
+};
+
+static const luaL_Reg bridge_methods[] = {
+	{ "watch",	lbridge_watch },
+	{ "release",	lbridge_release },
+	{ NULL, NULL }
+};
+
+static const luaL_Reg session_methods[] = {
+	{ "decide",	lsession_decide },
+	{ "feed",	lsession_feed },
+	{ "eof",	lsession_eof },
+	{ "timeout",	lsession_timeout },
+	{ "shutdown",	lsession_shutdown },
+	{ "pause",	lsession_pause },
+	{ "resume",	lsession_resume },
+	{ "destroy",	lsession_destroy },
+	{ "output",	lsession_output },
+	{ "io",		lsession_io },
+	{ "attach",	lsession_attach },
+	{ "id",		lsession_id },
+	{ "state",	lsession_state },
+	{ "closed",	lsession_closed },
+	{ "idle",	lsession_idle },
+	{ "peer",	lsession_peer },
+	{ NULL, NULL }
+};
+
+static void
+create_meta(lua_State *L, const char *name, const luaL_Reg *methods,
+    lua_CFunction gc, lua_CFunction tostring)
+{
+	luaL_newmetatable(L, name);
+	lua_newtable(L);
+	luaL_setfuncs(L, methods, 0);
+	lua_setfield(L, -2, "__index");
+	if (gc != NULL) {
+		lua_pushcfunction(L, gc);
+		lua_setfield(L, -2, "__gc");
+	}
+	if (tostring != NULL) {
+		lua_pushcfunction(L, tostring);
+		lua_setfield(L, -2, "__tostring");
+	}
+	lua_pop(L, 1);
+}
+
+int
+luaopen_smtp_core(lua_State *L)
+{
+	create_meta(L, LCORE_BRIDGE_MT, bridge_methods, NULL, NULL);
+	create_meta(L, LCORE_SESSION_MT, session_methods, lsession_gc, lsession_tostring);
+	luaL_newlib(L, core_funcs);
+	lua_createtable(L, 0, SEV_COUNT);
+	for (int i = 0; i < SEV_COUNT; i++) {
+		lua_pushinteger(L, EVBIT(i));
+		lua_setfield(L, -2, session_event_name((enum session_event)i));
+	}
+	lua_setfield(L, -2, "EVENTS");
+	lua_createtable(L, 0, 5);
+#define X(n) lua_pushinteger(L, EXT_##n); lua_setfield(L, -2, #n)
+	X(PIPELINING); X(SIZE); X(8BITMIME); X(ENHANCEDSTATUSCODES); X(SMTPUTF8);
+#undef X
+	lua_setfield(L, -2, "EXT");
+	return 1;
+}
