@@ -1,0 +1,520 @@
+/*
+ * fuzz_session.c -- libFuzzer target for the protocol engine (session.h):
+ * arbitrary client byte streams in arbitrary chunk splits, against a policy
+ * that answers at once or later, accepts, rejects or returns bad verdicts.
+ *
+ * Input: an 8-octet header, then the client's bytes.
+ *   [0] EXT_* bits offered
+ *   [1] limits: small max_size, 2 recipients, short text lines, 3 bad
+ *       commands, 64-octet command lines, STARTTLS, AUTH, AUTH without TLS
+ *   [2] driver: chunk mode (2 bits), no hooks, no optional io callbacks,
+ *       implicit TLS, fire timers, pause/resume, shut down at the end
+ *   [3] policy: how often it waits, rejects, answers nonsense (2 bits each)
+ *   [4..7] seed of the generator behind every other choice
+ *
+ * What must hold: every reply line is "ddd" SP/"-" text CRLF, at most 512
+ * octets, no NUL, no bare CR or LF, 2xx-5xx, one code per multi-line reply;
+ * nothing is written after close; at most one ask is outstanding and only
+ * the outstanding one is cancelled; a feed that takes less than it is given
+ * has a reason (an ask, a pause, closing); a message that reaches DATA_END
+ * arrived with CRLF line ends, within max_size and max_text_line, was never
+ * aborted, and its size is what the data hook saw; closed comes once.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "session.h"
+
+#define REQUIRE(cond) do {						\
+	if (!(cond)) {							\
+		fprintf(stderr, "%s:%d: invariant failed: %s\n",	\
+		    __FILE__, __LINE__, #cond);				\
+		abort();						\
+	}								\
+} while (0)
+
+#define HEADER		8
+#define REPLY_MAX	512	/* RFC 5321 4.5.3.1.5, incl. CRLF */
+#define NO_EVENT	SEV_COUNT
+
+struct harness {
+	uint32_t		 rng;
+	unsigned		 wait_pct, reject_pct, weird_pct;
+	const struct session_config *cfg;
+
+	/* the policy */
+	struct session		*s;
+	enum session_event	 pending;	/* outstanding HOOK_WAIT, or NO_EVENT */
+	bool			 paused;
+	unsigned		 closed_calls;
+
+	/* the message in progress, as the policy sees it */
+	bool			 in_data;	/* 354 given, no DATA_END or abort yet */
+	bool			 aborted;
+	uint64_t		 data_bytes;
+	size_t			 data_line;	/* octets of the current line */
+	int			 data_last;	/* last octet seen, or -1 */
+
+	/* the transport */
+	bool			 closed;
+	bool			 tls_asked;
+	unsigned		 timer_ms;
+	char			 line[REPLY_MAX + 1];
+	size_t			 line_len;
+	char			 cont_code[3];	/* code of an unfinished multi-line reply */
+	bool			 in_multi;
+};
+
+static uint32_t
+rnd(struct harness *h)
+{
+	/* xorshift32; a zero seed would stay zero */
+	uint32_t x = h->rng != 0 ? h->rng : 0x9e3779b9u;
+
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	return h->rng = x;
+}
+
+static bool
+chance(struct harness *h, unsigned pct)
+{
+	return rnd(h) % 100 < pct;
+}
+
+/* --- the transport ------------------------------------------------------ */
+
+static void
+check_reply_line(struct harness *h, const char *l, size_t len)
+{
+	size_t	i;
+
+	REQUIRE(len >= 6 && len <= REPLY_MAX);	/* "ddd" SP CRLF at least */
+	REQUIRE(l[len - 2] == '\r' && l[len - 1] == '\n');
+	REQUIRE(l[0] >= '2' && l[0] <= '5');
+	REQUIRE(l[1] >= '0' && l[1] <= '9' && l[2] >= '0' && l[2] <= '9');
+	REQUIRE(l[3] == ' ' || l[3] == '-');
+	for (i = 0; i < len - 2; i++)
+		REQUIRE(l[i] != '\0' && l[i] != '\r' && l[i] != '\n');
+	if (h->in_multi)
+		REQUIRE(memcmp(h->cont_code, l, 3) == 0);
+	h->in_multi = l[3] == '-';
+	memcpy(h->cont_code, l, 3);
+}
+
+static void
+io_write(void *ctx, const char *buf, size_t len)
+{
+	struct harness	*h = ctx;
+	size_t		 i;
+
+	REQUIRE(!h->closed);
+	REQUIRE(len > 0);
+	for (i = 0; i < len; i++) {
+		REQUIRE(h->line_len < sizeof(h->line));	/* else the line is > 512 */
+		h->line[h->line_len++] = buf[i];
+		if (buf[i] == '\n') {
+			check_reply_line(h, h->line, h->line_len);
+			h->line_len = 0;
+		}
+	}
+}
+
+static void
+io_close(void *ctx)
+{
+	struct harness	*h = ctx;
+
+	REQUIRE(!h->closed);
+	REQUIRE(h->line_len == 0 && !h->in_multi);	/* the last reply is whole */
+	h->closed = true;
+}
+
+static void
+io_wake(void *ctx)
+{
+	(void)ctx;
+}
+
+static void
+io_timer(void *ctx, unsigned ms)
+{
+	struct harness	*h = ctx;
+
+	REQUIRE(!h->closed);
+	h->timer_ms = ms;
+}
+
+static void
+io_starttls(void *ctx)
+{
+	struct harness	*h = ctx;
+
+	REQUIRE(!h->closed);
+	REQUIRE(!h->tls_asked);
+	h->tls_asked = true;
+}
+
+/* --- the policy --------------------------------------------------------- */
+
+static const struct verdict weird[] = {
+	{ true, 0, NULL },
+	{ false, 0, NULL },
+	{ false, 550, "5.7.1 Go away" },
+	{ false, 450, "4.7.1 Later" },
+	{ true, 250, "2.1.0 Fine\nsecond line\nthird" },
+	{ false, 250, "a rejection with a 2xx code" },
+	{ true, 550, NULL },
+	{ false, 550, "text\r\nRSET" },
+	{ false, 550, "\x01 control" },
+	{ true, 999, NULL },
+	{ false, 554, "4.7.1 class mismatch" },
+	{ true, 220, "Hi" },
+	{ true, 354, NULL },
+	{ true, 221, "Bye" },
+	{ true, 235, "2.7.0 Welcome" },
+	{ false, 421, "4.3.2 Closing" },
+	{ false, 421, NULL },
+	{ false, 535, "5.7.8 Bad credentials" },
+	{ false, 550, "" },
+	{ false, 550, "\n\n" },
+	{ false, 550, "5.1.1 " },
+	{ true, 250, "x\ty" },
+	{ true, 250, "\xc3\xa9t\xc3\xa9" },
+	{ false, 550, "5.7.1 1234567890123456789012345678901234567890123456789012345678901234567890"
+	    "12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+	    "12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+	    "12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+	    "12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+	    "12345678901234567890123456789012345678901234567890123456789012345678901234567890"
+	    "12345678901234567890123456789012345678901234567890123456789012345678901234567890" },
+	{ false, 550, "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12\n13\n14\n15\n16\n17\n18\n19\n20\n"
+	    "21\n22\n23\n24\n25\n26\n27\n28\n29\n30\n31\n32\n33\n34\n35\n36\n37\n38\n39\n40" },
+};
+
+static struct verdict
+choose_verdict(struct harness *h)
+{
+	if (chance(h, h->weird_pct))
+		return weird[rnd(h) % (sizeof(weird) / sizeof(weird[0]))];
+	if (chance(h, h->reject_pct))
+		return (struct verdict){ false, 0, NULL };
+	return (struct verdict){ true, 0, NULL };
+}
+
+static void
+check_args(struct harness *h, enum session_event ev,
+    const struct session_event_args *a)
+{
+	REQUIRE(a != NULL);
+	switch (ev) {
+	case SEV_HELO:
+	case SEV_EHLO:
+	case SEV_VRFY:
+	case SEV_EXPN:
+		REQUIRE(a->arg != NULL && strlen(a->arg) < REPLY_MAX);
+		REQUIRE(strpbrk(a->arg, "\r\n") == NULL);
+		break;
+	case SEV_MAIL:
+	case SEV_RCPT:
+		REQUIRE(a->path != NULL && a->path->address != NULL);
+		REQUIRE(strlen(a->path->address) + 2 <= SMTP_PATH_MAX);
+		REQUIRE(strpbrk(a->path->address, "\r\n") == NULL);
+		REQUIRE(a->path->nparams <= SMTP_PARAMS_MAX);
+		break;
+	case SEV_AUTH:
+		REQUIRE(a->auth != NULL && a->auth->method != NULL &&
+		    a->auth->username != NULL && a->auth->password != NULL &&
+		    a->auth->authzid != NULL);
+		break;
+	case SEV_DATA_END:
+		/* the message the policy saw is the message the engine accepts */
+		REQUIRE(h->in_data && !h->aborted);
+		REQUIRE(a->size == h->data_bytes);
+		REQUIRE(h->cfg->max_size == 0 || a->size <= h->cfg->max_size);
+		REQUIRE(h->data_last == -1 || (h->data_last == '\n' &&
+		    h->data_line == 0));
+		h->in_data = false;
+		break;
+	default:
+		break;
+	}
+}
+
+static enum hook_result
+hook_ask(void *ctx, struct session *s, enum session_event ev,
+    const struct session_event_args *args, struct verdict *v)
+{
+	struct harness	*h = ctx;
+
+	REQUIRE(ev < SEV_COUNT);
+	REQUIRE(h->pending == NO_EVENT);	/* one ask at a time */
+	REQUIRE(!h->closed);
+	REQUIRE(session_event_name(ev) != NULL);
+	REQUIRE(h->s == NULL || h->s == s);	/* NULL: inside session_create */
+	check_args(h, ev, args);
+	if (chance(h, h->wait_pct)) {
+		h->pending = ev;
+		return HOOK_WAIT;
+	}
+	*v = choose_verdict(h);
+	return HOOK_DONE;
+}
+
+static void
+hook_cancel(void *ctx, struct session *s, enum session_event ev)
+{
+	struct harness	*h = ctx;
+
+	(void)s;
+	REQUIRE(h->pending == ev);
+	h->pending = NO_EVENT;
+}
+
+static void
+hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
+{
+	struct harness	*h = ctx;
+
+	(void)s;
+	REQUIRE(ev < SEV_COUNT);
+	REQUIRE(code >= 200 && code <= 599);
+	if (ev == SEV_DATA && code == 354) {
+		h->in_data = true;
+		h->aborted = false;
+		h->data_bytes = 0;
+		h->data_line = 0;
+		h->data_last = -1;
+	}
+}
+
+static void
+hook_data(void *ctx, struct session *s, const char *buf, size_t len)
+{
+	struct harness	*h = ctx;
+	size_t		 i;
+
+	(void)s;
+	REQUIRE(h->in_data && !h->aborted);
+	REQUIRE(len > 0);
+	for (i = 0; i < len; i++) {
+		/* CRLF only: a CR is followed by LF, an LF follows a CR */
+		if (h->data_last == '\r')
+			REQUIRE(buf[i] == '\n');
+		if (buf[i] == '\n') {
+			REQUIRE(h->data_last == '\r');
+			REQUIRE(h->cfg->max_text_line == 0 ||
+			    h->data_line + 1 <= h->cfg->max_text_line);
+			h->data_line = 0;
+		} else
+			h->data_line++;
+		h->data_last = (unsigned char)buf[i];
+	}
+	h->data_bytes += len;
+	REQUIRE(h->cfg->max_size == 0 || h->data_bytes <= h->cfg->max_size);
+}
+
+static void
+hook_abort(void *ctx, struct session *s, enum session_abort why)
+{
+	struct harness	*h = ctx;
+
+	(void)s;
+	REQUIRE(why <= ABORT_SHUTDOWN);
+	h->aborted = true;
+}
+
+static void
+hook_closed(void *ctx, struct session *s)
+{
+	struct harness	*h = ctx;
+
+	(void)s;
+	REQUIRE(h->pending == NO_EVENT);	/* cancelled first */
+	h->closed_calls++;
+}
+
+/* --- the driver --------------------------------------------------------- */
+
+static void
+configure(struct session_config *cfg, uint8_t ext, uint8_t lim)
+{
+	session_config_init(cfg);
+	cfg->hostname = "fuzz.example";
+	cfg->extensions = ext & EXT_ALL;
+	if (lim & 0x01)
+		cfg->max_size = 100;
+	if (lim & 0x02)
+		cfg->max_recipients = 2;
+	if (lim & 0x04)
+		cfg->max_text_line = 40;
+	if (lim & 0x08)
+		cfg->max_bad_commands = 3;
+	if (lim & 0x10)
+		cfg->max_line = 64;
+	if (lim & 0x20)
+		cfg->starttls = true;
+	if (lim & 0x40)
+		cfg->auth_methods = AUTH_PLAIN | AUTH_LOGIN;
+	if (lim & 0x80)
+		cfg->auth_without_tls = true;
+}
+
+static size_t
+chunk_size(struct harness *h, unsigned mode, size_t left)
+{
+	size_t	n;
+
+	switch (mode) {
+	case 0:
+		n = left;
+		break;
+	case 1:
+		n = 1;
+		break;
+	case 2:
+		n = 1 + rnd(h) % 16;
+		break;
+	default:
+		n = 1 + rnd(h) % 600;
+		break;
+	}
+	return n < left ? n : left;
+}
+
+static void
+quiet_log(void *arg, enum log_level level, const char *line)
+{
+	(void)arg;
+	(void)level;
+	REQUIRE(line != NULL);
+}
+
+int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	static const struct session_hooks hooks = {
+		hook_ask, hook_cancel, hook_outcome, hook_data, hook_abort,
+		hook_closed,
+	};
+	static const struct session_tls tls = { "TLSv1.3", "TLS_AES_128_GCM_SHA256", "" };
+	struct session_io	 io = { io_write, io_close, io_wake, io_timer, io_starttls };
+	struct session_config	 cfg;
+	struct session_peer	 peer = { "192.0.2.1", 40000, "127.0.0.1", 25, NULL };
+	struct harness		 h;
+	const char		*in;
+	size_t			 len, off, n, want;
+	unsigned		 mode, stalls = 0;
+	uint8_t			 drv;
+	bool			 with_hooks;
+
+	if (size < HEADER)
+		return 0;
+	log_set_level(LOG_DEBUG);		/* the log lines are code too */
+	log_set_sink(quiet_log, NULL);
+	memset(&h, 0, sizeof(h));
+	configure(&cfg, data[0], data[1]);
+	drv = data[2];
+	mode = drv & 0x03;
+	with_hooks = !(drv & 0x04);
+	if (drv & 0x08) {
+		io.wake = NULL;
+		io.timer = NULL;
+		io.starttls = NULL;
+	}
+	if (drv & 0x10)
+		peer.tls = &tls;
+	h.wait_pct = (const unsigned[]){ 0, 25, 50, 90 }[data[3] & 3];
+	h.reject_pct = (const unsigned[]){ 0, 20, 40, 80 }[(data[3] >> 2) & 3];
+	h.weird_pct = (const unsigned[]){ 0, 10, 25, 50 }[(data[3] >> 4) & 3];
+	h.rng = (uint32_t)data[4] | (uint32_t)data[5] << 8 |
+	    (uint32_t)data[6] << 16 | (uint32_t)data[7] << 24;
+	h.pending = NO_EVENT;
+	h.cfg = &cfg;
+	in = (const char *)data + HEADER;
+	len = size - HEADER;
+
+	h.s = NULL;
+	if ((h.s = session_create(&cfg, with_hooks ? &hooks : NULL, &h, &io, &h,
+	    &peer)) == NULL)
+		return 0;
+	REQUIRE(session_state_name(h.s) != NULL);
+
+	for (off = 0; off < len && !h.closed; ) {
+		/* answer a waiting ask before the next feed, most of the time */
+		if (h.pending != NO_EVENT && chance(&h, 80)) {
+			struct verdict v = choose_verdict(&h);
+
+			h.pending = NO_EVENT;
+			REQUIRE(session_decide(h.s, &v) == 0);
+			continue;
+		}
+		if (h.pending == NO_EVENT && chance(&h, 2)) {
+			struct verdict v = { true, 0, NULL };
+
+			REQUIRE(session_decide(h.s, &v) == -1);	/* nothing to answer */
+		}
+		if (h.tls_asked && chance(&h, 50)) {
+			h.tls_asked = false;
+			session_tls_started(h.s, &tls);
+			continue;
+		}
+		if ((drv & 0x20) && h.timer_ms != 0 && chance(&h, 3)) {
+			session_timeout(h.s);	/* cancels a waiting ask */
+			continue;
+		}
+		if (drv & 0x40) {
+			if (!h.paused && chance(&h, 5)) {
+				h.paused = true;
+				session_pause(h.s);
+			} else if (h.paused && chance(&h, 50)) {
+				h.paused = false;
+				session_resume(h.s);
+			}
+		}
+		want = chunk_size(&h, mode, len - off);
+		n = session_feed(h.s, in + off, want);
+		REQUIRE(n <= want);
+		off += n;
+		if (n < want) {
+			/* the engine holds back only for a reason */
+			REQUIRE(h.pending != NO_EVENT || h.paused ||
+			    session_closing(h.s));
+			if (h.paused && h.pending == NO_EVENT && !session_closing(h.s)) {
+				h.paused = false;
+				session_resume(h.s);
+			}
+			if (session_closing(h.s) && h.pending == NO_EVENT &&
+			    !h.paused && ++stalls > 4)
+				break;
+		}
+		REQUIRE(session_state_name(h.s) != NULL);
+	}
+
+	if (!h.closed) {
+		if (drv & 0x80)
+			session_shutdown(h.s);
+		else
+			session_eof(h.s);
+	}
+	if (h.pending != NO_EVENT && chance(&h, 50)) {
+		struct verdict v = choose_verdict(&h);
+
+		/* a late verdict: taken, or refused if the session closed */
+		if (session_decide(h.s, &v) == 0)
+			h.pending = NO_EVENT;
+	}
+	if (h.closed)
+		REQUIRE(h.line_len == 0);
+	session_destroy(h.s);
+	REQUIRE(h.closed_calls == (with_hooks ? 1u : 0u));
+	REQUIRE(h.pending == NO_EVENT);
+	log_set_sink(NULL, NULL);
+	return 0;
+}
