@@ -10,10 +10,13 @@
  * Knows nothing of sockets or libevent: timers belong to the caller.
  */
 #include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <lua.h>
@@ -980,6 +983,59 @@ lcore_fqdn(lua_State *L)
 	return 1;
 }
 
+/* ---- files: what durable delivery needs and Lua lacks ------------------- */
+
+static int
+push_errno(lua_State *L, const char *what, const char *path)
+{
+	int e = errno;
+
+	luaL_pushfail(L);
+	lua_pushfstring(L, "%s %s: %s", what, path, strerror(e));
+	return 2;
+}
+
+/* smtp_core.fsync(path) -> true | nil, message: a file's or directory's data to disk */
+static int
+lcore_fsync(lua_State *L)
+{
+	const char	*path = luaL_checkstring(L, 1);
+	int		 fd;
+
+	if ((fd = open(path, O_RDONLY | O_CLOEXEC)) == -1)
+		return push_errno(L, "open", path);
+	if (fsync(fd) == -1) {
+		int e = errno;
+
+		close(fd);
+		errno = e;
+		return push_errno(L, "fsync", path);
+	}
+	close(fd);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* smtp_core.mkdir(path[, mode]) -> true | nil, message (an existing directory is fine) */
+static int
+lcore_mkdir(lua_State *L)
+{
+	const char	*path = luaL_checkstring(L, 1);
+	lua_Integer	 mode = luaL_optinteger(L, 2, 0700);
+	struct stat	 st;
+
+	if (mkdir(path, (mode_t)mode) == -1) {
+		if (errno != EEXIST)
+			return push_errno(L, "mkdir", path);
+		if (stat(path, &st) == -1 || !S_ISDIR(st.st_mode)) {
+			errno = ENOTDIR;
+			return push_errno(L, "mkdir", path);
+		}
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static const luaL_Reg core_funcs[] = {
@@ -991,6 +1047,8 @@ static const luaL_Reg core_funcs[] = {
 	{ "log_capture", lcore_log_capture },
 	{ "log_take",	 lcore_log_take },
 	{ "fqdn",	 lcore_fqdn },
+	{ "fsync",	 lcore_fsync },
+	{ "mkdir",	 lcore_mkdir },
 	{ NULL, NULL }
 };
 

@@ -34,8 +34,9 @@ function Emitter.canonical(self, name, level)
   local canon = type(name) == "string" and self._names[name]
   if not canon then
     local known = {}
-    for k in pairs(self._names) do known[#known + 1] = string.format("%q", k) end
+    for k in pairs(self._names) do known[#known + 1] = k end
     table.sort(known)
+    for i, k in ipairs(known) do known[i] = string.format("%q", k) end
     error(string.format("unknown event %s (known: %s)", tostring(name),
       table.concat(known, ", ")), (level or 1) + 1)
   end
@@ -53,10 +54,16 @@ local function add(self, name, fn, once)
 end
 
 -- obj:on(name, fn) -> obj
-function Emitter.on(self, name, fn) return add(self, name, fn, false) end
+function Emitter.on(self, name, fn)
+  local r = add(self, name, fn, false)	-- not a tail call: errors name the caller's line
+  return r
+end
 
 -- obj:once(name, fn) -> obj: fn runs at the next emit only
-function Emitter.once(self, name, fn) return add(self, name, fn, true) end
+function Emitter.once(self, name, fn)
+  local r = add(self, name, fn, true)
+  return r
+end
 
 -- obj:off(name[, fn]) -> obj: removes fn (every registration of it), or all
 function Emitter.off(self, name, fn)

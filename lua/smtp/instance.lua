@@ -654,6 +654,12 @@ function M.new(platform)
     log(level, task and task.conn and task.conn.id or nil, fmt, ...)
   end
 
+  -- smtp.fs: what durable delivery needs and plain Lua lacks
+  smtp.fs = {
+    fsync = core.fsync,	-- fsync(path) -> true | nil, err (a file or a directory)
+    mkdir = core.mkdir,	-- mkdir(path[, mode]) -> true | nil, err (existing is fine)
+  }
+
   -- What the C side (lua_policy.c) and the harness read after the script ran.
   function smtp._policy()
     if not server then return nil, "the script did not call smtp.createServer" end

@@ -417,7 +417,8 @@ function Harness:_pump_all()
 end
 
 -- The script's environment: globals stay in it; require "smtp" is this
--- instance; os.getenv sees opts.env first.
+-- instance; opts.globals are set in it (e.g. a print that captures);
+-- os.getenv sees opts.env first.
 local function script_env(smtp, opts)
   local env = setmetatable({}, { __index = _G })
   env._G = env
@@ -425,6 +426,7 @@ local function script_env(smtp, opts)
     if name == "smtp" then return smtp end
     return require(name)
   end
+  for k, v in pairs(opts.globals or {}) do env[k] = v end
   if opts.env then
     env.os = setmetatable({
       getenv = function(k)
@@ -468,7 +470,8 @@ function testing.load_string(source, chunkname, opts)
 end
 
 -- testing.load(path[, opts]) -> harness: opts.env (os.getenv overrides),
--- opts.args (the script's ...), opts.hostname, opts.log_level
+-- opts.globals (names set in the script's environment), opts.args (the
+-- script's ...), opts.hostname (default for server.hostname), opts.log_level
 function testing.load(path, opts)
   local f, err = io.open(path, "rb")
   if not f then error(err, 2) end

@@ -1,0 +1,19 @@
+-- scripts/console.lua -- the seed's first example: print every message and accept it.
+--
+-- Run: luasmtpd scripts/console.lua   (serves 127.0.0.1:2525)
+local smtp = require "smtp"
+
+smtp.createServer(function(connection)
+  connection:on("DATA", function(message)
+    print("Message from " .. message.sender)
+    message:on("data", function(chunk)
+      io.write("DATA: ", chunk)
+    end)
+    message:on("end", function()
+      print("EOT")
+      message:accept()
+    end)
+  end)
+end):listen(2525, "127.0.0.1")
+
+print("SMTP server running on port 2525")
