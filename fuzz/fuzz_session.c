@@ -18,7 +18,9 @@
  * the outstanding one is cancelled; a feed that takes less than it is given
  * has a reason (an ask, a pause, closing); a message that reaches DATA_END
  * arrived with CRLF line ends, within max_size and max_text_line, was never
- * aborted, and its size is what the data hook saw; closed comes once.
+ * aborted, and its size is what the data hook saw; when the policy waits on
+ * DATA_END, the input taken so far ends in CRLF "." CRLF (no smuggling);
+ * closed comes once.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -57,6 +59,7 @@ struct harness {
 	uint64_t		 data_bytes;
 	size_t			 data_line;	/* octets of the current line */
 	int			 data_last;	/* last octet seen, or -1 */
+	bool			 end_waiting;	/* DATA_END answered HOOK_WAIT */
 
 	/* the transport */
 	bool			 closed;
@@ -259,6 +262,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	check_args(h, ev, args);
 	if (chance(h, h->wait_pct)) {
 		h->pending = ev;
+		h->end_waiting = ev == SEV_DATA_END;
 		return HOOK_WAIT;
 	}
 	*v = choose_verdict(h);
@@ -479,9 +483,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			}
 		}
 		want = chunk_size(&h, mode, len - off);
+		h.end_waiting = false;
 		n = session_feed(h.s, in + off, want);
 		REQUIRE(n <= want);
 		off += n;
+		if (h.end_waiting && h.pending == SEV_DATA_END) {
+			/* the engine stops right after the final dot: CRLF "." CRLF */
+			REQUIRE(off >= 5 && memcmp(in + off - 5, "\r\n.\r\n", 5) == 0);
+		}
 		if (n < want) {
 			/* the engine holds back only for a reason */
 			REQUIRE(h.pending != NO_EVENT || h.paused ||
