@@ -340,7 +340,8 @@ function Session:sendmail(m)
   end
   if m.helo ~= false and not self._said_hello then
     self._said_hello = true
-    r.ehlo = take("ehlo") or (self:send("EHLO " .. (m.helo or "client.example")) and take("ehlo"))
+    self:send("EHLO " .. (m.helo or "client.example"))
+    r.ehlo = take("ehlo")
     if not r.ehlo then return r end
   end
   local mail = "MAIL FROM:<" .. (m.from or "") .. ">"
