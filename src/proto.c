@@ -181,10 +181,10 @@ parse_literal(const char *p, const char **why)
 
 	*why = "bad address literal";
 	for (end = body; *end != ']'; end++) {
+		if (!is_dcontent(*end))
+			return NULL;	/* also the NUL: no "]" */
 		if (*end == ':' && colon == NULL)
 			colon = end;
-		else if (!is_dcontent(*end) && *end != ':')
-			return NULL;	/* also the NUL: no "]" */
 	}
 	if ((len = end - body) + 2 > SMTP_DOMAIN_MAX) {
 		*why = "domain too long";
@@ -400,10 +400,6 @@ proto_parse_path(char *line, int flags, struct smtp_path *out,
 			return -1;
 		}
 		end = at;
-		if ((size_t)(end - lt) + 1 > SMTP_PATH_MAX) {
-			*why = "path too long";		/* cannot happen */
-			return -1;
-		}
 		out->address = out->local = "Postmaster";
 		goto params;
 	}
