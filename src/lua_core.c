@@ -539,8 +539,9 @@ copy_addr(lua_State *L, int idx, const char *key, char *dst, size_t len)
 	lua_pop(L, 1);
 }
 
+/* A port field, or def when absent (0 counts as absent). */
 static uint16_t
-get_port(lua_State *L, int idx, const char *key)
+get_port(lua_State *L, int idx, const char *key, uint16_t def)
 {
 	lua_Integer p = 0;
 
@@ -548,7 +549,7 @@ get_port(lua_State *L, int idx, const char *key)
 		p = luaL_checkinteger(L, -1);
 	lua_pop(L, 1);
 	luaL_argcheck(L, p >= 0 && p <= 65535, 3, "port out of range");
-	return (uint16_t)p;
+	return p == 0 ? def : (uint16_t)p;
 }
 
 /*
@@ -575,8 +576,8 @@ lcore_session(lua_State *L)
 	ls->peer.local_port = 25;
 	copy_addr(L, 3, "remoteAddress", ls->peer.remote_addr, sizeof(ls->peer.remote_addr));
 	copy_addr(L, 3, "localAddress", ls->peer.local_addr, sizeof(ls->peer.local_addr));
-	ls->peer.remote_port = get_port(L, 3, "remotePort") ?: ls->peer.remote_port;
-	ls->peer.local_port = get_port(L, 3, "localPort") ?: ls->peer.local_port;
+	ls->peer.remote_port = get_port(L, 3, "remotePort", ls->peer.remote_port);
+	ls->peer.local_port = get_port(L, 3, "localPort", ls->peer.local_port);
 	/* the CONNECT hook binds the handle it finds here to the new session */
 	b->creating = ls;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
