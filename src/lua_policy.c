@@ -234,8 +234,11 @@ set_path(lua_State *L)
 		    LUASMTPD_SOURCE_LUA), luaL_addvalue(&b);
 #endif
 	(void)in_build;
-	if (dir[0] != '\0') {
+	if (dir[0] != '\0') {	/* a source tree, or an install moved as a whole */
 		lua_pushfstring(L, "%s/../lua/?.lua;%s/../lua/?/init.lua;", dir, dir);
+		luaL_addvalue(&b);
+		lua_pushfstring(L, "%s/../share/luasmtpd/lua/?.lua;"
+		    "%s/../share/luasmtpd/lua/?/init.lua;", dir, dir);
 		luaL_addvalue(&b);
 	}
 	lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", LUASMTPD_LUADIR, LUASMTPD_LUADIR);
