@@ -1,0 +1,497 @@
+/*
+ * conn.c -- one accepted client: the bufferevent, its session and their glue.
+ *
+ * Owns the socket's bufferevent, the session's timer and wake events, and the
+ * session itself (session_create .. session_destroy).  Implements struct
+ * session_io over the bufferevent: replies go to the output buffer, held
+ * input is fed again on wake, close flushes (bounded in time) then frees.
+ * Every call into the engine is made from a libevent callback of this file,
+ * and the conn is freed only after that call returned (conn_settle), never
+ * from inside one of the io functions the engine calls.
+ */
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "conn.h"
+#include "log.h"
+#include "session.h"
+
+#define CONN_IN_HIGH	(64 * 1024)	/* input buffered before reading stops */
+#define CONN_OUT_HIGH	(64 * 1024)	/* unread replies before reading stops */
+#define CONN_OUT_LOW	(16 * 1024)	/* ... and where it resumes */
+#define CONN_FEED_MIN	4096		/* contiguous bytes offered to the engine */
+#define CONN_CLOSE_SECS	10		/* bound on flushing a closing conn */
+
+struct conn {
+	struct conn		*next, *prev;	/* in list */
+	struct conn_list	*list;
+	struct bufferevent	*bev;
+	struct session		*s;
+	struct event		*timer;		/* io->timer */
+	struct event		*deferred;	/* wake or close outside a feed */
+	uint64_t		 id;		/* session_id(), kept for the last log line */
+	struct session_peer	 peer;
+	uint64_t		 bytes_in;
+	const char		*why;		/* why the conn ended, for the log */
+	bool			 feeding;	/* inside session_feed() */
+	bool			 woken;		/* io->wake during that feed */
+	bool			 held;		/* the engine took less: wait for wake */
+	bool			 out_full;	/* reading stopped: replies unread */
+	bool			 eof;		/* the client closed its side */
+	bool			 closing;	/* io->close: flush, then free */
+	bool			 freeing;	/* in conn_free(): ignore the engine */
+};
+
+static void	conn_io_write(void *, const char *, size_t);
+static void	conn_io_close(void *);
+static void	conn_io_wake(void *);
+static void	conn_io_timer(void *, unsigned);
+static void	conn_read_cb(struct bufferevent *, void *);
+static void	conn_write_cb(struct bufferevent *, void *);
+static void	conn_event_cb(struct bufferevent *, short, void *);
+static void	conn_timer_cb(evutil_socket_t, short, void *);
+static void	conn_deferred_cb(evutil_socket_t, short, void *);
+static void	conn_pump(struct conn *);
+static bool	conn_settle(struct conn *);
+static void	conn_end_session(struct conn *, const char *);
+static void	conn_free(struct conn *);
+static void	conn_peer_fill(evutil_socket_t, struct session_peer *);
+
+static const struct session_io conn_io = {
+	.write = conn_io_write,
+	.close = conn_io_close,
+	.wake = conn_io_wake,
+	.timer = conn_io_timer,
+};
+
+struct conn *
+conn_create(struct event_base *base, evutil_socket_t fd,
+    const struct session_config *cfg, const struct session_hooks *hooks,
+    void *hook_ctx, struct conn_list *list)
+{
+	struct conn	*c;
+	int		 one = 1;
+
+	if ((c = calloc(1, sizeof(*c))) == NULL) {
+		log_error(0, "connection: out of memory");
+		evutil_closesocket(fd);
+		return NULL;
+	}
+	c->list = list;
+	if ((c->next = list->head) != NULL)
+		c->next->prev = c;
+	list->head = c;
+	list->count++;
+
+	conn_peer_fill(fd, &c->peer);
+	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (evutil_make_socket_nonblocking(fd) == -1 ||
+	    (c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+		evutil_closesocket(fd);
+		goto fail;
+	}
+	if ((c->timer = evtimer_new(base, conn_timer_cb, c)) == NULL ||
+	    (c->deferred = event_new(base, -1, 0, conn_deferred_cb, c)) == NULL)
+		goto fail;
+	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
+	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+
+	c->s = session_create(cfg, hooks, hook_ctx, &conn_io, c, &c->peer);
+	if (c->s == NULL)
+		goto fail;
+	c->id = session_id(c->s);
+	log_info(c->id, "connection from %s port %u to %s port %u",
+	    c->peer.remote_addr, c->peer.remote_port,
+	    c->peer.local_addr, c->peer.local_port);
+	if (conn_settle(c))
+		return NULL;	/* rejected and flushed already */
+	if (!c->closing)
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	return c;
+fail:
+	log_error(0, "connection from %s port %u: %s", c->peer.remote_addr,
+	    c->peer.remote_port, "out of memory");
+	c->why = "out of memory";
+	conn_free(c);
+	return NULL;
+}
+
+void
+conn_destroy(struct conn *c)
+{
+	if (c == NULL)
+		return;
+	if (c->why == NULL)
+		c->why = "dropped";
+	conn_free(c);
+}
+
+void
+conn_shutdown(struct conn *c)
+{
+	if (c == NULL || c->s == NULL || c->closing)
+		return;
+	session_shutdown(c->s);
+	if (c->why == NULL)
+		c->why = "server shutdown";
+	if (!c->closing)	/* the engine must close; make sure it does */
+		conn_io_close(c);
+	(void)conn_settle(c);
+}
+
+void
+conn_list_shutdown(struct conn_list *list)
+{
+	struct conn	*c, *next;
+
+	for (c = list->head; c != NULL; c = next) {
+		next = c->next;
+		conn_shutdown(c);	/* may free c, never another conn */
+	}
+}
+
+void
+conn_list_destroy(struct conn_list *list)
+{
+	while (list->head != NULL)
+		conn_destroy(list->head);
+}
+
+/* --- the session's io ---------------------------------------------------- */
+
+static void
+conn_io_write(void *arg, const char *buf, size_t len)
+{
+	struct conn	*c = arg;
+
+	if (c->freeing || c->bev == NULL)
+		return;
+	if (evbuffer_add(bufferevent_get_output(c->bev), buf, len) == -1)
+		log_error(c->id, "reply lost: out of memory");
+}
+
+static void
+conn_io_close(void *arg)
+{
+	struct conn	*c = arg;
+
+	if (c->freeing || c->closing)
+		return;
+	c->closing = true;
+	if (c->why == NULL)
+		c->why = "closed by server";
+	bufferevent_disable(c->bev, EV_READ);
+	/* when called outside a callback of ours, settle from the loop */
+	if (!c->feeding)
+		event_active(c->deferred, 0, 0);
+}
+
+static void
+conn_io_wake(void *arg)
+{
+	struct conn	*c = arg;
+
+	if (c->freeing)
+		return;
+	if (c->feeding) {		/* session_feed() is on the stack */
+		c->woken = true;
+		return;
+	}
+	event_active(c->deferred, 0, 0);
+}
+
+static void
+conn_io_timer(void *arg, unsigned ms)
+{
+	struct conn	*c = arg;
+	struct timeval	 tv;
+
+	if (c->freeing || c->timer == NULL)
+		return;
+	if (ms == 0) {
+		evtimer_del(c->timer);
+		return;
+	}
+	tv.tv_sec = ms / 1000;
+	tv.tv_usec = (ms % 1000) * 1000;
+	evtimer_add(c->timer, &tv);
+}
+
+/* --- libevent callbacks -------------------------------------------------- */
+
+static void
+conn_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn	*c = arg;
+
+	(void)bev;
+	if (c->held)		/* the engine waits: keep bytes until io->wake */
+		return;
+	conn_pump(c);
+	(void)conn_settle(c);
+}
+
+static void
+conn_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct conn	*c = arg;
+	size_t		 left = evbuffer_get_length(bufferevent_get_output(bev));
+
+	if (c->closing || c->s == NULL) {
+		(void)conn_settle(c);	/* frees once drained */
+		return;
+	}
+	if (c->out_full && left <= CONN_OUT_LOW) {
+		c->out_full = false;
+		if (!c->eof)
+			bufferevent_enable(bev, EV_READ);
+		if (!c->held)
+			conn_pump(c);
+		(void)conn_settle(c);
+	}
+}
+
+static void
+conn_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct conn	*c = arg;
+
+	if (what & BEV_EVENT_EOF) {
+		c->eof = true;
+		bufferevent_disable(bev, EV_READ);
+		if (c->s == NULL || c->closing) {
+			c->why = c->why != NULL ? c->why : "client closed";
+			conn_free(c);
+			return;
+		}
+		/* pipelined commands before the EOF are still answered */
+		if (!c->held)
+			conn_pump(c);
+		(void)conn_settle(c);
+		return;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		int	 err = EVUTIL_SOCKET_ERROR();
+
+		if (c->why == NULL || !c->closing)
+			c->why = evutil_socket_error_to_string(err);
+	} else if (what & BEV_EVENT_TIMEOUT) {
+		c->why = "flush timed out";
+	} else {
+		return;
+	}
+	conn_end_session(c, c->why);
+	conn_free(c);
+}
+
+static void
+conn_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn	*c = arg;
+
+	(void)fd, (void)what;
+	if (c->s == NULL)
+		return;
+	session_timeout(c->s);
+	if (c->why == NULL && c->closing)
+		c->why = "timeout";
+	if (!c->held)
+		conn_pump(c);
+	(void)conn_settle(c);
+}
+
+static void
+conn_deferred_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn	*c = arg;
+
+	(void)fd, (void)what;
+	if (c->s != NULL && !c->closing) {
+		c->held = false;
+		conn_pump(c);
+	}
+	(void)conn_settle(c);
+}
+
+/* --- feeding and ending -------------------------------------------------- */
+
+/* Feeds buffered input to the engine until it is empty or the engine waits. */
+static void
+conn_pump(struct conn *c)
+{
+	struct evbuffer		*in = bufferevent_get_input(c->bev);
+	struct evbuffer		*out = bufferevent_get_output(c->bev);
+	struct evbuffer_iovec	 vec;
+	size_t			 len, took;
+	char			*p;
+
+	c->feeding = true;
+	while (c->s != NULL && !c->closing && !c->held &&
+	    evbuffer_get_length(out) <= CONN_OUT_HIGH &&
+	    (len = evbuffer_get_length(in)) > 0) {
+		if (evbuffer_peek(in, -1, NULL, &vec, 1) < 1)
+			break;
+		if (vec.iov_len < len && vec.iov_len < CONN_FEED_MIN) {
+			/* a small first chunk: offer a few KiB in one piece */
+			vec.iov_len = len < CONN_FEED_MIN ? len : CONN_FEED_MIN;
+			if ((p = (char *)evbuffer_pullup(in, (ev_ssize_t)vec.iov_len)) == NULL)
+				break;
+			vec.iov_base = p;
+		}
+		c->woken = false;
+		took = session_feed(c->s, vec.iov_base, vec.iov_len);
+		if (took > vec.iov_len)		/* never trust a count */
+			took = vec.iov_len;
+		evbuffer_drain(in, took);
+		c->bytes_in += took;
+		if (took < vec.iov_len && !c->woken)
+			c->held = true;
+	}
+	c->feeding = false;
+	if (c->s != NULL && !c->closing && c->eof && !c->held &&
+	    evbuffer_get_length(in) == 0) {
+		/* everything before the client's EOF was answered */
+		session_eof(c->s);
+		conn_end_session(c, "client closed");
+		c->closing = true;
+	}
+}
+
+/*
+ * After any call into the engine, from a callback of ours: free the conn
+ * if it is closing and its replies left, stop reading if the client does
+ * not read its replies.  Returns true if the conn was freed.
+ */
+static bool
+conn_settle(struct conn *c)
+{
+	struct evbuffer	*out = bufferevent_get_output(c->bev);
+	struct timeval	 tv = { CONN_CLOSE_SECS, 0 };
+
+	if (c->closing || c->s == NULL) {
+		if (evbuffer_get_length(out) == 0) {
+			conn_free(c);
+			return true;
+		}
+		bufferevent_disable(c->bev, EV_READ);
+		bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+		bufferevent_set_timeouts(c->bev, NULL, &tv);
+		bufferevent_enable(c->bev, EV_WRITE);
+		return false;
+	}
+	if (!c->out_full && evbuffer_get_length(out) > CONN_OUT_HIGH) {
+		c->out_full = true;
+		bufferevent_disable(c->bev, EV_READ);
+	}
+	return false;
+}
+
+/* Ends the session (no reply) and keeps the bufferevent to flush or free. */
+static void
+conn_end_session(struct conn *c, const char *why)
+{
+	struct session	*s = c->s;
+
+	if (s == NULL)
+		return;
+	if (c->why == NULL)
+		c->why = why;
+	if (!c->closing && !c->eof)
+		session_eof(s);		/* the socket failed: abort the message */
+	c->s = NULL;
+	c->freeing = true;	/* the engine's last calls are ignored */
+	session_destroy(s);
+	c->freeing = false;
+}
+
+static void
+conn_free(struct conn *c)
+{
+	struct session	*s = c->s;
+
+	c->freeing = true;
+	c->s = NULL;
+	session_destroy(s);
+	if (c->id != 0)
+		log_info(c->id, "connection from %s port %u closed: %s, %llu bytes in",
+		    c->peer.remote_addr, c->peer.remote_port,
+		    c->why != NULL ? c->why : "done",
+		    (unsigned long long)c->bytes_in);
+	if (c->timer != NULL)
+		event_free(c->timer);
+	if (c->deferred != NULL)
+		event_free(c->deferred);
+	if (c->bev != NULL)
+		bufferevent_free(c->bev);
+	if (c->prev != NULL)
+		c->prev->next = c->next;
+	else
+		c->list->head = c->next;
+	if (c->next != NULL)
+		c->next->prev = c->prev;
+	c->list->count--;
+	if (c->list->count == 0 && c->list->empty != NULL) {
+		struct conn_list *list = c->list;
+
+		free(c);
+		list->empty(list->arg);
+		return;
+	}
+	free(c);
+}
+
+static void
+conn_peer_fill(evutil_socket_t fd, struct session_peer *peer)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 len;
+
+	memset(peer, 0, sizeof(*peer));
+	len = sizeof(ss);
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
+		if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+			inet_ntop(AF_INET6, &sin6->sin6_addr, peer->remote_addr,
+			    sizeof(peer->remote_addr));
+			peer->remote_port = ntohs(sin6->sin6_port);
+		} else if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+			inet_ntop(AF_INET, &sin->sin_addr, peer->remote_addr,
+			    sizeof(peer->remote_addr));
+			peer->remote_port = ntohs(sin->sin_port);
+		}
+	}
+	len = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
+		if (ss.ss_family == AF_INET6) {
+			struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+			inet_ntop(AF_INET6, &sin6->sin6_addr, peer->local_addr,
+			    sizeof(peer->local_addr));
+			peer->local_port = ntohs(sin6->sin6_port);
+		} else if (ss.ss_family == AF_INET) {
+			struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+			inet_ntop(AF_INET, &sin->sin_addr, peer->local_addr,
+			    sizeof(peer->local_addr));
+			peer->local_port = ntohs(sin->sin_port);
+		}
+	}
+	if (peer->remote_addr[0] == '\0')
+		strcpy(peer->remote_addr, "unknown");
+}

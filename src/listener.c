@@ -1,0 +1,239 @@
+/*
+ * listener.c -- listening sockets: address parsing, bind, accept.
+ *
+ * Owns the listening socket and its evconnlistener.  Knows nothing of SMTP:
+ * every accepted socket goes to the callback given at creation.  When accept
+ * fails for lack of descriptors, accepting pauses for a second instead of
+ * spinning.
+ */
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+
+#include "listener.h"
+#include "log.h"
+
+#define LISTENER_BACKLOG	128
+
+struct listener {
+	struct evconnlistener	*evl;
+	struct event		*pause;		/* re-enables accepting after EMFILE */
+	listener_accept_fn	 cb;
+	void			*arg;
+	uint16_t		 port;
+	char			 name[LISTENER_NAME_MAX];
+};
+
+static void	listener_accept_cb(struct evconnlistener *, evutil_socket_t,
+		    struct sockaddr *, int, void *);
+static void	listener_error_cb(struct evconnlistener *, void *);
+static void	listener_resume_cb(evutil_socket_t, short, void *);
+
+int
+listener_parse(const char *spec, char *host, size_t hostlen, uint16_t *port,
+    char *err, size_t errlen)
+{
+	const char	*p, *hstart = "", *colon;
+	size_t		 hlen = 0;
+	char		*end;
+	unsigned long	 n;
+
+	if (spec == NULL || *spec == '\0') {
+		snprintf(err, errlen, "empty listen address");
+		return -1;
+	}
+	if (spec[0] == '[') {
+		if ((p = strchr(spec, ']')) == NULL || p[1] != ':') {
+			snprintf(err, errlen, "bad listen address '%s': expected [IPv6]:PORT", spec);
+			return -1;
+		}
+		hstart = spec + 1;
+		hlen = (size_t)(p - hstart);
+		p += 2;
+	} else if ((colon = strrchr(spec, ':')) != NULL) {
+		if (strchr(spec, ':') != colon) {
+			snprintf(err, errlen, "bad listen address '%s': write IPv6 as [ADDR]:PORT", spec);
+			return -1;
+		}
+		hstart = spec;
+		hlen = (size_t)(colon - spec);
+		p = colon + 1;
+	} else {
+		p = spec;
+	}
+	if (*p < '0' || *p > '9') {
+		snprintf(err, errlen, "bad listen address '%s': missing port", spec);
+		return -1;
+	}
+	errno = 0;
+	n = strtoul(p, &end, 10);
+	if (errno != 0 || *end != '\0' || n > 65535) {
+		snprintf(err, errlen, "bad listen address '%s': bad port", spec);
+		return -1;
+	}
+	if (hlen == 0) {
+		hstart = LISTENER_DEFAULT_HOST;
+		hlen = strlen(hstart);
+	}
+	if (hlen >= hostlen) {
+		snprintf(err, errlen, "bad listen address '%s': host too long", spec);
+		return -1;
+	}
+	memcpy(host, hstart, hlen);
+	host[hlen] = '\0';
+	*port = (uint16_t)n;
+	return 0;
+}
+
+static void
+listener_format(const struct sockaddr *sa, char *buf, size_t len, uint16_t *port)
+{
+	char	addr[INET6_ADDRSTRLEN] = "?";
+
+	if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, addr, sizeof(addr));
+		*port = ntohs(sin6->sin6_port);
+		snprintf(buf, len, "[%s]:%u", addr, *port);
+	} else {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+
+		inet_ntop(AF_INET, &sin->sin_addr, addr, sizeof(addr));
+		*port = ntohs(sin->sin_port);
+		snprintf(buf, len, "%s:%u", addr, *port);
+	}
+}
+
+struct listener *
+listener_create(struct event_base *base, const char *host, uint16_t port,
+    listener_accept_fn cb, void *arg, char *err, size_t errlen)
+{
+	struct listener		*l = NULL;
+	struct addrinfo		 hints, *res = NULL;
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen;
+	char			 portstr[8], shown[LISTENER_NAME_MAX];
+	evutil_socket_t		 fd = -1;
+	int			 rc, one = 1;
+
+	if (host == NULL || *host == '\0')
+		host = LISTENER_DEFAULT_HOST;
+	snprintf(shown, sizeof(shown), strchr(host, ':') ? "[%s]:%u" : "%s:%u",
+	    host, port);
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if ((rc = getaddrinfo(host, portstr, &hints, &res)) != 0) {
+		snprintf(err, errlen, "cannot listen on %s: %s", shown, gai_strerror(rc));
+		return NULL;
+	}
+	if ((l = calloc(1, sizeof(*l))) == NULL) {
+		snprintf(err, errlen, "cannot listen on %s: out of memory", shown);
+		goto fail;
+	}
+	l->cb = cb;
+	l->arg = arg;
+	fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+	    res->ai_protocol);
+	if (fd == -1 ||
+	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
+	    (res->ai_family == AF_INET6 &&
+	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1) ||
+	    bind(fd, res->ai_addr, res->ai_addrlen) == -1 ||
+	    listen(fd, LISTENER_BACKLOG) == -1) {
+		snprintf(err, errlen, "cannot listen on %s: %s", shown, strerror(errno));
+		goto fail;
+	}
+	sslen = sizeof(ss);
+	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1) {
+		snprintf(err, errlen, "cannot listen on %s: %s", shown, strerror(errno));
+		goto fail;
+	}
+	listener_format((struct sockaddr *)&ss, l->name, sizeof(l->name), &l->port);
+	if ((l->pause = evtimer_new(base, listener_resume_cb, l)) == NULL ||
+	    (l->evl = evconnlistener_new(base, listener_accept_cb, l,
+	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd)) == NULL) {
+		snprintf(err, errlen, "cannot listen on %s: out of memory", shown);
+		goto fail;
+	}
+	fd = -1;	/* the evconnlistener owns it */
+	evconnlistener_set_error_cb(l->evl, listener_error_cb);
+	freeaddrinfo(res);
+	return l;
+fail:
+	if (fd != -1)
+		close(fd);
+	freeaddrinfo(res);
+	listener_destroy(l);
+	return NULL;
+}
+
+void
+listener_destroy(struct listener *l)
+{
+	if (l == NULL)
+		return;
+	if (l->evl != NULL)
+		evconnlistener_free(l->evl);
+	if (l->pause != NULL)
+		event_free(l->pause);
+	free(l);
+}
+
+const char *
+listener_name(const struct listener *l)
+{
+	return l->name;
+}
+
+uint16_t
+listener_port(const struct listener *l)
+{
+	return l->port;
+}
+
+static void
+listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
+    struct sockaddr *sa, int salen, void *arg)
+{
+	struct listener	*l = arg;
+
+	(void)evl, (void)sa, (void)salen;
+	l->cb(l->arg, fd);
+}
+
+static void
+listener_error_cb(struct evconnlistener *evl, void *arg)
+{
+	struct listener	*l = arg;
+	struct timeval	 tv = { 1, 0 };
+	int		 err = EVUTIL_SOCKET_ERROR();
+
+	log_warn(0, "accept on %s: %s", l->name, evutil_socket_error_to_string(err));
+	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		evconnlistener_disable(evl);
+		evtimer_add(l->pause, &tv);
+	}
+}
+
+static void
+listener_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct listener	*l = arg;
+
+	(void)fd, (void)what;
+	evconnlistener_enable(l->evl);
+}

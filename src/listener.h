@@ -1,0 +1,48 @@
+/*
+ * listener.h -- one listening socket: parse "ADDR:PORT", bind, accept.
+ *
+ * listener.c turns an address spec into a bound evconnlistener and hands
+ * every accepted socket to a callback (server.c, which creates a conn).
+ * Specs: "PORT" (host 127.0.0.1), "ADDR:PORT", "[IPv6]:PORT"; ADDR may be
+ * a numeric address or a name (the first address it resolves to is bound).
+ * Port 0 binds an ephemeral port; listener_name() reports the real one.
+ */
+#ifndef LUASMTPD_LISTENER_H
+#define LUASMTPD_LISTENER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <event2/util.h>
+
+#define LISTENER_DEFAULT_HOST	"127.0.0.1"
+#define LISTENER_NAME_MAX	300
+
+struct event_base;
+struct listener;
+
+/* Called with a new client socket, which the callee now owns. */
+typedef void	(*listener_accept_fn)(void *arg, evutil_socket_t fd);
+
+/*
+ * Splits a spec into host and port.  An empty host becomes
+ * LISTENER_DEFAULT_HOST.  Returns 0, or -1 with one line in err.
+ */
+int		 listener_parse(const char *spec, char *host, size_t hostlen,
+		    uint16_t *port, char *err, size_t errlen);
+
+/*
+ * Binds host:port (host "" = LISTENER_DEFAULT_HOST) and starts accepting.
+ * Returns NULL with one line naming the address in err (address in use,
+ * not resolvable, permission denied).
+ */
+struct listener	*listener_create(struct event_base *base, const char *host,
+		    uint16_t port, listener_accept_fn cb, void *arg,
+		    char *err, size_t errlen);
+void		 listener_destroy(struct listener *l);	/* NULL is a no-op */
+
+/* "127.0.0.1:2525" or "[::1]:2525", with the port actually bound. */
+const char	*listener_name(const struct listener *l);
+uint16_t	 listener_port(const struct listener *l);
+
+#endif

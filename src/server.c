@@ -1,0 +1,248 @@
+/*
+ * server.c -- the listeners, the list of live connections and the stop sequence.
+ *
+ * Owns every listener and the conn_list; turns SIGTERM/SIGINT into the
+ * stop sequence described in server.h: stop accepting, grace period,
+ * 421 to who is left, a bounded flush, loop exit.
+ */
+#include <signal.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "conn.h"
+#include "listener.h"
+#include "log.h"
+#include "server.h"
+
+#define SERVER_LISTENERS_MAX	32
+#define SERVER_FLUSH_SECS	15	/* after the 421s: then drop what is left */
+
+enum server_state {
+	SRV_RUNNING,
+	SRV_GRACE,	/* not accepting; sessions may finish */
+	SRV_CLOSING,	/* 421 sent; waiting for the flushes */
+	SRV_DONE,
+};
+
+struct server {
+	struct event_base		*base;
+	const struct session_config	*cfg;
+	const struct session_hooks	*hooks;
+	void				*hook_ctx;
+	unsigned			 grace_secs;
+	enum server_state		 state;
+	struct listener			*listeners[SERVER_LISTENERS_MAX];
+	size_t				 nlisteners;
+	struct conn_list		 conns;
+	struct event			*sigterm, *sigint;
+	struct event			*timer;		/* grace, then flush bound */
+};
+
+static void	server_accept(void *, evutil_socket_t);
+static void	server_signal_cb(evutil_socket_t, short, void *);
+static void	server_timer_cb(evutil_socket_t, short, void *);
+static void	server_conns_empty(void *);
+static void	server_close_listeners(struct server *);
+static void	server_close_all(struct server *);
+static void	server_finish(struct server *);
+
+struct server *
+server_create(struct event_base *base, const struct session_config *cfg,
+    const struct session_hooks *hooks, void *hook_ctx, unsigned grace_secs)
+{
+	struct server	*srv;
+
+	if ((srv = calloc(1, sizeof(*srv))) == NULL)
+		return NULL;
+	srv->base = base;
+	srv->cfg = cfg;
+	srv->hooks = hooks;
+	srv->hook_ctx = hook_ctx;
+	srv->grace_secs = grace_secs;
+	srv->conns.empty = server_conns_empty;
+	srv->conns.arg = srv;
+	if ((srv->sigterm = evsignal_new(base, SIGTERM, server_signal_cb, srv)) == NULL ||
+	    (srv->sigint = evsignal_new(base, SIGINT, server_signal_cb, srv)) == NULL ||
+	    (srv->timer = evtimer_new(base, server_timer_cb, srv)) == NULL ||
+	    evsignal_add(srv->sigterm, NULL) == -1 ||
+	    evsignal_add(srv->sigint, NULL) == -1)
+		goto fail;
+	return srv;
+fail:
+	server_destroy(srv);
+	return NULL;
+}
+
+void
+server_destroy(struct server *srv)
+{
+	if (srv == NULL)
+		return;
+	server_close_listeners(srv);
+	srv->conns.empty = NULL;
+	conn_list_destroy(&srv->conns);
+	if (srv->sigterm != NULL)
+		event_free(srv->sigterm);
+	if (srv->sigint != NULL)
+		event_free(srv->sigint);
+	if (srv->timer != NULL)
+		event_free(srv->timer);
+	free(srv);
+}
+
+int
+server_listen(struct server *srv, const char *host, uint16_t port, char *err,
+    size_t errlen)
+{
+	struct listener	*l;
+
+	if (srv->nlisteners == SERVER_LISTENERS_MAX) {
+		snprintf(err, errlen, "too many listen addresses (at most %d)",
+		    SERVER_LISTENERS_MAX);
+		return -1;
+	}
+	l = listener_create(srv->base, host, port, server_accept, srv, err, errlen);
+	if (l == NULL)
+		return -1;
+	srv->listeners[srv->nlisteners++] = l;
+	log_info(0, "listening on %s", listener_name(l));
+	return 0;
+}
+
+size_t
+server_listener_count(const struct server *srv)
+{
+	return srv->nlisteners;
+}
+
+const char *
+server_listener_name(const struct server *srv, size_t i)
+{
+	return i < srv->nlisteners ? listener_name(srv->listeners[i]) : NULL;
+}
+
+int
+server_run(struct server *srv)
+{
+	if (event_base_dispatch(srv->base) == -1) {
+		log_error(0, "event loop failed");
+		return -1;
+	}
+	return 0;
+}
+
+void
+server_stop(struct server *srv)
+{
+	switch (srv->state) {
+	case SRV_RUNNING: {
+		struct timeval	 tv = { srv->grace_secs, 0 };
+
+		server_close_listeners(srv);
+		if (srv->conns.count == 0) {
+			log_info(0, "stopping: no sessions left");
+			server_finish(srv);
+			return;
+		}
+		log_info(0, "stopping: %zu session(s) have %u s to finish",
+		    srv->conns.count, srv->grace_secs);
+		srv->state = SRV_GRACE;
+		evtimer_add(srv->timer, &tv);
+		break;
+	}
+	case SRV_GRACE:
+		log_info(0, "stopping now: %zu session(s) left", srv->conns.count);
+		server_close_all(srv);
+		break;
+	case SRV_CLOSING:
+		log_warn(0, "stopping now: dropping %zu connection(s)", srv->conns.count);
+		srv->conns.empty = NULL;
+		conn_list_destroy(&srv->conns);
+		server_finish(srv);
+		break;
+	case SRV_DONE:
+		break;
+	}
+}
+
+static void
+server_accept(void *arg, evutil_socket_t fd)
+{
+	struct server	*srv = arg;
+
+	if (srv->state != SRV_RUNNING) {
+		evutil_closesocket(fd);
+		return;
+	}
+	(void)conn_create(srv->base, fd, srv->cfg, srv->hooks, srv->hook_ctx,
+	    &srv->conns);
+}
+
+static void
+server_signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+	(void)what;
+	log_info(0, "signal %s received", sig == SIGTERM ? "TERM" : "INT");
+	server_stop(arg);
+}
+
+static void
+server_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server	*srv = arg;
+
+	(void)fd, (void)what;
+	if (srv->state == SRV_GRACE) {
+		log_info(0, "grace period over: %zu session(s) left",
+		    srv->conns.count);
+		server_close_all(srv);
+	} else if (srv->state == SRV_CLOSING) {
+		log_warn(0, "flush timed out: dropping %zu connection(s)",
+		    srv->conns.count);
+		srv->conns.empty = NULL;
+		conn_list_destroy(&srv->conns);
+		server_finish(srv);
+	}
+}
+
+static void
+server_conns_empty(void *arg)
+{
+	struct server	*srv = arg;
+
+	if (srv->state == SRV_GRACE || srv->state == SRV_CLOSING) {
+		log_info(0, "last session closed");
+		server_finish(srv);
+	}
+}
+
+static void
+server_close_listeners(struct server *srv)
+{
+	for (size_t i = 0; i < srv->nlisteners; i++)
+		listener_destroy(srv->listeners[i]);
+	srv->nlisteners = 0;
+}
+
+static void
+server_close_all(struct server *srv)
+{
+	struct timeval	 tv = { SERVER_FLUSH_SECS, 0 };
+
+	srv->state = SRV_CLOSING;
+	evtimer_add(srv->timer, &tv);
+	conn_list_shutdown(&srv->conns);	/* may empty the list: server_finish */
+}
+
+static void
+server_finish(struct server *srv)
+{
+	srv->state = SRV_DONE;
+	evtimer_del(srv->timer);
+	event_del(srv->sigterm);
+	event_del(srv->sigint);
+	event_base_loopbreak(srv->base);
+}
