@@ -141,6 +141,25 @@ map_clear(struct lbridge *b, lua_State *L, struct session *s)
 
 /* ---- calling Lua from the hooks ----------------------------------------- */
 
+/*
+ * One call of dispatch(kind, handle, ...) from a hook.  Everything that may
+ * allocate (and so raise) runs inside lua_pcall: a hook is called from C
+ * with no Lua frame to catch an error, and an unprotected error would abort.
+ */
+struct hcall {
+	struct lbridge			*b;
+	struct session			*s;
+	const char			*kind;
+	enum session_event		 ev;
+	const struct session_event_args	*args;
+	int				 code;		/* outcome */
+	const char			*buf;		/* data */
+	size_t				 len;
+	const char			*why;		/* abort */
+	/* ask: what dispatch returned */
+	int				 done, accept, vcode, has_text;
+};
+
 static int
 traceback(lua_State *L)
 {
@@ -150,30 +169,6 @@ traceback(lua_State *L)
 		msg = luaL_typename(L, 1);
 	luaL_traceback(L, L, msg, 1);
 	return 1;
-}
-
-/*
- * Calls dispatch(kind, handle, <nargs values on the stack>) on b->L.  The
- * handle is on the stack below the arguments.  Returns the number of
- * results (left on the stack) or -1 after logging the error.
- */
-static int
-dispatch(struct lbridge *b, struct lsession *ls, const char *kind, int nargs)
-{
-	lua_State	*L = b->L;
-	int		 base = lua_gettop(L) - nargs;	/* the handle */
-
-	lua_pushcfunction(L, traceback);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
-	lua_pushstring(L, kind);
-	lua_rotate(L, base, 3);		/* traceback dispatch kind handle args */
-	if (lua_pcall(L, nargs + 2, LUA_MULTRET, base) != LUA_OK) {
-		log_warn(ls->id, "lua: %s failed: %s", kind, lua_tostring(L, -1));
-		lua_settop(L, base - 1);
-		return -1;
-	}
-	lua_remove(L, base);		/* the traceback function */
-	return lua_gettop(L) - base + 1;
 }
 
 static void
@@ -222,6 +217,108 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 	}
 }
 
+/* Pushes the handle of a new session (CONNECT), registered in the map. */
+static void
+bind_handle(lua_State *L, struct lbridge *b, struct session *s)
+{
+	struct lsession *ls;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	if (b->creating != NULL) {
+		/* the harness's own session (core.session): bind its handle */
+		ls = b->creating;
+		b->creating = NULL;
+		lua_getfield(L, -1, "creating");
+	} else {
+		lua_getmetatable(L, -1);	/* the map's metatable names the bridge */
+		lua_getfield(L, -1, "bridge");
+		ls = new_handle(b, L, -1);
+		lua_replace(L, -3);
+		lua_pop(L, 1);
+	}
+	lua_remove(L, -2);		/* the map */
+	ls->s = s;
+	ls->id = session_id(s);
+	map_set(b, L, s, -1);
+}
+
+/* The protected body of a hook: hcall_run(lightuserdata hcall) */
+static int
+hcall_run(lua_State *L)
+{
+	struct hcall	*c = lua_touserdata(L, 1);
+	struct lbridge	*b = c->b;
+	int		 n;
+
+	lua_settop(L, 0);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
+	lua_pushstring(L, c->kind);
+	if (c->ev == SEV_CONNECT && strcmp(c->kind, "ask") == 0)
+		bind_handle(L, b, c->s);
+	else if (push_handle(b, L, c->s) == NULL)
+		return 0;
+	if (strcmp(c->kind, "ask") == 0) {
+		lua_pushstring(L, session_event_name(c->ev));
+		push_args(L, c->ev, c->args);
+	} else if (strcmp(c->kind, "cancel") == 0) {
+		lua_pushstring(L, session_event_name(c->ev));
+	} else if (strcmp(c->kind, "outcome") == 0) {
+		struct lsession *ls = lua_touserdata(L, 3);
+
+		lua_pushstring(L, session_event_name(c->ev));
+		lua_pushinteger(L, c->code);
+		lua_pushstring(L, ls->arg);
+	} else if (strcmp(c->kind, "data") == 0) {
+		lua_pushlstring(L, c->buf, c->len);
+	} else if (strcmp(c->kind, "abort") == 0) {
+		lua_pushstring(L, c->why);
+	}
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	/* ask: dispatch returns true, accept, code, text | false (a decide follows) */
+	n = lua_gettop(L);
+	c->done = n >= 1 && lua_toboolean(L, 1);
+	c->accept = n >= 2 ? lua_toboolean(L, 2) : 1;
+	c->vcode = n >= 3 ? (int)lua_tointeger(L, 3) : 0;
+	c->has_text = n >= 4 && lua_type(L, 4) == LUA_TSTRING;
+	if (c->has_text)
+		snprintf(b->text, sizeof(b->text), "%s", lua_tostring(L, 4));
+	return 0;
+}
+
+/* Binds the harness's handle when no 'connection' listener needs Lua. */
+static int
+hcall_bind(lua_State *L)
+{
+	struct hcall *c = lua_touserdata(L, 1);
+
+	bind_handle(L, c->b, c->s);
+	return 0;
+}
+
+/* Runs hcall_run protected; -1 after logging an error. */
+static int
+hcall(struct hcall *c)
+{
+	lua_State	*L = c->b->L;
+	int		 top = lua_gettop(L);
+
+	if (!lua_checkstack(L, 8)) {
+		log_warn(session_id(c->s), "lua: %s: out of stack", c->kind);
+		return -1;
+	}
+	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, hcall_run);
+	lua_pushlightuserdata(L, c);
+	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
+		log_warn(session_id(c->s), "lua: %s failed: %s", c->kind,
+		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+		lua_settop(L, top);
+		return -1;
+	}
+	lua_settop(L, top);
+	return 0;
+}
+
 static void
 verdict_fail(struct lbridge *b, struct verdict *v)
 {
@@ -231,174 +328,143 @@ verdict_fail(struct lbridge *b, struct verdict *v)
 	v->text = b->text;
 }
 
+/*
+ * The handle of s if Lua attached a connection object to it, else NULL.
+ * Only lookups: nothing here allocates, so it needs no protection.
+ */
+static struct lsession *
+find_attached(struct lbridge *b, struct session *s)
+{
+	lua_State	*L = b->L;
+	struct lsession	*ls;
+
+	if (!lua_checkstack(L, 4) || (ls = push_handle(b, L, s)) == NULL)
+		return NULL;
+	lua_pop(L, 1);		/* the map keeps it alive */
+	return ls->attached && !ls->finalizing ? ls : NULL;
+}
+
 static enum hook_result
 hook_ask(void *ctx, struct session *s, enum session_event ev,
     const struct session_event_args *args, struct verdict *v)
 {
 	struct lbridge	*b = ctx;
-	lua_State	*L = b->L;
-	struct lsession	*ls;
-	int		 top = lua_gettop(L), n;
-	enum hook_result r = HOOK_DONE;
+	struct lsession	*ls = NULL;
+	struct hcall	 c = { .b = b, .s = s, .kind = "ask", .ev = ev, .args = args };
 
 	v->accept = true;
 	v->code = 0;
 	v->text = NULL;
-	if (!lua_checkstack(L, 16)) {
-		verdict_fail(b, v);
-		return HOOK_DONE;
-	}
-	if (ev == SEV_CONNECT && b->creating != NULL) {
-		/* the harness's own session (core.session): bind its handle */
-		ls = b->creating;
-		b->creating = NULL;
-		ls->s = s;
-		ls->id = session_id(s);
-		lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
-		lua_getfield(L, -1, "creating");
-		lua_remove(L, -2);
-		map_set(b, L, s, -1);
-	} else if (ev == SEV_CONNECT) {
-		if (!b->watch_connect)
+	if (ev == SEV_CONNECT) {
+		if (!b->watch_connect && b->creating == NULL)
 			return HOOK_DONE;	/* no 'connection' listener: no Lua */
-		lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
-		lua_getmetatable(L, -1);	/* the map's metatable names the bridge */
-		lua_getfield(L, -1, "bridge");
-		ls = new_handle(b, L, -1);
-		ls->s = s;
-		ls->id = session_id(s);
-		lua_replace(L, top + 1);
-		lua_settop(L, top + 1);
-		map_set(b, L, s, -1);
-	} else if ((ls = push_handle(b, L, s)) == NULL)
-		return HOOK_DONE;
-	/* outcome tells Lua the argument even when the ask skipped Lua */
-	snprintf(ls->arg, sizeof(ls->arg), "%s", args == NULL ? "" :
-	    args->path != NULL && args->path->address != NULL ? args->path->address :
-	    args->arg != NULL ? args->arg : "");
-	if (ev == SEV_CONNECT ? !b->watch_connect :
-	    (!ls->attached || (ls->mask & EVBIT(ev)) == 0)) {
-		lua_settop(L, top);	/* the cheap path: no listener, no Lua call */
-		return HOOK_DONE;
-	}
-	lua_pushstring(L, session_event_name(ev));
-	push_args(L, ev, args);
-	if ((n = dispatch(b, ls, "ask", 2)) < 0) {
-		verdict_fail(b, v);
-		lua_settop(L, top);
-		return HOOK_DONE;
-	}
-	/* dispatch returns true, accept, code, text | false (a decide follows) */
-	if (n >= 1 && lua_toboolean(L, -n)) {
-		const char *text = n >= 4 ? lua_tostring(L, -n + 3) : NULL;
+		if (!b->watch_connect) {
+			c.kind = "bind";	/* the harness's handle, no dispatch */
+			if (lua_checkstack(b->L, 8)) {
+				int top = lua_gettop(b->L);
 
-		v->accept = n >= 2 ? lua_toboolean(L, -n + 1) : true;
-		v->code = n >= 3 ? (int)lua_tointeger(L, -n + 2) : 0;
-		if (text != NULL) {
-			snprintf(b->text, sizeof(b->text), "%s", text);
-			v->text = b->text;
+				lua_pushcfunction(b->L, traceback);
+				lua_pushcfunction(b->L, hcall_bind);
+				lua_pushlightuserdata(b->L, &c);
+				if (lua_pcall(b->L, 1, 0, top + 1) != LUA_OK)
+					log_warn(session_id(s), "lua: bind failed: %s",
+					    lua_tostring(b->L, -1));
+				lua_settop(b->L, top);
+			}
+			return HOOK_DONE;
 		}
-	} else
-		r = HOOK_WAIT;
-	lua_settop(L, top);
-	return r;
-}
-
-/* The hooks that only inform Lua: run when Lua has a connection object. */
-static struct lsession *
-attached_handle(struct lbridge *b, struct session *s)
-{
-	struct lsession *ls;
-
-	if (!lua_checkstack(b->L, 16))
-		return NULL;
-	if ((ls = push_handle(b, b->L, s)) == NULL)
-		return NULL;
-	if (!ls->attached || ls->finalizing) {
-		lua_pop(b->L, 1);
-		return NULL;
+	} else {
+		if ((ls = find_attached(b, s)) == NULL)
+			return HOOK_DONE;
+		/* outcome tells Lua the argument even when the ask skips Lua */
+		snprintf(ls->arg, sizeof(ls->arg), "%s", args == NULL ? "" :
+		    args->path != NULL && args->path->address != NULL ?
+		    args->path->address : args->arg != NULL ? args->arg : "");
+		if ((ls->mask & EVBIT(ev)) == 0)
+			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
 	}
-	return ls;
+	if (hcall(&c) == -1) {
+		verdict_fail(b, v);
+		return HOOK_DONE;
+	}
+	if (!c.done)
+		return HOOK_WAIT;
+	v->accept = c.accept;
+	v->code = c.vcode;
+	if (c.has_text)
+		v->text = b->text;
+	return HOOK_DONE;
 }
 
 static void
 hook_cancel(void *ctx, struct session *s, enum session_event ev)
 {
-	struct lbridge	*b = ctx;
-	int		 top = lua_gettop(b->L);
-	struct lsession	*ls;
+	struct hcall c = { .b = ctx, .s = s, .kind = "cancel", .ev = ev };
 
-	if ((ls = attached_handle(b, s)) == NULL)
-		return;
-	lua_pushstring(b->L, session_event_name(ev));
-	dispatch(b, ls, "cancel", 1);
-	lua_settop(b->L, top);
+	if (find_attached(ctx, s) != NULL)
+		hcall(&c);
 }
 
 static void
 hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 {
-	struct lbridge	*b = ctx;
-	int		 top = lua_gettop(b->L);
-	struct lsession	*ls;
+	struct hcall c = { .b = ctx, .s = s, .kind = "outcome", .ev = ev, .code = code };
 
-	if ((ls = attached_handle(b, s)) == NULL)
-		return;
-	lua_pushstring(b->L, session_event_name(ev));
-	lua_pushinteger(b->L, code);
-	lua_pushstring(b->L, ls->arg);
-	dispatch(b, ls, "outcome", 3);
-	lua_settop(b->L, top);
+	if (find_attached(ctx, s) != NULL)
+		hcall(&c);
 }
 
 static void
 hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 {
-	struct lbridge	*b = ctx;
-	int		 top = lua_gettop(b->L);
+	struct hcall	 c = { .b = ctx, .s = s, .kind = "data", .buf = buf, .len = len };
 	struct lsession	*ls;
 
-	if ((ls = attached_handle(b, s)) == NULL)
-		return;
-	if ((ls->mask & EVBIT(SEV_DATA)) == 0) {
-		lua_settop(b->L, top);
-		return;
-	}
-	lua_pushlstring(b->L, buf, len);
-	dispatch(b, ls, "data", 1);
-	lua_settop(b->L, top);
+	if ((ls = find_attached(ctx, s)) != NULL && (ls->mask & EVBIT(SEV_DATA)))
+		hcall(&c);
 }
 
 static void
 hook_abort(void *ctx, struct session *s, enum session_abort why)
 {
-	struct lbridge	*b = ctx;
-	int		 top = lua_gettop(b->L);
-	struct lsession	*ls;
+	struct hcall c = { .b = ctx, .s = s, .kind = "abort",
+	    .why = (size_t)why < sizeof(abort_names) / sizeof(abort_names[0]) ?
+	    abort_names[why] : "unknown" };
 
-	if ((ls = attached_handle(b, s)) == NULL)
-		return;
-	lua_pushstring(b->L, (size_t)why < sizeof(abort_names) / sizeof(abort_names[0]) ?
-	    abort_names[why] : "unknown");
-	dispatch(b, ls, "abort", 1);
-	lua_settop(b->L, top);
+	if (find_attached(ctx, s) != NULL)
+		hcall(&c);
+}
+
+/* Forgets s in the map (protected: it may allocate nothing, but be safe). */
+static int
+hcall_forget(lua_State *L)
+{
+	struct hcall *c = lua_touserdata(L, 1);
+
+	map_clear(c->b, L, c->s);
+	return 0;
 }
 
 static void
 hook_closed(void *ctx, struct session *s)
 {
 	struct lbridge	*b = ctx;
-	lua_State	*L = b->L;
-	int		 top = lua_gettop(L);
+	struct hcall	 c = { .b = b, .s = s, .kind = "closed" };
 	struct lsession	*ls;
+	int		 top;
 
-	if (!lua_checkstack(L, 16) || (ls = push_handle(b, L, s)) == NULL)
+	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL)
 		return;
+	lua_pop(b->L, 1);
 	if (ls->attached && !ls->finalizing)
-		dispatch(b, ls, "closed", 0);
+		hcall(&c);
 	ls->s = NULL;			/* the handle goes weak */
-	map_clear(b, L, s);
-	lua_settop(L, top);
+	top = lua_gettop(b->L);
+	lua_pushcfunction(b->L, traceback);
+	lua_pushcfunction(b->L, hcall_forget);
+	lua_pushlightuserdata(b->L, &c);
+	lua_pcall(b->L, 1, 0, top + 1);
+	lua_settop(b->L, top);
 }
 
 const struct session_hooks lcore_hooks = {
