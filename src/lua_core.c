@@ -187,6 +187,16 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 		lua_pushinteger(L, (lua_Integer)a->size);
 		lua_setfield(L, -2, "size");
 	}
+	if (ev == SEV_AUTH && a->auth != NULL) {
+		lua_pushstring(L, a->auth->method ? a->auth->method : "");
+		lua_setfield(L, -2, "method");
+		lua_pushstring(L, a->auth->username ? a->auth->username : "");
+		lua_setfield(L, -2, "username");
+		lua_pushstring(L, a->auth->password ? a->auth->password : "");
+		lua_setfield(L, -2, "password");
+		lua_pushstring(L, a->auth->authzid ? a->auth->authzid : "");
+		lua_setfield(L, -2, "authzid");
+	}
 	if (a->path != NULL) {
 		const struct smtp_path *p = a->path;
 
@@ -352,7 +362,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	struct lsession	*ls = NULL;
 	struct hcall	 c = { .b = b, .s = s, .kind = "ask", .ev = ev, .args = args };
 
-	v->accept = true;
+	v->accept = ev != SEV_AUTH;	/* AUTH fails closed: only Lua says yes */
 	v->code = 0;
 	v->text = NULL;
 	if (ev == SEV_CONNECT) {
@@ -377,7 +387,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 		if ((ls = find_attached(b, s)) == NULL)
 			return HOOK_DONE;
 		/* outcome tells Lua the argument even when the ask skips Lua */
-		snprintf(ls->arg, sizeof(ls->arg), "%s", args == NULL ? "" :
+		snprintf(ls->arg, sizeof(ls->arg), "%s", args == NULL || ev == SEV_AUTH ? "" :
 		    args->path != NULL && args->path->address != NULL ?
 		    args->path->address : args->arg != NULL ? args->arg : "");
 		if ((ls->mask & EVBIT(ev)) == 0)
@@ -931,6 +941,11 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	cfg->timeout_command_ms = (unsigned)opt_int(L, idx, "timeout_command_ms", cfg->timeout_command_ms, 1);
 	cfg->timeout_data_ms = (unsigned)opt_int(L, idx, "timeout_data_ms", cfg->timeout_data_ms, 1);
 	cfg->timeout_decision_ms = (unsigned)opt_int(L, idx, "timeout_decision_ms", cfg->timeout_decision_ms, 1);
+	cfg->auth_methods = (unsigned)opt_int(L, idx, "auth_methods", cfg->auth_methods, 0) &
+	    (AUTH_PLAIN | AUTH_LOGIN);
+	if (lua_getfield(L, idx, "auth_without_tls") != LUA_TNIL)
+		cfg->auth_without_tls = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */
@@ -1181,5 +1196,11 @@ luaopen_smtp_core(lua_State *L)
 	X(PIPELINING); X(SIZE); X(8BITMIME); X(ENHANCEDSTATUSCODES); X(SMTPUTF8);
 #undef X
 	lua_setfield(L, -2, "EXT");
+	lua_createtable(L, 0, 2);
+	lua_pushinteger(L, AUTH_PLAIN);
+	lua_setfield(L, -2, "PLAIN");
+	lua_pushinteger(L, AUTH_LOGIN);
+	lua_setfield(L, -2, "LOGIN");
+	lua_setfield(L, -2, "AUTH");
 	return 1;
 }

@@ -20,7 +20,7 @@ local CONNECTION_EVENTS = {
   MAIL = "MAIL", ["MAIL FROM"] = "MAIL",
   RCPT = "RCPT", ["RCPT TO"] = "RCPT",
   DATA = "DATA", RSET = "RSET", QUIT = "QUIT", VRFY = "VRFY", EXPN = "EXPN",
-  close = "close",
+  AUTH = "AUTH", close = "close",
 }
 local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reject = "reject" }
 local SERVER_EVENTS = { connection = "connection" }
@@ -331,7 +331,7 @@ function M.new(platform)
   local function update_mask(conn)
     local E = core.EVENTS
     local mask = 0
-    for _, canon in ipairs { "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "VRFY", "EXPN" } do
+    for _, canon in ipairs { "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "VRFY", "EXPN", "AUTH" } do
       if conn:has_listeners(canon) then
         mask = mask | E[canon]
         if canon == "DATA" then mask = mask | E.DATA_END end
@@ -443,6 +443,13 @@ function M.new(platform)
   end
   asks.VRFY, asks.EXPN = argument("VRFY"), argument("EXPN")
 
+  -- AUTH fails closed: a listener must set valid = true
+  function asks.AUTH(conn, args)
+    local creds = { method = args.method, username = args.username, password = args.password,
+      authzid = args.authzid, valid = false }
+    return ask(conn, "AUTH", creds, conn:take("AUTH"))
+  end
+
   local function cancel_ask(conn)
     local a = conn._ask
     if a then
@@ -458,7 +465,7 @@ function M.new(platform)
     if name == "CONNECT" then return asks.CONNECT(handle) end
     local conn = conns[handle]
     local f = asks[name]
-    if not conn or not f then return true, true, 0, nil end
+    if not conn or not f then return true, name ~= "AUTH", 0, nil end
     return f(conn, args)
   end
 
@@ -493,6 +500,8 @@ function M.new(platform)
       clear_transaction(conn)
     elseif name == "RSET" then
       clear_transaction(conn)
+    elseif name == "AUTH" and ok and a then
+      conn.user = a.obj.username
     end
   end
 

@@ -463,6 +463,7 @@ function testing.load_string(source, chunkname, opts)
   if not ok then error(err2, 2) end
   local policy, perr = smtp._policy()
   if not policy then error(perr, 2) end
+  for k, v in pairs(opts.config or {}) do policy.config[k] = v end	-- engine fields
   h.smtp, h.server, h.policy = smtp, policy.server, policy
   h.listening = policy.listening
   clock.on_tick = function() h:_pump_all() end
@@ -472,7 +473,8 @@ end
 
 -- testing.load(path[, opts]) -> harness: opts.env (os.getenv overrides),
 -- opts.globals (names set in the script's environment), opts.args (the
--- script's ...), opts.hostname (default for server.hostname), opts.log_level
+-- script's ...), opts.hostname (default for server.hostname), opts.log_level,
+-- opts.config (engine config fields over the script's, e.g. auth_methods)
 function testing.load(path, opts)
   local f, err = io.open(path, "rb")
   if not f then error(err, 2) end
