@@ -34,6 +34,7 @@
 
 #define POLICY_TIMER_MT		"luasmtpd.timer"
 #define SCRIPT_MAX		(16u << 20)
+#define LOAD_BUDGET		500000000	/* VM instructions the script's top level may run */
 
 struct policy {
 	lua_State		*L;
@@ -337,6 +338,16 @@ read_policy(struct policy *p, char *err, size_t errlen)
 	return 0;
 }
 
+/* A script whose top level runs away (an endless loop) fails to load. */
+static void
+load_hook(lua_State *L, lua_Debug *ar)
+{
+	lua_sethook(L, load_hook, LUA_MASKCOUNT, 1);	/* re-fires: pcall cannot hide it */
+	lua_getinfo(L, "Sl", ar);
+	luaL_error(L, "%s:%d: the script ran over %d instructions while loading "
+	    "(an endless loop?)", ar->short_src, ar->currentline, LOAD_BUDGET);
+}
+
 /* Runs in protected mode: everything that may raise. */
 static int
 load_protected(lua_State *L)
@@ -384,7 +395,9 @@ load_protected(lua_State *L)
 	/* the script, as text only; its errors reach policy_load's handler */
 	if (luaL_loadbufferx(L, src, len, chunk, "t") != LUA_OK)
 		return lua_error(L);
+	lua_sethook(L, load_hook, LUA_MASKCOUNT, LOAD_BUDGET);
 	lua_call(L, 0, 0);
+	lua_sethook(L, NULL, 0, 0);
 	/* what it configured */
 	lua_getglobal(L, "require");
 	lua_pushliteral(L, "smtp");
