@@ -45,6 +45,7 @@ struct conn {
 	struct session_peer	 peer;
 	uint64_t		 bytes_in;
 	const char		*why;		/* why the conn ended, for the log */
+	const char		*hint;		/* the reason if the engine closes now */
 	bool			 feeding;	/* inside session_feed() */
 	bool			 woken;		/* io->wake during that feed */
 	bool			 held;		/* the engine took less: wait for wake */
@@ -144,9 +145,9 @@ conn_shutdown(struct conn *c)
 {
 	if (c == NULL || c->s == NULL || c->closing)
 		return;
+	c->hint = "server shutdown";
 	session_shutdown(c->s);
-	if (c->why == NULL)
-		c->why = "server shutdown";
+	c->hint = NULL;
 	if (!c->closing)	/* the engine must close; make sure it does */
 		conn_io_close(c);
 	(void)conn_settle(c);
@@ -192,7 +193,7 @@ conn_io_close(void *arg)
 		return;
 	c->closing = true;
 	if (c->why == NULL)
-		c->why = "closed by server";
+		c->why = c->hint != NULL ? c->hint : "session ended";
 	bufferevent_disable(c->bev, EV_READ);
 	/* when called outside a callback of ours, settle from the loop */
 	if (!c->feeding)
@@ -305,9 +306,9 @@ conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd, (void)what;
 	if (c->s == NULL)
 		return;
+	c->hint = "timeout";
 	session_timeout(c->s);
-	if (c->why == NULL && c->closing)
-		c->why = "timeout";
+	c->hint = NULL;
 	if (!c->held)
 		conn_pump(c);
 	(void)conn_settle(c);

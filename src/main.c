@@ -4,7 +4,7 @@
  * Owns the process: parses the command line, loads the policy script
  * (policy.h), builds the session config, binds the listeners (from --listen,
  * else the script's server:listen, else 127.0.0.1:2525), writes the ready
- * file and runs the server until a signal stops it.
+ * file and runs the server until a signal stops it (then removes the file).
  * Exit status: 0 after a clean stop, 1 for a runtime error, 2 for usage.
  */
 #include <errno.h>
@@ -45,6 +45,7 @@ usage(FILE *f)
 	    "      --check              load and validate SCRIPT, then exit\n"
 	    "      --log-level LEVEL    error, warn, info (default) or debug\n"
 	    "      --ready-file PATH    once listening, write one ADDR:PORT line per listener\n"
+	    "                           (removed again on exit)\n"
 	    "      --grace SECONDS      on SIGTERM/SIGINT, time sessions get to finish (%d)\n"
 	    "      --version            print the version and exit\n"
 	    "  -h, --help               print this help and exit\n",
@@ -268,6 +269,8 @@ main(int argc, char **argv)
 	log_info(0, "luasmtpd %s ready (policy %s)", LUASMTPD_VERSION, o.script);
 	if (server_run(srv) == 0)
 		rc = 0;
+	if (o.ready_file != NULL)
+		(void)unlink(o.ready_file);	/* no stale address for the next run */
 	log_info(0, "stopped");
 done:
 	server_destroy(srv);	/* connections first: they hold the policy's hooks */
