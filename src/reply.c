@@ -87,7 +87,8 @@ reply_format(char *buf, size_t size, int code, const char *enhanced,
 		if (n < 0 || (size_t)n >= size - len)
 			return 0;
 		len += (size_t)n;
-		line = nl + 1;
+		if (nl != NULL)
+			line = nl + 1;
 	} while (nl != NULL);
 	return len;
 }
