@@ -178,6 +178,7 @@ static const char *const event_names[SEV_COUNT] = {
 static void	reply(struct session *, int, const char *, const char *, ...)
 		    __attribute__((format(printf, 4, 5)));
 static void	session_close(struct session *);
+static void	message_abort(struct session *, enum session_abort);
 static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
 static void	ask(struct session *, enum session_event,
@@ -260,15 +261,26 @@ session_destroy(struct session *s)
 		return;
 	if (s->pending != NO_EVENT && s->hooks->cancel != NULL)
 		s->hooks->cancel(s->hook_ctx, s, s->pending);
-	if ((s->state == S_DATA || s->pending == SEV_DATA_END) && !s->failed &&
-	    s->hooks->abort != NULL)
-		s->hooks->abort(s->hook_ctx, s, ABORT_DISCONNECT);
+	if (s->state == S_DATA)		/* also while DATA_END is pending */
+		message_abort(s, ABORT_DISCONNECT);
 	if (s->hooks->closed != NULL)
 		s->hooks->closed(s->hook_ctx, s);
 	sasl_forget(s);
 	free(s->user);
 	free(s->tls);
 	free(s);
+}
+
+/* The message in progress will not be delivered: tell the policy, once. */
+static void
+message_abort(struct session *s, enum session_abort why)
+{
+	if (s->failed)
+		return;
+	s->failed = true;
+	s->fail_reason = why;
+	if (s->hooks->abort != NULL)
+		s->hooks->abort(s->hook_ctx, s, why);
 }
 
 /* --- the session timer ---------------------------------------------------- */
@@ -309,10 +321,8 @@ session_timeout(struct session *s)
 		return;
 	}
 	log_info(s->id, "timeout in state %s", state_names[s->state]);
-	if (s->state == S_DATA && !s->failed && s->hooks->abort != NULL) {
-		s->failed = true;
-		s->hooks->abort(s->hook_ctx, s, ABORT_TIMEOUT);
-	}
+	if (s->state == S_DATA)
+		message_abort(s, ABORT_TIMEOUT);
 	reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->cfg->hostname);
 }
 
@@ -324,14 +334,10 @@ session_shutdown(struct session *s)
 	if (s->pending != NO_EVENT) {
 		if (s->hooks->cancel != NULL)
 			s->hooks->cancel(s->hook_ctx, s, s->pending);
-		if (s->pending == SEV_DATA_END)
-			s->state = S_DATA;	/* so that the message is aborted below */
 		s->pending = NO_EVENT;
 	}
-	if (s->state == S_DATA && !s->failed && s->hooks->abort != NULL) {
-		s->failed = true;
-		s->hooks->abort(s->hook_ctx, s, ABORT_SHUTDOWN);
-	}
+	if (s->state == S_DATA)
+		message_abort(s, ABORT_SHUTDOWN);
 	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
 }
 
@@ -343,7 +349,7 @@ session_eof(struct session *s)
 	log_debug(s->id, "client closed the connection in state %s",
 	    state_names[s->state]);
 	/* session_destroy() cancels the ask and aborts the message */
-	if (s->state != S_DATA && s->pending != SEV_DATA_END)
+	if (s->state != S_DATA)
 		s->state = S_CLOSED;
 }
 
@@ -383,15 +389,23 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 }
 
 static void
-reply(struct session *s, int code, const char *enhanced, const char *fmt, ...)
+reply_v(struct session *s, int code, const char *enhanced, const char *fmt,
+    va_list ap)
 {
 	char	text[REPLY_LINE_MAX];
+
+	vsnprintf(text, sizeof(text), fmt, ap);
+	reply_text(s, code, enhanced, text);
+}
+
+static void
+reply(struct session *s, int code, const char *enhanced, const char *fmt, ...)
+{
 	va_list	ap;
 
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
+	reply_v(s, code, enhanced, fmt, ap);
 	va_end(ap);
-	reply_text(s, code, enhanced, text);
 }
 
 /* A 5xx reply to a command the client got wrong; too many end the session. */
@@ -399,13 +413,11 @@ static void
 reply_error(struct session *s, int code, const char *enhanced,
     const char *fmt, ...)
 {
-	char	text[REPLY_LINE_MAX];
 	va_list	ap;
 
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
+	reply_v(s, code, enhanced, fmt, ap);
 	va_end(ap);
-	reply_text(s, code, enhanced, text);
 	if (++s->bad_commands >= s->cfg->max_bad_commands) {
 		log_info(s->id, "%u errors: closing", s->bad_commands);
 		reply(s, 421, "4.7.0", "%s Error: too many errors",
@@ -1261,13 +1273,10 @@ data_fail(struct session *s, enum session_abort why)
 {
 	if (s->failed)
 		return;
-	s->failed = true;
-	s->fail_reason = why;
 	log_info(s->id, "message refused while receiving: %s",
 	    why == ABORT_TOO_BIG ? "too big" : why == ABORT_BARE_NEWLINE ?
 	    "bare CR or LF" : "line too long");
-	if (s->hooks->abort != NULL)
-		s->hooks->abort(s->hook_ctx, s, why);
+	message_abort(s, why);
 }
 
 /* Hands a span of unstuffed data to the policy, counting its size. */
