@@ -1,10 +1,12 @@
 /*
  * listener.c -- listening sockets: address parsing, bind, accept.
  *
- * Owns the listening socket and its evconnlistener.  Knows nothing of SMTP:
- * every accepted socket goes to the callback given at creation.  When accept
- * fails for lack of descriptors, accepting pauses for a second instead of
- * spinning.
+ * Owns the listening socket and its evconnlistener.  Binding (the master,
+ * listener_bind) and accepting (each worker, listener_adopt) are separate
+ * steps, so that workers accept on sockets their parent bound.  Knows
+ * nothing of SMTP: every accepted socket goes to the callback given at
+ * creation.  When accept fails for lack of descriptors, accepting pauses for
+ * a second instead of spinning.
  */
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -115,16 +117,16 @@ listener_format(const struct sockaddr *sa, char *buf, size_t len, uint16_t *port
 	}
 }
 
-struct listener *
-listener_create(struct event_base *base, const char *host, uint16_t port,
-    listener_accept_fn cb, void *arg, char *err, size_t errlen)
+evutil_socket_t
+listener_bind(const char *host, uint16_t port, char *name, size_t namelen,
+    char *err, size_t errlen)
 {
-	struct listener		*l = NULL;
 	struct addrinfo		 hints, *res = NULL;
 	struct sockaddr_storage	 ss;
 	socklen_t		 sslen;
 	char			 portstr[8], shown[LISTENER_NAME_MAX];
-	evutil_socket_t		 fd = -1;
+	evutil_socket_t		 fd;
+	uint16_t		 bound;
 	int			 rc, one = 1;
 
 	if (host == NULL || *host == '\0')
@@ -138,47 +140,76 @@ listener_create(struct event_base *base, const char *host, uint16_t port,
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
 	if ((rc = getaddrinfo(host, portstr, &hints, &res)) != 0) {
 		snprintf(err, errlen, "cannot listen on %s: %s", shown, gai_strerror(rc));
-		return NULL;
+		return -1;
 	}
-	if ((l = calloc(1, sizeof(*l))) == NULL) {
-		snprintf(err, errlen, "cannot listen on %s: out of memory", shown);
-		goto fail;
-	}
-	l->cb = cb;
-	l->arg = arg;
 	fd = socket(res->ai_family, res->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
 	    res->ai_protocol);
+	sslen = sizeof(ss);
 	if (fd == -1 ||
 	    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == -1 ||
 	    (res->ai_family == AF_INET6 &&
 	     setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == -1) ||
 	    bind(fd, res->ai_addr, res->ai_addrlen) == -1 ||
-	    listen(fd, LISTENER_BACKLOG) == -1) {
+	    listen(fd, LISTENER_BACKLOG) == -1 ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1) {
 		snprintf(err, errlen, "cannot listen on %s: %s", shown, strerror(errno));
-		goto fail;
+		if (fd != -1)
+			close(fd);
+		freeaddrinfo(res);
+		return -1;
 	}
-	sslen = sizeof(ss);
+	freeaddrinfo(res);
+	listener_format((struct sockaddr *)&ss, name, namelen, &bound);
+	return fd;
+}
+
+struct listener *
+listener_adopt(struct event_base *base, evutil_socket_t fd,
+    listener_accept_fn cb, void *arg, char *err, size_t errlen)
+{
+	struct listener		*l;
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen = sizeof(ss);
+
+	if ((l = calloc(1, sizeof(*l))) == NULL) {
+		snprintf(err, errlen, "cannot accept: out of memory");
+		close(fd);
+		return NULL;
+	}
+	l->cb = cb;
+	l->arg = arg;
 	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1) {
-		snprintf(err, errlen, "cannot listen on %s: %s", shown, strerror(errno));
+		snprintf(err, errlen, "cannot accept on socket %d: %s", (int)fd,
+		    strerror(errno));
 		goto fail;
 	}
 	listener_format((struct sockaddr *)&ss, l->name, sizeof(l->name), &l->port);
 	if ((l->pause = evtimer_new(base, listener_resume_cb, l)) == NULL ||
 	    (l->evl = evconnlistener_new(base, listener_accept_cb, l,
 	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd)) == NULL) {
-		snprintf(err, errlen, "cannot listen on %s: out of memory", shown);
+		snprintf(err, errlen, "cannot accept on %s: out of memory", l->name);
 		goto fail;
 	}
 	fd = -1;	/* the evconnlistener owns it */
 	evconnlistener_set_error_cb(l->evl, listener_error_cb);
-	freeaddrinfo(res);
 	return l;
 fail:
 	if (fd != -1)
 		close(fd);
-	freeaddrinfo(res);
 	listener_destroy(l);
 	return NULL;
+}
+
+struct listener *
+listener_create(struct event_base *base, const char *host, uint16_t port,
+    listener_accept_fn cb, void *arg, char *err, size_t errlen)
+{
+	char		name[LISTENER_NAME_MAX];
+	evutil_socket_t	fd;
+
+	if ((fd = listener_bind(host, port, name, sizeof(name), err, errlen)) == -1)
+		return NULL;
+	return listener_adopt(base, fd, cb, arg, err, errlen);
 }
 
 void

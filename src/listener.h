@@ -6,6 +6,10 @@
  * Specs: "PORT" (host 127.0.0.1), "ADDR:PORT", "[IPv6]:PORT"; ADDR may be
  * a numeric address or a name (the first address it resolves to is bound).
  * Port 0 binds an ephemeral port; listener_name() reports the real one.
+ *
+ * Binding and accepting can happen in different processes: the master binds
+ * with listener_bind() (before dropping privileges) and every worker it
+ * forks accepts on its inherited copy with listener_adopt().
  */
 #ifndef LUASMTPD_LISTENER_H
 #define LUASMTPD_LISTENER_H
@@ -40,6 +44,18 @@ struct listener	*listener_create(struct event_base *base, const char *host,
 		    uint16_t port, listener_accept_fn cb, void *arg,
 		    char *err, size_t errlen);
 void		 listener_destroy(struct listener *l);	/* NULL is a no-op */
+
+/*
+ * The two halves of listener_create().  listener_bind() binds and listens
+ * (non-blocking, close-on-exec) without accepting; it returns the socket
+ * and writes its name ("ADDR:PORT", real port) into name, or returns -1
+ * with one line in err.  listener_adopt() starts accepting on such a
+ * socket; it owns fd from then on (closed on failure and by destroy).
+ */
+evutil_socket_t	 listener_bind(const char *host, uint16_t port, char *name,
+		    size_t namelen, char *err, size_t errlen);
+struct listener	*listener_adopt(struct event_base *base, evutil_socket_t fd,
+		    listener_accept_fn cb, void *arg, char *err, size_t errlen);
 
 /* "127.0.0.1:2525" or "[::1]:2525", with the port actually bound. */
 const char	*listener_name(const struct listener *l);

@@ -1,11 +1,12 @@
 /*
- * main.c -- the luasmtpd command: options, policy loading, ready file, run.
+ * main.c -- the luasmtpd command: options, script validation, binding.
  *
- * Owns the process: parses the command line, loads the policy script
- * (policy.h), builds the session config, binds the listeners (from --listen,
- * else the script's server:listen, else 127.0.0.1:2525), writes the ready
- * file and runs the server until a signal stops it (then removes the file).
- * Exit status: 0 after a clean stop, 1 for a runtime error, 2 for usage.
+ * Parses the command line, loads the policy script once to validate it
+ * (policy.h; --check stops here), binds the listeners (from --listen, else
+ * the script's server:listen, else 127.0.0.1:2525) and hands the sockets to
+ * master.c, which drops privileges, forks the workers and runs until a
+ * signal stops it.  Exit status: 0 after a clean stop, 1 for a runtime
+ * error, 2 for usage.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,15 +16,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <event2/event.h>
-
 #include "listener.h"
 #include "log.h"
+#include "master.h"
 #include "policy.h"
 #include "server.h"
-#include "session.h"
 
-#define MAIN_LISTEN_MAX		32
+#define MAIN_LISTEN_MAX		MASTER_LISTEN_MAX
 #define MAIN_DEFAULT_LISTEN	"127.0.0.1:2525"
 
 struct options {
@@ -32,6 +31,8 @@ struct options {
 	size_t		 nlisten;
 	const char	*ready_file;
 	unsigned	 grace;
+	long		 workers;	/* -1: one per online core */
+	const char	*user;
 	int		 check;
 };
 
@@ -47,6 +48,12 @@ usage(FILE *f)
 	    "      --ready-file PATH    once listening, write one ADDR:PORT line per listener\n"
 	    "                           (removed again on exit)\n"
 	    "      --grace SECONDS      on SIGTERM/SIGINT, time sessions get to finish (%d)\n"
+	    "      --workers N          worker processes (default: one per online core);\n"
+	    "                           0 serves in one process (no restart, no reload)\n"
+	    "      --user NAME          after binding, switch to this user (and its groups)\n"
+	    "                           before starting the workers; refuse to run if that fails\n"
+	    "  SIGHUP reloads SCRIPT (new workers; the old ones finish their sessions),\n"
+	    "  SIGTERM/SIGINT stop.\n"
 	    "      --version            print the version and exit\n"
 	    "  -h, --help               print this help and exit\n",
 	    SERVER_GRACE_DEFAULT);
@@ -55,13 +62,16 @@ usage(FILE *f)
 static int
 parse_options(int argc, char **argv, struct options *o)
 {
-	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION };
+	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
+	    OPT_WORKERS, OPT_USER };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
 		{ "log-level",	required_argument,	NULL, OPT_LOG },
 		{ "ready-file",	required_argument,	NULL, OPT_READY },
 		{ "grace",	required_argument,	NULL, OPT_GRACE },
+		{ "workers",	required_argument,	NULL, OPT_WORKERS },
+		{ "user",	required_argument,	NULL, OPT_USER },
 		{ "version",	no_argument,		NULL, OPT_VERSION },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 },
@@ -73,6 +83,7 @@ parse_options(int argc, char **argv, struct options *o)
 
 	memset(o, 0, sizeof(*o));
 	o->grace = SERVER_GRACE_DEFAULT;
+	o->workers = -1;
 	opterr = 0;
 	while ((ch = getopt_long(argc, argv, ":l:h", longopts, NULL)) != -1) {
 		switch (ch) {
@@ -109,6 +120,24 @@ parse_options(int argc, char **argv, struct options *o)
 			}
 			o->grace = (unsigned)n;
 			break;
+		case OPT_WORKERS:
+			errno = 0;
+			n = strtoul(optarg, &end, 10);
+			if (errno != 0 || end == optarg || *end != '\0' ||
+			    optarg[0] == '-' || n > MASTER_WORKERS_MAX) {
+				fprintf(stderr, "luasmtpd: bad --workers '%s' "
+				    "(0 to %d)\n", optarg, MASTER_WORKERS_MAX);
+				return 2;
+			}
+			o->workers = (long)n;
+			break;
+		case OPT_USER:
+			if (optarg[0] == '\0') {
+				fprintf(stderr, "luasmtpd: empty --user\n");
+				return 2;
+			}
+			o->user = optarg;
+			break;
 		case OPT_VERSION:
 			printf("luasmtpd %s\n", LUASMTPD_VERSION);
 			exit(0);
@@ -139,43 +168,34 @@ parse_options(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* Writes "ADDR:PORT" lines to PATH.tmp, then renames it to PATH. */
+/* Binds one address into the master's list of sockets. */
 static int
-write_ready_file(const char *path, const struct server *srv)
+bind_one(struct master_config *mc, const char *host, uint16_t port, int index)
 {
-	char	 tmp[4096];
-	FILE	*f;
-	int	 n, failed = 0;
+	char	err[512];
+	int	fd;
 
-	n = snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof(tmp)) {
-		fprintf(stderr, "luasmtpd: ready file path too long\n");
+	if (mc->nfds == MASTER_LISTEN_MAX) {
+		fprintf(stderr, "luasmtpd: too many listen addresses (at most %d)\n",
+		    MASTER_LISTEN_MAX);
 		return -1;
 	}
-	if ((f = fopen(tmp, "w")) == NULL) {
-		fprintf(stderr, "luasmtpd: cannot write ready file %s: %s\n",
-		    tmp, strerror(errno));
+	fd = listener_bind(host, port, mc->names[mc->nfds], sizeof(mc->names[0]),
+	    err, sizeof(err));
+	if (fd == -1) {
+		fprintf(stderr, "luasmtpd: %s\n", err);
 		return -1;
 	}
-	for (size_t i = 0; i < server_listener_count(srv); i++)
-		if (fprintf(f, "%s\n", server_listener_name(srv, i)) < 0)
-			failed = 1;
-	if (fflush(f) != 0 || fsync(fileno(f)) != 0)
-		failed = 1;
-	if (fclose(f) != 0)
-		failed = 1;
-	if (failed || rename(tmp, path) == -1) {
-		fprintf(stderr, "luasmtpd: cannot write ready file %s: %s\n",
-		    path, strerror(errno));
-		(void)unlink(tmp);
-		return -1;
-	}
+	mc->fds[mc->nfds] = fd;
+	mc->listen_index[mc->nfds] = index;
+	log_info(0, "listening on %s", mc->names[mc->nfds]);
+	mc->nfds++;
 	return 0;
 }
 
 /* Binds --listen addresses, else the script's, else the default. */
 static int
-bind_listeners(struct server *srv, const struct options *o,
+bind_listeners(struct master_config *mc, const struct options *o,
     const struct policy *p)
 {
 	char		 host[256], err[512];
@@ -187,33 +207,45 @@ bind_listeners(struct server *srv, const struct options *o,
 			const char *spec = o->nlisten > 0 ? o->listen[i] : MAIN_DEFAULT_LISTEN;
 
 			if (listener_parse(spec, host, sizeof(host), &port, err,
-			    sizeof(err)) == -1 ||
-			    server_listen(srv, host, port, err, sizeof(err)) == -1) {
+			    sizeof(err)) == -1) {
 				fprintf(stderr, "luasmtpd: %s\n", err);
 				return -1;
 			}
+			if (bind_one(mc, host, port, -1) == -1)
+				return -1;
 		}
 		return 0;
 	}
+	if (policy_listen_count(p) > MASTER_LISTEN_MAX) {
+		fprintf(stderr, "luasmtpd: too many listen addresses (at most %d)\n",
+		    MASTER_LISTEN_MAX);
+		return -1;
+	}
+	mc->script_listen_used = 1;
 	for (i = 0; i < policy_listen_count(p); i++) {
 		const struct policy_listen *pl = policy_listen_at(p, i);
 
-		if (server_listen(srv, pl->host, pl->port, err, sizeof(err)) == -1) {
-			fprintf(stderr, "luasmtpd: %s\n", err);
+		mc->script_listen[mc->nscript_listen++] = *pl;
+		if (bind_one(mc, pl->host, pl->port, (int)i) == -1)
 			return -1;
-		}
 	}
 	return 0;
+}
+
+static unsigned
+online_cores(void)
+{
+	long	n = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return n < 1 ? 1 : n > MASTER_WORKERS_MAX ? MASTER_WORKERS_MAX : (unsigned)n;
 }
 
 int
 main(int argc, char **argv)
 {
 	struct options		 o;
-	struct session_config	 cfg;
-	struct event_base	*base = NULL;
+	static struct master_config mc;
 	struct policy		*policy = NULL;
-	struct server		*srv = NULL;
 	char			 err[1024], host[256];
 	uint16_t		 port;
 	int			 rc;
@@ -233,49 +265,30 @@ main(int argc, char **argv)
 		    strerror(errno));
 		return 1;
 	}
+	/* validate: the workers load the script again, each for itself */
+	err[0] = '\0';
+	if ((policy = policy_load(o.script, NULL, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "luasmtpd: %s\n", err[0] ? err : "cannot load script");
+		return 1;
+	}
 	if (o.check) {
-		err[0] = '\0';
-		if ((policy = policy_load(o.script, NULL, err, sizeof(err))) == NULL) {
-			fprintf(stderr, "luasmtpd: %s\n", err[0] ? err : "cannot load script");
-			return 1;
-		}
 		policy_destroy(policy);
 		printf("%s: OK\n", o.script);
 		return 0;
 	}
 
 	signal(SIGPIPE, SIG_IGN);
-	rc = 1;
-	if ((base = event_base_new()) == NULL) {
-		fprintf(stderr, "luasmtpd: cannot create the event loop\n");
-		goto done;
+	mc.script = o.script;
+	mc.ready_file = o.ready_file;
+	mc.user = o.user;
+	mc.grace = o.grace;
+	mc.workers = o.workers < 0 ? online_cores() : (unsigned)o.workers;
+	if (bind_listeners(&mc, &o, policy) == -1) {
+		policy_destroy(policy);
+		for (size_t i = 0; i < mc.nfds; i++)
+			close(mc.fds[i]);
+		return 1;
 	}
-	err[0] = '\0';
-	if ((policy = policy_load(o.script, base, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "luasmtpd: %s\n", err[0] ? err : "cannot load script");
-		goto done;
-	}
-	session_config_init(&cfg);
-	policy_session_config(policy, &cfg);
-	if ((srv = server_create(base, &cfg, policy_hooks(policy), policy,
-	    o.grace)) == NULL) {
-		fprintf(stderr, "luasmtpd: cannot create the server: out of memory\n");
-		goto done;
-	}
-	if (bind_listeners(srv, &o, policy) == -1)
-		goto done;
-	if (o.ready_file != NULL && write_ready_file(o.ready_file, srv) == -1)
-		goto done;
-	log_info(0, "luasmtpd %s ready (policy %s)", LUASMTPD_VERSION, o.script);
-	if (server_run(srv) == 0)
-		rc = 0;
-	if (o.ready_file != NULL)
-		(void)unlink(o.ready_file);	/* no stale address for the next run */
-	log_info(0, "stopped");
-done:
-	server_destroy(srv);	/* connections first: they hold the policy's hooks */
-	policy_destroy(policy);
-	if (base != NULL)
-		event_base_free(base);
-	return rc;
+	policy_destroy(policy);		/* no Lua state in the master */
+	return master_run(&mc);
 }

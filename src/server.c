@@ -7,8 +7,10 @@
  */
 #include <signal.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -109,6 +111,24 @@ server_listen(struct server *srv, const char *host, uint16_t port, char *err,
 		return -1;
 	srv->listeners[srv->nlisteners++] = l;
 	log_info(0, "listening on %s", listener_name(l));
+	return 0;
+}
+
+int
+server_adopt(struct server *srv, int fd, char *err, size_t errlen)
+{
+	struct listener	*l;
+
+	if (srv->nlisteners == SERVER_LISTENERS_MAX) {
+		snprintf(err, errlen, "too many listen addresses (at most %d)",
+		    SERVER_LISTENERS_MAX);
+		close(fd);
+		return -1;
+	}
+	if ((l = listener_adopt(srv->base, fd, server_accept, srv, err, errlen)) == NULL)
+		return -1;
+	srv->listeners[srv->nlisteners++] = l;
+	log_debug(0, "accepting on %s", listener_name(l));
 	return 0;
 }
 

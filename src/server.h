@@ -14,6 +14,10 @@
  * 421 4.3.2 (session_shutdown) and closed once its replies are flushed
  * (bounded).  A second signal ends the grace period at once; a third drops
  * every connection.  server_run() returns when the last connection is gone.
+ *
+ * In a worker process (master.c) the server adopts the sockets the master
+ * bound, and a SIGTERM from the master (a stop, a reload, the master's
+ * death) runs this same stop sequence.
  */
 #ifndef LUASMTPD_SERVER_H
 #define LUASMTPD_SERVER_H
@@ -38,6 +42,9 @@ void		 server_destroy(struct server *srv);	/* NULL is a no-op */
 /* Binds one more listener.  Returns 0, or -1 with one line in err. */
 int		 server_listen(struct server *srv, const char *host,
 		    uint16_t port, char *err, size_t errlen);
+/* Accepts on fd, a socket listener_bind() bound (the server owns it now). */
+int		 server_adopt(struct server *srv, int fd, char *err,
+		    size_t errlen);
 size_t		 server_listener_count(const struct server *srv);
 /* "ADDR:PORT" with the port actually bound. */
 const char	*server_listener_name(const struct server *srv, size_t i);

@@ -82,11 +82,13 @@ local function alive(pid)
 	return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
 end
 
---[[ support.start{policy = "lua source", args = {...}, grace = seconds}
+--[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n}
 Writes the policy to DIR/policy.lua after replacing every "@OUT@" with DIR as
 a Lua string literal (the policy writes what it saw there), starts the
-binary with --listen 127.0.0.1:0 --ready-file DIR/ready, and returns a
-Server once the ready file names the port: fields host, port, dir, pid.
+binary with --listen 127.0.0.1:0 --ready-file DIR/ready --workers N (N is
+opts.workers, default 1: one worker process, so that what a policy records
+comes from one Lua state, in order), and returns a Server once the ready file
+names the port: fields host, port, dir, pid (the master's).
 ]]
 function support.start(opts)
 	opts = opts or {}
@@ -101,6 +103,8 @@ function support.start(opts)
 		argv[#argv + 1] = "--grace"
 		argv[#argv + 1] = tostring(opts.grace)
 	end
+	argv[#argv + 1] = "--workers"
+	argv[#argv + 1] = tostring(opts.workers or 1)
 	for _, a in ipairs(opts.args or {}) do argv[#argv + 1] = shquote(a) end
 	argv[#argv + 1] = shquote(dir .. "/policy.lua")
 

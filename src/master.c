@@ -1,0 +1,811 @@
+/*
+ * master.c -- the master process and the body of every worker.
+ *
+ * Owns the process tree described in master.h: dropping privileges, forking
+ * workers (each with a ready pipe: one byte once its event loop runs),
+ * reaping and restarting them with a backoff, generations of workers across
+ * reloads, forwarding stop signals, the ready file, and the log tag that
+ * tells processes apart ("master[PID]", "worker0[PID]").  The master waits
+ * in poll() on a signalfd and the ready pipes; it has no event base and no
+ * Lua state of its own while serving.  A worker is server.c on a fresh event
+ * base with a freshly loaded policy, nothing more.
+ */
+#include <sys/types.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "log.h"
+#include "master.h"
+#include "policy.h"
+#include "server.h"
+#include "session.h"
+
+#define BACKOFF_MIN_MS		100
+#define BACKOFF_MAX_MS		10000
+#define BACKOFF_RESET_MS	10000	/* a worker that lived this long was healthy */
+#define START_TIMEOUT_MS	60000	/* from fork to accepting */
+#define STOP_SLACK_SECS		30	/* beyond the grace: then SIGKILL */
+#define WORKER_EXIT_LOAD	3	/* a worker's status when the script failed */
+
+enum worker_state {
+	W_STARTING,	/* forked, not accepting yet */
+	W_READY,	/* accepting */
+	W_DRAINING,	/* sent SIGTERM by the master */
+};
+
+struct worker {
+	struct worker		*next;
+	pid_t			 pid;
+	unsigned		 gen;
+	unsigned		 slot;
+	enum worker_state	 state;
+	int			 ready_fd;	/* read end of the ready pipe, or -1 */
+	int64_t			 started_ms;
+};
+
+struct slot {
+	unsigned	 delay_ms;	/* the next backoff */
+	int64_t		 restart_ms;	/* when to fork again; 0: nothing due */
+};
+
+struct master {
+	struct master_config	*mc;
+	pid_t			 pid;
+	int			 sigfd;
+	sigset_t		 oldmask;
+	struct worker		*workers;
+	struct slot		*slots;		/* of the current generation */
+	unsigned		 gen;		/* the generation serving */
+	unsigned		 next_gen;	/* a reload in progress: its generation, else 0 */
+	bool			 ready;		/* the first generation accepted */
+	bool			 hup_pending;	/* SIGHUP during startup or a reload */
+	bool			 stopping;
+	bool			 child;		/* this is a worker: unwind and serve */
+	int64_t			 kill_ms;	/* stopping: SIGKILL who is left then */
+	int			 rc;
+};
+
+/* Set in a worker before it serves: its log tag. */
+static char	log_tag[48];
+
+static int	 serve(const char *script, int *fds, size_t nfds, unsigned grace,
+		    void (*ready)(void *), void *ready_arg);
+static int	 drop_privileges(const char *user);
+static int	 write_ready_file(const char *path, const struct master_config *mc);
+static void	 tag_sink(void *, enum log_level, const char *);
+static int64_t	 now_ms(void);
+static void	 master_loop(struct master *);
+static void	 master_free(struct master *);
+static void	 master_spawn_gen(struct master *, unsigned gen);
+static int	 master_spawn(struct master *, unsigned gen, unsigned slot);
+static void	 master_reap(struct master *);
+static void	 master_exited(struct master *, struct worker *, int status);
+static void	 master_backoff(struct master *, unsigned slot, int64_t lived);
+static void	 master_signal(struct master *, int sig);
+static void	 master_reload(struct master *);
+static void	 master_progress(struct master *);
+static void	 master_timers(struct master *, int64_t now);
+static void	 master_stop(struct master *, int sig, int rc);
+static void	 master_abort_gen(struct master *, unsigned gen);
+static void	 master_close_listeners(struct master *);
+static size_t	 count_gen(const struct master *, unsigned gen, int state);
+static void	 describe_status(int status, char *buf, size_t len);
+
+/* ---- the process tree ----------------------------------------------------- */
+
+static void
+write_ready_in_process(void *arg)
+{
+	struct master_config	*mc = arg;
+
+	if (mc->ready_file != NULL)
+		(void)write_ready_file(mc->ready_file, mc);
+}
+
+int
+master_run(struct master_config *mc)
+{
+	struct master	 m;
+	sigset_t	 mask;
+	int		 rc;
+
+	if (mc->user != NULL && drop_privileges(mc->user) == -1) {
+		for (size_t i = 0; i < mc->nfds; i++)
+			close(mc->fds[i]);
+		return 1;
+	}
+	if (mc->workers == 0) {	/* one process: serve here, as without a master */
+		log_info(0, "luasmtpd %s ready (policy %s, no worker processes)",
+		    LUASMTPD_VERSION, mc->script);
+		signal(SIGHUP, SIG_IGN);
+		rc = serve(mc->script, mc->fds, mc->nfds, mc->grace,
+		    write_ready_in_process, mc);
+		mc->nfds = 0;
+		if (mc->ready_file != NULL)
+			(void)unlink(mc->ready_file);
+		log_info(0, "stopped");
+		return rc;
+	}
+
+	memset(&m, 0, sizeof(m));
+	m.mc = mc;
+	m.pid = getpid();
+	m.gen = 1;
+	snprintf(log_tag, sizeof(log_tag), "master[%ld]", (long)m.pid);
+	log_set_sink(tag_sink, NULL);
+	if ((m.slots = calloc(mc->workers, sizeof(*m.slots))) == NULL) {
+		log_error(0, "out of memory");
+		master_free(&m);
+		return 1;
+	}
+	sigemptyset(&mask);
+	sigaddset(&mask, SIGCHLD);
+	sigaddset(&mask, SIGHUP);
+	sigaddset(&mask, SIGTERM);
+	sigaddset(&mask, SIGINT);
+	if (sigprocmask(SIG_BLOCK, &mask, &m.oldmask) == -1 ||
+	    (m.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)) == -1) {
+		log_error(0, "cannot watch signals: %s", strerror(errno));
+		m.sigfd = -1;
+		master_free(&m);
+		return 1;
+	}
+	log_info(0, "luasmtpd %s starting %u worker(s) (policy %s)",
+	    LUASMTPD_VERSION, mc->workers, mc->script);
+	master_spawn_gen(&m, m.gen);
+	if (!m.child)
+		master_loop(&m);
+	rc = m.rc;
+	if (m.child) {		/* a worker, done serving */
+		master_free(&m);
+		fflush(NULL);
+		exit(rc);
+	}
+	if (mc->ready_file != NULL && m.ready)
+		(void)unlink(mc->ready_file);	/* no stale address for the next run */
+	log_info(0, "stopped");
+	master_free(&m);
+	log_set_sink(NULL, NULL);
+	return rc;
+}
+
+static void
+master_free(struct master *m)
+{
+	struct worker	*w;
+
+	while ((w = m->workers) != NULL) {
+		m->workers = w->next;
+		if (w->ready_fd != -1)
+			close(w->ready_fd);
+		free(w);
+	}
+	free(m->slots);
+	m->slots = NULL;
+	if (m->sigfd != -1)
+		close(m->sigfd);
+	m->sigfd = -1;
+	master_close_listeners(m);
+}
+
+static void
+master_close_listeners(struct master *m)
+{
+	for (size_t i = 0; i < m->mc->nfds; i++)
+		if (m->mc->fds[i] != -1)
+			close(m->mc->fds[i]);
+	m->mc->nfds = 0;
+}
+
+static void
+master_loop(struct master *m)
+{
+	struct pollfd	 pfd[1 + 2 * MASTER_WORKERS_MAX];
+	struct worker	*wk[1 + 2 * MASTER_WORKERS_MAX];
+	struct worker	*w;
+
+	while (!(m->stopping && m->workers == NULL)) {
+		int64_t		 now = now_ms(), due = -1;
+		nfds_t		 n = 1;
+		int		 timeout;
+
+		pfd[0].fd = m->sigfd;
+		pfd[0].events = POLLIN;
+		for (w = m->workers; w != NULL; w = w->next) {
+			if (w->ready_fd != -1 && n < sizeof(pfd) / sizeof(pfd[0])) {
+				pfd[n].fd = w->ready_fd;
+				pfd[n].events = POLLIN;
+				wk[n++] = w;
+			}
+			if (w->state == W_STARTING &&
+			    (due == -1 || w->started_ms + START_TIMEOUT_MS < due))
+				due = w->started_ms + START_TIMEOUT_MS;
+		}
+		for (unsigned i = 0; !m->stopping && i < m->mc->workers; i++)
+			if (m->slots[i].restart_ms != 0 &&
+			    (due == -1 || m->slots[i].restart_ms < due))
+				due = m->slots[i].restart_ms;
+		if (m->stopping && (due == -1 || m->kill_ms < due))
+			due = m->kill_ms;
+		timeout = due == -1 ? -1 : due <= now ? 0 :
+		    due - now > 60000 ? 60000 : (int)(due - now);
+		if (poll(pfd, n, timeout) == -1) {
+			if (errno == EINTR)
+				continue;
+			log_error(0, "poll: %s", strerror(errno));
+			master_stop(m, SIGTERM, 1);
+			continue;
+		}
+		if (pfd[0].revents != 0) {
+			struct signalfd_siginfo	si;
+
+			while (read(m->sigfd, &si, sizeof(si)) == (ssize_t)sizeof(si)) {
+				master_signal(m, (int)si.ssi_signo);
+				if (m->child)
+					return;		/* a worker forked by a reload */
+			}
+		}
+		for (nfds_t i = 1; i < n; i++) {
+			char	c;
+			ssize_t	r;
+
+			if (pfd[i].revents == 0)
+				continue;
+			w = wk[i];
+			r = read(w->ready_fd, &c, 1);
+			if (r == -1 && (errno == EINTR || errno == EAGAIN))
+				continue;
+			close(w->ready_fd);	/* one byte, or EOF: a death SIGCHLD reports */
+			w->ready_fd = -1;
+			if (r == 1 && w->state == W_STARTING) {
+				w->state = W_READY;
+				log_info(0, "worker%u[%ld] accepting (generation %u)",
+				    w->slot, (long)w->pid, w->gen);
+			}
+		}
+		master_reap(m);
+		master_timers(m, now_ms());
+		if (m->child)
+			return;
+		master_progress(m);
+		if (m->child)
+			return;
+	}
+}
+
+/* Forks the workers of a generation: every slot of the current config. */
+static void
+master_spawn_gen(struct master *m, unsigned gen)
+{
+	for (unsigned i = 0; i < m->mc->workers; i++) {
+		switch (master_spawn(m, gen, i)) {
+		case 1:
+			return;		/* the child */
+		case -1:
+			if (gen == m->next_gen) {
+				log_error(0, "reload failed; generation %u keeps serving",
+				    m->gen);
+				master_abort_gen(m, gen);
+			} else {
+				master_stop(m, SIGTERM, 1);
+			}
+			return;
+		}
+	}
+}
+
+/* Returns 0 in the master, -1 there when the fork failed (logged), 1 in the child. */
+static int
+master_spawn(struct master *m, unsigned gen, unsigned slot)
+{
+	struct worker	*w;
+	int		 p[2];
+	pid_t		 pid;
+
+	if ((w = calloc(1, sizeof(*w))) == NULL) {
+		log_error(0, "cannot start worker%u: out of memory", slot);
+		return -1;
+	}
+	if (pipe2(p, O_CLOEXEC) == -1) {
+		log_error(0, "cannot start worker%u: %s", slot, strerror(errno));
+		free(w);
+		return -1;
+	}
+	fflush(NULL);
+	if ((pid = fork()) == -1) {
+		log_error(0, "cannot start worker%u: fork: %s", slot, strerror(errno));
+		close(p[0]);
+		close(p[1]);
+		free(w);
+		return -1;
+	}
+	if (pid == 0) {
+		struct master_config	*mc = m->mc;
+		int			 fds[MASTER_LISTEN_MAX];
+		size_t			 nfds = mc->nfds;
+		pid_t			 master = m->pid;
+		int			 rc;
+
+		free(w);
+		close(p[0]);
+		/* what the worker keeps: the listening sockets and its pipe end */
+		memcpy(fds, mc->fds, nfds * sizeof(fds[0]));
+		mc->nfds = 0;
+		m->child = true;	/* every caller unwinds to master_run() */
+		master_free(m);
+		snprintf(log_tag, sizeof(log_tag), "worker%u[%ld]", slot,
+		    (long)getpid());
+		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+		signal(SIGHUP, SIG_IGN);	/* reloading is the master's */
+		(void)setpgid(0, 0);		/* a terminal's ^C reaches the master only */
+		if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1 || getppid() != master) {
+			m->rc = 0;		/* the master is already gone */
+			for (size_t i = 0; i < nfds; i++)
+				close(fds[i]);
+			close(p[1]);
+			return 1;
+		}
+		rc = serve(mc->script, fds, nfds, mc->grace, NULL, &p[1]);
+		if (p[1] != -1)
+			close(p[1]);
+		m->rc = rc;
+		return 1;
+	}
+	close(p[1]);
+	w->pid = pid;
+	w->gen = gen;
+	w->slot = slot;
+	w->state = W_STARTING;
+	w->ready_fd = p[0];
+	w->started_ms = now_ms();
+	w->next = m->workers;
+	m->workers = w;
+	return 0;
+}
+
+static void
+master_reap(struct master *m)
+{
+	struct worker	**wp, *w;
+	pid_t		  pid;
+	int		  status;
+
+	while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+		for (wp = &m->workers; (w = *wp) != NULL; wp = &w->next)
+			if (w->pid == pid)
+				break;
+		if (w == NULL)
+			continue;
+		*wp = w->next;
+		master_exited(m, w, status);
+		if (w->ready_fd != -1)
+			close(w->ready_fd);
+		free(w);
+	}
+}
+
+static void
+master_exited(struct master *m, struct worker *w, int status)
+{
+	char		 how[64];
+	int64_t		 lived = now_ms() - w->started_ms;
+
+	describe_status(status, how, sizeof(how));
+	if (m->stopping || w->state == W_DRAINING) {
+		log_info(0, "worker%u[%ld] (generation %u) %s", w->slot,
+		    (long)w->pid, w->gen, how);
+		return;
+	}
+	if (w->gen == m->next_gen) {	/* a reload whose worker failed */
+		log_error(0, "reload failed: worker%u[%ld] %s before accepting; "
+		    "generation %u keeps serving", w->slot, (long)w->pid, how, m->gen);
+		master_abort_gen(m, m->next_gen);
+		return;
+	}
+	if (w->gen != m->gen) {
+		log_info(0, "worker%u[%ld] (generation %u) %s", w->slot,
+		    (long)w->pid, w->gen, how);
+		return;
+	}
+	if (!m->ready && w->state == W_STARTING) {
+		log_error(0, "worker%u[%ld] %s before accepting; stopping", w->slot,
+		    (long)w->pid, how);
+		master_stop(m, SIGTERM, 1);
+		return;
+	}
+	log_warn(0, "worker%u[%ld] %s unexpectedly after %.1f s", w->slot,
+	    (long)w->pid, how, lived / 1000.0);
+	master_backoff(m, w->slot, lived);
+}
+
+/* Schedules the slot's restart: 0.1 s, doubling to 10 s, reset after a good run. */
+static void
+master_backoff(struct master *m, unsigned slot, int64_t lived)
+{
+	struct slot	*s = &m->slots[slot];
+
+	if (lived >= BACKOFF_RESET_MS || s->delay_ms == 0)
+		s->delay_ms = BACKOFF_MIN_MS;
+	else if ((s->delay_ms *= 2) > BACKOFF_MAX_MS)
+		s->delay_ms = BACKOFF_MAX_MS;
+	s->restart_ms = now_ms() + s->delay_ms;
+	log_info(0, "worker%u: restarting in %.1f s", slot, s->delay_ms / 1000.0);
+}
+
+static void
+master_signal(struct master *m, int sig)
+{
+	switch (sig) {
+	case SIGCHLD:
+		break;		/* master_reap() runs after every wake-up */
+	case SIGHUP:
+		if (m->stopping) {
+			log_info(0, "SIGHUP ignored: stopping");
+		} else if (!m->ready || m->next_gen != 0) {
+			log_info(0, "SIGHUP: reloading once the workers started are accepting");
+			m->hup_pending = true;
+		} else {
+			master_reload(m);
+		}
+		break;
+	case SIGTERM:
+	case SIGINT:
+		log_info(0, "signal %s received", sig == SIGTERM ? "TERM" : "INT");
+		master_stop(m, sig, m->rc);
+		break;
+	}
+}
+
+/* SIGHUP: validate the script here, then start a new generation. */
+static void
+master_reload(struct master *m)
+{
+	struct master_config	*mc = m->mc;
+	struct policy		*p;
+	char			 err[1024] = "";
+	bool			 changed;
+
+	log_info(0, "SIGHUP: reloading %s", mc->script);
+	if ((p = policy_load(mc->script, NULL, err, sizeof(err))) == NULL) {
+		log_error(0, "reload failed: %s; generation %u keeps serving",
+		    err[0] ? err : "cannot load script", m->gen);
+		return;
+	}
+	if (mc->script_listen_used) {
+		changed = policy_listen_count(p) != mc->nscript_listen;
+		for (size_t i = 0; !changed && i < mc->nscript_listen; i++) {
+			const struct policy_listen *pl = policy_listen_at(p, i);
+
+			changed = pl->port != mc->script_listen[i].port ||
+			    strcmp(pl->host, mc->script_listen[i].host) != 0;
+		}
+		if (changed)
+			log_warn(0, "reload: the script's listen addresses changed; "
+			    "they take effect at the next start (still on %s%s)",
+			    mc->names[0], mc->nfds > 1 ? " ..." : "");
+	}
+	policy_destroy(p);
+	m->next_gen = m->gen + 1;
+	master_spawn_gen(m, m->next_gen);
+}
+
+/* Startup done? A reload's generation complete? A reload waiting? */
+static void
+master_progress(struct master *m)
+{
+	struct worker	*w;
+	size_t		 old;
+
+	if (m->stopping)
+		return;
+	if (!m->ready && count_gen(m, m->gen, W_READY) == m->mc->workers) {
+		m->ready = true;
+		if (m->mc->ready_file != NULL &&
+		    write_ready_file(m->mc->ready_file, m->mc) == -1) {
+			master_stop(m, SIGTERM, 1);
+			return;
+		}
+		log_info(0, "ready: %u worker(s) accepting", m->mc->workers);
+	}
+	if (m->next_gen != 0 && count_gen(m, m->next_gen, W_READY) == m->mc->workers) {
+		old = 0;
+		for (w = m->workers; w != NULL; w = w->next) {
+			if (w->gen != m->next_gen && w->state != W_DRAINING) {
+				w->state = W_DRAINING;
+				(void)kill(w->pid, SIGTERM);
+				old++;
+			}
+		}
+		m->gen = m->next_gen;
+		m->next_gen = 0;
+		memset(m->slots, 0, m->mc->workers * sizeof(*m->slots));
+		log_info(0, "reload: generation %u serving; %zu old worker(s) draining",
+		    m->gen, old);
+	}
+	if (m->hup_pending && m->ready && m->next_gen == 0) {
+		m->hup_pending = false;
+		master_reload(m);
+	}
+}
+
+static void
+master_timers(struct master *m, int64_t now)
+{
+	struct worker	*w;
+
+	if (m->stopping) {
+		if (now >= m->kill_ms) {
+			for (w = m->workers; w != NULL; w = w->next) {
+				log_error(0, "worker%u[%ld] still running: killing it",
+				    w->slot, (long)w->pid);
+				(void)kill(w->pid, SIGKILL);
+			}
+			m->rc = 1;
+			m->kill_ms = now + 60000;
+		}
+		return;
+	}
+	for (w = m->workers; w != NULL; w = w->next) {
+		if (w->state == W_STARTING && now >= w->started_ms + START_TIMEOUT_MS) {
+			log_error(0, "worker%u[%ld] not accepting after %d s: killing it",
+			    w->slot, (long)w->pid, START_TIMEOUT_MS / 1000);
+			w->started_ms = now;	/* once */
+			(void)kill(w->pid, SIGKILL);
+		}
+	}
+	for (unsigned i = 0; i < m->mc->workers; i++) {
+		if (m->slots[i].restart_ms != 0 && now >= m->slots[i].restart_ms) {
+			m->slots[i].restart_ms = 0;
+			switch (master_spawn(m, m->gen, i)) {
+			case 1:
+				return;		/* the child */
+			case -1:
+				master_backoff(m, i, 0);
+				break;
+			}
+		}
+	}
+}
+
+/* SIGTERM/SIGINT (or a fatal error): forward, then wait for every worker. */
+static void
+master_stop(struct master *m, int sig, int rc)
+{
+	struct worker	*w;
+	size_t		 n = 0;
+
+	if (!m->stopping) {
+		m->stopping = true;
+		m->rc = rc;
+		m->kill_ms = now_ms() + ((int64_t)m->mc->grace + STOP_SLACK_SECS) * 1000;
+		master_close_listeners(m);	/* new connections are refused */
+	}
+	for (w = m->workers; w != NULL; w = w->next, n++)
+		(void)kill(w->pid, sig);
+	log_info(0, "stopping: signalled %zu worker(s)", n);
+}
+
+/* A reload's generation failed: its workers drain, the current one serves on. */
+static void
+master_abort_gen(struct master *m, unsigned gen)
+{
+	struct worker	*w;
+
+	for (w = m->workers; w != NULL; w = w->next) {
+		if (w->gen == gen && w->state != W_DRAINING) {
+			w->state = W_DRAINING;
+			(void)kill(w->pid, SIGTERM);
+		}
+	}
+	if (m->next_gen == gen)
+		m->next_gen = 0;
+}
+
+static size_t
+count_gen(const struct master *m, unsigned gen, int state)
+{
+	size_t	n = 0;
+
+	for (const struct worker *w = m->workers; w != NULL; w = w->next)
+		if (w->gen == gen && (int)w->state == state)
+			n++;
+	return n;
+}
+
+static void
+describe_status(int status, char *buf, size_t len)
+{
+	if (WIFEXITED(status))
+		snprintf(buf, len, "exited with status %d", WEXITSTATUS(status));
+	else if (WIFSIGNALED(status))
+		snprintf(buf, len, "was killed by signal %d (%s)", WTERMSIG(status),
+		    strsignal(WTERMSIG(status)));
+	else
+		snprintf(buf, len, "ended (status 0x%x)", (unsigned)status);
+}
+
+/* ---- a worker (or the single process of --workers 0) ---------------------- */
+
+static void
+worker_ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+	int	*pfd = arg;
+
+	(void)fd, (void)what;
+	if (*pfd != -1) {
+		(void)write(*pfd, "R", 1);
+		close(*pfd);
+		*pfd = -1;
+	}
+}
+
+static void
+in_process_ready_cb(evutil_socket_t fd, short what, void *arg)
+{
+	void	**cb = arg;
+
+	(void)fd, (void)what;
+	((void (*)(void *))cb[0])(cb[1]);
+}
+
+/*
+ * Loads the script on a fresh event base, accepts on fds (taken over) and
+ * serves until stopped.  Once the loop runs: ready(ready_arg), or, with
+ * ready NULL, one byte to the pipe *ready_arg.  Returns the exit status.
+ */
+static int
+serve(const char *script, int *fds, size_t nfds, unsigned grace,
+    void (*ready)(void *), void *ready_arg)
+{
+	struct session_config	 cfg;
+	struct event_base	*base = NULL;
+	struct policy		*policy = NULL;
+	struct server		*srv = NULL;
+	struct timeval		 now = { 0, 0 };
+	void			*cb[2] = { (void *)ready, ready_arg };
+	char			 err[1024] = "";
+	size_t			 i = 0;
+	int			 rc = 1;
+
+	if (log_tag[0] != '\0')
+		log_set_sink(tag_sink, NULL);
+	if ((base = event_base_new()) == NULL) {
+		log_error(0, "cannot create the event loop");
+		goto done;
+	}
+	if ((policy = policy_load(script, base, err, sizeof(err))) == NULL) {
+		log_error(0, "%s", err[0] ? err : "cannot load script");
+		rc = WORKER_EXIT_LOAD;
+		goto done;
+	}
+	session_config_init(&cfg);
+	policy_session_config(policy, &cfg);
+	if ((srv = server_create(base, &cfg, policy_hooks(policy), policy,
+	    grace)) == NULL) {
+		log_error(0, "cannot create the server: out of memory");
+		goto done;
+	}
+	for (; i < nfds; i++)
+		if (server_adopt(srv, fds[i], err, sizeof(err)) == -1) {
+			log_error(0, "%s", err);
+			i++;
+			goto done;
+		}
+	if (event_base_once(base, -1, EV_TIMEOUT, ready != NULL ?
+	    in_process_ready_cb : worker_ready_cb, ready != NULL ? (void *)cb :
+	    ready_arg, &now) == -1) {
+		log_error(0, "cannot schedule the ready notice");
+		goto done;
+	}
+	if (log_tag[0] != '\0')
+		log_info(0, "serving (policy %s)", script);
+	rc = server_run(srv) == 0 ? 0 : 1;
+done:
+	for (; i < nfds; i++)
+		close(fds[i]);
+	server_destroy(srv);	/* connections first: they hold the policy's hooks */
+	policy_destroy(policy);
+	if (base != NULL)
+		event_base_free(base);
+	return rc;
+}
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+/* setgroups, setgid, setuid to USER; -1 (logged) when any step fails. */
+static int
+drop_privileges(const char *user)
+{
+	struct passwd	*pw;
+
+	errno = 0;
+	if ((pw = getpwnam(user)) == NULL) {
+		log_error(0, "--user %s: %s", user, errno ? strerror(errno) : "no such user");
+		return -1;
+	}
+	if (geteuid() == pw->pw_uid && getuid() == pw->pw_uid)
+		return 0;	/* already that user */
+	if (initgroups(pw->pw_name, pw->pw_gid) == -1 ||
+	    setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1) {
+		log_error(0, "--user %s: cannot switch to uid %ld gid %ld: %s", user,
+		    (long)pw->pw_uid, (long)pw->pw_gid, strerror(errno));
+		return -1;
+	}
+	if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
+		log_error(0, "--user %s: root could be regained; refusing to run", user);
+		return -1;
+	}
+	log_info(0, "running as %s (uid %ld, gid %ld)", user, (long)pw->pw_uid,
+	    (long)pw->pw_gid);
+	return 0;
+}
+
+/* Writes "ADDR:PORT" lines to PATH.PID.tmp, then renames it to PATH. */
+static int
+write_ready_file(const char *path, const struct master_config *mc)
+{
+	char	 tmp[4096];
+	FILE	*f;
+	int	 n, failed = 0;
+
+	n = snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
+	if (n < 0 || (size_t)n >= sizeof(tmp)) {
+		log_error(0, "ready file path too long");
+		return -1;
+	}
+	if ((f = fopen(tmp, "w")) == NULL) {
+		log_error(0, "cannot write ready file %s: %s", tmp, strerror(errno));
+		return -1;
+	}
+	for (size_t i = 0; i < mc->nfds; i++)
+		if (fprintf(f, "%s\n", mc->names[i]) < 0)
+			failed = 1;
+	if (fflush(f) != 0 || fsync(fileno(f)) != 0)
+		failed = 1;
+	if (fclose(f) != 0)
+		failed = 1;
+	if (failed || rename(tmp, path) == -1) {
+		log_error(0, "cannot write ready file %s: %s", path, strerror(errno));
+		(void)unlink(tmp);
+		return -1;
+	}
+	return 0;
+}
+
+/* "STAMP LEVEL TEXT" becomes "STAMP LEVEL TAG TEXT". */
+static void
+tag_sink(void *arg, enum log_level level, const char *line)
+{
+	const size_t	head = 27;	/* "2026-11-28T16:24:24Z info  " */
+
+	(void)arg, (void)level;
+	if (strlen(line) >= head)
+		fprintf(stderr, "%.*s%s %s\n", (int)head, line, log_tag, line + head);
+	else
+		fprintf(stderr, "%s\n", line);
+}
+
+static int64_t
+now_ms(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

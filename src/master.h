@@ -1,0 +1,59 @@
+/*
+ * master.h -- the process tree: a master that forks workers, restarts them
+ * when they die, reloads the script on SIGHUP and drains them on SIGTERM.
+ *
+ * main.c parses the options, validates the script, binds the listening
+ * sockets and hands them over in a master_config.  master_run() then drops
+ * privileges (--user) and either serves in this very process (workers 0) or
+ * forks that many workers.  Every worker loads the script into a Lua state
+ * and an event base of its own and accepts on the inherited sockets; the
+ * master runs no Lua while serving and holds no connection.
+ *
+ *     master --fork--> worker 0 (event base, Lua state, server.c)
+ *            --fork--> worker 1 ...
+ *
+ * Signals to the master: SIGHUP reloads (the script is loaded in the master
+ * first: an error is logged with file:line and the old workers keep
+ * serving; a good script gets a new generation of workers, and once every
+ * one of them is accepting the old ones drain: they stop accepting and
+ * finish their sessions within the grace period); SIGTERM/SIGINT go to every
+ * worker, which drain as server.h describes, and the master exits once they
+ * are gone.  A worker that dies unexpectedly is restarted after a backoff
+ * (0.1 s doubling to 10 s, reset once a worker lived 10 s).  Workers get
+ * SIGTERM when the master dies (PR_SET_PDEATHSIG), so none is orphaned.
+ */
+#ifndef LUASMTPD_MASTER_H
+#define LUASMTPD_MASTER_H
+
+#include <stddef.h>
+
+#include "listener.h"
+#include "policy.h"
+
+#define MASTER_LISTEN_MAX	32
+#define MASTER_WORKERS_MAX	256
+
+struct master_config {
+	const char		*script;
+	const char		*ready_file;	/* NULL: none */
+	const char		*user;		/* NULL: keep the current user */
+	unsigned		 grace;		/* seconds */
+	unsigned		 workers;	/* 0: serve in this process */
+	/* the bound sockets (listener_bind) and their names; master_run owns them */
+	int			 fds[MASTER_LISTEN_MAX];
+	char			 names[MASTER_LISTEN_MAX][LISTENER_NAME_MAX];
+	/* per socket: its index in the script's listen list, -1 for --listen
+	 * (a worker takes that listener's settings from its own policy) */
+	int			 listen_index[MASTER_LISTEN_MAX];
+	size_t			 nfds;
+	/* the script's own listen addresses when they were used (no --listen):
+	 * a reload that changes them is reported, not applied */
+	struct policy_listen	 script_listen[MASTER_LISTEN_MAX];
+	size_t			 nscript_listen;
+	int			 script_listen_used;
+};
+
+/* Runs until stopped; returns the exit status (0 after a clean stop). */
+int	master_run(struct master_config *mc);
+
+#endif
