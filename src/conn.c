@@ -8,6 +8,13 @@
  * Every call into the engine is made from a libevent callback of this file,
  * and the conn is freed only after that call returned (conn_settle), never
  * from inside one of the io functions the engine calls.
+ *
+ * TLS (tls.h owns the OpenSSL context): io->starttls waits for the 220 to
+ * be flushed, drops the unread plaintext, and moves the socket from the
+ * plain bufferevent to a bufferevent_openssl that accepts the handshake;
+ * an implicit-TLS conn starts on one and creates its session only once the
+ * handshake is done.  Both kinds keep one buffer layer, so "output empty"
+ * still means "handed to the kernel" for flow control and the last flush.
  */
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -22,17 +29,23 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "conn.h"
 #include "log.h"
+#include "policy.h"
 #include "session.h"
+#include "tls.h"
 
 #define CONN_IN_HIGH	(64 * 1024)	/* input buffered before reading stops */
 #define CONN_OUT_HIGH	(64 * 1024)	/* unread replies before reading stops */
 #define CONN_OUT_LOW	(16 * 1024)	/* ... and where it resumes */
 #define CONN_FEED_MIN	4096		/* contiguous bytes offered to the engine */
 #define CONN_CLOSE_SECS	10		/* bound on flushing a closing conn */
+#define CONN_HANDSHAKE_SECS 60		/* bound on a TLS handshake */
 
 struct conn {
 	struct conn		*next, *prev;	/* in list */
@@ -46,6 +59,15 @@ struct conn {
 	uint64_t		 bytes_in;
 	const char		*why;		/* why the conn ended, for the log */
 	const char		*hint;		/* the reason if the engine closes now */
+	struct session_config	 cfg;		/* the listener's, from the policy */
+	struct tls_ctx		*tls;		/* NULL: no TLS */
+	bool			 implicit_tls;	/* handshake before the greeting */
+	const struct session_hooks *hooks;
+	void			*hook_ctx;
+	struct session_tls	 tls_info;	/* once a handshake is done */
+	bool			 tls_pending;	/* STARTTLS: 220 queued, switch once flushed */
+	bool			 handshaking;	/* a TLS handshake is running */
+	bool			 tls_up;	/* c->bev is a bufferevent_openssl, handshake done */
 	bool			 feeding;	/* inside session_feed() */
 	bool			 woken;		/* io->wake during that feed */
 	bool			 held;		/* the engine took less: wait for wake */
@@ -59,6 +81,7 @@ static void	conn_io_write(void *, const char *, size_t);
 static void	conn_io_close(void *);
 static void	conn_io_wake(void *);
 static void	conn_io_timer(void *, unsigned);
+static void	conn_io_starttls(void *);
 static void	conn_read_cb(struct bufferevent *, void *);
 static void	conn_write_cb(struct bufferevent *, void *);
 static void	conn_event_cb(struct bufferevent *, short, void *);
@@ -69,12 +92,18 @@ static bool	conn_settle(struct conn *);
 static void	conn_end_session(struct conn *, const char *);
 static void	conn_free(struct conn *);
 static void	conn_peer_fill(evutil_socket_t, struct session_peer *);
+static int	conn_start_session(struct conn *);
+static int	conn_tls_accept(struct conn *, struct event_base *, evutil_socket_t);
+static bool	conn_tls_switch(struct conn *);
+static void	conn_tls_done(struct conn *);
+static void	conn_tls_failed(struct conn *, short);
 
 static const struct session_io conn_io = {
 	.write = conn_io_write,
 	.close = conn_io_close,
 	.wake = conn_io_wake,
 	.timer = conn_io_timer,
+	.starttls = conn_io_starttls,
 };
 
 struct conn *
@@ -91,32 +120,47 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		return NULL;
 	}
 	c->list = list;
+	c->cfg = *cfg;
+	c->hooks = hooks;
+	c->hook_ctx = hook_ctx;
 	if ((c->next = list->head) != NULL)
 		c->next->prev = c;
 	list->head = c;
 	list->count++;
 
 	conn_peer_fill(fd, &c->peer);
+	if (hooks == policy_hooks(NULL)) {	/* hook_ctx is the policy */
+		c->tls = policy_tls(hook_ctx);
+		policy_port_config(hook_ctx, c->peer.local_port, &c->cfg,
+		    &c->implicit_tls);
+	}
+	if (c->tls == NULL)
+		c->cfg.starttls = c->implicit_tls = false;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	if (evutil_make_socket_nonblocking(fd) == -1 ||
-	    (c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+	if (evutil_make_socket_nonblocking(fd) == -1) {
 		evutil_closesocket(fd);
 		goto fail;
 	}
 	if ((c->timer = evtimer_new(base, conn_timer_cb, c)) == NULL ||
-	    (c->deferred = event_new(base, -1, 0, conn_deferred_cb, c)) == NULL)
+	    (c->deferred = event_new(base, -1, 0, conn_deferred_cb, c)) == NULL) {
+		evutil_closesocket(fd);
 		goto fail;
+	}
+	if (c->implicit_tls) {
+		/* RFC 8314: the handshake first, the session on its success */
+		if (conn_tls_accept(c, base, fd) == -1)
+			goto fail;
+		return c;
+	}
+	if ((c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+		evutil_closesocket(fd);
+		goto fail;
+	}
 	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
 	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-
-	c->s = session_create(cfg, hooks, hook_ctx, &conn_io, c, &c->peer);
-	if (c->s == NULL)
+	if (conn_start_session(c) == -1)
 		goto fail;
-	c->id = session_id(c->s);
-	log_info(c->id, "connection from %s port %u to %s port %u",
-	    c->peer.remote_addr, c->peer.remote_port,
-	    c->peer.local_addr, c->peer.local_port);
 	if (conn_settle(c))
 		return NULL;	/* rejected and flushed already */
 	if (!c->closing)
@@ -143,6 +187,11 @@ conn_destroy(struct conn *c)
 void
 conn_shutdown(struct conn *c)
 {
+	if (c != NULL && c->s == NULL && c->handshaking && !c->closing) {
+		c->why = "server shutdown";	/* no session yet: nothing to say */
+		conn_free(c);
+		return;
+	}
 	if (c == NULL || c->s == NULL || c->closing)
 		return;
 	c->hint = "server shutdown";
@@ -231,6 +280,28 @@ conn_io_timer(void *arg, unsigned ms)
 	evtimer_add(c->timer, &tv);
 }
 
+/*
+ * STARTTLS's 220 is in the output buffer and the engine discards what it is
+ * fed from now on: stop reading; conn_write_cb switches once it is flushed.
+ */
+static void
+conn_io_starttls(void *arg)
+{
+	struct conn	*c = arg;
+
+	if (c->freeing || c->closing || c->bev == NULL)
+		return;
+	if (c->tls == NULL) {	/* cannot happen: cfg.starttls needs tls */
+		log_error(c->id, "STARTTLS without a TLS context");
+		conn_io_close(c);
+		return;
+	}
+	c->tls_pending = true;
+	bufferevent_disable(c->bev, EV_READ);
+	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);	/* call back when empty */
+	bufferevent_enable(c->bev, EV_WRITE);
+}
+
 /* --- libevent callbacks -------------------------------------------------- */
 
 static void
@@ -251,8 +322,15 @@ conn_write_cb(struct bufferevent *bev, void *arg)
 	struct conn	*c = arg;
 	size_t		 left = evbuffer_get_length(bufferevent_get_output(bev));
 
+	if (c->handshaking)
+		return;
 	if (c->closing || c->s == NULL) {
 		(void)conn_settle(c);	/* frees once drained */
+		return;
+	}
+	if (c->tls_pending) {
+		if (left == 0)
+			(void)conn_tls_switch(c);	/* may free c */
 		return;
 	}
 	if (c->out_full && left <= CONN_OUT_LOW) {
@@ -270,6 +348,15 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct conn	*c = arg;
 
+	if (what & BEV_EVENT_CONNECTED) {
+		conn_tls_done(c);	/* may free c */
+		return;
+	}
+	if (c->handshaking &&
+	    (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))) {
+		conn_tls_failed(c, what);
+		return;
+	}
 	if (what & BEV_EVENT_EOF) {
 		c->eof = true;
 		bufferevent_disable(bev, EV_READ);
@@ -288,7 +375,8 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		int	 err = EVUTIL_SOCKET_ERROR();
 
 		if (c->why == NULL || !c->closing)
-			c->why = evutil_socket_error_to_string(err);
+			c->why = c->tls_up && err == 0 ? "TLS error" :
+			    evutil_socket_error_to_string(err);
 	} else if (what & BEV_EVENT_TIMEOUT) {
 		c->why = "flush timed out";
 	} else {
@@ -320,6 +408,8 @@ conn_deferred_cb(evutil_socket_t fd, short what, void *arg)
 	struct conn	*c = arg;
 
 	(void)fd, (void)what;
+	if (c->handshaking || c->tls_pending)
+		return;		/* the switch or the handshake's end pumps */
 	if (c->s != NULL && !c->closing) {
 		c->held = false;
 		conn_pump(c);
@@ -382,6 +472,11 @@ conn_settle(struct conn *c)
 	struct evbuffer	*out = bufferevent_get_output(c->bev);
 	struct timeval	 tv = { CONN_CLOSE_SECS, 0 };
 
+	if (c->tls_pending && !c->closing && c->s != NULL) {
+		if (evbuffer_get_length(out) == 0)
+			return conn_tls_switch(c);
+		return false;		/* conn_write_cb switches once flushed */
+	}
 	if (c->closing || c->s == NULL) {
 		if (evbuffer_get_length(out) == 0) {
 			conn_free(c);
@@ -435,6 +530,14 @@ conn_free(struct conn *c)
 		event_free(c->timer);
 	if (c->deferred != NULL)
 		event_free(c->deferred);
+	if (c->bev != NULL && c->tls_up) {
+		SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+
+		/* a closure alert when the replies left; never waits */
+		if (ssl != NULL && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+			(void)SSL_shutdown(ssl);
+		ERR_clear_error();
+	}
 	if (c->bev != NULL)
 		bufferevent_free(c->bev);
 	if (c->prev != NULL)
@@ -452,6 +555,146 @@ conn_free(struct conn *c)
 		return;
 	}
 	free(c);
+}
+
+/* --- sessions and TLS ------------------------------------------------------ */
+
+/* Creates the session (asks CONNECT); the caller settles. */
+static int
+conn_start_session(struct conn *c)
+{
+	c->s = session_create(&c->cfg, c->hooks, c->hook_ctx, &conn_io, c,
+	    &c->peer);
+	if (c->s == NULL)
+		return -1;
+	c->id = session_id(c->s);
+	log_info(c->id, "connection from %s port %u to %s port %u%s",
+	    c->peer.remote_addr, c->peer.remote_port,
+	    c->peer.local_addr, c->peer.local_port,
+	    c->peer.tls != NULL ? " (implicit TLS)" : "");
+	return 0;
+}
+
+/* Puts a bufferevent_openssl accepting a handshake on fd (taken, even on error). */
+static int
+conn_tls_accept(struct conn *c, struct event_base *base, evutil_socket_t fd)
+{
+	struct timeval	 tv = { CONN_HANDSHAKE_SECS, 0 };
+	SSL		*ssl;
+
+	if ((ssl = tls_ssl_new(c->tls)) == NULL) {
+		evutil_closesocket(fd);
+		return -1;
+	}
+	c->bev = bufferevent_openssl_socket_new(base, fd, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (c->bev == NULL) {
+		SSL_free(ssl);
+		evutil_closesocket(fd);
+		return -1;
+	}
+	/* a client that closes without a closure alert is an EOF, not an error */
+	bufferevent_openssl_set_allow_dirty_shutdown(c->bev, 1);
+	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
+	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	c->handshaking = true;
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	return 0;
+}
+
+/*
+ * STARTTLS's 220 left: drop the plaintext read after the STARTTLS line
+ * (the engine discarded what it saw; this is what it was not fed), and
+ * hand the socket to a bufferevent_openssl.  Returns true if c was freed.
+ */
+static bool
+conn_tls_switch(struct conn *c)
+{
+	struct event_base	*base = bufferevent_get_base(c->bev);
+	struct evbuffer		*in = bufferevent_get_input(c->bev);
+	evutil_socket_t		 fd = bufferevent_getfd(c->bev);
+	size_t			 left = evbuffer_get_length(in);
+
+	c->tls_pending = false;
+	c->held = false;
+	c->out_full = false;
+	if (left > 0) {
+		log_info(c->id, "discarded %zu octets sent after STARTTLS", left);
+		evbuffer_drain(in, left);
+	}
+	bufferevent_disable(c->bev, EV_READ | EV_WRITE);
+	bufferevent_setfd(c->bev, -1);		/* the socket moves, not closed */
+	bufferevent_free(c->bev);
+	c->bev = NULL;
+	if (fd == -1 || conn_tls_accept(c, base, fd) == -1) {
+		log_error(c->id, "STARTTLS: cannot start the handshake");
+		conn_end_session(c, "TLS setup failed");
+		conn_free(c);
+		return true;
+	}
+	return false;
+}
+
+/* The handshake is done: restart the session (STARTTLS) or create it (implicit). */
+static void
+conn_tls_done(struct conn *c)
+{
+	SSL	*ssl = bufferevent_openssl_get_ssl(c->bev);
+
+	if (!c->handshaking || ssl == NULL)
+		return;
+	c->handshaking = false;
+	c->tls_up = true;
+	bufferevent_set_timeouts(c->bev, NULL, NULL);
+	tls_info(ssl, &c->tls_info);
+	if (c->s == NULL) {		/* implicit TLS: the session starts now */
+		c->peer.tls = &c->tls_info;
+		if (conn_start_session(c) == -1) {
+			log_error(0, "connection from %s port %u: out of memory",
+			    c->peer.remote_addr, c->peer.remote_port);
+			c->why = "out of memory";
+			conn_free(c);
+			return;
+		}
+		log_info(c->id, "TLS started: %s %s", c->tls_info.version, c->tls_info.cipher);
+	} else {
+		session_tls_started(c->s, &c->tls_info);	/* wakes: the deferred pump */
+	}
+	if (conn_settle(c))
+		return;
+	if (!c->closing)
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* A failed handshake: a log line, no reply (there is no channel for one). */
+static void
+conn_tls_failed(struct conn *c, short what)
+{
+	char		 buf[256];
+	const char	*why;
+	unsigned long	 e;
+
+	if (what & BEV_EVENT_TIMEOUT) {
+		why = "timed out";
+	} else if ((e = bufferevent_get_openssl_error(c->bev)) != 0) {
+		ERR_error_string_n(e, buf, sizeof(buf));
+		while (bufferevent_get_openssl_error(c->bev) != 0)
+			;
+		why = buf;
+	} else if ((what & BEV_EVENT_ERROR) && EVUTIL_SOCKET_ERROR() != 0) {
+		why = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+	} else {
+		why = "the client closed the connection";
+	}
+	ERR_clear_error();
+	log_info(c->id, "TLS handshake with %s port %u failed: %s",
+	    c->peer.remote_addr, c->peer.remote_port, why);
+	c->handshaking = false;
+	c->why = "TLS handshake failed";
+	conn_end_session(c, c->why);
+	conn_free(c);
 }
 
 static void

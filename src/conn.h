@@ -10,6 +10,12 @@
  * libevent flushes all replies of a pipelined batch in one write.
  * io->close flushes the output, then (or after a bound) frees everything.
  *
+ * TLS: after STARTTLS's 220 is flushed, the plaintext bufferevent hands its
+ * socket to a bufferevent_openssl (its unread input is dropped: it was sent
+ * before the handshake, CVE-2011-0411) and the session restarts once the
+ * handshake is done.  An implicit-TLS conn handshakes first and creates its
+ * session on success.  A failed handshake closes without a reply.
+ *
  * Memory per connection is bounded: reading stops when 64 KiB of input wait
  * or when 64 KiB of replies are unread by the client (it resumes below
  * 16 KiB).  Nothing is preallocated beyond libevent's own structures.
@@ -41,7 +47,9 @@ struct conn_list {
 /*
  * Takes ownership of fd (closed on failure too).  cfg, hooks and list must
  * outlive the conn.  Returns NULL (and logs) if the session or the
- * bufferevent cannot be created.
+ * bufferevent cannot be created.  When hooks are a policy's (policy.h), the
+ * policy's settings for the listener's port replace cfg: STARTTLS, implicit
+ * TLS, AUTH before TLS (policy_port_config()).
  */
 struct conn	*conn_create(struct event_base *base, evutil_socket_t fd,
 		    const struct session_config *cfg,

@@ -57,6 +57,8 @@ struct lsession {
 	char		*out;
 	size_t		 outlen, outcap;
 	int		 io_closed, woken;
+	int		 tls_wait;	/* STARTTLS said 220: the spec plays the handshake */
+	struct session_tls tls;		/* the harness's simulated TLS */
 	unsigned	 timer_ms, timer_seq;
 };
 
@@ -600,12 +602,39 @@ hio_timer(void *io, unsigned ms)
 	ls->timer_seq++;
 }
 
+static void
+hio_starttls(void *io)
+{
+	((struct lsession *)io)->tls_wait = 1;
+}
+
 static const struct session_io harness_io = {
 	.write = hio_write,
 	.close = hio_close,
 	.wake = hio_wake,
 	.timer = hio_timer,
+	.starttls = hio_starttls,
 };
+
+/* Reads {version=, cipher=, peerSubject=} at idx (absent fields: defaults). */
+static void
+read_tls(lua_State *L, int idx, struct session_tls *tls)
+{
+	memset(tls, 0, sizeof(*tls));
+	snprintf(tls->version, sizeof(tls->version), "TLSv1.3");
+	snprintf(tls->cipher, sizeof(tls->cipher), "TLS_AES_128_GCM_SHA256");
+	if (!lua_istable(L, idx))
+		return;
+	idx = lua_absindex(L, idx);
+	if (lua_getfield(L, idx, "version") == LUA_TSTRING)
+		snprintf(tls->version, sizeof(tls->version), "%s", lua_tostring(L, -1));
+	if (lua_getfield(L, idx, "cipher") == LUA_TSTRING)
+		snprintf(tls->cipher, sizeof(tls->cipher), "%s", lua_tostring(L, -1));
+	if (lua_getfield(L, idx, "peerSubject") == LUA_TSTRING)
+		snprintf(tls->peer_subject, sizeof(tls->peer_subject), "%s",
+		    lua_tostring(L, -1));
+	lua_pop(L, 3);
+}
 
 static void
 copy_addr(lua_State *L, int idx, const char *key, char *dst, size_t len)
@@ -654,6 +683,11 @@ lcore_session(lua_State *L)
 	copy_addr(L, 3, "localAddress", ls->peer.local_addr, sizeof(ls->peer.local_addr));
 	ls->peer.remote_port = get_port(L, 3, "remotePort", ls->peer.remote_port);
 	ls->peer.local_port = get_port(L, 3, "localPort", ls->peer.local_port);
+	if (lua_getfield(L, 3, "tls") != LUA_TNIL && lua_toboolean(L, -1)) {
+		read_tls(L, -1, &ls->tls);	/* implicit TLS: secure from the start */
+		ls->peer.tls = &ls->tls;
+	}
+	lua_pop(L, 1);
 	/* the CONNECT hook binds the handle it finds here to the new session */
 	b->creating = ls;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
@@ -813,6 +847,70 @@ lsession_io(lua_State *L)
 	return 4;
 }
 
+/* handle:starttls_pending() -> true once STARTTLS said 220 (cleared by tls_started) */
+static int
+lsession_starttls_pending(lua_State *L)
+{
+	lua_pushboolean(L, check_handle(L, 1)->tls_wait);
+	return 1;
+}
+
+/* handle:tls_started([{version=, cipher=, peerSubject=}]): the harness's handshake */
+static int
+lsession_tls_started(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	luaL_argcheck(L, ls->owned, 1, "not a harness session");
+	check_session(L, 1);
+	luaL_argcheck(L, ls->tls_wait, 1, "no STARTTLS is waiting for a handshake");
+	read_tls(L, 2, &ls->tls);
+	ls->tls_wait = 0;
+	{
+		ENTER(ls->b, L);
+		session_tls_started(ls->s, &ls->tls);
+		LEAVE(ls->b);
+	}
+	return 0;
+}
+
+/* handle:tls() -> {version=, cipher=, peerSubject=} | nil (plaintext or closed) */
+static int
+lsession_tls(lua_State *L)
+{
+	struct lsession			*ls = check_handle(L, 1);
+	const struct session_tls	*t = ls->s ? session_tls(ls->s) : NULL;
+
+	if (t == NULL) {
+		lua_pushnil(L);
+		return 1;
+	}
+	lua_createtable(L, 0, 3);
+	lua_pushstring(L, t->version);
+	lua_setfield(L, -2, "version");
+	lua_pushstring(L, t->cipher);
+	lua_setfield(L, -2, "cipher");
+	if (t->peer_subject[0] != '\0') {
+		lua_pushstring(L, t->peer_subject);
+		lua_setfield(L, -2, "peerSubject");
+	}
+	return 1;
+}
+
+/* handle:user() -> the authenticated user | nil (none, or closed) */
+static int
+lsession_user(lua_State *L)
+{
+	struct lsession	*ls = check_handle(L, 1);
+	const char	*u = ls->s ? session_user(ls->s) : NULL;
+
+	if (u == NULL)
+		lua_pushnil(L);
+	else
+		lua_pushstring(L, u);
+	return 1;
+}
+
 /* handle:attach(mask): Lua has a connection object; mask = events it listens to */
 static int
 lsession_attach(lua_State *L)
@@ -946,6 +1044,11 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	if (lua_getfield(L, idx, "auth_without_tls") != LUA_TNIL)
 		cfg->auth_without_tls = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "starttls") != LUA_TNIL)
+		cfg->starttls = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	cfg->max_auth_failures = (unsigned)opt_int(L, idx, "max_auth_failures",
+	    cfg->max_auth_failures, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */
@@ -1157,6 +1260,10 @@ static const luaL_Reg session_methods[] = {
 	{ "closed",	lsession_closed },
 	{ "idle",	lsession_idle },
 	{ "peer",	lsession_peer },
+	{ "tls",	lsession_tls },
+	{ "user",	lsession_user },
+	{ "tls_started", lsession_tls_started },
+	{ "starttls_pending", lsession_starttls_pending },
 	{ NULL, NULL }
 };
 

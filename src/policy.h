@@ -21,9 +21,12 @@ struct event_base;
 struct policy_listen {
 	char		host[256];	/* "" when the script gave none */
 	uint16_t	port;
+	bool		tls;		/* opts.tls: implicit TLS (RFC 8314) */
+	bool		insecure_auth;	/* opts.insecureAuth: AUTH before TLS */
 };
 
 struct policy;
+struct tls_ctx;
 
 /*
  * Creates a Lua state, runs the script (which calls smtp.createServer and
@@ -35,14 +38,37 @@ struct policy	*policy_load(const char *script, struct event_base *base,
 		    char *err, size_t errlen);
 void		 policy_destroy(struct policy *p);	/* NULL is a no-op */
 
-/* The script's server options over the engine defaults (hostname, maxSize, ...). */
+/*
+ * The script's server options over the engine defaults (hostname, maxSize,
+ * authMethods, ...): the config of a plain listener that is not the
+ * script's (--listen), so STARTTLS when server.tls is set, AUTH only after
+ * TLS.
+ */
 void		 policy_session_config(const struct policy *p,
 		    struct session_config *cfg);
+/*
+ * The config of a client accepted on local_port: listen options follow the
+ * port (the first server:listen of that port, whether the socket was bound
+ * from the script or from --listen).  Over policy_session_config(): no
+ * STARTTLS and *implicit_tls on a {tls = true} port, AUTH before TLS on an
+ * {insecureAuth = true} port.  Other ports: policy_session_config().
+ */
+void		 policy_port_config(const struct policy *p, uint16_t local_port,
+		    struct session_config *cfg, bool *implicit_tls);
+
+/*
+ * The TLS context of server.tls (certificates loaded by policy_load), or
+ * NULL.  Owned by the policy; connections hold their own reference.
+ */
+struct tls_ctx	*policy_tls(const struct policy *p);
 
 size_t		 policy_listen_count(const struct policy *p);
 const struct policy_listen *policy_listen_at(const struct policy *p, size_t i);
 
-/* The hooks for session_create(); the context is the policy itself. */
+/*
+ * The hooks for session_create(); the context is the policy itself.  The
+ * same for every policy: p may be NULL to compare (conn.c does).
+ */
 const struct session_hooks *policy_hooks(const struct policy *p);
 
 #endif

@@ -78,13 +78,42 @@ local OPTIONS = {
   enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
   eightBitMime = ext("8BITMIME"),
   smtputf8 = ext("SMTPUTF8"),
+  -- SASL mechanisms offered (RFC 4954); the engine runs them, Lua sees 'AUTH'
   authMethods = {
     check = function(v)
-      if type(v) ~= "table" then return false, "an array of strings" end
-      for _, m in ipairs(v) do if type(m) ~= "string" then return false, "an array of strings" end end
+      local what = 'an array of strings, mechanism names ("PLAIN", "LOGIN")'
+      if type(v) ~= "table" then return false, what end
+      for k, m in pairs(v) do
+        if not is_int(k) or type(m) ~= "string" then return false, what end
+        if m:upper() ~= "PLAIN" and m:upper() ~= "LOGIN" then
+          return false, what .. " (unknown mechanism " .. string.format("%q", m) .. ")"
+        end
+      end
       return true
     end,
-    to = function() end,	-- recorded; AUTH is not offered yet
+    to = function(cfg, v, core)
+      local bits = 0
+      for _, m in ipairs(v) do bits = bits | core.AUTH[m:upper()] end
+      cfg.auth_methods = bits
+    end,
+  },
+  maxAuthFailures = int("max_auth_failures", 1, "an integer >= 1"),
+  -- server.tls = { cert = "chain.pem", key = "key.pem" }: STARTTLS, implicit TLS
+  tls = {
+    check = function(v)
+      local what = 'a table { cert = "path", key = "path" }'
+      if type(v) ~= "table" then return false, what end
+      for k in pairs(v) do
+        if k ~= "cert" and k ~= "key" then return false, what .. " (unknown field " .. tostring(k) .. ")" end
+      end
+      for _, k in ipairs { "cert", "key" } do
+        if type(v[k]) ~= "string" or #v[k] == 0 then return false, what .. " (" .. k .. " missing)" end
+      end
+      return true
+    end,
+    to = function(cfg, v)
+      cfg.tls_cert, cfg.tls_key, cfg.starttls = v.cert, v.key, true
+    end,
   },
   maxRecipients = int("max_recipients", 1, "an integer >= 1"),
   maxBadCommands = int("max_bad_commands", 1, "an integer >= 1"),
@@ -323,6 +352,9 @@ function M.new(platform)
   local ConnMeta = {
     __index = function(c, k)
       if k == "state" then return c._handle:state() end
+      if k == "secure" then return c._handle:tls() ~= nil end
+      if k == "tls" then return c._handle:tls() end
+      if k == "user" then return c._handle:user() end
       return Connection[k]
     end,
     __tostring = function(c) return "smtp.Connection " .. c.id end,
@@ -500,9 +532,7 @@ function M.new(platform)
       clear_transaction(conn)
     elseif name == "RSET" then
       clear_transaction(conn)
-    elseif name == "AUTH" and ok and a then
-      conn.user = a.obj.username
-    end
+    end	-- AUTH: connection.user reads the engine's (a STARTTLS forgets it)
   end
 
   function kinds.data(handle, chunk)
@@ -569,16 +599,29 @@ function M.new(platform)
     end,
   }
 
-  -- server:listen(port[, host]) -> server (records the address: the binary binds)
-  function Server:listen(port, host)
+  local LISTEN_OPTS = { tls = true, insecureAuth = true }
+
+  -- server:listen(port[, host][, opts]) -> server (records the address: the
+  -- binary binds); opts.tls: implicit TLS (RFC 8314), opts.insecureAuth: AUTH
+  -- allowed before TLS on this listener
+  function Server:listen(port, host, opts)
     if not is_int(port) or port < 0 or port > 65535 then
       error("listen: port must be an integer from 0 to 65535", 2)
     end
+    if type(host) == "table" and opts == nil then host, opts = nil, host end
     if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
       error("listen: host must be a non-empty string", 2)
     end
+    if opts ~= nil and type(opts) ~= "table" then
+      error("listen: options must be a table { tls = bool, insecureAuth = bool }", 2)
+    end
+    for k, v in pairs(opts or {}) do
+      if not LISTEN_OPTS[k] then error(string.format("listen: unknown option %q", tostring(k)), 2) end
+      if type(v) ~= "boolean" then error("listen: option " .. k .. " must be a boolean", 2) end
+    end
     local l = rawget(self, "listening")
-    l[#l + 1] = { port = port, host = host }
+    l[#l + 1] = { port = port, host = host, tls = opts and opts.tls or nil,
+      insecureAuth = opts and opts.insecureAuth or nil }
     return self
   end
 
@@ -672,6 +715,11 @@ function M.new(platform)
   -- What the C side (lua_policy.c) and the harness read after the script ran.
   function smtp._policy()
     if not server then return nil, "the script did not call smtp.createServer" end
+    for _, l in ipairs(rawget(server, "listening")) do
+      if l.tls and not rawget(server, "_opts").tls then
+        return nil, ("listen(%d, ..., {tls = true}) needs server.tls (a certificate and key)"):format(l.port)
+      end
+    end
     return {
       bridge = bridge,
       server = server,

@@ -238,6 +238,25 @@ function Session:pipeline(lines)
   return self:send_raw(table.concat(parts))
 end
 
+-- s:handshake([{version=, cipher=, peerSubject=}]) -> s: the TLS handshake
+-- after STARTTLS's 220, simulated (the engine restarts the session)
+function Session:handshake(info)
+  if not self.handle:starttls_pending() then
+    self:fail("handshake: no STARTTLS is waiting for one", 2)
+  end
+  self:_note("-- ", "TLS handshake (simulated)")
+  self.handle:tls_started(info or {})
+  self:_collect()
+  return self:_pump()
+end
+
+-- s:starttls([info]) -> s: STARTTLS, its 220 and the simulated handshake
+function Session:starttls(info)
+  self:send("STARTTLS")
+  self:expect(220, "STARTTLS")
+  return self:handshake(info)
+end
+
 -- s:reply() -> the next reply not yet read, or nil
 function Session:reply()
   return table.remove(self.queue, 1)
@@ -380,8 +399,9 @@ end
 local Harness = {}
 Harness.__index = Harness
 
--- h:connect{remoteAddress=, remotePort=, localAddress=, localPort=} -> session
--- (address/port are accepted as short names of remoteAddress/remotePort)
+-- h:connect{remoteAddress=, remotePort=, localAddress=, localPort=, tls=} -> session
+-- (address/port are accepted as short names of remoteAddress/remotePort;
+-- tls = true or {version=, cipher=, peerSubject=}: an implicit-TLS client)
 function Harness:connect(peer)
   peer = peer or {}
   local s = setmetatable({ harness = self, _in = "", _outbuf = "", _partial = {},
@@ -391,6 +411,7 @@ function Harness:connect(peer)
     remotePort = peer.remotePort or peer.port or 49152,
     localAddress = peer.localAddress or "127.0.0.1",
     localPort = peer.localPort or 25,
+    tls = peer.tls,
   })
   s.id = s.handle:id()
   s:_note("-- ", string.format("connected from %s:%d", peer.remoteAddress or peer.address or "192.0.2.1",
