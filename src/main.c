@@ -170,7 +170,7 @@ parse_options(int argc, char **argv, struct options *o)
 
 /* Binds one address into the master's list of sockets. */
 static int
-bind_one(struct master_config *mc, const char *host, uint16_t port, int index)
+bind_one(struct master_config *mc, const char *host, uint16_t port)
 {
 	char	err[512];
 	int	fd;
@@ -187,7 +187,6 @@ bind_one(struct master_config *mc, const char *host, uint16_t port, int index)
 		return -1;
 	}
 	mc->fds[mc->nfds] = fd;
-	mc->listen_index[mc->nfds] = index;
 	log_info(0, "listening on %s", mc->names[mc->nfds]);
 	mc->nfds++;
 	return 0;
@@ -211,7 +210,7 @@ bind_listeners(struct master_config *mc, const struct options *o,
 				fprintf(stderr, "luasmtpd: %s\n", err);
 				return -1;
 			}
-			if (bind_one(mc, host, port, -1) == -1)
+			if (bind_one(mc, host, port) == -1)
 				return -1;
 		}
 		return 0;
@@ -226,7 +225,7 @@ bind_listeners(struct master_config *mc, const struct options *o,
 		const struct policy_listen *pl = policy_listen_at(p, i);
 
 		mc->script_listen[mc->nscript_listen++] = *pl;
-		if (bind_one(mc, pl->host, pl->port, (int)i) == -1)
+		if (bind_one(mc, pl->host, pl->port) == -1)
 			return -1;
 	}
 	return 0;

@@ -42,9 +42,6 @@ struct master_config {
 	/* the bound sockets (listener_bind) and their names; master_run owns them */
 	int			 fds[MASTER_LISTEN_MAX];
 	char			 names[MASTER_LISTEN_MAX][LISTENER_NAME_MAX];
-	/* per socket: its index in the script's listen list, -1 for --listen
-	 * (a worker takes that listener's settings from its own policy) */
-	int			 listen_index[MASTER_LISTEN_MAX];
 	size_t			 nfds;
 	/* the script's own listen addresses when they were used (no --listen):
 	 * a reload that changes them is reported, not applied */
