@@ -52,10 +52,10 @@ usage(FILE *f)
 	    "                           0 serves in one process (no restart, no reload)\n"
 	    "      --user NAME          after binding, switch to this user (and its groups)\n"
 	    "                           before starting the workers; refuse to run if that fails\n"
-	    "  SIGHUP reloads SCRIPT (new workers; the old ones finish their sessions),\n"
-	    "  SIGTERM/SIGINT stop.\n"
 	    "      --version            print the version and exit\n"
-	    "  -h, --help               print this help and exit\n",
+	    "  -h, --help               print this help and exit\n"
+	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
+	    "finish their sessions), SIGTERM or SIGINT stops.\n",
 	    SERVER_GRACE_DEFAULT);
 }
 
