@@ -1,0 +1,206 @@
+#!/usr/bin/python3
+"""report.py -- turn bench.py's raw results into a Markdown table and a chart.
+
+Owns: results/latest.md (tables per load generator: messages/s, server CPU
+time per message, server memory, each with its ratio to smtp-sink of the same
+run; KiB per idle connection; which side saturated) and results/latest.png.
+
+	report.py [results/latest.json]
+"""
+import json
+import os
+import sys
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+BASE = "smtp-sink"
+SATURATED = 0.90	# a core busy at least this share of the wall time
+
+
+def fmt_num(v):
+	if v is None:
+		return "–"
+	if v >= 100:
+		return "{:,.0f}".format(v)
+	if v >= 10:
+		return "{:.1f}".format(v)
+	return "{:.2f}".format(v)
+
+
+def cell(v, base):
+	if v is None:
+		return "–"
+	if base and base > 0 and v is not None:
+		return "%s (%.2f×)" % (fmt_num(v), v / base)
+	return fmt_num(v)
+
+
+def table(head, rows):
+	out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+	out += ["| " + " | ".join(r) + " |" for r in rows]
+	return "\n".join(out)
+
+
+def matrix(res, gen, metric, scale=1.0):
+	"""Rows of scenario x peer for one generator and metric, with ratios."""
+	rows = []
+	for scen, title in res["scenarios"].items():
+		if scen == "S5":
+			continue
+		base = res["loads"].get("%s|%s|%s" % (gen, scen, BASE), {}).get(metric)
+		base = base * scale if base is not None else None
+		row = ["%s %s" % (scen, title)]
+		for peer in res["peers"]:
+			r = res["loads"].get("%s|%s|%s" % (gen, scen, peer))
+			if r is None:
+				err = res["errors"].get("%s|%s|%s" % (gen, scen, peer))
+				row.append("failed" if err else "–")
+				continue
+			v = r[metric] * scale
+			row.append(fmt_num(v) if peer == BASE else cell(v, base))
+		rows.append(row)
+	return rows
+
+
+def idle_row(res):
+	base = res["idle"].get(BASE, {}).get("kib_per_conn")
+	row = ["S5 " + res["scenarios"].get("S5", "idle connections")]
+	for peer in res["peers"]:
+		r = res["idle"].get(peer)
+		if r is None:
+			row.append("failed" if ("idle|S5|" + peer) in res["errors"] else "–")
+		else:
+			v = r["kib_per_conn"]
+			row.append(fmt_num(v) if peer == BASE else cell(v, base))
+	return row
+
+
+def saturation_notes(res, gen):
+	notes = []
+	for scen in res["scenarios"]:
+		for peer in res["peers"]:
+			r = res["loads"].get("%s|%s|%s" % (gen, scen, peer))
+			if r is None:
+				continue
+			s, g = r["server_core"], r["generator_core"]
+			if g >= SATURATED and s < SATURATED:
+				notes.append("%s %s: the generator was the ceiling (generator core %d%%, "
+				             "server core %d%%)" % (scen, peer, 100 * g, 100 * s))
+	return notes
+
+
+def write_md(res, path):
+	peers = res["peers"]
+	h = res["host"]
+	st = res["settings"]
+	md = ["# Benchmark: latest run", "",
+	      "Written by `bench/report.py` from `bench/results/latest.json`; produced by "
+	      "`bench/run.sh` (see `bench/README.md`). Chart: `bench/results/latest.png`.", "",
+	      "- started %s, %s s in all; commit `%s`" % (res["started"], res.get("elapsed_s"), res["commit"]),
+	      "- %d × %s, Linux %s; load average %s at the start, %s at the end"
+	      % (h["cpus"], h["cpu_model"], h["kernel"], " ".join(h["loadavg_start"]),
+	         " ".join(h.get("loadavg_end", ["?"]))),
+	      "- server pinned to CPU %s (the N-worker row to CPUs %s), load generator to CPU %s; "
+	      "loopback only; each load sized to about %s s after a warm-up run"
+	      % (st["server_cpu"], st["workers_cpus"], st["load_cpu"], st["seconds"]),
+	      "- every programmable peer runs the same policy: any sender, 550 for recipients "
+	      "containing \"invalid\", body read and dropped, 250; smtp-sink has no policy",
+	      "- ratios are to smtp-sink measured in the same run: for messages/s higher is "
+	      "better, for CPU time and memory lower is better. Quote ratios, not absolute figures.",
+	      "- CPU time: the server's utime+stime over its whole process tree (children "
+	      "included) from /proc, before and after the measured load, divided by the messages. "
+	      "Memory: PSS of the server's process tree after the load.", ""]
+	if res.get("note"):
+		md += ["**Note:** " + res["note"], ""]
+	head = ["scenario"] + peers
+	for gen in res["generators"]:
+		if not any(k.startswith(gen + "|") for k in res["loads"]):
+			continue
+		md += ["## Load generator: %s" % gen, ""]
+		if gen == "smtp-source":
+			md += ["Postfix's `smtp-source` (HELO, no pipelining).", ""]
+		else:
+			md += ["`bench/smtpload` (EHLO, pipelined MAIL/RCPT/DATA groups when PIPELINING "
+			       "is advertised, epoll): a faster generator for when smtp-source is the ceiling.", ""]
+		md += ["### Messages per second", "", table(head, matrix(res, gen, "rate")), ""]
+		md += ["### Server CPU time per message (µs)", "",
+		       table(head, matrix(res, gen, "cpu_us_per_msg")), ""]
+		md += ["### Server memory after the load (PSS, MiB)", "",
+		       table(head, matrix(res, gen, "pss_kib", 1 / 1024)), ""]
+		md += ["### Share of a core used: server / generator", "",
+		       table(head, [[r[0]] + ["%d%% / %d%%" % (100 * res["loads"][k]["server_core"],
+		                                              100 * res["loads"][k]["generator_core"])
+		                               if k in res["loads"] else "–"
+		                               for k in ("%s|%s|%s" % (gen, r[0].split()[0], p) for p in peers)]
+		                    for r in matrix(res, gen, "rate")]), ""]
+		notes = saturation_notes(res, gen)
+		if notes:
+			md += ["Where the generator, not the server, was the limit:", ""] + \
+			      ["- " + n for n in notes] + [""]
+	if res["idle"]:
+		md += ["## Memory per idle connection", "",
+		       "%d connections from `bench/smtpload -i`, each after its EHLO's 250; "
+		       "(server PSS after − before) / %d, KiB." % (st["idle_connections"], st["idle_connections"]), "",
+		       table(head, [idle_row(res)]), ""]
+	if res["skipped"] or res["errors"]:
+		md += ["## Skipped and failed", ""]
+		md += ["- %s skipped: %s" % (k, v) for k, v in sorted(res["skipped"].items())]
+		md += ["- %s failed: %s" % (k.replace("|", " "), v) for k, v in sorted(res["errors"].items())]
+		md += [""]
+	with open(path, "w") as f:
+		f.write("\n".join(md))
+
+
+def write_png(res, path):
+	import matplotlib
+	matplotlib.use("Agg")
+	import matplotlib.pyplot as plt
+
+	peers = res["peers"]
+	scens = [s for s in res["scenarios"] if s != "S5"]
+	gens = [g for g in res["generators"] if any(k.startswith(g + "|") for k in res["loads"])]
+	panels = [(g, "rate", "messages/s ÷ smtp-sink (%s)" % g) for g in gens]
+	panels += [(gens[-1], "cpu_us_per_msg", "server CPU per message ÷ smtp-sink (%s)" % gens[-1])] \
+		if gens else []
+	n = len(panels) + (1 if res["idle"] else 0)
+	fig, axes = plt.subplots(n, 1, figsize=(11, 3.6 * n), squeeze=False)
+	width = 0.8 / max(1, len(peers))
+	for ax, (gen, metric, title) in zip(axes[:, 0], panels):
+		for i, peer in enumerate(peers):
+			vals = []
+			for s in scens:
+				r = res["loads"].get("%s|%s|%s" % (gen, s, peer))
+				b = res["loads"].get("%s|%s|%s" % (gen, s, BASE))
+				vals.append(r[metric] / b[metric] if r and b and b[metric] else 0)
+			ax.bar([x + i * width for x in range(len(scens))], vals, width, label=peer)
+		ax.axhline(1.0, color="black", linewidth=0.8)
+		ax.set_xticks([x + width * (len(peers) - 1) / 2 for x in range(len(scens))])
+		ax.set_xticklabels(["%s\n%s" % (s, res["scenarios"][s]) for s in scens], fontsize=8)
+		ax.set_title(title)
+		ax.legend(fontsize=7, ncol=4)
+	if res["idle"]:
+		ax = axes[-1, 0]
+		names = [p for p in peers if p in res["idle"]]
+		vals = [max(res["idle"][p]["kib_per_conn"], 0.1) for p in names]
+		ax.bar(names, vals, color=["C%d" % peers.index(p) for p in names])
+		ax.set_yscale("log")
+		ax.set_ylabel("KiB")
+		ax.set_title("memory per idle connection after EHLO (log scale; lower is better)")
+		for x, v in enumerate(vals):
+			ax.text(x, v, fmt_num(v), ha="center", va="bottom", fontsize=8)
+	fig.suptitle("luasmtpd benchmark, %s (%s)" % (res["started"], res["commit"]))
+	fig.tight_layout()
+	fig.savefig(path, dpi=90)
+
+
+def main():
+	src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(BENCH, "results", "latest.json")
+	with open(src) as f:
+		res = json.load(f)
+	base = os.path.splitext(src)[0]
+	write_md(res, base + ".md")
+	write_png(res, base + ".png")
+	print("report: wrote %s.md and %s.png" % (os.path.relpath(base), os.path.relpath(base)))
+
+
+if __name__ == "__main__":
+	main()
