@@ -24,6 +24,7 @@ static bool	is_dcontent(int c);
 static bool	is_esmtp_value(int c);
 
 static size_t	utf8_seq(const char *p);
+static size_t	utf8_char(const char *p, bool utf8, const char **why);
 static const char *parse_domain(const char *p, bool utf8, bool lenient,
 		    const char **why);
 static const char *parse_literal(const char *p, const char **why);
@@ -115,6 +116,21 @@ utf8_seq(const char *p)
 	return n;
 }
 
+/* One non-ASCII character where UTF-8 may be allowed: its length, or 0 and why. */
+static size_t
+utf8_char(const char *p, bool utf8, const char **why)
+{
+	size_t n;
+
+	if (!utf8) {
+		*why = WHY_UTF8;
+		return 0;
+	}
+	if ((n = utf8_seq(p)) == 0)
+		*why = WHY_BAD_UTF8;
+	return n;
+}
+
 /*
  * Domain = sub-domain *("." sub-domain), sub-domain = Let-dig [Ldh-str],
  * each label at most 63 octets, the whole at most SMTP_DOMAIN_MAX.  With
@@ -134,14 +150,8 @@ parse_domain(const char *p, bool utf8, bool lenient, const char **why)
 			if (is_letdig(*p) || *p == '-' || (lenient && *p == '_'))
 				p++;
 			else if ((unsigned char)*p >= 0x80) {
-				if (!utf8) {
-					*why = WHY_UTF8;
+				if ((n = utf8_char(p, utf8, why)) == 0)
 					return NULL;
-				}
-				if ((n = utf8_seq(p)) == 0) {
-					*why = WHY_BAD_UTF8;
-					return NULL;
-				}
 				p += n;
 			} else
 				break;
@@ -241,14 +251,8 @@ parse_local(const char *p, bool utf8, const char **why)
 			} else if (is_qtext(*p))
 				p++;
 			else if ((unsigned char)*p >= 0x80) {
-				if (!utf8) {
-					*why = WHY_UTF8;
+				if ((n = utf8_char(p, utf8, why)) == 0)
 					return NULL;
-				}
-				if ((n = utf8_seq(p)) == 0) {
-					*why = WHY_BAD_UTF8;
-					return NULL;
-				}
 				p += n;
 			} else
 				return NULL;	/* control, or the NUL: unterminated */
@@ -262,14 +266,8 @@ parse_local(const char *p, bool utf8, const char **why)
 			if (is_atext(*p))
 				p++;
 			else if ((unsigned char)*p >= 0x80) {
-				if (!utf8) {
-					*why = WHY_UTF8;
+				if ((n = utf8_char(p, utf8, why)) == 0)
 					return NULL;
-				}
-				if ((n = utf8_seq(p)) == 0) {
-					*why = WHY_BAD_UTF8;
-					return NULL;
-				}
 				p += n;
 			} else
 				break;
