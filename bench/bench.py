@@ -76,6 +76,22 @@ def proc_table():
 	return table
 
 
+def cpus_busy(cpus):
+	"""Busy seconds (all but idle and iowait) of the listed CPUs, "0,1" or "0-3"."""
+	want = set()
+	for part in cpus.split(","):
+		lo, _, hi = part.partition("-")
+		want.update(range(int(lo), int(hi or lo) + 1))
+	busy = 0
+	with open("/proc/stat") as f:
+		for line in f:
+			name = line.split(None, 1)[0]
+			if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in want:
+				v = [int(x) for x in line.split()[1:9]]
+				busy += sum(v) - v[3] - v[4]
+	return busy / CLK_TCK
+
+
 def tree_pids(root, table=None):
 	table = table if table is not None else proc_table()
 	children = {}
@@ -268,16 +284,19 @@ def run_load(server, gen, scen, args):
 	                        args.load_cpu, args.timeout)
 	rate = warm / wall
 	n = int(max(minimum, min(args.max_messages, rate * args.seconds)))
-	cpu0 = tree_cpu(server.proc.pid)
+	cpu0, busy0 = tree_cpu(server.proc.pid), cpus_busy(server.cpus)
 	wall, gen_cpu = run_generator(generator_argv(gen, opts, n, server.port, server.name, args.timeout),
 	                              args.load_cpu, args.timeout)
-	cpu1 = tree_cpu(server.proc.pid)
+	cpu1, busy1 = tree_cpu(server.proc.pid), cpus_busy(server.cpus)
 	return {
 		"messages": n, "seconds": round(wall, 3), "rate": n / wall,
 		"server_cpu_s": cpu1 - cpu0,
 		"cpu_us_per_msg": (cpu1 - cpu0) * 1e6 / n,
 		"server_core": (cpu1 - cpu0) / wall,
 		"generator_core": gen_cpu / wall,
+		# what else kept the server's CPUs busy (other work on the machine,
+		# interrupts); high values mean the server did not have its core
+		"others_on_server_cpus": max(0.0, (busy1 - busy0) - (cpu1 - cpu0)) / wall,
 		"pss_kib": tree_pss(server.proc.pid),
 	}
 
@@ -360,6 +379,7 @@ def main():
 	ap.add_argument("--load-cpu", default="1")
 	ap.add_argument("--workers-cpus",
 	                help="CPUs of the N-worker row (default: all but --load-cpu)")
+	ap.add_argument("--note", help="a sentence for the report (e.g. what else ran)")
 	ap.add_argument("--out", default=os.path.join(BENCH, "results", "latest.json"))
 	args = ap.parse_args()
 
@@ -388,6 +408,7 @@ def main():
 		             "workers_cpus": args.workers_cpus, "idle_connections": IDLE_CONNECTIONS},
 		"scenarios": {k: SCENARIOS[k][0] for k in scenarios if k in SCENARIOS},
 		"generators": generators,
+		"note": args.note,
 		"peers": [], "skipped": {}, "loads": {}, "idle": {}, "errors": {},
 	}
 	if "S5" in scenarios:
@@ -430,9 +451,10 @@ def main():
 					try:
 						r = run_load(srv, gen, scen, args)
 						res["loads"][key] = r
-						log("%-12s %-11s %s  %8.0f msg/s  %7.1f us/msg  server %3.0f%%  generator %3.0f%%"
+						log("%-12s %-11s %s  %8.0f msg/s  %7.1f us/msg  server %3.0f%%  generator %3.0f%%  others %3.0f%%"
 						    % (label, gen, scen, r["rate"], r["cpu_us_per_msg"],
-						       100 * r["server_core"], 100 * r["generator_core"]))
+						       100 * r["server_core"], 100 * r["generator_core"],
+						       100 * r["others_on_server_cpus"]))
 					except Exception as e:
 						res["errors"][key] = str(e)
 						log("%s %s %s: FAILED: %s" % (label, gen, scen, e))

@@ -74,6 +74,13 @@ def idle_row(res):
 	return row
 
 
+def share(r):
+	if r is None:
+		return "–"
+	return "%d%% / %d%% / %d%%" % (100 * r["server_core"], 100 * r["generator_core"],
+	                               100 * r.get("others_on_server_cpus", 0))
+
+
 def saturation_notes(res, gen):
 	notes = []
 	for scen in res["scenarios"]:
@@ -126,10 +133,10 @@ def write_md(res, path):
 		       table(head, matrix(res, gen, "cpu_us_per_msg")), ""]
 		md += ["### Server memory after the load (PSS, MiB)", "",
 		       table(head, matrix(res, gen, "pss_kib", 1 / 1024)), ""]
-		md += ["### Share of a core used: server / generator", "",
-		       table(head, [[r[0]] + ["%d%% / %d%%" % (100 * res["loads"][k]["server_core"],
-		                                              100 * res["loads"][k]["generator_core"])
-		                               if k in res["loads"] else "–"
+		md += ["### Share of a core used: server / generator / others on the server's CPU", "",
+		       "\"others\": the server CPU's busy time not spent by the server (other "
+		       "work on the machine); well above a few % means the server lacked its core.", "",
+		       table(head, [[r[0]] + [share(res["loads"].get(k))
 		                               for k in ("%s|%s|%s" % (gen, r[0].split()[0], p) for p in peers)]
 		                    for r in matrix(res, gen, "rate")]), ""]
 		notes = saturation_notes(res, gen)
@@ -188,7 +195,7 @@ def write_png(res, path):
 		for x, v in enumerate(vals):
 			ax.text(x, v, fmt_num(v), ha="center", va="bottom", fontsize=8)
 	fig.suptitle("luasmtpd benchmark, %s (%s)" % (res["started"], res["commit"]))
-	fig.tight_layout()
+	fig.tight_layout(rect=(0, 0, 1, 0.97))
 	fig.savefig(path, dpi=90)
 
 
