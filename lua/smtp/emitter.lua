@@ -49,6 +49,8 @@ local function add(self, name, fn, once)
   local list = self._listeners[canon]
   if not list then list = {} ; self._listeners[canon] = list end
   list[#list + 1] = { fn = fn, once = once }
+  list.fns = nil		-- the cached take() result is stale
+  if once then list.once = true end
   if self._on_change then self._on_change(self, canon) end
   return self
 end
@@ -76,6 +78,7 @@ function Emitter.off(self, name, fn)
       for i = #list, 1, -1 do
         if list[i].fn == fn then table.remove(list, i) end
       end
+      list.fns = nil
       if #list == 0 then self._listeners[canon] = nil end
     end
   end
@@ -96,15 +99,29 @@ function Emitter.has_listeners(self, canon)
   return list ~= nil and #list > 0
 end
 
+local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+
 -- Takes the listeners due for one emit (removing the 'once' ones) -> { fn, ... }
+-- The result is read-only: without 'once' listeners it is a cached array,
+-- replaced (never changed in place) when the listeners change.
 function Emitter.take(self, canon)
   local list = self._listeners[canon]
-  if not list then return {} end
+  if not list then return EMPTY end
+  if not list.once then
+    local fns = list.fns
+    if not fns then
+      fns = {}
+      for i = 1, #list do fns[i] = list[i].fn end
+      list.fns = fns
+    end
+    return fns
+  end
   local fns, keep, changed = {}, {}, false
   for _, l in ipairs(list) do
     fns[#fns + 1] = l.fn
     if l.once then changed = true else keep[#keep + 1] = l end
   end
+  if not changed then list.once = nil end
   if changed then
     self._listeners[canon] = #keep > 0 and keep or nil
     if self._on_change then self._on_change(self, canon) end

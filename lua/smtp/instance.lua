@@ -156,69 +156,128 @@ function M.new(platform)
     return server and server._opts.handlerBudget or DEFAULT_BUDGET
   end
 
-  -- ---- tasks: one coroutine per handler ----------------------------------
+  -- ---- tasks: every handler runs in a coroutine of its own ------------------
+  --
+  -- Coroutines are pooled: a pooled coroutine runs a trampoline that calls
+  -- one handler, yields DONE, and takes the next handler from the resume
+  -- that follows, so a handler that returns costs no coroutine, closure or
+  -- table allocation.  A coroutine that failed, or that is still waiting
+  -- when its task is dropped, never goes back to the pool.  The instruction
+  -- budget is a count hook set on every resume (one shared hook function).
+
+  local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
+  local sethook, traceback = debug.sethook, debug.traceback
+  local DONE = {}
+  local POOL_MAX = 32
+  local pool, npool = {}, 0
+
+  local function trampoline(fn, ...)
+    fn(...)
+    return trampoline(yield(DONE))
+  end
+
+  -- once over budget the hook fires on every instruction, so a pcall inside
+  -- the handler cannot swallow it
+  local function over_again() error("handler exceeded its instruction budget", 0) end
+  local function over_budget()
+    sethook(over_again, "", 1)
+    error("handler exceeded its instruction budget (" .. budget() .. " instructions)", 0)
+  end
 
   local function drop(task)
     task.dropped = true
     if task.timer then task.timer:cancel() ; task.timer = nil end
   end
 
-  local function resume(task, ...)
-    if task.dead or task.dropped then return end
-    local co = task.co
-    -- a count hook per resume; once over budget it fires on every
-    -- instruction, so a pcall inside the handler cannot swallow it
-    debug.sethook(co, function()
-      debug.sethook(function() error("handler exceeded its instruction budget", 0) end, "", 1)
-      error("handler exceeded its instruction budget (" .. budget() .. " instructions)", 0)
-    end, "", budget())
-    local ok, err = coroutine.resume(co, ...)
-    if coroutine.status(co) == "dead" then
-      task.dead = true
-      tasks[co] = nil
-      if ok then
-        task.on_finish(true)
-      else
-        task.on_finish(false, debug.traceback(co, tostring(err)))
-      end
+  -- A task for conn; on_finish(ok, err) is called when it ends after having
+  -- waited (or at once, if given here).
+  local function acquire(conn, on_finish)
+    local task
+    if npool > 0 then
+      task = pool[npool]
+      pool[npool] = nil
+      npool = npool - 1
     else
-      debug.sethook(co)	-- waiting: the budget restarts at the next resume
+      local co = cocreate(trampoline)
+      task = { co = co, gen = 0 }
+      tasks[co] = task
     end
-  end
-
-  local function spawn(conn, fn, on_finish, ...)
-    local task = { co = coroutine.create(fn), conn = conn, on_finish = on_finish }
-    tasks[task.co] = task
-    resume(task, ...)
+    task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish, false, false
+    task.gen = task.gen + 1
     return task
   end
 
-  -- runs fns one after the other, each in its own task; done(ok, err) once
-  local function run_chain(conn, fns, args, done)
-    local chain = { cancelled = false }
-    local i = 0
+  -- Runs task until it returns, fails or waits: true | false, traceback |
+  -- nil (waiting).  task.on_finish, if set, is called when it ends.
+  local function resume(task, ...)
+    local co = task.co
+    sethook(co, over_budget, "", budget())
+    local ok, r = coresume(co, ...)
+    if ok then
+      if r ~= DONE then return nil end	-- waiting: the budget restarts at the next resume
+      task.dead = true
+      local cb = task.on_finish
+      task.conn, task.on_finish = nil, nil
+      if npool < POOL_MAX then
+        npool = npool + 1
+        pool[npool] = task
+      end
+      if cb then cb(true) end
+      return true
+    end
+    task.dead = true
+    tasks[co] = nil
+    local err = traceback(co, tostring(r))
+    if task.on_finish then task.on_finish(false, err) end
+    return false, err
+  end
+
+  -- Starts fn(...) in a task: resume()'s result and the task.
+  local function spawn(conn, fn, on_finish, ...)
+    local task = acquire(conn, on_finish)
+    local ok, err = resume(task, fn, ...)
+    return ok, err, task
+  end
+
+  -- runs fns[i], fns[i+1], ... one after the other, each in its own task,
+  -- the first one (task) already started and waiting; done(ok, err) once
+  local function run_chain(conn, fns, i, task, arg, done)
+    local chain = { cancelled = false, current = task }
     local function step(ok, err)
       if chain.cancelled then return end
       chain.current = nil
       if not ok then return done(false, err) end
-      i = i + 1
-      if fns[i] == nil then return done(true) end
-      chain.current = spawn(conn, fns[i], step, table.unpack(args, 1, args.n))
+      while true do
+        i = i + 1
+        if fns[i] == nil then return done(true) end
+        local ok2, err2, t = spawn(conn, fns[i], nil, arg)
+        if ok2 == nil then
+          chain.current = t
+          t.on_finish = step
+          return
+        end
+        if not ok2 then return done(false, err2) end
+      end
     end
+    task.on_finish = step
     function chain.cancel()
       chain.cancelled = true
       if chain.current then drop(chain.current) end
     end
-    step(true)
     return chain
   end
 
   -- fire-and-forget listeners (data, close, accept, reject, timers)
   local function emit_detached(conn, what, fns, ...)
-    for _, fn in ipairs(fns) do
-      spawn(conn, fn, function(ok, err)
-        if not ok then log("warn", conn and conn.id, "handler %s failed: %s", what, err) end
-      end, ...)
+    for i = 1, #fns do
+      local ok, err, task = spawn(conn, fns[i], nil, ...)
+      if ok == false then
+        log("warn", conn and conn.id, "handler %s failed: %s", what, err)
+      elseif ok == nil then
+        task.on_finish = function(ok2, err2)
+          if not ok2 then log("warn", conn and conn.id, "handler %s failed: %s", what, err2) end
+        end
+      end
     end
   end
 
@@ -249,39 +308,68 @@ function M.new(platform)
 
   local WAIT = {}
 
-  -- Settles an ask: returned by dispatch if still inside it, else decided.
+  -- Settles an ask that waited: the verdict goes to the engine.
   local function settle(conn, a, accept, code, text)
     if a.settled or a.cancelled then return end
     a.settled = true
-    if a.sync then
-      a.result = { accept, code, text }
-    else
-      local ok, err = conn._handle:decide(accept, code, text)
-      if not ok and err ~= "session closed" then
-        log("warn", conn.id, "decision for %s dropped: %s", a.name, err)
-      end
+    local ok, err = conn._handle:decide(accept, code, text)
+    if not ok and err ~= "session closed" then
+      log("warn", conn.id, "decision for %s dropped: %s", a.name, err)
     end
   end
 
-  local function fail(conn, a, what, err)
-    log("warn", conn.id, "handler %s failed: %s", what, err)
-    settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
+  -- The verdict of an ask whose listeners all ran: true, accept, code, text
+  -- (false when finish says WAIT: a decide follows).
+  local function conclude(conn, a, name, obj, finish)
+    local ok, accept, code, text = pcall(finish or verdict_of, obj)
+    if not ok then
+      log("warn", conn.id, "handler %s failed: %s", name:lower(), accept)
+      accept, code, text = false, FAIL_CODE, FAIL_TEXT
+    elseif accept == WAIT then
+      if not a then
+        a = { name = name, obj = obj }
+        conn._ask = a
+      end
+      a.waiting = true
+      return false
+    end
+    if a then
+      if a.settled or a.cancelled then return false end
+      a.settled = true
+      local ok2, err = conn._handle:decide(accept, code, text)
+      if not ok2 and err ~= "session closed" then
+        log("warn", conn.id, "decision for %s dropped: %s", name, err)
+      end
+      return false
+    end
+    return true, accept, code, text
   end
 
   -- Runs the listeners of an ask; finish(obj) gives the verdict (or WAIT).
+  -- Listeners that return at once cost no allocation here; the first one
+  -- that waits turns the rest of the ask into a chain decided later.
   local function ask(conn, name, obj, fns, finish)
-    local a = { name = name, obj = obj, sync = true }
-    conn._ask = a
-    a.chain = run_chain(conn, fns, { obj, n = 1 }, function(ok, err)
-      if not ok then return fail(conn, a, name:lower(), err) end
-      local ok2, accept, code, text = pcall(finish or verdict_of, obj)
-      if not ok2 then return fail(conn, a, name:lower(), accept) end
-      if accept == WAIT then a.waiting = true ; return end
-      settle(conn, a, accept, code, text)
-    end)
-    a.sync = false
-    if a.result then return true, a.result[1], a.result[2], a.result[3] end
-    return false
+    conn._ask = nil
+    conn._aname, conn._aobj = name, obj	-- for the outcome
+    for i = 1, #fns do
+      local ok, err, task = spawn(conn, fns[i], nil, obj)
+      if ok == false then
+        log("warn", conn.id, "handler %s failed: %s", name:lower(), err)
+        return true, false, FAIL_CODE, FAIL_TEXT
+      elseif ok == nil then
+        local a = { name = name, obj = obj }
+        conn._ask = a
+        a.chain = run_chain(conn, fns, i, task, obj, function(ok2, err2)
+          if not ok2 then
+            log("warn", conn.id, "handler %s failed: %s", name:lower(), err2)
+            return settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
+          end
+          conclude(conn, a, name, obj, finish)
+        end)
+        return false
+      end
+    end
+    return conclude(conn, nil, name, obj, finish)
   end
 
   -- ---- Message -------------------------------------------------------------
@@ -360,10 +448,12 @@ function M.new(platform)
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }
 
+  local MASK_EVENTS = { "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "VRFY", "EXPN", "AUTH" }
+
   local function update_mask(conn)
     local E = core.EVENTS
     local mask = 0
-    for _, canon in ipairs { "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "VRFY", "EXPN", "AUTH" } do
+    for _, canon in ipairs(MASK_EVENTS) do
       if conn:has_listeners(canon) then
         mask = mask | E[canon]
         if canon == "DATA" then mask = mask | E.DATA_END end
@@ -513,16 +603,18 @@ function M.new(platform)
     local conn = conns[handle]
     if not conn then return end
     local a = conn._ask
-    if a and a.name == name then conn._ask = nil else a = nil end
+    if a and a.name == name then conn._ask = nil end
+    local obj = conn._aname == name and conn._aobj or nil
+    conn._aname, conn._aobj = nil, nil
     local ok = code >= 200 and code < 400
     if name == "HELO" or name == "EHLO" then
       clear_transaction(conn)
-      if ok then conn.helo = { name = a and a.obj.name or arg, extended = name == "EHLO" } end
+      if ok then conn.helo = { name = obj and obj.name or arg, extended = name == "EHLO" } end
     elseif name == "MAIL" then
       clear_transaction(conn)
-      if ok then conn.sender = a and a.obj or address_object(nil, arg) end
+      if ok then conn.sender = obj or address_object(nil, arg) end
     elseif name == "RCPT" then
-      if ok then conn.recipients[#conn.recipients + 1] = a and a.obj or address_object(nil, arg) end
+      if ok then conn.recipients[#conn.recipients + 1] = obj or address_object(nil, arg) end
     elseif name == "DATA" then
       local m = conn.currentMessage
       if m and code ~= 354 then finish_message(m, false, code) end
@@ -541,13 +633,19 @@ function M.new(platform)
     if not m then return end
     m.size = m.size + #chunk
     local fns = m:take("data")
-    for _, fn in ipairs(fns) do
-      spawn(conn, fn, function(ok, err)
-        if not ok then
-          log("warn", conn.id, "handler data failed: %s", err)
-          m._failed = m._failed or "a data handler failed"
+    for i = 1, #fns do
+      local ok, err, task = spawn(conn, fns[i], nil, chunk)
+      if ok == false then
+        log("warn", conn.id, "handler data failed: %s", err)
+        m._failed = m._failed or "a data handler failed"
+      elseif ok == nil then
+        task.on_finish = function(ok2, err2)
+          if not ok2 then
+            log("warn", conn.id, "handler data failed: %s", err2)
+            m._failed = m._failed or "a data handler failed"
+          end
         end
-      end, chunk)
+      end
     end
   end
 
@@ -666,9 +764,10 @@ function M.new(platform)
     if type(seconds) ~= "number" or seconds < 0 then error("sleep: seconds must be a number >= 0", 2) end
     local task = current_task()
     if not task then error("smtp.sleep must be called from a handler", 2) end
+    local gen = task.gen
     task.timer = timer(seconds, function()
       task.timer = nil
-      resume(task)
+      if task.gen == gen and not task.dead and not task.dropped then resume(task) end
     end)
     coroutine.yield()
   end
