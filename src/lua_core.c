@@ -12,6 +12,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,8 @@
 #define OUT_MAX		(16u << 20)	/* harness: reply bytes held for Lua */
 #define CAPTURE_MAX	10000		/* harness: captured log lines held */
 #define EVBIT(ev)	(1u << (ev))
+
+_Static_assert(LUA_EXTRASPACE >= sizeof(int), "the budget lives in LUA_EXTRASPACE");
 
 struct lbridge {
 	lua_State	*L;		/* the thread hooks run Lua on */
@@ -148,10 +151,16 @@ map_clear(struct lbridge *b, lua_State *L, struct session *s)
  * allocate (and so raise) runs inside lua_pcall: a hook is called from C
  * with no Lua frame to catch an error, and an unprotected error would abort.
  */
+enum hkind { HK_ASK, HK_CANCEL, HK_OUTCOME, HK_DATA, HK_ABORT, HK_CLOSED, HK_BIND };
+
+static const char *const hkind_names[] = {
+	"ask", "cancel", "outcome", "data", "abort", "closed", "bind",
+};
+
 struct hcall {
 	struct lbridge			*b;
 	struct session			*s;
-	const char			*kind;
+	enum hkind			 kind;
 	enum session_event		 ev;
 	const struct session_event_args	*args;
 	int				 code;		/* outcome */
@@ -161,6 +170,16 @@ struct hcall {
 	/* ask: what dispatch returned */
 	int				 done, accept, vcode, has_text;
 };
+
+/* dst = src[0..len) cut to dstlen - 1 octets, NUL-terminated (no printf) */
+static void
+copy_bounded(char *dst, size_t dstlen, const char *src, size_t len)
+{
+	if (len >= dstlen)
+		len = dstlen - 1;
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
 
 static int
 traceback(lua_State *L)
@@ -264,26 +283,35 @@ hcall_run(lua_State *L)
 
 	lua_settop(L, 0);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
-	lua_pushstring(L, c->kind);
-	if (c->ev == SEV_CONNECT && strcmp(c->kind, "ask") == 0)
+	lua_pushstring(L, hkind_names[c->kind]);
+	if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
 		bind_handle(L, b, c->s);
 	else if (push_handle(b, L, c->s) == NULL)
 		return 0;
-	if (strcmp(c->kind, "ask") == 0) {
+	switch (c->kind) {
+	case HK_ASK:
 		lua_pushstring(L, session_event_name(c->ev));
 		push_args(L, c->ev, c->args);
-	} else if (strcmp(c->kind, "cancel") == 0) {
+		break;
+	case HK_CANCEL:
 		lua_pushstring(L, session_event_name(c->ev));
-	} else if (strcmp(c->kind, "outcome") == 0) {
+		break;
+	case HK_OUTCOME: {
 		struct lsession *ls = lua_touserdata(L, 3);
 
 		lua_pushstring(L, session_event_name(c->ev));
 		lua_pushinteger(L, c->code);
 		lua_pushstring(L, ls->arg);
-	} else if (strcmp(c->kind, "data") == 0) {
-		lua_pushlstring(L, c->buf, c->len);
-	} else if (strcmp(c->kind, "abort") == 0) {
+		break;
+	}
+	case HK_DATA:
+		lua_pushlstring(L, c->buf, c->len);	/* the one copy of the data */
+		break;
+	case HK_ABORT:
 		lua_pushstring(L, c->why);
+		break;
+	default:
+		break;
 	}
 	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
 	/* ask: dispatch returns true, accept, code, text | false (a decide follows) */
@@ -292,8 +320,12 @@ hcall_run(lua_State *L)
 	c->accept = n >= 2 ? lua_toboolean(L, 2) : 1;
 	c->vcode = n >= 3 ? (int)lua_tointeger(L, 3) : 0;
 	c->has_text = n >= 4 && lua_type(L, 4) == LUA_TSTRING;
-	if (c->has_text)
-		snprintf(b->text, sizeof(b->text), "%s", lua_tostring(L, 4));
+	if (c->has_text) {
+		size_t		 len;
+		const char	*t = lua_tolstring(L, 4, &len);
+
+		copy_bounded(b->text, sizeof(b->text), t, len);
+	}
 	return 0;
 }
 
@@ -315,14 +347,14 @@ hcall(struct hcall *c)
 	int		 top = lua_gettop(L);
 
 	if (!lua_checkstack(L, 8)) {
-		log_warn(session_id(c->s), "lua: %s: out of stack", c->kind);
+		log_warn(session_id(c->s), "lua: %s: out of stack", hkind_names[c->kind]);
 		return -1;
 	}
 	lua_pushcfunction(L, traceback);
 	lua_pushcfunction(L, hcall_run);
 	lua_pushlightuserdata(L, c);
 	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
-		log_warn(session_id(c->s), "lua: %s failed: %s", c->kind,
+		log_warn(session_id(c->s), "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);
 		return -1;
@@ -362,7 +394,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 {
 	struct lbridge	*b = ctx;
 	struct lsession	*ls = NULL;
-	struct hcall	 c = { .b = b, .s = s, .kind = "ask", .ev = ev, .args = args };
+	struct hcall	 c = { .b = b, .s = s, .kind = HK_ASK, .ev = ev, .args = args };
 
 	v->accept = ev != SEV_AUTH;	/* AUTH fails closed: only Lua says yes */
 	v->code = 0;
@@ -371,7 +403,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 		if (!b->watch_connect && b->creating == NULL)
 			return HOOK_DONE;	/* no 'connection' listener: no Lua */
 		if (!b->watch_connect) {
-			c.kind = "bind";	/* the harness's handle, no dispatch */
+			c.kind = HK_BIND;	/* the harness's handle, no dispatch */
 			if (lua_checkstack(b->L, 8)) {
 				int top = lua_gettop(b->L);
 
@@ -389,9 +421,11 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 		if ((ls = find_attached(b, s)) == NULL)
 			return HOOK_DONE;
 		/* outcome tells Lua the argument even when the ask skips Lua */
-		snprintf(ls->arg, sizeof(ls->arg), "%s", args == NULL || ev == SEV_AUTH ? "" :
+		const char *arg = args == NULL || ev == SEV_AUTH ? "" :
 		    args->path != NULL && args->path->address != NULL ?
-		    args->path->address : args->arg != NULL ? args->arg : "");
+		    args->path->address : args->arg != NULL ? args->arg : "";
+
+		copy_bounded(ls->arg, sizeof(ls->arg), arg, strlen(arg));
 		if ((ls->mask & EVBIT(ev)) == 0)
 			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
 	}
@@ -411,25 +445,48 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 static void
 hook_cancel(void *ctx, struct session *s, enum session_event ev)
 {
-	struct hcall c = { .b = ctx, .s = s, .kind = "cancel", .ev = ev };
+	struct hcall c = { .b = ctx, .s = s, .kind = HK_CANCEL, .ev = ev };
 
 	if (find_attached(ctx, s) != NULL)
 		hcall(&c);
 }
 
+/*
+ * Whether Lua acts on an outcome: the connection's helo, sender and
+ * recipients, and the end of a message.  A DATA that got 354, CONNECT,
+ * QUIT, VRFY, EXPN and AUTH change nothing there: no Lua call.
+ */
+static int
+outcome_needs_lua(enum session_event ev, int code)
+{
+	switch (ev) {
+	case SEV_HELO:
+	case SEV_EHLO:
+	case SEV_MAIL:
+	case SEV_RCPT:
+	case SEV_RSET:
+	case SEV_DATA_END:
+		return 1;
+	case SEV_DATA:
+		return code != 354;
+	default:
+		return 0;
+	}
+}
+
 static void
 hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 {
-	struct hcall c = { .b = ctx, .s = s, .kind = "outcome", .ev = ev, .code = code };
+	struct hcall c = { .b = ctx, .s = s, .kind = HK_OUTCOME, .ev = ev, .code = code };
 
-	if (find_attached(ctx, s) != NULL)
+	if (outcome_needs_lua(ev, code) && find_attached(ctx, s) != NULL)
 		hcall(&c);
 }
 
 static void
 hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 {
-	struct hcall	 c = { .b = ctx, .s = s, .kind = "data", .buf = buf, .len = len };
+	struct hcall	 c = { .b = ctx, .s = s, .kind = HK_DATA, .buf = buf, .len = len };
 	struct lsession	*ls;
 
 	if ((ls = find_attached(ctx, s)) != NULL && (ls->mask & EVBIT(SEV_DATA)))
@@ -439,7 +496,7 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 static void
 hook_abort(void *ctx, struct session *s, enum session_abort why)
 {
-	struct hcall c = { .b = ctx, .s = s, .kind = "abort",
+	struct hcall c = { .b = ctx, .s = s, .kind = HK_ABORT,
 	    .why = (size_t)why < sizeof(abort_names) / sizeof(abort_names[0]) ?
 	    abort_names[why] : "unknown" };
 
@@ -461,7 +518,7 @@ static void
 hook_closed(void *ctx, struct session *s)
 {
 	struct lbridge	*b = ctx;
-	struct hcall	 c = { .b = b, .s = s, .kind = "closed" };
+	struct hcall	 c = { .b = b, .s = s, .kind = HK_CLOSED };
 	struct lsession	*ls;
 	int		 top;
 
@@ -1221,6 +1278,87 @@ lcore_mkdir(lua_State *L)
 	return 1;
 }
 
+/* ---- handler coroutines: resume under an instruction budget ------------- */
+
+/*
+ * The budget of the running resume lives in the coroutine's extra space
+ * (LUA_EXTRASPACE, unused otherwise), so the hook needs no upvalue or
+ * registry lookup.  Once over budget the hook fires on every instruction:
+ * a pcall inside the handler cannot swallow it.
+ */
+static void
+budget_again(lua_State *L, lua_Debug *ar)
+{
+	(void)ar;
+	lua_pushliteral(L, "handler exceeded its instruction budget");
+	lua_error(L);
+}
+
+static void
+budget_hook(lua_State *L, lua_Debug *ar)
+{
+	int budget;
+
+	(void)ar;
+	memcpy(&budget, lua_getextraspace(L), sizeof(budget));
+	lua_sethook(L, budget_again, LUA_MASKCOUNT, 1);
+	lua_pushfstring(L, "handler exceeded its instruction budget (%d instructions)", budget);
+	lua_error(L);
+}
+
+/*
+ * smtp_core.run(co, budget, ...) -> true, ... | false, err
+ * coroutine.resume(co, ...) with a count hook of budget instructions (the
+ * count restarts at every resume).
+ */
+static int
+lcore_run(lua_State *L)
+{
+	lua_State	*co = lua_tothread(L, 1);
+	lua_Integer	 b = luaL_checkinteger(L, 2);
+	int		 n = lua_gettop(L) - 2, nres, st, budget;
+	lua_Debug	 ar;
+
+	luaL_argexpected(L, co != NULL, 1, "coroutine");
+	luaL_argcheck(L, b >= 1, 2, "budget must be positive");
+	budget = b > INT_MAX ? INT_MAX : (int)b;
+	st = lua_status(co);
+	if (st == LUA_OK && lua_gettop(co) == 0) {
+		lua_pushboolean(L, 0);
+		lua_pushliteral(L, "cannot resume dead coroutine");
+		return 2;
+	}
+	if (co == L || (st == LUA_OK && lua_getstack(co, 0, &ar) > 0) ||
+	    (st != LUA_OK && st != LUA_YIELD)) {
+		lua_pushboolean(L, 0);
+		lua_pushliteral(L, "cannot resume non-suspended coroutine");
+		return 2;
+	}
+	if (!lua_checkstack(co, n + 1)) {
+		lua_pushboolean(L, 0);
+		lua_pushliteral(L, "too many arguments to resume");
+		return 2;
+	}
+	memcpy(lua_getextraspace(co), &budget, sizeof(budget));
+	lua_sethook(co, budget_hook, LUA_MASKCOUNT, budget);
+	lua_xmove(L, co, n);
+	st = lua_resume(co, L, n, &nres);
+	if (st == LUA_OK || st == LUA_YIELD) {
+		if (!lua_checkstack(L, nres + 1)) {
+			lua_pop(co, nres);
+			lua_pushboolean(L, 0);
+			lua_pushliteral(L, "too many results to resume");
+			return 2;
+		}
+		lua_pushboolean(L, 1);
+		lua_xmove(co, L, nres);
+		return nres + 1;
+	}
+	lua_pushboolean(L, 0);
+	lua_xmove(co, L, 1);		/* the error object */
+	return 2;
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static const luaL_Reg core_funcs[] = {
@@ -1234,6 +1372,7 @@ static const luaL_Reg core_funcs[] = {
 	{ "fqdn",	 lcore_fqdn },
 	{ "fsync",	 lcore_fsync },
 	{ "mkdir",	 lcore_mkdir },
+	{ "run",	 lcore_run },
 	{ NULL, NULL }
 };
 
