@@ -6,7 +6,7 @@ group of its own, stopped by that group and by PID), the loads of each
 scenario from each load generator pinned to the load CPU, the measurements
 (wall time, the server's CPU time and PSS summed over its process tree), and
 the raw results (results/latest.json).  report.py turns those into
-results/latest.md and results/latest.png.  run.sh installs and builds first;
+docs/benchmarks.md and docs/benchmarks.png.  run.sh installs and builds first;
 this script assumes that done.
 
 Scenarios (as in the issue):

@@ -1,9 +1,9 @@
 #!/usr/bin/python3
 """report.py -- turn bench.py's raw results into a Markdown table and a chart.
 
-Owns: results/latest.md (tables per load generator: messages/s, server CPU
+Owns: docs/benchmarks.md (tables per load generator: messages/s, server CPU
 time per message, server memory, each with its ratio to smtp-sink of the same
-run; KiB per idle connection; which side saturated) and results/latest.png.
+run; KiB per idle connection; which side saturated) and docs/benchmarks.png.
 
 	report.py [results/latest.json]
 """
@@ -101,7 +101,7 @@ def write_md(res, path):
 	st = res["settings"]
 	md = ["# Benchmark: latest run", "",
 	      "Written by `bench/report.py` from `bench/results/latest.json`; produced by "
-	      "`bench/run.sh` (see `bench/README.md`). Chart: `bench/results/latest.png`.", "",
+	      "`bench/run.sh` (see `bench/README.md`). Chart: [benchmarks.png](benchmarks.png).", "",
 	      "- started %s, %s s in all; commit `%s`" % (res["started"], res.get("elapsed_s"), res["commit"]),
 	      "- %d × %s, Linux %s; load average %s at the start, %s at the end"
 	      % (h["cpus"], h["cpu_model"], h["kernel"], " ".join(h["loadavg_start"]),
@@ -203,7 +203,8 @@ def main():
 	src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(BENCH, "results", "latest.json")
 	with open(src) as f:
 		res = json.load(f)
-	base = os.path.splitext(src)[0]
+	# the table and chart are documentation; the raw JSON stays in bench/results
+	base = os.path.join(os.path.dirname(BENCH), "docs", "benchmarks")
 	write_md(res, base + ".md")
 	write_png(res, base + ".png")
 	print("report: wrote %s.md and %s.png" % (os.path.relpath(base), os.path.relpath(base)))

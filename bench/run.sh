@@ -4,7 +4,7 @@
 # Installs the peers (setup.sh), the build dependencies (.ci/install-deps),
 # builds luasmtpd in release mode (build-bench/ at the top of the checkout)
 # and bench/build/smtpload, runs every scenario against every peer
-# (bench.py) and writes bench/results/latest.{json,md,png} (report.py).
+# (bench.py) and writes bench/results/latest.json, docs/benchmarks.{md,png} (report.py).
 #
 #	bench/run.sh [--skip-setup] [--skip-build] [bench.py options...]
 #
@@ -51,5 +51,5 @@ fi
 rc=0
 /usr/bin/python3 "$BENCH/bench.py" ${args[@]+"${args[@]}"} || rc=$?
 /usr/bin/python3 "$BENCH/report.py"
-echo "run.sh: results in bench/results/latest.md and bench/results/latest.png"
+echo "run.sh: results in docs/benchmarks.md and docs/benchmarks.png"
 exit "$rc"
