@@ -197,7 +197,9 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 {
 	char key[64];
 
-	lua_createtable(L, 0, 6);
+	/* sized for what follows: a DATA ask's table has no field at all */
+	lua_createtable(L, 0, a == NULL ? 0 : a->path != NULL ? 6 : ev == SEV_AUTH ? 4 :
+	    a->arg != NULL || ev == SEV_DATA_END ? 1 : 0);
 	if (a == NULL)
 		return;
 	if (a->arg != NULL) {

@@ -532,31 +532,35 @@ function M.new(platform)
     return ask(conn, "RCPT", address_object(args), conn:take("RCPT"))
   end
 
+  -- a reject() during the DATA handlers refuses the DATA command itself
+  local function data_verdict(m)
+    local d = m._decision
+    if d and not d[1] then
+      m._decision = nil
+      return false, d[2], d[3]
+    end
+    if m.valid == false then return false, check_code(m.code, false), check_text(m.message) end
+    return true, 0, nil
+  end
+
+  local function data_end_verdict(m)
+    if m._failed then error(m._failed, 0) end
+    local d = m._decision
+    if not d then return WAIT end
+    return d[1], d[2], d[3]
+  end
+
   function asks.DATA(conn)
     local m = new_message(conn)
     conn.currentMessage = m
-    return ask(conn, "DATA", m, conn:take("DATA"), function()
-      -- a reject() during the DATA handlers refuses the DATA command itself
-      local d = m._decision
-      if d and not d[1] then
-        m._decision = nil
-        return false, d[2], d[3]
-      end
-      if m.valid == false then return false, check_code(m.code, false), check_text(m.message) end
-      return true, 0, nil
-    end)
+    return ask(conn, "DATA", m, conn:take("DATA"), data_verdict)
   end
 
   function asks.DATA_END(conn, args)
     local m = conn.currentMessage
     if not m then return true, true, 0, nil end
     m.size = args.size or m.size
-    return ask(conn, "DATA_END", m, m:take("end"), function()
-      if m._failed then error(m._failed, 0) end
-      local d = m._decision
-      if not d then return WAIT end
-      return d[1], d[2], d[3]
-    end)
+    return ask(conn, "DATA_END", m, m:take("end"), data_end_verdict)
   end
 
   local function simple(name)
