@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1287,7 +1288,22 @@ lcore_mkdir(lua_State *L)
  * (LUA_EXTRASPACE, unused otherwise), so the hook needs no upvalue or
  * registry lookup.  Once over budget the hook fires on every instruction:
  * a pcall inside the handler cannot swallow it.
+ *
+ * Two ways to arm it.  Without the watchdog (the harness: determinism),
+ * every resume sets a count hook of budget instructions.  With the watchdog
+ * (the server), a resume sets no hook at all: with any count hook set, the
+ * VM traces every instruction, which short handlers should not pay for.
+ * Instead lcore_watchdog_tick(), called from a CPU-time timer's signal
+ * handler, installs the count hook on a run that was already running at
+ * the previous tick.  The state it reads is written only by lcore_run.
  */
+static volatile sig_atomic_t	 wd_on;		/* the watchdog arms the budget */
+static volatile sig_atomic_t	 wd_run;	/* bumped when a run starts or ends */
+static volatile sig_atomic_t	 wd_budget;	/* the budget of the innermost run */
+static lua_State *volatile	 wd_co;		/* its coroutine; NULL: no run */
+static sig_atomic_t		 wd_seen;	/* tick: wd_run at the previous tick */
+static sig_atomic_t		 wd_hooked;	/* tick: the wd_run it hooked */
+
 static void
 budget_again(lua_State *L, lua_Debug *ar)
 {
@@ -1308,10 +1324,42 @@ budget_hook(lua_State *L, lua_Debug *ar)
 	lua_error(L);
 }
 
+void
+lcore_watchdog_enable(int on)
+{
+	wd_on = on != 0;
+}
+
+/*
+ * Async-signal-safe: only lua_sethook, which stores four fields of the
+ * thread and marks its Lua frames to trap (lua.c does the same from SIGINT).
+ * A run is hooked once: hooking again would restart its count (and an
+ * outer run whose hook already fired keeps it).
+ */
+void
+lcore_watchdog_tick(void)
+{
+	lua_State	*co = wd_co;
+	sig_atomic_t	 run = wd_run;
+
+	if (co != NULL && run == wd_seen && run != wd_hooked && lua_gethook(co) == NULL) {
+		wd_hooked = run;
+		lua_sethook(co, budget_hook, LUA_MASKCOUNT, wd_budget);
+	}
+	wd_seen = run;
+}
+
+static void
+wd_bump(void)
+{
+	wd_run = wd_run == INT_MAX ? 0 : wd_run + 1;
+}
+
 /*
  * smtp_core.run(co, budget, ...) -> true, ... | false, err
- * coroutine.resume(co, ...) with a count hook of budget instructions (the
- * count restarts at every resume).
+ * coroutine.resume(co, ...) under a budget of instructions, counted from
+ * this resume: from its first instruction without the watchdog, from the
+ * watchdog's second tick within it with the watchdog.
  */
 static int
 lcore_run(lua_State *L)
@@ -1342,9 +1390,25 @@ lcore_run(lua_State *L)
 		return 2;
 	}
 	memcpy(lua_getextraspace(co), &budget, sizeof(budget));
-	lua_sethook(co, budget_hook, LUA_MASKCOUNT, budget);
 	lua_xmove(L, co, n);
-	st = lua_resume(co, L, n, &nres);
+	if (wd_on) {
+		/* runs nest (a handler's decide runs other handlers): keep the outer */
+		lua_State	*outer = wd_co;
+		int		 outer_budget = wd_budget;
+
+		wd_budget = budget;
+		wd_co = co;
+		wd_bump();
+		st = lua_resume(co, L, n, &nres);
+		wd_co = outer;
+		wd_budget = outer_budget;
+		wd_bump();
+		if (lua_gethook(co) != NULL)	/* the watchdog hooked this run */
+			lua_sethook(co, NULL, 0, 0);
+	} else {
+		lua_sethook(co, budget_hook, LUA_MASKCOUNT, budget);
+		st = lua_resume(co, L, n, &nres);
+	}
 	if (st == LUA_OK || st == LUA_YIELD) {
 		if (!lua_checkstack(L, nres + 1)) {
 			lua_pop(co, nres);

@@ -43,4 +43,15 @@ void		 lcore_bridge_set_main(struct lbridge *b, lua_State *L);
 void		 lcore_config(lua_State *L, int idx, struct session_config *cfg,
 		    char *host, size_t hostlen);
 
+/*
+ * The watchdog of handler runs (the server; the harness never enables it).
+ * Enabled, smtp_core.run sets no hook per resume, and the caller calls
+ * lcore_watchdog_tick() from a signal handler every few milliseconds of
+ * process CPU time: a run that was running at the previous tick and still
+ * is gets the count hook of its budget (so it is stopped within a tick
+ * plus its budget, even under pcall).  Async-signal-safe.
+ */
+void		 lcore_watchdog_enable(int on);
+void		 lcore_watchdog_tick(void);
+
 #endif

@@ -7,11 +7,14 @@
  * the clock), loading and running the script as text, and reading what it
  * configured (options, listen addresses, the TLS context of server.tls,
  * created here so that loading the script again loads the certificates
- * again).  The session hooks themselves are the bridge's (lua_core.c); this
- * file only forwards them.
+ * again), and the handler watchdog of a serving process (a CPU-time
+ * interval timer whose SIGPROF ticks lua_core.c's watchdog).  The session
+ * hooks themselves are the bridge's (lua_core.c); this file only forwards
+ * them.
  */
 #include <errno.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +41,7 @@
 #define POLICY_TIMER_MT		"luasmtpd.timer"
 #define SCRIPT_MAX		(16u << 20)
 #define LOAD_BUDGET		500000000	/* VM instructions the script's top level may run */
+#define WATCHDOG_TICK_US	10000		/* process CPU time between watchdog ticks */
 
 struct policy {
 	lua_State		*L;
@@ -48,6 +52,8 @@ struct policy {
 	struct policy_listen	*listens;
 	size_t			 nlisten;
 	struct tls_ctx		*tls;		/* server.tls; NULL: no TLS */
+	int			 watchdog;	/* this policy armed the watchdog */
+	struct sigaction	 old_prof;	/* ... and the SIGPROF action it replaced */
 };
 
 /* A one-shot libevent timer running a Lua function on the main state. */
@@ -205,6 +211,63 @@ platform_now(lua_State *L)
 	gettimeofday(&tv, NULL);
 	lua_pushnumber(L, (lua_Number)tv.tv_sec + (lua_Number)tv.tv_usec / 1e6);
 	return 1;
+}
+
+/* ---- the handler watchdog ------------------------------------------------ */
+
+static void
+watchdog_signal(int sig)
+{
+	int saved = errno;
+
+	(void)sig;
+	lcore_watchdog_tick();
+	errno = saved;
+}
+
+/*
+ * Arms the watchdog of a serving process: ITIMER_PROF (process CPU time,
+ * not inherited by fork, so each worker arms its own), SA_RESTART so that
+ * the tick does not fail a system call.  Failing to arm is logged: handlers
+ * then run unbounded, so it is an error line, but serving goes on.
+ */
+static void
+watchdog_start(struct policy *p)
+{
+	struct sigaction	 sa;
+	struct itimerval	 it;
+
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = watchdog_signal;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGPROF, &sa, &p->old_prof) == -1) {
+		log_error(0, "cannot arm the handler watchdog: sigaction: %s", strerror(errno));
+		return;
+	}
+	it.it_interval.tv_sec = it.it_value.tv_sec = 0;
+	it.it_interval.tv_usec = it.it_value.tv_usec = WATCHDOG_TICK_US;
+	if (setitimer(ITIMER_PROF, &it, NULL) == -1) {
+		log_error(0, "cannot arm the handler watchdog: setitimer: %s", strerror(errno));
+		sigaction(SIGPROF, &p->old_prof, NULL);
+		return;
+	}
+	lcore_watchdog_enable(1);
+	p->watchdog = 1;
+}
+
+static void
+watchdog_stop(struct policy *p)
+{
+	struct itimerval it;
+
+	if (!p->watchdog)
+		return;
+	memset(&it, 0, sizeof(it));
+	setitimer(ITIMER_PROF, &it, NULL);
+	lcore_watchdog_enable(0);
+	sigaction(SIGPROF, &p->old_prof, NULL);
+	p->watchdog = 0;
 }
 
 /* ---- the module search path ---------------------------------------------- */
@@ -472,6 +535,8 @@ policy_load(const char *script, struct event_base *base, char *err,
 		return NULL;
 	}
 	lua_settop(L, 0);
+	if (base != NULL)	/* serving, not checking (--check, a reload's test) */
+		watchdog_start(p);
 	return p;
 }
 
@@ -480,6 +545,7 @@ policy_destroy(struct policy *p)
 {
 	if (p == NULL)
 		return;
+	watchdog_stop(p);
 	if (p->L != NULL)
 		lua_close(p->L);	/* frees the timers, before the event base goes */
 	tls_ctx_destroy(p->tls);	/* live connections keep their reference */

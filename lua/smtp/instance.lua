@@ -163,7 +163,9 @@ function M.new(platform)
   -- that follows, so a handler that returns costs no coroutine, closure or
   -- table allocation.  A coroutine that failed, or that is still waiting
   -- when its task is dropped, never goes back to the pool.  The instruction
-  -- budget is a count hook set on every resume (one shared hook function).
+  -- budget is smtp_core.run's: a count hook from the first instruction of a
+  -- resume (the harness), or one that luasmtpd's CPU-time watchdog installs
+  -- on a resume still running at its second tick (lua_core.c).
 
   local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
   local sethook, traceback = debug.sethook, debug.traceback
