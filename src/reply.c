@@ -3,7 +3,6 @@
  * formats it for the wire.  Never writes to a client itself (session.c does).
  */
 #include <ctype.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "reply.h"
@@ -74,21 +73,33 @@ reply_format(char *buf, size_t size, int code, const char *enhanced,
     const char *text)
 {
 	const char	*line = text, *nl;
-	size_t		 len = 0;
-	int		 n;
+	size_t		 elen = enhanced != NULL ? strlen(enhanced) : 0;
+	size_t		 len = 0, n;
 
+	if (code < 100 || code > 999)
+		return 0;
+	/* by hand, not snprintf: this runs for every reply */
 	do {
 		nl = strchr(line, '\n');
-		n = snprintf(buf + len, size - len, "%03d%c%s%s%.*s\r\n", code,
-		    nl != NULL ? '-' : ' ',
-		    enhanced != NULL && enhanced[0] != '\0' ? enhanced : "",
-		    enhanced != NULL && enhanced[0] != '\0' ? " " : "",
-		    nl != NULL ? (int)(nl - line) : (int)strlen(line), line);
-		if (n < 0 || (size_t)n >= size - len)
+		n = nl != NULL ? (size_t)(nl - line) : strlen(line);
+		if (len + 4 + elen + 1 + n + 2 >= size)
 			return 0;
-		len += (size_t)n;
+		buf[len++] = (char)('0' + code / 100);
+		buf[len++] = (char)('0' + code / 10 % 10);
+		buf[len++] = (char)('0' + code % 10);
+		buf[len++] = nl != NULL ? '-' : ' ';
+		if (elen > 0) {
+			memcpy(buf + len, enhanced, elen);
+			len += elen;
+			buf[len++] = ' ';
+		}
+		memcpy(buf + len, line, n);
+		len += n;
+		buf[len++] = '\r';
+		buf[len++] = '\n';
 		if (nl != NULL)
 			line = nl + 1;
 	} while (nl != NULL);
+	buf[len] = '\0';
 	return len;
 }
