@@ -520,9 +520,11 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 	if (enhanced[0] == '\0') {
 		const char *def = accept ? d->ok_enhanced : d->no_enhanced;
 
-		if (def != NULL)
-			snprintf(enhanced, sizeof(enhanced), "%d%s", code / 100,
-			    def + 1);
+		if (def != NULL) {
+			/* the default's subject and detail, in the reply's class */
+			snprintf(enhanced, sizeof(enhanced), "%s", def);
+			enhanced[0] = (char)('0' + code / 100);
+		}
 	}
 	/* RSET and QUIT cannot be refused: only their text is the policy's */
 	if ((ev == SEV_RSET || ev == SEV_QUIT) && !accept) {
@@ -1222,35 +1224,53 @@ line_done(struct session *s)
 /*
  * Assembles command lines: only CRLF ends one; a bare CR, bare LF or NUL
  * poisons the line (500) and an over-long one is discarded up to its CRLF.
+ * Works on runs between LFs (memchr), not octet by octet.
  */
 static size_t
 command_feed(struct session *s, const char *buf, size_t len)
 {
+	size_t	cap = s->cfg->max_line - 2;	/* room for CRLF within max_line */
 	size_t	i = 0;
 
 	while (i < len && s->pending == NO_EVENT && s->state != S_CLOSED &&
 	    s->state != S_DATA && s->state != S_TLS) {
-		char c = buf[i++];
+		const char	*lf;
+		size_t		 end, n;
+		bool		 complete = false;
 
-		if (s->line_cr) {
+		if (s->line_cr) {		/* the previous run ended in CR */
 			s->line_cr = false;
-			if (c == '\n') {
+			if (buf[i] == '\n') {
+				i++;
 				line_done(s);
 				continue;
 			}
+			s->line_bad = true;	/* bare CR */
+		}
+		lf = memchr(buf + i, '\n', len - i);
+		end = lf != NULL ? (size_t)(lf - buf) : len;
+		n = end - i;
+		if (n > 0 && buf[end - 1] == '\r') {
+			n--;			/* CRLF, or a CR that may be one */
+			if (lf != NULL)
+				complete = true;
+			else
+				s->line_cr = true;
+		} else if (lf != NULL) {
+			n++;			/* a bare LF is text, and poison */
 			s->line_bad = true;
 		}
-		if (c == '\r') {
-			s->line_cr = true;
-			continue;
-		}
-		if (c == '\n' || c == '\0')
+		if (memchr(buf + i, '\r', n) != NULL || memchr(buf + i, '\0', n) != NULL)
 			s->line_bad = true;
-		/* room for CRLF within max_line, and the NUL we write */
-		if (s->line_len + 2 >= s->cfg->max_line)
+		if (n > cap - s->line_len) {
 			s->line_too_long = true;
-		else
-			s->line[s->line_len++] = c;
+			n = cap - s->line_len;
+		}
+		memcpy(s->line + s->line_len, buf + i, n);
+		s->line_len += n;
+		i = lf != NULL ? end + 1 : len;
+		if (complete)
+			line_done(s);
 	}
 	return i;
 }
