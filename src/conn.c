@@ -53,6 +53,8 @@ struct conn {
 	struct bufferevent	*bev;
 	struct session		*s;
 	struct event		*timer;		/* io->timer */
+	struct timeval		 deadline;	/* when the engine's timeout is due */
+	struct timeval		 expiry;	/* when c->timer fires (never later) */
 	struct event		*deferred;	/* wake or close outside a feed */
 	uint64_t		 id;		/* session_id(), kept for the last log line */
 	struct session_peer	 peer;
@@ -263,11 +265,17 @@ conn_io_wake(void *arg)
 	event_active(c->deferred, 0, 0);
 }
 
+/*
+ * The engine re-arms its timer after every command; moving a libevent timer
+ * costs a heap operation each time.  So the timer stays where it is when it
+ * would fire no later than the new deadline, and conn_timer_cb re-arms it for
+ * the rest when it fires early.
+ */
 static void
 conn_io_timer(void *arg, unsigned ms)
 {
 	struct conn	*c = arg;
-	struct timeval	 tv;
+	struct timeval	 now, tv;
 
 	if (c->freeing || c->timer == NULL)
 		return;
@@ -277,6 +285,11 @@ conn_io_timer(void *arg, unsigned ms)
 	}
 	tv.tv_sec = ms / 1000;
 	tv.tv_usec = (ms % 1000) * 1000;
+	event_base_gettimeofday_cached(event_get_base(c->timer), &now);
+	timeradd(&now, &tv, &c->deadline);
+	if (evtimer_pending(c->timer, NULL) && !timercmp(&c->expiry, &c->deadline, >))
+		return;
+	c->expiry = c->deadline;
 	evtimer_add(c->timer, &tv);
 }
 
@@ -390,10 +403,18 @@ static void
 conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn	*c = arg;
+	struct timeval	 now, left;
 
 	(void)fd, (void)what;
 	if (c->s == NULL)
 		return;
+	event_base_gettimeofday_cached(event_get_base(c->timer), &now);
+	if (timercmp(&now, &c->deadline, <)) {
+		timersub(&c->deadline, &now, &left);	/* early: the deadline moved */
+		c->expiry = c->deadline;
+		evtimer_add(c->timer, &left);
+		return;
+	}
 	c->hint = "timeout";
 	session_timeout(c->s);
 	c->hint = NULL;
