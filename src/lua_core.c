@@ -2,8 +2,9 @@
  * lua_core.c -- the smtp_core Lua module: engine hooks bridged into Lua.
  *
  * Owns the bridge (a policy's session_hooks: every engine call into Lua goes
- * through one dispatch function, and an event without a Lua listener never
- * enters Lua), the weak session handles Lua holds (a handle outlives its
+ * through one dispatch function, an event without a Lua listener never
+ * enters Lua, and outcomes wait for the next call into Lua), the weak
+ * session handles Lua holds (a handle outlives its
  * session; then decide is a no-op and other methods raise), the harness
  * transport (sessions whose io is an in-memory buffer, for busted), log
  * capture, and the conversion of server options into a session_config.
@@ -32,8 +33,23 @@
 #define OUT_MAX		(16u << 20)	/* harness: reply bytes held for Lua */
 #define CAPTURE_MAX	10000		/* harness: captured log lines held */
 #define EVBIT(ev)	(1u << (ev))
+#define ARG_MAX		512		/* an ask's argument kept for its outcome */
+#define PENDING_MAX	16		/* outcomes waiting for the next call into Lua */
 
 _Static_assert(LUA_EXTRASPACE >= sizeof(int), "the budget lives in LUA_EXTRASPACE");
+
+/*
+ * An outcome Lua has not been told yet.  Outcomes are not a call into Lua of
+ * their own: they wait here and go with the next call (any hook, a timer,
+ * the end of a call from Lua into the engine), applied before anything else
+ * runs, so Lua never sees a state the engine has moved past.
+ */
+struct pending {
+	struct session		*s;
+	enum session_event	 ev;
+	int			 code;
+	char			 arg[ARG_MAX];
+};
 
 struct lbridge {
 	lua_State	*L;		/* the thread hooks run Lua on */
@@ -43,6 +59,8 @@ struct lbridge {
 	int		 watch_connect;	/* the server has 'connection' listeners */
 	struct lsession	*creating;	/* harness: the handle session_create binds */
 	char		 text[TEXT_MAX];
+	unsigned	 npending;
+	struct pending	 pending[PENDING_MAX];
 };
 
 struct lsession {
@@ -53,7 +71,7 @@ struct lsession {
 	int		 attached;	/* Lua made a connection object for it */
 	int		 owned;		/* harness: this handle destroys the session */
 	int		 finalizing;
-	char		 arg[512];	/* the last ask's argument, for outcome */
+	char		 arg[ARG_MAX];	/* the last ask's argument, for outcome */
 	/* harness transport */
 	struct session_config cfg;
 	char		 hostname[256];
@@ -148,14 +166,17 @@ map_clear(struct lbridge *b, lua_State *L, struct session *s)
 /* ---- calling Lua from the hooks ----------------------------------------- */
 
 /*
- * One call of dispatch(kind, handle, ...) from a hook.  Everything that may
- * allocate (and so raise) runs inside lua_pcall: a hook is called from C
- * with no Lua frame to catch an error, and an unprotected error would abort.
+ * One call of dispatch(kind, handle, npending, <pending>, ...) from a hook:
+ * <pending> is npending times (handle | false, event, code, argument), the
+ * outcomes to apply first.  Everything that may allocate (and so raise)
+ * runs inside lua_pcall: a hook is called from C with no Lua frame to catch
+ * an error, and an unprotected error would abort.  HK_FLUSH carries only
+ * the pending outcomes (handle false).
  */
-enum hkind { HK_ASK, HK_CANCEL, HK_OUTCOME, HK_DATA, HK_ABORT, HK_CLOSED, HK_BIND };
+enum hkind { HK_ASK, HK_CANCEL, HK_FLUSH, HK_DATA, HK_ABORT, HK_CLOSED, HK_BIND };
 
 static const char *const hkind_names[] = {
-	"ask", "cancel", "outcome", "data", "abort", "closed", "bind",
+	"ask", "cancel", "flush", "data", "abort", "closed", "bind",
 };
 
 struct hcall {
@@ -276,6 +297,25 @@ bind_handle(lua_State *L, struct lbridge *b, struct session *s)
 	map_set(b, L, s, -1);
 }
 
+/* Pushes npending and the pending outcomes, and forgets them. */
+static void
+push_pending(lua_State *L, struct lbridge *b)
+{
+	unsigned n = b->npending;
+
+	b->npending = 0;
+	lua_pushinteger(L, n);
+	for (unsigned i = 0; i < n; i++) {
+		struct pending *p = &b->pending[i];
+
+		if (push_handle(b, L, p->s) == NULL)
+			lua_pushboolean(L, 0);
+		lua_pushstring(L, session_event_name(p->ev));
+		lua_pushinteger(L, p->code);
+		lua_pushstring(L, p->arg);
+	}
+}
+
 /* The protected body of a hook: hcall_run(lightuserdata hcall) */
 static int
 hcall_run(lua_State *L)
@@ -285,12 +325,22 @@ hcall_run(lua_State *L)
 	int		 n;
 
 	lua_settop(L, 0);
+	luaL_checkstack(L, 16 + 4 * PENDING_MAX, "pending outcomes");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
 	lua_pushstring(L, hkind_names[c->kind]);
-	if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
+	if (c->kind == HK_FLUSH)
+		lua_pushboolean(L, 0);
+	else if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
 		bind_handle(L, b, c->s);
-	else if (push_handle(b, L, c->s) == NULL)
-		return 0;
+	else if (push_handle(b, L, c->s) == NULL) {
+		if (b->npending == 0)
+			return 0;
+		c->kind = HK_FLUSH;	/* the session is gone: only the outcomes */
+		lua_settop(L, 1);
+		lua_pushstring(L, hkind_names[HK_FLUSH]);
+		lua_pushboolean(L, 0);
+	}
+	push_pending(L, b);
 	switch (c->kind) {
 	case HK_ASK:
 		lua_pushstring(L, session_event_name(c->ev));
@@ -299,14 +349,6 @@ hcall_run(lua_State *L)
 	case HK_CANCEL:
 		lua_pushstring(L, session_event_name(c->ev));
 		break;
-	case HK_OUTCOME: {
-		struct lsession *ls = lua_touserdata(L, 3);
-
-		lua_pushstring(L, session_event_name(c->ev));
-		lua_pushinteger(L, c->code);
-		lua_pushstring(L, ls->arg);
-		break;
-	}
 	case HK_DATA:
 		lua_pushlstring(L, c->buf, c->len);	/* the one copy of the data */
 		break;
@@ -348,16 +390,19 @@ hcall(struct hcall *c)
 {
 	lua_State	*L = c->b->L;
 	int		 top = lua_gettop(L);
+	uint64_t	 id = c->s != NULL ? session_id(c->s) : 0;
 
 	if (!lua_checkstack(L, 8)) {
-		log_warn(session_id(c->s), "lua: %s: out of stack", hkind_names[c->kind]);
+		log_warn(id, "lua: %s: out of stack", hkind_names[c->kind]);
+		c->b->npending = 0;
 		return -1;
 	}
 	lua_pushcfunction(L, traceback);
 	lua_pushcfunction(L, hcall_run);
 	lua_pushlightuserdata(L, c);
 	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
-		log_warn(session_id(c->s), "lua: %s failed: %s", hkind_names[c->kind],
+		c->b->npending = 0;	/* lost with the call: the log says so */
+		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);
 		return -1;
@@ -477,13 +522,33 @@ outcome_needs_lua(enum session_event ev, int code)
 	}
 }
 
+/* Applies the pending outcomes now (one call into Lua), if there are any. */
+static void
+flush_pending(struct lbridge *b)
+{
+	struct hcall c = { .b = b, .kind = HK_FLUSH };
+
+	if (b->npending > 0)
+		hcall(&c);
+}
+
+/* An outcome waits for the next call into Lua (or a full queue). */
 static void
 hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 {
-	struct hcall c = { .b = ctx, .s = s, .kind = HK_OUTCOME, .ev = ev, .code = code };
+	struct lbridge	*b = ctx;
+	struct lsession	*ls;
+	struct pending	*p;
 
-	if (outcome_needs_lua(ev, code) && find_attached(ctx, s) != NULL)
-		hcall(&c);
+	if (!outcome_needs_lua(ev, code) || (ls = find_attached(b, s)) == NULL)
+		return;
+	if (b->npending == PENDING_MAX)
+		flush_pending(b);
+	p = &b->pending[b->npending++];
+	p->s = s;
+	p->ev = ev;
+	p->code = code;
+	copy_bounded(p->arg, sizeof(p->arg), ls->arg, strlen(ls->arg));
 }
 
 static void
@@ -507,6 +572,21 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 		hcall(&c);
 }
 
+/* Drops the outcomes of s that Lua was not told (its handle is dying). */
+static void
+forget_pending(struct lbridge *b, struct session *s)
+{
+	unsigned j = 0;
+
+	for (unsigned i = 0; i < b->npending; i++)
+		if (b->pending[i].s != s) {
+			if (i != j)
+				b->pending[j] = b->pending[i];
+			j++;
+		}
+	b->npending = j;
+}
+
 /* Forgets s in the map (protected: it may allocate nothing, but be safe). */
 static int
 hcall_forget(lua_State *L)
@@ -525,11 +605,14 @@ hook_closed(void *ctx, struct session *s)
 	struct lsession	*ls;
 	int		 top;
 
-	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL)
+	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL) {
+		forget_pending(b, s);
 		return;
+	}
 	lua_pop(b->L, 1);
 	if (ls->attached && !ls->finalizing)
-		hcall(&c);
+		hcall(&c);		/* its pending outcomes go first */
+	forget_pending(b, s);
 	ls->s = NULL;			/* the handle goes weak */
 	top = lua_gettop(b->L);
 	lua_pushcfunction(b->L, traceback);
@@ -548,14 +631,23 @@ const struct session_hooks lcore_hooks = {
 	.closed = hook_closed,
 };
 
-/* Every call from Lua into the engine runs hooks on the calling thread. */
+/*
+ * Every call from Lua into the engine runs hooks on the calling thread, and
+ * tells Lua its outcomes before it returns (a decide's, a feed's).
+ */
 #define ENTER(b, L)	lua_State *saved_L_ = (b)->L; (b)->L = (L)
-#define LEAVE(b)	((b)->L = saved_L_)
+#define LEAVE(b)	(flush_pending(b), (b)->L = saved_L_)
 
 void
 lcore_bridge_set_main(struct lbridge *b, lua_State *L)
 {
 	b->L = b->main = L;
+}
+
+void
+lcore_bridge_flush(struct lbridge *b)
+{
+	flush_pending(b);
 }
 
 /* ---- the bridge ---------------------------------------------------------- */

@@ -36,6 +36,13 @@ extern const struct session_hooks lcore_hooks;
 void		 lcore_bridge_set_main(struct lbridge *b, lua_State *L);
 
 /*
+ * Outcomes (a 250 to MAIL, RCPT, the end of data, ...) enter Lua with the
+ * next hook call, not on their own.  Whoever runs Lua outside a hook (the
+ * server's timers) calls this first, so Lua sees every outcome so far.
+ */
+void		 lcore_bridge_flush(struct lbridge *b);
+
+/*
  * Reads a normalized config table (snake_case engine names, as built by
  * server:_config() in lua/smtp/instance.lua) at idx into cfg over its
  * current values.  The hostname is copied into host.  Raises on a bad field.

@@ -59,6 +59,7 @@ struct policy {
 /* A one-shot libevent timer running a Lua function on the main state. */
 struct ptimer {
 	struct event	*ev;
+	struct policy	*p;		/* its bridge's pending outcomes go first */
 	lua_State	*L;
 	int		 fn_ref;
 	int		 self_ref;	/* anchors the userdata while armed */
@@ -142,6 +143,8 @@ ptimer_fire(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (t->p->bridge != NULL)
+		lcore_bridge_flush(t->p->bridge);
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
 	/* keep the userdata alive through the call, then let it go */
@@ -172,11 +175,12 @@ ptimer_gc(lua_State *L)
 	return 0;
 }
 
-/* platform.timer(seconds, fn) -> handle */
+/* platform.timer(seconds, fn) -> handle (upvalue: the policy) */
 static int
 platform_timer(lua_State *L)
 {
-	struct event_base	*base = lua_touserdata(L, lua_upvalueindex(1));
+	struct policy		*p = lua_touserdata(L, lua_upvalueindex(1));
+	struct event_base	*base = p->base;
 	lua_Number		 secs = luaL_checknumber(L, 1);
 	struct ptimer		*t;
 	struct timeval		 tv;
@@ -186,6 +190,7 @@ platform_timer(lua_State *L)
 	t = lua_newuserdatauv(L, sizeof(*t), 0);
 	memset(t, 0, sizeof(*t));
 	t->fn_ref = t->self_ref = LUA_NOREF;
+	t->p = p;
 	luaL_setmetatable(L, POLICY_TIMER_MT);
 	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
 	t->L = lua_tothread(L, -1);
@@ -474,7 +479,7 @@ load_protected(lua_State *L)
 	lua_pushcfunction(L, platform_now);
 	lua_setfield(L, -2, "now");
 	if (p->base != NULL) {
-		lua_pushlightuserdata(L, p->base);
+		lua_pushlightuserdata(L, p);
 		lua_pushcclosure(L, platform_timer, 1);
 		lua_setfield(L, -2, "timer");
 	}

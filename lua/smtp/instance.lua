@@ -681,8 +681,20 @@ function M.new(platform)
     emit_detached(conn, "close", conn:take("close"), conn)
   end
 
-  local function dispatch(kind, handle, ...)
-    return kinds[kind](handle, ...)
+  function kinds.flush() end
+
+  -- Outcomes are no call of their own: the bridge sends the ones pending
+  -- (handle, name, code, arg each) ahead of the next call's own arguments.
+  local outcome = kinds.outcome
+  local function apply(n, handle, name, code, arg, ...)
+    if handle then outcome(handle, name, code, arg) end
+    if n == 1 then return ... end
+    return apply(n - 1, ...)
+  end
+
+  local function dispatch(kind, handle, npending, ...)
+    if npending == 0 then return kinds[kind](handle, ...) end
+    return kinds[kind](handle, apply(npending, ...))
   end
 
   -- ---- Server --------------------------------------------------------------
