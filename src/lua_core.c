@@ -214,23 +214,34 @@ traceback(lua_State *L)
 	return 1;
 }
 
+/*
+ * An ask's arguments: a table of the fields the event has; the end of data
+ * passes its size alone, and DATA, RSET and QUIT (no fields) pass nil.
+ */
 static void
 push_args(lua_State *L, enum session_event ev, const struct session_event_args *a)
 {
 	char key[64];
 
-	/* sized for what follows: a DATA ask's table has no field at all */
+	if (ev == SEV_DATA || ev == SEV_RSET || ev == SEV_QUIT) {
+		lua_pushnil(L);
+		return;
+	}
+	if (ev == SEV_DATA_END) {
+		if (a != NULL)
+			lua_pushinteger(L, (lua_Integer)a->size);
+		else
+			lua_pushnil(L);
+		return;
+	}
+	/* sized for what follows */
 	lua_createtable(L, 0, a == NULL ? 0 : a->path != NULL ? 6 : ev == SEV_AUTH ? 4 :
-	    a->arg != NULL || ev == SEV_DATA_END ? 1 : 0);
+	    a->arg != NULL ? 1 : 0);
 	if (a == NULL)
 		return;
 	if (a->arg != NULL) {
 		lua_pushstring(L, a->arg);
 		lua_setfield(L, -2, "arg");
-	}
-	if (ev == SEV_DATA_END) {
-		lua_pushinteger(L, (lua_Integer)a->size);
-		lua_setfield(L, -2, "size");
 	}
 	if (ev == SEV_AUTH && a->auth != NULL) {
 		lua_pushstring(L, a->auth->method ? a->auth->method : "");

@@ -9,6 +9,7 @@
 -- is a fresh instance: the harness loads every policy into its own.
 
 local Emitter = require "smtp.emitter"
+local take = Emitter.take	-- called directly on the hot path (no __index)
 
 local M = {}
 
@@ -152,9 +153,8 @@ function M.new(platform)
     return co and tasks[co]
   end
 
-  local function budget()
-    return server and server._opts.handlerBudget or DEFAULT_BUDGET
-  end
+  local handler_budget = DEFAULT_BUDGET	-- server.handlerBudget, kept by ServerMeta
+  local function budget() return handler_budget end
 
   -- ---- tasks: every handler runs in a coroutine of its own ------------------
   --
@@ -218,7 +218,7 @@ function M.new(platform)
 
   local function resume(task, ...)
     local co = task.co
-    local ok, r = run(co, budget(), ...)
+    local ok, r = run(co, handler_budget, ...)
     if ok then
       if r ~= DONE then return nil end	-- waiting: the budget restarts at the next resume
       task.dead = true
@@ -327,6 +327,9 @@ function M.new(platform)
   -- The verdict of an ask whose listeners all ran: true, accept, code, text
   -- (false when finish says WAIT: a decide follows).
   local function conclude(conn, a, name, obj, finish)
+    if not a and not finish and obj.code == nil and obj.message == nil then
+      return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
+    end
     local ok, accept, code, text = pcall(finish or verdict_of, obj)
     if not ok then
       log("warn", conn.id, "handler %s failed: %s", name:lower(), accept)
@@ -437,7 +440,7 @@ function M.new(platform)
     local conn = m.connection
     if conn.currentMessage == m then conn.currentMessage = nil end
     local name = accepted and "accept" or "reject"
-    emit_detached(conn, name, m:take(name), m, code or reason)
+    emit_detached(conn, name, take(m, name), m, code or reason)
   end
 
   -- ---- Connection ----------------------------------------------------------
@@ -521,17 +524,17 @@ function M.new(platform)
   local function helo(ext)
     return function(conn, args)
       local name = ext and "EHLO" or "HELO"
-      return ask(conn, name, { name = args.arg, extended = ext, valid = true }, conn:take(name))
+      return ask(conn, name, { name = args.arg, extended = ext, valid = true }, take(conn, name))
     end
   end
   asks.HELO, asks.EHLO = helo(false), helo(true)
 
   function asks.MAIL(conn, args)
-    return ask(conn, "MAIL", address_object(args), conn:take("MAIL"))
+    return ask(conn, "MAIL", address_object(args), take(conn, "MAIL"))
   end
 
   function asks.RCPT(conn, args)
-    return ask(conn, "RCPT", address_object(args), conn:take("RCPT"))
+    return ask(conn, "RCPT", address_object(args), take(conn, "RCPT"))
   end
 
   -- a reject() during the DATA handlers refuses the DATA command itself
@@ -555,26 +558,26 @@ function M.new(platform)
   function asks.DATA(conn)
     local m = new_message(conn)
     conn.currentMessage = m
-    return ask(conn, "DATA", m, conn:take("DATA"), data_verdict)
+    return ask(conn, "DATA", m, take(conn, "DATA"), data_verdict)
   end
 
-  function asks.DATA_END(conn, args)
+  function asks.DATA_END(conn, size)	-- the engine passes the size alone
     local m = conn.currentMessage
     if not m then return true, true, 0, nil end
-    m.size = args.size or m.size
-    return ask(conn, "DATA_END", m, m:take("end"), data_end_verdict)
+    m.size = size or m.size
+    return ask(conn, "DATA_END", m, take(m, "end"), data_end_verdict)
   end
 
   local function simple(name)
     return function(conn)
-      return ask(conn, name, { valid = true }, conn:take(name))
+      return ask(conn, name, { valid = true }, take(conn, name))
     end
   end
   asks.RSET, asks.QUIT = simple("RSET"), simple("QUIT")
 
   local function argument(name)
     return function(conn, args)
-      return ask(conn, name, { argument = args.arg, valid = true }, conn:take(name))
+      return ask(conn, name, { argument = args.arg, valid = true }, take(conn, name))
     end
   end
   asks.VRFY, asks.EXPN = argument("VRFY"), argument("EXPN")
@@ -583,7 +586,7 @@ function M.new(platform)
   function asks.AUTH(conn, args)
     local creds = { method = args.method, username = args.username, password = args.password,
       authzid = args.authzid, valid = false }
-    return ask(conn, "AUTH", creds, conn:take("AUTH"))
+    return ask(conn, "AUTH", creds, take(conn, "AUTH"))
   end
 
   local function cancel_ask(conn)
@@ -646,7 +649,7 @@ function M.new(platform)
     local m = conn and conn.currentMessage
     if not m then return end
     m.size = m.size + #chunk
-    local fns = m:take("data")
+    local fns = take(m, "data")
     for i = 1, #fns do
       local ok, err, task = spawn(conn, fns[i], nil, chunk)
       if ok == false then
@@ -678,7 +681,7 @@ function M.new(platform)
     cancel_ask(conn)
     conns[handle] = nil
     rawset(conn, "closed", true)
-    emit_detached(conn, "close", conn:take("close"), conn)
+    emit_detached(conn, "close", take(conn, "close"), conn)
   end
 
   function kinds.flush() end
@@ -720,6 +723,7 @@ function M.new(platform)
         end
       end
       rawget(s, "_opts")[k] = v
+      if k == "handlerBudget" then handler_budget = v or DEFAULT_BUDGET end
     end,
   }
 
