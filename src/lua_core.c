@@ -60,6 +60,7 @@ struct lbridge {
 	struct lsession	*creating;	/* harness: the handle session_create binds */
 	char		 text[TEXT_MAX];
 	unsigned	 npending;
+	unsigned	 entered;	/* calls from Lua into the engine in progress */
 	struct pending	 pending[PENDING_MAX];
 };
 
@@ -560,6 +561,12 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 	p->ev = ev;
 	p->code = code;
 	copy_bounded(p->arg, sizeof(p->arg), ls->arg, strlen(ls->arg));
+	/*
+	 * The end of a message fires its 'accept' or 'reject' listeners: now,
+	 * not at the next call into Lua (a call from Lua flushes as it leaves).
+	 */
+	if ((ev == SEV_DATA_END || ev == SEV_DATA) && b->entered == 0)
+		flush_pending(b);
 }
 
 static void
@@ -646,8 +653,8 @@ const struct session_hooks lcore_hooks = {
  * Every call from Lua into the engine runs hooks on the calling thread, and
  * tells Lua its outcomes before it returns (a decide's, a feed's).
  */
-#define ENTER(b, L)	lua_State *saved_L_ = (b)->L; (b)->L = (L)
-#define LEAVE(b)	(flush_pending(b), (b)->L = saved_L_)
+#define ENTER(b, L)	lua_State *saved_L_ = (b)->L; (b)->L = (L); (b)->entered++
+#define LEAVE(b)	((b)->entered--, flush_pending(b), (b)->L = saved_L_)
 
 void
 lcore_bridge_set_main(struct lbridge *b, lua_State *L)
