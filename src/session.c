@@ -1000,10 +1000,14 @@ auth_ask(struct session *s, const char *method, const char *username,
 {
 	struct session_auth auth = { method, username, password, authzid };
 
-	free(s->sasl_user);
-	if ((s->sasl_user = strdup(username)) == NULL) {
-		reply(s, 454, "4.7.0", "Temporary authentication failure");
-		return;
+	/* the username outlives the ask: the verdict may come later */
+	if (username != s->sasl_user) {
+		free(s->sasl_user);
+		if ((s->sasl_user = strdup(username)) == NULL) {
+			reply(s, 454, "4.7.0", "Temporary authentication failure");
+			return;
+		}
+		auth.username = s->sasl_user;
 	}
 	ask(s, SEV_AUTH, &(struct session_event_args){ .auth = &auth });
 }
@@ -1112,13 +1116,7 @@ sasl_response(struct session *s, char *line, size_t len)
 	case SASL_LOGIN_PASS:
 		if (sasl_decode(s, line, field, sizeof(field)) < 0)
 			break;
-		{
-			char user[SASL_FIELD_MAX];
-
-			snprintf(user, sizeof(user), "%s", s->sasl_user);
-			auth_ask(s, "LOGIN", user, field, "");
-			explicit_bzero(user, sizeof(user));
-		}
+		auth_ask(s, "LOGIN", s->sasl_user, field, "");
 		break;
 	case SASL_NONE:
 		break;
