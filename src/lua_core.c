@@ -1466,6 +1466,47 @@ wd_bump(void)
 }
 
 /*
+ * Resumes co (its function and n arguments, or n values for a yield, on its
+ * stack) under budget: the watchdog's, or a count hook from its first
+ * instruction.  lua_resume's status; *nres results are on co's stack.
+ */
+static int
+co_resume(lua_State *L, lua_State *co, int budget, int n, int *nres)
+{
+	int st;
+
+	memcpy(lua_getextraspace(co), &budget, sizeof(budget));
+	if (wd_on) {
+		/* runs nest (a handler's decide runs other handlers): keep the outer */
+		lua_State	*outer = wd_co;
+		int		 outer_budget = wd_budget;
+
+		wd_budget = budget;
+		wd_co = co;
+		wd_bump();
+		st = lua_resume(co, L, n, nres);
+		wd_co = outer;
+		wd_budget = outer_budget;
+		wd_bump();
+		if (lua_gethook(co) != NULL)	/* the watchdog hooked this run */
+			lua_sethook(co, NULL, 0, 0);
+	} else {
+		lua_sethook(co, budget_hook, LUA_MASKCOUNT, budget);
+		st = lua_resume(co, L, n, nres);
+	}
+	return st;
+}
+
+static int
+check_budget(lua_State *L, int idx)
+{
+	lua_Integer b = luaL_checkinteger(L, idx);
+
+	luaL_argcheck(L, b >= 1, idx, "budget must be positive");
+	return b > INT_MAX ? INT_MAX : (int)b;
+}
+
+/*
  * smtp_core.run(co, budget, ...) -> true, ... | false, err
  * coroutine.resume(co, ...) under a budget of instructions, counted from
  * this resume: from its first instruction without the watchdog, from the
@@ -1475,13 +1516,11 @@ static int
 lcore_run(lua_State *L)
 {
 	lua_State	*co = lua_tothread(L, 1);
-	lua_Integer	 b = luaL_checkinteger(L, 2);
-	int		 n = lua_gettop(L) - 2, nres, st, budget;
+	int		 budget = check_budget(L, 2);
+	int		 n = lua_gettop(L) - 2, nres, st;
 	lua_Debug	 ar;
 
 	luaL_argexpected(L, co != NULL, 1, "coroutine");
-	luaL_argcheck(L, b >= 1, 2, "budget must be positive");
-	budget = b > INT_MAX ? INT_MAX : (int)b;
 	st = lua_status(co);
 	if (st == LUA_OK && lua_gettop(co) == 0) {
 		lua_pushboolean(L, 0);
@@ -1499,26 +1538,8 @@ lcore_run(lua_State *L)
 		lua_pushliteral(L, "too many arguments to resume");
 		return 2;
 	}
-	memcpy(lua_getextraspace(co), &budget, sizeof(budget));
 	lua_xmove(L, co, n);
-	if (wd_on) {
-		/* runs nest (a handler's decide runs other handlers): keep the outer */
-		lua_State	*outer = wd_co;
-		int		 outer_budget = wd_budget;
-
-		wd_budget = budget;
-		wd_co = co;
-		wd_bump();
-		st = lua_resume(co, L, n, &nres);
-		wd_co = outer;
-		wd_budget = outer_budget;
-		wd_bump();
-		if (lua_gethook(co) != NULL)	/* the watchdog hooked this run */
-			lua_sethook(co, NULL, 0, 0);
-	} else {
-		lua_sethook(co, budget_hook, LUA_MASKCOUNT, budget);
-		st = lua_resume(co, L, n, &nres);
-	}
+	st = co_resume(L, co, budget, n, &nres);
 	if (st == LUA_OK || st == LUA_YIELD) {
 		if (!lua_checkstack(L, nres + 1)) {
 			lua_pop(co, nres);
@@ -1535,6 +1556,66 @@ lcore_run(lua_State *L)
 	return 2;
 }
 
+/*
+ * smtp_core.call(co, budget, fn, ...) -> true | nil | false, err
+ * One handler run on a pooled coroutine, without a trampoline: an idle co
+ * (new, or its last function returned) starts fn(...); a co waiting in a
+ * yield is resumed with ... instead (fn is ignored).  true: fn returned
+ * (its results are dropped and co is idle again, ready for the next call);
+ * nil: it waits (yielded); false, err: it failed (co is dead for good).
+ * The budget is run's.
+ */
+static int
+lcore_call(lua_State *L)
+{
+	lua_State	*co = lua_tothread(L, 1);
+	int		 budget = check_budget(L, 2);
+	int		 n = lua_gettop(L) - 3, nres, st;
+	lua_Debug	 ar;
+
+	luaL_argexpected(L, co != NULL, 1, "coroutine");
+	st = lua_status(co);
+	if (co == L || (st != LUA_OK && st != LUA_YIELD) ||
+	    (st == LUA_OK && (lua_gettop(co) != 0 || lua_getstack(co, 0, &ar) > 0))) {
+		lua_pushboolean(L, 0);
+		lua_pushliteral(L, "cannot call on a busy coroutine");
+		return 2;
+	}
+	if (st == LUA_OK)
+		luaL_checktype(L, 3, LUA_TFUNCTION);
+	else if (lua_gettop(L) >= 3)
+		lua_remove(L, 3);	/* a wait resumed: its values only */
+	if (n < 0)
+		n = 0;
+	if (!lua_checkstack(co, n + 2)) {
+		lua_pushboolean(L, 0);
+		lua_pushliteral(L, "too many arguments to call");
+		return 2;
+	}
+	lua_xmove(L, co, lua_gettop(L) - 2);
+	st = co_resume(L, co, budget, n, &nres);
+	if (st == LUA_OK) {
+		lua_settop(co, 0);	/* idle: the next call starts afresh */
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	if (st == LUA_YIELD) {
+		lua_pop(co, nres);	/* what the wait yielded: no one reads it */
+		return 0;
+	}
+	lua_pushboolean(L, 0);
+	lua_xmove(co, L, 1);		/* the error object */
+	return 2;
+}
+
+/* smtp_core.thread() -> an idle coroutine for smtp_core.call (no function) */
+static int
+lcore_thread(lua_State *L)
+{
+	lua_newthread(L);
+	return 1;
+}
+
 /* ---- registration -------------------------------------------------------- */
 
 static const luaL_Reg core_funcs[] = {
@@ -1549,6 +1630,8 @@ static const luaL_Reg core_funcs[] = {
 	{ "fsync",	 lcore_fsync },
 	{ "mkdir",	 lcore_mkdir },
 	{ "run",	 lcore_run },
+	{ "call",	 lcore_call },
+	{ "thread",	 lcore_thread },
 	{ NULL, NULL }
 };
 

@@ -158,25 +158,20 @@ function M.new(platform)
 
   -- ---- tasks: every handler runs in a coroutine of its own ------------------
   --
-  -- Coroutines are pooled: a pooled coroutine runs a trampoline that calls
-  -- one handler, yields DONE, and takes the next handler from the resume
-  -- that follows, so a handler that returns costs no coroutine, closure or
-  -- table allocation.  A coroutine that failed, or that is still waiting
-  -- when its task is dropped, never goes back to the pool.  The instruction
-  -- budget is smtp_core.run's: a count hook from the first instruction of a
+  -- Coroutines are pooled: smtp_core.call starts a handler on an idle
+  -- pooled coroutine (its function and arguments pushed from C, no
+  -- trampoline), and a handler that returns leaves the coroutine idle for
+  -- the next one, so it costs no coroutine, closure or table allocation and
+  -- no yield.  A coroutine that failed, or that is still waiting when its
+  -- task is dropped, never goes back to the pool.  The instruction budget
+  -- is smtp_core.call's: a count hook from the first instruction of a
   -- resume (the harness), or one that luasmtpd's CPU-time watchdog installs
   -- on a resume still running at its second tick (lua_core.c).
 
   local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
   local sethook, traceback = debug.sethook, debug.traceback
-  local DONE = {}
   local POOL_MAX = 32
   local pool, npool = {}, 0
-
-  local function trampoline(fn, ...)
-    fn(...)
-    return trampoline(yield(DONE))
-  end
 
   -- once over budget the hook fires on every instruction, so a pcall inside
   -- the handler cannot swallow it
@@ -184,6 +179,26 @@ function M.new(platform)
   local function over_budget()
     sethook(over_again, "", 1)
     error("handler exceeded its instruction budget (" .. budget() .. " instructions)", 0)
+  end
+
+  -- call(co, budget, fn | nil, ...) -> true (returned) | nil (waiting) |
+  -- false, err: starts fn(...) on an idle co, or resumes a waiting one
+  local call, newco = core.call, core.thread
+  if not call then	-- a stub core (unit specs): the same on coroutine.resume
+    local DONE = {}
+    local function trampoline(fn, ...)
+      fn(...)
+      return trampoline(yield(DONE))
+    end
+    newco = function() return cocreate(trampoline) end
+    call = function(co, n, fn, ...)
+      sethook(co, over_budget, "", n)
+      local ok, r
+      if fn then ok, r = coresume(co, fn, ...) else ok, r = coresume(co, ...) end
+      if not ok then return false, r end
+      if r == DONE then return true end
+      return nil
+    end
   end
 
   local function drop(task)
@@ -200,8 +215,9 @@ function M.new(platform)
       pool[npool] = nil
       npool = npool - 1
     else
-      local co = cocreate(trampoline)
-      task = { co = co, gen = 0 }
+      local co = newco()
+      task = { co = co, gen = 0, conn = false, on_finish = false, dead = false,
+        dropped = false, timer = false }
       tasks[co] = task
     end
     task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish, false, false
@@ -209,18 +225,13 @@ function M.new(platform)
     return task
   end
 
-  -- Runs task until it returns, fails or waits: true | false, traceback |
-  -- nil (waiting).  task.on_finish, if set, is called when it ends.
-  local run = core.run or function(co, n, ...)	-- (a stub core in unit specs)
-    sethook(co, over_budget, "", n)
-    return coresume(co, ...)
-  end
-
-  local function resume(task, ...)
+  -- Runs task (fn(...) on an idle one, a waiting one without fn) until it
+  -- returns, fails or waits: true | false, traceback | nil (waiting).
+  -- task.on_finish, if set, is called when it ends.
+  local function resume(task, fn, ...)
     local co = task.co
-    local ok, r = run(co, handler_budget, ...)
+    local ok, r = call(co, handler_budget, fn, ...)
     if ok then
-      if r ~= DONE then return nil end	-- waiting: the budget restarts at the next resume
       task.dead = true
       local cb = task.on_finish
       task.conn, task.on_finish = nil, nil
@@ -231,6 +242,7 @@ function M.new(platform)
       if cb then cb(true) end
       return true
     end
+    if ok == nil then return nil end	-- waiting: the budget restarts at the next resume
     task.dead = true
     tasks[co] = nil
     local err = traceback(co, tostring(r))
@@ -797,7 +809,7 @@ function M.new(platform)
     local gen = task.gen
     task.timer = timer(seconds, function()
       task.timer = nil
-      if task.gen == gen and not task.dead and not task.dropped then resume(task) end
+      if task.gen == gen and not task.dead and not task.dropped then resume(task, nil) end
     end)
     coroutine.yield()
   end
