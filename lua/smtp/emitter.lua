@@ -16,16 +16,22 @@ local function check_fn(fn, level)
   end
 end
 
+-- Listeners of an event are an array of functions that is never changed in
+-- place (a change publishes a new one), so take() hands it out as it is;
+-- _once[canon], when set, flags the 'once' ones by position.  An event
+-- without listeners has nil or false (a constructor's placeholder).
+
 -- names: { NAME = "CANONICAL", ... } (aliases map to their canonical name);
 -- on_change(emitter) is called after every registration change.
 function Emitter.new(names, on_change)
-  return setmetatable({ _names = names, _listeners = {}, _on_change = on_change }, Emitter)
+  return setmetatable({ _names = names, _listeners = {}, _once = false, _on_change = on_change }, Emitter)
 end
 
 -- Turns an emitter into the base of a class: obj = Emitter.init(obj, names).
 function Emitter.init(obj, names, on_change)
   rawset(obj, "_names", names)
   rawset(obj, "_listeners", {})
+  rawset(obj, "_once", false)
   rawset(obj, "_on_change", on_change)
   return obj
 end
@@ -43,14 +49,40 @@ function Emitter.canonical(self, name, level)
   return canon
 end
 
+-- publishes fns (and their once flags) as canon's listeners
+local function publish(self, canon, fns, once)
+  local n = #fns
+  if once then	-- flags without a 'once' one are no flags
+    local any = false
+    for i = 1, n do any = any or once[i] end
+    if not any then once = nil end
+  end
+  self._listeners[canon] = n > 0 and fns or nil
+  if once or self._once then
+    if not self._once then self._once = {} end
+    self._once[canon] = n > 0 and once or nil
+  end
+end
+
 local function add(self, name, fn, once)
   local canon = Emitter.canonical(self, name, 3)
   check_fn(fn, 3)
-  local list = self._listeners[canon]
-  if not list then list = {} ; self._listeners[canon] = list end
-  list[#list + 1] = { fn = fn, once = once }
-  list.fns = nil		-- the cached take() result is stale
-  if once then list.once = true end
+  local old = self._listeners[canon]
+  local flags = self._once and self._once[canon]
+  if not old then
+    publish(self, canon, { fn }, once and { true } or nil)
+  else
+    local n = #old
+    local fns = table.move(old, 1, n, 1, {})
+    fns[n + 1] = fn
+    if once or flags then
+      local f = {}
+      for i = 1, n do f[i] = flags and flags[i] or false end
+      f[n + 1] = once
+      flags = f
+    end
+    publish(self, canon, fns, flags)
+  end
   if self._on_change then self._on_change(self, canon) end
   return self
 end
@@ -70,16 +102,20 @@ end
 -- obj:off(name[, fn]) -> obj: removes fn (every registration of it), or all
 function Emitter.off(self, name, fn)
   local canon = Emitter.canonical(self, name, 2)
-  local list = self._listeners[canon]
-  if list then
+  local old = self._listeners[canon]
+  if old then
     if fn == nil then
-      self._listeners[canon] = nil
+      publish(self, canon, {}, nil)
     else
-      for i = #list, 1, -1 do
-        if list[i].fn == fn then table.remove(list, i) end
+      local flags = self._once and self._once[canon]
+      local fns, f = {}, flags and {} or nil
+      for i = 1, #old do
+        if old[i] ~= fn then
+          fns[#fns + 1] = old[i]
+          if f then f[#fns] = flags[i] end
+        end
       end
-      list.fns = nil
-      if #list == 0 then self._listeners[canon] = nil end
+      publish(self, canon, fns, f)
     end
   end
   if self._on_change then self._on_change(self, canon) end
@@ -90,42 +126,32 @@ end
 function Emitter.listeners(self, name)
   local canon = Emitter.canonical(self, name, 2)
   local out = {}
-  for i, l in ipairs(self._listeners[canon] or {}) do out[i] = l.fn end
+  for i, fn in ipairs(self._listeners[canon] or {}) do out[i] = fn end
   return out
 end
 
 function Emitter.has_listeners(self, canon)
   local list = self._listeners[canon]
-  return list ~= nil and #list > 0
+  return list and #list > 0 or false
 end
 
 local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
 
 -- Takes the listeners due for one emit (removing the 'once' ones) -> { fn, ... }
--- The result is read-only: without 'once' listeners it is a cached array,
--- replaced (never changed in place) when the listeners change.
+-- The result is read-only: the published array itself, replaced (never
+-- changed in place) when the listeners change.
 function Emitter.take(self, canon)
-  local list = self._listeners[canon]
-  if not list then return EMPTY end
-  if not list.once then
-    local fns = list.fns
-    if not fns then
-      fns = {}
-      for i = 1, #list do fns[i] = list[i].fn end
-      list.fns = fns
-    end
-    return fns
+  local fns = self._listeners[canon]
+  if not fns then return EMPTY end
+  local once = self._once
+  local flags = once and once[canon]
+  if not flags then return fns end
+  local keep = {}
+  for i = 1, #fns do
+    if not flags[i] then keep[#keep + 1] = fns[i] end
   end
-  local fns, keep, changed = {}, {}, false
-  for _, l in ipairs(list) do
-    fns[#fns + 1] = l.fn
-    if l.once then changed = true else keep[#keep + 1] = l end
-  end
-  if not changed then list.once = nil end
-  if changed then
-    self._listeners[canon] = #keep > 0 and keep or nil
-    if self._on_change then self._on_change(self, canon) end
-  end
+  publish(self, canon, keep, nil)
+  if self._on_change then self._on_change(self, canon) end
   return fns
 end
 

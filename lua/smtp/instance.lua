@@ -398,21 +398,25 @@ function M.new(platform)
   local Message = setmetatable({}, { __index = Emitter })
   Message.__index = Message
 
+  -- One constructor, its hash part sized for every field a message gets
+  -- (nil ones too), and the emitter's fields inline (Emitter.init's shape):
+  -- no rehash as the message goes through its life.  The recipients are the
+  -- transaction's table itself: the engine takes no RCPT once DATA got 354,
+  -- and the transaction's end or a refused DATA gives the connection a new one.
   local function new_message(conn)
-    local m = Emitter.init(setmetatable({}, Message), MESSAGE_EVENTS)
-    m.connection = conn
-    m.sender = conn.sender
-    m.recipients = {}
-    for i, r in ipairs(conn.recipients) do m.recipients[i] = r end
-    m.receivers = m.recipients
-    m.accepted = false
-    m.size = 0
-    return m
+    local rcpts = conn.recipients
+    return setmetatable({
+      _names = MESSAGE_EVENTS, _once = false, _on_change = false,
+      _listeners = { data = false, ["end"] = false, accept = false, reject = false },
+      connection = conn, sender = conn.sender, recipients = rcpts, receivers = rcpts,
+      accepted = false, size = 0, code = nil, _finished = false, _failed = nil,
+      _daccept = nil, _dcode = nil, _dtext = nil,	-- the decision: _daccept ~= nil
+    }, Message)
   end
 
   local function decide_message(m, accept, code, text)
-    if m._decision then return false, "already decided" end
-    m._decision = { accept, code, text }
+    if m._daccept ~= nil then return false, "already decided" end
+    m._daccept, m._dcode, m._dtext = accept, code, text
     local conn = m.connection
     local a = conn._ask
     if a and a.name == "DATA_END" and a.obj == m and a.waiting then
@@ -502,7 +506,7 @@ function M.new(platform)
 
   local function clear_transaction(conn)
     conn.sender = nil
-    conn.recipients = {}
+    if #conn.recipients > 0 then conn.recipients = {} end	-- (a message may hold it)
   end
 
   -- ---- dispatch: what the C bridge calls -------------------------------------
@@ -551,10 +555,10 @@ function M.new(platform)
 
   -- a reject() during the DATA handlers refuses the DATA command itself
   local function data_verdict(m)
-    local d = m._decision
-    if d and not d[1] then
-      m._decision = nil
-      return false, d[2], d[3]
+    if m._daccept == false then
+      local code, text = m._dcode, m._dtext
+      m._daccept, m._dcode, m._dtext = nil, nil, nil
+      return false, code, text
     end
     if m.valid == false then return false, check_code(m.code, false), check_text(m.message) end
     return true, 0, nil
@@ -562,9 +566,9 @@ function M.new(platform)
 
   local function data_end_verdict(m)
     if m._failed then error(m._failed, 0) end
-    local d = m._decision
-    if not d then return WAIT end
-    return d[1], d[2], d[3]
+    local accept = m._daccept
+    if accept == nil then return WAIT end
+    return accept, m._dcode, m._dtext
   end
 
   function asks.DATA(conn)
@@ -646,7 +650,11 @@ function M.new(platform)
       if ok then conn.recipients[#conn.recipients + 1] = obj or address_object(nil, arg) end
     elseif name == "DATA" then
       local m = conn.currentMessage
-      if m and code ~= 354 then finish_message(m, false, code) end
+      if m and code ~= 354 then
+        finish_message(m, false, code)
+        -- the transaction goes on (more RCPT): not in the message's table
+        conn.recipients = table.move(conn.recipients, 1, #conn.recipients, 1, {})
+      end
     elseif name == "DATA_END" then
       local m = conn.currentMessage
       if m then finish_message(m, ok, code) end
