@@ -216,8 +216,10 @@ traceback(lua_State *L)
 }
 
 /*
- * An ask's arguments: a table of the fields the event has; the end of data
- * passes its size alone, and DATA, RSET and QUIT (no fields) pass nil.
+ * An ask's arguments: a table of the fields the event has (a path: the
+ * address object's fields, valid = true, params only when there are some);
+ * the end of data passes its size alone, and DATA, RSET and QUIT (no fields)
+ * pass nil.
  */
 static void
 push_args(lua_State *L, enum session_event ev, const struct session_event_args *a)
@@ -236,8 +238,8 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 		return;
 	}
 	/* sized for what follows */
-	lua_createtable(L, 0, a == NULL ? 0 : a->path != NULL ? 6 : ev == SEV_AUTH ? 4 :
-	    a->arg != NULL ? 1 : 0);
+	lua_createtable(L, 0, a == NULL ? 0 : a->path != NULL ? 5 + (a->path->nparams > 0) :
+	    ev == SEV_AUTH ? 4 : a->arg != NULL ? 1 : 0);
 	if (a == NULL)
 		return;
 	if (a->arg != NULL) {
@@ -265,6 +267,10 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 		lua_setfield(L, -2, "domain");
 		lua_pushboolean(L, p->utf8);
 		lua_setfield(L, -2, "utf8");
+		lua_pushboolean(L, 1);
+		lua_setfield(L, -2, "valid");
+		if (p->nparams == 0)
+			return;		/* Lua makes an empty params table when read */
 		lua_createtable(L, 0, (int)p->nparams);
 		for (size_t i = 0; i < p->nparams && i < SMTP_PARAMS_MAX; i++) {
 			size_t j;

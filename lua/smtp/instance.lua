@@ -27,7 +27,16 @@ local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reje
 local SERVER_EVENTS = { connection = "connection" }
 
 -- Address objects print as their address (the seed's "'From ' + message.sender").
+-- The engine's come without params when there are none: an empty table is
+-- made when it is first read.
 local Address = {
+  __index = function(a, k)
+    if k == "params" then
+      local p = {}
+      rawset(a, "params", p)
+      return p
+    end
+  end,
   __tostring = function(a) return a.address end,
   __concat = function(a, b)
     local function s(x) return type(x) == "table" and x.address or x end
@@ -513,7 +522,6 @@ function M.new(platform)
 
   local function address_object(args, fallback)
     if args and args.address then	-- the engine's: already the address object's shape
-      args.valid = true
       return setmetatable(args, Address)
     end
     local o = setmetatable({
