@@ -271,7 +271,15 @@ watchdog_stop(struct policy *p)
 	memset(&it, 0, sizeof(it));
 	setitimer(ITIMER_PROF, &it, NULL);
 	lcore_watchdog_enable(0);
-	sigaction(SIGPROF, &p->old_prof, NULL);
+	/*
+	 * A tick may be pending still: SIGPROF's default action ends the
+	 * process, so in its place the signal is ignored (which also
+	 * discards a pending one).
+	 */
+	if (p->old_prof.sa_handler == SIG_DFL && !(p->old_prof.sa_flags & SA_SIGINFO))
+		signal(SIGPROF, SIG_IGN);
+	else
+		sigaction(SIGPROF, &p->old_prof, NULL);
 	p->watchdog = 0;
 }
 
