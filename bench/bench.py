@@ -301,6 +301,24 @@ def run_load(server, gen, scen, args):
 	}
 
 
+def run_load_quiet(server, gen, scen, args):
+	"""run_load, again while other work took more than --max-others of the
+	server's core (on a shared machine that share comes and goes); keeps the
+	quietest try, so a ratio compares two servers that each had their core."""
+	best = None
+	for attempt in range(1, args.tries + 1):
+		r = run_load(server, gen, scen, args)
+		r["tries"] = attempt
+		if best is None or r["others_on_server_cpus"] < best["others_on_server_cpus"]:
+			best = r
+		if r["others_on_server_cpus"] <= args.max_others:
+			break
+		log("%s %s %s: others took %.0f%% of the server's core; measuring again"
+		    % (server.name, gen, scen, 100 * r["others_on_server_cpus"]))
+	best["tries"] = attempt
+	return best
+
+
 def run_idle(server, args):
 	pss0 = tree_pss(server.proc.pid)
 	p = subprocess.Popen(["taskset", "-c", args.load_cpu, SMTPLOAD, "-i", "-s",
@@ -373,6 +391,9 @@ def main():
 	ap.add_argument("--seconds", type=float, default=3.0, help="length of each measured load")
 	ap.add_argument("--max-messages", type=int, default=300000)
 	ap.add_argument("--timeout", type=int, default=60, help="bound on one load (s)")
+	ap.add_argument("--max-others", type=float, default=0.10,
+	                help="measure a load again when other work took more than this share of the server's core")
+	ap.add_argument("--tries", type=int, default=4, help="bound on measuring one load")
 	ap.add_argument("--workers", type=int, default=ncpu,
 	                help="N of the luasmtpd N-worker row (0 skips the row)")
 	ap.add_argument("--server-cpu", default="0")
@@ -449,7 +470,7 @@ def main():
 						continue
 					key = "%s|%s|%s" % (gen, scen, label)
 					try:
-						r = run_load(srv, gen, scen, args)
+						r = run_load_quiet(srv, gen, scen, args)
 						res["loads"][key] = r
 						log("%-12s %-11s %s  %8.0f msg/s  %7.1f us/msg  server %3.0f%%  generator %3.0f%%  others %3.0f%%"
 						    % (label, gen, scen, r["rate"], r["cpu_us_per_msg"],
