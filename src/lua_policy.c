@@ -8,8 +8,8 @@
  * configured (options, listen addresses, the TLS context of server.tls,
  * created here so that loading the script again loads the certificates
  * again), and the handler watchdog of a serving process (a CPU-time
- * interval timer whose SIGPROF ticks lua_core.c's watchdog).  The session
- * hooks themselves are the bridge's (lua_core.c); this file only forwards
+ * interval timer whose SIGPROF ticks lua_run.c's watchdog).  The session
+ * hooks themselves are the bridge's (lua_bridge.c); this file only forwards
  * them.
  */
 #include <errno.h>

@@ -1,0 +1,647 @@
+/*
+ * lua_bridge.c -- the hooks bridge: a policy's session_hooks, into Lua.
+ *
+ * Every engine call into Lua goes through one dispatch function, an event
+ * without a Lua listener never enters Lua, and outcomes wait for the next
+ * call into Lua.  Owns the bridge object (smtp_core.bridge) and its map of
+ * session pointers to the weak handles Lua holds (a handle outlives its
+ * session; lua_session.c has their methods).
+ * Knows nothing of sockets or libevent: timers belong to the caller.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+
+#include "log.h"
+#include "lua_core.h"
+#include "lua_core_impl.h"
+#include "session.h"
+
+static const char *const abort_names[] = {
+	"disconnect", "too big", "bare newline", "line too long", "timeout",
+	"shutdown",
+};
+
+/* ---- handles ----------------------------------------------------------- */
+
+/* Pushes the handle of s (or nothing) and returns it; NULL if none. */
+static struct lsession *
+push_handle(struct lbridge *b, lua_State *L, struct session *s)
+{
+	struct lsession *ls;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	if (lua_rawgetp(L, -1, s) != LUA_TUSERDATA) {
+		lua_pop(L, 2);
+		return NULL;
+	}
+	ls = lua_touserdata(L, -1);
+	lua_remove(L, -2);
+	return ls;
+}
+
+/* A new handle for s, registered in the bridge's map; left on the stack. */
+struct lsession *
+lcore_new_handle(struct lbridge *b, lua_State *L, int bridge_idx)
+{
+	struct lsession *ls;
+
+	bridge_idx = lua_absindex(L, bridge_idx);
+	ls = lua_newuserdatauv(L, sizeof(*ls), 1);
+	memset(ls, 0, sizeof(*ls));
+	ls->b = b;
+	luaL_setmetatable(L, LCORE_SESSION_MT);
+	lua_pushvalue(L, bridge_idx);
+	lua_setiuservalue(L, -2, 1);	/* the handle keeps its bridge alive */
+	return ls;
+}
+
+static void
+map_set(struct lbridge *b, lua_State *L, struct session *s, int idx)
+{
+	idx = lua_absindex(L, idx);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	lua_pushvalue(L, idx);
+	lua_rawsetp(L, -2, s);
+	lua_pop(L, 1);
+}
+
+static void
+map_clear(struct lbridge *b, lua_State *L, struct session *s)
+{
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	lua_pushnil(L);
+	lua_rawsetp(L, -2, s);
+	lua_pop(L, 1);
+}
+
+/* ---- calling Lua from the hooks ----------------------------------------- */
+
+/*
+ * One call of dispatch(kind, handle, npending, <pending>, ...) from a hook:
+ * <pending> is npending times (handle | false, event, code, argument), the
+ * outcomes to apply first.  Everything that may allocate (and so raise)
+ * runs inside lua_pcall: a hook is called from C with no Lua frame to catch
+ * an error, and an unprotected error would abort.  HK_FLUSH carries only
+ * the pending outcomes (handle false).
+ */
+enum hkind { HK_ASK, HK_CANCEL, HK_FLUSH, HK_DATA, HK_ABORT, HK_CLOSED, HK_BIND };
+
+static const char *const hkind_names[] = {
+	"ask", "cancel", "flush", "data", "abort", "closed", "bind",
+};
+
+struct hcall {
+	struct lbridge			*b;
+	struct session			*s;
+	enum hkind			 kind;
+	enum session_event		 ev;
+	const struct session_event_args	*args;
+	int				 code;		/* outcome */
+	const char			*buf;		/* data */
+	size_t				 len;
+	const char			*why;		/* abort */
+	/* ask: what dispatch returned */
+	int				 done, accept, vcode, has_text;
+};
+
+/* dst = src[0..len) cut to dstlen - 1 octets, NUL-terminated (no printf) */
+static void
+copy_bounded(char *dst, size_t dstlen, const char *src, size_t len)
+{
+	if (len >= dstlen)
+		len = dstlen - 1;
+	memcpy(dst, src, len);
+	dst[len] = '\0';
+}
+
+static int
+traceback(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+
+	if (msg == NULL)
+		msg = luaL_typename(L, 1);
+	luaL_traceback(L, L, msg, 1);
+	return 1;
+}
+
+/*
+ * An ask's arguments: a table of the fields the event has (a path: the
+ * address object's fields, valid = true, params only when there are some);
+ * the end of data passes its size alone, and DATA, RSET and QUIT (no fields)
+ * pass nil.
+ */
+static void
+push_args(lua_State *L, enum session_event ev, const struct session_event_args *a)
+{
+	char key[64];
+
+	if (ev == SEV_DATA || ev == SEV_RSET || ev == SEV_QUIT) {
+		lua_pushnil(L);
+		return;
+	}
+	if (ev == SEV_DATA_END) {
+		if (a != NULL)
+			lua_pushinteger(L, (lua_Integer)a->size);
+		else
+			lua_pushnil(L);
+		return;
+	}
+	/* sized for what follows */
+	lua_createtable(L, 0, a == NULL ? 0 : a->path != NULL ? 5 + (a->path->nparams > 0) :
+	    ev == SEV_AUTH ? 4 : a->arg != NULL ? 1 : 0);
+	if (a == NULL)
+		return;
+	if (a->arg != NULL) {
+		lua_pushstring(L, a->arg);
+		lua_setfield(L, -2, "arg");
+	}
+	if (ev == SEV_AUTH && a->auth != NULL) {
+		lua_pushstring(L, a->auth->method ? a->auth->method : "");
+		lua_setfield(L, -2, "method");
+		lua_pushstring(L, a->auth->username ? a->auth->username : "");
+		lua_setfield(L, -2, "username");
+		lua_pushstring(L, a->auth->password ? a->auth->password : "");
+		lua_setfield(L, -2, "password");
+		lua_pushstring(L, a->auth->authzid ? a->auth->authzid : "");
+		lua_setfield(L, -2, "authzid");
+	}
+	if (a->path != NULL) {
+		const struct smtp_path *p = a->path;
+
+		lua_pushstring(L, p->address ? p->address : "");
+		lua_setfield(L, -2, "address");
+		lua_pushstring(L, p->local ? p->local : "");
+		lua_setfield(L, -2, "localPart");
+		lua_pushstring(L, p->domain ? p->domain : "");
+		lua_setfield(L, -2, "domain");
+		lua_pushboolean(L, p->utf8);
+		lua_setfield(L, -2, "utf8");
+		lua_pushboolean(L, 1);
+		lua_setfield(L, -2, "valid");
+		if (p->nparams == 0)
+			return;		/* Lua makes an empty params table when read */
+		lua_createtable(L, 0, (int)p->nparams);
+		for (size_t i = 0; i < p->nparams && i < SMTP_PARAMS_MAX; i++) {
+			size_t j;
+
+			if (p->params[i].key == NULL)
+				continue;
+			for (j = 0; p->params[i].key[j] && j < sizeof(key) - 1; j++)
+				key[j] = (char)toupper((unsigned char)p->params[i].key[j]);
+			key[j] = '\0';
+			if (p->params[i].value != NULL)
+				lua_pushstring(L, p->params[i].value);
+			else
+				lua_pushboolean(L, 1);
+			lua_setfield(L, -2, key);
+		}
+		lua_setfield(L, -2, "params");
+	}
+}
+
+/* Pushes the handle of a new session (CONNECT), registered in the map. */
+static void
+bind_handle(lua_State *L, struct lbridge *b, struct session *s)
+{
+	struct lsession *ls;
+
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
+	if (b->creating != NULL) {
+		/* the harness's own session (core.session): bind its handle */
+		ls = b->creating;
+		b->creating = NULL;
+		lua_getfield(L, -1, "creating");
+	} else {
+		lua_getmetatable(L, -1);	/* the map's metatable names the bridge */
+		lua_getfield(L, -1, "bridge");
+		ls = lcore_new_handle(b, L, -1);
+		lua_replace(L, -3);
+		lua_pop(L, 1);
+	}
+	lua_remove(L, -2);		/* the map */
+	ls->s = s;
+	ls->id = session_id(s);
+	map_set(b, L, s, -1);
+}
+
+/* Pushes npending and the pending outcomes, and forgets them. */
+static void
+push_pending(lua_State *L, struct lbridge *b)
+{
+	unsigned n = b->npending;
+
+	b->npending = 0;
+	lua_pushinteger(L, n);
+	for (unsigned i = 0; i < n; i++) {
+		struct pending *p = &b->pending[i];
+
+		if (push_handle(b, L, p->s) == NULL)
+			lua_pushboolean(L, 0);
+		lua_pushstring(L, session_event_name(p->ev));
+		lua_pushinteger(L, p->code);
+		lua_pushstring(L, p->arg);
+	}
+}
+
+/* The protected body of a hook: hcall_run(lightuserdata hcall) */
+static int
+hcall_run(lua_State *L)
+{
+	struct hcall	*c = lua_touserdata(L, 1);
+	struct lbridge	*b = c->b;
+	int		 n;
+
+	lua_settop(L, 0);
+	luaL_checkstack(L, 16 + 4 * PENDING_MAX, "pending outcomes");
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
+	lua_pushstring(L, hkind_names[c->kind]);
+	if (c->kind == HK_FLUSH)
+		lua_pushboolean(L, 0);
+	else if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
+		bind_handle(L, b, c->s);
+	else if (push_handle(b, L, c->s) == NULL) {
+		if (b->npending == 0)
+			return 0;
+		c->kind = HK_FLUSH;	/* the session is gone: only the outcomes */
+		lua_settop(L, 1);
+		lua_pushstring(L, hkind_names[HK_FLUSH]);
+		lua_pushboolean(L, 0);
+	}
+	push_pending(L, b);
+	switch (c->kind) {
+	case HK_ASK:
+		lua_pushstring(L, session_event_name(c->ev));
+		push_args(L, c->ev, c->args);
+		break;
+	case HK_CANCEL:
+		lua_pushstring(L, session_event_name(c->ev));
+		break;
+	case HK_DATA:
+		lua_pushlstring(L, c->buf, c->len);	/* the one copy of the data */
+		break;
+	case HK_ABORT:
+		lua_pushstring(L, c->why);
+		break;
+	default:
+		break;
+	}
+	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+	/* ask: dispatch returns true, accept, code, text | false (a decide follows) */
+	n = lua_gettop(L);
+	c->done = n >= 1 && lua_toboolean(L, 1);
+	c->accept = n >= 2 ? lua_toboolean(L, 2) : 1;
+	c->vcode = n >= 3 ? (int)lua_tointeger(L, 3) : 0;
+	c->has_text = n >= 4 && lua_type(L, 4) == LUA_TSTRING;
+	if (c->has_text) {
+		size_t		 len;
+		const char	*t = lua_tolstring(L, 4, &len);
+
+		copy_bounded(b->text, sizeof(b->text), t, len);
+	}
+	return 0;
+}
+
+/* Binds the harness's handle when no 'connection' listener needs Lua. */
+static int
+hcall_bind(lua_State *L)
+{
+	struct hcall *c = lua_touserdata(L, 1);
+
+	bind_handle(L, c->b, c->s);
+	return 0;
+}
+
+/* Runs hcall_run protected; -1 after logging an error. */
+static int
+hcall(struct hcall *c)
+{
+	lua_State	*L = c->b->L;
+	int		 top = lua_gettop(L);
+	uint64_t	 id = c->s != NULL ? session_id(c->s) : 0;
+
+	if (!lua_checkstack(L, 8)) {
+		log_warn(id, "lua: %s: out of stack", hkind_names[c->kind]);
+		c->b->npending = 0;
+		return -1;
+	}
+	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, hcall_run);
+	lua_pushlightuserdata(L, c);
+	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
+		c->b->npending = 0;	/* lost with the call: the log says so */
+		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
+		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
+		lua_settop(L, top);
+		return -1;
+	}
+	lua_settop(L, top);
+	return 0;
+}
+
+static void
+verdict_fail(struct lbridge *b, struct verdict *v)
+{
+	v->accept = false;
+	v->code = 451;
+	snprintf(b->text, sizeof(b->text), "4.3.0 Local error in policy, try again later");
+	v->text = b->text;
+}
+
+/*
+ * The handle of s if Lua attached a connection object to it, else NULL.
+ * Only lookups: nothing here allocates, so it needs no protection.
+ */
+static struct lsession *
+find_attached(struct lbridge *b, struct session *s)
+{
+	lua_State	*L = b->L;
+	struct lsession	*ls;
+
+	if (!lua_checkstack(L, 4) || (ls = push_handle(b, L, s)) == NULL)
+		return NULL;
+	lua_pop(L, 1);		/* the map keeps it alive */
+	return ls->attached && !ls->finalizing ? ls : NULL;
+}
+
+static enum hook_result
+hook_ask(void *ctx, struct session *s, enum session_event ev,
+    const struct session_event_args *args, struct verdict *v)
+{
+	struct lbridge	*b = ctx;
+	struct lsession	*ls = NULL;
+	struct hcall	 c = { .b = b, .s = s, .kind = HK_ASK, .ev = ev, .args = args };
+
+	v->accept = ev != SEV_AUTH;	/* AUTH fails closed: only Lua says yes */
+	v->code = 0;
+	v->text = NULL;
+	if (ev == SEV_CONNECT) {
+		if (!b->watch_connect && b->creating == NULL)
+			return HOOK_DONE;	/* no 'connection' listener: no Lua */
+		if (!b->watch_connect) {
+			c.kind = HK_BIND;	/* the harness's handle, no dispatch */
+			if (lua_checkstack(b->L, 8)) {
+				int top = lua_gettop(b->L);
+
+				lua_pushcfunction(b->L, traceback);
+				lua_pushcfunction(b->L, hcall_bind);
+				lua_pushlightuserdata(b->L, &c);
+				if (lua_pcall(b->L, 1, 0, top + 1) != LUA_OK)
+					log_warn(session_id(s), "lua: bind failed: %s",
+					    lua_tostring(b->L, -1));
+				lua_settop(b->L, top);
+			}
+			return HOOK_DONE;
+		}
+	} else {
+		if ((ls = find_attached(b, s)) == NULL)
+			return HOOK_DONE;
+		/* outcome tells Lua the argument even when the ask skips Lua */
+		const char *arg = args == NULL || ev == SEV_AUTH ? "" :
+		    args->path != NULL && args->path->address != NULL ?
+		    args->path->address : args->arg != NULL ? args->arg : "";
+
+		copy_bounded(ls->arg, sizeof(ls->arg), arg, strlen(arg));
+		if ((ls->mask & EVBIT(ev)) == 0)
+			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
+	}
+	if (hcall(&c) == -1) {
+		verdict_fail(b, v);
+		return HOOK_DONE;
+	}
+	if (!c.done)
+		return HOOK_WAIT;
+	v->accept = c.accept;
+	v->code = c.vcode;
+	if (c.has_text)
+		v->text = b->text;
+	return HOOK_DONE;
+}
+
+static void
+hook_cancel(void *ctx, struct session *s, enum session_event ev)
+{
+	struct hcall c = { .b = ctx, .s = s, .kind = HK_CANCEL, .ev = ev };
+
+	if (find_attached(ctx, s) != NULL)
+		hcall(&c);
+}
+
+/*
+ * Whether Lua acts on an outcome: the connection's helo, sender and
+ * recipients, and the end of a message.  A DATA that got 354, CONNECT,
+ * QUIT, VRFY, EXPN and AUTH change nothing there: no Lua call.
+ */
+static int
+outcome_needs_lua(enum session_event ev, int code)
+{
+	switch (ev) {
+	case SEV_HELO:
+	case SEV_EHLO:
+	case SEV_MAIL:
+	case SEV_RCPT:
+	case SEV_RSET:
+	case SEV_DATA_END:
+		return 1;
+	case SEV_DATA:
+		return code != 354;
+	default:
+		return 0;
+	}
+}
+
+/* Applies the pending outcomes now (one call into Lua), if there are any. */
+static void
+flush_pending(struct lbridge *b)
+{
+	struct hcall c = { .b = b, .kind = HK_FLUSH };
+
+	if (b->npending > 0)
+		hcall(&c);
+}
+
+/* An outcome waits for the next call into Lua (or a full queue). */
+static void
+hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
+{
+	struct lbridge	*b = ctx;
+	struct lsession	*ls;
+	struct pending	*p;
+
+	if (!outcome_needs_lua(ev, code) || (ls = find_attached(b, s)) == NULL)
+		return;
+	if (b->npending == PENDING_MAX)
+		flush_pending(b);
+	p = &b->pending[b->npending++];
+	p->s = s;
+	p->ev = ev;
+	p->code = code;
+	copy_bounded(p->arg, sizeof(p->arg), ls->arg, strlen(ls->arg));
+	/*
+	 * The end of a message fires its 'accept' or 'reject' listeners: now,
+	 * not at the next call into Lua (a call from Lua flushes as it leaves).
+	 */
+	if ((ev == SEV_DATA_END || ev == SEV_DATA) && b->entered == 0)
+		flush_pending(b);
+}
+
+static void
+hook_data(void *ctx, struct session *s, const char *buf, size_t len)
+{
+	struct hcall	 c = { .b = ctx, .s = s, .kind = HK_DATA, .buf = buf, .len = len };
+	struct lsession	*ls;
+
+	if ((ls = find_attached(ctx, s)) != NULL && (ls->mask & EVBIT(SEV_DATA)))
+		hcall(&c);
+}
+
+static void
+hook_abort(void *ctx, struct session *s, enum session_abort why)
+{
+	struct hcall c = { .b = ctx, .s = s, .kind = HK_ABORT,
+	    .why = (size_t)why < sizeof(abort_names) / sizeof(abort_names[0]) ?
+	    abort_names[why] : "unknown" };
+
+	if (find_attached(ctx, s) != NULL)
+		hcall(&c);
+}
+
+/* Drops the outcomes of s that Lua was not told (its handle is dying). */
+static void
+forget_pending(struct lbridge *b, struct session *s)
+{
+	unsigned j = 0;
+
+	for (unsigned i = 0; i < b->npending; i++)
+		if (b->pending[i].s != s) {
+			if (i != j)
+				b->pending[j] = b->pending[i];
+			j++;
+		}
+	b->npending = j;
+}
+
+/* Forgets s in the map (protected: it may allocate nothing, but be safe). */
+static int
+hcall_forget(lua_State *L)
+{
+	struct hcall *c = lua_touserdata(L, 1);
+
+	map_clear(c->b, L, c->s);
+	return 0;
+}
+
+static void
+hook_closed(void *ctx, struct session *s)
+{
+	struct lbridge	*b = ctx;
+	struct hcall	 c = { .b = b, .s = s, .kind = HK_CLOSED };
+	struct lsession	*ls;
+	int		 top;
+
+	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL) {
+		forget_pending(b, s);
+		return;
+	}
+	lua_pop(b->L, 1);
+	if (ls->attached && !ls->finalizing)
+		hcall(&c);		/* its pending outcomes go first */
+	forget_pending(b, s);
+	ls->s = NULL;			/* the handle goes weak */
+	top = lua_gettop(b->L);
+	lua_pushcfunction(b->L, traceback);
+	lua_pushcfunction(b->L, hcall_forget);
+	lua_pushlightuserdata(b->L, &c);
+	lua_pcall(b->L, 1, 0, top + 1);
+	lua_settop(b->L, top);
+}
+
+const struct session_hooks lcore_hooks = {
+	.ask = hook_ask,
+	.cancel = hook_cancel,
+	.outcome = hook_outcome,
+	.data = hook_data,
+	.abort = hook_abort,
+	.closed = hook_closed,
+};
+
+void
+lcore_bridge_set_main(struct lbridge *b, lua_State *L)
+{
+	b->L = b->main = L;
+}
+
+void
+lcore_bridge_flush(struct lbridge *b)
+{
+	flush_pending(b);
+}
+
+/* ---- the bridge ---------------------------------------------------------- */
+
+struct lbridge *
+lcore_check_bridge(lua_State *L, int idx)
+{
+	return luaL_checkudata(L, idx, LCORE_BRIDGE_MT);
+}
+
+/* smtp_core.bridge(dispatch) -> bridge */
+int
+lcore_bridge(lua_State *L)
+{
+	struct lbridge *b;
+
+	luaL_checktype(L, 1, LUA_TFUNCTION);
+	b = lua_newuserdatauv(L, sizeof(*b), 0);
+	memset(b, 0, sizeof(*b));
+	b->dispatch_ref = b->map_ref = LUA_NOREF;
+	luaL_setmetatable(L, LCORE_BRIDGE_MT);
+	b->L = b->main = L;
+	lua_pushvalue(L, 1);
+	b->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	/* the map: weak values; its metatable also names the bridge (weakly) */
+	lua_newtable(L);
+	lua_createtable(L, 0, 2);
+	lua_pushliteral(L, "v");
+	lua_setfield(L, -2, "__mode");
+	lua_pushvalue(L, -3);		/* the bridge */
+	lua_setfield(L, -2, "bridge");
+	lua_setmetatable(L, -2);
+	b->map_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	return 1;
+}
+
+/*
+ * The map's metatable refers to the bridge strongly and the registry holds
+ * the map: break that cycle when the owner releases the bridge.
+ */
+static int
+lbridge_release(lua_State *L)
+{
+	struct lbridge *b = lcore_check_bridge(L, 1);
+
+	luaL_unref(L, LUA_REGISTRYINDEX, b->dispatch_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, b->map_ref);
+	b->dispatch_ref = b->map_ref = LUA_NOREF;
+	return 0;
+}
+
+/* bridge:watch(bool): whether CONNECT enters Lua (a 'connection' listener exists) */
+static int
+lbridge_watch(lua_State *L)
+{
+	struct lbridge *b = lcore_check_bridge(L, 1);
+
+	b->watch_connect = lua_toboolean(L, 2);
+	return 0;
+}
+
+const luaL_Reg lcore_bridge_methods[] = {
+	{ "watch",	lbridge_watch },
+	{ "release",	lbridge_release },
+	{ NULL, NULL }
+};
