@@ -1,7 +1,7 @@
 -- smtp.instance -- the smtp API (require "smtp") bound to one platform.
 --
 -- Owns the Server, Connection and Message objects, the dispatch function
--- the C bridge calls for every engine hook (lua_core.c), running every
+-- the C bridge calls for every engine hook (lua_bridge.c), running every
 -- handler in its own coroutine under an instruction budget, turning event
 -- objects (valid/code/message) into verdicts, and smtp.sleep/setTimeout.
 -- A platform supplies time and timers: libevent in the server
@@ -175,7 +175,7 @@ function M.new(platform)
   -- task is dropped, never goes back to the pool.  The instruction budget
   -- is smtp_core.call's: a count hook from the first instruction of a
   -- resume (the harness), or one that luasmtpd's CPU-time watchdog installs
-  -- on a resume still running at its second tick (lua_core.c).
+  -- on a resume still running at its second tick (lua_run.c).
 
   local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
   local sethook, traceback = debug.sethook, debug.traceback

@@ -498,7 +498,7 @@ test_helo(void)
 		"mail-.example", "[192.0.2.1", "192.0.2.1]", "[192.0.2.1]x",
 		"[300.0.2.1]", "[IPv6:zz]", "[]", "mail\texample", "mail\r",
 		"mail\n", "a@b", "<mail.example>", "mail/example", "mail\x7f",
-		"b\xc3\xbc" "cher.example",
+		"b\303\274cher.example",
 	};
 	char	buf[600];
 	size_t	i;
