@@ -6,18 +6,7 @@
 local support = require "spec.e2e.support"
 
 describe("e2e: real clients deliver a message", function()
-	local server
-
-	lazy_setup(function()
-		server = support.start { policy = support.RECORDER }
-	end)
-
-	lazy_teardown(function()
-		if server then
-			server:stop()
-			server:cleanup()
-		end
-	end)
+	local server = support.serve { policy = support.RECORDER }
 
 	-- Runs cmd (bounded), asserts success, returns the one new delivery.
 	local function deliver(cmd)

@@ -16,18 +16,7 @@ end)
 ]]
 
 describe("e2e: message events", function()
-	local server
-
-	lazy_setup(function()
-		server = support.start { policy = POLICY }
-	end)
-
-	lazy_teardown(function()
-		if server then
-			server:stop()
-			server:cleanup()
-		end
-	end)
+	local server = support.serve { policy = POLICY }
 
 	local function send_message(c, from)
 		c:cmd("MAIL FROM:<" .. from .. ">", "^250 ")

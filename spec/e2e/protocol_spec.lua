@@ -7,18 +7,7 @@
 local support = require "spec.e2e.support"
 
 describe("e2e: protocol", function()
-	local server
-
-	lazy_setup(function()
-		server = support.start { policy = support.RECORDER }
-	end)
-
-	lazy_teardown(function()
-		if server then
-			server:stop()
-			server:cleanup()
-		end
-	end)
+	local server = support.serve { policy = support.RECORDER }
 
 	local function session()
 		local c = support.connect(server)

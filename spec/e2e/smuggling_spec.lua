@@ -18,18 +18,7 @@ local variants = {
 }
 
 describe("e2e: SMTP smuggling", function()
-	local server
-
-	lazy_setup(function()
-		server = support.start { policy = support.RECORDER }
-	end)
-
-	lazy_teardown(function()
-		if server then
-			server:stop()
-			server:cleanup()
-		end
-	end)
+	local server = support.serve { policy = support.RECORDER }
 
 	for _, v in ipairs(variants) do
 		local name, seq = v[1], v[2]

@@ -133,6 +133,34 @@ function support.start(opts)
 	return self
 end
 
+--[[
+support.serve(opts): inside a describe block, starts a server with
+support.start(opts) before its first test and stops and removes it after the
+last one.  Returns a stand-in that forwards fields and methods to that server
+(use it only inside the tests).
+]]
+function support.serve(opts)
+	local busted = require "busted"		-- its API, as the spec files see it
+	local server
+	busted.lazy_setup(function() server = support.start(opts) end)
+	busted.lazy_teardown(function()
+		if server then
+			server:stop()
+			server:cleanup()
+		end
+	end)
+	return setmetatable({}, {
+		__index = function(_, k)
+			assert(server, "support.serve: the server is started by lazy_setup, use it inside a test")
+			local v = server[k]
+			if type(v) == "function" then
+				return function(_, ...) return v(server, ...) end
+			end
+			return v
+		end,
+	})
+end
+
 function Server:stderr() return slurp(self.dir .. "/stderr") or "" end
 function Server:alive() return self.rc == nil and alive(self.pid) end
 

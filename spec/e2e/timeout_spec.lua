@@ -12,18 +12,7 @@ server.dataTimeout = 0.5
 ]]
 
 describe("e2e: timeouts", function()
-	local server
-
-	lazy_setup(function()
-		server = support.start { policy = POLICY }
-	end)
-
-	lazy_teardown(function()
-		if server then
-			server:stop()
-			server:cleanup()
-		end
-	end)
+	local server = support.serve { policy = POLICY }
 
 	it("closes a silent session with 421 4.4.2 after commandTimeout", function()
 		local c = support.connect(server)
