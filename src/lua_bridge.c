@@ -1,9 +1,10 @@
 /*
  * lua_bridge.c -- the hooks bridge: a policy's session_hooks, into Lua.
  *
- * Every engine call into Lua goes through one dispatch function, an event
- * without a Lua listener never enters Lua, and outcomes wait for the next
- * call into Lua.  Owns the bridge object (smtp_core.bridge) and its map of
+ * Every engine call into Lua is a call of the kinds function for its hook
+ * (kinds.ask, .data, ...), an event without a Lua listener never enters Lua,
+ * and outcomes wait for the next call into Lua (kinds.outcome each, just
+ * before it).  Owns the bridge object (smtp_core.bridge) and its map of
  * session pointers to the weak handles Lua holds (a handle outlives its
  * session; lua_session.c has their methods).
  * Knows nothing of sockets or libevent: timers belong to the caller.
@@ -81,17 +82,15 @@ map_clear(struct lbridge *b, lua_State *L, struct session *s)
 /* ---- calling Lua from the hooks ----------------------------------------- */
 
 /*
- * One call of dispatch(kind, handle, npending, <pending>, ...) from a hook:
- * <pending> is npending times (handle | false, event, code, argument), the
- * outcomes to apply first.  Everything that may allocate (and so raise)
+ * One call of the Lua function of its kind, kinds[kind](handle, ...), from
+ * a hook, after kinds.outcome(handle | false, event, code, argument) for
+ * each pending outcome.  Everything that may allocate (and so raise)
  * runs inside lua_pcall: a hook is called from C with no Lua frame to catch
- * an error, and an unprotected error would abort.  HK_FLUSH carries only
- * the pending outcomes (handle false).
+ * an error, and an unprotected error would abort.  HK_FLUSH applies only
+ * the pending outcomes.
  */
-enum hkind { HK_ASK, HK_CANCEL, HK_FLUSH, HK_DATA, HK_ABORT, HK_CLOSED, HK_BIND };
-
 static const char *const hkind_names[] = {
-	"ask", "cancel", "flush", "data", "abort", "closed", "bind",
+	"ask", "cancel", "flush", "data", "abort", "closed", "outcome", "bind",
 };
 
 struct hcall {
@@ -229,50 +228,64 @@ bind_handle(lua_State *L, struct lbridge *b, struct session *s)
 	map_set(b, L, s, -1);
 }
 
-/* Pushes npending and the pending outcomes, and forgets them. */
-static void
+/*
+ * Pushes outcome(handle | false, event, code, argument) calls for the
+ * pending outcomes, the first one on top, and forgets them: all of them are
+ * on the stack before any runs (an outcome's listeners may queue more).
+ */
+static unsigned
 push_pending(lua_State *L, struct lbridge *b)
 {
 	unsigned n = b->npending;
 
 	b->npending = 0;
-	lua_pushinteger(L, n);
-	for (unsigned i = 0; i < n; i++) {
+	for (unsigned i = n; i-- > 0;) {
 		struct pending *p = &b->pending[i];
 
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[HK_OUTCOME]);
 		if (push_handle(b, L, p->s) == NULL)
 			lua_pushboolean(L, 0);
 		lua_pushstring(L, session_event_name(p->ev));
 		lua_pushinteger(L, p->code);
 		lua_pushstring(L, p->arg);
 	}
+	return n;
 }
 
-/* The protected body of a hook: hcall_run(lightuserdata hcall) */
+/*
+ * The protected body of a hook: hcall_run(lightuserdata hcall).  The
+ * function of the hook's kind and the handle go first, then the pending
+ * outcomes are applied (each a call of its own, no varargs), then the call.
+ */
 static int
 hcall_run(lua_State *L)
 {
 	struct hcall	*c = lua_touserdata(L, 1);
 	struct lbridge	*b = c->b;
+	unsigned	 np;
 	int		 n;
 
 	lua_settop(L, 0);
-	luaL_checkstack(L, 16 + 4 * PENDING_MAX, "pending outcomes");
-	lua_rawgeti(L, LUA_REGISTRYINDEX, b->dispatch_ref);
-	lua_pushstring(L, hkind_names[c->kind]);
+	luaL_checkstack(L, 16 + 5 * PENDING_MAX, "pending outcomes");
 	if (c->kind == HK_FLUSH)
-		lua_pushboolean(L, 0);
-	else if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
-		bind_handle(L, b, c->s);
-	else if (push_handle(b, L, c->s) == NULL) {
-		if (b->npending == 0)
-			return 0;
-		c->kind = HK_FLUSH;	/* the session is gone: only the outcomes */
-		lua_settop(L, 1);
-		lua_pushstring(L, hkind_names[HK_FLUSH]);
-		lua_pushboolean(L, 0);
+		lua_pushnil(L);
+	else {
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[c->kind]);
+		if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
+			bind_handle(L, b, c->s);
+		else if (push_handle(b, L, c->s) == NULL) {
+			if (b->npending == 0)
+				return 0;
+			c->kind = HK_FLUSH;	/* the session is gone: only the outcomes */
+			lua_settop(L, 0);
+			lua_pushnil(L);
+		}
 	}
-	push_pending(L, b);
+	np = push_pending(L, b);
+	while (np-- > 0)
+		lua_call(L, 4, 0);
+	if (c->kind == HK_FLUSH)
+		return 0;
 	switch (c->kind) {
 	case HK_ASK:
 		lua_pushstring(L, session_event_name(c->ev));
@@ -291,7 +304,7 @@ hcall_run(lua_State *L)
 		break;
 	}
 	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-	/* ask: dispatch returns true, accept, code, text | false (a decide follows) */
+	/* ask: returns true, accept, code, text | false (a decide follows) */
 	n = lua_gettop(L);
 	c->done = n >= 1 && lua_toboolean(L, 1);
 	c->accept = n >= 2 ? lua_toboolean(L, 2) : 1;
@@ -589,20 +602,32 @@ lcore_check_bridge(lua_State *L, int idx)
 	return luaL_checkudata(L, idx, LCORE_BRIDGE_MT);
 }
 
-/* smtp_core.bridge(dispatch) -> bridge */
+/*
+ * smtp_core.bridge(kinds) -> bridge: kinds.ask, .cancel, .data, .abort,
+ * .closed and .outcome are the functions the hooks call (read once, here).
+ */
 int
 lcore_bridge(lua_State *L)
 {
 	struct lbridge *b;
 
-	luaL_checktype(L, 1, LUA_TFUNCTION);
+	luaL_checktype(L, 1, LUA_TTABLE);
+	for (int k = 0; k < HK_NFN; k++)
+		if (k != HK_FLUSH && lua_getfield(L, 1, hkind_names[k]) != LUA_TFUNCTION)
+			return luaL_error(L, "bridge: kinds.%s must be a function", hkind_names[k]);
+	lua_settop(L, 1);
 	b = lua_newuserdatauv(L, sizeof(*b), 0);
 	memset(b, 0, sizeof(*b));
-	b->dispatch_ref = b->map_ref = LUA_NOREF;
+	for (int k = 0; k < HK_NFN; k++)
+		b->fn_ref[k] = LUA_NOREF;
+	b->map_ref = LUA_NOREF;
 	luaL_setmetatable(L, LCORE_BRIDGE_MT);
 	b->L = b->main = L;
-	lua_pushvalue(L, 1);
-	b->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	for (int k = 0; k < HK_NFN; k++)
+		if (k != HK_FLUSH) {
+			lua_getfield(L, 1, hkind_names[k]);
+			b->fn_ref[k] = luaL_ref(L, LUA_REGISTRYINDEX);
+		}
 	/* the map: weak values; its metatable also names the bridge (weakly) */
 	lua_newtable(L);
 	lua_createtable(L, 0, 2);
@@ -624,9 +649,12 @@ lbridge_release(lua_State *L)
 {
 	struct lbridge *b = lcore_check_bridge(L, 1);
 
-	luaL_unref(L, LUA_REGISTRYINDEX, b->dispatch_ref);
+	for (int k = 0; k < HK_NFN; k++) {
+		luaL_unref(L, LUA_REGISTRYINDEX, b->fn_ref[k]);
+		b->fn_ref[k] = LUA_NOREF;
+	}
 	luaL_unref(L, LUA_REGISTRYINDEX, b->map_ref);
-	b->dispatch_ref = b->map_ref = LUA_NOREF;
+	b->map_ref = LUA_NOREF;
 	return 0;
 }
 

@@ -37,10 +37,17 @@ struct pending {
 	char			 arg[ARG_MAX];
 };
 
+/* What a hook calls in Lua: kinds[name](handle, ...); HK_FLUSH calls nothing. */
+enum hkind {
+	HK_ASK, HK_CANCEL, HK_FLUSH, HK_DATA, HK_ABORT, HK_CLOSED, HK_OUTCOME,
+	HK_NFN,		/* the kinds with a function (HK_FLUSH's is unused) */
+	HK_BIND = HK_NFN
+};
+
 struct lbridge {
 	lua_State	*L;		/* the thread hooks run Lua on */
 	lua_State	*main;		/* ... when no call from Lua is in progress */
-	int		 dispatch_ref;	/* dispatch(kind, handle, ...) */
+	int		 fn_ref[HK_NFN];	/* kinds.ask, .cancel, ... (LUA_NOREF for flush) */
 	int		 map_ref;	/* session pointer -> handle (weak values) */
 	int		 watch_connect;	/* the server has 'connection' listeners */
 	struct lsession	*creating;	/* harness: the handle session_create binds */

@@ -1,6 +1,6 @@
 -- smtp.instance -- the smtp API (require "smtp") bound to one platform.
 --
--- Owns the Server, Connection and Message objects, the dispatch function
+-- Owns the Server, Connection and Message objects, the kinds functions
 -- the C bridge calls for every engine hook (lua_bridge.c), running every
 -- handler in its own coroutine under an instruction budget, turning event
 -- objects (valid/code/message) into verdicts, and smtp.sleep/setTimeout.
@@ -518,7 +518,7 @@ function M.new(platform)
     if #conn.recipients > 0 then conn.recipients = {} end	-- (a message may hold it)
   end
 
-  -- ---- dispatch: what the C bridge calls -------------------------------------
+  -- ---- kinds: what the C bridge calls ----------------------------------------
 
   local function address_object(args, fallback)
     if args and args.address then	-- the engine's: already the address object's shape
@@ -712,21 +712,8 @@ function M.new(platform)
     emit_detached(conn, "close", take(conn, "close"), conn)
   end
 
-  function kinds.flush() end
-
-  -- Outcomes are no call of their own: the bridge sends the ones pending
-  -- (handle, name, code, arg each) ahead of the next call's own arguments.
-  local outcome = kinds.outcome
-  local function apply(n, handle, name, code, arg, ...)
-    if handle then outcome(handle, name, code, arg) end
-    if n == 1 then return ... end
-    return apply(n - 1, ...)
-  end
-
-  local function dispatch(kind, handle, npending, ...)
-    if npending == 0 then return kinds[kind](handle, ...) end
-    return kinds[kind](handle, apply(npending, ...))
-  end
+  -- Outcomes are no call of the engine's own: the bridge calls
+  -- kinds.outcome for the ones pending just before its next call here.
 
   -- ---- Server --------------------------------------------------------------
 
@@ -796,7 +783,7 @@ function M.new(platform)
   function smtp.createServer(fn)
     if server then error("one server per script: createServer was already called", 2) end
     if fn ~= nil and type(fn) ~= "function" then error("createServer: a function expected", 2) end
-    bridge = core.bridge(dispatch)
+    bridge = core.bridge(kinds)
     local s = setmetatable({}, ServerMeta)
     rawset(s, "_opts", {})
     rawset(s, "listening", {})
