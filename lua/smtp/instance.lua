@@ -237,9 +237,7 @@ function M.new(platform)
   -- Runs task (fn(...) on an idle one, a waiting one without fn) until it
   -- returns, fails or waits: true | false, traceback | nil (waiting).
   -- task.on_finish, if set, is called when it ends.
-  local function resume(task, fn, ...)
-    local co = task.co
-    local ok, r = call(co, handler_budget, fn, ...)
+  local function after(task, ok, r)
     if ok then
       task.dead = true
       local cb = task.on_finish
@@ -252,17 +250,35 @@ function M.new(platform)
       return true
     end
     if ok == nil then return nil end	-- waiting: the budget restarts at the next resume
+    local co = task.co
     task.dead = true
     tasks[co] = nil
     local err = traceback(co, tostring(r))
     if task.on_finish then task.on_finish(false, err) end
     return false, err
   end
+  local function resume(task, fn, ...)
+    return after(task, call(task.co, handler_budget, fn, ...))
+  end
 
   -- Starts fn(...) in a task: resume()'s result and the task.
   local function spawn(conn, fn, on_finish, ...)
     local task = acquire(conn, on_finish)
     local ok, err = resume(task, fn, ...)
+    return ok, err, task
+  end
+
+  -- spawn(conn, fn, nil, arg): one argument, no on_finish, acquire and
+  -- resume inline when the pool has a coroutine (every handler run of an
+  -- ask, every data chunk)
+  local function spawn1(conn, fn, arg)
+    if npool == 0 then return spawn(conn, fn, nil, arg) end
+    local task = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+    task.conn, task.on_finish, task.dead, task.dropped = conn, nil, false, false
+    task.gen = task.gen + 1
+    local ok, err = after(task, call(task.co, handler_budget, fn, arg))
     return ok, err, task
   end
 
@@ -382,7 +398,7 @@ function M.new(platform)
     conn._ask = nil
     conn._aname, conn._aobj = name, obj	-- for the outcome
     for i = 1, #fns do
-      local ok, err, task = spawn(conn, fns[i], nil, obj)
+      local ok, err, task = spawn1(conn, fns[i], obj)
       if ok == false then
         log("warn", conn.id, "handler %s failed: %s", name:lower(), err)
         return true, false, FAIL_CODE, FAIL_TEXT
@@ -679,7 +695,7 @@ function M.new(platform)
     m.size = m.size + #chunk
     local fns = take(m, "data")
     for i = 1, #fns do
-      local ok, err, task = spawn(conn, fns[i], nil, chunk)
+      local ok, err, task = spawn1(conn, fns[i], chunk)
       if ok == false then
         log("warn", conn.id, "handler data failed: %s", err)
         m._failed = m._failed or "a data handler failed"
@@ -714,7 +730,6 @@ function M.new(platform)
 
   -- Outcomes are no call of the engine's own: the bridge calls
   -- kinds.outcome for the ones pending just before its next call here.
-
   -- ---- Server --------------------------------------------------------------
 
   local Server = setmetatable({}, { __index = Emitter })
