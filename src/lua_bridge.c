@@ -103,7 +103,7 @@ struct hcall {
 	const char			*buf;		/* data */
 	size_t				 len;
 	const char			*why;		/* abort */
-	/* ask: what dispatch returned */
+	/* ask: what kinds.ask returned */
 	int				 done, accept, vcode, has_text;
 };
 
@@ -396,7 +396,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 		if (!b->watch_connect && b->creating == NULL)
 			return HOOK_DONE;	/* no 'connection' listener: no Lua */
 		if (!b->watch_connect) {
-			c.kind = HK_BIND;	/* the harness's handle, no dispatch */
+			c.kind = HK_BIND;	/* the harness's handle, no Lua hook call */
 			if (lua_checkstack(b->L, 8)) {
 				int top = lua_gettop(b->L);
 

@@ -1,9 +1,9 @@
 /*
  * lua_core.h -- the smtp_core Lua module and the hooks bridge it owns.
  *
- * A bridge carries every engine hook of a policy into one Lua dispatch
- * function (lua/smtp/instance.lua).  It is a Lua userdata made by
- * smtp_core.bridge(dispatch); the server (lua_policy.c) anchors one per
+ * A bridge carries every engine hook of a policy into the Lua function for
+ * that hook (the kinds table of lua/smtp/instance.lua).  It is a Lua userdata
+ * made by smtp_core.bridge(kinds); the server (lua_policy.c) anchors one per
  * loaded script, the test harness (smtp.testing) one per loaded instance.
  * Nothing here touches sockets or libevent.
  */
