@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# bench/callgrind.sh -- server instructions per message, counted by callgrind.
+#
+# Instruction counts do not move with what else the machine is doing, so this
+# is the figure to compare two commits by (bench/run.sh's rates and CPU times
+# are the figures to compare servers by).  Starts the server under
+# valgrind --tool=callgrind with the bench policy, sends N messages with
+# smtp-source, and again 1 message; prints (total(N) - total(1)) / (N - 1):
+# the cost of a message without start-up and shutdown.  smtp-sink's figure for
+# the same load is printed alongside as the reference.
+#
+#   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS]
+#
+# Needs valgrind and smtp-source (bench/setup.sh installs postfix), and a
+# release build (bench/run.sh makes build-bench/luasmtpd).
+set -euo pipefail
+BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bin="$BENCH/../build-bench/luasmtpd"
+n=2000
+rcpts=1
+while getopts "b:n:r:" o; do
+	case $o in
+	b) bin=$OPTARG ;;
+	n) n=$OPTARG ;;
+	r) rcpts=$OPTARG ;;
+	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS]" >&2; exit 2 ;;
+	esac
+done
+for tool in valgrind callgrind_annotate smtp-source /usr/sbin/smtp-sink; do
+	command -v "$tool" >/dev/null || { echo "callgrind.sh: $tool is missing" >&2; exit 1; }
+done
+[ -x "$bin" ] || { echo "callgrind.sh: no $bin (build it, or -b BINARY)" >&2; exit 1; }
+tmp=$(mktemp -d /tmp/luasmtpd-callgrind.XXXXXX)
+trap 'rm -rf "$tmp"' EXIT
+
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# total instructions of one server run that received $1 messages
+count() {	# what messages
+	local what=$1 messages=$2 port pid out=$tmp/cg.out
+	port=$(free_port)
+	rm -f "$out" "$tmp/ready"
+	if [ "$what" = luasmtpd ]; then
+		valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --workers 0 \
+		    --log-level warn --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
+		    "$BENCH/peers/luasmtpd/policy.lua" 2>"$tmp/server.log" &
+		pid=$!
+		for _ in $(seq 300); do [ -f "$tmp/ready" ] && break; sleep 0.1; done
+	else
+		# as root so that callgrind can write its output (-u nobody could not)
+		valgrind --tool=callgrind --callgrind-out-file="$out" /usr/sbin/smtp-sink -u root \
+		    "127.0.0.1:$port" 100 2>"$tmp/server.log" &
+		pid=$!
+		for _ in $(seq 300); do ss -ltn | grep -q ":$port " && break; sleep 0.1; done
+	fi
+	smtp-source -s 5 -d -l 1024 -r "$rcpts" -m "$messages" -M bench.example.com \
+	    -f sender@example.com -t rcpt@example.com "127.0.0.1:$port"
+	kill "$pid"
+	wait "$pid" 2>/dev/null || true
+	callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
+}
+
+for what in luasmtpd smtp-sink; do
+	one=$(count "$what" 1)
+	all=$(count "$what" "$n")
+	printf '%-9s %8d instructions per message (%d messages, %d recipient(s) each)\n' \
+	    "$what" $(( (all - one) / (n - 1) )) "$n" "$rcpts"
+done
