@@ -2,18 +2,9 @@
 -- hands its coroutine to the next one.  Reuse must be invisible: every
 -- handler still runs in a coroutine of its own, a waiting handler keeps
 -- its coroutine, and a failed one is never reused.
-local testing = require "smtp.testing"
 
-local function policy(src, opts)
-  return testing.load_string("local smtp = require 'smtp'\n" .. src, "=policy.lua", opts)
-end
-
-local function helo(h, peer)
-  local s = h:connect(peer)
-  s:expect(220)
-  s:send("HELO c.example"):expect(250)
-  return s
-end
+local support = require "spec.engine.support"
+local policy, helo = support.policy, support.helo
 
 describe("handler coroutines", function()
   it("every handler runs in a coroutine, never the main thread", function()

@@ -2,9 +2,7 @@
 -- the connection's properties, driven through smtp.testing.
 local testing = require "smtp.testing"
 
-local function policy(src, opts)
-  return testing.load_string("local smtp = require 'smtp'\n" .. src, "=policy.lua", opts)
-end
+local policy = require("spec.engine.support").policy
 
 local function greeted(h, peer)
   local s = h:connect(peer)

@@ -1,17 +1,8 @@
 -- Handlers that fail, run away or wait: 451 on error, the instruction
 -- budget, smtp.sleep and timers on the virtual clock, logs.
-local testing = require "smtp.testing"
 
-local function policy(src, opts)
-  return testing.load_string("local smtp = require 'smtp'\n" .. src, "=policy.lua", opts)
-end
-
-local function helo(h, peer)
-  local s = h:connect(peer)
-  s:expect(220)
-  s:send("HELO c.example"):expect(250)
-  return s
-end
+local support = require "spec.engine.support"
+local policy, helo = support.policy, support.helo
 
 describe("handler failures", function()
   it("a Lua error gives 451 4.3.0, a log line with the traceback, and the session goes on", function()

@@ -1,10 +1,7 @@
 -- Messages on the real engine: data chunks, accept/reject now or later,
 -- events, properties, the decision timeout, aborts and flow control.
-local testing = require "smtp.testing"
 
-local function policy(src, opts)
-  return testing.load_string("local smtp = require 'smtp'\n" .. src, "=policy.lua", opts)
-end
+local policy = require("spec.engine.support").policy
 
 local function to_data(h)
   local s = h:connect()

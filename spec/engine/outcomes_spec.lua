@@ -4,11 +4,8 @@
 -- event's handlers, a message's accept/reject listeners before them, a
 -- handler that just decided, a timer; and none may be lost, however many
 -- pipelined commands pile up before Lua is called again.
-local testing = require "smtp.testing"
 
-local function policy(src, opts)
-  return testing.load_string("local smtp = require 'smtp'\n" .. src, "=policy.lua", opts)
-end
+local policy = require("spec.engine.support").policy
 
 local function expect_all(s, ...)
   for _, code in ipairs { ... } do s:expect(code) end

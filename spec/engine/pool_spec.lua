@@ -2,11 +2,8 @@
 -- coroutine whose handler returned, even after waiting, runs the next one;
 -- and the per-message savings (the transaction's recipients shared with
 -- the message, params made when read) change nothing a policy can see.
-local testing = require "smtp.testing"
 
-local function policy(src, opts)
-  return testing.load_string("local smtp = require 'smtp'\n" .. src, "=policy.lua", opts)
-end
+local policy = require("spec.engine.support").policy
 
 local function helo(h)
   local s = h:connect()
