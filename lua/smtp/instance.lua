@@ -229,7 +229,7 @@ function M.new(platform)
         dropped = false, timer = false }
       tasks[co] = task
     end
-    task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish, false, false
+    task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish or false, false, false
     task.gen = task.gen + 1
     return task
   end
@@ -241,7 +241,7 @@ function M.new(platform)
     if ok then
       task.dead = true
       local cb = task.on_finish
-      task.conn, task.on_finish = nil, nil
+      task.conn, task.on_finish = false, false	-- false, not nil: the keys stay set
       if npool < POOL_MAX then
         npool = npool + 1
         pool[npool] = task
@@ -276,7 +276,7 @@ function M.new(platform)
     local task = pool[npool]
     pool[npool] = nil
     npool = npool - 1
-    task.conn, task.on_finish, task.dead, task.dropped = conn, nil, false, false
+    task.conn, task.on_finish, task.dead, task.dropped = conn, false, false, false
     task.gen = task.gen + 1
     local ok, err = after(task, call(task.co, handler_budget, fn, arg))
     return ok, err, task
@@ -394,8 +394,10 @@ function M.new(platform)
   -- Runs the listeners of an ask; finish(obj) gives the verdict (or WAIT).
   -- Listeners that return at once cost no allocation here; the first one
   -- that waits turns the rest of the ask into a chain decided later.
+  -- conn._ask, _aname and _aobj are false when unset, never nil: a field
+  -- that keeps a value is assigned in place (no slow path per command).
   local function ask(conn, name, obj, fns, finish)
-    conn._ask = nil
+    conn._ask = false
     conn._aname, conn._aobj = name, obj	-- for the outcome
     for i = 1, #fns do
       local ok, err, task = spawn1(conn, fns[i], obj)
@@ -522,6 +524,7 @@ function M.new(platform)
     c.localAddress, c.localPort = peer.localAddress, peer.localPort
     c.server = server
     c.recipients = {}
+    c._ask, c._aname, c._aobj = false, false, false	-- the ask in progress (ask())
     handle:attach(0)
     return c
   end
@@ -634,7 +637,7 @@ function M.new(platform)
     if a then
       a.cancelled = true
       if a.chain then a.chain.cancel() end
-      conn._ask = nil
+      conn._ask = false
     end
   end
 
@@ -656,36 +659,60 @@ function M.new(platform)
     end
   end
 
+  -- What an outcome changes, by event: outcomes[name](conn, ok, code, obj, arg)
+  -- with obj the ask's event object when Lua ran its listeners, else false
+  -- (arg is then the engine's argument).  Events without an entry change
+  -- nothing (AUTH: connection.user reads the engine's; a STARTTLS forgets it).
+  local outcomes = {}
+
+  local function helo_outcome(ext)
+    return function(conn, ok, code, obj, arg)
+      clear_transaction(conn)
+      if ok then conn.helo = { name = obj and obj.name or arg, extended = ext } end
+    end
+  end
+  outcomes.HELO, outcomes.EHLO = helo_outcome(false), helo_outcome(true)
+
+  function outcomes.MAIL(conn, ok, code, obj, arg)
+    clear_transaction(conn)
+    if ok then conn.sender = obj or address_object(nil, arg) end
+  end
+
+  function outcomes.RCPT(conn, ok, code, obj, arg)
+    if ok then
+      local r = conn.recipients
+      r[#r + 1] = obj or address_object(nil, arg)
+    end
+  end
+
+  function outcomes.DATA(conn, ok, code)
+    local m = conn.currentMessage
+    if m and code ~= 354 then
+      finish_message(m, false, code)
+      -- the transaction goes on (more RCPT): not in the message's table
+      conn.recipients = table.move(conn.recipients, 1, #conn.recipients, 1, {})
+    end
+  end
+
+  function outcomes.DATA_END(conn, ok, code)
+    local m = conn.currentMessage
+    if m then finish_message(m, ok, code) end
+    clear_transaction(conn)
+  end
+
+  function outcomes.RSET(conn)
+    clear_transaction(conn)
+  end
+
   function kinds.outcome(handle, name, code, arg)
     local conn = conns[handle]
     if not conn then return end
     local a = conn._ask
-    if a and a.name == name then conn._ask = nil end
-    local obj = conn._aname == name and conn._aobj or nil
-    conn._aname, conn._aobj = nil, nil
-    local ok = code >= 200 and code < 400
-    if name == "HELO" or name == "EHLO" then
-      clear_transaction(conn)
-      if ok then conn.helo = { name = obj and obj.name or arg, extended = name == "EHLO" } end
-    elseif name == "MAIL" then
-      clear_transaction(conn)
-      if ok then conn.sender = obj or address_object(nil, arg) end
-    elseif name == "RCPT" then
-      if ok then conn.recipients[#conn.recipients + 1] = obj or address_object(nil, arg) end
-    elseif name == "DATA" then
-      local m = conn.currentMessage
-      if m and code ~= 354 then
-        finish_message(m, false, code)
-        -- the transaction goes on (more RCPT): not in the message's table
-        conn.recipients = table.move(conn.recipients, 1, #conn.recipients, 1, {})
-      end
-    elseif name == "DATA_END" then
-      local m = conn.currentMessage
-      if m then finish_message(m, ok, code) end
-      clear_transaction(conn)
-    elseif name == "RSET" then
-      clear_transaction(conn)
-    end	-- AUTH: connection.user reads the engine's (a STARTTLS forgets it)
+    if a and a.name == name then conn._ask = false end
+    local obj = conn._aname == name and conn._aobj
+    conn._aname, conn._aobj = false, false
+    local f = outcomes[name]
+    if f then f(conn, code >= 200 and code < 400, code, obj, arg) end
   end
 
   function kinds.data(handle, chunk)
