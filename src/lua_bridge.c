@@ -83,11 +83,12 @@ map_clear(struct lbridge *b, lua_State *L, struct session *s)
 
 /*
  * One call of the Lua function of its kind, kinds[kind](handle, ...), from
- * a hook, after kinds.outcome(handle | false, event, code, argument) for
- * each pending outcome.  Everything that may allocate (and so raise)
- * runs inside lua_pcall: a hook is called from C with no Lua frame to catch
- * an error, and an unprotected error would abort.  HK_FLUSH applies only
- * the pending outcomes.
+ * a hook, after kinds.outcome(handle | false, event, code, argument | nil)
+ * for each pending outcome (nil when the ask ran in Lua: its object is
+ * there).  Everything that may allocate (and so raise) runs inside
+ * lua_pcall: a hook is called from C with no Lua frame to catch an error,
+ * and an unprotected error would abort.  HK_FLUSH applies only the pending
+ * outcomes.
  */
 static const char *const hkind_names[] = {
 	"ask", "cancel", "flush", "data", "abort", "closed", "outcome", "bind",
@@ -247,7 +248,10 @@ push_pending(lua_State *L, struct lbridge *b)
 			lua_pushboolean(L, 0);
 		lua_pushstring(L, session_event_name(p->ev));
 		lua_pushinteger(L, p->code);
-		lua_pushstring(L, p->arg);
+		if (p->has_arg)
+			lua_pushstring(L, p->arg);
+		else
+			lua_pushnil(L);	/* the ask's object in Lua has it */
 	}
 	return n;
 }
@@ -413,14 +417,19 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	} else {
 		if ((ls = find_attached(b, s)) == NULL)
 			return HOOK_DONE;
-		/* outcome tells Lua the argument even when the ask skips Lua */
-		const char *arg = args == NULL || ev == SEV_AUTH ? "" :
-		    args->path != NULL && args->path->address != NULL ?
-		    args->path->address : args->arg != NULL ? args->arg : "";
+		/*
+		 * An ask that runs in Lua leaves its event object there for the
+		 * outcome; one that skips Lua leaves the argument here for it.
+		 */
+		ls->arg_lua = (ls->mask & EVBIT(ev)) != 0;
+		if (!ls->arg_lua) {
+			const char *arg = args == NULL || ev == SEV_AUTH ? "" :
+			    args->path != NULL && args->path->address != NULL ?
+			    args->path->address : args->arg != NULL ? args->arg : "";
 
-		copy_bounded(ls->arg, sizeof(ls->arg), arg, strlen(arg));
-		if ((ls->mask & EVBIT(ev)) == 0)
+			copy_bounded(ls->arg, sizeof(ls->arg), arg, strlen(arg));
 			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
+		}
 	}
 	if (hcall(&c) == -1) {
 		verdict_fail(b, v);
@@ -493,7 +502,9 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 	p->s = s;
 	p->ev = ev;
 	p->code = code;
-	copy_bounded(p->arg, sizeof(p->arg), ls->arg, strlen(ls->arg));
+	p->has_arg = !ls->arg_lua;
+	if (p->has_arg)
+		copy_bounded(p->arg, sizeof(p->arg), ls->arg, strlen(ls->arg));
 	/*
 	 * The end of a message fires its 'accept' or 'reject' listeners: now,
 	 * not at the next call into Lua (a call from Lua flushes as it leaves).

@@ -34,6 +34,7 @@ struct pending {
 	struct session		*s;
 	enum session_event	 ev;
 	int			 code;
+	int			 has_arg;	/* else Lua holds the ask's object: nil */
 	char			 arg[ARG_MAX];
 };
 
@@ -65,7 +66,8 @@ struct lsession {
 	int		 attached;	/* Lua made a connection object for it */
 	int		 owned;		/* harness: this handle destroys the session */
 	int		 finalizing;
-	char		 arg[ARG_MAX];	/* the last ask's argument, for outcome */
+	int		 arg_lua;	/* the last ask ran in Lua: its object has the argument */
+	char		 arg[ARG_MAX];	/* the last ask's argument, for outcome, when not */
 	/* harness transport */
 	struct session_config cfg;
 	char		 hostname[256];

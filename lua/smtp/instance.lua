@@ -10,6 +10,7 @@
 
 local Emitter = require "smtp.emitter"
 local take = Emitter.take	-- called directly on the hot path (no __index)
+local rawget = rawget
 
 local M = {}
 
@@ -364,7 +365,9 @@ function M.new(platform)
   -- The verdict of an ask whose listeners all ran: true, accept, code, text
   -- (false when finish says WAIT: a decide follows).
   local function conclude(conn, a, name, obj, finish)
-    if not a and not finish and obj.code == nil and obj.message == nil then
+    -- raw: no event object's metatable has a code or message (an address
+    -- object's __index is a function: a call per read)
+    if not a and not finish and rawget(obj, "code") == nil and rawget(obj, "message") == nil then
       return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
     end
     local ok, accept, code, text = pcall(finish or verdict_of, obj)
