@@ -362,13 +362,22 @@ function M.new(platform)
     end
   end
 
+  local data_verdict	-- the DATA command's finish (below)
+
   -- The verdict of an ask whose listeners all ran: true, accept, code, text
   -- (false when finish says WAIT: a decide follows).
   local function conclude(conn, a, name, obj, finish)
-    -- raw: no event object's metatable has a code or message (an address
-    -- object's __index is a function: a call per read)
-    if not a and not finish and rawget(obj, "code") == nil and rawget(obj, "message") == nil then
-      return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
+    -- raw: no event object's metatable has a code, message, valid or
+    -- decision (an address object's __index is a function: a call per read)
+    if not a then
+      if not finish then
+        if rawget(obj, "code") == nil and rawget(obj, "message") == nil then
+          return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
+        end
+      elseif finish == data_verdict and rawget(obj, "_daccept") == nil
+          and rawget(obj, "valid") == nil then
+        return true, true, 0, nil	-- data_verdict's, nothing to check
+      end
     end
     local ok, accept, code, text = pcall(finish or verdict_of, obj)
     if not ok then
@@ -439,13 +448,13 @@ function M.new(platform)
       _names = MESSAGE_EVENTS, _once = false, _on_change = false,
       _listeners = { data = false, ["end"] = false, accept = false, reject = false },
       connection = conn, sender = conn.sender, recipients = rcpts, receivers = rcpts,
-      accepted = false, size = 0, code = nil, _finished = false, _failed = nil,
+      accepted = false, size = 0, code = nil, _finished = false, _failed = false,
       _daccept = nil, _dcode = nil, _dtext = nil,	-- the decision: _daccept ~= nil
     }, Message)
   end
 
   local function decide_message(m, accept, code, text)
-    if m._daccept ~= nil then return false, "already decided" end
+    if rawget(m, "_daccept") ~= nil then return false, "already decided" end
     m._daccept, m._dcode, m._dtext = accept, code, text
     local conn = m.connection
     local a = conn._ask
@@ -584,19 +593,19 @@ function M.new(platform)
   end
 
   -- a reject() during the DATA handlers refuses the DATA command itself
-  local function data_verdict(m)
-    if m._daccept == false then
+  function data_verdict(m)
+    if rawget(m, "_daccept") == false then
       local code, text = m._dcode, m._dtext
       m._daccept, m._dcode, m._dtext = nil, nil, nil
       return false, code, text
     end
-    if m.valid == false then return false, check_code(m.code, false), check_text(m.message) end
+    if rawget(m, "valid") == false then return false, check_code(m.code, false), check_text(m.message) end
     return true, 0, nil
   end
 
   local function data_end_verdict(m)
     if m._failed then error(m._failed, 0) end
-    local accept = m._daccept
+    local accept = rawget(m, "_daccept")
     if accept == nil then return WAIT end
     return accept, m._dcode, m._dtext
   end
