@@ -60,9 +60,18 @@ lcore_new_handle(struct lbridge *b, lua_State *L, int bridge_idx)
 	return ls;
 }
 
+/* hook_ask's handle is forgotten by any change of the map */
+static void
+forget_ask(struct lbridge *b)
+{
+	b->ask_s = NULL;
+	b->ask_ls = NULL;
+}
+
 static void
 map_set(struct lbridge *b, lua_State *L, struct session *s, int idx)
 {
+	forget_ask(b);
 	idx = lua_absindex(L, idx);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
 	lua_pushvalue(L, idx);
@@ -73,6 +82,7 @@ map_set(struct lbridge *b, lua_State *L, struct session *s, int idx)
 static void
 map_clear(struct lbridge *b, lua_State *L, struct session *s)
 {
+	forget_ask(b);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
 	lua_pushnil(L);
 	lua_rawsetp(L, -2, s);
@@ -341,6 +351,8 @@ hcall(struct hcall *c)
 	int		 top = lua_gettop(L);
 	uint64_t	 id = c->s != NULL ? session_id(c->s) : 0;
 
+	forget_ask(c->b);	/* Lua may drop or collect any handle */
+
 	if (!lua_checkstack(L, 8)) {
 		log_warn(id, "lua: %s: out of stack", hkind_names[c->kind]);
 		c->b->npending = 0;
@@ -428,6 +440,8 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 			    args->path->address : args->arg != NULL ? args->arg : "";
 
 			copy_bounded(ls->arg, sizeof(ls->arg), arg, strlen(arg));
+			b->ask_s = s;
+			b->ask_ls = ls;
 			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
 		}
 	}
@@ -441,6 +455,14 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	v->code = c.vcode;
 	if (c.has_text)
 		v->text = b->text;
+	if (ls != NULL) {
+		/*
+		 * The handle was on the stack for the call, and nothing has run
+		 * Lua since: still alive (the outcome checks its flags again).
+		 */
+		b->ask_s = s;
+		b->ask_ls = ls;
+	}
 	return HOOK_DONE;
 }
 
@@ -491,10 +513,13 @@ static void
 hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 {
 	struct lbridge	*b = ctx;
-	struct lsession	*ls;
+	struct lsession	*ls = b->ask_s == s ? b->ask_ls : NULL;
 	struct pending	*p;
 
-	if (!outcome_needs_lua(ev, code) || (ls = find_attached(b, s)) == NULL)
+	forget_ask(b);
+	if (!outcome_needs_lua(ev, code))
+		return;
+	if (ls != NULL ? !ls->attached || ls->finalizing : (ls = find_attached(b, s)) == NULL)
 		return;
 	if (b->npending == PENDING_MAX)
 		flush_pending(b);

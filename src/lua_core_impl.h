@@ -55,6 +55,13 @@ struct lbridge {
 	char		 text[TEXT_MAX];
 	unsigned	 npending;
 	unsigned	 entered;	/* calls from Lua into the engine in progress */
+	/*
+	 * The handle hook_ask found, for the outcome the engine reports next
+	 * (no Lua runs between an answered ask and its outcome): every other
+	 * hook, map change and the handle's __gc forget it.
+	 */
+	struct session	*ask_s;
+	struct lsession	*ask_ls;
 	struct pending	 pending[PENDING_MAX];
 };
 

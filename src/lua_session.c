@@ -472,6 +472,10 @@ lcore_session_gc(lua_State *L)
 {
 	struct lsession *ls = check_handle(L, 1);
 
+	if (ls->b != NULL && ls->b->ask_ls == ls) {
+		ls->b->ask_s = NULL;	/* the bridge outlives its handles */
+		ls->b->ask_ls = NULL;
+	}
 	if (ls->owned && ls->s != NULL) {
 		ls->finalizing = 1;	/* no Lua from hooks for a dying handle */
 		session_destroy(ls->s);
