@@ -164,6 +164,15 @@ end
 function Server:stderr() return slurp(self.dir .. "/stderr") or "" end
 function Server:alive() return self.rc == nil and alive(self.pid) end
 
+-- Does a TCP connect to the server's listener succeed (false once it closed)?
+function Server:accepting()
+	local tcp = socket.tcp()
+	tcp:settimeout(1)
+	local ok = tcp:connect(self.host, self.port)
+	tcp:close()
+	return ok ~= nil
+end
+
 function Server:signal(sig)
 	if self.rc == nil then
 		os.execute(("kill -%s %d 2>/dev/null"):format(sig, self.pid))
@@ -335,18 +344,21 @@ end
 -- Rejects recipients containing "invalid"; writes DIR/mail-N and DIR/rcpt-N for
 -- every accepted MAIL and RCPT and, for every message it accepts, DIR/msg-N:
 -- "FROM <sender>\nTO <rcpt>,<rcpt>\n\n<body as received>".
-support.RECORDER = [==[
+-- The start of a recording policy: smtp, and record(kind, text), which writes
+-- DIR/<kind>-N (N counts up per Lua state).
+support.RECORD_PRELUDE = [==[
 local smtp = require "smtp"
 local OUT = @OUT@
 local seq = 0
-
 local function record(kind, text)
 	seq = seq + 1
 	local f = assert(io.open(("%s/%s-%05d"):format(OUT, kind, seq), "wb"))
 	f:write(text)
 	f:close()
 end
+]==]
 
+support.RECORDER = support.RECORD_PRELUDE .. [==[
 smtp.createServer(function(conn)
 	conn:on("MAIL", function(sender) record("mail", sender.address) end)
 	conn:on("RCPT", function(rcpt)

@@ -21,16 +21,7 @@ local function free_port()
 	return tonumber(port)
 end
 
-local POLICY = [==[
-local smtp = require "smtp"
-local OUT = @OUT@
-local seq = 0
-local function record(kind, text)
-	seq = seq + 1
-	local f = assert(io.open(("%s/%s-%05d"):format(OUT, kind, seq), "wb"))
-	f:write(text)
-	f:close()
-end
+local POLICY = support.RECORD_PRELUDE .. [==[
 local server = smtp.createServer(function(conn)
 	conn:on("AUTH", function(auth)
 		smtp.sleep(0.01)	-- an AUTH handler may wait like any other

@@ -231,14 +231,7 @@ describe("e2e: worker processes", function()
 		c:cmd("MAIL FROM:<late@client.example>", "^250")
 		server:signal("TERM")
 		-- nothing listens any more once the master and the workers closed the socket
-		support.wait_until(function()
-			local socket = require "socket"
-			local tcp = socket.tcp()
-			tcp:settimeout(1)
-			local ok = tcp:connect(server.host, server.port)
-			tcp:close()
-			return not ok
-		end, 10, "the listening socket to close")
+		support.wait_until(function() return not server:accepting() end, 10, "the listening socket to close")
 		c:cmd("RCPT TO:<late@dest.example>", "^250")
 		c:cmd("DATA", "^354")
 		c:send("Subject: late\r\n\r\nstill delivered\r\n.\r\n")
