@@ -510,6 +510,21 @@ load_protected(lua_State *L)
 	lua_pop(L, 1);
 	if (read_policy(p, script, err, errlen) == -1)
 		return luaL_error(L, "%s", err);
+	/*
+	 * A checking load (--check, the master's at start and on reload) also
+	 * runs smtp.check: AUTH that could never be offered, and the
+	 * 'connection' listeners once for a simulated client.  Workers do not.
+	 */
+	if (p->base == NULL) {
+		lua_getglobal(L, "require");
+		lua_pushliteral(L, "smtp.check");
+		lua_call(L, 1, 1);
+		lua_pushvalue(L, -2);		/* smtp._policy()'s table */
+		lua_pushstring(L, script);
+		lua_call(L, 2, 2);
+		if (!lua_toboolean(L, -2))
+			return luaL_error(L, "%s", luaL_optstring(L, -1, "check failed"));
+	}
 	return 0;
 }
 

@@ -32,7 +32,10 @@ struct tls_ctx;
  * Creates a Lua state, runs the script (which calls smtp.createServer and
  * server:listen) and checks what it configured.  On failure returns NULL and
  * writes one line naming the file and line into err.  base may be NULL when
- * only checking (--check): timers then cannot be armed.
+ * only checking (--check, the master's start and reload): timers then cannot
+ * be armed, and lua/smtp/check.lua runs too (AUTH that could never be
+ * offered fails; the 'connection' listeners run once for a simulated client
+ * on the engine, and an error in them fails the load).
  */
 struct policy	*policy_load(const char *script, struct event_base *base,
 		    char *err, size_t errlen);

@@ -5,7 +5,8 @@
 -- handler in its own coroutine under an instruction budget, turning event
 -- objects (valid/code/message) into verdicts, and smtp.sleep/setTimeout.
 -- A platform supplies time and timers: libevent in the server
--- (lua_policy.c), a virtual clock in smtp.testing.  Each call of new()
+-- (lua_policy.c), a virtual clock in smtp.testing (and smtp.check, while it
+-- checks a script, timers that never fire and handler_failed).  Each call of new()
 -- is a fresh instance: the harness loads every policy into its own.
 
 local Emitter = require "smtp.emitter"
@@ -352,6 +353,14 @@ function M.new(platform)
 
   local WAIT = {}
 
+  -- A failed ask (a listener raised, or its decision was malformed): the
+  -- client gets 451 (421 at connect) and the log the reason; a platform's
+  -- handler_failed (luasmtpd's check of a script) hears of it too.
+  local function ask_failed(conn, name, err)
+    log("warn", conn.id, "handler %s failed: %s", name:lower(), err)
+    if platform.handler_failed then platform.handler_failed(name, err) end
+  end
+
   -- Settles an ask that waited: the verdict goes to the engine.
   local function settle(conn, a, accept, code, text)
     if a.settled or a.cancelled then return end
@@ -381,7 +390,7 @@ function M.new(platform)
     end
     local ok, accept, code, text = pcall(finish or verdict_of, obj)
     if not ok then
-      log("warn", conn.id, "handler %s failed: %s", name:lower(), accept)
+      ask_failed(conn, name, accept)
       accept, code, text = false, FAIL_CODE, FAIL_TEXT
     elseif accept == WAIT then
       if not a then
@@ -414,14 +423,14 @@ function M.new(platform)
     for i = 1, #fns do
       local ok, err, task = spawn1(conn, fns[i], obj)
       if ok == false then
-        log("warn", conn.id, "handler %s failed: %s", name:lower(), err)
+        ask_failed(conn, name, err)
         return true, false, FAIL_CODE, FAIL_TEXT
       elseif ok == nil then
         local a = { name = name, obj = obj }
         conn._ask = a
         a.chain = run_chain(conn, fns, i, task, obj, function(ok2, err2)
           if not ok2 then
-            log("warn", conn.id, "handler %s failed: %s", name:lower(), err2)
+            ask_failed(conn, name, err2)
             return settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
           end
           conclude(conn, a, name, obj, finish)

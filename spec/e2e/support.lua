@@ -110,7 +110,9 @@ function support.start(opts)
 
 	-- The wrapper prints the server's PID, waits for it and prints its exit
 	-- status; reading that second line never blocks once the server is gone.
-	local script = ("%s >%s 2>%s </dev/null & echo $!; wait $!; echo $?")
+	-- wait's stderr goes nowhere: the shell reports a job a signal ended
+	-- ("Killed") there, and the status line says it already (128 + signal).
+	local script = ("%s >%s 2>%s </dev/null & echo $!; wait $! 2>/dev/null; echo $?")
 		:format(table.concat(argv, " "), shquote(dir .. "/stdout"), shquote(dir .. "/stderr"))
 	local handle = assert(io.popen("exec sh -c " .. shquote(script), "r"))
 	local pid = tonumber(handle:read("l"))

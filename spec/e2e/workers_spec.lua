@@ -220,6 +220,29 @@ describe("e2e: worker processes", function()
 		assert.is_true(server:alive())
 	end)
 
+	it("reload with an unknown event in the connection listener: refused, the old policy keeps serving", function()
+		server = support.start { policy = policy("v1"), workers = 2 }
+		local before = children(server)
+
+		-- loads fine; only running the connection listener shows the typo
+		local text = policy("v2"):gsub('conn:on%("RCPT"', 'conn:on("RCTP"')
+		local line = select(2, text:sub(1, text:find("RCTP", 1, true)):gsub("\n", "")) + 1
+		rewrite(server, text)
+		server:signal("HUP")
+		local where = await_log(server, "reload failed: [^\n]*(policy%.lua:%d+): unknown event RCTP")
+		assert.equal("policy.lua:" .. line, where)
+		assert.matches("generation 1 keeps serving", server:stderr())
+
+		for _ = 1, 4 do
+			local pid, version, rcpt = transaction(server)
+			assert.equal("v1", version)
+			assert.matches("^250 2%.1%.5 ok v1", rcpt)
+			assert.truthy(pid == before[1] or pid == before[2])
+		end
+		assert.same(before, children(server))
+		assert.is_true(server:alive())
+	end)
+
 	it("SIGTERM: the workers drain, the master exits 0 and no worker is left", function()
 		server = support.start { policy = policy("v1"), workers = 2, grace = 10 }
 		local workers = children(server)
