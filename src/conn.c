@@ -15,6 +15,12 @@
  * an implicit-TLS conn starts on one and creates its session only once the
  * handshake is done.  Both kinds keep one buffer layer, so "output empty"
  * still means "handed to the kernel" for flow control and the last flush.
+ *
+ * Deadlines: the engine's timer (io->timer) bounds everything a session
+ * waits for; c->limit bounds what only the transport sees, from its start,
+ * whatever the client sends: a handshake (tlsHandshakeTimeout) and the last
+ * flush of a closing conn (CONN_CLOSE_SECS).  A conn that closes during a
+ * STARTTLS switch or a handshake has no channel for a reply: freed at once.
  */
 #include <sys/types.h>
 #include <sys/socket.h>
@@ -23,8 +29,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -45,7 +54,13 @@
 #define CONN_OUT_LOW	(16 * 1024)	/* ... and where it resumes */
 #define CONN_FEED_MIN	4096		/* contiguous bytes offered to the engine */
 #define CONN_CLOSE_SECS	10		/* bound on flushing a closing conn */
-#define CONN_HANDSHAKE_SECS 60		/* bound on a TLS handshake */
+
+/* What c->limit is armed for. */
+enum conn_limit {
+	LIMIT_NONE,
+	LIMIT_HANDSHAKE,	/* cfg.timeout_tls_ms from the handshake's start */
+	LIMIT_CLOSE,		/* CONN_CLOSE_SECS from the close */
+};
 
 struct conn {
 	struct conn		*next, *prev;	/* in list */
@@ -53,8 +68,10 @@ struct conn {
 	struct bufferevent	*bev;
 	struct session		*s;
 	struct event		*timer;		/* io->timer */
-	struct timeval		 deadline;	/* when the engine's timeout is due */
-	struct timeval		 expiry;	/* when c->timer fires (never later) */
+	uint64_t		 deadline;	/* when the engine's timeout is due (conn_now) */
+	uint64_t		 expiry;	/* when c->timer fires (never later) */
+	struct event		*limit;		/* the transport's own deadline */
+	enum conn_limit		 limit_for;
 	struct event		*deferred;	/* wake or close outside a feed */
 	uint64_t		 id;		/* session_id(), kept for the last log line */
 	struct session_peer	 peer;
@@ -84,10 +101,12 @@ static void	conn_io_close(void *);
 static void	conn_io_wake(void *);
 static void	conn_io_timer(void *, unsigned);
 static void	conn_io_starttls(void *);
+static uint64_t	conn_io_now(void *);
 static void	conn_read_cb(struct bufferevent *, void *);
 static void	conn_write_cb(struct bufferevent *, void *);
 static void	conn_event_cb(struct bufferevent *, short, void *);
 static void	conn_timer_cb(evutil_socket_t, short, void *);
+static void	conn_limit_cb(evutil_socket_t, short, void *);
 static void	conn_deferred_cb(evutil_socket_t, short, void *);
 static void	conn_pump(struct conn *);
 static bool	conn_settle(struct conn *);
@@ -106,7 +125,26 @@ static const struct session_io conn_io = {
 	.wake = conn_io_wake,
 	.timer = conn_io_timer,
 	.starttls = conn_io_starttls,
+	.now = conn_io_now,
 };
+
+/* Milliseconds on the monotonic clock: the engine's deadlines and c->timer's. */
+static uint64_t
+conn_now(void)
+{
+	struct timespec	ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static struct timeval
+conn_tv(uint64_t ms)
+{
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000 };
+
+	return tv;
+}
 
 struct conn *
 conn_create(struct event_base *base, evutil_socket_t fd,
@@ -144,6 +182,7 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		goto fail;
 	}
 	if ((c->timer = evtimer_new(base, conn_timer_cb, c)) == NULL ||
+	    (c->limit = evtimer_new(base, conn_limit_cb, c)) == NULL ||
 	    (c->deferred = event_new(base, -1, 0, conn_deferred_cb, c)) == NULL) {
 		evutil_closesocket(fd);
 		goto fail;
@@ -275,7 +314,7 @@ static void
 conn_io_timer(void *arg, unsigned ms)
 {
 	struct conn	*c = arg;
-	struct timeval	 now, tv;
+	struct timeval	 tv;
 
 	if (c->freeing || c->timer == NULL)
 		return;
@@ -283,14 +322,19 @@ conn_io_timer(void *arg, unsigned ms)
 		evtimer_del(c->timer);
 		return;
 	}
-	tv.tv_sec = ms / 1000;
-	tv.tv_usec = (ms % 1000) * 1000;
-	event_base_gettimeofday_cached(event_get_base(c->timer), &now);
-	timeradd(&now, &tv, &c->deadline);
-	if (evtimer_pending(c->timer, NULL) && !timercmp(&c->expiry, &c->deadline, >))
+	c->deadline = conn_now() + ms;
+	if (evtimer_pending(c->timer, NULL) && c->expiry <= c->deadline)
 		return;
 	c->expiry = c->deadline;
+	tv = conn_tv(ms);
 	evtimer_add(c->timer, &tv);
+}
+
+static uint64_t
+conn_io_now(void *arg)
+{
+	(void)arg;
+	return conn_now();
 }
 
 /*
@@ -403,14 +447,14 @@ static void
 conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn	*c = arg;
-	struct timeval	 now, left;
+	struct timeval	 left;
+	uint64_t	 now;
 
 	(void)fd, (void)what;
 	if (c->s == NULL)
 		return;
-	event_base_gettimeofday_cached(event_get_base(c->timer), &now);
-	if (timercmp(&now, &c->deadline, <)) {
-		timersub(&c->deadline, &now, &left);	/* early: the deadline moved */
+	if ((now = conn_now()) < c->deadline) {
+		left = conn_tv(c->deadline - now);	/* early: the deadline moved */
 		c->expiry = c->deadline;
 		evtimer_add(c->timer, &left);
 		return;
@@ -423,13 +467,41 @@ conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	(void)conn_settle(c);
 }
 
+/* A handshake or a closing conn's flush took too long: no reply, free. */
+static void
+conn_limit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn	*c = arg;
+	unsigned	 ms = c->cfg.timeout_tls_ms;
+	char		 t[24];
+
+	(void)fd, (void)what;
+	if (c->limit_for == LIMIT_HANDSHAKE && c->handshaking) {
+		if (ms % 1000 == 0)
+			snprintf(t, sizeof(t), "%u", ms / 1000);
+		else
+			snprintf(t, sizeof(t), "%u.%03u", ms / 1000, ms % 1000);
+		log_info(c->id, "TLS handshake with %s port %u failed: not done "
+		    "within %s s (tlsHandshakeTimeout)", c->peer.remote_addr,
+		    c->peer.remote_port, t);
+		c->handshaking = false;
+		c->why = "TLS handshake timed out";
+	} else if (c->limit_for == LIMIT_CLOSE) {
+		c->why = "flush timed out";
+	} else {
+		return;
+	}
+	conn_end_session(c, c->why);
+	conn_free(c);
+}
+
 static void
 conn_deferred_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn	*c = arg;
 
 	(void)fd, (void)what;
-	if (c->handshaking || c->tls_pending)
+	if (!c->closing && (c->handshaking || c->tls_pending))
 		return;		/* the switch or the handshake's end pumps */
 	if (c->s != NULL && !c->closing) {
 		c->held = false;
@@ -499,13 +571,18 @@ conn_settle(struct conn *c)
 		return false;		/* conn_write_cb switches once flushed */
 	}
 	if (c->closing || c->s == NULL) {
-		if (evbuffer_get_length(out) == 0) {
+		/* nothing leaves during a STARTTLS switch or a handshake */
+		if (evbuffer_get_length(out) == 0 || c->handshaking || c->tls_pending) {
 			conn_free(c);
 			return true;
 		}
 		bufferevent_disable(c->bev, EV_READ);
 		bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
-		bufferevent_set_timeouts(c->bev, NULL, &tv);
+		if (c->limit_for != LIMIT_CLOSE) {
+			/* from the close on: a client reading slowly does not extend it */
+			c->limit_for = LIMIT_CLOSE;
+			evtimer_add(c->limit, &tv);
+		}
 		bufferevent_enable(c->bev, EV_WRITE);
 		return false;
 	}
@@ -549,6 +626,8 @@ conn_free(struct conn *c)
 		    (unsigned long long)c->bytes_in);
 	if (c->timer != NULL)
 		event_free(c->timer);
+	if (c->limit != NULL)
+		event_free(c->limit);
 	if (c->deferred != NULL)
 		event_free(c->deferred);
 	if (c->bev != NULL && c->tls_up) {
@@ -600,7 +679,7 @@ conn_start_session(struct conn *c)
 static int
 conn_tls_accept(struct conn *c, struct event_base *base, evutil_socket_t fd)
 {
-	struct timeval	 tv = { CONN_HANDSHAKE_SECS, 0 };
+	struct timeval	 tv = conn_tv(c->cfg.timeout_tls_ms);
 	SSL		*ssl;
 
 	if ((ssl = tls_ssl_new(c->tls)) == NULL) {
@@ -619,8 +698,10 @@ conn_tls_accept(struct conn *c, struct event_base *base, evutil_socket_t fd)
 	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
 	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
 	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	bufferevent_set_timeouts(c->bev, &tv, &tv);
+	/* from the start, whatever arrives: a trickled ClientHello gains nothing */
 	c->handshaking = true;
+	c->limit_for = LIMIT_HANDSHAKE;
+	evtimer_add(c->limit, &tv);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	return 0;
 }
@@ -668,7 +749,8 @@ conn_tls_done(struct conn *c)
 		return;
 	c->handshaking = false;
 	c->tls_up = true;
-	bufferevent_set_timeouts(c->bev, NULL, NULL);
+	evtimer_del(c->limit);
+	c->limit_for = LIMIT_NONE;
 	tls_info(ssl, &c->tls_info);
 	if (c->s == NULL) {		/* implicit TLS: the session starts now */
 		c->peer.tls = &c->tls_info;

@@ -707,5 +707,6 @@ lbridge_watch(lua_State *L)
 const luaL_Reg lcore_bridge_methods[] = {
 	{ "watch",	lbridge_watch },
 	{ "release",	lbridge_release },
+	{ "clock",	lcore_bridge_clock },
 	{ NULL, NULL }
 };

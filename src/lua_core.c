@@ -68,6 +68,9 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	cfg->timeout_command_ms = (unsigned)opt_int(L, idx, "timeout_command_ms", cfg->timeout_command_ms, 1);
 	cfg->timeout_data_ms = (unsigned)opt_int(L, idx, "timeout_data_ms", cfg->timeout_data_ms, 1);
 	cfg->timeout_decision_ms = (unsigned)opt_int(L, idx, "timeout_decision_ms", cfg->timeout_decision_ms, 1);
+	cfg->timeout_tls_ms = (unsigned)opt_int(L, idx, "timeout_tls_ms", cfg->timeout_tls_ms, 1);
+	cfg->min_data_rate = (unsigned)opt_int(L, idx, "min_data_rate", cfg->min_data_rate, 0);
+	cfg->max_session_ms = (unsigned)opt_int(L, idx, "max_session_ms", cfg->max_session_ms, 0);
 	cfg->auth_methods = (unsigned)opt_int(L, idx, "auth_methods", cfg->auth_methods, 0) &
 	    (AUTH_PLAIN | AUTH_LOGIN);
 	if (lua_getfield(L, idx, "auth_without_tls") != LUA_TNIL)
@@ -93,7 +96,7 @@ lcore_defaults(lua_State *L)
 #define F(name) lua_pushinteger(L, (lua_Integer)cfg.name); lua_setfield(L, -2, #name)
 	F(max_line); F(max_text_line); F(max_recipients); F(max_size);
 	F(max_bad_commands); F(timeout_command_ms); F(timeout_data_ms);
-	F(timeout_decision_ms);
+	F(timeout_decision_ms); F(timeout_tls_ms); F(min_data_rate); F(max_session_ms);
 #undef F
 	return 1;
 }

@@ -55,6 +55,7 @@ struct lbridge {
 	char		 text[TEXT_MAX];
 	unsigned	 npending;
 	unsigned	 entered;	/* calls from Lua into the engine in progress */
+	uint64_t	 now_ms;	/* harness: the virtual clock (bridge:clock) */
 	/*
 	 * The handle hook_ask found, for the outcome the engine reports next
 	 * (no Lua runs between an answered ask and its outcome): every other
@@ -97,6 +98,7 @@ int		 lcore_session(lua_State *L);		/* lua_session.c */
 extern const luaL_Reg lcore_session_methods[];
 int		 lcore_session_gc(lua_State *L);
 int		 lcore_session_tostring(lua_State *L);
+int		 lcore_bridge_clock(lua_State *L);	/* lua_session.c */
 int		 lcore_run(lua_State *L);		/* lua_run.c */
 int		 lcore_call(lua_State *L);
 int		 lcore_thread(lua_State *L);

@@ -594,6 +594,9 @@ policy_session_config(const struct policy *p, struct session_config *cfg)
 	cfg->timeout_command_ms = p->cfg.timeout_command_ms;
 	cfg->timeout_data_ms = p->cfg.timeout_data_ms;
 	cfg->timeout_decision_ms = p->cfg.timeout_decision_ms;
+	cfg->timeout_tls_ms = p->cfg.timeout_tls_ms;
+	cfg->min_data_rate = p->cfg.min_data_rate;
+	cfg->max_session_ms = p->cfg.max_session_ms;
 	cfg->starttls = p->tls != NULL;
 	cfg->auth_methods = p->cfg.auth_methods;
 	cfg->auth_without_tls = false;

@@ -97,13 +97,35 @@ hio_starttls(void *io)
 	((struct lsession *)io)->tls_wait = 1;
 }
 
+/* The engine's deadlines run on the harness's virtual clock. */
+static uint64_t
+hio_now(void *io)
+{
+	struct lsession *ls = io;
+
+	return ls->b != NULL ? ls->b->now_ms : 0;
+}
+
 static const struct session_io harness_io = {
 	.write = hio_write,
 	.close = hio_close,
 	.wake = hio_wake,
 	.timer = hio_timer,
 	.starttls = hio_starttls,
+	.now = hio_now,
 };
+
+/* bridge:clock(seconds): the harness's virtual time, for its sessions' deadlines */
+int
+lcore_bridge_clock(lua_State *L)
+{
+	struct lbridge	*b = lcore_check_bridge(L, 1);
+	lua_Number	 t = luaL_checknumber(L, 2);
+
+	luaL_argcheck(L, t >= 0 && t < 1e12, 2, "seconds >= 0 expected");
+	b->now_ms = (uint64_t)(t * 1000 + 0.5);
+	return 0;
+}
 
 /* Reads {version=, cipher=, peerSubject=} at idx (absent fields: defaults). */
 static void

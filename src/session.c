@@ -93,6 +93,20 @@ struct session {
 	bool				 failed;
 	enum session_abort		 fail_reason;
 
+	/* deadlines, in ms on io->now's clock (arm_timer) */
+	uint64_t			 born;		/* session_create: max_session_ms */
+	uint64_t			 cmd_due;	/* the next command line, or the one begun */
+	uint64_t			 ask_due;	/* the outstanding ask */
+	uint64_t			 pause_due;	/* the policy's pause */
+	uint64_t			 paused_at;
+	uint64_t			 data_due;	/* message data: credit from min_data_rate */
+	uint64_t			 tls_due;	/* STARTTLS's handshake */
+	unsigned			 rate_rem;	/* credit below one ms, in ms * rate units */
+	bool				 line_open;	/* cmd_due is first octet + timeout */
+	bool				 data_timed;	/* data_due is this message's */
+	bool				 data_idle;	/* data_due is the idle bound, not the rate's */
+	bool				 tls_timed;	/* tls_due is this STARTTLS's */
+
 	/* the command line being assembled */
 	size_t				 line_len;
 	bool				 line_cr;	/* the last octet was CR */
@@ -181,6 +195,7 @@ static void	session_close(struct session *);
 static void	message_abort(struct session *, enum session_abort);
 static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
+static uint64_t	clock_now(const struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
 static void	apply_verdict(struct session *, enum session_event,
@@ -200,6 +215,9 @@ session_config_init(struct session_config *cfg)
 	cfg->timeout_command_ms = 5 * 60 * 1000;
 	cfg->timeout_data_ms = 3 * 60 * 1000;
 	cfg->timeout_decision_ms = 10 * 60 * 1000;
+	cfg->timeout_tls_ms = 30 * 1000;
+	cfg->min_data_rate = 500;
+	cfg->max_session_ms = 60 * 60 * 1000;
 	cfg->max_auth_failures = 3;
 }
 
@@ -239,6 +257,7 @@ session_create(const struct session_config *cfg,
 	if (peer != NULL)
 		s->peer = *peer;
 	s->id = next_session_id();
+	s->born = clock_now(s);
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
 	if (peer != NULL && peer->tls != NULL) {
@@ -285,45 +304,242 @@ message_abort(struct session *s, enum session_abort why)
 
 /* --- the session timer ---------------------------------------------------- */
 
+/*
+ * Every wait has an absolute deadline; the one timer is armed for the
+ * nearest of the current wait's and the session's end.  A verdict or a pause
+ * gets decisionTimeout from its start; a command line commandTimeout from its
+ * first octet (between lines: from the last one); STARTTLS's handshake the
+ * smaller of tlsHandshakeTimeout and commandTimeout from the 220; message data
+ * starts with dataTimeout of credit that each octet refills by 1/min_data_rate
+ * s, never beyond dataTimeout ahead (Postfix's smtpd_min_data_rate).  Octets
+ * move a deadline only by that rule, so trickling them holds nothing open.
+ */
+enum due {
+	DUE_NONE,	/* closed */
+	DUE_ASK,	/* a verdict */
+	DUE_PAUSE,	/* the policy paused the message */
+	DUE_TLS,	/* the handshake after STARTTLS */
+	DUE_DATA,	/* message data */
+	DUE_COMMAND,	/* a command line */
+};
+
+static uint64_t
+clock_now(const struct session *s)
+{
+	return s->io->now != NULL ? s->io->now(s->io_ctx) : 0;
+}
+
+/* "300", "0.5": a timeout in ms as seconds, for the log */
+static const char *
+secs(char *buf, size_t len, unsigned ms)
+{
+	if (ms % 1000 == 0)
+		snprintf(buf, len, "%u", ms / 1000);
+	else if (ms % 100 == 0)
+		snprintf(buf, len, "%u.%u", ms / 1000, ms % 1000 / 100);
+	else
+		snprintf(buf, len, "%u.%03u", ms / 1000, ms % 1000);
+	return buf;
+}
+
+/* The message's deadline starts with its 354 (called again: a no-op). */
+static void
+data_clock(struct session *s, uint64_t now)
+{
+	if (s->state != S_DATA) {
+		s->data_timed = false;
+		return;
+	}
+	if (s->data_timed)
+		return;
+	s->data_timed = true;
+	s->data_idle = true;
+	s->data_due = now + s->cfg->timeout_data_ms;
+	s->rate_rem = 0;
+}
+
+/* n octets of message data arrived: credit n / min_data_rate seconds. */
+static void
+data_progress(struct session *s, size_t n)
+{
+	uint64_t	now, cap, units, credit;
+
+	if (n == 0 || !s->data_timed)
+		return;
+	now = clock_now(s);
+	cap = now + s->cfg->timeout_data_ms;
+	if (s->data_due <= now && s->cfg->min_data_rate > 0)
+		return;		/* overdue already: the timer fires at once */
+	if (s->cfg->min_data_rate == 0) {
+		s->data_due = cap;
+		s->data_idle = true;
+		return;
+	}
+	units = (uint64_t)n * 1000 + s->rate_rem;
+	credit = units / s->cfg->min_data_rate;
+	s->rate_rem = (unsigned)(units % s->cfg->min_data_rate);
+	if (s->data_due + credit >= cap) {
+		s->data_due = cap;
+		s->data_idle = true;
+	} else {
+		s->data_due += credit;
+		s->data_idle = false;
+	}
+}
+
+/* The wait the session is in and its deadline (without the session's end). */
+static enum due
+current_due(const struct session *s, uint64_t *due)
+{
+	if (s->state == S_CLOSED)
+		return DUE_NONE;
+	if (s->pending != NO_EVENT) {
+		*due = s->ask_due;
+		return DUE_ASK;
+	}
+	if (s->paused) {
+		*due = s->pause_due;
+		return DUE_PAUSE;
+	}
+	switch (s->state) {
+	case S_TLS:
+		*due = s->tls_due;
+		return DUE_TLS;
+	case S_DATA:
+		*due = s->data_due;
+		return DUE_DATA;
+	default:
+		*due = s->cmd_due;
+		return DUE_COMMAND;
+	}
+}
+
 static void
 arm_timer(struct session *s)
 {
-	unsigned ms;
+	uint64_t	now, due, end;
+	unsigned	ms;
 
 	if (s->io->timer == NULL || s->state == S_CLOSED)
 		return;
-	if (s->pending != NO_EVENT || s->paused)
-		ms = s->cfg->timeout_decision_ms;
-	else if (s->state == S_DATA)
-		ms = s->cfg->timeout_data_ms;
-	else
-		ms = s->cfg->timeout_command_ms;
+	now = clock_now(s);
+	data_clock(s, now);
+	if (s->state != S_TLS)
+		s->tls_timed = false;
+	if (s->state == S_TLS && !s->tls_timed) {
+		s->tls_timed = true;
+		s->tls_due = now + (s->cfg->timeout_tls_ms < s->cfg->timeout_command_ms ?
+		    s->cfg->timeout_tls_ms : s->cfg->timeout_command_ms);
+	} else if (s->state != S_DATA && s->state != S_TLS) {
+		if (s->line_len == 0 && !s->line_cr) {
+			s->line_open = false;		/* between lines: idle */
+			s->cmd_due = now + s->cfg->timeout_command_ms;
+		} else if (!s->line_open) {
+			s->line_open = true;		/* a line's first octets */
+			s->cmd_due = now + s->cfg->timeout_command_ms;
+		}
+	}
+	if (current_due(s, &due) == DUE_NONE)
+		return;
+	if (s->cfg->max_session_ms > 0 &&
+	    (end = s->born + s->cfg->max_session_ms) < due)
+		due = end;
+	ms = due <= now ? 1 : due - now > UINT32_MAX ? UINT32_MAX : (unsigned)(due - now);
 	s->io->timer(s->io_ctx, ms);
+}
+
+/* The session's life is over (max_session_ms): whatever it was doing. */
+static void
+session_expire(struct session *s)
+{
+	char	t[24];
+
+	log_info(s->id, "timeout: connection open for %s s (maxSessionTime)",
+	    secs(t, sizeof(t), s->cfg->max_session_ms));
+	if (s->pending != NO_EVENT) {
+		if (s->hooks->cancel != NULL)
+			s->hooks->cancel(s->hook_ctx, s, s->pending);
+		s->pending = NO_EVENT;
+	}
+	if (s->state == S_DATA)
+		message_abort(s, ABORT_TIMEOUT);
+	if (s->state == S_TLS)
+		session_close(s);	/* the client expects a handshake: no reply */
+	else
+		reply(s, 421, "4.4.2", "%s Error: connection time limit exceeded",
+		    s->cfg->hostname);
 }
 
 void
 session_timeout(struct session *s)
 {
-	if (s->state == S_CLOSED)
+	const char	*text = "timeout exceeded";
+	char		 t[24];
+	uint64_t	 due;
+	enum due	 kind;
+
+	if ((kind = current_due(s, &due)) == DUE_NONE)
 		return;
-	if (s->pending != NO_EVENT) {
+	if (s->cfg->max_session_ms > 0 && s->born + s->cfg->max_session_ms <= due) {
+		session_expire(s);
+		return;
+	}
+	switch (kind) {
+	case DUE_ASK: {
 		enum session_event ev = s->pending;
 
-		log_warn(s->id, "no verdict for %s within %u ms",
-		    event_names[ev], s->cfg->timeout_decision_ms);
+		log_warn(s->id, "timeout: no verdict for %s within %s s (decisionTimeout)",
+		    event_names[ev], secs(t, sizeof(t), s->cfg->timeout_decision_ms));
 		s->pending = NO_EVENT;
 		if (s->hooks->cancel != NULL)
 			s->hooks->cancel(s->hook_ctx, s, ev);
 		apply_verdict(s, ev, &(struct verdict){ false, 451,
 		    "4.3.0 Timed out waiting for a policy decision" });
+		arm_timer(s);
 		if (!s->feeding && s->io->wake != NULL && s->state != S_CLOSED)
 			s->io->wake(s->io_ctx);
 		return;
 	}
-	log_info(s->id, "timeout in state %s", state_names[s->state]);
+	case DUE_TLS: {
+		bool by_tls = s->cfg->timeout_tls_ms < s->cfg->timeout_command_ms;
+
+		log_info(s->id, "timeout: TLS handshake not done within %s s of STARTTLS (%s)",
+		    secs(t, sizeof(t), by_tls ? s->cfg->timeout_tls_ms :
+		    s->cfg->timeout_command_ms),
+		    by_tls ? "tlsHandshakeTimeout" : "commandTimeout");
+		session_close(s);	/* no channel for a reply */
+		return;
+	}
+	case DUE_PAUSE:
+		log_info(s->id, "timeout: message data paused by the policy for %s s (decisionTimeout)",
+		    secs(t, sizeof(t), s->cfg->timeout_decision_ms));
+		break;
+	case DUE_DATA:
+		if (s->data_idle) {
+			log_info(s->id, "timeout: no message data for %s s (dataTimeout)",
+			    secs(t, sizeof(t), s->cfg->timeout_data_ms));
+		} else {
+			log_info(s->id, "timeout: message data slower than %u octets/s (minDataRate)",
+			    s->cfg->min_data_rate);
+			text = "message data too slow";
+		}
+		break;
+	case DUE_COMMAND:
+		if (s->line_open) {
+			log_info(s->id, "timeout: command line not complete %s s after its first octet (commandTimeout)",
+			    secs(t, sizeof(t), s->cfg->timeout_command_ms));
+			text = "command line not completed in time";
+		} else {
+			log_info(s->id, "timeout: no command within %s s (commandTimeout)",
+			    secs(t, sizeof(t), s->cfg->timeout_command_ms));
+		}
+		break;
+	case DUE_NONE:
+		return;
+	}
 	if (s->state == S_DATA)
 		message_abort(s, ABORT_TIMEOUT);
-	reply(s, 421, "4.4.2", "%s Error: timeout exceeded", s->cfg->hostname);
+	reply(s, 421, "4.4.2", "%s Error: %s", s->cfg->hostname, text);
 }
 
 void
@@ -436,6 +652,7 @@ ask(struct session *s, enum session_event ev,
 	if (s->hooks->ask != NULL) {
 		s->pending = ev;
 		if (s->hooks->ask(s->hook_ctx, s, ev, args, &v) == HOOK_WAIT) {
+			s->ask_due = clock_now(s) + s->cfg->timeout_decision_ms;
 			arm_timer(s);
 			return;
 		}
@@ -957,7 +1174,7 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 	s->user = NULL;
 	sasl_forget(s);
 	enter_state(s, S_GREETED);
-	arm_timer(s);
+	arm_timer(s);	/* commandTimeout for the first command over TLS */
 	if (s->io->wake != NULL)
 		s->io->wake(s->io_ctx);
 }
@@ -1196,6 +1413,7 @@ line_done(struct session *s)
 	size_t len = s->line_len;
 
 	s->line_len = 0;
+	s->line_open = false;	/* the next octet starts the next line's deadline */
 	if (s->line_too_long || s->line_bad)
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
 	if (s->line_too_long) {
@@ -1438,10 +1656,17 @@ session_feed(struct session *s, const char *buf, size_t len)
 	s->feeding = true;
 	while (used < len && s->pending == NO_EVENT && !s->paused &&
 	    s->state != S_CLOSED && s->state != S_TLS) {
-		if (s->state == S_DATA)
-			used += data_feed(s, buf + used, len - used);
-		else
+		if (s->state == S_DATA) {
+			size_t n;
+
+			data_clock(s, clock_now(s));
+			n = data_feed(s, buf + used, len - used);
+			data_progress(s, n);
+			used += n;
+		} else {
+			s->data_timed = false;	/* a message's deadline ended with it */
 			used += command_feed(s, buf + used, len - used);
+		}
 	}
 	s->feeding = false;
 	if (s->state == S_CLOSED)
@@ -1450,6 +1675,7 @@ session_feed(struct session *s, const char *buf, size_t len)
 		if (used < len)
 			log_info(s->id, "discarded %zu octets sent after STARTTLS",
 			    len - used);
+		arm_timer(s);	/* the handshake's deadline */
 		return len;
 	}
 	arm_timer(s);
@@ -1462,6 +1688,8 @@ session_pause(struct session *s)
 	if (s->paused || s->state == S_CLOSED)
 		return;
 	s->paused = true;
+	s->paused_at = clock_now(s);
+	s->pause_due = s->paused_at + s->cfg->timeout_decision_ms;
 	arm_timer(s);
 }
 
@@ -1473,6 +1701,16 @@ session_resume(struct session *s)
 	s->paused = false;
 	if (s->state == S_CLOSED)
 		return;
+	if (s->data_timed) {
+		/* the client is not to blame for the pause: its deadline moves on */
+		uint64_t now = clock_now(s), cap = now + s->cfg->timeout_data_ms;
+
+		s->data_due += now - s->paused_at;
+		if (s->data_due >= cap) {
+			s->data_due = cap;
+			s->data_idle = true;
+		}
+	}
 	arm_timer(s);
 	if (!s->feeding && s->io->wake != NULL)
 		s->io->wake(s->io_ctx);

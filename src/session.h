@@ -42,9 +42,12 @@ struct session_config {
 	size_t		 max_recipients;	/* accepted RCPTs per message (100) */
 	uint64_t	 max_size;		/* message octets after unstuffing; 0 = no limit */
 	unsigned	 max_bad_commands;	/* errors before 421 and close (20) */
-	unsigned	 timeout_command_ms;	/* waiting for a command (5 min) */
+	unsigned	 timeout_command_ms;	/* idle, and a command line from its first octet (5 min) */
 	unsigned	 timeout_data_ms;	/* waiting for the next DATA block (3 min) */
 	unsigned	 timeout_decision_ms;	/* waiting for a policy verdict (10 min) */
+	unsigned	 timeout_tls_ms;	/* a TLS handshake, start to end (30 s) */
+	unsigned	 min_data_rate;		/* DATA octets/s past timeout_data_ms of credit (500); 0: none */
+	unsigned	 max_session_ms;	/* a session's whole life (1 h); 0: no limit */
 	bool		 starttls;		/* offer STARTTLS (io->starttls required) */
 	unsigned	 auth_methods;		/* AUTH_* bits; 0: no AUTH */
 	bool		 auth_without_tls;	/* allow AUTH on a plaintext session */
@@ -151,6 +154,12 @@ struct session_io {
 	 * what it is fed until session_tls_started()), flush, then handshake.
 	 */
 	void	(*starttls)(void *io);
+	/*
+	 * Milliseconds on a monotonic clock, for the absolute deadlines (a
+	 * command line from its first octet, DATA's minimum rate, the session's
+	 * life).  NULL: time stands still, and every wait gets its full timeout.
+	 */
+	uint64_t (*now)(void *io);
 };
 
 /* What the transport knows of a TLS session, for the policy and logs. */
@@ -189,7 +198,12 @@ size_t	session_feed(struct session *s, const char *buf, size_t len);
 /* The client closed its side: no reply, aborts a message in progress. */
 void	session_eof(struct session *s);
 
-/* The session timer fired: 421 and close, or 451 for an overdue verdict. */
+/*
+ * The session timer fired: the deadline it was armed for is over (the
+ * engine trusts the transport's clock for that).  451 for an overdue
+ * verdict; else a log line naming the deadline, 421 4.4.2 and close (no
+ * reply while STARTTLS's handshake runs: there is no channel for one).
+ */
 void	session_timeout(struct session *s);
 
 /* The server is stopping: 421 4.3.2 and close. */

@@ -137,6 +137,19 @@ local OPTIONS = {
   commandTimeout = ms("timeout_command_ms"),
   dataTimeout = ms("timeout_data_ms"),
   decisionTimeout = ms("timeout_decision_ms"),
+  tlsHandshakeTimeout = ms("timeout_tls_ms"),
+  minDataRate = {
+    check = function(v)
+      return is_int(v) and v >= 0 and v <= 1e9, "an integer in [0, 1e9] (octets per second; 0: no minimum)"
+    end,
+    to = function(cfg, v) cfg.min_data_rate = v end,
+  },
+  maxSessionTime = {
+    check = function(v)
+      return type(v) == "number" and v >= 0 and v <= 86400, "0 (no limit) or a number of seconds in (0, 86400]"
+    end,
+    to = function(cfg, v) cfg.max_session_ms = v == 0 and 0 or math.max(1, math.floor(v * 1000 + 0.5)) end,
+  },
   handlerBudget = {
     check = function(v) return is_int(v) and v >= 1000, "an integer >= 1000 (VM instructions)" end,
     to = function() end,

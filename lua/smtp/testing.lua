@@ -57,12 +57,18 @@ function Clock:advance(seconds)
   while true do
     local t = self:_next(target)
     if not t then break end
-    if t.at > self.t then self.t = t.at end
+    if t.at > self.t then self:_set(t.at) end
     t.fn()
     if self.on_tick then self.on_tick() end
   end
-  self.t = target
+  self:_set(target)
   if self.on_tick then self.on_tick() end
+end
+
+-- Moves the time; on_time tells the engine (its deadlines use this clock).
+function Clock:_set(t)
+  self.t = t
+  if self.on_time then self.on_time(t) end
 end
 
 -- clock:pending() -> how many timers are armed
@@ -488,6 +494,8 @@ function testing.load_string(source, chunkname, opts)
   h.smtp, h.server, h.policy = smtp, policy.server, policy
   h.listening = policy.listening
   clock.on_tick = function() h:_pump_all() end
+  clock.on_time = function(t) policy.bridge:clock(t) end
+  policy.bridge:clock(clock.t)
   take_logs()
   return h
 end

@@ -70,7 +70,7 @@ io_starttls(void *ctx)
 }
 
 static const struct session_io harness_io = {
-	io_write, io_close, io_wake, io_timer, io_starttls,
+	io_write, io_close, io_wake, io_timer, io_starttls, NULL,
 };
 
 static enum hook_result
