@@ -36,7 +36,7 @@
 #endif
 
 #ifndef LUASMTPD_LUADIR
-#define LUASMTPD_LUADIR		"/usr/local/share/luasmtpd/lua"
+#define LUASMTPD_LUADIR		"/usr/local/share/lua/5.4"
 #endif
 
 #define POLICY_TIMER_MT		"luasmtpd.timer"
