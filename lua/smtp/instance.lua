@@ -10,7 +10,7 @@
 
 local Emitter = require "smtp.emitter"
 local take = Emitter.take	-- called directly on the hot path (no __index)
-local rawget = rawget
+local rawget, rawset = rawget, rawset
 
 local M = {}
 
@@ -37,7 +37,7 @@ local SERVER_EVENTS = { connection = "connection", start = "start" }
 -- raw, without the metamethod (valid = false costs nothing); a field still
 -- nil (code, message) costs one call.  The library's own writes to fields
 -- that may be nil use rawset.  User data goes in a data table
--- (connection.data, message.data, sender.data, recipient.data).
+-- (connection.data, sender.data, recipient.data).
 
 -- edit distance, a transposition counting one (optimal string alignment)
 local function distance(a, b)
@@ -79,7 +79,7 @@ local function strict(kind, names, opts)
   for _, n in ipairs(opts.internal or {}) do allowed[n] = true end
   local sorted = table.move(names, 1, #names, 1, {})
   table.sort(sorted)
-  local data_hint = allowed.data and kind .. ".data" or "connection.data"
+  local data_hint = opts.hint or allowed.data and kind .. ".data" or "connection.data"
   return function(t, k, v)
     if allowed[k] then
       rawset(t, k, v)
@@ -459,12 +459,13 @@ function M.new(platform)
   end
 
   local WAIT = {}
+  local UNDECIDED = {}	-- a message's _daccept before accept() or reject()
 
   -- Settles an ask that waited: the verdict goes to the engine.
   local function settle(conn, a, accept, code, text)
     if a.settled or a.cancelled then return end
     a.settled = true
-    local ok, err = conn._handle:decide(accept, code, text)
+    local ok, err = conn._handle:decide(accept, code, text or nil)
     if not ok and err ~= "session closed" then
       log("warn", conn.id, "decision for %s dropped: %s", a.name, err)
     end
@@ -482,7 +483,7 @@ function M.new(platform)
         if rawget(obj, "code") == nil and rawget(obj, "message") == nil then
           return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
         end
-      elseif finish == data_verdict and rawget(obj, "_daccept") == nil
+      elseif finish == data_verdict and obj._daccept == UNDECIDED
           and rawget(obj, "valid") == nil then
         return true, true, 0, nil	-- data_verdict's, nothing to check
       end
@@ -502,7 +503,7 @@ function M.new(platform)
     if a then
       if a.settled or a.cancelled then return false end
       a.settled = true
-      local ok2, err = conn._handle:decide(accept, code, text)
+      local ok2, err = conn._handle:decide(accept, code, text or nil)
       if not ok2 and err ~= "session closed" then
         log("warn", conn.id, "decision for %s dropped: %s", name, err)
       end
@@ -542,18 +543,15 @@ function M.new(platform)
 
   -- ---- Message -------------------------------------------------------------
 
+  -- No data table of the user's here (a table per message costs as much as
+  -- the rest of this file's work for it): a message's own data lives in
+  -- locals of the 'DATA' listener, shared with its message listeners.
   local Message = setmetatable({}, { __index = Emitter })
   local MessageMeta = {
-    __index = function(m, k)
-      if k == "data" then	-- the user's, made when first read
-        local d = {}
-        rawset(m, "data", d)
-        return d
-      end
-      return Message[k]
-    end,
+    __index = Message,
     __newindex = strict("message", fields("connection", "sender", "recipients", "receivers",
-      "accepted", "size", "aborted", "data"), {
+      "accepted", "size", "aborted"), {
+      hint = "locals of the 'DATA' listener or connection.data",
       class = Message,
       internal = { "_names", "_once", "_on_change", "_listeners", "_finished", "_failed",
         "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext" },
@@ -574,7 +572,7 @@ function M.new(platform)
       connection = conn, sender = conn.sender, recipients = rcpts, receivers = rcpts,
       accepted = false, size = 0, code = nil, _finished = false, _failed = false,
       _sealed = false, _cancelled = false,
-      _daccept = nil, _dcode = nil, _dtext = nil,	-- the decision: _daccept ~= nil
+      _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)
     }, MessageMeta)
   end
 
@@ -588,10 +586,8 @@ function M.new(platform)
   end
 
   local function decide_message(m, accept, code, text)
-    if rawget(m, "_daccept") ~= nil then return false, "already decided" end
-    rawset(m, "_daccept", accept)
-    rawset(m, "_dcode", code)
-    rawset(m, "_dtext", text)
+    if m._daccept ~= UNDECIDED then return false, "already decided" end
+    m._daccept, m._dcode, m._dtext = accept, code, text or false
     if not accept then seal(m, "rejected") end
     local conn = m.connection
     local a = conn._ask
@@ -629,7 +625,7 @@ function M.new(platform)
     m._finished = true
     if not accepted and not m._sealed then
       -- refused without a reject() (an error, valid = false, no decision in time)
-      seal(m, (rawget(m, "_daccept") == false or rawget(m, "valid") == false) and "rejected"
+      seal(m, (m._daccept == false or rawget(m, "valid") == false) and "rejected"
         or m._cancelled and "decision timeout" or "error")
     end
     m.accepted = accepted
@@ -699,7 +695,7 @@ function M.new(platform)
   function Connection:log(level, fmt, ...) log(level, self.id, fmt, ...) end
 
   local function clear_transaction(conn)
-    conn.sender = nil
+    conn.sender = nil	-- (__newindex only when it was nil: not after a message)
     if #conn.recipients > 0 then conn.recipients = {} end	-- (a message may hold it)
   end
 
@@ -747,9 +743,9 @@ function M.new(platform)
 
   -- a reject() during the DATA handlers refuses the DATA command itself
   function data_verdict(m)
-    if rawget(m, "_daccept") == false then
+    if m._daccept == false then
       local code, text = m._dcode, m._dtext
-      m._daccept, m._dcode, m._dtext = nil, nil, nil
+      m._daccept, m._dcode, m._dtext = UNDECIDED, 0, false
       return false, code, text
     end
     if rawget(m, "valid") == false then return false, check_code(m.code, false), check_text(m.message) end
@@ -758,8 +754,8 @@ function M.new(platform)
 
   local function data_end_verdict(m)
     if m._failed then error(m._failed, 0) end
-    local accept = rawget(m, "_daccept")
-    if accept == nil then return WAIT end
+    local accept = m._daccept
+    if accept == UNDECIDED then return WAIT end
     return accept, m._dcode, m._dtext
   end
 
@@ -775,7 +771,7 @@ function M.new(platform)
     m.size = size or m.size
     if m._sealed then	-- no 'end' listener: the reply is what sealed it
       conn._ask, conn._aname, conn._aobj = false, "DATA_END", m
-      if rawget(m, "_daccept") == false then return true, false, m._dcode, m._dtext end
+      if m._daccept == false then return true, false, m._dcode, m._dtext end
       return true, false, FAIL_CODE, FAIL_TEXT
     end
     return ask(conn, "DATA_END", m, take(m, "end"), data_end_verdict)
@@ -847,8 +843,9 @@ function M.new(platform)
   outcomes.HELO, outcomes.EHLO = helo_outcome(false), helo_outcome(true)
 
   function outcomes.MAIL(conn, ok, code, obj, arg)
-    clear_transaction(conn)
-    if ok then rawset(conn, "sender", obj or address_object(SenderMeta, nil, arg)) end
+    if not ok then return clear_transaction(conn) end
+    rawset(conn, "sender", obj or address_object(SenderMeta, nil, arg))
+    if #conn.recipients > 0 then conn.recipients = {} end
   end
 
   function outcomes.RCPT(conn, ok, code, obj, arg)

@@ -69,6 +69,10 @@ describe("event objects", function()
     s = run("HELO", "o.seen = true")
     s:expect(451)
     assert.matches("your own data goes in connection.data", s:log(), 1, true)
+    s = run("DATA", "o.data = {}")
+    s:expect(451)
+    assert.matches("your own data goes in locals of the 'DATA' listener or connection.data",
+      s:log(), 1, true)
   end)
 
   it("refuses read-only and method names on the connection and the message", function()
@@ -109,7 +113,7 @@ describe("event objects", function()
     s:send("QUIT"):expect("221 2.0.0 see you")
   end)
 
-  it("keeps user data in connection.data, message.data, sender.data, recipient.data", function()
+  it("keeps user data in connection.data, sender.data, recipient.data", function()
     local seen
     local h = policy([[
       smtp.createServer(function(c)
@@ -118,11 +122,11 @@ describe("event objects", function()
         c:on("MAIL", function(m) m.data.score = 3 end)
         c:on("RCPT", function(r) r.data.mailbox = "/var/mail/" .. r.localPart end)
         c:on("DATA", function(m)
-          m.data.chunks = 0
-          m:on("data", function() m.data.chunks = m.data.chunks + 1 end)
+          local chunks = 0	-- a message's own data: locals of the 'DATA' listener
+          m:on("data", function() chunks = chunks + 1 end)
           m:on("end", function()
-            SEEN { c.data.greeted, m.sender.data.score, m.recipients[1].data.mailbox, m.data.chunks }
-            m.data = "replaced"	-- data is a field like any: the user's to set
+            SEEN { c.data.greeted, m.sender.data.score, m.recipients[1].data.mailbox, chunks }
+            c.data = "replaced"	-- data is a field like any: the user's to set
             m:accept()
           end)
         end)
