@@ -1039,7 +1039,7 @@ function M.new(platform)
   function smtp.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 then error("sleep: seconds must be a number >= 0", 2) end
     local task = current_task()
-    if not task then error("smtp.sleep must be called from a handler", 2) end
+    if not task then error("smtp.sleep must be called from a handler or a 'start' listener", 2) end
     local gen = task.gen
     task.timer = timer(seconds, function()
       task.timer = nil
