@@ -685,8 +685,9 @@ function M.new(platform)
       localAddress = peer.localAddress, localPort = peer.localPort,
       server = server, recipients = {},
       _ask = false, _aname = false, _aobj = false,	-- the ask in progress (ask())
+      _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's
+      _on_change = update_mask,
     }, ConnMeta)
-    Emitter.init(c, CONNECTION_EVENTS, update_mask)
     handle:attach(0)
     return c
   end
@@ -930,6 +931,11 @@ function M.new(platform)
     local conn = conns[handle]
     if not conn then return end
     cancel_ask(conn)
+    local m = conn.currentMessage
+    if m then	-- its DATA command was still waiting for a verdict: no abort came
+      seal(m, "disconnect")
+      finish_message(m, false, nil, "disconnect")
+    end
     conns[handle] = nil
     rawset(conn, "closed", true)
     emit_detached(conn, "close", take(conn, "close"), conn)

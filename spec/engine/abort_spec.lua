@@ -174,6 +174,48 @@ describe("a sealed message", function()
     assert.same({ "abort rejected" }, events)
   end)
 
+  it("refused at DATA by an error in the 'DATA' listener", function()
+    local events = {}
+    local h = policy([[
+      smtp.createServer(function(c)
+        c:on("DATA", function(m)
+          m:on("abort", function(_, why) EVENTS[#EVENTS + 1] = "abort " .. why end)
+          error("no spool")
+        end)
+      end)
+    ]], { globals = { EVENTS = events } })
+    local s = h:connect()
+    s:expect(220)
+    s:send("HELO c.example"):expect(250)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    s:send("DATA"):expect("451 4.3.0 ")
+    assert.same({ "abort error" }, events)
+  end)
+
+  it("when the client leaves while the 'DATA' listener waits", function()
+    local events = {}
+    local h = policy([[
+      smtp.createServer(function(c)
+        c:on("DATA", function(m)
+          m:on("abort", function(_, why) EVENTS[#EVENTS + 1] = "abort " .. why end)
+          m:on("reject", function(_, why) EVENTS[#EVENTS + 1] = "reject " .. why end)
+          smtp.sleep(10)
+        end)
+      end)
+    ]], { globals = { EVENTS = events } })
+    local s = h:connect()
+    s:expect(220)
+    s:send("HELO c.example"):expect(250)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    s:send("DATA"):expect_silence()
+    s:close()
+    assert.same({ "abort disconnect", "reject disconnect" }, events)
+    h.clock:advance(10)
+    assert.same({ "abort disconnect", "reject disconnect" }, events)
+  end)
+
   it("never fires 'abort' for an accepted message, nor after 'accept'", function()
     local events = {}
     local h = policy([[
