@@ -1,17 +1,18 @@
 /*
  * lua_policy.c -- policy.h: a policy script loaded into its own Lua state.
  *
- * Owns the Lua state of the server: its module search path (the source
- * tree's lua/ from a build, the installed one otherwise, then the script's
- * directory), smtp_core as a preloaded module, the platform the smtp library runs on (libevent timers,
- * the clock), loading and running the script as text, and reading what it
- * configured (options, listen addresses, the TLS context of server.tls,
- * created here so that loading the script again loads the certificates
- * again), the script's 'start' listeners once a serving process's event
- * loop runs, and the handler watchdog of a serving process (a CPU-time
- * interval timer whose SIGPROF ticks lua_run.c's watchdog).  The session
- * hooks themselves are the bridge's (lua_bridge.c); this file only forwards
- * them.
+ * Owns the Lua state of the server: its module search path (the smtp
+ * library from the source tree's lua/ in a build, the installed one
+ * otherwise; every other module from the script's directory first),
+ * smtp_core as a preloaded module, the platform the smtp library runs on
+ * (libevent timers, the clock), loading and running the script as text,
+ * and reading what it configured (options, listen addresses, the TLS
+ * context of server.tls, created here so that loading the script again
+ * loads the certificates again), the script's 'start' listeners once a
+ * serving process's event loop runs, and the handler watchdog of a serving
+ * process (a CPU-time interval timer whose SIGPROF ticks lua_run.c's
+ * watchdog).  The session hooks themselves are the bridge's (lua_bridge.c);
+ * this file only forwards them.
  */
 #include <errno.h>
 #include <limits.h>
