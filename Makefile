@@ -4,12 +4,14 @@
 #               scripts/console.lua on 127.0.0.1:2525
 #   make test   install what the tests need, build, run every suite
 #               (C tests under ASan+UBSan, busted unit/engine/e2e, fuzz)
+#   make install  build, then meson install: the binary, the Lua library
+#               and smtp_core.so under /usr/local (as root; DESTDIR= works)
 # Package installation lives in .ci/install-deps, the suites in .ci/test.
 
 LISTEN	?= 127.0.0.1:2525
 SCRIPT	?= scripts/console.lua
 
-.PHONY: all deps deps-test build run test check clean
+.PHONY: all deps deps-test build run test check install clean
 
 all: build
 
@@ -28,6 +30,11 @@ run: build
 
 test: deps-test
 	.ci/test
+
+# bin/luasmtpd, share/lua/5.4/smtp/*.lua, lib/lua/5.4/smtp_core.so under the
+# prefix: where lua5.4 and busted look, so smtp.testing works anywhere
+install: build
+	meson install -C build --no-rebuild
 
 # Validate a policy script without serving it: make check SCRIPT=my.lua
 check: build

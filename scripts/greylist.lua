@@ -25,7 +25,7 @@ local server = smtp.createServer(function(connection)
     local seen = first_seen[key]
     if seen and now - seen >= RETRY_AFTER then
       passed[key], first_seen[key] = now, nil
-      connection:log("info", "greylist: %s passed after %d s", recipient.address, now - seen)
+      connection:log("info", "greylist: %s passed after %d s", recipient.address, math.floor(now - seen))
       return
     end
     if not seen then

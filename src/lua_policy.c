@@ -1,16 +1,18 @@
 /*
  * lua_policy.c -- policy.h: a policy script loaded into its own Lua state.
  *
- * Owns the Lua state of the server: its module search path (the source
- * tree's lua/ from a build, the installed one otherwise), smtp_core as a
- * preloaded module, the platform the smtp library runs on (libevent timers,
- * the clock), loading and running the script as text, and reading what it
- * configured (options, listen addresses, the TLS context of server.tls,
- * created here so that loading the script again loads the certificates
- * again), and the handler watchdog of a serving process (a CPU-time
- * interval timer whose SIGPROF ticks lua_run.c's watchdog).  The session
- * hooks themselves are the bridge's (lua_bridge.c); this file only forwards
- * them.
+ * Owns the Lua state of the server: its module search path (the smtp
+ * library from the source tree's lua/ in a build, the installed one
+ * otherwise; every other module from the script's directory first),
+ * smtp_core as a preloaded module, the platform the smtp library runs on
+ * (libevent timers, the clock), loading and running the script as text,
+ * and reading what it configured (options, listen addresses, the TLS
+ * context of server.tls, created here so that loading the script again
+ * loads the certificates again), the script's 'start' listeners once a
+ * serving process's event loop runs, and the handler watchdog of a serving
+ * process (a CPU-time interval timer whose SIGPROF ticks lua_run.c's
+ * watchdog).  The session hooks themselves are the bridge's (lua_bridge.c);
+ * this file only forwards them.
  */
 #include <errno.h>
 #include <limits.h>
@@ -35,7 +37,7 @@
 #endif
 
 #ifndef LUASMTPD_LUADIR
-#define LUASMTPD_LUADIR		"/usr/local/share/luasmtpd/lua"
+#define LUASMTPD_LUADIR		"/usr/local/share/lua/5.4"
 #endif
 
 #define POLICY_TIMER_MT		"luasmtpd.timer"
@@ -52,6 +54,8 @@ struct policy {
 	struct policy_listen	*listens;
 	size_t			 nlisten;
 	struct tls_ctx		*tls;		/* server.tls; NULL: no TLS */
+	int			 start_ref;	/* the library's start(): 'start' listeners */
+	struct event		*start_ev;	/* runs it as the event loop starts */
 	int			 watchdog;	/* this policy armed the watchdog */
 	struct sigaction	 old_prof;	/* ... and the SIGPROF action it replaced */
 };
@@ -218,6 +222,31 @@ platform_now(lua_State *L)
 	return 1;
 }
 
+/* ---- the 'start' listeners ------------------------------------------------ */
+
+/*
+ * The script's server:on("start", fn) listeners, on the first turn of a
+ * serving process's event loop: timers they start run in that loop.  Lua
+ * logs a listener's error itself (and serving goes on).
+ */
+static void
+policy_start(evutil_socket_t fd, short what, void *arg)
+{
+	struct policy	*p = arg;
+	lua_State	*L = p->L;
+	int		 top = lua_gettop(L);
+
+	(void)fd;
+	(void)what;
+	if (p->bridge != NULL)
+		lcore_bridge_flush(p->bridge);
+	lua_pushcfunction(L, traceback);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, p->start_ref);
+	if (lua_pcall(L, 0, 0, top + 1) != LUA_OK)
+		log_error(0, "lua: start failed: %s", lua_tostring(L, -1));
+	lua_settop(L, top);
+}
+
 /* ---- the handler watchdog ------------------------------------------------ */
 
 static void
@@ -285,9 +314,60 @@ watchdog_stop(struct policy *p)
 
 /* ---- the module search path ---------------------------------------------- */
 
-/* package.path = <ours>;<default> */
+/* The directory of script, absolute when it can be (the process may chdir). */
 static void
-set_path(lua_State *L)
+script_dir(const char *script, char *dir, size_t len)
+{
+	char	 real[PATH_MAX], *slash;
+
+	if (realpath(script, real) == NULL)
+		snprintf(real, sizeof(real), "%s", script);
+	if ((slash = strrchr(real, '/')) == NULL)
+		snprintf(dir, len, ".");
+	else if (slash == real)
+		snprintf(dir, len, "/");
+	else
+		snprintf(dir, len, "%.*s", (int)(slash - real), real);
+}
+
+/*
+ * package.searchers[2]: smtp and smtp.* from luasmtpd's own library only
+ * (its path is upvalue 1), so that no file next to the script (a policy
+ * named smtp.lua) replaces it.  Other names: nothing, the next searcher.
+ */
+static int
+search_library(lua_State *L)
+{
+	const char	*name = luaL_checkstring(L, 1), *path;
+
+	if (strcmp(name, "smtp") != 0 && strncmp(name, "smtp.", 5) != 0)
+		return 0;
+	lua_getglobal(L, "package");
+	lua_getfield(L, -1, "searchpath");
+	lua_pushvalue(L, 1);
+	lua_pushvalue(L, lua_upvalueindex(1));
+	lua_call(L, 2, 2);
+	if (lua_isnil(L, -2))
+		return 1;	/* "no file ..." */
+	path = lua_tostring(L, -2);
+	if (luaL_loadfilex(L, path, "t") != LUA_OK)
+		return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s",
+		    name, path, lua_tostring(L, -1));
+	lua_pushstring(L, path);
+	return 2;
+}
+
+/*
+ * The library's path: the source tree's lua/ when run from a build (edits
+ * seen at once), <binary>/../lua (a source tree), <binary>/../share/lua/5.4
+ * (an install moved as a whole, or under a DESTDIR), LUASMTPD_LUADIR (where
+ * meson installs it).  Every other module is looked for in the script's
+ * directory first: package.path = <script dir>;<default>, and the same for
+ * package.cpath, so a module next to the script is found wherever luasmtpd
+ * runs from.
+ */
+static void
+set_path(lua_State *L, const char *script)
 {
 	char	 exe[PATH_MAX], dir[PATH_MAX], *slash;
 	ssize_t	 n;
@@ -307,28 +387,41 @@ set_path(lua_State *L)
 #endif
 	}
 	lua_getglobal(L, "package");
+	lua_getfield(L, -1, "searchers");
 	luaL_Buffer b;
 	luaL_buffinit(L, &b);
 #ifdef LUASMTPD_SOURCE_LUA
-	if (in_build)	/* a build: the source tree's library, edits seen at once */
+	if (in_build)
 		lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", LUASMTPD_SOURCE_LUA,
 		    LUASMTPD_SOURCE_LUA), luaL_addvalue(&b);
 #endif
 	(void)in_build;
-	if (dir[0] != '\0') {	/* a source tree, or an install moved as a whole */
+	if (dir[0] != '\0') {
 		lua_pushfstring(L, "%s/../lua/?.lua;%s/../lua/?/init.lua;", dir, dir);
 		luaL_addvalue(&b);
-		lua_pushfstring(L, "%s/../share/luasmtpd/lua/?.lua;"
-		    "%s/../share/luasmtpd/lua/?/init.lua;", dir, dir);
+		lua_pushfstring(L, "%s/../share/lua/5.4/?.lua;"
+		    "%s/../share/lua/5.4/?/init.lua;", dir, dir);
 		luaL_addvalue(&b);
 	}
-	lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;", LUASMTPD_LUADIR, LUASMTPD_LUADIR);
-	luaL_addvalue(&b);
-	lua_getfield(L, -2, "path");
+	lua_pushfstring(L, "%s/?.lua;%s/?/init.lua", LUASMTPD_LUADIR, LUASMTPD_LUADIR);
 	luaL_addvalue(&b);
 	luaL_pushresult(&b);
-	lua_setfield(L, -2, "path");
+	lua_pushcclosure(L, search_library, 1);
+	for (lua_Integer i = (lua_Integer)luaL_len(L, -2); i >= 2; i--) {
+		lua_rawgeti(L, -2, i);
+		lua_rawseti(L, -3, i + 1);
+	}
+	lua_rawseti(L, -2, 2);	/* after the preload searcher */
 	lua_pop(L, 1);
+	script_dir(script, dir, sizeof(dir));
+	lua_getfield(L, -1, "path");
+	lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+	lua_setfield(L, -3, "path");
+	lua_pop(L, 1);
+	lua_getfield(L, -1, "cpath");
+	lua_pushfstring(L, "%s/?.so;%s", dir, lua_tostring(L, -1));
+	lua_setfield(L, -3, "cpath");
+	lua_pop(L, 2);
 }
 
 /* ---- loading ---------------------------------------------------------------- */
@@ -461,11 +554,10 @@ load_protected(lua_State *L)
 	size_t		 errlen = (size_t)lua_tointeger(L, 5);
 	const char	*src = lua_tolstring(L, 6, &len);
 
-	(void)script;
 	luaL_openlibs(L);
 	lua_pushthread(L);
 	lua_setfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
-	set_path(L);
+	set_path(L, script);
 	/* smtp_core is built in */
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
 	lua_pushcfunction(L, luaopen_smtp_core);
@@ -510,6 +602,8 @@ load_protected(lua_State *L)
 	lua_pop(L, 1);
 	if (read_policy(p, script, err, errlen) == -1)
 		return luaL_error(L, "%s", err);
+	lua_getfield(L, -1, "start");
+	p->start_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	/*
 	 * A checking load (--check, the master's at start and on reload) also
 	 * runs smtp.check: AUTH that could never be offered, and the
@@ -547,6 +641,7 @@ policy_load(const char *script, struct event_base *base, char *err,
 	}
 	p->L = L;
 	p->base = base;
+	p->start_ref = LUA_NOREF;
 	snprintf(chunk, sizeof(chunk), "@%s", script);
 	lua_pushcfunction(L, traceback);
 	lua_pushcfunction(L, load_protected);
@@ -563,8 +658,17 @@ policy_load(const char *script, struct event_base *base, char *err,
 		return NULL;
 	}
 	lua_settop(L, 0);
-	if (base != NULL)	/* serving, not checking (--check, a reload's test) */
+	if (base != NULL) {	/* serving, not checking (--check, a reload's test) */
+		struct timeval now = { 0, 0 };
+
+		if ((p->start_ev = evtimer_new(base, policy_start, p)) == NULL ||
+		    evtimer_add(p->start_ev, &now) == -1) {
+			snprintf(err, errlen, "cannot schedule the 'start' listeners");
+			policy_destroy(p);
+			return NULL;
+		}
 		watchdog_start(p);
+	}
 	return p;
 }
 
@@ -574,6 +678,8 @@ policy_destroy(struct policy *p)
 	if (p == NULL)
 		return;
 	watchdog_stop(p);
+	if (p->start_ev != NULL)
+		event_free(p->start_ev);
 	if (p->L != NULL)
 		lua_close(p->L);	/* frees the timers, before the event base goes */
 	tls_ctx_destroy(p->tls);	/* live connections keep their reference */

@@ -328,6 +328,17 @@ function Session:close()
   return self
 end
 
+-- s:shutdown() -> s: the server stops (SIGTERM past its grace): 421 and close
+function Session:shutdown()
+  if not self._destroyed and not self.handle:closed() then
+    self:_note("-- ", "server shutting down")
+    self.handle:shutdown()
+    self:_collect()
+    self:_pump()
+  end
+  return self
+end
+
 -- s:closed() -> true once the server closed the connection (or the client did)
 function Session:closed()
   return self._io_closed or self._destroyed or false
@@ -444,15 +455,31 @@ function Harness:_pump_all()
   end
 end
 
+-- require(name) with dir (a script's directory) first on package.path and
+-- package.cpath, as luasmtpd has it (the paths are restored after, also on
+-- an error: they are the whole busted process's); the smtp library is never
+-- looked for there
+local function require_from(dir, name)
+  if not dir or name:sub(1, 5) == "smtp." then return require(name) end
+  local path, cpath = package.path, package.cpath
+  package.path = dir .. "/?.lua;" .. dir .. "/?/init.lua;" .. path
+  package.cpath = dir .. "/?.so;" .. cpath
+  local ok, mod, extra = pcall(require, name)
+  package.path, package.cpath = path, cpath
+  if not ok then error(mod, 0) end
+  return mod, extra
+end
+
 -- The script's environment: globals stay in it; require "smtp" is this
--- instance; opts.globals are set in it (e.g. a print that captures);
+-- instance, and other modules are looked for in the script's directory
+-- (dir) first; opts.globals are set in it (e.g. a print that captures);
 -- os.getenv sees opts.env first.
-local function script_env(smtp, opts)
+local function script_env(smtp, opts, dir)
   local env = setmetatable({}, { __index = _G })
   env._G = env
   env.require = function(name)
     if name == "smtp" then return smtp end
-    return require(name)
+    return require_from(dir, name)
   end
   for k, v in pairs(opts.globals or {}) do env[k] = v end
   if opts.env then
@@ -469,7 +496,12 @@ end
 -- testing.load_string(source[, chunkname][, opts]) -> harness
 function testing.load_string(source, chunkname, opts)
   if type(chunkname) == "table" then chunkname, opts = nil, chunkname end
-  opts = opts or {}
+  return testing._load(source, chunkname, opts or {})
+end
+
+-- Loads source (a script of directory dir, if from a file), runs the
+-- server's 'start' listeners: the harness.
+function testing._load(source, chunkname, opts, dir)
   core.log_capture(true)
   core.log_level(opts.log_level or "info")
   take_logs()
@@ -481,7 +513,7 @@ function testing.load_string(source, chunkname, opts)
     timer = function(seconds, fn) return clock:timer(seconds, fn) end,
     hostname = function() return opts.hostname or "mx.test.example" end,
   }
-  local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts))
+  local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts, dir))
   if not fn then error(err, 2) end
   local saved = package.loaded.smtp
   package.loaded.smtp = smtp	-- modules the script requires share its instance
@@ -496,6 +528,7 @@ function testing.load_string(source, chunkname, opts)
   clock.on_tick = function() h:_pump_all() end
   clock.on_time = function(t) policy.bridge:clock(t) end
   policy.bridge:clock(clock.t)
+  policy.start()	-- the server's 'start' listeners, as a luasmtpd worker runs them
   take_logs()
   return h
 end
@@ -509,7 +542,7 @@ function testing.load(path, opts)
   if not f then error(err, 2) end
   local source = f:read("a")
   f:close()
-  return testing.load_string(source, "@" .. path, opts)
+  return testing._load(source, "@" .. path, opts or {}, path:match("^(.*)/[^/]*$") or ".")
 end
 
 return testing

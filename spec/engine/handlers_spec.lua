@@ -227,6 +227,25 @@ describe("logging", function()
     assert.matches("warn  %[" .. s.id .. "%] remote 192.0.2.1", s:log())
   end)
 
+  it("logs a template that does not fit its arguments, with the arguments and the error", function()
+    local h = policy([[
+      smtp.createServer(function(c)
+        c:on("HELO", function()
+          c:log("info", "after %d s", 2.5)
+          smtp.log("warn", "%s of %s", "one")
+          smtp.log("info", "100% sure")
+        end)
+      end)
+    ]])
+    local s = helo(h)	-- the handler did not fail: 250
+    local log = s:log()
+    assert.matches("info  [" .. s.id .. "] after %d s [2.5] (format error: argument 1: "
+      .. "number has no integer representation)", log, 1, true)
+    assert.matches('warn  [' .. s.id .. '] %s of %s ["one"] (format error: argument 2: no value)',
+      log, 1, true)
+    assert.matches("100% sure [] (format error: argument 1: no value)", log, 1, true)
+  end)
+
   it("refuses an unknown level", function()
     local h = policy([[
       smtp.createServer(function(c)

@@ -141,4 +141,42 @@ describe("smtp.testing", function()
     ]], { env = { MX_NAME = "env.example.org" } })
     h:connect():expect("220 env.example.org ")
   end)
+
+  it("finds modules next to the script loaded by path, from any directory", function()
+    local p = assert(io.popen("mktemp -d /tmp/luasmtpd-spec.XXXXXX"))
+    local dir = p:read("l")
+    p:close()
+    local function write(name, text)
+      local f = assert(io.open(dir .. "/" .. name, "wb"))
+      f:write(text)
+      f:close()
+    end
+    os.execute("mkdir -p " .. dir .. "/lists")
+    write("policy.lua", [[
+      local smtp = require "smtp"
+      local names = require "names"	-- a module next to the script
+      smtp.createServer(function(c)
+        c:on("RCPT", function(r)
+          local blocked = require "lists.blocked"	-- also when a handler requires it
+          if blocked[r.localPart] then r.valid = false end
+          r.code = names.code
+        end)
+      end)
+    ]])
+    write("names.lua", "return { code = nil }\n")
+    write("lists/init.lua", "return {}\n")
+    write("lists/blocked.lua", "return { mallory = true }\n")
+    local path, cpath = package.path, package.cpath
+    local h = testing.load(dir .. "/policy.lua")
+    assert.equal(path, package.path)	-- the busted process's paths are left as they were
+    assert.equal(cpath, package.cpath)
+    local s = h:connect()
+    s:expect(220)
+    s:send("HELO c.example"):expect(250)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<mallory@example.org>"):expect(550)
+    s:send("RCPT TO:<bob@example.org>"):expect(250)
+    package.loaded.names, package.loaded["lists.blocked"] = nil, nil
+    os.execute("rm -rf " .. dir)
+  end)
 end)

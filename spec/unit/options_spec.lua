@@ -132,9 +132,14 @@ describe("smtp server options", function()
     assert.equal("the script did not call smtp.createServer", err)
   end)
 
-  it("refuses smtp.sleep outside a handler and timers without a platform", function()
+  it("refuses smtp.sleep outside a handler, timers while loading and without a platform", function()
     local smtp = new()
-    assert.has_error(function() smtp.sleep(1) end, "smtp.sleep must be called from a handler")
+    assert.has_error(function() smtp.sleep(1) end, "smtp.sleep must be called from a handler or a 'start' listener")
+    assert.has_error(function() smtp.setTimeout(function() end, 10) end,
+      'timers cannot start while the script loads: start them in a server:on("start", fn) '
+      .. "listener or in a handler")
+    smtp.createServer()
+    assert.truthy(smtp._policy())	-- the script's top level is over
     assert.has_error(function() smtp.setTimeout(function() end, 10) end,
       "no event loop: timers run in luasmtpd or smtp.testing")
   end)
