@@ -332,11 +332,21 @@ server:listen(]] .. insecure .. [[, "127.0.0.1", { insecureAuth = true })
 	end)
 end)
 
-describe("e2e: a failing policy", function()
+describe("e2e: long policy texts and failing policies", function()
 	local server = support.serve {
 		policy = [[
 local smtp = require "smtp"
+-- n lines of width octets
+local function lines(n, width)
+	local t = {}
+	for i = 1, n do t[i] = string.char(96 + i):rep(width) end
+	return table.concat(t, "\n")
+end
 smtp.createServer(function(conn)
+	conn:on("EHLO", function(helo)
+		local n = tonumber(helo.name:match("^lines(%d+)%."))
+		if n then helo.message = lines(n, 450) end
+	end)
 	conn:on("VRFY", function(v)
 		if v.argument == "boom" then error("boom") end	-- Lua reports it
 		if v.argument == "ctl" then v.message = "badtext" return end	-- the engine finds these
@@ -345,6 +355,23 @@ smtp.createServer(function(conn)
 end):listen(2525)
 ]],
 	}
+
+	it("sends a 4 KB multi-line EHLO text whole, every line within 512 octets", function()
+		local c = support.connect(server)
+		c:expect("^220 ")
+		local r = c:cmd("EHLO lines9.example", "^250")
+		assert.equal(9 + 5, #r.lines)	-- the text, then the extensions
+		assert.equal("250-" .. ("a"):rep(450), r.lines[1]:gsub("^(250%-)%S+ ", "%1"))
+		assert.equal("250-" .. ("i"):rep(450), r.lines[9])
+		assert.equal("250 SMTPUTF8", r.lines[14])
+		for _, l in ipairs(r.lines) do assert.is_true(#l + 2 <= 512) end
+		-- with the extensions, 30 lines would pass the 32 a reply may have
+		c:cmd("EHLO lines30.example", "^451 4%.3%.0 Local error in policy")
+		c:cmd("EHLO lines2.example", "^250")
+		c:cmd("QUIT", "^221")
+		c:close()
+		assert.is_true(server:alive())
+	end)
 
 	it("gets one 451 text for a Lua error and for an invalid decision", function()
 		local c = support.connect(server)
