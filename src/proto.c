@@ -463,8 +463,8 @@ bare_ipv6(const char *name)
  * valid_hostname() takes them, more leniently than RFC 5321 Domain:
  * underscores are allowed (Windows hosts send them), a bare word such as
  * "localhost" and a bare IPv4 address are accepted, and so is a bare IPv6
- * address ("2001:db8::1", what some clients send; Postfix's valid_hostaddr()
- * takes it): the policy sees it and may refuse it.  Rejected: empty,
+ * address ("2001:db8::1", what some clients send; Postfix takes it too):
+ * the policy sees it and may refuse it.  Rejected: empty,
  * spaces and controls, empty labels (leading, trailing or doubled dots),
  * labels starting or ending with "-", labels over 63 or names over 255
  * octets, any other punctuation, unmatched brackets, and non-ASCII unless
