@@ -9,16 +9,21 @@
  *       commands, 64-octet command lines, STARTTLS, AUTH, AUTH without TLS
  *   [2] driver: chunk mode (2 bits), no hooks, no optional io callbacks,
  *       implicit TLS, fire timers, pause/resume, shut down at the end
- *   [3] policy: how often it waits, rejects, answers nonsense (2 bits each)
+ *   [3] policy: how often it waits, rejects, answers nonsense (2 bits each);
+ *       0x40: bare LF accepted in DATA; 0x80: long generated reply texts
+ *       (up to 40 lines of up to 600 octets) and, with [4] & 1, a 255-octet
+ *       host name, to reach the reply builders' bounds
  *   [4..7] seed of the generator behind every other choice
  *
  * What must hold: every reply line is "ddd" SP/"-" text CRLF, at most 512
- * octets, no NUL, no bare CR or LF, 2xx-5xx, one code per multi-line reply;
+ * octets, no NUL, no bare CR or LF, 2xx-5xx, one code per multi-line reply
+ * of at most 32 lines;
  * nothing is written after close; at most one ask is outstanding and only
  * the outstanding one is cancelled; a feed that takes less than it is given
  * has a reason (an ask, a pause, closing); a message that reaches DATA_END
  * arrived with CRLF line ends, within max_size and max_text_line, was never
- * aborted, and its size is what the data hook saw; when the policy waits on
+ * aborted, and its size is what the data hook saw (never a NUL, and CRLF
+ * line ends also when a bare LF is accepted); when the policy waits on
  * DATA_END, the input taken so far ends in CRLF "." CRLF (no smuggling);
  * closed comes once.
  */
@@ -40,11 +45,14 @@
 
 #define HEADER		8
 #define REPLY_MAX	512	/* RFC 5321 4.5.3.1.5, incl. CRLF */
+#define REPLY_LINES	32	/* lines in one reply */
 #define NO_EVENT	SEV_COUNT
 
 struct harness {
 	uint32_t		 rng;
 	unsigned		 wait_pct, reject_pct, weird_pct;
+	bool			 long_texts;
+	char			 text[40 * 602];	/* a generated verdict text */
 	const struct session_config *cfg;
 
 	/* the policy */
@@ -69,6 +77,7 @@ struct harness {
 	size_t			 line_len;
 	char			 cont_code[3];	/* code of an unfinished multi-line reply */
 	bool			 in_multi;
+	unsigned		 reply_lines;	/* lines of the reply so far */
 };
 
 static uint32_t
@@ -105,6 +114,9 @@ check_reply_line(struct harness *h, const char *l, size_t len)
 		REQUIRE(l[i] != '\0' && l[i] != '\r' && l[i] != '\n');
 	if (h->in_multi)
 		REQUIRE(memcmp(h->cont_code, l, 3) == 0);
+	else
+		h->reply_lines = 0;
+	REQUIRE(++h->reply_lines <= REPLY_LINES);
 	h->in_multi = l[3] == '-';
 	memcpy(h->cont_code, l, 3);
 }
@@ -199,9 +211,49 @@ static const struct verdict weird[] = {
 	    "21\n22\n23\n24\n25\n26\n27\n28\n29\n30\n31\n32\n33\n34\n35\n36\n37\n38\n39\n40" },
 };
 
+/*
+ * A long reply text: up to 40 lines, their widths often at the bounds that
+ * matter (240 octets after a 255-octet host name, 496 for a text line, 512
+ * for a reply line), sometimes an enhanced code first.  Most texts are valid
+ * (lines of at most 496 printable octets), so that long ones reach the
+ * reply builders; the rest may have longer lines or a control octet.
+ */
+static struct verdict
+long_verdict(struct harness *h)
+{
+	static const size_t	 widths[] = { 0, 1, 200, 239, 240, 241, 250, 400,
+	    450, 495, 496, 497, 500, 511, 512, 600 };
+	size_t			 lines = 1 + rnd(h) % 40, len = 0, w;
+	bool			 accept = chance(h, 60), valid = chance(h, 80);
+
+	if (chance(h, 30)) {
+		memcpy(h->text, accept ? "2.0.0 " : chance(h, 50) ? "5.7.1 " : "4.7.1 ", 6);
+		len = 6;
+	}
+	for (size_t i = 0; i < lines; i++) {
+		if (i > 0)
+			h->text[len++] = '\n';
+		w = chance(h, 50) ? widths[rnd(h) % (sizeof(widths) / sizeof(widths[0]))] :
+		    rnd(h) % 601;
+		if (valid && w > 496)
+			w = 496 - (i == 0 ? len : 0);
+		for (size_t k = 0; k < w; k++)
+			h->text[len++] = (char)(0x20 + rnd(h) % 0x5f);
+	}
+	if (!valid && len > 0 && chance(h, 30))
+		h->text[rnd(h) % len] = (char)(rnd(h) % 0x20);
+	h->text[len] = '\0';
+	if (accept)
+		return (struct verdict){ true, chance(h, 70) ? 0 : 250, h->text };
+	return (struct verdict){ false, chance(h, 50) ? 0 : chance(h, 50) ? 550 : 450,
+	    h->text };
+}
+
 static struct verdict
 choose_verdict(struct harness *h)
 {
+	if (h->long_texts && chance(h, 30))
+		return long_verdict(h);
 	if (chance(h, h->weird_pct))
 		return weird[rnd(h) % (sizeof(weird) / sizeof(weird[0]))];
 	if (chance(h, h->reject_pct))
@@ -305,6 +357,7 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 	(void)s;
 	REQUIRE(h->in_data && !h->aborted);
 	REQUIRE(len > 0);
+	REQUIRE(memchr(buf, '\0', len) == NULL);	/* a NUL fails the message */
 	for (i = 0; i < len; i++) {
 		/* CRLF only: a CR is followed by LF, an LF follows a CR */
 		if (h->data_last == '\r')
@@ -328,7 +381,7 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 	struct harness	*h = ctx;
 
 	(void)s;
-	REQUIRE(why <= ABORT_SHUTDOWN);
+	REQUIRE(why <= ABORT_NUL);
 	h->aborted = true;
 }
 
@@ -344,11 +397,21 @@ hook_closed(void *ctx, struct session *s)
 
 /* --- the driver --------------------------------------------------------- */
 
+static char	long_host[256];
+
 static void
-configure(struct session_config *cfg, uint8_t ext, uint8_t lim)
+configure(struct session_config *cfg, uint8_t ext, uint8_t lim,
+    uint8_t policy, uint8_t seed)
 {
 	session_config_init(cfg);
 	cfg->hostname = "fuzz.example";
+	if ((policy & 0x80) && (seed & 1)) {
+		/* the longest name server.hostname takes: 255 octets */
+		for (size_t i = 0; i < 255; i++)
+			long_host[i] = i % 64 == 63 ? '.' : 'h';
+		cfg->hostname = long_host;
+	}
+	cfg->accept_bare_lf = (policy & 0x40) != 0;
 	cfg->extensions = ext & EXT_ALL;
 	if (lim & 0x01)
 		cfg->max_size = 100;
@@ -423,7 +486,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	log_set_level(LOG_DEBUG);		/* the log lines are code too */
 	log_set_sink(quiet_log, NULL);
 	memset(&h, 0, sizeof(h));
-	configure(&cfg, data[0], data[1]);
+	configure(&cfg, data[0], data[1], data[3], data[4]);
 	drv = data[2];
 	mode = drv & 0x03;
 	with_hooks = !(drv & 0x04);
@@ -437,6 +500,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	h.wait_pct = (const unsigned[]){ 0, 25, 50, 90 }[data[3] & 3];
 	h.reject_pct = (const unsigned[]){ 0, 20, 40, 80 }[(data[3] >> 2) & 3];
 	h.weird_pct = (const unsigned[]){ 0, 10, 25, 50 }[(data[3] >> 4) & 3];
+	h.long_texts = (data[3] & 0x80) != 0;
 	h.rng = (uint32_t)data[4] | (uint32_t)data[5] << 8 |
 	    (uint32_t)data[6] << 16 | (uint32_t)data[7] << 24;
 	h.pending = NO_EVENT;

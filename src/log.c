@@ -67,6 +67,8 @@ log_msg(enum log_level level, uint64_t id, const char *fmt, ...)
 	else
 		n = snprintf(line, sizeof(line), "%s %-5s ", stamp,
 		    level_names[level]);
+	if (n < 0 || (size_t)n >= sizeof(line))	/* never an offset past the end */
+		n = 0;
 	va_start(ap, fmt);
 	vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
 	va_end(ap);

@@ -23,7 +23,7 @@
 
 static const char *const abort_names[] = {
 	"disconnect", "too big", "bare newline", "line too long", "timeout",
-	"shutdown",
+	"shutdown", "nul byte",
 };
 
 /* ---- handles ----------------------------------------------------------- */
@@ -377,7 +377,7 @@ verdict_fail(struct lbridge *b, struct verdict *v)
 {
 	v->accept = false;
 	v->code = 451;
-	snprintf(b->text, sizeof(b->text), "4.3.0 Local error in policy, try again later");
+	snprintf(b->text, sizeof(b->text), "%s", SESSION_POLICY_ERROR);
 	v->text = b->text;
 }
 

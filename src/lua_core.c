@@ -81,6 +81,9 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	lua_pop(L, 1);
 	cfg->max_auth_failures = (unsigned)opt_int(L, idx, "max_auth_failures",
 	    cfg->max_auth_failures, 1);
+	if (lua_getfield(L, idx, "accept_bare_lf") != LUA_TNIL)
+		cfg->accept_bare_lf = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */
@@ -315,5 +318,7 @@ luaopen_smtp_core(lua_State *L)
 	lua_pushinteger(L, AUTH_LOGIN);
 	lua_setfield(L, -2, "LOGIN");
 	lua_setfield(L, -2, "AUTH");
+	lua_pushstring(L, SESSION_POLICY_ERROR);
+	lua_setfield(L, -2, "POLICY_ERROR");
 	return 1;
 }

@@ -19,7 +19,9 @@
 #include "lua_core.h"
 #include "session.h"
 
-#define TEXT_MAX	4096		/* a verdict text copied out of Lua */
+#define TEXT_MAX	16384		/* a verdict text copied out of Lua: longer than
+					   any valid one (32 lines of 496), so one cut
+					   here is invalid, never cut quietly */
 #define EVBIT(ev)	(1u << (ev))
 #define ARG_MAX		512		/* an ask's argument kept for its outcome */
 #define PENDING_MAX	16		/* outcomes waiting for the next call into Lua */

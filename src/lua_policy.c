@@ -707,6 +707,7 @@ policy_session_config(const struct policy *p, struct session_config *cfg)
 	cfg->auth_methods = p->cfg.auth_methods;
 	cfg->auth_without_tls = false;
 	cfg->max_auth_failures = p->cfg.max_auth_failures;
+	cfg->accept_bare_lf = p->cfg.accept_bare_lf;
 }
 
 void

@@ -447,12 +447,24 @@ proto_param(const struct smtp_path *p, const char *key)
 	return NULL;
 }
 
+/* A bare IPv6 address, bounded before inet_pton() sees it. */
+static bool
+bare_ipv6(const char *name)
+{
+	struct in6_addr	a6;
+
+	return strlen(name) < INET6_ADDRSTRLEN &&
+	    inet_pton(AF_INET6, name, &a6) == 1;
+}
+
 /*
  * A HELO/EHLO argument: an address literal ("[192.0.2.1]", "[IPv6:...]",
  * "[tag:content]") or a host name.  Host names are taken the way Postfix's
  * valid_hostname() takes them, more leniently than RFC 5321 Domain:
  * underscores are allowed (Windows hosts send them), a bare word such as
- * "localhost" and a bare IPv4 address are accepted.  Rejected: empty,
+ * "localhost" and a bare IPv4 address are accepted, and so is a bare IPv6
+ * address ("2001:db8::1", what some clients send; Postfix takes it too):
+ * the policy sees it and may refuse it.  Rejected: empty,
  * spaces and controls, empty labels (leading, trailing or doubled dots),
  * labels starting or ending with "-", labels over 63 or names over 255
  * octets, any other punctuation, unmatched brackets, and non-ASCII unless
@@ -465,6 +477,8 @@ proto_valid_helo(const char *name, bool allow_utf8)
 
 	if (name == NULL || *name == '\0')
 		return false;
+	if (strchr(name, ':') != NULL && *name != '[')
+		return bare_ipv6(name);
 	if (*name == '[')
 		end = parse_literal(name, &why);
 	else

@@ -61,11 +61,22 @@ reply_valid_text(const char *text)
 		}
 		if ((unsigned char)*p < 0x20 || (unsigned char)*p > 0x7e)
 			return false;
-		/* room for "250-5.123.123 " and CRLF */
-		if (++line > REPLY_LINE_MAX - 16)
+		if (++line > REPLY_TEXT_MAX)
 			return false;
 	}
 	return true;
+}
+
+size_t
+reply_lines(const char *text, size_t *first)
+{
+	const char	*nl = strchr(text, '\n');
+	size_t		 lines = 1;
+
+	*first = nl != NULL ? (size_t)(nl - text) : strlen(text);
+	for (; nl != NULL; nl = strchr(nl + 1, '\n'))
+		lines++;
+	return lines;
 }
 
 size_t
@@ -74,7 +85,7 @@ reply_format(char *buf, size_t size, int code, const char *enhanced,
 {
 	const char	*line = text, *nl;
 	size_t		 elen = enhanced != NULL ? strlen(enhanced) : 0;
-	size_t		 len = 0, n;
+	size_t		 len = 0, n, w, lines = 0;
 
 	if (code < 100 || code > 999)
 		return 0;
@@ -82,7 +93,8 @@ reply_format(char *buf, size_t size, int code, const char *enhanced,
 	do {
 		nl = strchr(line, '\n');
 		n = nl != NULL ? (size_t)(nl - line) : strlen(line);
-		if (len + 4 + elen + 1 + n + 2 >= size)
+		w = 4 + (elen > 0 ? elen + 1 : 0) + n + 2;	/* this line, CRLF included */
+		if (++lines > REPLY_LINES_MAX || w > REPLY_LINE_MAX || w >= size - len)
 			return 0;
 		buf[len++] = (char)('0' + code / 100);
 		buf[len++] = (char)('0' + code / 10 % 10);

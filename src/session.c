@@ -4,6 +4,7 @@
  * Never touches a socket (session_io does) and never decides policy
  * (session_hooks does); see session.h for the contract.
  */
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -79,6 +80,7 @@ struct session {
 	char				*user;		/* NULL: not authenticated */
 	char				*sasl_user;	/* username of the AUTH in progress */
 	enum sasl_step			 sasl;
+	bool				 after_auth;	/* lines may be SASL responses: not logged */
 	unsigned			 auth_failures;
 
 	/* the transaction */
@@ -88,6 +90,7 @@ struct session {
 
 	/* the DATA scanner */
 	enum data_scan			 ds;
+	bool				 after_bare_lf;	/* the line began after a bare LF */
 	size_t				 text_line_len;
 	uint64_t			 size;
 	bool				 failed;
@@ -588,7 +591,7 @@ session_close(struct session *s)
 static void
 reply_text(struct session *s, int code, const char *enhanced, const char *text)
 {
-	char	buf[REPLY_LINE_MAX * REPLY_LINES_MAX];
+	char	buf[REPLY_LINE_MAX * REPLY_LINES_MAX + 1];
 	size_t	len;
 
 	if (s->state == S_CLOSED)
@@ -697,6 +700,8 @@ verdict_code_ok(enum session_event ev, bool accept, int code)
 static void	enter_state(struct session *, enum state);
 static void	reset_transaction(struct session *);
 static void	greet(struct session *, int, const char *, const char *);
+static bool	text_fits(const struct session *, enum session_event, bool, int,
+		    const char *);
 static void	ehlo_reply(struct session *, const char *);
 static void	data_begin(struct session *);
 static void	auth_decided(struct session *, bool, int, const char *,
@@ -711,7 +716,7 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 {
 	const struct event_reply	*d = &event_replies[ev];
 	char				 enhanced[REPLY_ENHANCED_MAX];
-	const char			*text;
+	const char			*text, *bad_text = "";
 	bool				 accept = v->accept;
 	int				 code = v->code;
 
@@ -722,17 +727,18 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		strcpy(enhanced, "");
 		text = accept ? d->ok_text : d->no_text;
 	}
-	if (!verdict_code_ok(ev, accept, code) ||
-	    (v->text != NULL && !reply_valid_text(v->text)) ||
+	if (v->text != NULL && !reply_valid_text(v->text))
+		bad_text = " and a text with control characters or too long";
+	else if (v->text != NULL && !text_fits(s, ev, accept, code, text))
+		bad_text = " and a text too long for the host name or extensions";
+	if (!verdict_code_ok(ev, accept, code) || bad_text[0] != '\0' ||
 	    (enhanced[0] != '\0' && enhanced[0] - '0' != code / 100)) {
 		log_error(s->id, "invalid verdict for %s: %s with code %d%s",
 		    event_names[ev], accept ? "accept" : "reject", v->code,
-		    v->text != NULL && !reply_valid_text(v->text) ?
-		    " and a text with control characters or too long" : "");
+		    bad_text);
 		accept = false;
 		code = ev == SEV_CONNECT ? 421 : 451;
-		strcpy(enhanced, "4.3.0");
-		text = "Local policy error, try again later";
+		text = reply_split_enhanced(SESSION_POLICY_ERROR, enhanced);
 	}
 	if (enhanced[0] == '\0') {
 		const char *def = accept ? d->ok_enhanced : d->no_enhanced;
@@ -841,18 +847,55 @@ reset_transaction(struct session *s)
 		enter_state(s, S_HELO);
 }
 
+/*
+ * A reply text built in pieces.  It never passes its buffer: a piece that
+ * does not fit is left out whole and the text is marked cut (a sum of
+ * snprintf() results would run past the end instead).
+ */
+struct text {
+	char	buf[REPLY_LINE_MAX * REPLY_LINES_MAX];
+	size_t	len;
+	bool	cut;
+};
+
+static void	text_add(struct text *, const char *, ...)
+		    __attribute__((format(printf, 2, 3)));
+
+static void
+text_add(struct text *t, const char *fmt, ...)
+{
+	va_list	ap;
+	int	n;
+
+	if (t->cut)
+		return;
+	va_start(ap, fmt);
+	n = vsnprintf(t->buf + t->len, sizeof(t->buf) - t->len, fmt, ap);
+	va_end(ap);
+	if (n < 0 || (size_t)n >= sizeof(t->buf) - t->len) {
+		t->buf[t->len] = '\0';
+		t->cut = true;
+		return;
+	}
+	t->len += (size_t)n;
+}
+
 static void
 greet(struct session *s, int code, const char *enhanced, const char *text)
 {
+	struct text t = { .len = 0 };
+
+	/* text_fits() made sure the host name and the text fit */
 	if (code == 220) {
 		enter_state(s, S_GREETED);
-		reply(s, 220, NULL, "%s %s", s->cfg->hostname,
-		    text != NULL ? text : "ESMTP");
+		text_add(&t, "%s %s", s->cfg->hostname, text != NULL ? text : "ESMTP");
+		reply_text(s, 220, NULL, t.buf);
 		return;
 	}
 	/* 554: stay to answer 503 until QUIT; 421 closes in reply_text() */
 	enter_state(s, S_REFUSED);
-	reply(s, code, enhanced, "%s %s", s->cfg->hostname, text);
+	text_add(&t, "%s %s", s->cfg->hostname, text);
+	reply_text(s, code, enhanced, t.buf);
 }
 
 /* AUTH is advertised once the session may use it (RFC 4954 4, RFC 3207). */
@@ -863,36 +906,70 @@ auth_offered(const struct session *s)
 	    (s->tls != NULL || s->cfg->auth_without_tls);
 }
 
+#define EHLO_KEYWORDS_MAX	7
+#define EHLO_KEYWORD_LEN	32	/* "SIZE 18446744073709551615" */
+
+/* The extension lines of this session's EHLO reply; returns how many. */
+static size_t
+ehlo_keywords(const struct session *s, char kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_LEN])
+{
+	unsigned	ext = s->cfg->extensions;
+	size_t		n = 0;
+
+	if (ext & EXT_PIPELINING)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "PIPELINING");
+	if ((ext & EXT_SIZE) && s->cfg->max_size > 0)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "SIZE %" PRIu64, s->cfg->max_size);
+	else if (ext & EXT_SIZE)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "SIZE");
+	if (ext & EXT_8BITMIME)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "8BITMIME");
+	if (ext & EXT_ENHANCEDSTATUSCODES)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "ENHANCEDSTATUSCODES");
+	if (ext & EXT_SMTPUTF8)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "SMTPUTF8");
+	if (s->cfg->starttls && s->tls == NULL)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "STARTTLS");
+	if (auth_offered(s))
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "AUTH%s%s",
+		    s->cfg->auth_methods & AUTH_PLAIN ? " PLAIN" : "",
+		    s->cfg->auth_methods & AUTH_LOGIN ? " LOGIN" : "");
+	return n;
+}
+
+/*
+ * Does a policy's (valid) text fit in the reply the engine builds around it?
+ * The greeting and the EHLO reply put the host name before its first line,
+ * and the EHLO reply adds a line per extension.
+ */
+static bool
+text_fits(const struct session *s, enum session_event ev, bool accept,
+    int code, const char *text)
+{
+	char	kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_LEN];
+	size_t	lines, first;
+
+	if (ev != SEV_CONNECT && !(ev == SEV_EHLO && accept && code == 250))
+		return true;
+	lines = reply_lines(text, &first);
+	if (ev == SEV_EHLO)
+		lines += ehlo_keywords(s, kw);
+	return strlen(s->cfg->hostname) + 1 + first <= REPLY_TEXT_MAX &&
+	    lines <= REPLY_LINES_MAX;
+}
+
 static void
 ehlo_reply(struct session *s, const char *text)
 {
-	char		 buf[REPLY_LINE_MAX * 8];
-	size_t		 len;
-	unsigned	 ext = s->cfg->extensions;
+	char		kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_LEN];
+	struct text	t = { .len = 0 };
+	size_t		n = ehlo_keywords(s, kw);
 
-	len = (size_t)snprintf(buf, sizeof(buf), "%s%s%s", s->cfg->hostname,
-	    text != NULL ? " " : "", text != NULL ? text : "");
-	if (ext & EXT_PIPELINING)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nPIPELINING");
-	if ((ext & EXT_SIZE) && s->cfg->max_size > 0)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
-		    "\nSIZE %" PRIu64, s->cfg->max_size);
-	else if (ext & EXT_SIZE)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nSIZE");
-	if (ext & EXT_8BITMIME)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\n8BITMIME");
-	if (ext & EXT_ENHANCEDSTATUSCODES)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len,
-		    "\nENHANCEDSTATUSCODES");
-	if (ext & EXT_SMTPUTF8)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nSMTPUTF8");
-	if (s->cfg->starttls && s->tls == NULL)
-		len += (size_t)snprintf(buf + len, sizeof(buf) - len, "\nSTARTTLS");
-	if (auth_offered(s))
-		snprintf(buf + len, sizeof(buf) - len, "\nAUTH%s%s",
-		    s->cfg->auth_methods & AUTH_PLAIN ? " PLAIN" : "",
-		    s->cfg->auth_methods & AUTH_LOGIN ? " LOGIN" : "");
-	reply_text(s, 250, NULL, buf);
+	text_add(&t, "%s%s%s", s->cfg->hostname, text != NULL ? " " : "",
+	    text != NULL ? text : "");
+	for (size_t i = 0; i < n; i++)
+		text_add(&t, "\n%s", kw[i]);
+	reply_text(s, 250, NULL, t.buf);
 }
 
 /* --- commands ----------------------------------------------------------- */
@@ -1361,25 +1438,63 @@ auth_decided(struct session *s, bool accept, int code, const char *enhanced,
 		    s->cfg->hostname);
 }
 
-/* Splits "VERB[ SP arg]", finds the verb and checks the state. */
-static void
-dispatch(struct session *s, char *line, size_t len)
+/* The command whose verb starts line (up to the first space), or NULL. */
+static const struct command *
+command_find(const char *line)
 {
 	const struct command	*c;
-	char			*arg;
+	size_t			 n = strcspn(line, " ");
 
-	/* trailing spaces are common and harmless */
-	while (len > 0 && (line[len - 1] == ' ' || line[len - 1] == '\t'))
-		line[--len] = '\0';
+	for (c = commands; c->verb != NULL; c++)
+		if (strlen(c->verb) == n && strncasecmp(c->verb, line, n) == 0)
+			return c;
+	return NULL;
+}
+
+/*
+ * Is the verb AUTH, however it is spelt: after spaces, tabs or other
+ * separators, run into its argument ("AUTHPLAIN x"), in any case?
+ */
+static bool
+auth_like(const char *line)
+{
+	while (*line != '\0' && !isalnum((unsigned char)*line))
+		line++;
+	return strncasecmp(line, "AUTH", 4) == 0;
+}
+
+/*
+ * Logs a command line, never credentials.  An AUTH line shows as "AUTH ...".
+ * The lines after one may be SASL responses the client pipelined before it
+ * saw the reply (even to a refused AUTH), so they are not shown either,
+ * until a line is a known command.
+ */
+static void
+log_command(struct session *s, const char *line, const struct command *c)
+{
+	if (auth_like(line)) {
+		s->after_auth = true;
+		log_debug(s->id, ">>> AUTH ...");
+	} else if (s->after_auth && c == NULL)
+		log_debug(s->id, ">>> (line after AUTH, not logged)");
+	else {
+		s->after_auth = false;
+		log_debug(s->id, ">>> %s", line);
+	}
+}
+
+/* Splits "VERB[ SP arg]" and checks the verb's state; c is its command. */
+static void
+dispatch(struct session *s, char *line, const struct command *c)
+{
+	char *arg;
+
 	if ((arg = strchr(line, ' ')) != NULL) {
 		*arg++ = '\0';
 		while (*arg == ' ')
 			arg++;
 	}
-	for (c = commands; c->verb != NULL; c++)
-		if (strcasecmp(c->verb, line) == 0)
-			break;
-	if (c->verb == NULL) {
+	if (c == NULL) {
 		reply_error(s, 500, "5.5.2", "Command unrecognized");
 		return;
 	}
@@ -1392,6 +1507,8 @@ dispatch(struct session *s, char *line, size_t len)
 	if ((c->states & ST(s->state)) == 0) {
 		if (s->state == S_REFUSED)
 			reply_error(s, 503, "5.5.1", "Bad sequence of commands: send QUIT");
+		else if (s->state == S_GREETED && c->handler == cmd_auth)
+			reply_error(s, 503, "5.5.1", "Send EHLO first");
 		else if (s->state == S_GREETED && c->out_of_sequence == NULL)
 			reply_error(s, 503, "5.5.1", "Send HELO/EHLO first");
 		else if (c->handler == cmd_mail)
@@ -1410,7 +1527,8 @@ static void	sasl_response(struct session *, char *, size_t);
 static void
 line_done(struct session *s)
 {
-	size_t len = s->line_len;
+	const struct command	*c;
+	size_t			 len = s->line_len;
 
 	s->line_len = 0;
 	s->line_open = false;	/* the next octet starts the next line's deadline */
@@ -1432,9 +1550,12 @@ line_done(struct session *s)
 		sasl_response(s, s->line, len);
 		return;
 	}
-	log_debug(s->id, ">>> %s", len >= 5 && strncasecmp(s->line, "AUTH ", 5) == 0 ?
-	    "AUTH ..." : s->line);
-	dispatch(s, s->line, len);
+	/* trailing spaces are common and harmless */
+	while (len > 0 && (s->line[len - 1] == ' ' || s->line[len - 1] == '\t'))
+		s->line[--len] = '\0';
+	c = command_find(s->line);
+	log_command(s, s->line, c);
+	dispatch(s, s->line, c);
 }
 
 /*
@@ -1498,6 +1619,7 @@ data_begin(struct session *s)
 {
 	enter_state(s, S_DATA);
 	s->ds = DS_BOL;
+	s->after_bare_lf = false;	/* the DATA line ended in CRLF */
 	s->text_line_len = 0;
 	s->size = 0;
 	s->failed = false;
@@ -1511,7 +1633,7 @@ data_fail(struct session *s, enum session_abort why)
 		return;
 	log_info(s->id, "message refused while receiving: %s",
 	    why == ABORT_TOO_BIG ? "too big" : why == ABORT_BARE_NEWLINE ?
-	    "bare CR or LF" : "line too long");
+	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" : "line too long");
 	message_abort(s, why);
 }
 
@@ -1547,6 +1669,9 @@ data_end(struct session *s)
 		reply(s, 550, "5.6.0", "Message has a line longer than %zu octets",
 		    s->cfg->max_text_line);
 		break;
+	case ABORT_NUL:
+		reply(s, 550, "5.6.0", "Message contains a NUL octet (RFC 6152)");
+		break;
 	default:
 		reply(s, 550, "5.6.0",
 		    "Message contains a bare CR or LF (RFC 5321 2.3.8)");
@@ -1563,9 +1688,24 @@ text_line_grow(struct session *s, size_t n)
 }
 
 /*
- * Scans message data: removes the stuffed dot at the start of a line, ends
- * only at CRLF "." CRLF, and fails the message on a bare CR or LF (they are
- * never taken as a line end: SMTP smuggling).  Returns the octets consumed.
+ * A bare LF where cfg->accept_bare_lf takes it as a line end: the line so far
+ * goes out with CRLF, and the next one starts (and is unstuffed) as usual.
+ * It never ends the data: that takes a line "." after a real CRLF.
+ */
+static void
+data_bare_lf(struct session *s)
+{
+	data_emit(s, "\r\n", 2);
+	s->after_bare_lf = true;
+	s->ds = DS_BOL;
+}
+
+/*
+ * Scans message data: removes the stuffed dot at the start of a line (it
+ * does not count in the line length), ends only at CRLF "." CRLF, and fails
+ * the message on a NUL, on a bare CR and on a bare LF unless accept_bare_lf
+ * (a bare CR or LF never ends the data: SMTP smuggling).  Returns the
+ * octets consumed.
  */
 static size_t
 data_feed(struct session *s, const char *buf, size_t len)
@@ -1579,7 +1719,6 @@ data_feed(struct session *s, const char *buf, size_t len)
 			if (*p == '.') {
 				data_emit(s, span, (size_t)(p - span));
 				span = ++p;	/* the dot is never data */
-				text_line_grow(s, 1);
 				s->ds = DS_DOT;
 				break;
 			}
@@ -1591,10 +1730,18 @@ data_feed(struct session *s, const char *buf, size_t len)
 			const char *cr = memchr(p, '\r', (size_t)(stop - p));
 			const char *q = cr != NULL ? cr : stop;
 
+			if (memchr(p, '\0', (size_t)(q - p)) != NULL)
+				data_fail(s, ABORT_NUL);
 			text_line_grow(s, (size_t)(q - p));
 			p = q;
 			if (p == end)
 				break;
+			if (*p == '\n' && s->cfg->accept_bare_lf) {
+				data_emit(s, span, (size_t)(p - span));
+				span = ++p;
+				data_bare_lf(s);
+				break;
+			}
 			if (*p == '\n') {
 				/* not a line end: what follows is no line start */
 				data_fail(s, ABORT_BARE_NEWLINE);
@@ -1608,6 +1755,7 @@ data_feed(struct session *s, const char *buf, size_t len)
 		case DS_CR:
 			if (*p == '\n') {
 				p++;
+				s->after_bare_lf = false;
 				s->ds = DS_BOL;
 			} else {
 				data_fail(s, ABORT_BARE_NEWLINE);
@@ -1619,6 +1767,9 @@ data_feed(struct session *s, const char *buf, size_t len)
 				data_emit(s, span, (size_t)(p - span));
 				span = ++p;	/* held back: ".\r\n" is the end */
 				s->ds = DS_DOT_CR;
+			} else if (*p == '\n' && s->cfg->accept_bare_lf) {
+				span = ++p;	/* "." LF: an empty line */
+				data_bare_lf(s);
 			} else if (*p == '\n') {
 				data_fail(s, ABORT_BARE_NEWLINE);
 				p++;
@@ -1628,6 +1779,14 @@ data_feed(struct session *s, const char *buf, size_t len)
 			}
 			break;
 		case DS_DOT_CR:
+			if (*p == '\n' && s->after_bare_lf) {
+				/* "." CRLF after a bare LF: an empty line, not the end */
+				span = ++p;
+				data_emit(s, "\r\n", 2);
+				s->after_bare_lf = false;
+				s->ds = DS_BOL;
+				break;
+			}
 			if (*p == '\n') {
 				p++;
 				data_end(s);

@@ -52,9 +52,16 @@ struct session_config {
 	unsigned	 auth_methods;		/* AUTH_* bits; 0: no AUTH */
 	bool		 auth_without_tls;	/* allow AUTH on a plaintext session */
 	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
+	bool		 accept_bare_lf;	/* DATA: a bare LF ends a line, read as CRLF */
 };
 
 void	session_config_init(struct session_config *cfg);
+
+/*
+ * The reply text (enhanced code first) for any failure of the policy: an
+ * invalid verdict here, a Lua error in lua_bridge.c and the library.
+ */
+#define SESSION_POLICY_ERROR	"4.3.0 Local error in policy, try again later"
 
 /* What the policy is asked about.  Every one of them may be answered later. */
 enum session_event {
@@ -110,6 +117,7 @@ enum session_abort {
 	ABORT_LINE_TOO_LONG,	/* a text line over max_text_line: 550 after the final dot */
 	ABORT_TIMEOUT,		/* the client stopped sending data */
 	ABORT_SHUTDOWN,		/* the server is stopping */
+	ABORT_NUL,		/* a NUL octet in the data: 550 after the final dot */
 };
 
 enum hook_result {

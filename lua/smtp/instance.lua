@@ -15,7 +15,7 @@ local rawget, rawset = rawget, rawset
 
 local M = {}
 
-local FAIL_CODE, FAIL_TEXT = 451, "4.3.0 Local error in policy, try again later"
+local FAIL_CODE = 451	-- with smtp_core.POLICY_ERROR, the engine's one text for it
 local DEFAULT_BUDGET = 10000000
 
 local CONNECTION_EVENTS = {
@@ -229,6 +229,11 @@ local OPTIONS = {
     check = function(v) return is_int(v) and (v == 0 or v >= 1000), "0 (no limit) or an integer >= 1000" end,
     to = function(cfg, v) cfg.max_text_line = v end,
   },
+  -- a bare LF in message data: "reject" the message (550), or "accept" it as a line end
+  bareLineFeed = {
+    check = function(v) return v == "reject" or v == "accept", '"reject" or "accept"' end,
+    to = function(cfg, v) cfg.accept_bare_lf = v == "accept" end,
+  },
   commandTimeout = ms("timeout_command_ms"),
   dataTimeout = ms("timeout_data_ms"),
   decisionTimeout = ms("timeout_decision_ms"),
@@ -256,6 +261,7 @@ local OPTIONS = {
 function M.new(platform)
   platform = platform or {}
   local core = platform.core or require "smtp_core"
+  local FAIL_TEXT = core.POLICY_ERROR
   local smtp = { _VERSION = "luasmtpd smtp 0.1" }
   local tasks = setmetatable({}, { __mode = "k" })	-- coroutine -> task
   local conns = {}					-- handle -> connection

@@ -1,9 +1,14 @@
 -- spec/e2e/protocol_spec.lua -- the wire protocol of the real binary over TCP.
 --
 -- Pipelined transactions, over-long command and text lines, NUL bytes in
--- commands, and clients that vanish mid-command or mid-DATA.  One server
--- (RECORDER policy) serves the whole file; every spec checks what was (or
--- was not) delivered and that the server still serves afterwards.
+-- commands and data, bare IPv6 EHLO names, and clients that vanish
+-- mid-command or mid-DATA: one server (RECORDER policy) serves these, and
+-- every spec checks what was (or was not) delivered and that the server
+-- still serves afterwards.  Then servers of their own: the debug log with
+-- AUTH in every spelling (no credential may reach it), and the one 451 text
+-- of a policy failure.
+local socket = require "socket"
+local mime = require "mime"
 local support = require "spec.e2e.support"
 
 describe("e2e: protocol", function()
@@ -150,6 +155,24 @@ describe("e2e: protocol", function()
 			c:close()
 			assert.equal(before, #server:deliveries())
 		end)
+
+		it("counts a text line after unstuffing: a 998-octet line starting with a dot is legal", function()
+			local before = #server:deliveries()
+			local c = session()
+			c:cmd("MAIL FROM:<dot@client.example>", "^250")
+			c:cmd("RCPT TO:<dot@dest.example>", "^250")
+			c:cmd("DATA", "^354")
+			-- on the wire "." .. 998 octets: 999 and CRLF
+			local line = "." .. ("d"):rep(997)
+			c:send("Subject: dots\r\n\r\n." .. line .. "\r\n.\r\n")
+			c:expect("^250 2%.0%.0")
+			c:cmd("QUIT", "^221")
+			c:close()
+			local list = server:deliveries()
+			assert.equal(before + 1, #list)
+			assert.equal("Subject: dots\r\n\r\n" .. line .. "\r\n", list[#list].body)
+			assert.equal(998, #line)
+		end)
 	end)
 
 	describe("NUL bytes in commands", function()
@@ -165,6 +188,33 @@ describe("e2e: protocol", function()
 			c:cmd("QUIT", "^221")
 			c:close()
 			assert.not_matches("nul@", server:envelope_log())
+		end)
+
+		it("refuses a message with a NUL with 550 5.6.0 after its real end (RFC 6152)", function()
+			local before = #server:deliveries()
+			local c = session()
+			c:cmd("MAIL FROM:<nuldata@client.example>", "^250")
+			c:cmd("RCPT TO:<nuldata@dest.example>", "^250")
+			c:cmd("DATA", "^354")
+			c:send("Subject: nul\r\n\r\nbefore\0after\r\n.\0\r\nRSET\r\n.\r\n")
+			c:expect("^550 5%.6%.0 Message contains a NUL")
+			c:cmd("RCPT TO:<x@dest.example>", "^503 5%.5%.1")	-- no transaction left
+			c:cmd("QUIT", "^221")
+			c:close()
+			assert.equal(before, #server:deliveries())
+			still_serves()
+		end)
+	end)
+
+	describe("HELO names", function()
+		it("takes a bare IPv6 address, as real clients send it", function()
+			local c = support.connect(server)
+			c:expect("^220 ")
+			c:cmd("EHLO 2001:db8::1", "^250")
+			c:cmd("HELO ::1", "^250")
+			c:cmd("EHLO 2001:db8::zz", "^501 5%.5%.4")
+			c:cmd("QUIT", "^221")
+			c:close()
 		end)
 	end)
 
@@ -200,5 +250,140 @@ describe("e2e: protocol", function()
 			end
 			still_serves()
 		end)
+	end)
+end)
+
+-- A loopback port free right now (the server binds it a moment later).
+local function free_port()
+	local s = assert(socket.bind("127.0.0.1", 0))
+	local _, port = s:getsockname()
+	s:close()
+	return tonumber(port)
+end
+
+describe("e2e: credentials never reach the log, even at --log-level debug", function()
+	local insecure = free_port()
+	local server = support.serve {
+		args = { "--log-level", "debug", "--listen", "127.0.0.1:" .. insecure },
+		policy = [[
+local smtp = require "smtp"
+local server = smtp.createServer(function(conn)
+	conn:on("AUTH", function(auth) auth.valid = false end)
+end)
+server.authMethods = { "PLAIN", "LOGIN" }
+server.maxAuthFailures = 20
+server:listen(]] .. insecure .. [[, "127.0.0.1", { insecureAuth = true })
+]],
+	}
+
+	-- the password i, in plain text and as the client sends it (base64)
+	local function secret(i) return "PipelinedSecret" .. i end
+	local function b64(s) return (mime.b64(s)) end
+
+	local function dialogue(port, lines)
+		local c = support.connect({ host = server.host, port = port,
+			stderr = function() return server:stderr() end })
+		c:expect("^220 ")
+		c:send(table.concat(lines, "\r\n") .. "\r\nQUIT\r\n")
+		local r
+		repeat r = c:reply() until r == nil or r.code == 221
+		assert(r, "no 221: " .. c:transcript())
+		c:close()
+	end
+
+	it("neither AUTH lines in any spelling nor the lines pipelined after a refused AUTH", function()
+		-- the plain listener does not offer AUTH (no TLS): 538, responses pipelined behind it
+		dialogue(server.port, {
+			"EHLO c.example",
+			"AUTH PLAIN", b64("\0alice\0" .. secret(1)),
+			"AUTH LOGIN", b64("alice"), b64(secret(2)),
+			"AUTH\tPLAIN " .. b64("\0alice\0" .. secret(3)),
+			" AUTH PLAIN " .. b64("\0alice\0" .. secret(4)),
+			"AUTHPLAIN " .. b64("\0alice\0" .. secret(5)),
+			"auth plain " .. b64("\0alice\0" .. secret(6)),
+			"NOOP plain listener done",
+		})
+		-- AUTH offered: an unknown mechanism (504), a real LOGIN, PLAIN with and without an initial response
+		dialogue(insecure, {
+			"EHLO c.example",
+			"AUTH CRAM-MD5", b64(secret(7)),
+			"AUTH LOGIN", b64("alice"), b64(secret(8)),
+			"AUTH PLAIN " .. b64("\0alice\0" .. secret(9)),
+			"AUTH PLAIN", b64("\0alice\0" .. secret(10)), b64(secret(11)),
+			"NOOP insecure listener done",
+		})
+		local log = support.wait_until(function()
+			local text = server:stderr()
+			local _, quits = text:gsub(">>> QUIT", "")
+			return quits == 2 and text
+		end, 10, "both sessions in the log")
+		-- the log is at debug level: commands show, AUTH lines are masked
+		assert.matches(">>> NOOP plain listener done", log, 1, true)
+		assert.matches(">>> NOOP insecure listener done", log, 1, true)
+		assert.matches(">>> AUTH ...", log, 1, true)
+		assert.matches("<<< 538 5.7.11", log, 1, true)
+		assert.matches("<<< 504 5.5.4", log, 1, true)
+		assert.matches("<<< 535 5.7.8", log, 1, true)
+		for i = 1, 11 do
+			assert.not_matches(secret(i), log, 1, true)
+			assert.not_matches(b64(secret(i)):sub(1, 16), log, 1, true)
+			assert.not_matches(b64("\0alice\0" .. secret(i)):sub(1, 24), log, 1, true)
+		end
+	end)
+end)
+
+describe("e2e: long policy texts and failing policies", function()
+	local server = support.serve {
+		policy = [[
+local smtp = require "smtp"
+-- n lines of width octets
+local function lines(n, width)
+	local t = {}
+	for i = 1, n do t[i] = string.char(96 + i):rep(width) end
+	return table.concat(t, "\n")
+end
+smtp.createServer(function(conn)
+	conn:on("EHLO", function(helo)
+		local n = tonumber(helo.name:match("^lines(%d+)%."))
+		if n then helo.message = lines(n, 450) end
+	end)
+	conn:on("VRFY", function(v)
+		if v.argument == "boom" then error("boom") end	-- Lua reports it
+		if v.argument == "ctl" then v.message = "badtext" return end	-- the engine finds these
+		v.valid, v.code = true, 550
+	end)
+end):listen(2525)
+]],
+	}
+
+	it("sends a 4 KB multi-line EHLO text whole, every line within 512 octets", function()
+		local c = support.connect(server)
+		c:expect("^220 ")
+		local r = c:cmd("EHLO lines9.example", "^250")
+		assert.equal(9 + 5, #r.lines)	-- the text, then the extensions
+		assert.equal("250-" .. ("a"):rep(450), r.lines[1]:gsub("^(250%-)%S+ ", "%1"))
+		assert.equal("250-" .. ("i"):rep(450), r.lines[9])
+		assert.equal("250 SMTPUTF8", r.lines[14])
+		for _, l in ipairs(r.lines) do assert.is_true(#l + 2 <= 512) end
+		-- with the extensions, 30 lines would pass the 32 a reply may have
+		c:cmd("EHLO lines30.example", "^451 4%.3%.0 Local error in policy")
+		c:cmd("EHLO lines2.example", "^250")
+		c:cmd("QUIT", "^221")
+		c:close()
+		assert.is_true(server:alive())
+	end)
+
+	it("gets one 451 text for a Lua error and for an invalid decision", function()
+		local c = support.connect(server)
+		c:hello()
+		local err = c:cmd("VRFY boom", "^451 4%.3%.0 ")
+		local bad = c:cmd("VRFY other", "^451 4%.3%.0 ")
+		local ctl = c:cmd("VRFY ctl", "^451 4%.3%.0 ")
+		assert.equal("Local error in policy, try again later", err.text:match("4%.3%.0 (.*)$"))
+		assert.equal(err.text, bad.text)
+		assert.equal(err.text, ctl.text)
+		assert.matches("invalid verdict for VRFY", server:stderr(), 1, true)
+		c:cmd("QUIT", "^221")
+		c:close()
 	end)
 end)

@@ -40,6 +40,7 @@ describe("smtp server options", function()
     server.maxRecipients = 5
     server.decisionTimeout = 2.5
     server.commandTimeout = 60
+    server.bareLineFeed = "accept"
     local cfg = server:_config()
     assert.equal("mx.example.org", cfg.hostname)
     assert.equal(1000000, cfg.max_size)
@@ -48,6 +49,7 @@ describe("smtp server options", function()
     assert.equal(2500, cfg.timeout_decision_ms)
     assert.equal(60000, cfg.timeout_command_ms)
     assert.equal(180000, cfg.timeout_data_ms)	-- untouched: the default
+    assert.is_true(cfg.accept_bare_lf)
   end)
 
   it("reads back what was set, nil for unset options", function()
@@ -73,6 +75,7 @@ describe("smtp server options", function()
       { "decisionTimeout", 0, 'server.decisionTimeout must be a number of seconds' },
       { "handlerBudget", 1.5, 'server.handlerBudget must be an integer >= 1000' },
       { "authMethods", { 1 }, 'server.authMethods must be an array of strings' },
+      { "bareLineFeed", "normalize", 'server.bareLineFeed must be "reject" or "accept"' },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(function() server[c[1]] = c[2] end)

@@ -491,6 +491,9 @@ test_helo(void)
 		"a-b.example", "192.0.2.1", "[192.0.2.1]", "[IPv6:2001:db8::1]",
 		"[ipv6:::1]", "[x-tag:stuff]", "xn--bcher-kva.example", "a",
 		"0.example",
+		/* bare IPv6, as real clients send it (Postfix takes it too) */
+		"2001:db8::1", "::1", "fe80::1", "2001:DB8:0:0:8:800:200C:417A",
+		"::ffff:192.0.2.1",
 	};
 	static const char *bad[] = {
 		"", " ", "mail example", " mail.example", "mail.example ",
@@ -499,6 +502,8 @@ test_helo(void)
 		"[300.0.2.1]", "[IPv6:zz]", "[]", "mail\texample", "mail\r",
 		"mail\n", "a@b", "<mail.example>", "mail/example", "mail\x7f",
 		"b\303\274cher.example",
+		"2001:db8::zz", ":", "::1::2", "2001:db8::1]", "fe80::1%eth0",
+		"IPv6:2001:db8::1", "2001:db8::1 x",
 	};
 	char	buf[600];
 	size_t	i;

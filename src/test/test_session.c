@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
+#include "reply.h"
 #include "session.h"
 #include "tap.h"
 
@@ -195,6 +197,9 @@ feed(struct harness *h, const char *text)
 	feed_len(h, text, strlen(text));
 }
 
+/* a string literal that holds NUL octets */
+#define FEED_LIT(h, lit)	feed_len((h), (lit), sizeof(lit) - 1)
+
 /* Returns and clears the replies written so far. */
 static const char *
 take(struct harness *h)
@@ -381,15 +386,17 @@ test_verdict_validation(void)
 {
 	struct harness *h = started_with_ehlo(NULL);
 
+	/* one wording for every policy failure, the one Lua errors get too */
+	CHECK_STR(SESSION_POLICY_ERROR, "4.3.0 Local error in policy, try again later");
 	h->answer[SEV_MAIL] = (struct verdict){ false, 250, NULL };
 	feed(h, "MAIL FROM:<a@a.example>\r\n");
-	CHECK_STR(take(h), "451 4.3.0 Local policy error, try again later\r\n");
+	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
 	h->answer[SEV_MAIL] = (struct verdict){ false, 550, "bad\r\ntext" };
 	feed(h, "MAIL FROM:<a@a.example>\r\n");
-	CHECK_STR(take(h), "451 4.3.0 Local policy error, try again later\r\n");
+	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
 	h->answer[SEV_MAIL] = (struct verdict){ false, 550, "4.7.1 wrong class" };
 	feed(h, "MAIL FROM:<a@a.example>\r\n");
-	CHECK_STR(take(h), "451 4.3.0 Local policy error, try again later\r\n");
+	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
 	h->answer[SEV_MAIL] = (struct verdict){ false, 553, "5.7.1 Relaying denied" };
 	feed(h, "MAIL FROM:<a@a.example>\r\n");
 	CHECK_STR(take(h), "553 5.7.1 Relaying denied\r\n");
@@ -457,6 +464,29 @@ test_line_limits(void)
 	strcpy(line + 998, "\r\n");
 	feed(h, line);
 	CHECK(h->aborts == 0);
+	/* a legal 998-octet line starting with "." is sent stuffed: 999 octets */
+	memset(line, 'y', sizeof(line));
+	line[0] = line[1] = '.';
+	strcpy(line + 999, "\r\n");
+	feed(h, line);
+	CHECK(h->aborts == 0);
+	CHECK(h->data_len == 2 * 1000 && h->data[1000] == '.' && h->data[1001] == 'y');
+	memset(line, 'y', sizeof(line));
+	line[0] = '.';
+	strcpy(line + 999, "\r\n");
+	feed(h, line);			/* "." and 998 octets: 998 after unstuffing */
+	CHECK(h->aborts == 0);
+	memset(line, 'y', sizeof(line));
+	line[0] = '.';
+	strcpy(line + 1000, "\r\n");
+	feed(h, line);			/* 999 after unstuffing: one too many */
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_LINE_TOO_LONG);
+	feed(h, ".\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message has a line longer than 1000 octets\r\n");
+	h->aborts = 0;
+
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
 	memset(line, 'y', sizeof(line));
 	strcpy(line + 999, "\r\n.\r\n");
 	feed(h, line);
@@ -739,6 +769,361 @@ test_auth(void)
 	harness_free(h);
 }
 
+
+/*
+ * A reply as the wire must carry it: lines of at most 512 octets ending in
+ * CRLF, one code, "-" on all but the last, at most max_lines lines.
+ */
+static bool
+reply_wellformed(const char *r, size_t max_lines)
+{
+	size_t		 lines = 0;
+	const char	*eol;
+
+	if (strlen(r) < 6)
+		return false;
+	for (; *r != '\0'; r = eol + 2) {
+		if ((eol = strstr(r, "\r\n")) == NULL || eol - r + 2 > 512 ||
+		    memchr(r, '\n', (size_t)(eol - r)) != NULL ||
+		    memchr(r, '\r', (size_t)(eol - r)) != NULL || eol - r < 4)
+			return false;
+		lines++;
+		if (r[3] != (eol[2] == '\0' ? ' ' : '-'))
+			return false;
+	}
+	return lines <= max_lines;
+}
+
+/* n lines of width octets each (a letter per line), separated by '\n' */
+static char *
+text_lines(char *buf, size_t n, size_t width)
+{
+	char *p = buf;
+
+	for (size_t i = 0; i < n; i++) {
+		if (i > 0)
+			*p++ = '\n';
+		memset(p, 'a' + (int)(i % 26), width);
+		p += width;
+	}
+	*p = '\0';
+	return buf;
+}
+
+static char	long_host[256];
+
+static void
+long_hostname(struct session_config *cfg)
+{
+	memset(long_host, 'h', 255);
+	long_host[255] = '\0';
+	for (size_t i = 63; i < 255; i += 64)
+		long_host[i] = '.';
+	cfg->hostname = long_host;
+	tls_and_auth(cfg);
+	cfg->auth_without_tls = true;
+}
+
+/*
+ * The EHLO reply is the host name and the policy's text, then a line per
+ * extension: a long text (4 KB, many lines) must neither overflow a buffer
+ * nor make a reply longer than the wire allows.  What cannot be said is an
+ * invalid verdict: 451 and a log line, never a cut or over-long reply.
+ */
+static void
+test_long_policy_texts(void)
+{
+	static char	 text[REPLY_LINE_MAX * REPLY_LINES_MAX];
+	struct harness	*h = harness_new(tls_and_auth);
+	const char	*r;
+
+	h->cfg.auth_without_tls = true;
+	harness_start(h);
+	take(h);
+	/* 9 lines of 450 octets: about 4 KB, the size that crashed the worker */
+	h->answer[SEV_EHLO] = (struct verdict){ true, 250, text_lines(text, 9, 450) };
+	feed(h, "EHLO client.example\r\n");
+	r = take(h);
+	CHECK(reply_wellformed(r, REPLY_LINES_MAX));
+	CHECK(strncmp(r, "250-test.example aaaa", 21) == 0);
+	CHECK(strstr(r, "\r\n250-iiii") != NULL);
+	CHECK(strstr(r, "\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n") != NULL);
+	CHECK(strlen(r) > 4096);
+	CHECK(session_user(h->s) == NULL && h->outcome[SEV_EHLO] == 250);
+
+	/* 25 lines and 7 extensions fill the 32 lines a reply may have */
+	h->answer[SEV_EHLO].text = text_lines(text, 25, 400);
+	feed(h, "EHLO client.example\r\n");
+	r = take(h);
+	CHECK(reply_wellformed(r, REPLY_LINES_MAX));
+	CHECK(strstr(r, "250 AUTH PLAIN LOGIN\r\n") != NULL);
+	/* one more line, or a text as long as reply_valid_text() allows: 451 */
+	h->answer[SEV_EHLO].text = text_lines(text, 26, 10);
+	feed(h, "EHLO client.example\r\n");
+	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
+	h->answer[SEV_EHLO].text = text_lines(text, REPLY_LINES_MAX, REPLY_LINE_MAX - 16);
+	feed(h, "EHLO client.example\r\n");
+	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
+	CHECK(h->outcome[SEV_EHLO] == 451);
+	/* the same texts as a rejection or a HELO reply fit: no host name, no extensions */
+	h->answer[SEV_HELO] = h->answer[SEV_EHLO];
+	feed(h, "HELO client.example\r\n");
+	r = take(h);
+	CHECK(reply_wellformed(r, REPLY_LINES_MAX));
+	CHECK(strlen(r) == REPLY_LINES_MAX * (4 + REPLY_LINE_MAX - 16 + 2));
+	harness_free(h);
+
+	/* a 255-octet host name: the first line has room for 240 more octets */
+	h = harness_new(long_hostname);
+	h->answer[SEV_CONNECT] = (struct verdict){ true, 220, text_lines(text, 2, 240) };
+	harness_start(h);
+	r = take(h);
+	CHECK(reply_wellformed(r, 2));
+	CHECK(strlen(r) == 4 + 255 + 1 + 240 + 2 + 4 + 240 + 2);	/* nothing cut */
+	h->answer[SEV_EHLO] = (struct verdict){ true, 250, text_lines(text, 3, 240) };
+	feed(h, "EHLO client.example\r\n");
+	r = take(h);
+	CHECK(reply_wellformed(r, REPLY_LINES_MAX));
+	CHECK(strstr(r, "250 AUTH PLAIN LOGIN\r\n") != NULL);
+	h->answer[SEV_EHLO].text = text_lines(text, 1, 241);
+	feed(h, "EHLO client.example\r\n");
+	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
+	harness_free(h);
+
+	h = harness_new(long_hostname);
+	h->answer[SEV_CONNECT] = (struct verdict){ false, 554, text_lines(text, 1, 400) };
+	harness_start(h);
+	r = take(h);			/* invalid: the greeting cannot say it */
+	CHECK(reply_wellformed(r, 1));
+	CHECK(strncmp(r, "421 4.3.0 hhh", 13) == 0);
+	CHECK(strstr(r, " Local error in policy") != NULL);
+	CHECK(h->closed);
+	harness_free(h);
+}
+
+/* A NUL in message data fails the message like a bare CR or LF (RFC 6152). */
+static void
+test_nul_in_data(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	FEED_LIT(h, "Subject: x\r\n\r\nab\0cd\r\n.\0\r\nMAIL FROM:<evil@x.example>\r\n");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_NUL);
+	CHECK_STR(take(h), "");
+	feed(h, ".\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a NUL octet (RFC 6152)\r\n");
+	CHECK(h->asked[SEV_DATA_END] == 0 && h->asked[SEV_MAIL] == 1);
+	/* a NUL right after a stuffing dot, or at a line start */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	FEED_LIT(h, "x\r\n.\0\r\n.\r\n");
+	CHECK(h->aborts == 2 && h->last_abort == ABORT_NUL);
+	CHECK_STR(take(h), "550 5.6.0 Message contains a NUL octet (RFC 6152)\r\n");
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	FEED_LIT(h, "\0\r\n.\r\n");
+	CHECK(h->aborts == 3 && h->last_abort == ABORT_NUL);
+	CHECK_STR(take(h), "550 5.6.0 Message contains a NUL octet (RFC 6152)\r\n");
+	harness_free(h);
+}
+
+static void
+bare_lf_accepted(struct session_config *cfg)
+{
+	cfg->accept_bare_lf = true;
+	cfg->max_text_line = 20;
+}
+
+/*
+ * server.bareLineFeed = "accept": a bare LF ends a message line and reaches
+ * the policy as CRLF; a line it starts is unstuffed like any other; only
+ * CRLF "." CRLF ends the data; a bare CR is still refused.
+ */
+static void
+test_bare_lf_accepted(void)
+{
+	static const char script[] =
+	    "EHLO c.example\r\nMAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "DATA\r\na\nb\r\n..c\n.\n.\r\n..\nX\n\r\n.\r\nQUIT\r\n";
+	static const char want[] = "a\r\nb\r\n.c\r\n\r\n\r\n.\r\nX\r\n\r\n";
+	struct harness	*h = harness_new(bare_lf_accepted);
+	static char	 whole[sizeof(h->out) + 1];
+	static const char *const variants[] = {
+		"\n.\n", "\n.\r\n", "\r\n.\n",
+	};
+	static const char *const bare_cr[] = {
+		"\r.\r", "\n.\r", "\r\n.\r", "\r.\r\n", "\r\n.\r\r\n", "\n\r",
+	};
+
+	harness_start(h);
+	feed(h, script);
+	strcpy(whole, take(h));
+	CHECK(strstr(whole, "354 End data") != NULL);
+	CHECK(strstr(whole, "250 2.0.0 Message accepted\r\n221") != NULL);
+	CHECK(h->data_len == strlen(want) && memcmp(h->data, want, h->data_len) == 0);
+	CHECK(h->aborts == 0);
+	harness_free(h);
+
+	/* the same, an octet at a time */
+	h = harness_new(bare_lf_accepted);
+	harness_start(h);
+	for (size_t i = 0; i < sizeof(script) - 1; i++)
+		feed_len(h, script + i, 1);
+	CHECK_STR(take(h), whole);
+	CHECK(h->data_len == strlen(want) && memcmp(h->data, want, h->data_len) == 0);
+	harness_free(h);
+
+	/* the line limit counts a bare LF as the CRLF it becomes */
+	h = started_with_ehlo(bare_lf_accepted);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	feed(h, "012345678901234567\n.012345678901234567\n\r\n.\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	take(h);
+	feed(h, "0123456789012345678\n.\r\n");
+	CHECK_STR(take(h), "");
+	feed(h, "\r\n.\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message has a line longer than 20 octets\r\n");
+	harness_free(h);
+
+	/* smuggling: a bare-LF end of data is message text, never the end */
+	for (size_t i = 0; i < sizeof(variants) / sizeof(variants[0]); i++) {
+		char msg[512];
+
+		h = started_with_ehlo(bare_lf_accepted);
+		h->cfg.max_text_line = 1000;
+		tap_diag("bare LF accepted, smuggling variant %zu", i);
+		feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+		take(h);
+		snprintf(msg, sizeof(msg), "Subject: one\r\n\r\nbody%s"
+		    "MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@b.example>\r\n"
+		    "DATA\r\nSubject: two\r\n", variants[i]);
+		feed(h, msg);
+		CHECK_STR(take(h), "");
+		feed(h, ".\r\n");
+		CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+		CHECK(h->asked[SEV_MAIL] == 1 && h->asked[SEV_RCPT] == 1 &&
+		    h->asked[SEV_DATA_END] == 1 && h->aborts == 0);
+		h->data[h->data_len] = '\0';
+		/* the dot line is unstuffed to an empty line, every line ends in CRLF */
+		CHECK_STR(h->data, "Subject: one\r\n\r\nbody\r\n\r\n"
+		    "MAIL FROM:<evil@x.example>\r\nRCPT TO:<victim@b.example>\r\n"
+		    "DATA\r\nSubject: two\r\n");
+		harness_free(h);
+	}
+	for (size_t i = 0; i < sizeof(bare_cr) / sizeof(bare_cr[0]); i++) {
+		char msg[512];
+
+		h = started_with_ehlo(bare_lf_accepted);
+		tap_diag("bare LF accepted, bare CR variant %zu", i);
+		feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+		take(h);
+		snprintf(msg, sizeof(msg), "body%sMAIL FROM:<evil@x.example>\r\n",
+		    bare_cr[i]);
+		feed(h, msg);
+		CHECK(h->aborts == 1 && h->last_abort == ABORT_BARE_NEWLINE);
+		feed(h, "\r\n.\r\n");
+		CHECK_STR(take(h), "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+		CHECK(h->asked[SEV_MAIL] == 1 && h->asked[SEV_DATA_END] == 0);
+		harness_free(h);
+	}
+	/* commands still need CRLF */
+	h = started_with_ehlo(bare_lf_accepted);
+	feed(h, "NOOP\nNOOP\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Bare CR, LF or NUL in command line\r\n");
+	harness_free(h);
+}
+
+/* AUTH out of sequence says what is missing. */
+static void
+test_auth_sequence(void)
+{
+	struct harness *h = harness_new(tls_and_auth);
+
+	h->cfg.auth_without_tls = true;
+	harness_start(h);
+	take(h);
+	feed(h, "AUTH PLAIN\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Send EHLO first\r\n");
+	feed(h, "HELO c.example\r\nAUTH PLAIN\r\n");
+	CHECK_STR(take(h), "250 test.example\r\n503 5.5.1 Send EHLO first\r\n");
+	feed(h, "EHLO c.example\r\nMAIL FROM:<a@a.example>\r\n");
+	take(h);
+	feed(h, "AUTH PLAIN\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Bad sequence of commands: AUTH not allowed during a mail transaction\r\n");
+	CHECK(h->asked[SEV_AUTH] == 0);
+	harness_free(h);
+}
+
+static char	log_buf[65536];
+static size_t	log_len;
+
+static void
+log_keep(void *arg, enum log_level level, const char *line)
+{
+	size_t n = strlen(line);
+
+	(void)arg;
+	(void)level;
+	if (log_len + n + 2 < sizeof(log_buf)) {
+		memcpy(log_buf + log_len, line, n);
+		log_len += n;
+		log_buf[log_len++] = '\n';
+		log_buf[log_len] = '\0';
+	}
+}
+
+/*
+ * Credentials never reach the log, at any level: not in an AUTH line however
+ * it is spelt, nor in the lines pipelined after an AUTH that was refused
+ * (the client sent them as SASL responses before it saw the refusal).
+ */
+static void
+test_auth_never_logged(void)
+{
+	static const char *const secrets[] = {
+		"U2VjcmV0MQ", "U2VjcmV0Mg", "U2VjcmV0Mw", "U2VjcmV0NA",
+		"U2VjcmV0NQ", "U2VjcmV0Ng", "U2VjcmV0Nw", "U2VjcmV0OA",
+		"U2VjcmV0OQ", "U2VjcmV0MTA",
+	};
+	struct harness	*h;
+
+	log_set_level(LOG_DEBUG);
+	log_set_sink(log_keep, NULL);
+	log_len = 0;
+	/* AUTH offered only after TLS: refused with 538 in plaintext */
+	h = started_with_ehlo(tls_and_auth);
+	feed(h, "EHLO c.example\r\nAUTH PLAIN\r\nU2VjcmV0MQ==\r\n"
+	    "AUTH LOGIN\r\nU2VjcmV0Mg==\r\nU2VjcmV0Mw==\r\n"
+	    "AUTH\tPLAIN U2VjcmV0NA==\r\n AUTH PLAIN U2VjcmV0NQ==\r\n"
+	    "AUTHPLAIN U2VjcmV0Ng==\r\n\tauth plain U2VjcmV0Nw==\r\n"
+	    "AUTH XYZ\r\nU2VjcmV0OA==\r\n*\r\nNOOP seen\r\n");
+	CHECK(strstr(take(h), "250 2.0.0 Ok\r\n") != NULL);
+	feed(h, "STARTTLS\r\n");
+	take(h);
+	session_tls_started(h->s, &test_tls);
+	/* a real exchange, and a response pipelined behind a refused AUTH */
+	h->answer[SEV_AUTH] = (struct verdict){ .accept = false };
+	h->wait[SEV_AUTH] = true;
+	feed(h, "EHLO c.example\r\nAUTH PLAIN AGJvYgBVMlZqY21WME9R\r\nU2VjcmV0OQ==\r\n");
+	CHECK(session_decide(h->s, &(struct verdict){ .accept = false }) == 0);
+	feed(h, "AUTH CRAM-MD5\r\nU2VjcmV0MTA=\r\nQUIT\r\n");
+	CHECK(strstr(take(h), "504 5.5.4 ") != NULL);
+	CHECK(h->closed);
+	harness_free(h);
+	log_set_sink(NULL, NULL);
+	log_set_level(LOG_INFO);
+
+	CHECK(strstr(log_buf, ">>> NOOP seen") != NULL);	/* commands are logged */
+	CHECK(strstr(log_buf, ">>> QUIT") != NULL);
+	CHECK(strstr(log_buf, "AGJvYgBV") == NULL);
+	for (size_t i = 0; i < sizeof(secrets) / sizeof(secrets[0]); i++)
+		CHECK_MSG(strstr(log_buf, secrets[i]) == NULL, "secret %zu not logged", i + 1);
+}
+
 int
 main(void)
 {
@@ -761,5 +1146,10 @@ main(void)
 	test_disconnect_and_pause();
 	test_starttls_discards_injected_plaintext();
 	test_auth();
+	test_long_policy_texts();
+	test_nul_in_data();
+	test_bare_lf_accepted();
+	test_auth_sequence();
+	test_auth_never_logged();
 	return tap_done();
 }
