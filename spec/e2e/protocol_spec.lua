@@ -253,16 +253,9 @@ describe("e2e: protocol", function()
 	end)
 end)
 
--- A loopback port free right now (the server binds it a moment later).
-local function free_port()
-	local s = assert(socket.bind("127.0.0.1", 0))
-	local _, port = s:getsockname()
-	s:close()
-	return tonumber(port)
-end
 
 describe("e2e: credentials never reach the log, even at --log-level debug", function()
-	local insecure = free_port()
+	local insecure = support.free_port()
 	local server = support.serve {
 		args = { "--log-level", "debug", "--listen", "127.0.0.1:" .. insecure },
 		policy = [[

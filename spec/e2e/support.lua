@@ -40,6 +40,15 @@ function support.binary()
 		or (os.getenv("LUASMTPD_BUILD") or "build") .. "/luasmtpd"
 end
 
+-- A loopback port free right now, for a listener the server binds a moment
+-- later (a policy's own listen() beside --listen 127.0.0.1:0).
+function support.free_port()
+	local s = assert(socket.bind("127.0.0.1", 0))
+	local _, port = s:getsockname()
+	s:close()
+	return tonumber(port)
+end
+
 function support.tmpdir()
 	local p = assert(io.popen("mktemp -d /tmp/luasmtpd-e2e.XXXXXX"))
 	local dir = p:read("l")

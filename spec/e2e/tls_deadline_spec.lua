@@ -6,13 +6,6 @@
 local socket = require "socket"
 local support = require "spec.e2e.support"
 
--- A loopback port free right now (the server binds it a moment later).
-local function free_port()
-	local s = assert(socket.bind("127.0.0.1", 0))
-	local _, port = s:getsockname()
-	s:close()
-	return tonumber(port)
-end
 
 local POLICY = [==[
 local smtp = require "smtp"
@@ -68,7 +61,7 @@ describe("e2e: TLS handshake deadlines", function()
 			.. " -nodes -days 2 -subj /CN=localhost -keyout %s/key.pem -out %s/cert.pem")
 			:format(certdir, certdir), 30)
 		assert(ok, out)
-		implicit = free_port()
+		implicit = support.free_port()
 		local policy = POLICY:gsub("@(%u+)@", {
 			CERT = ("%q"):format(certdir .. "/cert.pem"), KEY = ("%q"):format(certdir .. "/key.pem"),
 			COMMAND = "0.5", HANDSHAKE = "1", IMPLICIT = tostring(implicit) })

@@ -13,13 +13,6 @@ local support = require "spec.e2e.support"
 
 local PY = "/usr/bin/python3"
 
--- A loopback port free right now (the server binds it a moment later).
-local function free_port()
-	local s = assert(socket.bind("127.0.0.1", 0))
-	local _, port = s:getsockname()
-	s:close()
-	return tonumber(port)
-end
 
 local POLICY = support.RECORD_PRELUDE .. [==[
 local server = smtp.createServer(function(conn)
@@ -54,7 +47,7 @@ describe("e2e: TLS and AUTH", function()
 	local server, insecure, implicit
 
 	lazy_setup(function()
-		insecure, implicit = free_port(), free_port()
+		insecure, implicit = support.free_port(), support.free_port()
 		local policy = POLICY:gsub("@INSECURE@", tostring(insecure)):gsub("@IMPLICIT@", tostring(implicit))
 		-- the certificate must exist before the script loads: make it in a
 		-- directory of its own and point the policy at it
