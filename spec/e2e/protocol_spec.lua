@@ -7,7 +7,6 @@
 -- still serves afterwards.  Then servers of their own: the debug log with
 -- AUTH in every spelling (no credential may reach it), and the one 451 text
 -- of a policy failure.
-local socket = require "socket"
 local mime = require "mime"
 local support = require "spec.e2e.support"
 
