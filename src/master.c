@@ -672,8 +672,10 @@ master_watch(struct master *m)
 			snprintf(session, sizeof(session), "no session");
 		if (stayed >= b.limit_ms) {
 			log_error(0, "worker%u[%ld] blocked for %.1f s in %s handler (%s): "
-			    "over blockedLimit (%.1f s), replacing it", w->slot, (long)w->pid,
-			    stayed / 1000.0, b.what, session, b.limit_ms / 1000.0);
+			    "over blockedLimit (%.1f s), %s it", w->slot, (long)w->pid,
+			    stayed / 1000.0, b.what, session, b.limit_ms / 1000.0,
+			    m->stopping || w->state == W_DRAINING || w->gen != m->gen ?
+			    "killing" : "replacing");
 			w->blocked = true;
 			if (kill(-w->pid, SIGKILL) == -1)	/* its own group, see master_spawn */
 				(void)kill(w->pid, SIGKILL);

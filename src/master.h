@@ -27,10 +27,11 @@
  * drain as on SIGTERM, and end themselves if blocked past the limit or
  * still there at the master's stop deadline, so none outlives it.
  *
- * With --user, privileges are dropped before any Lua runs here: main.c
- * validates the script in a child that drops them first (main.c), the
- * ready file is created as that user at start, and the workers and a
- * reload's check run as that user too.
+ * With --user no Lua runs as root: main.c validates the script in a child
+ * that drops privileges first, master_run() drops them before anything
+ * else (then creates the ready file's temporary, as that user, so that a
+ * path it cannot write is an error at start), and the workers and a
+ * reload's check run as that user.
  */
 #ifndef LUASMTPD_MASTER_H
 #define LUASMTPD_MASTER_H
