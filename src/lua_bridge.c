@@ -361,14 +361,19 @@ hcall(struct hcall *c)
 	lua_pushcfunction(L, traceback);
 	lua_pushcfunction(L, hcall_run);
 	lua_pushlightuserdata(L, c);
+	lcore_enter(id, c->kind == HK_ASK ? session_event_name(c->ev) :
+	    c->kind == HK_CLOSED ? "close" : c->kind == HK_FLUSH ? "outcome" :
+	    hkind_names[c->kind]);
 	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
 		c->b->npending = 0;	/* lost with the call: the log says so */
 		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);
+		lcore_leave(L);
 		return -1;
 	}
 	lua_settop(L, top);
+	lcore_leave(L);
 	return 0;
 }
 

@@ -272,6 +272,9 @@ static const luaL_Reg core_funcs[] = {
 	{ "run",	 lcore_run },
 	{ "call",	 lcore_call },
 	{ "thread",	 lcore_thread },
+	{ "limits",	 lcore_limits },
+	{ "resume",	 lcore_coresume },
+	{ "wrap",	 lcore_cowrap },
 	{ NULL, NULL }
 };
 

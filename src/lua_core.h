@@ -11,6 +11,7 @@
 #define LUASMTPD_LUA_CORE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <lua.h>
 
@@ -52,13 +53,51 @@ void		 lcore_config(lua_State *L, int idx, struct session_config *cfg,
 
 /*
  * The watchdog of handler runs (the server; the harness never enables it).
- * Enabled, smtp_core.run sets no hook per resume, and the caller calls
- * lcore_watchdog_tick() from a signal handler every few milliseconds of
- * process CPU time: a run that was running at the previous tick and still
- * is gets the count hook of its budget (so it is stopped within a tick
- * plus its budget, even under pcall).  Async-signal-safe.
+ * Enabled, smtp_core.call sets no hook per resume, and the caller calls
+ * lcore_watchdog_tick() from a signal handler every tick_us of process CPU
+ * time: a run still running at its second tick gets the count hook of its
+ * instruction budget, and one over its CPU time budget is stopped at its
+ * next instruction (either way even under pcall).  Async-signal-safe.
  */
-void		 lcore_watchdog_enable(int on);
+void		 lcore_watchdog_enable(int on, unsigned tick_us);
 void		 lcore_watchdog_tick(void);
+
+/*
+ * coroutine.resume and coroutine.wrap as Lua's, except that a resume within
+ * a handler run makes the resumed thread the run's while it runs: the
+ * budgets cover the coroutines a handler makes (smtp_core.resume, .wrap;
+ * the server puts them in the policy's coroutine table).
+ */
+int		 lcore_coresume(lua_State *L);
+int		 lcore_cowrap(lua_State *L);
+
+/*
+ * The allocator of a Lua state whose heap is bounded (the server's):
+ * lua_newstate(lcore_alloc, &heap) with a zeroed heap.  Growth past the
+ * limit is refused (Lua then collects, tries again, and raises "not enough
+ * memory"), and so is growth of a handler run past its memory budget
+ * (smtp_core.limits), which also stops the run as its other budgets do.
+ */
+struct lcore_heap {
+	size_t	total;		/* bytes the state holds */
+	size_t	limit;		/* 0: none */
+	size_t	reserve;	/* of limit, kept from runs for the code around them */
+};
+void		*lcore_alloc(void *ud, void *ptr, size_t osize, size_t nsize);
+void		 lcore_heap_limit(struct lcore_heap *h, size_t limit);
+/* The default limit: a share of RAM (half of it over the online cores), 64 to 512 MiB. */
+size_t		 lcore_memory_default(void);
+
+/*
+ * Every call into Lua from C (a hook, a timer) is bracketed by these: the
+ * busy record, if attached (a worker: busy.h), says which event of which
+ * session it is in, and once the outermost call ends, a run that failed
+ * for memory is collected (a full collection, and the pages go back to the
+ * system).  Nested calls (Lua into the engine into Lua) count once.
+ */
+struct busy;
+void		 lcore_busy_attach(struct busy *b);
+void		 lcore_enter(uint64_t id, const char *what);
+void		 lcore_leave(lua_State *L);
 
 #endif

@@ -104,5 +104,14 @@ int		 lcore_bridge_clock(lua_State *L);	/* lua_session.c */
 int		 lcore_run(lua_State *L);		/* lua_run.c */
 int		 lcore_call(lua_State *L);
 int		 lcore_thread(lua_State *L);
+int		 lcore_limits(lua_State *L);
+
+/* The budgets of a handler run (smtp_core.limits). */
+struct lcore_limits {
+	uint32_t	magic;
+	int		budget;		/* VM instructions */
+	int		cpu_ms;		/* CPU time */
+	size_t		memory;		/* heap growth in bytes; 0: a quarter of the limit */
+};
 
 #endif

@@ -11,7 +11,10 @@
  * loads the certificates again), the script's 'start' listeners once a
  * serving process's event loop runs, and the handler watchdog of a serving
  * process (a CPU-time interval timer whose SIGPROF ticks lua_run.c's
- * watchdog).  The session hooks themselves are the bridge's (lua_bridge.c);
+ * watchdog).  The state's heap is bounded (lua_run.c's allocator:
+ * server.memoryLimit), and a policy's coroutine.resume and coroutine.wrap
+ * are lua_run.c's, which keep the coroutines a handler makes within its
+ * budgets.  The session hooks themselves are the bridge's (lua_bridge.c);
  * this file only forwards them.
  */
 #include <errno.h>
@@ -30,6 +33,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "busy.h"
 #include "policy.h"
 #include "tls.h"
 #if __has_include("luasmtpd_paths.h")
@@ -44,6 +48,7 @@
 #define SCRIPT_MAX		(16u << 20)
 #define LOAD_BUDGET		500000000	/* VM instructions the script's top level may run */
 #define WATCHDOG_TICK_US	10000		/* process CPU time between watchdog ticks */
+#define BLOCKED_DEFAULT_MS	10000		/* server.blockedLimit */
 
 struct policy {
 	lua_State		*L;
@@ -56,6 +61,9 @@ struct policy {
 	struct tls_ctx		*tls;		/* server.tls; NULL: no TLS */
 	int			 start_ref;	/* the library's start(): 'start' listeners */
 	struct event		*start_ev;	/* runs it as the event loop starts */
+	struct lcore_heap	 heap;		/* what the Lua state holds, and its limit */
+	unsigned		 blocked_limit_ms;	/* server.blockedLimit */
+	struct busy		*busy;		/* policy_watch's record, or NULL */
 	int			 watchdog;	/* this policy armed the watchdog */
 	struct sigaction	 old_prof;	/* ... and the SIGPROF action it replaced */
 };
@@ -147,6 +155,7 @@ ptimer_fire(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	lcore_enter(0, "timer");
 	if (t->p->bridge != NULL)
 		lcore_bridge_flush(t->p->bridge);
 	lua_pushcfunction(L, traceback);
@@ -158,6 +167,7 @@ ptimer_fire(evutil_socket_t fd, short what, void *arg)
 	if (lua_pcall(L, 0, 0, top + 1) != LUA_OK)
 		log_warn(0, "lua: timer failed: %s", lua_tostring(L, -1));
 	lua_settop(L, top);
+	lcore_leave(L);
 }
 
 /* handle:cancel() */
@@ -220,6 +230,17 @@ platform_now(lua_State *L)
 	gettimeofday(&tv, NULL);
 	lua_pushnumber(L, (lua_Number)tv.tv_sec + (lua_Number)tv.tv_usec / 1e6);
 	return 1;
+}
+
+/* What lauxlib's state does with an error outside any protected call. */
+static int
+panic(lua_State *L)
+{
+	const char *msg = lua_tostring(L, -1);
+
+	log_error(0, "PANIC: unprotected error in call to Lua API (%s)",
+	    msg != NULL ? msg : "error object is not a string");
+	return 0;	/* Lua aborts */
 }
 
 /* ---- the 'start' listeners ------------------------------------------------ */
@@ -286,7 +307,7 @@ watchdog_start(struct policy *p)
 		sigaction(SIGPROF, &p->old_prof, NULL);
 		return;
 	}
-	lcore_watchdog_enable(1);
+	lcore_watchdog_enable(1, WATCHDOG_TICK_US);
 	p->watchdog = 1;
 }
 
@@ -299,7 +320,7 @@ watchdog_stop(struct policy *p)
 		return;
 	memset(&it, 0, sizeof(it));
 	setitimer(ITIMER_PROF, &it, NULL);
-	lcore_watchdog_enable(0);
+	lcore_watchdog_enable(0, 0);
 	/*
 	 * A tick may be pending still: SIGPROF's default action ends the
 	 * process, so in its place the signal is ignored (which also
@@ -491,6 +512,11 @@ read_policy(struct policy *p, const char *script, char *err, size_t errlen)
 	lua_getfield(L, t, "config");
 	session_config_init(&p->cfg);
 	lcore_config(L, -1, &p->cfg, p->hostname, sizeof(p->hostname));
+	if (lua_getfield(L, -1, "memory_limit") == LUA_TNUMBER)
+		lcore_heap_limit(&p->heap, (size_t)lua_tointeger(L, -1));
+	p->blocked_limit_ms = lua_getfield(L, -2, "blocked_limit_ms") == LUA_TNUMBER ?
+	    (unsigned)lua_tointeger(L, -1) : BLOCKED_DEFAULT_MS;
+	lua_pop(L, 2);
 	if (lua_getfield(L, -1, "tls_cert") == LUA_TSTRING &&
 	    lua_getfield(L, -2, "tls_key") == LUA_TSTRING) {
 		p->tls = tls_ctx_create(lua_tostring(L, -2), lua_tostring(L, -1),
@@ -555,6 +581,13 @@ load_protected(lua_State *L)
 	const char	*src = lua_tolstring(L, 6, &len);
 
 	luaL_openlibs(L);
+	/* resumes that tell the budgets which thread runs */
+	lua_getglobal(L, "coroutine");
+	lua_pushcfunction(L, lcore_coresume);
+	lua_setfield(L, -2, "resume");
+	lua_pushcfunction(L, lcore_cowrap);
+	lua_setfield(L, -2, "wrap");
+	lua_pop(L, 1);
 	lua_pushthread(L);
 	lua_setfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
 	set_path(L, script);
@@ -633,12 +666,20 @@ policy_load(const char *script, struct event_base *base, char *err,
 
 	if ((src = read_script(script, &len, err, errlen)) == NULL)
 		return NULL;
-	if ((p = calloc(1, sizeof(*p))) == NULL || (L = luaL_newstate()) == NULL) {
+	if ((p = calloc(1, sizeof(*p))) == NULL) {
+		snprintf(err, errlen, "out of memory");
+		free(src);
+		return NULL;
+	}
+	/* the script's own server.memoryLimit applies once it has run */
+	lcore_heap_limit(&p->heap, lcore_memory_default());
+	if ((L = lua_newstate(lcore_alloc, &p->heap)) == NULL) {
 		snprintf(err, errlen, "out of memory");
 		free(p);
 		free(src);
 		return NULL;
 	}
+	lua_atpanic(L, panic);
 	p->L = L;
 	p->base = base;
 	p->start_ref = LUA_NOREF;
@@ -680,6 +721,8 @@ policy_destroy(struct policy *p)
 	watchdog_stop(p);
 	if (p->start_ev != NULL)
 		event_free(p->start_ev);
+	if (p->busy != NULL)
+		lcore_busy_attach(NULL);
 	if (p->L != NULL)
 		lua_close(p->L);	/* frees the timers, before the event base goes */
 	tls_ctx_destroy(p->tls);	/* live connections keep their reference */
@@ -744,6 +787,14 @@ const struct policy_listen *
 policy_listen_at(const struct policy *p, size_t i)
 {
 	return i < p->nlisten ? &p->listens[i] : NULL;
+}
+
+void
+policy_watch(struct policy *p, struct busy *b)
+{
+	b->limit_ms = p->blocked_limit_ms;
+	lcore_busy_attach(b);
+	p->busy = b;
 }
 
 const struct session_hooks *

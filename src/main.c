@@ -2,13 +2,19 @@
  * main.c -- the luasmtpd command: options, script validation, binding.
  *
  * Parses the command line, loads the policy script once to validate it
- * (policy.h; --check stops here), binds the listeners (from --listen, else
- * the script's server:listen, else 127.0.0.1:2525) and hands the sockets to
- * master.c, which drops privileges, forks the workers and runs until a
- * signal stops it.  Exit status: 0 after a clean stop, 1 for a runtime
- * error, 2 for usage.
+ * (policy.h; --check stops here) and to learn where it listens, binds the
+ * listeners (from --listen, else the script's server:listen, else
+ * 127.0.0.1:2525) and hands the sockets to master.c, which drops
+ * privileges, forks the workers and runs until a signal stops it.  With
+ * --user the validating load runs in a child process that has dropped
+ * privileges already: the script (and what it requires) never runs as
+ * root, while the parent still binds privileged ports.  Exit status: 0
+ * after a clean stop, 1 for a runtime error, 2 for usage.
  */
+#include <sys/types.h>
+#include <sys/wait.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -36,6 +42,14 @@ struct options {
 	int		 check;
 };
 
+/* What the validating load found: the script's listen addresses, or an error. */
+struct loaded {
+	int			ok;
+	char			err[1024];
+	size_t			nlisten;	/* more than MAIN_LISTEN_MAX: too many */
+	struct policy_listen	listen[MAIN_LISTEN_MAX];
+};
+
 static void
 usage(FILE *f)
 {
@@ -51,8 +65,8 @@ usage(FILE *f)
 	    "      --grace SECONDS      on SIGTERM/SIGINT, time sessions get to finish (%d)\n"
 	    "      --workers N          worker processes (default: one per online core);\n"
 	    "                           0 serves in one process (no restart, no reload)\n"
-	    "      --user NAME          after binding, switch to this user (and its groups)\n"
-	    "                           before starting the workers; refuse to run if that fails\n"
+	    "      --user NAME          run the script as this user (and its groups): only\n"
+	    "                           binding is done as root; refuse to run if that fails\n"
 	    "      --version            print the version and exit\n"
 	    "  -h, --help               print this help and exit\n"
 	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
@@ -193,16 +207,100 @@ bind_one(struct master_config *mc, const char *host, uint16_t port)
 	return 0;
 }
 
+/* Loads the script here and notes where it listens. */
+static void
+load_here(const char *script, struct loaded *ld)
+{
+	struct policy *p;
+
+	memset(ld, 0, sizeof(*ld));
+	if ((p = policy_load(script, NULL, ld->err, sizeof(ld->err))) == NULL) {
+		if (ld->err[0] == '\0')
+			snprintf(ld->err, sizeof(ld->err), "cannot load script");
+		return;
+	}
+	ld->ok = 1;
+	ld->nlisten = policy_listen_count(p);
+	for (size_t i = 0; i < ld->nlisten && i < MAIN_LISTEN_MAX; i++)
+		ld->listen[i] = *policy_listen_at(p, i);
+	policy_destroy(p);
+}
+
+/*
+ * The validating load: here, or with --user in a child that switches to
+ * that user first and sends back what load_here() found.  -1 (printed)
+ * when the child cannot be run.
+ */
+static int
+load_script(const struct options *o, struct loaded *ld)
+{
+	char	*buf = (char *)ld;
+	size_t	 got = 0;
+	ssize_t	 n;
+	pid_t	 pid;
+	int	 p[2], status;
+
+	if (o->user == NULL) {
+		load_here(o->script, ld);
+		return 0;
+	}
+	if (pipe2(p, O_CLOEXEC) == -1) {
+		fprintf(stderr, "luasmtpd: pipe: %s\n", strerror(errno));
+		return -1;
+	}
+	fflush(NULL);
+	if ((pid = fork()) == -1) {
+		fprintf(stderr, "luasmtpd: fork: %s\n", strerror(errno));
+		close(p[0]);
+		close(p[1]);
+		return -1;
+	}
+	if (pid == 0) {
+		close(p[0]);
+		memset(ld, 0, sizeof(*ld));
+		if (master_drop_privileges(o->user, ld->err, sizeof(ld->err)) == 0)
+			load_here(o->script, ld);
+		fflush(NULL);
+		for (size_t off = 0; off < sizeof(*ld);) {
+			if ((n = write(p[1], buf + off, sizeof(*ld) - off)) == -1 && errno == EINTR)
+				continue;
+			if (n <= 0)
+				break;
+			off += (size_t)n;
+		}
+		_exit(0);
+	}
+	close(p[1]);
+	memset(ld, 0, sizeof(*ld));
+	while (got < sizeof(*ld)) {
+		if ((n = read(p[0], buf + got, sizeof(*ld) - got)) == -1 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(p[0]);
+	while (waitpid(pid, &status, 0) == -1 && errno == EINTR)
+		;
+	if (got != sizeof(*ld)) {
+		memset(ld, 0, sizeof(*ld));
+		snprintf(ld->err, sizeof(ld->err), "the script's load as --user %s ended "
+		    "without a result", o->user);
+	}
+	ld->err[sizeof(ld->err) - 1] = '\0';
+	return 0;
+}
+
 /* Binds --listen addresses, else the script's, else the default. */
 static int
 bind_listeners(struct master_config *mc, const struct options *o,
-    const struct policy *p)
+    const struct loaded *ld)
 {
 	char		 host[256], err[512];
 	uint16_t	 port;
 	size_t		 i;
 
-	if (o->nlisten > 0 || policy_listen_count(p) == 0) {
+	if (o->nlisten > 0 || ld->nlisten == 0) {
 		for (i = 0; i < (o->nlisten > 0 ? o->nlisten : 1); i++) {
 			const char *spec = o->nlisten > 0 ? o->listen[i] : MAIN_DEFAULT_LISTEN;
 
@@ -216,14 +314,14 @@ bind_listeners(struct master_config *mc, const struct options *o,
 		}
 		return 0;
 	}
-	if (policy_listen_count(p) > MASTER_LISTEN_MAX) {
+	if (ld->nlisten > MASTER_LISTEN_MAX) {
 		fprintf(stderr, "luasmtpd: too many listen addresses (at most %d)\n",
 		    MASTER_LISTEN_MAX);
 		return -1;
 	}
 	mc->script_listen_used = 1;
-	for (i = 0; i < policy_listen_count(p); i++) {
-		const struct policy_listen *pl = policy_listen_at(p, i);
+	for (i = 0; i < ld->nlisten; i++) {
+		const struct policy_listen *pl = &ld->listen[i];
 
 		mc->script_listen[mc->nscript_listen++] = *pl;
 		if (bind_one(mc, pl->host, pl->port) == -1)
@@ -245,6 +343,7 @@ main(int argc, char **argv)
 {
 	struct options		 o;
 	static struct master_config mc;
+	static struct loaded	 ld;
 	struct policy		*policy = NULL;
 	char			 err[1024], host[256];
 	uint16_t		 port;
@@ -265,30 +364,34 @@ main(int argc, char **argv)
 		    strerror(errno));
 		return 1;
 	}
-	/* validate: the workers load the script again, each for itself */
-	err[0] = '\0';
-	if ((policy = policy_load(o.script, NULL, err, sizeof(err))) == NULL) {
-		fprintf(stderr, "luasmtpd: %s\n", err[0] ? err : "cannot load script");
-		return 1;
-	}
 	if (o.check) {
+		err[0] = '\0';
+		if ((policy = policy_load(o.script, NULL, err, sizeof(err))) == NULL) {
+			fprintf(stderr, "luasmtpd: %s\n", err[0] ? err : "cannot load script");
+			return 1;
+		}
 		policy_destroy(policy);
 		printf("%s: OK\n", o.script);
 		return 0;
 	}
 
+	/* validate: the workers load the script again, each for itself */
+	if (load_script(&o, &ld) == -1)
+		return 1;
+	if (!ld.ok) {
+		fprintf(stderr, "luasmtpd: %s\n", ld.err);
+		return 1;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	mc.script = o.script;
 	mc.ready_file = o.ready_file;
 	mc.user = o.user;
 	mc.grace = o.grace;
 	mc.workers = o.workers < 0 ? online_cores() : (unsigned)o.workers;
-	if (bind_listeners(&mc, &o, policy) == -1) {
-		policy_destroy(policy);
+	if (bind_listeners(&mc, &o, &ld) == -1) {
 		for (size_t i = 0; i < mc.nfds; i++)
 			close(mc.fds[i]);
 		return 1;
 	}
-	policy_destroy(policy);		/* no Lua state in the master */
-	return master_run(&mc);
+	return master_run(&mc);	/* no Lua state in the master */
 }

@@ -2,21 +2,26 @@
  * master.c -- the master process and the body of every worker.
  *
  * Owns the process tree described in master.h: dropping privileges, forking
- * workers (each with a ready pipe: one byte once its event loop runs),
- * reaping and restarting them with a backoff, generations of workers across
- * reloads, forwarding stop signals, the ready file, and the log tag that
- * tells processes apart ("master[PID]", "worker0[PID]").  The master waits
- * in poll() on a signalfd and the ready pipes; it has no event base and no
- * Lua state of its own while serving.  A worker is server.c on a fresh event
- * base with a freshly loaded policy, nothing more.
+ * workers (each with a ready pipe: one byte once its event loop runs, and a
+ * busy record, busy.h, shared with the master), reaping and restarting them
+ * with a backoff, replacing a worker stuck in one call into Lua, generations
+ * of workers across reloads, forwarding stop signals, the ready file, and
+ * the log tag that tells processes apart ("master[PID]", "worker0[PID]").
+ * The master waits in poll() on a signalfd and the ready pipes; it has no
+ * event base and no Lua state of its own while serving.  A worker is
+ * server.c on a fresh event base with a freshly loaded policy, and the
+ * signal handlers that end it when its master is gone.
  */
 #include <sys/types.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <inttypes.h>
 #include <poll.h>
 #include <pwd.h>
 #include <signal.h>
@@ -30,6 +35,7 @@
 
 #include <event2/event.h>
 
+#include "busy.h"
 #include "log.h"
 #include "master.h"
 #include "policy.h"
@@ -42,6 +48,8 @@
 #define START_TIMEOUT_MS	60000	/* from fork to accepting */
 #define STOP_SLACK_SECS		30	/* beyond the grace: then SIGKILL */
 #define WORKER_EXIT_LOAD	3	/* a worker's status when the script failed */
+#define BUSY_SCAN_MS		500	/* how often the master reads the busy records */
+#define BUSY_WARN_MS		2000	/* one call into Lua this long is logged */
 
 enum worker_state {
 	W_STARTING,	/* forked, not accepting yet */
@@ -57,6 +65,9 @@ struct worker {
 	enum worker_state	 state;
 	int			 ready_fd;	/* read end of the ready pipe, or -1 */
 	int64_t			 started_ms;
+	struct busy		*busy;		/* shared with the worker */
+	uint32_t		 warned_seq;	/* the stay in Lua already logged */
+	bool			 blocked;	/* killed for blocking: replaced */
 };
 
 struct slot {
@@ -84,10 +95,22 @@ struct master {
 /* Set in a worker before it serves: its log tag. */
 static char	log_tag[48];
 
+/* The ready file: its temporary, created at start so that a path that cannot be written stops us there. */
+static int	ready_fd = -1;
+static char	ready_tmp[4096];
+
+/* A worker: what its signal handlers need when the master is gone. */
+static pid_t			 worker_master;
+static struct busy		*worker_busy;
+static unsigned			 worker_grace;
+static volatile sig_atomic_t	 orphan_secs;	/* since the master died; 0: it lives */
+
 static int	 serve(const char *script, int *fds, size_t nfds, unsigned grace,
-		    void (*ready)(void *), void *ready_arg);
-static int	 drop_privileges(const char *user);
-static int	 write_ready_file(const char *path, const struct master_config *mc);
+		    void (*ready)(void *), void *ready_arg, struct busy *busy);
+static int	 ready_open(const char *path);
+static int	 ready_commit(const char *path, const struct master_config *mc);
+static void	 ready_discard(void);
+static void	 worker_signals(pid_t master, struct busy *busy, unsigned grace);
 static void	 tag_sink(void *, enum log_level, const char *);
 static int64_t	 now_ms(void);
 static void	 master_loop(struct master *);
@@ -101,6 +124,7 @@ static void	 master_signal(struct master *, int sig);
 static void	 master_reload(struct master *);
 static void	 master_progress(struct master *);
 static void	 master_timers(struct master *, int64_t now);
+static void	 master_watch(struct master *);
 static void	 master_stop(struct master *, int sig, int rc);
 static void	 master_abort_gen(struct master *, unsigned gen);
 static void	 master_close_listeners(struct master *);
@@ -114,8 +138,8 @@ write_ready_in_process(void *arg)
 {
 	struct master_config	*mc = arg;
 
-	if (mc->ready_file != NULL)
-		(void)write_ready_file(mc->ready_file, mc);
+	if (mc->ready_file != NULL && ready_commit(mc->ready_file, mc) == 0)
+		mc->ready_written = 1;
 }
 
 int
@@ -123,22 +147,30 @@ master_run(struct master_config *mc)
 {
 	struct master	 m;
 	sigset_t	 mask;
+	char		 err[512];
 	int		 rc;
 
-	if (mc->user != NULL && drop_privileges(mc->user) == -1) {
-		for (size_t i = 0; i < mc->nfds; i++)
-			close(mc->fds[i]);
-		return 1;
+	if (mc->user != NULL) {
+		if (master_drop_privileges(mc->user, err, sizeof(err)) == -1) {
+			log_error(0, "%s", err);
+			goto fail;
+		}
+		log_info(0, "running as %s (uid %ld, gid %ld)", mc->user, (long)getuid(),
+		    (long)getgid());
 	}
+	/* as the user that writes it once every worker accepts */
+	if (mc->ready_file != NULL && ready_open(mc->ready_file) == -1)
+		goto fail;
 	if (mc->workers == 0) {	/* one process: serve here, as without a master */
 		log_info(0, "luasmtpd %s ready (policy %s, no worker processes)",
 		    LUASMTPD_VERSION, mc->script);
 		signal(SIGHUP, SIG_IGN);
 		rc = serve(mc->script, mc->fds, mc->nfds, mc->grace,
-		    write_ready_in_process, mc);
+		    write_ready_in_process, mc, NULL);
 		mc->nfds = 0;
-		if (mc->ready_file != NULL)
+		if (mc->ready_written)
 			(void)unlink(mc->ready_file);
+		ready_discard();
 		log_info(0, "stopped");
 		return rc;
 	}
@@ -179,10 +211,16 @@ master_run(struct master_config *mc)
 	}
 	if (mc->ready_file != NULL && m.ready)
 		(void)unlink(mc->ready_file);	/* no stale address for the next run */
+	ready_discard();
 	log_info(0, "stopped");
 	master_free(&m);
 	log_set_sink(NULL, NULL);
 	return rc;
+fail:
+	for (size_t i = 0; i < mc->nfds; i++)
+		close(mc->fds[i]);
+	mc->nfds = 0;
+	return 1;
 }
 
 static void
@@ -194,6 +232,8 @@ master_free(struct master *m)
 		m->workers = w->next;
 		if (w->ready_fd != -1)
 			close(w->ready_fd);
+		if (w->busy != NULL)
+			munmap(w->busy, sizeof(*w->busy));
 		free(w);
 	}
 	free(m->slots);
@@ -241,6 +281,8 @@ master_loop(struct master *m)
 			if (m->slots[i].restart_ms != 0 &&
 			    (due == -1 || m->slots[i].restart_ms < due))
 				due = m->slots[i].restart_ms;
+		if (m->workers != NULL && (due == -1 || now + BUSY_SCAN_MS < due))
+			due = now + BUSY_SCAN_MS;	/* a look at the busy records */
 		if (m->stopping && (due == -1 || m->kill_ms < due))
 			due = m->kill_ms;
 		timeout = due == -1 ? -1 : due <= now ? 0 :
@@ -322,8 +364,16 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		log_error(0, "cannot start worker%u: out of memory", slot);
 		return -1;
 	}
+	w->busy = mmap(NULL, sizeof(*w->busy), PROT_READ | PROT_WRITE,
+	    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (w->busy == MAP_FAILED) {
+		log_error(0, "cannot start worker%u: mmap: %s", slot, strerror(errno));
+		free(w);
+		return -1;
+	}
 	if (pipe2(p, O_CLOEXEC) == -1) {
 		log_error(0, "cannot start worker%u: %s", slot, strerror(errno));
+		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 		return -1;
 	}
@@ -332,6 +382,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		log_error(0, "cannot start worker%u: fork: %s", slot, strerror(errno));
 		close(p[0]);
 		close(p[1]);
+		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 		return -1;
 	}
@@ -340,10 +391,14 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		int			 fds[MASTER_LISTEN_MAX];
 		size_t			 nfds = mc->nfds;
 		pid_t			 master = m->pid;
+		struct busy		*busy = w->busy;	/* its own; the others' go */
 		int			 rc;
 
 		free(w);
 		close(p[0]);
+		if (ready_fd != -1)
+			close(ready_fd);
+		ready_fd = -1;
 		/* what the worker keeps: the listening sockets and its pipe end */
 		memcpy(fds, mc->fds, nfds * sizeof(fds[0]));
 		mc->nfds = 0;
@@ -351,17 +406,17 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		master_free(m);
 		snprintf(log_tag, sizeof(log_tag), "worker%u[%ld]", slot,
 		    (long)getpid());
-		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
-		signal(SIGHUP, SIG_IGN);	/* reloading is the master's */
 		(void)setpgid(0, 0);		/* a terminal's ^C reaches the master only */
-		if (prctl(PR_SET_PDEATHSIG, SIGTERM) == -1 || getppid() != master) {
+		worker_signals(master, busy, mc->grace);
+		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
+		if (prctl(PR_SET_PDEATHSIG, SIGHUP) == -1 || getppid() != master) {
 			m->rc = 0;		/* the master is already gone */
 			for (size_t i = 0; i < nfds; i++)
 				close(fds[i]);
 			close(p[1]);
 			return 1;
 		}
-		rc = serve(mc->script, fds, nfds, mc->grace, NULL, &p[1]);
+		rc = serve(mc->script, fds, nfds, mc->grace, NULL, &p[1], busy);
 		if (p[1] != -1)
 			close(p[1]);
 		m->rc = rc;
@@ -396,6 +451,7 @@ master_reap(struct master *m)
 		master_exited(m, w, status);
 		if (w->ready_fd != -1)
 			close(w->ready_fd);
+		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 	}
 }
@@ -429,8 +485,12 @@ master_exited(struct master *m, struct worker *w, int status)
 		master_stop(m, SIGTERM, 1);
 		return;
 	}
-	log_warn(0, "worker%u[%ld] %s unexpectedly after %.1f s", w->slot,
-	    (long)w->pid, how, lived / 1000.0);
+	if (w->blocked)
+		log_warn(0, "worker%u[%ld] %s for blocking, after %.1f s", w->slot,
+		    (long)w->pid, how, lived / 1000.0);
+	else
+		log_warn(0, "worker%u[%ld] %s unexpectedly after %.1f s", w->slot,
+		    (long)w->pid, how, lived / 1000.0);
 	master_backoff(m, w->slot, lived);
 }
 
@@ -517,7 +577,7 @@ master_progress(struct master *m)
 	if (!m->ready && count_gen(m, m->gen, W_READY) == m->mc->workers) {
 		m->ready = true;
 		if (m->mc->ready_file != NULL &&
-		    write_ready_file(m->mc->ready_file, m->mc) == -1) {
+		    ready_commit(m->mc->ready_file, m->mc) == -1) {
 			master_stop(m, SIGTERM, 1);
 			return;
 		}
@@ -549,6 +609,7 @@ master_timers(struct master *m, int64_t now)
 {
 	struct worker	*w;
 
+	master_watch(m);
 	if (m->stopping) {
 		if (now >= m->kill_ms) {
 			for (w = m->workers; w != NULL; w = w->next) {
@@ -579,6 +640,49 @@ master_timers(struct master *m, int64_t now)
 				master_backoff(m, i, 0);
 				break;
 			}
+		}
+	}
+}
+
+/*
+ * A worker in one call into Lua for long (a blocking system call, a long C
+ * function: nothing its budgets or its event loop can stop) is logged after
+ * a while, and past its blockedLimit killed with its process group (what it
+ * started, os.execute's shell) and replaced: its sessions are lost, the
+ * others' go on, and the socket it shared goes to the workers that accept.
+ */
+static void
+master_watch(struct master *m)
+{
+	struct worker	*w;
+	struct busy	 b;
+	int64_t		 stayed;
+	char		 session[40];
+
+	for (w = m->workers; w != NULL; w = w->next) {
+		if (w->blocked || busy_read(w->busy, &b) == -1 || b.since_ms == 0 ||
+		    b.limit_ms == 0)
+			continue;
+		stayed = busy_now_ms() - b.since_ms;
+		if (stayed < BUSY_WARN_MS && stayed < b.limit_ms)
+			continue;
+		if (b.id != 0)
+			snprintf(session, sizeof(session), "session %016" PRIx64, b.id);
+		else
+			snprintf(session, sizeof(session), "no session");
+		if (stayed >= b.limit_ms) {
+			log_error(0, "worker%u[%ld] blocked for %.1f s in %s handler (%s): "
+			    "over blockedLimit (%.1f s), %s it", w->slot, (long)w->pid,
+			    stayed / 1000.0, b.what, session, b.limit_ms / 1000.0,
+			    m->stopping || w->state == W_DRAINING || w->gen != m->gen ?
+			    "killing" : "replacing");
+			w->blocked = true;
+			if (kill(-w->pid, SIGKILL) == -1)	/* its own group, see master_spawn */
+				(void)kill(w->pid, SIGKILL);
+		} else if (b.seq != w->warned_seq) {
+			w->warned_seq = b.seq;
+			log_warn(0, "worker%u[%ld] blocked for %.1f s in %s handler (%s)",
+			    w->slot, (long)w->pid, stayed / 1000.0, b.what, session);
 		}
 	}
 }
@@ -664,14 +768,93 @@ in_process_ready_cb(evutil_socket_t fd, short what, void *arg)
 	((void (*)(void *))cb[0])(cb[1]);
 }
 
+/* What a worker writes from a signal handler: its tag and the reason, no more. */
+static void
+worker_say(const char *what)
+{
+	const char *parts[] = { "luasmtpd: ", log_tag, ": ", what, "\n" };
+
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++)
+		(void)!write(STDERR_FILENO, parts[i], strlen(parts[i]));
+}
+
+/* Ends the worker at once, with what it started (os.execute's children). */
+static void
+worker_die(const char *why)
+{
+	worker_say(why);
+	if (getpgrp() == getpid())	/* its own group: see master_spawn */
+		(void)kill(0, SIGKILL);
+	(void)raise(SIGKILL);
+	_exit(1);
+}
+
+/*
+ * SIGHUP: the master died (PR_SET_PDEATHSIG), or someone sent a stray one
+ * (ignored).  The worker drains as if the master had sent SIGTERM, and from
+ * now on applies the master's rules to itself, once a second (SIGALRM):
+ * a call into Lua that blocks past the blockedLimit ends it, and so does
+ * the master's stop deadline (the grace, then STOP_SLACK_SECS).  A worker
+ * stuck in Lua never runs the drain that SIGTERM asks for.
+ */
+static void
+worker_hup(int sig)
+{
+	struct itimerval	it = { { 1, 0 }, { 1, 0 } };
+	int			saved = errno;
+
+	(void)sig;
+	if (orphan_secs == 0 && getppid() != worker_master) {
+		orphan_secs = 1;
+		(void)kill(getpid(), SIGTERM);	/* server.c's stop, once the loop runs */
+		(void)setitimer(ITIMER_REAL, &it, NULL);
+	}
+	errno = saved;
+}
+
+static void
+worker_alarm(int sig)
+{
+	struct busy	b;
+	int		saved = errno;
+
+	(void)sig;
+	if (orphan_secs == 0)
+		return;
+	if ((unsigned)orphan_secs++ > worker_grace + STOP_SLACK_SECS)
+		worker_die("master gone and the stop takes too long: exiting");
+	if (worker_busy != NULL && busy_read(worker_busy, &b) == 0 && b.since_ms != 0 &&
+	    b.limit_ms != 0 && busy_now_ms() - b.since_ms >= b.limit_ms)
+		worker_die("master gone and a handler blocked past blockedLimit: exiting");
+	errno = saved;
+}
+
+static void
+worker_signals(pid_t master, struct busy *busy, unsigned grace)
+{
+	struct sigaction sa;
+
+	worker_master = master;
+	worker_busy = busy;
+	worker_grace = grace;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	sa.sa_handler = worker_hup;
+	(void)sigaction(SIGHUP, &sa, NULL);	/* reloading is the master's: see worker_hup */
+	sa.sa_handler = worker_alarm;
+	(void)sigaction(SIGALRM, &sa, NULL);
+}
+
 /*
  * Loads the script on a fresh event base, accepts on fds (taken over) and
  * serves until stopped.  Once the loop runs: ready(ready_arg), or, with
- * ready NULL, one byte to the pipe *ready_arg.  Returns the exit status.
+ * ready NULL, one byte to the pipe *ready_arg.  busy, if given, is the
+ * record the master watches.  Returns the exit status.
  */
 static int
 serve(const char *script, int *fds, size_t nfds, unsigned grace,
-    void (*ready)(void *), void *ready_arg)
+    void (*ready)(void *), void *ready_arg, struct busy *busy)
 {
 	struct session_config	 cfg;
 	struct event_base	*base = NULL;
@@ -694,6 +877,8 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		rc = WORKER_EXIT_LOAD;
 		goto done;
 	}
+	if (busy != NULL)
+		policy_watch(policy, busy);
 	session_config_init(&cfg);
 	policy_session_config(policy, &cfg);
 	if ((srv = server_create(base, &cfg, policy_hooks(policy), policy,
@@ -728,51 +913,70 @@ done:
 
 /* ---- helpers ---------------------------------------------------------------- */
 
-/* setgroups, setgid, setuid to USER; -1 (logged) when any step fails. */
-static int
-drop_privileges(const char *user)
+int
+master_drop_privileges(const char *user, char *err, size_t errlen)
 {
 	struct passwd	*pw;
 
 	errno = 0;
 	if ((pw = getpwnam(user)) == NULL) {
-		log_error(0, "--user %s: %s", user, errno ? strerror(errno) : "no such user");
+		snprintf(err, errlen, "--user %s: %s", user,
+		    errno ? strerror(errno) : "no such user");
 		return -1;
 	}
 	if (geteuid() == pw->pw_uid && getuid() == pw->pw_uid)
 		return 0;	/* already that user */
 	if (initgroups(pw->pw_name, pw->pw_gid) == -1 ||
 	    setgid(pw->pw_gid) == -1 || setuid(pw->pw_uid) == -1) {
-		log_error(0, "--user %s: cannot switch to uid %ld gid %ld: %s", user,
+		snprintf(err, errlen, "--user %s: cannot switch to uid %ld gid %ld: %s", user,
 		    (long)pw->pw_uid, (long)pw->pw_gid, strerror(errno));
 		return -1;
 	}
 	if (pw->pw_uid != 0 && (setuid(0) == 0 || seteuid(0) == 0)) {
-		log_error(0, "--user %s: root could be regained; refusing to run", user);
+		snprintf(err, errlen, "--user %s: root could be regained; refusing to run", user);
 		return -1;
 	}
-	log_info(0, "running as %s (uid %ld, gid %ld)", user, (long)pw->pw_uid,
-	    (long)pw->pw_gid);
 	return 0;
 }
 
-/* Writes "ADDR:PORT" lines to PATH.PID.tmp, then renames it to PATH. */
+/*
+ * Creates PATH.PID.tmp, which ready_commit() fills and renames to PATH:
+ * at start, so that a directory that is missing or not writable (by the
+ * --user) is an error before any worker starts.
+ */
 static int
-write_ready_file(const char *path, const struct master_config *mc)
+ready_open(const char *path)
 {
-	char	 tmp[4096];
-	FILE	*f;
-	int	 n, failed = 0;
+	int n = snprintf(ready_tmp, sizeof(ready_tmp), "%s.%ld.tmp", path, (long)getpid());
 
-	n = snprintf(tmp, sizeof(tmp), "%s.%ld.tmp", path, (long)getpid());
-	if (n < 0 || (size_t)n >= sizeof(tmp)) {
-		log_error(0, "ready file path too long");
+	if (n < 0 || (size_t)n >= sizeof(ready_tmp)) {
+		log_error(0, "cannot write ready file %s: path too long", path);
+		ready_tmp[0] = '\0';
 		return -1;
 	}
-	if ((f = fopen(tmp, "w")) == NULL) {
-		log_error(0, "cannot write ready file %s: %s", tmp, strerror(errno));
+	if ((ready_fd = open(ready_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644)) == -1) {
+		log_error(0, "cannot write ready file %s: %s: %s", path, ready_tmp,
+		    strerror(errno));
+		ready_tmp[0] = '\0';
 		return -1;
 	}
+	return 0;
+}
+
+/* Writes "ADDR:PORT" lines to the temporary, then renames it to PATH. */
+static int
+ready_commit(const char *path, const struct master_config *mc)
+{
+	FILE	*f;
+	int	 failed = 0;
+
+	if (ready_fd == -1 || (f = fdopen(ready_fd, "w")) == NULL) {
+		log_error(0, "cannot write ready file %s: %s", path,
+		    ready_fd == -1 ? "not open" : strerror(errno));
+		ready_discard();
+		return -1;
+	}
+	ready_fd = -1;
 	for (size_t i = 0; i < mc->nfds; i++)
 		if (fprintf(f, "%s\n", mc->names[i]) < 0)
 			failed = 1;
@@ -780,12 +984,25 @@ write_ready_file(const char *path, const struct master_config *mc)
 		failed = 1;
 	if (fclose(f) != 0)
 		failed = 1;
-	if (failed || rename(tmp, path) == -1) {
+	if (failed || rename(ready_tmp, path) == -1) {
 		log_error(0, "cannot write ready file %s: %s", path, strerror(errno));
-		(void)unlink(tmp);
+		ready_discard();
 		return -1;
 	}
+	ready_tmp[0] = '\0';
 	return 0;
+}
+
+/* The temporary of a ready file never written (a failed start, a stop before ready). */
+static void
+ready_discard(void)
+{
+	if (ready_fd != -1)
+		close(ready_fd);
+	ready_fd = -1;
+	if (ready_tmp[0] != '\0')
+		(void)unlink(ready_tmp);
+	ready_tmp[0] = '\0';
 }
 
 /* "STAMP LEVEL TEXT" becomes "STAMP LEVEL TAG TEXT". */

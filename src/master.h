@@ -19,8 +19,19 @@
  * finish their sessions within the grace period); SIGTERM/SIGINT go to every
  * worker, which drain as server.h describes, and the master exits once they
  * are gone.  A worker that dies unexpectedly is restarted after a backoff
- * (0.1 s doubling to 10 s, reset once a worker lived 10 s).  Workers get
- * SIGTERM when the master dies (PR_SET_PDEATHSIG), so none is orphaned.
+ * (0.1 s doubling to 10 s, reset once a worker lived 10 s), and so is one
+ * that stays in one call into Lua past its script's blockedLimit: the
+ * master reads what each worker is doing from a shared record (busy.h),
+ * logs a worker blocked for a few seconds and kills one blocked past the
+ * limit.  Workers get SIGHUP when the master dies (PR_SET_PDEATHSIG): they
+ * drain as on SIGTERM, and end themselves if blocked past the limit or
+ * still there at the master's stop deadline, so none outlives it.
+ *
+ * With --user no Lua runs as root: main.c validates the script in a child
+ * that drops privileges first, master_run() drops them before anything
+ * else (then creates the ready file's temporary, as that user, so that a
+ * path it cannot write is an error at start), and the workers and a
+ * reload's check run as that user.
  */
 #ifndef LUASMTPD_MASTER_H
 #define LUASMTPD_MASTER_H
@@ -36,6 +47,7 @@
 struct master_config {
 	const char		*script;
 	const char		*ready_file;	/* NULL: none */
+	int			 ready_written;	/* workers 0: the ready file is there */
 	const char		*user;		/* NULL: keep the current user */
 	unsigned		 grace;		/* seconds */
 	unsigned		 workers;	/* 0: serve in this process */
@@ -52,5 +64,11 @@ struct master_config {
 
 /* Runs until stopped; returns the exit status (0 after a clean stop). */
 int	master_run(struct master_config *mc);
+
+/*
+ * setgroups, setgid, setuid to user, and a check that root cannot be
+ * regained; 0, or -1 with one line in err.  Nothing to do when already him.
+ */
+int	master_drop_privileges(const char *user, char *err, size_t errlen);
 
 #endif

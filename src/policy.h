@@ -69,6 +69,14 @@ size_t		 policy_listen_count(const struct policy *p);
 const struct policy_listen *policy_listen_at(const struct policy *p, size_t i);
 
 /*
+ * A worker's busy record (busy.h), which its master watches: every call
+ * into Lua of this policy is stamped in it from now on, and its limit is
+ * the script's server.blockedLimit.  Until policy_destroy.
+ */
+struct busy;
+void		 policy_watch(struct policy *p, struct busy *b);
+
+/*
  * The hooks for session_create(); the context is the policy itself.  The
  * same for every policy: p may be NULL to compare (conn.c does).
  */

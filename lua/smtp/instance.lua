@@ -16,7 +16,8 @@ local rawget, rawset = rawget, rawset
 local M = {}
 
 local FAIL_CODE = 451	-- with smtp_core.POLICY_ERROR, the engine's one text for it
-local DEFAULT_BUDGET = 10000000
+local DEFAULT_BUDGET = 10000000	-- VM instructions per resume
+local DEFAULT_CPU = 1		-- seconds of CPU time per resume
 
 local CONNECTION_EVENTS = {
   HELO = "HELO", EHLO = "EHLO",
@@ -254,6 +255,21 @@ local OPTIONS = {
     check = function(v) return is_int(v) and v >= 1000, "an integer >= 1000 (VM instructions)" end,
     to = function() end,
   },
+  handlerCpuTime = {
+    check = function(v) return type(v) == "number" and v > 0 and v <= 3600, "a number of seconds in (0, 3600]" end,
+    to = function() end,
+  },
+  handlerMemory = {
+    check = function(v) return is_int(v) and v >= 65536, "an integer >= 65536 (bytes)" end,
+    to = function() end,
+  },
+  -- per worker: the Lua heap (default: a share of RAM) and how long one call
+  -- into Lua may block it before it is replaced (lua_run.c, lua_policy.c)
+  memoryLimit = int("memory_limit", 8388608, "an integer >= 8388608 (bytes)"),
+  blockedLimit = {
+    check = function(v) return type(v) == "number" and v >= 1 and v <= 3600, "a number of seconds in [1, 3600]" end,
+    to = function(cfg, v) cfg.blocked_limit_ms = math.floor(v * 1000 + 0.5) end,
+  },
 }
 
 -- ---- the instance ----------------------------------------------------------
@@ -291,8 +307,16 @@ function M.new(platform)
     return co and tasks[co]
   end
 
-  local handler_budget = DEFAULT_BUDGET	-- server.handlerBudget, kept by ServerMeta
+  -- server.handlerBudget, .handlerCpuTime and .handlerMemory, kept by ServerMeta,
+  -- and run_limits, what smtp_core.call takes for them (a bare budget for a stub core)
+  local handler_budget, handler_cpu, handler_memory = DEFAULT_BUDGET, DEFAULT_CPU, 0
+  local run_limits
   local function budget() return handler_budget end
+  local function set_limits()
+    run_limits = core.limits and core.limits(handler_budget, handler_cpu, handler_memory)
+      or handler_budget
+  end
+  set_limits()
 
   -- ---- tasks: every handler runs in a coroutine of its own ------------------
   --
@@ -301,10 +325,10 @@ function M.new(platform)
   -- trampoline), and a handler that returns leaves the coroutine idle for
   -- the next one, so it costs no coroutine, closure or table allocation and
   -- no yield.  A coroutine that failed, or that is still waiting when its
-  -- task is dropped, never goes back to the pool.  The instruction budget
-  -- is smtp_core.call's: a count hook from the first instruction of a
-  -- resume (the harness), or one that luasmtpd's CPU-time watchdog installs
-  -- on a resume still running at its second tick (lua_run.c).
+  -- task is dropped, never goes back to the pool.  The budgets of a resume
+  -- (instructions, CPU time, heap growth) are smtp_core.call's: a count
+  -- hook from the first instruction of a resume (the harness), or the
+  -- CPU-time watchdog and the allocator of luasmtpd (lua_run.c).
 
   local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
   local sethook, traceback = debug.sethook, debug.traceback
@@ -387,7 +411,7 @@ function M.new(platform)
     return false, err
   end
   local function resume(task, fn, ...)
-    return after(task, call(task.co, handler_budget, fn, ...))
+    return after(task, call(task.co, run_limits, fn, ...))
   end
 
   -- Starts fn(...) in a task: resume()'s result and the task.
@@ -407,7 +431,7 @@ function M.new(platform)
     npool = npool - 1
     task.conn, task.on_finish, task.dead, task.dropped = conn, false, false, false
     task.gen = task.gen + 1
-    local ok, err = after(task, call(task.co, handler_budget, fn, arg))
+    local ok, err = after(task, call(task.co, run_limits, fn, arg))
     return ok, err, task
   end
 
@@ -994,7 +1018,9 @@ function M.new(platform)
         end
       end
       rawget(s, "_opts")[k] = v
-      if k == "handlerBudget" then handler_budget = v or DEFAULT_BUDGET end
+      if k == "handlerBudget" then handler_budget = v or DEFAULT_BUDGET ; set_limits()
+      elseif k == "handlerCpuTime" then handler_cpu = v or DEFAULT_CPU ; set_limits()
+      elseif k == "handlerMemory" then handler_memory = v or 0 ; set_limits() end
     end,
   }
 

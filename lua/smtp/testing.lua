@@ -471,12 +471,15 @@ local function require_from(dir, name)
 end
 
 -- The script's environment: globals stay in it; require "smtp" is this
+-- The script's environment: globals stay in it; require "smtp" is this
 -- instance, and other modules are looked for in the script's directory
 -- (dir) first; opts.globals are set in it (e.g. a print that captures);
--- os.getenv sees opts.env first.
+-- os.getenv sees opts.env first; coroutine.resume and .wrap are luasmtpd's
+-- (the handler budgets cover the coroutines a handler resumes).
 local function script_env(smtp, opts, dir)
   local env = setmetatable({}, { __index = _G })
   env._G = env
+  env.coroutine = setmetatable({ resume = core.resume, wrap = core.wrap }, { __index = coroutine })
   env.require = function(name)
     if name == "smtp" then return smtp end
     return require_from(dir, name)

@@ -91,13 +91,14 @@ local function alive(pid)
 	return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
 end
 
---[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n}
+--[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name}
 Writes the policy to DIR/policy.lua after replacing every "@OUT@" with DIR as
 a Lua string literal (the policy writes what it saw there), starts the
 binary with --listen 127.0.0.1:0 --ready-file DIR/ready --workers N (N is
 opts.workers, default 1: one worker process, so that what a policy records
 comes from one Lua state, in order), and returns a Server once the ready file
-names the port: fields host, port, dir, pid (the master's).
+names the port: fields host, port, dir, pid (the master's).  With opts.user
+(the specs run as root), DIR belongs to that user and --user is passed.
 ]]
 function support.start(opts)
 	opts = opts or {}
@@ -108,6 +109,12 @@ function support.start(opts)
 
 	local argv = { shquote(support.binary()), "--listen", "127.0.0.1:0",
 		"--ready-file", shquote(dir .. "/ready") }
+	if opts.user then
+		assert(os.execute("chown " .. shquote(opts.user) .. " " .. shquote(dir)) == true,
+			"chown " .. opts.user)
+		argv[#argv + 1] = "--user"
+		argv[#argv + 1] = shquote(opts.user)
+	end
 	if opts.grace then
 		argv[#argv + 1] = "--grace"
 		argv[#argv + 1] = tostring(opts.grace)

@@ -272,6 +272,33 @@ describe("e2e: worker processes", function()
 		assert.not_matches("runtime error", server:stderr())
 	end)
 
+	it("a worker spinning in a coroutine of its handler ends when the master is killed", function()
+		server = support.start { workers = 1, grace = 1, policy = [==[
+			local smtp = require "smtp"
+			local OUT = @OUT@
+			smtp.createServer(function(conn)
+				conn:on("HELO", function()
+					io.open(OUT .. "/held", "w"):close()
+					coroutine.wrap(function() while true do end end)()
+				end)
+			end):listen(2525)
+		]==] }
+		local worker = children(server)[1]
+		local c = support.connect(server)
+		c:expect("^220 ")
+		c:send("HELO spin.example\r\n")
+		support.wait_until(function() return server:read("held") end, 10, "the handler to spin")
+		server:signal("KILL")
+		server:wait(5)
+		support.wait_until(function()
+			local f = io.open("/proc/" .. worker .. "/stat")
+			local state = f and f:read("a"):match("^%d+ %b() (%a)")
+			if f then f:close() end
+			return state == nil or state == "Z"
+		end, 10, "the spinning worker of a killed master to end")
+		c:close()
+	end)
+
 	it("workers stop by themselves when the master is killed", function()
 		server = support.start { policy = policy("v1"), workers = 2, grace = 5 }
 		local workers = children(server)

@@ -74,6 +74,10 @@ describe("smtp server options", function()
       { "maxTextLineLength", 500, 'server.maxTextLineLength must be 0' },
       { "decisionTimeout", 0, 'server.decisionTimeout must be a number of seconds' },
       { "handlerBudget", 1.5, 'server.handlerBudget must be an integer >= 1000' },
+      { "handlerCpuTime", 0, 'server.handlerCpuTime must be a number of seconds in (0, 3600]' },
+      { "handlerMemory", 1000, 'server.handlerMemory must be an integer >= 65536' },
+      { "memoryLimit", 2 ^ 30, 'server.memoryLimit must be an integer >= 8388608' },
+      { "blockedLimit", 0.5, 'server.blockedLimit must be a number of seconds in [1, 3600]' },
       { "authMethods", { 1 }, 'server.authMethods must be an array of strings' },
       { "bareLineFeed", "normalize", 'server.bareLineFeed must be "reject" or "accept"' },
     }
