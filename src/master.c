@@ -95,7 +95,10 @@ struct master {
 /* Set in a worker before it serves: its log tag. */
 static char	log_tag[48];
 
-/* The ready file: its temporary, created at start so that a path that cannot be written stops us there. */
+/*
+ * The ready file's temporary: created at start, so that a path that cannot
+ * be written stops us there, not once every worker is ready.
+ */
 static int	ready_fd = -1;
 static char	ready_tmp[4096];
 
