@@ -96,25 +96,6 @@ server_destroy(struct server *srv)
 }
 
 int
-server_listen(struct server *srv, const char *host, uint16_t port, char *err,
-    size_t errlen)
-{
-	struct listener	*l;
-
-	if (srv->nlisteners == SERVER_LISTENERS_MAX) {
-		snprintf(err, errlen, "too many listen addresses (at most %d)",
-		    SERVER_LISTENERS_MAX);
-		return -1;
-	}
-	l = listener_create(srv->base, host, port, server_accept, srv, err, errlen);
-	if (l == NULL)
-		return -1;
-	srv->listeners[srv->nlisteners++] = l;
-	log_info(0, "listening on %s", listener_name(l));
-	return 0;
-}
-
-int
 server_adopt(struct server *srv, int fd, char *err, size_t errlen)
 {
 	struct listener	*l;
@@ -130,18 +111,6 @@ server_adopt(struct server *srv, int fd, char *err, size_t errlen)
 	srv->listeners[srv->nlisteners++] = l;
 	log_debug(0, "accepting on %s", listener_name(l));
 	return 0;
-}
-
-size_t
-server_listener_count(const struct server *srv)
-{
-	return srv->nlisteners;
-}
-
-const char *
-server_listener_name(const struct server *srv, size_t i)
-{
-	return i < srv->nlisteners ? listener_name(srv->listeners[i]) : NULL;
 }
 
 int

@@ -39,15 +39,9 @@ struct server	*server_create(struct event_base *base,
 		    unsigned grace_secs);
 void		 server_destroy(struct server *srv);	/* NULL is a no-op */
 
-/* Binds one more listener.  Returns 0, or -1 with one line in err. */
-int		 server_listen(struct server *srv, const char *host,
-		    uint16_t port, char *err, size_t errlen);
 /* Accepts on fd, a socket listener_bind() bound (the server owns it now). */
 int		 server_adopt(struct server *srv, int fd, char *err,
 		    size_t errlen);
-size_t		 server_listener_count(const struct server *srv);
-/* "ADDR:PORT" with the port actually bound. */
-const char	*server_listener_name(const struct server *srv, size_t i);
 
 /* Runs the event loop until a signal stopped the server.  Returns 0 or -1. */
 int		 server_run(struct server *srv);
