@@ -86,6 +86,8 @@ static char	log_tag[48];
 
 static int	 serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		    void (*ready)(void *), void *ready_arg);
+static struct server *serve_server(struct event_base *, struct policy *,
+		    unsigned grace);
 static int	 drop_privileges(const char *user);
 static int	 write_ready_file(const char *path, const struct master_config *mc);
 static void	 tag_sink(void *, enum log_level, const char *);
@@ -673,7 +675,6 @@ static int
 serve(const char *script, int *fds, size_t nfds, unsigned grace,
     void (*ready)(void *), void *ready_arg)
 {
-	struct session_config	 cfg;
 	struct event_base	*base = NULL;
 	struct policy		*policy = NULL;
 	struct server		*srv = NULL;
@@ -694,10 +695,7 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		rc = WORKER_EXIT_LOAD;
 		goto done;
 	}
-	session_config_init(&cfg);
-	policy_session_config(policy, &cfg);
-	if ((srv = server_create(base, &cfg, policy_hooks(policy), policy,
-	    grace)) == NULL) {
+	if ((srv = serve_server(base, policy, grace)) == NULL) {
 		log_error(0, "cannot create the server: out of memory");
 		goto done;
 	}
@@ -724,6 +722,34 @@ done:
 	if (base != NULL)
 		event_base_free(base);
 	return rc;
+}
+
+/*
+ * A server with the policy's hooks and the settings of each port: those of
+ * the ports the script listens on (TLS, AUTH before TLS), the script's
+ * server options for every other port (--listen).  NULL: out of memory.
+ */
+static struct server *
+serve_server(struct event_base *base, struct policy *policy, unsigned grace)
+{
+	struct server_port	 sp = { .tls = policy_tls(policy) };
+	struct server		*srv;
+
+	session_config_init(&sp.cfg);
+	policy_session_config(policy, &sp.cfg);
+	if ((srv = server_create(base, &sp, policy_hooks(policy), policy,
+	    grace)) == NULL)
+		return NULL;
+	for (size_t i = 0; i < policy_listen_count(policy); i++) {
+		uint16_t port = policy_listen_at(policy, i)->port;
+
+		policy_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		if (server_set_port(srv, port, &sp) == -1) {
+			server_destroy(srv);
+			return NULL;
+		}
+	}
+	return srv;
 }
 
 /* ---- helpers ---------------------------------------------------------------- */
