@@ -45,7 +45,6 @@
 
 #include "conn.h"
 #include "log.h"
-#include "policy.h"
 #include "session.h"
 #include "tls.h"
 
@@ -78,7 +77,7 @@ struct conn {
 	uint64_t		 bytes_in;
 	const char		*why;		/* why the conn ended, for the log */
 	const char		*hint;		/* the reason if the engine closes now */
-	struct session_config	 cfg;		/* the listener's, from the policy */
+	struct session_config	 cfg;		/* its port's (server.c) */
 	struct tls_ctx		*tls;		/* NULL: no TLS */
 	bool			 implicit_tls;	/* handshake before the greeting */
 	const struct session_hooks *hooks;
@@ -148,8 +147,8 @@ conn_tv(uint64_t ms)
 
 struct conn *
 conn_create(struct event_base *base, evutil_socket_t fd,
-    const struct session_config *cfg, const struct session_hooks *hooks,
-    void *hook_ctx, struct conn_list *list)
+    const struct session_config *cfg, struct tls_ctx *tls, bool implicit_tls,
+    const struct session_hooks *hooks, void *hook_ctx, struct conn_list *list)
 {
 	struct conn	*c;
 	int		 one = 1;
@@ -161,6 +160,8 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 	}
 	c->list = list;
 	c->cfg = *cfg;
+	c->tls = tls;
+	c->implicit_tls = implicit_tls;
 	c->hooks = hooks;
 	c->hook_ctx = hook_ctx;
 	if ((c->next = list->head) != NULL)
@@ -169,11 +170,6 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 	list->count++;
 
 	conn_peer_fill(fd, &c->peer);
-	if (hooks == policy_hooks(NULL)) {	/* hook_ctx is the policy */
-		c->tls = policy_tls(hook_ctx);
-		policy_port_config(hook_ctx, c->peer.local_port, &c->cfg,
-		    &c->implicit_tls);
-	}
 	if (c->tls == NULL)
 		c->cfg.starttls = c->implicit_tls = false;
 	(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

@@ -2,9 +2,9 @@
  * conn.h -- one accepted SMTP client: a bufferevent feeding a session.
  *
  * The path of a client's bytes: listener.c accepts the socket and server.c
- * calls conn_create(), which wraps the socket in a bufferevent and creates
- * the session (session.h) with the policy's hooks and an io over that
- * bufferevent.  The read callback feeds the input buffer to session_feed()
+ * calls conn_create() with the settings of the socket's local port, which
+ * wraps the socket in a bufferevent and creates the session (session.h) with
+ * those settings, the given hooks and an io over that bufferevent.  The read callback feeds the input buffer to session_feed()
  * segment by segment and keeps whatever the engine did not take until the
  * engine calls io->wake.  Replies are appended to the output buffer and
  * libevent flushes all replies of a pipelined batch in one write.
@@ -27,6 +27,7 @@
 #ifndef LUASMTPD_CONN_H
 #define LUASMTPD_CONN_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include <event2/util.h>
@@ -35,6 +36,7 @@
 
 struct event_base;
 struct conn;
+struct tls_ctx;
 
 struct conn_list {
 	struct conn	*head;
@@ -45,16 +47,16 @@ struct conn_list {
 };
 
 /*
- * Takes ownership of fd (closed on failure too).  cfg, hooks and list must
- * outlive the conn.  Returns NULL (and logs) if the session or the
- * bufferevent cannot be created.  When hooks are a policy's (policy.h), the
- * policy's settings for the listener's port replace cfg: STARTTLS, implicit
- * TLS, AUTH before TLS (policy_port_config()).
+ * Takes ownership of fd (closed on failure too).  cfg is copied; tls, hooks
+ * and list must outlive the conn.  tls NULL: neither cfg->starttls nor
+ * implicit_tls (the handshake before the greeting, RFC 8314) is honoured.
+ * Returns NULL (and logs) if the session or the bufferevent cannot be
+ * created.
  */
 struct conn	*conn_create(struct event_base *base, evutil_socket_t fd,
-		    const struct session_config *cfg,
-		    const struct session_hooks *hooks, void *hook_ctx,
-		    struct conn_list *list);
+		    const struct session_config *cfg, struct tls_ctx *tls,
+		    bool implicit_tls, const struct session_hooks *hooks,
+		    void *hook_ctx, struct conn_list *list);
 /* Frees at once, without a reply; session_destroy() runs.  NULL is a no-op. */
 void		 conn_destroy(struct conn *c);
 

@@ -200,18 +200,6 @@ fail:
 	return NULL;
 }
 
-struct listener *
-listener_create(struct event_base *base, const char *host, uint16_t port,
-    listener_accept_fn cb, void *arg, char *err, size_t errlen)
-{
-	char		name[LISTENER_NAME_MAX];
-	evutil_socket_t	fd;
-
-	if ((fd = listener_bind(host, port, name, sizeof(name), err, errlen)) == -1)
-		return NULL;
-	return listener_adopt(base, fd, cb, arg, err, errlen);
-}
-
 void
 listener_destroy(struct listener *l)
 {

@@ -36,26 +36,18 @@ int		 listener_parse(const char *spec, char *host, size_t hostlen,
 		    uint16_t *port, char *err, size_t errlen);
 
 /*
- * Binds host:port (host "" = LISTENER_DEFAULT_HOST) and starts accepting.
- * Returns NULL with one line naming the address in err (address in use,
- * not resolvable, permission denied).
- */
-struct listener	*listener_create(struct event_base *base, const char *host,
-		    uint16_t port, listener_accept_fn cb, void *arg,
-		    char *err, size_t errlen);
-void		 listener_destroy(struct listener *l);	/* NULL is a no-op */
-
-/*
- * The two halves of listener_create().  listener_bind() binds and listens
- * (non-blocking, close-on-exec) without accepting; it returns the socket
- * and writes its name ("ADDR:PORT", real port) into name, or returns -1
- * with one line in err.  listener_adopt() starts accepting on such a
- * socket; it owns fd from then on (closed on failure and by destroy).
+ * listener_bind() binds host:port (host "" = LISTENER_DEFAULT_HOST) and
+ * listens (non-blocking, close-on-exec) without accepting; it returns the
+ * socket and writes its name ("ADDR:PORT", real port) into name, or returns
+ * -1 with one line naming the address in err (address in use, not
+ * resolvable, permission denied).  listener_adopt() starts accepting on
+ * such a socket; it owns fd from then on (closed on failure and by destroy).
  */
 evutil_socket_t	 listener_bind(const char *host, uint16_t port, char *name,
 		    size_t namelen, char *err, size_t errlen);
 struct listener	*listener_adopt(struct event_base *base, evutil_socket_t fd,
 		    listener_accept_fn cb, void *arg, char *err, size_t errlen);
+void		 listener_destroy(struct listener *l);	/* NULL is a no-op */
 
 /* "127.0.0.1:2525" or "[::1]:2525", with the port actually bound. */
 const char	*listener_name(const struct listener *l);

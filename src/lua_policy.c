@@ -261,11 +261,13 @@ policy_start(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (p->bridge != NULL)
 		lcore_bridge_flush(p->bridge);
+	lcore_enter(0, "start");	/* watched like any call into Lua */
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, p->start_ref);
 	if (lua_pcall(L, 0, 0, top + 1) != LUA_OK)
 		log_error(0, "lua: start failed: %s", lua_tostring(L, -1));
 	lua_settop(L, top);
+	lcore_leave(L);
 }
 
 /* ---- the handler watchdog ------------------------------------------------ */

@@ -110,6 +110,8 @@ static volatile sig_atomic_t	 orphan_secs;	/* since the master died; 0: it lives
 
 static int	 serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		    void (*ready)(void *), void *ready_arg, struct busy *busy);
+static struct server *serve_server(struct event_base *, struct policy *,
+		    unsigned grace);
 static int	 ready_open(const char *path);
 static int	 ready_commit(const char *path, const struct master_config *mc);
 static void	 ready_discard(void);
@@ -859,7 +861,6 @@ static int
 serve(const char *script, int *fds, size_t nfds, unsigned grace,
     void (*ready)(void *), void *ready_arg, struct busy *busy)
 {
-	struct session_config	 cfg;
 	struct event_base	*base = NULL;
 	struct policy		*policy = NULL;
 	struct server		*srv = NULL;
@@ -882,10 +883,7 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 	}
 	if (busy != NULL)
 		policy_watch(policy, busy);
-	session_config_init(&cfg);
-	policy_session_config(policy, &cfg);
-	if ((srv = server_create(base, &cfg, policy_hooks(policy), policy,
-	    grace)) == NULL) {
+	if ((srv = serve_server(base, policy, grace)) == NULL) {
 		log_error(0, "cannot create the server: out of memory");
 		goto done;
 	}
@@ -912,6 +910,34 @@ done:
 	if (base != NULL)
 		event_base_free(base);
 	return rc;
+}
+
+/*
+ * A server with the policy's hooks and the settings of each port: those of
+ * the ports the script listens on (TLS, AUTH before TLS), the script's
+ * server options for every other port (--listen).  NULL: out of memory.
+ */
+static struct server *
+serve_server(struct event_base *base, struct policy *policy, unsigned grace)
+{
+	struct server_port	 sp = { .tls = policy_tls(policy) };
+	struct server		*srv;
+
+	session_config_init(&sp.cfg);
+	policy_session_config(policy, &sp.cfg);
+	if ((srv = server_create(base, &sp, policy_hooks(policy), policy,
+	    grace)) == NULL)
+		return NULL;
+	for (size_t i = 0; i < policy_listen_count(policy); i++) {
+		uint16_t port = policy_listen_at(policy, i)->port;
+
+		policy_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		if (server_set_port(srv, port, &sp) == -1) {
+			server_destroy(srv);
+			return NULL;
+		}
+	}
+	return srv;
 }
 
 /* ---- helpers ---------------------------------------------------------------- */

@@ -1,7 +1,7 @@
 /*
  * policy.h -- a loaded policy script, as the server sees it.
  *
- * The server (main.c, conn.c) knows a policy only through this interface:
+ * The server (main.c, master.c) knows a policy only through this interface:
  * load a script, read what it configured (options, listen addresses), and
  * get the session hooks that carry every SMTP event into Lua.  The Lua side
  * lives in lua_*.c and lua/smtp/.
@@ -76,10 +76,7 @@ const struct policy_listen *policy_listen_at(const struct policy *p, size_t i);
 struct busy;
 void		 policy_watch(struct policy *p, struct busy *b);
 
-/*
- * The hooks for session_create(); the context is the policy itself.  The
- * same for every policy: p may be NULL to compare (conn.c does).
- */
+/* The hooks for session_create(); the context is the policy itself. */
 const struct session_hooks *policy_hooks(const struct policy *p);
 
 #endif

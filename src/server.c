@@ -1,9 +1,12 @@
 /*
- * server.c -- the listeners, the list of live connections and the stop sequence.
+ * server.c -- the listeners, the settings of each port, the list of live
+ * connections and the stop sequence.
  *
- * Owns every listener and the conn_list; turns SIGTERM/SIGINT into the
- * stop sequence described in server.h: stop accepting, grace period,
- * 421 to who is left, a bounded flush, loop exit.
+ * Owns every listener, the settings of each local port (what the host of
+ * the Lua state computed from the script: session config, TLS context) and
+ * the conn_list; creates each conn with its listener's port settings; turns
+ * SIGTERM/SIGINT into the stop sequence described in server.h: stop
+ * accepting, grace period, 421 to who is left, a bounded flush, loop exit.
  */
 #include <signal.h>
 #include <stdbool.h>
@@ -29,20 +32,36 @@ enum server_state {
 	SRV_DONE,
 };
 
+/* An accepting socket; its clients' local port is the port it is bound to. */
+struct server_listener {
+	struct server	*srv;
+	struct listener	*l;
+	uint16_t	 port;
+};
+
+/* The settings of one local port (server_set_port). */
+struct server_port_entry {
+	uint16_t		 port;
+	struct server_port	 sp;
+};
+
 struct server {
 	struct event_base		*base;
-	const struct session_config	*cfg;
+	struct server_port		 dflt;		/* ports not in ports[] */
+	struct server_port_entry	*ports;
+	size_t				 nports;
 	const struct session_hooks	*hooks;
 	void				*hook_ctx;
 	unsigned			 grace_secs;
 	enum server_state		 state;
-	struct listener			*listeners[SERVER_LISTENERS_MAX];
+	struct server_listener		 listeners[SERVER_LISTENERS_MAX];
 	size_t				 nlisteners;
 	struct conn_list		 conns;
 	struct event			*sigterm, *sigint;
 	struct event			*timer;		/* grace, then flush bound */
 };
 
+static const struct server_port *server_port_find(const struct server *, uint16_t);
 static void	server_accept(void *, evutil_socket_t);
 static void	server_signal_cb(evutil_socket_t, short, void *);
 static void	server_timer_cb(evutil_socket_t, short, void *);
@@ -52,7 +71,7 @@ static void	server_close_all(struct server *);
 static void	server_finish(struct server *);
 
 struct server *
-server_create(struct event_base *base, const struct session_config *cfg,
+server_create(struct event_base *base, const struct server_port *dflt,
     const struct session_hooks *hooks, void *hook_ctx, unsigned grace_secs)
 {
 	struct server	*srv;
@@ -60,7 +79,7 @@ server_create(struct event_base *base, const struct session_config *cfg,
 	if ((srv = calloc(1, sizeof(*srv))) == NULL)
 		return NULL;
 	srv->base = base;
-	srv->cfg = cfg;
+	srv->dflt = *dflt;
 	srv->hooks = hooks;
 	srv->hook_ctx = hook_ctx;
 	srv->grace_secs = grace_secs;
@@ -92,32 +111,35 @@ server_destroy(struct server *srv)
 		event_free(srv->sigint);
 	if (srv->timer != NULL)
 		event_free(srv->timer);
+	free(srv->ports);
 	free(srv);
 }
 
 int
-server_listen(struct server *srv, const char *host, uint16_t port, char *err,
-    size_t errlen)
+server_set_port(struct server *srv, uint16_t port, const struct server_port *sp)
 {
-	struct listener	*l;
+	struct server_port_entry	*ports;
+	size_t				 i;
 
-	if (srv->nlisteners == SERVER_LISTENERS_MAX) {
-		snprintf(err, errlen, "too many listen addresses (at most %d)",
-		    SERVER_LISTENERS_MAX);
-		return -1;
+	for (i = 0; i < srv->nports && srv->ports[i].port != port; i++)
+		;
+	if (i == srv->nports) {
+		/* conns copy their config: moving the table is safe */
+		ports = realloc(srv->ports, (srv->nports + 1) * sizeof(*ports));
+		if (ports == NULL)
+			return -1;
+		srv->ports = ports;
+		srv->nports++;
 	}
-	l = listener_create(srv->base, host, port, server_accept, srv, err, errlen);
-	if (l == NULL)
-		return -1;
-	srv->listeners[srv->nlisteners++] = l;
-	log_info(0, "listening on %s", listener_name(l));
+	srv->ports[i].port = port;
+	srv->ports[i].sp = *sp;
 	return 0;
 }
 
 int
 server_adopt(struct server *srv, int fd, char *err, size_t errlen)
 {
-	struct listener	*l;
+	struct server_listener	*sl;
 
 	if (srv->nlisteners == SERVER_LISTENERS_MAX) {
 		snprintf(err, errlen, "too many listen addresses (at most %d)",
@@ -125,23 +147,15 @@ server_adopt(struct server *srv, int fd, char *err, size_t errlen)
 		close(fd);
 		return -1;
 	}
-	if ((l = listener_adopt(srv->base, fd, server_accept, srv, err, errlen)) == NULL)
+	sl = &srv->listeners[srv->nlisteners];
+	sl->srv = srv;
+	if ((sl->l = listener_adopt(srv->base, fd, server_accept, sl, err,
+	    errlen)) == NULL)
 		return -1;
-	srv->listeners[srv->nlisteners++] = l;
-	log_debug(0, "accepting on %s", listener_name(l));
+	sl->port = listener_port(sl->l);
+	srv->nlisteners++;
+	log_debug(0, "accepting on %s", listener_name(sl->l));
 	return 0;
-}
-
-size_t
-server_listener_count(const struct server *srv)
-{
-	return srv->nlisteners;
-}
-
-const char *
-server_listener_name(const struct server *srv, size_t i)
-{
-	return i < srv->nlisteners ? listener_name(srv->listeners[i]) : NULL;
 }
 
 int
@@ -188,17 +202,29 @@ server_stop(struct server *srv)
 	}
 }
 
+static const struct server_port *
+server_port_find(const struct server *srv, uint16_t port)
+{
+	for (size_t i = 0; i < srv->nports; i++)
+		if (srv->ports[i].port == port)
+			return &srv->ports[i].sp;
+	return &srv->dflt;
+}
+
 static void
 server_accept(void *arg, evutil_socket_t fd)
 {
-	struct server	*srv = arg;
+	struct server_listener	*sl = arg;
+	struct server		*srv = sl->srv;
+	const struct server_port *sp;
 
 	if (srv->state != SRV_RUNNING) {
 		evutil_closesocket(fd);
 		return;
 	}
-	(void)conn_create(srv->base, fd, srv->cfg, srv->hooks, srv->hook_ctx,
-	    &srv->conns);
+	sp = server_port_find(srv, sl->port);
+	(void)conn_create(srv->base, fd, &sp->cfg, sp->tls, sp->implicit_tls,
+	    srv->hooks, srv->hook_ctx, &srv->conns);
 }
 
 static void
@@ -243,7 +269,7 @@ static void
 server_close_listeners(struct server *srv)
 {
 	for (size_t i = 0; i < srv->nlisteners; i++)
-		listener_destroy(srv->listeners[i]);
+		listener_destroy(srv->listeners[i].l);
 	srv->nlisteners = 0;
 }
 

@@ -1,13 +1,16 @@
 /*
- * server.h -- the running server: listeners, live connections, signals.
+ * server.h -- the running server: listeners, per-port settings, live
+ * connections, signals.
  *
- * main.c loads the policy, then creates a server on an event base with the
- * session config and the policy's hooks, adds listeners, and runs it.  Each
- * accepted socket (listener.c) becomes a conn (conn.c), which drives one
- * session (session.c) whose hooks call into the policy (lua_*.c):
+ * The worker (master.c) loads the policy, then creates a server on an event
+ * base with the policy's hooks and the settings of each local port (session
+ * config, TLS context), adopts the listening sockets, and runs it.  Each
+ * accepted socket (listener.c) becomes a conn (conn.c) with the settings of
+ * its listener's port, and drives one session (session.c) whose hooks call
+ * into the policy (lua_*.c):
  *
- *     listener --fd--> server --conn_create--> conn <--io/feed--> session
- *                                                            \--hooks--> Lua
+ *     listener --fd--> server --conn_create(cfg, tls)--> conn <--io/feed--> session
+ *                                                                  \--hooks--> Lua
  *
  * Stopping: the first SIGTERM or SIGINT closes the listeners and gives live
  * sessions the grace period to finish; then each remaining one is told
@@ -22,6 +25,7 @@
 #ifndef LUASMTPD_SERVER_H
 #define LUASMTPD_SERVER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -31,23 +35,39 @@
 
 struct event_base;
 struct server;
+struct tls_ctx;
 
-/* cfg and hooks must outlive the server. */
+/*
+ * What the clients accepted on one local port get.  Without a TLS context
+ * a port offers neither STARTTLS nor implicit TLS, whatever cfg says.
+ */
+struct server_port {
+	struct session_config	 cfg;
+	struct tls_ctx		*tls;		/* NULL: no TLS */
+	bool			 implicit_tls;	/* handshake before the greeting (RFC 8314) */
+};
+
+/*
+ * dflt: the settings of every port server_set_port() does not name (copied).
+ * hooks, and the TLS contexts of every server_port, must outlive the server.
+ */
 struct server	*server_create(struct event_base *base,
-		    const struct session_config *cfg,
+		    const struct server_port *dflt,
 		    const struct session_hooks *hooks, void *hook_ctx,
 		    unsigned grace_secs);
 void		 server_destroy(struct server *srv);	/* NULL is a no-op */
 
-/* Binds one more listener.  Returns 0, or -1 with one line in err. */
-int		 server_listen(struct server *srv, const char *host,
-		    uint16_t port, char *err, size_t errlen);
+/*
+ * The settings of the clients accepted on local port `port` from now on
+ * (copied; a second call for a port replaces the first).  Returns 0, or -1
+ * when out of memory.
+ */
+int		 server_set_port(struct server *srv, uint16_t port,
+		    const struct server_port *sp);
+
 /* Accepts on fd, a socket listener_bind() bound (the server owns it now). */
 int		 server_adopt(struct server *srv, int fd, char *err,
 		    size_t errlen);
-size_t		 server_listener_count(const struct server *srv);
-/* "ADDR:PORT" with the port actually bound. */
-const char	*server_listener_name(const struct server *srv, size_t i);
 
 /* Runs the event loop until a signal stopped the server.  Returns 0 or -1. */
 int		 server_run(struct server *srv);

@@ -5,7 +5,7 @@
  * libevent or Lua: a transport (struct session_io) feeds it bytes and
  * receives replies; a policy (struct session_hooks) is asked for every
  * decision and may answer at once or later through session_decide().
- * The libevent server (conn.c), the Lua test harness (lua_engine.c) and
+ * The libevent server (conn.c), the Lua test harness (lua_session.c) and
  * the fuzzers all drive this same engine.
  */
 #ifndef LUASMTPD_SESSION_H
