@@ -2,11 +2,12 @@
  * lua_bridge.c -- the hooks bridge: a policy's session_hooks, into Lua.
  *
  * Every engine call into Lua is a call of the kinds function for its hook
- * (kinds.ask, .data, ...), an event without a Lua listener never enters Lua,
- * and outcomes wait for the next call into Lua (kinds.outcome each, just
- * before it).  Owns the bridge object (smtp_core.bridge) and its map of
- * session pointers to the weak handles Lua holds (a handle outlives its
- * session; lua_session.c has their methods).
+ * (kinds.ask, .data, ...), and an event without a Lua listener never enters
+ * Lua.  The envelope is the engine's (session_sender() ...): of outcomes,
+ * only the end of a message is a call (kinds.outcome, at once).  Owns the
+ * bridge object (smtp_core.bridge), its map of session pointers to the weak
+ * handles Lua holds (a handle outlives its session; lua_session.c has their
+ * methods) and the one converter of paths into address objects.
  * Knows nothing of sockets or libevent: timers belong to the caller.
  */
 #include <ctype.h>
@@ -51,27 +52,104 @@ lcore_new_handle(struct lbridge *b, lua_State *L, int bridge_idx)
 	struct lsession *ls;
 
 	bridge_idx = lua_absindex(L, bridge_idx);
-	ls = lua_newuserdatauv(L, sizeof(*ls), 1);
+	ls = lua_newuserdatauv(L, sizeof(*ls), UV_N);
 	memset(ls, 0, sizeof(*ls));
 	ls->b = b;
 	luaL_setmetatable(L, LCORE_SESSION_MT);
 	lua_pushvalue(L, bridge_idx);
-	lua_setiuservalue(L, -2, 1);	/* the handle keeps its bridge alive */
+	lua_setiuservalue(L, -2, UV_BRIDGE);	/* the handle keeps its bridge alive */
 	return ls;
 }
 
-/* hook_ask's handle is forgotten by any change of the map */
+/* ---- address objects ------------------------------------------------------ */
+
+/*
+ * The handle's address objects are kept by serial, so that the object a MAIL
+ * or RCPT listener saw (and its data) is the one connection.sender and
+ * message.recipients give.  A new transaction forgets them (then a dropped
+ * table is all it costs), and so does a refused path (no growth per refused
+ * RCPT).  Neither allocates.
+ */
 static void
-forget_ask(struct lbridge *b)
+paths_forget(lua_State *L, int idx)
 {
-	b->ask_s = NULL;
-	b->ask_ls = NULL;
+	idx = lua_absindex(L, idx);
+	lua_pushnil(L);
+	lua_setiuservalue(L, idx, UV_PATHS);
+}
+
+static void
+paths_drop(lua_State *L, int idx, unsigned serial)
+{
+	if (lua_getiuservalue(L, idx, UV_PATHS) == LUA_TTABLE) {
+		lua_pushnil(L);
+		lua_rawseti(L, -2, serial);
+	}
+	lua_pop(L, 1);
+}
+
+void
+lcore_push_path(lua_State *L, int idx, const struct smtp_path *p,
+    unsigned serial, int recipient)
+{
+	struct lsession	*ls;
+	char		 key[64];
+
+	idx = lua_absindex(L, idx);
+	ls = lua_touserdata(L, idx);
+	if (lua_getiuservalue(L, idx, UV_PATHS) != LUA_TTABLE) {
+		lua_pop(L, 1);
+		lua_newtable(L);
+		lua_pushvalue(L, -1);
+		lua_setiuservalue(L, idx, UV_PATHS);
+	}
+	if (lua_rawgeti(L, -1, serial) == LUA_TTABLE) {
+		lua_remove(L, -2);
+		return;
+	}
+	lua_pop(L, 1);
+	lua_createtable(L, 0, 5 + (p->nparams > 0));
+	lua_pushstring(L, p->address ? p->address : "");
+	lua_setfield(L, -2, "address");
+	lua_pushstring(L, p->local ? p->local : "");
+	lua_setfield(L, -2, "localPart");
+	lua_pushstring(L, p->domain ? p->domain : "");
+	lua_setfield(L, -2, "domain");
+	lua_pushboolean(L, p->utf8);
+	lua_setfield(L, -2, "utf8");
+	lua_pushboolean(L, 1);
+	lua_setfield(L, -2, "valid");
+	if (p->nparams > 0) {		/* else Lua makes an empty one when read */
+		lua_createtable(L, 0, (int)p->nparams);
+		for (size_t i = 0; i < p->nparams && i < SMTP_PARAMS_MAX; i++) {
+			size_t j;
+
+			if (p->params[i].key == NULL)
+				continue;
+			for (j = 0; p->params[i].key[j] && j < sizeof(key) - 1; j++)
+				key[j] = (char)toupper((unsigned char)p->params[i].key[j]);
+			key[j] = '\0';
+			if (p->params[i].value != NULL)
+				lua_pushstring(L, p->params[i].value);
+			else
+				lua_pushboolean(L, 1);
+			lua_setfield(L, -2, key);
+		}
+		lua_setfield(L, -2, "params");
+	}
+	if (ls != NULL && ls->b != NULL &&
+	    lua_rawgeti(L, LUA_REGISTRYINDEX, ls->b->meta_ref[recipient != 0]) == LUA_TTABLE)
+		lua_setmetatable(L, -2);
+	else
+		lua_pop(L, 1);
+	lua_pushvalue(L, -1);
+	lua_rawseti(L, -3, serial);
+	lua_remove(L, -2);		/* the handle's table */
 }
 
 static void
 map_set(struct lbridge *b, lua_State *L, struct session *s, int idx)
 {
-	forget_ask(b);
 	idx = lua_absindex(L, idx);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
 	lua_pushvalue(L, idx);
@@ -82,7 +160,7 @@ map_set(struct lbridge *b, lua_State *L, struct session *s, int idx)
 static void
 map_clear(struct lbridge *b, lua_State *L, struct session *s)
 {
-	forget_ask(b);
+	(void)b;
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->map_ref);
 	lua_pushnil(L);
 	lua_rawsetp(L, -2, s);
@@ -93,15 +171,12 @@ map_clear(struct lbridge *b, lua_State *L, struct session *s)
 
 /*
  * One call of the Lua function of its kind, kinds[kind](handle, ...), from
- * a hook, after kinds.outcome(handle | false, event, code, argument | nil)
- * for each pending outcome (nil when the ask ran in Lua: its object is
- * there).  Everything that may allocate (and so raise) runs inside
+ * a hook.  Everything that may allocate (and so raise) runs inside
  * lua_pcall: a hook is called from C with no Lua frame to catch an error,
- * and an unprotected error would abort.  HK_FLUSH applies only the pending
- * outcomes.
+ * and an unprotected error would abort.
  */
 static const char *const hkind_names[] = {
-	"ask", "cancel", "flush", "data", "abort", "closed", "outcome", "bind",
+	"ask", "cancel", "data", "abort", "closed", "outcome", "bind",
 };
 
 struct hcall {
@@ -140,16 +215,13 @@ traceback(lua_State *L)
 }
 
 /*
- * An ask's arguments: a table of the fields the event has (a path: the
- * address object's fields, valid = true, params only when there are some);
- * the end of data passes its size alone, and DATA, RSET and QUIT (no fields)
- * pass nil.
+ * An ask's arguments: the address object for MAIL and RCPT (lcore_push_path,
+ * for the handle at 2), else a table of the fields the event has; the end of
+ * data passes its size alone, and DATA, RSET and QUIT (no fields) pass nil.
  */
 static void
 push_args(lua_State *L, enum session_event ev, const struct session_event_args *a)
 {
-	char key[64];
-
 	if (ev == SEV_DATA || ev == SEV_RSET || ev == SEV_QUIT) {
 		lua_pushnil(L);
 		return;
@@ -161,9 +233,11 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 			lua_pushnil(L);
 		return;
 	}
-	/* sized for what follows */
-	lua_createtable(L, 0, a == NULL ? 0 : a->path != NULL ? 5 + (a->path->nparams > 0) :
-	    ev == SEV_AUTH ? 4 : a->arg != NULL ? 1 : 0);
+	if (a != NULL && a->path != NULL) {
+		lcore_push_path(L, 2, a->path, a->serial, ev == SEV_RCPT);
+		return;
+	}
+	lua_createtable(L, 0, a == NULL ? 0 : ev == SEV_AUTH ? 4 : a->arg != NULL ? 1 : 0);
 	if (a == NULL)
 		return;
 	if (a->arg != NULL) {
@@ -179,38 +253,6 @@ push_args(lua_State *L, enum session_event ev, const struct session_event_args *
 		lua_setfield(L, -2, "password");
 		lua_pushstring(L, a->auth->authzid ? a->auth->authzid : "");
 		lua_setfield(L, -2, "authzid");
-	}
-	if (a->path != NULL) {
-		const struct smtp_path *p = a->path;
-
-		lua_pushstring(L, p->address ? p->address : "");
-		lua_setfield(L, -2, "address");
-		lua_pushstring(L, p->local ? p->local : "");
-		lua_setfield(L, -2, "localPart");
-		lua_pushstring(L, p->domain ? p->domain : "");
-		lua_setfield(L, -2, "domain");
-		lua_pushboolean(L, p->utf8);
-		lua_setfield(L, -2, "utf8");
-		lua_pushboolean(L, 1);
-		lua_setfield(L, -2, "valid");
-		if (p->nparams == 0)
-			return;		/* Lua makes an empty params table when read */
-		lua_createtable(L, 0, (int)p->nparams);
-		for (size_t i = 0; i < p->nparams && i < SMTP_PARAMS_MAX; i++) {
-			size_t j;
-
-			if (p->params[i].key == NULL)
-				continue;
-			for (j = 0; p->params[i].key[j] && j < sizeof(key) - 1; j++)
-				key[j] = (char)toupper((unsigned char)p->params[i].key[j]);
-			key[j] = '\0';
-			if (p->params[i].value != NULL)
-				lua_pushstring(L, p->params[i].value);
-			else
-				lua_pushboolean(L, 1);
-			lua_setfield(L, -2, key);
-		}
-		lua_setfield(L, -2, "params");
 	}
 }
 
@@ -240,66 +282,23 @@ bind_handle(lua_State *L, struct lbridge *b, struct session *s)
 }
 
 /*
- * Pushes outcome(handle | false, event, code, argument) calls for the
- * pending outcomes, the first one on top, and forgets them: all of them are
- * on the stack before any runs (an outcome's listeners may queue more).
- */
-static unsigned
-push_pending(lua_State *L, struct lbridge *b)
-{
-	unsigned n = b->npending;
-
-	b->npending = 0;
-	for (unsigned i = n; i-- > 0;) {
-		struct pending *p = &b->pending[i];
-
-		lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[HK_OUTCOME]);
-		if (push_handle(b, L, p->s) == NULL)
-			lua_pushboolean(L, 0);
-		lua_pushstring(L, session_event_name(p->ev));
-		lua_pushinteger(L, p->code);
-		if (p->has_arg)
-			lua_pushstring(L, p->arg);
-		else
-			lua_pushnil(L);	/* the ask's object in Lua has it */
-	}
-	return n;
-}
-
-/*
  * The protected body of a hook: hcall_run(lightuserdata hcall).  The
- * function of the hook's kind and the handle go first, then the pending
- * outcomes are applied (each a call of its own, no varargs), then the call.
+ * function of the hook's kind and the handle go first, then its arguments.
  */
 static int
 hcall_run(lua_State *L)
 {
 	struct hcall	*c = lua_touserdata(L, 1);
 	struct lbridge	*b = c->b;
-	unsigned	 np;
 	int		 n;
 
 	lua_settop(L, 0);
-	luaL_checkstack(L, 16 + 5 * PENDING_MAX, "pending outcomes");
-	if (c->kind == HK_FLUSH)
-		lua_pushnil(L);
-	else {
-		lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[c->kind]);
-		if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
-			bind_handle(L, b, c->s);
-		else if (push_handle(b, L, c->s) == NULL) {
-			if (b->npending == 0)
-				return 0;
-			c->kind = HK_FLUSH;	/* the session is gone: only the outcomes */
-			lua_settop(L, 0);
-			lua_pushnil(L);
-		}
-	}
-	np = push_pending(L, b);
-	while (np-- > 0)
-		lua_call(L, 4, 0);
-	if (c->kind == HK_FLUSH)
-		return 0;
+	luaL_checkstack(L, 16, "hook call");
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[c->kind]);
+	if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
+		bind_handle(L, b, c->s);
+	else if (push_handle(b, L, c->s) == NULL)
+		return 0;		/* the session's handle is gone */
 	switch (c->kind) {
 	case HK_ASK:
 		lua_pushstring(L, session_event_name(c->ev));
@@ -314,14 +313,21 @@ hcall_run(lua_State *L)
 	case HK_ABORT:
 		lua_pushstring(L, c->why);
 		break;
+	case HK_OUTCOME:
+		lua_pushstring(L, session_event_name(c->ev));
+		lua_pushinteger(L, c->code);
+		break;
 	default:
 		break;
 	}
 	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
-	/* ask: returns true, accept, code, text | false (a decide follows) */
+	/*
+	 * ask: returns true, accept, code, text | false (a decide follows);
+	 * true alone is the engine's default verdict
+	 */
 	n = lua_gettop(L);
 	c->done = n >= 1 && lua_toboolean(L, 1);
-	c->accept = n >= 2 ? lua_toboolean(L, 2) : 1;
+	c->accept = n >= 2 ? lua_toboolean(L, 2) : lcore_default_accept(c->ev);
 	c->vcode = n >= 3 ? (int)lua_tointeger(L, 3) : 0;
 	c->has_text = n >= 4 && lua_type(L, 4) == LUA_TSTRING;
 	if (c->has_text) {
@@ -351,21 +357,16 @@ hcall(struct hcall *c)
 	int		 top = lua_gettop(L);
 	uint64_t	 id = c->s != NULL ? session_id(c->s) : 0;
 
-	forget_ask(c->b);	/* Lua may drop or collect any handle */
-
 	if (!lua_checkstack(L, 8)) {
 		log_warn(id, "lua: %s: out of stack", hkind_names[c->kind]);
-		c->b->npending = 0;
 		return -1;
 	}
 	lua_pushcfunction(L, traceback);
 	lua_pushcfunction(L, hcall_run);
 	lua_pushlightuserdata(L, c);
 	lcore_enter(id, c->kind == HK_ASK ? session_event_name(c->ev) :
-	    c->kind == HK_CLOSED ? "close" : c->kind == HK_FLUSH ? "outcome" :
-	    hkind_names[c->kind]);
+	    c->kind == HK_CLOSED ? "close" : hkind_names[c->kind]);
 	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
-		c->b->npending = 0;	/* lost with the call: the log says so */
 		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);
@@ -410,7 +411,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	struct lsession	*ls = NULL;
 	struct hcall	 c = { .b = b, .s = s, .kind = HK_ASK, .ev = ev, .args = args };
 
-	v->accept = ev != SEV_AUTH;	/* AUTH fails closed: only Lua says yes */
+	v->accept = lcore_default_accept(ev);
 	v->code = 0;
 	v->text = NULL;
 	if (ev == SEV_CONNECT) {
@@ -434,21 +435,15 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	} else {
 		if ((ls = find_attached(b, s)) == NULL)
 			return HOOK_DONE;
-		/*
-		 * An ask that runs in Lua leaves its event object there for the
-		 * outcome; one that skips Lua leaves the argument here for it.
-		 */
-		ls->arg_lua = (ls->mask & EVBIT(ev)) != 0;
-		if (!ls->arg_lua) {
-			const char *arg = args == NULL || ev == SEV_AUTH ? "" :
-			    args->path != NULL && args->path->address != NULL ?
-			    args->path->address : args->arg != NULL ? args->arg : "";
-
-			copy_bounded(ls->arg, sizeof(ls->arg), arg, strlen(arg));
-			b->ask_s = s;
-			b->ask_ls = ls;
-			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
+		if (ev == SEV_MAIL || ev == SEV_RCPT)
+			ls->ask_serial = args != NULL ? args->serial : 0;
+		if (ev == SEV_MAIL && lua_checkstack(b->L, 4) &&
+		    push_handle(b, b->L, s) != NULL) {
+			paths_forget(b->L, -1);		/* a new transaction */
+			lua_pop(b->L, 1);
 		}
+		if ((ls->mask & EVBIT(ev)) == 0)
+			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
 	}
 	if (hcall(&c) == -1) {
 		verdict_fail(b, v);
@@ -460,14 +455,6 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	v->code = c.vcode;
 	if (c.has_text)
 		v->text = b->text;
-	if (ls != NULL) {
-		/*
-		 * The handle was on the stack for the call, and nothing has run
-		 * Lua since: still alive (the outcome checks its flags again).
-		 */
-		b->ask_s = s;
-		b->ask_ls = ls;
-	}
 	return HOOK_DONE;
 }
 
@@ -481,66 +468,30 @@ hook_cancel(void *ctx, struct session *s, enum session_event ev)
 }
 
 /*
- * Whether Lua acts on an outcome: the connection's helo, sender and
- * recipients, and the end of a message.  A DATA that got 354, CONNECT,
- * QUIT, VRFY, EXPN and AUTH change nothing there: no Lua call.
+ * An outcome: the envelope is the engine's, so Lua hears only of the end
+ * of a message (a refused DATA, the final dot's reply), at once, for its
+ * 'accept'/'reject' listeners, and only when it has a message (a 'DATA'
+ * listener made one).  A refused MAIL or RCPT drops its address object.
  */
-static int
-outcome_needs_lua(enum session_event ev, int code)
-{
-	switch (ev) {
-	case SEV_HELO:
-	case SEV_EHLO:
-	case SEV_MAIL:
-	case SEV_RCPT:
-	case SEV_RSET:
-	case SEV_DATA_END:
-		return 1;
-	case SEV_DATA:
-		return code != 354;
-	default:
-		return 0;
-	}
-}
-
-/* Applies the pending outcomes now (one call into Lua), if there are any. */
-static void
-flush_pending(struct lbridge *b)
-{
-	struct hcall c = { .b = b, .kind = HK_FLUSH };
-
-	if (b->npending > 0)
-		hcall(&c);
-}
-
-/* An outcome waits for the next call into Lua (or a full queue). */
 static void
 hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 {
 	struct lbridge	*b = ctx;
-	struct lsession	*ls = b->ask_s == s ? b->ask_ls : NULL;
-	struct pending	*p;
+	struct lsession	*ls;
+	struct hcall	 c = { .b = b, .s = s, .kind = HK_OUTCOME, .ev = ev, .code = code };
 
-	forget_ask(b);
-	if (!outcome_needs_lua(ev, code))
+	if ((ev == SEV_MAIL || ev == SEV_RCPT) && code >= 400) {
+		if (lua_checkstack(b->L, 4) && (ls = push_handle(b, b->L, s)) != NULL) {
+			paths_drop(b->L, -1, ls->ask_serial);
+			lua_pop(b->L, 1);
+		}
 		return;
-	if (ls != NULL ? !ls->attached || ls->finalizing : (ls = find_attached(b, s)) == NULL)
+	}
+	if (ev != SEV_DATA_END && (ev != SEV_DATA || code == 354))
 		return;
-	if (b->npending == PENDING_MAX)
-		flush_pending(b);
-	p = &b->pending[b->npending++];
-	p->s = s;
-	p->ev = ev;
-	p->code = code;
-	p->has_arg = !ls->arg_lua;
-	if (p->has_arg)
-		copy_bounded(p->arg, sizeof(p->arg), ls->arg, strlen(ls->arg));
-	/*
-	 * The end of a message fires its 'accept' or 'reject' listeners: now,
-	 * not at the next call into Lua (a call from Lua flushes as it leaves).
-	 */
-	if ((ev == SEV_DATA_END || ev == SEV_DATA) && b->entered == 0)
-		flush_pending(b);
+	if ((ls = find_attached(b, s)) != NULL &&
+	    (ls->mask & (EVBIT(SEV_DATA) | EVBIT(SEV_DATA_END))) != 0)
+		hcall(&c);
 }
 
 static void
@@ -564,21 +515,6 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 		hcall(&c);
 }
 
-/* Drops the outcomes of s that Lua was not told (its handle is dying). */
-static void
-forget_pending(struct lbridge *b, struct session *s)
-{
-	unsigned j = 0;
-
-	for (unsigned i = 0; i < b->npending; i++)
-		if (b->pending[i].s != s) {
-			if (i != j)
-				b->pending[j] = b->pending[i];
-			j++;
-		}
-	b->npending = j;
-}
-
 /* Forgets s in the map (protected: it may allocate nothing, but be safe). */
 static int
 hcall_forget(lua_State *L)
@@ -597,14 +533,11 @@ hook_closed(void *ctx, struct session *s)
 	struct lsession	*ls;
 	int		 top;
 
-	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL) {
-		forget_pending(b, s);
+	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL)
 		return;
-	}
 	lua_pop(b->L, 1);
 	if (ls->attached && !ls->finalizing)
-		hcall(&c);		/* its pending outcomes go first */
-	forget_pending(b, s);
+		hcall(&c);
 	ls->s = NULL;			/* the handle goes weak */
 	top = lua_gettop(b->L);
 	lua_pushcfunction(b->L, traceback);
@@ -629,12 +562,6 @@ lcore_bridge_set_main(struct lbridge *b, lua_State *L)
 	b->L = b->main = L;
 }
 
-void
-lcore_bridge_flush(struct lbridge *b)
-{
-	flush_pending(b);
-}
-
 /* ---- the bridge ---------------------------------------------------------- */
 
 struct lbridge *
@@ -645,7 +572,9 @@ lcore_check_bridge(lua_State *L, int idx)
 
 /*
  * smtp_core.bridge(kinds) -> bridge: kinds.ask, .cancel, .data, .abort,
- * .closed and .outcome are the functions the hooks call (read once, here).
+ * .closed and .outcome are the functions the hooks call (read once, here);
+ * kinds.senderMeta and .recipientMeta (optional) the address objects'
+ * metatables.
  */
 int
 lcore_bridge(lua_State *L)
@@ -654,7 +583,7 @@ lcore_bridge(lua_State *L)
 
 	luaL_checktype(L, 1, LUA_TTABLE);
 	for (int k = 0; k < HK_NFN; k++)
-		if (k != HK_FLUSH && lua_getfield(L, 1, hkind_names[k]) != LUA_TFUNCTION)
+		if (lua_getfield(L, 1, hkind_names[k]) != LUA_TFUNCTION)
 			return luaL_error(L, "bridge: kinds.%s must be a function", hkind_names[k]);
 	lua_settop(L, 1);
 	b = lua_newuserdatauv(L, sizeof(*b), 0);
@@ -662,13 +591,17 @@ lcore_bridge(lua_State *L)
 	for (int k = 0; k < HK_NFN; k++)
 		b->fn_ref[k] = LUA_NOREF;
 	b->map_ref = LUA_NOREF;
+	b->meta_ref[0] = b->meta_ref[1] = LUA_NOREF;
 	luaL_setmetatable(L, LCORE_BRIDGE_MT);
 	b->L = b->main = L;
-	for (int k = 0; k < HK_NFN; k++)
-		if (k != HK_FLUSH) {
-			lua_getfield(L, 1, hkind_names[k]);
-			b->fn_ref[k] = luaL_ref(L, LUA_REGISTRYINDEX);
-		}
+	for (int k = 0; k < HK_NFN; k++) {
+		lua_getfield(L, 1, hkind_names[k]);
+		b->fn_ref[k] = luaL_ref(L, LUA_REGISTRYINDEX);
+	}
+	lua_getfield(L, 1, "senderMeta");
+	b->meta_ref[0] = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_getfield(L, 1, "recipientMeta");
+	b->meta_ref[1] = luaL_ref(L, LUA_REGISTRYINDEX);
 	/* the map: weak values; its metatable also names the bridge (weakly) */
 	lua_newtable(L);
 	lua_createtable(L, 0, 2);
@@ -696,6 +629,10 @@ lbridge_release(lua_State *L)
 	}
 	luaL_unref(L, LUA_REGISTRYINDEX, b->map_ref);
 	b->map_ref = LUA_NOREF;
+	for (int k = 0; k < 2; k++) {
+		luaL_unref(L, LUA_REGISTRYINDEX, b->meta_ref[k]);
+		b->meta_ref[k] = LUA_NOREF;
+	}
 	return 0;
 }
 

@@ -269,7 +269,6 @@ static const luaL_Reg core_funcs[] = {
 	{ "fqdn",	 lcore_fqdn },
 	{ "fsync",	 lcore_fsync },
 	{ "mkdir",	 lcore_mkdir },
-	{ "run",	 lcore_run },
 	{ "call",	 lcore_call },
 	{ "thread",	 lcore_thread },
 	{ "limits",	 lcore_limits },
@@ -323,5 +322,18 @@ luaopen_smtp_core(lua_State *L)
 	lua_setfield(L, -2, "AUTH");
 	lua_pushstring(L, SESSION_POLICY_ERROR);
 	lua_setfield(L, -2, "POLICY_ERROR");
+	/* defaults the library uses, defined here once */
+	lua_pushliteral(L, LCORE_TLS_NEEDS_CERT);
+	lua_setfield(L, -2, "TLS_NEEDS_CERT");
+	lua_pushinteger(L, HANDLER_BUDGET);
+	lua_setfield(L, -2, "HANDLER_BUDGET");
+	lua_pushnumber(L, CPU_DEFAULT_MS / 1000.0);
+	lua_setfield(L, -2, "HANDLER_CPU");
+	lua_createtable(L, 0, SEV_COUNT);
+	for (int i = 0; i < SEV_COUNT; i++) {
+		lua_pushboolean(L, lcore_default_accept(i));
+		lua_setfield(L, -2, session_event_name((enum session_event)i));
+	}
+	lua_setfield(L, -2, "ACCEPT");
 	return 1;
 }

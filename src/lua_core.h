@@ -34,14 +34,12 @@ struct lbridge	*lcore_check_bridge(lua_State *L, int idx);
  * call from Lua into the engine is in progress.
  */
 extern const struct session_hooks lcore_hooks;
-void		 lcore_bridge_set_main(struct lbridge *b, lua_State *L);
 
-/*
- * Outcomes (a 250 to MAIL, RCPT, the end of data, ...) enter Lua with the
- * next hook call, not on their own.  Whoever runs Lua outside a hook (the
- * server's timers) calls this first, so Lua sees every outcome so far.
- */
-void		 lcore_bridge_flush(struct lbridge *b);
+/* A listen(port, {tls = true}) without server.tls: the one wording (a %d). */
+#define LCORE_TLS_NEEDS_CERT \
+	"listen(%d, ..., {tls = true}) needs server.tls (a certificate and key)"
+
+void		 lcore_bridge_set_main(struct lbridge *b, lua_State *L);
 
 /*
  * Reads a normalized config table (snake_case engine names, as built by

@@ -23,49 +23,35 @@
 					   any valid one (32 lines of 496), so one cut
 					   here is invalid, never cut quietly */
 #define EVBIT(ev)	(1u << (ev))
-#define ARG_MAX		512		/* an ask's argument kept for its outcome */
-#define PENDING_MAX	16		/* outcomes waiting for the next call into Lua */
+#define HANDLER_BUDGET	10000000	/* VM instructions per handler run (handlerBudget) */
+#define CPU_DEFAULT_MS	1000		/* CPU time per handler run (handlerCpuTime) */
+
+/* The verdict when Lua gives none: AUTH fails closed, only Lua says yes. */
+#define lcore_default_accept(ev)	((ev) != SEV_AUTH)
 
 /*
- * An outcome Lua has not been told yet.  Outcomes are not a call into Lua of
- * their own: they wait here and go with the next call (any hook, a timer,
- * the end of a call from Lua into the engine), applied before anything else
- * runs, so Lua never sees a state the engine has moved past.
+ * What a hook calls in Lua: kinds[name](handle, ...).  HK_OUTCOME is the
+ * end of a message only (the envelope is the engine's: session_sender()).
  */
-struct pending {
-	struct session		*s;
-	enum session_event	 ev;
-	int			 code;
-	int			 has_arg;	/* else Lua holds the ask's object: nil */
-	char			 arg[ARG_MAX];
-};
-
-/* What a hook calls in Lua: kinds[name](handle, ...); HK_FLUSH calls nothing. */
 enum hkind {
-	HK_ASK, HK_CANCEL, HK_FLUSH, HK_DATA, HK_ABORT, HK_CLOSED, HK_OUTCOME,
-	HK_NFN,		/* the kinds with a function (HK_FLUSH's is unused) */
+	HK_ASK, HK_CANCEL, HK_DATA, HK_ABORT, HK_CLOSED, HK_OUTCOME,
+	HK_NFN,		/* the kinds with a function */
 	HK_BIND = HK_NFN
 };
+
+/* The handle's user values: its bridge, and its address objects by serial. */
+enum { UV_BRIDGE = 1, UV_PATHS = 2, UV_N = 2 };
 
 struct lbridge {
 	lua_State	*L;		/* the thread hooks run Lua on */
 	lua_State	*main;		/* ... when no call from Lua is in progress */
-	int		 fn_ref[HK_NFN];	/* kinds.ask, .cancel, ... (LUA_NOREF for flush) */
+	int		 fn_ref[HK_NFN];	/* kinds.ask, .cancel, ... */
+	int		 meta_ref[2];	/* kinds.senderMeta, .recipientMeta */
 	int		 map_ref;	/* session pointer -> handle (weak values) */
 	int		 watch_connect;	/* the server has 'connection' listeners */
 	struct lsession	*creating;	/* harness: the handle session_create binds */
 	char		 text[TEXT_MAX];
-	unsigned	 npending;
-	unsigned	 entered;	/* calls from Lua into the engine in progress */
 	uint64_t	 now_ms;	/* harness: the virtual clock (bridge:clock) */
-	/*
-	 * The handle hook_ask found, for the outcome the engine reports next
-	 * (no Lua runs between an answered ask and its outcome): every other
-	 * hook, map change and the handle's __gc forget it.
-	 */
-	struct session	*ask_s;
-	struct lsession	*ask_ls;
-	struct pending	 pending[PENDING_MAX];
 };
 
 struct lsession {
@@ -76,8 +62,7 @@ struct lsession {
 	int		 attached;	/* Lua made a connection object for it */
 	int		 owned;		/* harness: this handle destroys the session */
 	int		 finalizing;
-	int		 arg_lua;	/* the last ask ran in Lua: its object has the argument */
-	char		 arg[ARG_MAX];	/* the last ask's argument, for outcome, when not */
+	unsigned	 ask_serial;	/* the path of the MAIL/RCPT being asked */
 	/* harness transport */
 	struct session_config cfg;
 	char		 hostname[256];
@@ -93,6 +78,16 @@ struct lsession {
 /* lua_bridge.c: a new handle for s, registered in the bridge's map; left on the stack */
 struct lsession	*lcore_new_handle(struct lbridge *b, lua_State *L, int bridge_idx);
 
+/*
+ * lua_bridge.c: pushes the address object of path (serial: the engine's) for
+ * the handle at idx: the one built before for that serial, else a new one
+ * (address, localPart, domain, utf8, valid, params when there are some),
+ * with the bridge's metatable for a sender or a recipient.  The one
+ * converter of paths, for event arguments and the envelope alike.
+ */
+void		 lcore_push_path(lua_State *L, int idx, const struct smtp_path *path,
+		    unsigned serial, int recipient);
+
 /* The module's functions and metatables, registered by luaopen_smtp_core. */
 int		 lcore_bridge(lua_State *L);		/* lua_bridge.c */
 extern const luaL_Reg lcore_bridge_methods[];
@@ -101,7 +96,6 @@ extern const luaL_Reg lcore_session_methods[];
 int		 lcore_session_gc(lua_State *L);
 int		 lcore_session_tostring(lua_State *L);
 int		 lcore_bridge_clock(lua_State *L);	/* lua_session.c */
-int		 lcore_run(lua_State *L);		/* lua_run.c */
 int		 lcore_call(lua_State *L);
 int		 lcore_thread(lua_State *L);
 int		 lcore_limits(lua_State *L);

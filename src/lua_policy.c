@@ -156,8 +156,6 @@ ptimer_fire(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	lcore_enter(0, "timer");
-	if (t->p->bridge != NULL)
-		lcore_bridge_flush(t->p->bridge);
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
 	/* keep the userdata alive through the call, then let it go */
@@ -259,8 +257,6 @@ policy_start(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (p->bridge != NULL)
-		lcore_bridge_flush(p->bridge);
 	lcore_enter(0, "start");	/* watched like any call into Lua */
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, p->start_ref);
@@ -551,8 +547,8 @@ read_policy(struct policy *p, const char *script, char *err, size_t errlen)
 		p->listens[i].insecure_auth = lua_toboolean(L, -1);
 		lua_pop(L, 5);
 		if (p->listens[i].tls && p->tls == NULL) {
-			snprintf(err, errlen, "%s: listen(%u, ..., {tls = true}) needs "
-			    "server.tls (a certificate and key)", script, p->listens[i].port);
+			snprintf(err, errlen, "%s: " LCORE_TLS_NEEDS_CERT, script,
+			    (int)p->listens[i].port);
 			return -1;
 		}
 	}

@@ -2,7 +2,7 @@
  * lua_run.c -- handler runs: coroutines resumed under budgets, and the
  * allocator that bounds the Lua heap.
  *
- * smtp_core.run, .call, .thread and .limits; the coroutine.resume and
+ * smtp_core.call, .thread and .limits; the coroutine.resume and
  * coroutine.wrap a policy gets (Lua's own, except that they tell the
  * budgets which thread runs, so that a coroutine a handler makes is bounded
  * like the handler); the watchdog of the server (lcore_watchdog_enable,
@@ -30,7 +30,6 @@
 #include "lua_core_impl.h"
 
 #define RUN_PERIOD		1000	/* harness: instructions between two checks */
-#define CPU_DEFAULT_MS		1000	/* smtp_core.call with a bare instruction budget */
 #define LIMITS_MAGIC		0x6c6d7473u
 #define HEAP_RESERVE		((size_t)1 << 20)	/* what runs leave to the code around them */
 #define MEM_DEFAULT_MIN		((size_t)64 << 20)
@@ -39,7 +38,7 @@
 /* ---- runs and their budgets ---------------------------------------------- */
 
 /*
- * A run is one resume of a handler's coroutine (smtp_core.call, .run) under
+ * A run is one resume of a handler's coroutine (smtp_core.call) under
  * three budgets: VM instructions, CPU time, and growth of the Lua heap.  The
  * innermost run is cur_run (runs nest: a handler's decide runs other
  * handlers), and its cur is the thread running: the handler's coroutine, or
@@ -463,7 +462,7 @@ check_limits(lua_State *L, int idx, struct lcore_limits *out)
 
 /*
  * smtp_core.limits(instructions, cpu_seconds[, memory_bytes]) -> limits
- * The budgets of a run, for run and call: memory 0 or absent is a quarter
+ * The budgets of a run, for call: memory 0 or absent is a quarter
  * of the heap's limit.
  */
 int
@@ -485,63 +484,13 @@ lcore_limits(lua_State *L)
 }
 
 /*
- * smtp_core.run(co, limits | budget, ...) -> true, ... | false, err
- * coroutine.resume(co, ...) as a run under limits (smtp_core.limits), or a
- * bare instruction budget with the default CPU time and memory budgets.
- */
-int
-lcore_run(lua_State *L)
-{
-	lua_State		*co = lua_tothread(L, 1);
-	struct lcore_limits	 lim;
-	int			 n = lua_gettop(L) - 2, nres, st;
-	lua_Debug		 ar;
-
-	check_limits(L, 2, &lim);
-	luaL_argexpected(L, co != NULL, 1, "coroutine");
-	st = lua_status(co);
-	if (st == LUA_OK && lua_gettop(co) == 0) {
-		lua_pushboolean(L, 0);
-		lua_pushliteral(L, "cannot resume dead coroutine");
-		return 2;
-	}
-	if (co == L || (st == LUA_OK && lua_getstack(co, 0, &ar) > 0) ||
-	    (st != LUA_OK && st != LUA_YIELD)) {
-		lua_pushboolean(L, 0);
-		lua_pushliteral(L, "cannot resume non-suspended coroutine");
-		return 2;
-	}
-	if (!lua_checkstack(co, n + 1)) {
-		lua_pushboolean(L, 0);
-		lua_pushliteral(L, "too many arguments to resume");
-		return 2;
-	}
-	lua_xmove(L, co, n);
-	st = co_resume(L, co, &lim, n, &nres);
-	if (st == LUA_OK || st == LUA_YIELD) {
-		if (!lua_checkstack(L, nres + 1)) {
-			lua_pop(co, nres);
-			lua_pushboolean(L, 0);
-			lua_pushliteral(L, "too many results to resume");
-			return 2;
-		}
-		lua_pushboolean(L, 1);
-		lua_xmove(co, L, nres);
-		return nres + 1;
-	}
-	lua_pushboolean(L, 0);
-	lua_xmove(co, L, 1);		/* the error object */
-	return 2;
-}
-
-/*
  * smtp_core.call(co, limits | budget, fn, ...) -> true | nil | false, err
  * One handler run on a pooled coroutine, without a trampoline: an idle co
  * (new, or its last function returned) starts fn(...); a co waiting in a
  * yield is resumed with ... instead (fn is ignored).  true: fn returned
  * (its results are dropped and co is idle again, ready for the next call);
  * nil: it waits (yielded); false, err: it failed (co is dead for good).
- * The limits are run's.
+ * The limits are smtp_core.limits' or a bare instruction budget.
  */
 int
 lcore_call(lua_State *L)

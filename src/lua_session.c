@@ -39,12 +39,9 @@ check_session(lua_State *L, int idx)
 	return ls->s;
 }
 
-/*
- * Every call from Lua into the engine runs hooks on the calling thread, and
- * tells Lua its outcomes before it returns (a decide's, a feed's).
- */
-#define ENTER(b, L)	lua_State *saved_L_ = (b)->L; (b)->L = (L); (b)->entered++
-#define LEAVE(b)	((b)->entered--, lcore_bridge_flush(b), (b)->L = saved_L_)
+/* Every call from Lua into the engine runs hooks on the calling thread. */
+#define ENTER(b, L)	lua_State *saved_L_ = (b)->L; (b)->L = (L)
+#define LEAVE(b)	((b)->L = saved_L_)
 
 /* ---- the harness transport ------------------------------------------------ */
 
@@ -471,6 +468,58 @@ lsession_idle(lua_State *L)
 	return 1;
 }
 
+/*
+ * The envelope, as the engine keeps it (nil / {} once closed):
+ * handle:helo() -> {name =, extended =} | nil, handle:sender() -> address
+ * object | nil, handle:recipients() -> a new array of address objects.
+ */
+static int
+lsession_helo(lua_State *L)
+{
+	struct lsession	*ls = check_handle(L, 1);
+	const char	*name;
+	bool		 ext;
+
+	if (ls->s == NULL || (name = session_helo(ls->s, &ext)) == NULL)
+		return 0;
+	lua_createtable(L, 0, 2);
+	lua_pushstring(L, name);
+	lua_setfield(L, -2, "name");
+	lua_pushboolean(L, ext);
+	lua_setfield(L, -2, "extended");
+	return 1;
+}
+
+static int
+lsession_sender(lua_State *L)
+{
+	struct lsession		*ls = check_handle(L, 1);
+	const struct smtp_path	*p;
+	unsigned		 serial;
+
+	if (ls->s == NULL || (p = session_sender(ls->s, &serial)) == NULL)
+		return 0;
+	lcore_push_path(L, 1, p, serial, 0);
+	return 1;
+}
+
+static int
+lsession_recipients(lua_State *L)
+{
+	struct lsession		*ls = check_handle(L, 1);
+	size_t			 n = ls->s != NULL ? session_recipient_count(ls->s) : 0;
+
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		unsigned		 serial;
+		const struct smtp_path	*p = session_recipient(ls->s, i, &serial);
+
+		lcore_push_path(L, 1, p, serial, 1);
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	return 1;
+}
+
 /* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=} */
 static int
 lsession_peer(lua_State *L)
@@ -494,10 +543,6 @@ lcore_session_gc(lua_State *L)
 {
 	struct lsession *ls = check_handle(L, 1);
 
-	if (ls->b != NULL && ls->b->ask_ls == ls) {
-		ls->b->ask_s = NULL;	/* the bridge outlives its handles */
-		ls->b->ask_ls = NULL;
-	}
 	if (ls->owned && ls->s != NULL) {
 		ls->finalizing = 1;	/* no Lua from hooks for a dying handle */
 		session_destroy(ls->s);
@@ -535,6 +580,9 @@ const luaL_Reg lcore_session_methods[] = {
 	{ "closed",	lsession_closed },
 	{ "idle",	lsession_idle },
 	{ "peer",	lsession_peer },
+	{ "helo",	lsession_helo },
+	{ "sender",	lsession_sender },
+	{ "recipients",	lsession_recipients },
 	{ "tls",	lsession_tls },
 	{ "user",	lsession_user },
 	{ "tls_started", lsession_tls_started },

@@ -83,7 +83,15 @@ struct session {
 	bool				 after_auth;	/* lines may be SASL responses: not logged */
 	unsigned			 auth_failures;
 
-	/* the transaction */
+	/* the envelope (session_helo, _sender, _recipient) and the transaction */
+	char				*helo;		/* told 250 for */
+	bool				 helo_ext;
+	char				*asked_helo;	/* the HELO/EHLO being asked */
+	struct stored_path		*asked;		/* the MAIL/RCPT path being asked */
+	struct stored_path		*sender;
+	struct stored_path		**rcpts;	/* rcpt_count of them */
+	size_t				 rcpt_cap;
+	unsigned			 serial;	/* of the last path asked */
 	bool				 smtputf8;
 	bool				 rcpt_tried;
 	size_t				 rcpt_count;
@@ -116,6 +124,13 @@ struct session {
 	bool				 line_too_long;
 	bool				 line_bad;	/* bare CR, bare LF or NUL seen */
 	char				 line[];	/* cfg->max_line octets */
+};
+
+/* A path the engine keeps: the parser's fields, its strings in buf. */
+struct stored_path {
+	unsigned		serial;
+	struct smtp_path	path;
+	char			buf[];
 };
 
 struct command {
@@ -198,6 +213,8 @@ static void	session_close(struct session *);
 static void	message_abort(struct session *, enum session_abort);
 static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
+static void	envelope_clear(struct session *);
+static void	asked_forget(struct session *);
 static uint64_t	clock_now(const struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
@@ -288,6 +305,10 @@ session_destroy(struct session *s)
 	if (s->hooks->closed != NULL)
 		s->hooks->closed(s->hook_ctx, s);
 	sasl_forget(s);
+	envelope_clear(s);
+	asked_forget(s);
+	free(s->helo);
+	free(s->rcpts);
 	free(s->user);
 	free(s->tls);
 	free(s);
@@ -765,6 +786,10 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 	case SEV_HELO:
 	case SEV_EHLO:
 		if (accept) {
+			free(s->helo);
+			s->helo = s->asked_helo;
+			s->asked_helo = NULL;
+			s->helo_ext = ev == SEV_EHLO;
 			s->esmtp = ev == SEV_EHLO;
 			enter_state(s, S_HELO);
 			if (ev == SEV_EHLO && code == 250)
@@ -778,15 +803,19 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		}
 		break;
 	case SEV_MAIL:
-		if (accept)
+		if (accept) {
+			envelope_clear(s);
+			s->sender = s->asked;
+			s->asked = NULL;
 			enter_state(s, S_MAIL);
-		else
+		} else
 			reset_transaction(s);
 		reply_text(s, code, enhanced, text);
 		break;
 	case SEV_RCPT:
 		if (accept) {
-			s->rcpt_count++;
+			s->rcpts[s->rcpt_count++] = s->asked;
+			s->asked = NULL;
 			enter_state(s, S_RCPT);
 		}
 		reply_text(s, code, enhanced, text);
@@ -797,7 +826,9 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		reply_text(s, code, accept ? NULL : enhanced, text);
 		break;
 	case SEV_DATA_END:
-		reset_transaction(s);
+		/* the envelope is forgotten after the outcome: its listeners see it */
+		s->smtputf8 = false;
+		s->rcpt_tried = false;
 		enter_state(s, S_HELO);
 		reply_text(s, code, enhanced, text);
 		break;
@@ -821,8 +852,11 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 	case SEV_COUNT:
 		break;
 	}
+	asked_forget(s);
 	if (s->hooks->outcome != NULL)
 		s->hooks->outcome(s->hook_ctx, s, ev, code);
+	if (ev == SEV_DATA_END)
+		envelope_clear(s);
 }
 
 /* --- state ------------------------------------------------------------- */
@@ -837,12 +871,102 @@ enter_state(struct session *s, enum state next)
 	s->state = next;
 }
 
+/* --- the envelope ------------------------------------------------------ */
+
+static char *
+stash(char **p, const char *src)
+{
+	size_t	 n = strlen(src) + 1;
+	char	*dst = *p;
+
+	memcpy(dst, src, n);
+	*p += n;
+	return dst;
+}
+
+/* A copy of path with its own strings; NULL on ENOMEM. */
+static struct stored_path *
+path_store(const struct smtp_path *path, unsigned serial)
+{
+	struct stored_path	*sp;
+	size_t			 len, n = path->nparams < SMTP_PARAMS_MAX ?
+				    path->nparams : SMTP_PARAMS_MAX;
+	char			*p;
+
+	len = strlen(path->address) + strlen(path->local) + strlen(path->domain) + 3;
+	for (size_t i = 0; i < n; i++)
+		len += strlen(path->params[i].key) + 1 + (path->params[i].value != NULL ?
+		    strlen(path->params[i].value) + 1 : 0);
+	if ((sp = malloc(sizeof(*sp) + len)) == NULL)
+		return NULL;
+	sp->serial = serial;
+	memset(&sp->path, 0, sizeof(sp->path));
+	p = sp->buf;
+	sp->path.address = stash(&p, path->address);
+	sp->path.local = stash(&p, path->local);
+	sp->path.domain = stash(&p, path->domain);
+	for (size_t i = 0; i < n; i++) {
+		sp->path.params[i].key = stash(&p, path->params[i].key);
+		if (path->params[i].value != NULL)
+			sp->path.params[i].value = stash(&p, path->params[i].value);
+	}
+	sp->path.nparams = n;
+	sp->path.utf8 = path->utf8;
+	return sp;
+}
+
+/* Forgets sender and recipients. */
+static void
+envelope_clear(struct session *s)
+{
+	free(s->sender);
+	s->sender = NULL;
+	for (size_t i = 0; i < s->rcpt_count; i++)
+		free(s->rcpts[i]);
+	s->rcpt_count = 0;
+}
+
+/* Drops what the last ask was about (stored, if it was told 250). */
+static void
+asked_forget(struct session *s)
+{
+	free(s->asked);
+	s->asked = NULL;
+	free(s->asked_helo);
+	s->asked_helo = NULL;
+}
+
+/*
+ * Keeps the path of a MAIL or RCPT until its verdict; false (and a 451)
+ * on ENOMEM.
+ */
+static bool
+path_ask(struct session *s, const struct smtp_path *path)
+{
+	asked_forget(s);
+	if (s->rcpt_count == s->rcpt_cap) {
+		size_t			 cap = s->rcpt_cap ? s->rcpt_cap * 2 : 4;
+		struct stored_path	**r = realloc(s->rcpts, cap * sizeof(*r));
+
+		if (r == NULL)
+			goto nomem;
+		s->rcpts = r;
+		s->rcpt_cap = cap;
+	}
+	if ((s->asked = path_store(path, ++s->serial)) == NULL)
+		goto nomem;
+	return true;
+nomem:
+	reply(s, 451, "4.3.0", "Out of memory, try again later");
+	return false;
+}
+
 static void
 reset_transaction(struct session *s)
 {
 	s->smtputf8 = false;
 	s->rcpt_tried = false;
-	s->rcpt_count = 0;
+	envelope_clear(s);
 	if (s->state == S_MAIL || s->state == S_RCPT || s->state == S_DATA)
 		enter_state(s, S_HELO);
 }
@@ -994,6 +1118,11 @@ helo_or_ehlo(struct session *s, char *arg, enum session_event ev)
 	}
 	/* a new HELO/EHLO resets the transaction (RFC 5321 4.1.4) */
 	reset_transaction(s);
+	asked_forget(s);
+	if ((s->asked_helo = strdup(arg)) == NULL) {
+		reply(s, 451, "4.3.0", "Out of memory, try again later");
+		return;
+	}
 	ask(s, ev, &(struct session_event_args){ .arg = arg });
 }
 
@@ -1098,7 +1227,10 @@ cmd_mail(struct session *s, char *arg)
 		reply(s, 553, "5.6.7", "Non-ASCII address needs SMTPUTF8");
 		return;
 	}
-	ask(s, SEV_MAIL, &(struct session_event_args){ .path = &path });
+	if (!path_ask(s, &path))
+		return;
+	ask(s, SEV_MAIL, &(struct session_event_args){ .path = &path,
+	    .serial = s->serial });
 }
 
 static void
@@ -1128,7 +1260,10 @@ cmd_rcpt(struct session *s, char *arg)
 		return;
 	}
 	s->rcpt_tried = true;
-	ask(s, SEV_RCPT, &(struct session_event_args){ .path = &path });
+	if (!path_ask(s, &path))
+		return;
+	ask(s, SEV_RCPT, &(struct session_event_args){ .path = &path,
+	    .serial = s->serial });
 }
 
 static void
@@ -1246,6 +1381,8 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 	log_info(s->id, "TLS started: %s %s", tls->version, tls->cipher);
 	/* RFC 3207 4.2: forget everything learnt from the client before TLS */
 	reset_transaction(s);
+	free(s->helo);
+	s->helo = NULL;
 	s->esmtp = false;
 	free(s->user);
 	s->user = NULL;
@@ -1918,4 +2055,38 @@ const char *
 session_user(const struct session *s)
 {
 	return s->user;
+}
+
+const char *
+session_helo(const struct session *s, bool *extended)
+{
+	if (extended != NULL)
+		*extended = s->helo_ext;
+	return s->helo;
+}
+
+const struct smtp_path *
+session_sender(const struct session *s, unsigned *serial)
+{
+	if (s->sender == NULL)
+		return NULL;
+	if (serial != NULL)
+		*serial = s->sender->serial;
+	return &s->sender->path;
+}
+
+size_t
+session_recipient_count(const struct session *s)
+{
+	return s->rcpt_count;
+}
+
+const struct smtp_path *
+session_recipient(const struct session *s, size_t i, unsigned *serial)
+{
+	if (i >= s->rcpt_count)
+		return NULL;
+	if (serial != NULL)
+		*serial = s->rcpts[i]->serial;
+	return &s->rcpts[i]->path;
 }

@@ -93,6 +93,8 @@ struct session_event_args {
 	const struct smtp_path		*path;	/* MAIL and RCPT */
 	uint64_t			 size;	/* DATA_END: the message size in octets */
 	const struct session_auth	*auth;	/* AUTH */
+	unsigned			 serial;	/* MAIL and RCPT: the path's number, kept
+						   when the envelope stores it */
 };
 
 /*
@@ -238,5 +240,19 @@ bool			 session_closing(const struct session *s);
 const struct session_tls *session_tls(const struct session *s);	/* NULL: plaintext */
 const char		*session_user(const struct session *s);	/* NULL: not authenticated */
 const char		*session_event_name(enum session_event ev);
+
+/*
+ * The envelope: what the client was told 250 for, stored by the engine.
+ * HELO/EHLO replaces the name; RSET, a new HELO/EHLO, STARTTLS, a refused
+ * MAIL and the end of a transaction (after its outcome) forget sender and
+ * recipients, STARTTLS the name too.  Each stored path keeps the serial its
+ * ask carried (session_event_args.serial), so the policy can tell an
+ * argument it saw from another.  NULL / 0: none.
+ */
+const char		*session_helo(const struct session *s, bool *extended);
+const struct smtp_path	*session_sender(const struct session *s, unsigned *serial);
+size_t			 session_recipient_count(const struct session *s);
+const struct smtp_path	*session_recipient(const struct session *s, size_t i,
+			    unsigned *serial);
 
 #endif

@@ -16,8 +16,6 @@ local rawget, rawset = rawget, rawset
 local M = {}
 
 local FAIL_CODE = 451	-- with smtp_core.POLICY_ERROR, the engine's one text for it
-local DEFAULT_BUDGET = 10000000	-- VM instructions per resume
-local DEFAULT_CPU = 1		-- seconds of CPU time per resume
 
 local CONNECTION_EVENTS = {
   HELO = "HELO", EHLO = "EHLO",
@@ -141,10 +139,6 @@ local EventMeta = {
   RSET = event_meta("RSET object"), QUIT = event_meta("QUIT object"),
   VRFY = event_meta("VRFY object", "argument"), EXPN = event_meta("EXPN object", "argument"),
 }
-
-local function domain_of(address)
-  return address:match("@([^@]*)$") or ""
-end
 
 -- ---- options -------------------------------------------------------------
 
@@ -278,6 +272,9 @@ function M.new(platform)
   platform = platform or {}
   local core = platform.core or require "smtp_core"
   local FAIL_TEXT = core.POLICY_ERROR
+  -- the engine's defaults (smtp_core): a handler run's budgets, AUTH's verdict
+  local DEFAULT_BUDGET, DEFAULT_CPU = core.HANDLER_BUDGET, core.HANDLER_CPU
+  local AUTH_ACCEPT = core.ACCEPT and core.ACCEPT.AUTH
   local smtp = { _VERSION = "luasmtpd smtp 0.1" }
   local tasks = setmetatable({}, { __mode = "k" })	-- coroutine -> task
   local conns = {}					-- handle -> connection
@@ -308,13 +305,12 @@ function M.new(platform)
   end
 
   -- server.handlerBudget, .handlerCpuTime and .handlerMemory, kept by ServerMeta,
-  -- and run_limits, what smtp_core.call takes for them (a bare budget for a stub core)
+  -- and run_limits, what smtp_core.call takes for them (none for a stub core,
+  -- which runs no handler)
   local handler_budget, handler_cpu, handler_memory = DEFAULT_BUDGET, DEFAULT_CPU, 0
   local run_limits
-  local function budget() return handler_budget end
   local function set_limits()
     run_limits = core.limits and core.limits(handler_budget, handler_cpu, handler_memory)
-      or handler_budget
   end
   set_limits()
 
@@ -330,38 +326,13 @@ function M.new(platform)
   -- hook from the first instruction of a resume (the harness), or the
   -- CPU-time watchdog and the allocator of luasmtpd (lua_run.c).
 
-  local cocreate, coresume, yield = coroutine.create, coroutine.resume, coroutine.yield
-  local sethook, traceback = debug.sethook, debug.traceback
+  local traceback = debug.traceback
   local POOL_MAX = 32
   local pool, npool = {}, 0
 
-  -- once over budget the hook fires on every instruction, so a pcall inside
-  -- the handler cannot swallow it
-  local function over_again() error("handler exceeded its instruction budget", 0) end
-  local function over_budget()
-    sethook(over_again, "", 1)
-    error("handler exceeded its instruction budget (" .. budget() .. " instructions)", 0)
-  end
-
-  -- call(co, budget, fn | nil, ...) -> true (returned) | nil (waiting) |
+  -- call(co, limits, fn | nil, ...) -> true (returned) | nil (waiting) |
   -- false, err: starts fn(...) on an idle co, or resumes a waiting one
   local call, newco = core.call, core.thread
-  if not call then	-- a stub core (unit specs): the same on coroutine.resume
-    local DONE = {}
-    local function trampoline(fn, ...)
-      fn(...)
-      return trampoline(yield(DONE))
-    end
-    newco = function() return cocreate(trampoline) end
-    call = function(co, n, fn, ...)
-      sethook(co, over_budget, "", n)
-      local ok, r
-      if fn then ok, r = coresume(co, fn, ...) else ok, r = coresume(co, ...) end
-      if not ok then return false, r end
-      if r == DONE then return true end
-      return nil
-    end
-  end
 
   local function drop(task)
     task.dropped = true
@@ -567,11 +538,10 @@ function M.new(platform)
   -- Runs the listeners of an ask; finish(obj) gives the verdict (or WAIT).
   -- Listeners that return at once cost no allocation here; the first one
   -- that waits turns the rest of the ask into a chain decided later.
-  -- conn._ask, _aname and _aobj are false when unset, never nil: a field
-  -- that keeps a value is assigned in place (no slow path per command).
+  -- conn._ask is false when unset, never nil: a field that keeps a value is
+  -- assigned in place (no slow path per command).
   local function ask(conn, name, obj, fns, finish)
     conn._ask = false
-    conn._aname, conn._aobj = name, obj	-- for the outcome
     for i = 1, #fns do
       local ok, err, task = spawn1(conn, fns[i], obj)
       if ok == false then
@@ -612,9 +582,9 @@ function M.new(platform)
 
   -- One constructor, its hash part sized for every field a message gets
   -- (nil ones too), and the emitter's fields inline (Emitter.init's shape):
-  -- no rehash as the message goes through its life.  The recipients are the
-  -- transaction's table itself: the engine takes no RCPT once DATA got 354,
-  -- and the transaction's end or a refused DATA gives the connection a new one.
+  -- no rehash as the message goes through its life.  Sender and recipients
+  -- are the engine's envelope at DATA (the engine takes no RCPT once DATA
+  -- got 354), the address objects the listeners saw.
   -- _sealed: why the message will not be delivered, once that is known.
   local function new_message(conn)
     local rcpts = conn.recipients
@@ -697,6 +667,10 @@ function M.new(platform)
       if k == "secure" then return c._handle:tls() ~= nil end
       if k == "tls" then return c._handle:tls() end
       if k == "user" then return c._handle:user() end
+      -- the envelope is the engine's (what the client was told 250 for)
+      if k == "sender" then return c._handle:sender() end
+      if k == "recipients" then return c._handle:recipients() end
+      if k == "helo" then return c._handle:helo() end
       if k == "data" then	-- the user's, made when first read
         local d = {}
         rawset(c, "data", d)
@@ -705,12 +679,11 @@ function M.new(platform)
       return Connection[k]
     end,
     __newindex = strict("connection", fields("id", "remoteAddress", "remotePort",
-      "localAddress", "localPort", "server", "helo", "sender", "recipients", "currentMessage",
-      "closed", "data"), {
+      "localAddress", "localPort", "server", "currentMessage", "closed", "data"), {
       class = Connection,
-      readonly = { state = true, secure = true, tls = true, user = true },
-      internal = { "_handle", "_ask", "_aname", "_aobj", "_names", "_listeners", "_once",
-        "_on_change" },
+      readonly = { state = true, secure = true, tls = true, user = true, helo = true,
+        sender = true, recipients = true },
+      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }
@@ -735,8 +708,8 @@ function M.new(platform)
       _handle = handle, id = handle:id(),
       remoteAddress = peer.remoteAddress, remotePort = peer.remotePort,
       localAddress = peer.localAddress, localPort = peer.localPort,
-      server = server, recipients = {},
-      _ask = false, _aname = false, _aobj = false,	-- the ask in progress (ask())
+      server = server,
+      _ask = false,	-- the ask in progress (ask())
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's
       _on_change = update_mask,
     }, ConnMeta)
@@ -747,27 +720,7 @@ function M.new(platform)
   -- connection:log(level, fmt, ...): a log line with this session's id
   function Connection:log(level, fmt, ...) log(level, self.id, fmt, ...) end
 
-  local function clear_transaction(conn)
-    conn.sender = nil	-- (__newindex only when it was nil: not after a message)
-    if #conn.recipients > 0 then conn.recipients = {} end	-- (a message may hold it)
-  end
-
   -- ---- kinds: what the C bridge calls ----------------------------------------
-
-  local function address_object(meta, args, fallback)
-    if args and args.address then	-- the engine's: already the address object's shape
-      return setmetatable(args, meta)
-    end
-    local address = args and args.address or fallback or ""
-    return setmetatable({
-      address = address,
-      params = args and args.params or {},
-      localPart = args and args.localPart or address:match("^(.*)@") or address,
-      domain = args and args.domain or domain_of(address),
-      utf8 = args and args.utf8 or false,
-      valid = true,
-    }, meta)
-  end
 
   local asks = {}
 
@@ -786,12 +739,13 @@ function M.new(platform)
   end
   asks.HELO, asks.EHLO = helo(false), helo(true)
 
-  function asks.MAIL(conn, args)
-    return ask(conn, "MAIL", address_object(SenderMeta, args), take(conn, "MAIL"))
+  -- the address object comes from the engine's converter (lua_bridge.c)
+  function asks.MAIL(conn, sender)
+    return ask(conn, "MAIL", sender, take(conn, "MAIL"))
   end
 
-  function asks.RCPT(conn, args)
-    return ask(conn, "RCPT", address_object(RecipientMeta, args), take(conn, "RCPT"))
+  function asks.RCPT(conn, recipient)
+    return ask(conn, "RCPT", recipient, take(conn, "RCPT"))
   end
 
   -- a reject() during the DATA handlers refuses the DATA command itself
@@ -823,7 +777,7 @@ function M.new(platform)
     if not m then return true, true, 0, nil end
     m.size = size or m.size
     if m._sealed then	-- no 'end' listener: the reply is what sealed it
-      conn._ask, conn._aname, conn._aobj = false, "DATA_END", m
+      conn._ask = false
       if m._daccept == false then return true, false, m._dcode, m._dtext end
       return true, false, FAIL_CODE, FAIL_TEXT
     end
@@ -845,10 +799,10 @@ function M.new(platform)
   end
   asks.VRFY, asks.EXPN = argument("VRFY"), argument("EXPN")
 
-  -- AUTH fails closed: a listener must set valid = true
+  -- AUTH fails closed (the engine's default): a listener must set valid = true
   function asks.AUTH(conn, args)
     local creds = setmetatable({ method = args.method, username = args.username,
-      password = args.password, authzid = args.authzid, valid = false }, AuthMeta)
+      password = args.password, authzid = args.authzid, valid = AUTH_ACCEPT }, AuthMeta)
     return ask(conn, "AUTH", creds, take(conn, "AUTH"))
   end
 
@@ -861,13 +815,14 @@ function M.new(platform)
     end
   end
 
-  local kinds = {}
+  -- the metatables of the address objects the bridge's converter builds
+  local kinds = { senderMeta = SenderMeta, recipientMeta = RecipientMeta }
 
   function kinds.ask(handle, name, args)
     if name == "CONNECT" then return asks.CONNECT(handle) end
     local conn = conns[handle]
     local f = asks[name]
-    if not conn or not f then return true, name ~= "AUTH", 0, nil end
+    if not conn or not f then return true end	-- the engine's default verdict
     return f(conn, args)
   end
 
@@ -881,61 +836,17 @@ function M.new(platform)
     end
   end
 
-  -- What an outcome changes, by event: outcomes[name](conn, ok, code, obj, arg)
-  -- with obj the ask's event object when Lua ran its listeners, else false
-  -- (arg is then the engine's argument).  Events without an entry change
-  -- nothing (AUTH: connection.user reads the engine's; a STARTTLS forgets it).
-  local outcomes = {}
-
-  local function helo_outcome(ext)
-    return function(conn, ok, code, obj, arg)
-      clear_transaction(conn)
-      if ok then rawset(conn, "helo", { name = obj and obj.name or arg, extended = ext }) end
-    end
-  end
-  outcomes.HELO, outcomes.EHLO = helo_outcome(false), helo_outcome(true)
-
-  function outcomes.MAIL(conn, ok, code, obj, arg)
-    if not ok then return clear_transaction(conn) end
-    rawset(conn, "sender", obj or address_object(SenderMeta, nil, arg))
-    if #conn.recipients > 0 then conn.recipients = {} end
-  end
-
-  function outcomes.RCPT(conn, ok, code, obj, arg)
-    if ok then
-      local r = conn.recipients
-      r[#r + 1] = obj or address_object(RecipientMeta, nil, arg)
-    end
-  end
-
-  function outcomes.DATA(conn, ok, code)
-    local m = conn.currentMessage
-    if m and code ~= 354 then
-      finish_message(m, false, code)
-      -- the transaction goes on (more RCPT): not in the message's table
-      conn.recipients = table.move(conn.recipients, 1, #conn.recipients, 1, {})
-    end
-  end
-
-  function outcomes.DATA_END(conn, ok, code)
-    local m = conn.currentMessage
-    if m then finish_message(m, ok, code) end
-    clear_transaction(conn)
-  end
-
-  function outcomes.RSET(conn)
-    clear_transaction(conn)
-  end
-
-  function kinds.outcome(handle, name, code, arg)
+  -- The end of a message, at once: a refused DATA (the transaction goes on)
+  -- or the final dot's reply.  The envelope itself is the engine's.
+  function kinds.outcome(handle, name, code)
     local conn = conns[handle]
-    if not conn then return end
+    local m = conn and conn.currentMessage
+    if not m then return end
     local a = conn._ask
     if a and a.name == name then conn._ask = false end
-    local obj = conn._aname == name and conn._aobj
-    conn._aname, conn._aobj = false, false
-    local f = outcomes[name]
-    if f then f(conn, code >= 200 and code < 400, code, obj, arg) end
+    if name == "DATA_END" or code ~= 354 then
+      finish_message(m, code >= 200 and code < 400, code)
+    end
   end
 
   -- a 'data' listener failed: the message is sealed, the end of data gets 451
@@ -993,8 +904,6 @@ function M.new(platform)
     emit_detached(conn, "close", take(conn, "close"), conn)
   end
 
-  -- Outcomes are no call of the engine's own: the bridge calls
-  -- kinds.outcome for the ones pending just before its next call here.
   -- ---- Server --------------------------------------------------------------
 
   local Server = setmetatable({}, { __index = Emitter })
@@ -1176,7 +1085,7 @@ function M.new(platform)
     if not server then return nil, "the script did not call smtp.createServer" end
     for _, l in ipairs(rawget(server, "listening")) do
       if l.tls and not rawget(server, "_opts").tls then
-        return nil, ("listen(%d, ..., {tls = true}) needs server.tls (a certificate and key)"):format(l.port)
+        return nil, core.TLS_NEEDS_CERT:format(l.port)
       end
     end
     return {
