@@ -101,4 +101,23 @@ describe("the envelope", function()
     assert.same({}, conn.recipients)
     assert.has_error(function() conn.sender = false end, "connection.sender is read-only")
   end)
+
+  it("is forgotten by STARTTLS, the HELO name too (RFC 3207 4.2)", function()
+    local conn
+    local h = policy([[
+      local server = smtp.createServer(function(c) CONN(c) end)
+      server.tls = { cert = "c.pem", key = "k.pem" }
+    ]], { globals = { CONN = function(c) conn = c end } })
+    local s = h:connect()
+    s:expect(220)
+    s:send("EHLO c.example"):expect(250)
+    assert.same({ name = "c.example", extended = true }, conn.helo)
+    s:starttls()
+    assert.is_nil(conn.helo)
+    s:send("EHLO d.example"):expect(250)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    assert.equal("a@example.net", conn.sender.address)
+    assert.same({ name = "d.example", extended = true }, conn.helo)
+  end)
 end)
