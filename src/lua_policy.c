@@ -71,7 +71,7 @@ struct policy {
 /* A one-shot libevent timer running a Lua function on the main state. */
 struct ptimer {
 	struct event	*ev;
-	struct policy	*p;		/* its bridge's pending outcomes go first */
+	struct policy	*p;		/* its bridge */
 	lua_State	*L;
 	int		 fn_ref;
 	int		 self_ref;	/* anchors the userdata while armed */

@@ -32,6 +32,7 @@ struct harness {
 	char			 auth_user[64], auth_pass[64], auth_method[8];
 	unsigned		 timer_ms;
 	char			 mail_from[300];
+	unsigned		 serial;	/* of the last MAIL/RCPT asked */
 };
 
 static void
@@ -85,6 +86,8 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	h->asked[ev]++;
 	if (ev == SEV_MAIL)
 		snprintf(h->mail_from, sizeof(h->mail_from), "%s", a->path->address);
+	if (ev == SEV_MAIL || ev == SEV_RCPT)
+		h->serial = a->serial;
 	if (ev == SEV_AUTH) {
 		snprintf(h->auth_user, sizeof(h->auth_user), "%s", a->auth->username);
 		snprintf(h->auth_pass, sizeof(h->auth_pass), "%s", a->auth->password);
@@ -1124,6 +1127,62 @@ test_auth_never_logged(void)
 		CHECK_MSG(strstr(log_buf, secrets[i]) == NULL, "secret %zu not logged", i + 1);
 }
 
+/* The envelope: what the client was told 250 for, kept by the engine. */
+static void
+test_envelope(void)
+{
+	struct harness		*h = started_with_ehlo(tls_and_auth);
+	const struct smtp_path	*p;
+	unsigned		 serial, rcpt_serial;
+	bool			 ext;
+
+	CHECK_STR(session_helo(h->s, &ext), "client.example");
+	CHECK(ext);
+	feed(h, "MAIL FROM:<j\xc3\xb6rg@b\xc3\xbc.example> SMTPUTF8 BODY=8BITMIME\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n");
+	CHECK((p = session_sender(h->s, &serial)) != NULL && serial == h->serial);
+	CHECK(p != NULL && p->utf8 && p->nparams == 2);
+	CHECK(p != NULL && strcmp(p->params[1].key, "BODY") == 0 &&
+	    strcmp(p->params[1].value, "8BITMIME") == 0 && p->params[0].value == NULL);
+	CHECK_STR(p != NULL ? p->domain : "", "b\xc3\xbc.example");
+	feed(h, "RCPT TO:<a@x.example>\r\n");
+	rcpt_serial = h->serial;
+	h->answer[SEV_RCPT] = (struct verdict){ .accept = false };
+	feed(h, "RCPT TO:<no@x.example>\r\n");
+	h->answer[SEV_RCPT] = (struct verdict){ .accept = true };
+	h->wait[SEV_RCPT] = true;
+	feed(h, "RCPT TO:<late@x.example>\r\n");
+	CHECK(session_recipient_count(h->s) == 1);	/* not told 250 yet */
+	CHECK(session_decide(h->s, &(struct verdict){ .accept = true }) == 0);
+	h->wait[SEV_RCPT] = false;
+	CHECK(session_recipient_count(h->s) == 2);
+	CHECK_STR(session_recipient(h->s, 0, &serial)->address, "a@x.example");
+	CHECK(serial == rcpt_serial);
+	CHECK_STR(session_recipient(h->s, 1, NULL)->address, "late@x.example");
+	CHECK(session_recipient(h->s, 2, NULL) == NULL);
+	feed(h, "DATA\r\nhi\r\n.\r\n");
+	CHECK(session_sender(h->s, NULL) == NULL && session_recipient_count(h->s) == 0);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@x.example>\r\nRSET\r\n");
+	CHECK(session_sender(h->s, NULL) == NULL && session_recipient_count(h->s) == 0);
+	h->answer[SEV_MAIL] = (struct verdict){ .accept = false };
+	feed(h, "MAIL FROM:<a@a.example>\r\n");
+	CHECK(session_sender(h->s, NULL) == NULL);
+	h->answer[SEV_MAIL] = (struct verdict){ .accept = true };
+	h->answer[SEV_EHLO] = (struct verdict){ .accept = false };
+	feed(h, "EHLO other.example\r\n");	/* refused: the name stays */
+	CHECK_STR(session_helo(h->s, NULL), "client.example");
+	h->answer[SEV_EHLO] = (struct verdict){ .accept = true };
+	feed(h, "EHLO c.example\r\nMAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(session_helo(h->s, NULL), "c.example");
+	CHECK(session_sender(h->s, NULL) != NULL);
+	feed(h, "STARTTLS\r\n");
+	CHECK(h->starttls == 1);
+	take(h);
+	session_tls_started(h->s, &test_tls);
+	CHECK(session_helo(h->s, NULL) == NULL && session_sender(h->s, NULL) == NULL);
+	harness_free(h);
+}
+
 int
 main(void)
 {
@@ -1151,5 +1210,6 @@ main(void)
 	test_bare_lf_accepted();
 	test_auth_sequence();
 	test_auth_never_logged();
+	test_envelope();
 	return tap_done();
 }
