@@ -99,7 +99,7 @@ lcore_push_path(lua_State *L, int idx, const struct smtp_path *p,
 	ls = lua_touserdata(L, idx);
 	if (lua_getiuservalue(L, idx, UV_PATHS) != LUA_TTABLE) {
 		lua_pop(L, 1);
-		lua_newtable(L);
+		lua_createtable(L, 0, 8);	/* serials are hash keys: no rehash per path */
 		lua_pushvalue(L, -1);
 		lua_setiuservalue(L, idx, UV_PATHS);
 	}
