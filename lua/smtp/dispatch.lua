@@ -1,0 +1,191 @@
+-- smtp.dispatch -- what the C bridge calls: the kinds table.
+--
+-- Owns kinds (lua_bridge.c looks each function up once, when
+-- smtp.createServer makes the bridge): ask (an engine event whose verdict
+-- Lua gives; the asks table makes its event object and runs its
+-- listeners), cancel, outcome (the end of a message), data (a chunk of
+-- message data), abort and closed; and conns, the connection of each
+-- session handle.  Everything here runs once per event: no closure or
+-- table is made that the event does not need.
+
+local Emitter = require "smtp.emitter"
+local objects = require "smtp.objects"
+local take = Emitter.take	-- called directly on the hot path (no __index)
+local HeloMeta, AuthMeta, EventMeta = objects.HeloMeta, objects.AuthMeta, objects.EventMeta
+local setmetatable, rawset = setmetatable, rawset
+
+local M = {}
+
+-- install(I): the tasks, asks, messages and connections in; I.kinds out
+function M.install(I)
+  local core, log = I.core, I.log
+  local FAIL_CODE, FAIL_TEXT = I.FAIL_CODE, I.FAIL_TEXT
+  -- the engine's default for AUTH (fails closed)
+  local AUTH_ACCEPT = core.ACCEPT and core.ACCEPT.AUTH
+  local spawn1 = I.spawn1
+  local emit_detached = I.emit_detached
+  local ask, settle, cancel_ask = I.ask, I.settle, I.cancel_ask
+  local data_verdict, data_end_verdict = I.data_verdict, I.data_end_verdict
+  local new_message, seal, finish_message = I.new_message, I.seal, I.finish_message
+  local new_connection = I.new_connection
+  local conns = {}	-- handle -> connection
+
+  local asks = {}
+
+  function asks.CONNECT(handle)
+    local conn = new_connection(handle)
+    conns[handle] = conn
+    return ask(conn, "CONNECT", conn, I.server:take("connection"))
+  end
+
+  local function helo(ext)
+    return function(conn, args)
+      local name = ext and "EHLO" or "HELO"
+      return ask(conn, name, setmetatable({ name = args.arg, extended = ext, valid = true }, HeloMeta),
+        take(conn, name))
+    end
+  end
+  asks.HELO, asks.EHLO = helo(false), helo(true)
+
+  -- the address object comes from the engine's converter (lua_bridge.c)
+  function asks.MAIL(conn, sender)
+    return ask(conn, "MAIL", sender, take(conn, "MAIL"))
+  end
+
+  function asks.RCPT(conn, recipient)
+    return ask(conn, "RCPT", recipient, take(conn, "RCPT"))
+  end
+
+  function asks.DATA(conn)
+    local m = new_message(conn)
+    rawset(conn, "currentMessage", m)
+    return ask(conn, "DATA", m, take(conn, "DATA"), data_verdict)
+  end
+
+  function asks.DATA_END(conn, size)	-- the engine passes the size alone
+    local m = conn.currentMessage
+    if not m then return true, true, 0, nil end
+    m.size = size or m.size
+    if m._sealed then	-- no 'end' listener: the reply is what sealed it
+      conn._ask = false
+      if m._daccept == false then return true, false, m._dcode, m._dtext end
+      return true, false, FAIL_CODE, FAIL_TEXT
+    end
+    return ask(conn, "DATA_END", m, take(m, "end"), data_end_verdict)
+  end
+
+  local function simple(name)
+    return function(conn)
+      return ask(conn, name, setmetatable({ valid = true }, EventMeta[name]), take(conn, name))
+    end
+  end
+  asks.RSET, asks.QUIT = simple("RSET"), simple("QUIT")
+
+  local function argument(name)
+    return function(conn, args)
+      return ask(conn, name, setmetatable({ argument = args.arg, valid = true }, EventMeta[name]),
+        take(conn, name))
+    end
+  end
+  asks.VRFY, asks.EXPN = argument("VRFY"), argument("EXPN")
+
+  -- AUTH fails closed (the engine's default): a listener must set valid = true
+  function asks.AUTH(conn, args)
+    local creds = setmetatable({ method = args.method, username = args.username,
+      password = args.password, authzid = args.authzid, valid = AUTH_ACCEPT }, AuthMeta)
+    return ask(conn, "AUTH", creds, take(conn, "AUTH"))
+  end
+
+  -- the metatables of the address objects the bridge's converter builds
+  local kinds = { senderMeta = objects.SenderMeta, recipientMeta = objects.RecipientMeta }
+
+  function kinds.ask(handle, name, args)
+    if name == "CONNECT" then return asks.CONNECT(handle) end
+    local conn = conns[handle]
+    local f = asks[name]
+    if not conn or not f then return true end	-- the engine's default verdict
+    return f(conn, args)
+  end
+
+  function kinds.cancel(handle, name)
+    local conn = conns[handle]
+    if conn then
+      log("info", conn.id, "%s handler abandoned", name:lower())
+      cancel_ask(conn)
+      local m = conn.currentMessage
+      if m then m._cancelled = true end	-- unless an abort follows: no decision in time
+    end
+  end
+
+  -- The end of a message, at once: a refused DATA (the transaction goes on)
+  -- or the final dot's reply.  The envelope itself is the engine's.
+  function kinds.outcome(handle, name, code)
+    local conn = conns[handle]
+    local m = conn and conn.currentMessage
+    if not m then return end
+    local a = conn._ask
+    if a and a.name == name then conn._ask = false end
+    if name == "DATA_END" or code ~= 354 then
+      finish_message(m, code >= 200 and code < 400, code)
+    end
+  end
+
+  -- a 'data' listener failed: the message is sealed, the end of data gets 451
+  local function data_failed(conn, m, err)
+    log("warn", conn.id, "handler data failed: %s", err)
+    m._failed = m._failed or "a data handler failed"
+    seal(m, "error")
+    local a = conn._ask	-- an end of data that waits for a decision gets 451 now
+    if a and a.name == "DATA_END" and a.obj == m and a.waiting then
+      settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
+    end
+  end
+
+  function kinds.data(handle, chunk)
+    local conn = conns[handle]
+    local m = conn and conn.currentMessage
+    if not m then return end
+    m.size = m.size + #chunk
+    if m._sealed then return end
+    local fns = take(m, "data")
+    for i = 1, #fns do
+      local ok, err, task = spawn1(conn, fns[i], chunk)
+      if ok == false then
+        data_failed(conn, m, err)
+      elseif ok == nil then
+        task.on_finish = function(ok2, err2)
+          if not ok2 then data_failed(conn, m, err2) end
+        end
+      end
+      if m._sealed then return end	-- an error or a reject(): no later listener
+    end
+  end
+
+  function kinds.abort(handle, why)
+    local conn = conns[handle]
+    local m = conn and conn.currentMessage
+    if m then
+      rawset(m, "aborted", why)
+      seal(m, why)
+      finish_message(m, false, nil, why)
+    end
+  end
+
+  function kinds.closed(handle)
+    local conn = conns[handle]
+    if not conn then return end
+    cancel_ask(conn)
+    local m = conn.currentMessage
+    if m then	-- its DATA command was still waiting for a verdict: no abort came
+      seal(m, "disconnect")
+      finish_message(m, false, nil, "disconnect")
+    end
+    conns[handle] = nil
+    rawset(conn, "closed", true)
+    emit_detached(conn, "close", take(conn, "close"), conn)
+  end
+
+  I.kinds = kinds
+end
+
+return M

@@ -1,0 +1,122 @@
+-- smtp.message -- the Message object: one mail transaction's data.
+--
+-- Owns the Message class (accept, reject, pause, resume, its events data,
+-- end, accept, reject, abort) and a message's life: made at DATA, sealed
+-- once it will not be delivered (abort says why, once), finished at the
+-- final dot's reply or when the session ends.  Sender and recipients are
+-- the engine's envelope (smtp.connection).
+
+local Emitter = require "smtp.emitter"
+local objects = require "smtp.objects"
+local is_int = require("smtp.options").is_int
+local take, strict, fields = Emitter.take, objects.strict, objects.fields
+local rawget, rawset = rawget, rawset
+
+local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reject = "reject",
+  abort = "abort" }
+
+local M = {}
+
+-- install(I): the tasks and the asks in; I.new_message, I.seal and
+-- I.finish_message out
+function M.install(I)
+  local emit_detached, settle, UNDECIDED = I.emit_detached, I.settle, I.UNDECIDED
+
+
+  -- No data table of the user's here (one more table per message measured
+  -- +1.5% instructions per message): a message's own data lives in locals
+  -- of the 'DATA' listener, shared with its message listeners.
+  local Message = setmetatable({}, { __index = Emitter })
+  local MessageMeta = {
+    __index = Message,
+    __newindex = strict("message", fields("connection", "sender", "recipients", "receivers",
+      "accepted", "size", "aborted"), {
+      hint = "locals of the 'DATA' listener or connection.data",
+      class = Message,
+      internal = { "_names", "_once", "_on_change", "_listeners", "_finished", "_failed",
+        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext" },
+    }),
+  }
+
+  -- One constructor, its hash part sized for every field a message gets
+  -- (nil ones too), and the emitter's fields inline (Emitter.init's shape):
+  -- no rehash as the message goes through its life.  Sender and recipients
+  -- are the engine's envelope at DATA (the engine takes no RCPT once DATA
+  -- got 354), the address objects the listeners saw.
+  -- _sealed: why the message will not be delivered, once that is known.
+  local function new_message(conn)
+    local rcpts = conn.recipients
+    return setmetatable({
+      _names = MESSAGE_EVENTS, _once = false, _on_change = false,
+      _listeners = { data = false, ["end"] = false, accept = false, reject = false, abort = false },
+      connection = conn, sender = conn.sender, recipients = rcpts, receivers = rcpts,
+      accepted = false, size = 0, code = nil, _finished = false, _failed = false,
+      _sealed = false, _cancelled = false,
+      _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)
+    }, MessageMeta)
+  end
+
+  -- The message will not be delivered: no 'data' or 'end' listener runs
+  -- from now on, and 'abort' tells the listeners why, once (never after
+  -- 'accept').
+  local function seal(m, reason)
+    if m._sealed or m.accepted then return end
+    m._sealed = reason
+    emit_detached(m.connection, "abort", take(m, "abort"), m, reason)
+  end
+
+  local function decide_message(m, accept, code, text)
+    if m._daccept ~= UNDECIDED then return false, "already decided" end
+    m._daccept, m._dcode, m._dtext = accept, code, text or false
+    if not accept then seal(m, "rejected") end
+    local conn = m.connection
+    local a = conn._ask
+    if a and a.name == "DATA_END" and a.obj == m and a.waiting then
+      settle(conn, a, accept, code, text)
+    end
+    return true
+  end
+
+  -- message:accept([code][, text]) -> true | false, "already decided"
+  function Message:accept(code, text)
+    if type(code) == "string" and text == nil then code, text = nil, code end
+    if code ~= nil and (not is_int(code) or code < 200 or code > 299) then
+      error("accept code must be 2xx, got " .. tostring(code), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
+    return decide_message(self, true, code or 0, text)
+  end
+
+  -- message:reject([code][, text]) -> true | false, "already decided"
+  function Message:reject(code, text)
+    if type(code) == "string" and text == nil then code, text = nil, code end
+    if code ~= nil and (not is_int(code) or code < 400 or code > 599) then
+      error("reject code must be 4xx or 5xx, got " .. tostring(code), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
+    return decide_message(self, false, code or 0, text)
+  end
+
+  function Message:pause() self.connection._handle:pause() end
+  function Message:resume() self.connection._handle:resume() end
+
+  local function finish_message(m, accepted, code, reason)
+    if m._finished then return end
+    m._finished = true
+    if not accepted and not m._sealed then
+      -- refused without a reject() (an error, valid = false, no decision in time)
+      seal(m, (m._daccept == false or rawget(m, "valid") == false) and "rejected"
+        or m._cancelled and "decision timeout" or "error")
+    end
+    m.accepted = accepted
+    rawset(m, "code", code)
+    local conn = m.connection
+    if conn.currentMessage == m then conn.currentMessage = nil end
+    local name = accepted and "accept" or "reject"
+    emit_detached(conn, name, take(m, name), m, code or reason)
+  end
+
+  I.new_message, I.seal, I.finish_message = new_message, seal, finish_message
+end
+
+return M

@@ -1,0 +1,137 @@
+-- smtp.options -- the server options a script sets (server.maxSize = ...).
+--
+-- Owns OPTIONS: for each option name, check(v) -> ok, expected (what a
+-- wrong value is told it should be) and to(cfg, v, core), which writes it
+-- into the engine config (snake_case, read by lcore_config in C).  The
+-- handler budgets (handlerBudget, ...) write nothing: smtp.tasks keeps them.
+-- No state: shared by every instance.
+
+local M = {}
+
+
+local function is_int(v) return math.type(v) == "integer" end
+
+-- name -> { check(v) -> ok, expected ; to(cfg, v) }
+local function ms(field)
+  return {
+    check = function(v) return type(v) == "number" and v > 0 and v <= 86400, "a number of seconds in (0, 86400]" end,
+    to = function(cfg, v) cfg[field] = math.max(1, math.floor(v * 1000 + 0.5)) end,
+  }
+end
+local function int(field, min, what)
+  return {
+    check = function(v) return is_int(v) and v >= min, what end,
+    to = function(cfg, v) cfg[field] = v end,
+  }
+end
+local function ext(bit)
+  return {
+    check = function(v) return type(v) == "boolean", "a boolean" end,
+    to = function(cfg, v, core)
+      local b = core.EXT[bit]
+      if v then cfg.extensions = cfg.extensions | b else cfg.extensions = cfg.extensions & ~b end
+    end,
+  }
+end
+
+local OPTIONS = {
+  hostname = {
+    check = function(v)
+      return type(v) == "string" and #v > 0 and #v <= 255 and not v:find("[%c%s]"),
+        "a host name (no spaces or control characters, at most 255 octets)"
+    end,
+    to = function(cfg, v) cfg.hostname = v end,
+  },
+  maxSize = int("max_size", 0, "an integer >= 0 (octets; 0: no limit)"),
+  allowPipelining = ext("PIPELINING"),
+  enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
+  eightBitMime = ext("8BITMIME"),
+  smtputf8 = ext("SMTPUTF8"),
+  -- SASL mechanisms offered (RFC 4954); the engine runs them, Lua sees 'AUTH'
+  authMethods = {
+    check = function(v)
+      local what = 'an array of strings, mechanism names ("PLAIN", "LOGIN")'
+      if type(v) ~= "table" then return false, what end
+      for k, m in pairs(v) do
+        if not is_int(k) or type(m) ~= "string" then return false, what end
+        if m:upper() ~= "PLAIN" and m:upper() ~= "LOGIN" then
+          return false, what .. " (unknown mechanism " .. string.format("%q", m) .. ")"
+        end
+      end
+      return true
+    end,
+    to = function(cfg, v, core)
+      local bits = 0
+      for _, m in ipairs(v) do bits = bits | core.AUTH[m:upper()] end
+      cfg.auth_methods = bits
+    end,
+  },
+  maxAuthFailures = int("max_auth_failures", 1, "an integer >= 1"),
+  -- server.tls = { cert = "chain.pem", key = "key.pem" }: STARTTLS, implicit TLS
+  tls = {
+    check = function(v)
+      local what = 'a table { cert = "path", key = "path" }'
+      if type(v) ~= "table" then return false, what end
+      for k in pairs(v) do
+        if k ~= "cert" and k ~= "key" then return false, what .. " (unknown field " .. tostring(k) .. ")" end
+      end
+      for _, k in ipairs { "cert", "key" } do
+        if type(v[k]) ~= "string" or #v[k] == 0 then return false, what .. " (" .. k .. " missing)" end
+      end
+      return true
+    end,
+    to = function(cfg, v)
+      cfg.tls_cert, cfg.tls_key, cfg.starttls = v.cert, v.key, true
+    end,
+  },
+  maxRecipients = int("max_recipients", 1, "an integer >= 1"),
+  maxBadCommands = int("max_bad_commands", 1, "an integer >= 1"),
+  maxLineLength = int("max_line", 512, "an integer >= 512 (octets, with CRLF)"),
+  maxTextLineLength = {
+    check = function(v) return is_int(v) and (v == 0 or v >= 1000), "0 (no limit) or an integer >= 1000" end,
+    to = function(cfg, v) cfg.max_text_line = v end,
+  },
+  -- a bare LF in message data: "reject" the message (550), or "accept" it as a line end
+  bareLineFeed = {
+    check = function(v) return v == "reject" or v == "accept", '"reject" or "accept"' end,
+    to = function(cfg, v) cfg.accept_bare_lf = v == "accept" end,
+  },
+  commandTimeout = ms("timeout_command_ms"),
+  dataTimeout = ms("timeout_data_ms"),
+  decisionTimeout = ms("timeout_decision_ms"),
+  tlsHandshakeTimeout = ms("timeout_tls_ms"),
+  minDataRate = {
+    check = function(v)
+      return is_int(v) and v >= 0 and v <= 1e9, "an integer in [0, 1e9] (octets per second; 0: no minimum)"
+    end,
+    to = function(cfg, v) cfg.min_data_rate = v end,
+  },
+  maxSessionTime = {
+    check = function(v)
+      return type(v) == "number" and v >= 0 and v <= 86400, "0 (no limit) or a number of seconds in (0, 86400]"
+    end,
+    to = function(cfg, v) cfg.max_session_ms = v == 0 and 0 or math.max(1, math.floor(v * 1000 + 0.5)) end,
+  },
+  handlerBudget = {
+    check = function(v) return is_int(v) and v >= 1000, "an integer >= 1000 (VM instructions)" end,
+    to = function() end,
+  },
+  handlerCpuTime = {
+    check = function(v) return type(v) == "number" and v > 0 and v <= 3600, "a number of seconds in (0, 3600]" end,
+    to = function() end,
+  },
+  handlerMemory = {
+    check = function(v) return is_int(v) and v >= 65536, "an integer >= 65536 (bytes)" end,
+    to = function() end,
+  },
+  -- per worker: the Lua heap (default: a share of RAM) and how long one call
+  -- into Lua may block it before it is replaced (lua_run.c, lua_policy.c)
+  memoryLimit = int("memory_limit", 8388608, "an integer >= 8388608 (bytes)"),
+  blockedLimit = {
+    check = function(v) return type(v) == "number" and v >= 1 and v <= 3600, "a number of seconds in [1, 3600]" end,
+    to = function(cfg, v) cfg.blocked_limit_ms = math.floor(v * 1000 + 0.5) end,
+  },
+}
+
+M.OPTIONS, M.is_int = OPTIONS, is_int
+return M

@@ -1,0 +1,148 @@
+-- smtp.server -- the Server object: options, listen addresses, 'start'.
+--
+-- Owns the one Server of an instance (smtp.createServer, which also makes
+-- the C bridge on the kinds of smtp.dispatch), its options (checked by
+-- smtp.options as they are set), server:listen, the engine config the
+-- options give, the 'start' listeners, and smtp._policy(): what the host
+-- (lua_host.c) and the harness (smtp.testing) read after the script ran,
+-- checked there once for both (a tls listener needs server.tls).
+
+local Emitter = require "smtp.emitter"
+local options = require "smtp.options"
+local OPTIONS, is_int = options.OPTIONS, options.is_int
+local take = Emitter.take
+local rawget, rawset = rawget, rawset
+
+local SERVER_EVENTS = { connection = "connection", start = "start" }
+
+local M = {}
+
+-- install(I): I.core, I.platform, I.smtp, I.log and the tasks in (I.kinds
+-- read when the server is made); I.server out, once made
+function M.install(I)
+  local core, platform, smtp, log = I.core, I.platform, I.smtp, I.log
+  local spawn, set_limit = I.spawn, I.set_limit
+  local server, bridge
+
+  local Server = setmetatable({}, { __index = Emitter })
+  local ServerMeta = {
+    __index = function(s, k)
+      local v = rawget(s, "_opts")[k]
+      if v ~= nil then return v end
+      if k == "hostname" then return platform.hostname and platform.hostname() or core.fqdn() end
+      return Server[k]
+    end,
+    __newindex = function(s, k, v)
+      local opt = OPTIONS[k]
+      if not opt then
+        error(string.format("unknown server option %q", tostring(k)), 2)
+      end
+      if v ~= nil then
+        local ok, expected = opt.check(v)
+        if not ok then
+          error(string.format("server.%s must be %s, got %s", k, expected,
+            type(v) == "string" and string.format("%q", v) or tostring(v)), 2)
+        end
+      end
+      rawget(s, "_opts")[k] = v
+      set_limit(k, v)
+    end,
+  }
+
+  local LISTEN_OPTS = { tls = true, insecureAuth = true }
+
+  -- server:listen(port[, host][, opts]) -> server (records the address: the
+  -- binary binds); opts.tls: implicit TLS (RFC 8314), opts.insecureAuth: AUTH
+  -- allowed before TLS on this listener
+  function Server:listen(port, host, opts)
+    if not is_int(port) or port < 0 or port > 65535 then
+      error("listen: port must be an integer from 0 to 65535", 2)
+    end
+    if type(host) == "table" and opts == nil then host, opts = nil, host end
+    if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
+      error("listen: host must be a non-empty string", 2)
+    end
+    if opts ~= nil and type(opts) ~= "table" then
+      error("listen: options must be a table { tls = bool, insecureAuth = bool }", 2)
+    end
+    for k, v in pairs(opts or {}) do
+      if not LISTEN_OPTS[k] then error(string.format("listen: unknown option %q", tostring(k)), 2) end
+      if type(v) ~= "boolean" then error("listen: option " .. k .. " must be a boolean", 2) end
+    end
+    local l = rawget(self, "listening")
+    l[#l + 1] = { port = port, host = host, tls = opts and opts.tls or nil,
+      insecureAuth = opts and opts.insecureAuth or nil }
+    return self
+  end
+
+  -- server:_config() -> the engine config (snake_case) the options give
+  function Server:_config()
+    local cfg = core.defaults()
+    cfg.hostname = self.hostname
+    for name, opt in pairs(OPTIONS) do
+      local v = rawget(self, "_opts")[name]
+      if v ~= nil then opt.to(cfg, v, core) end
+    end
+    return cfg
+  end
+
+  -- smtp.createServer([fn]) -> server; fn is a 'connection' listener
+  function smtp.createServer(fn)
+    if server then error("one server per script: createServer was already called", 2) end
+    if fn ~= nil and type(fn) ~= "function" then error("createServer: a function expected", 2) end
+    bridge = core.bridge(I.kinds)
+    local s = setmetatable({}, ServerMeta)
+    rawset(s, "_opts", {})
+    rawset(s, "listening", {})
+    Emitter.init(s, SERVER_EVENTS, function(self)
+      bridge:watch(self:has_listeners("connection"))
+    end)
+    server = s
+    I.server = s
+    if fn then s:on("connection", fn) end
+    return s
+  end
+
+  -- Runs the server's 'start' listeners, once: luasmtpd calls it in each
+  -- worker as its event loop starts, smtp.testing when it loaded the script.
+  -- Each runs in a task of its own (it may sleep, or loop with smtp.sleep,
+  -- without holding the others up), logged without a session id; an error
+  -- is logged and serving goes on.
+  local started = false
+  local function start()
+    if started or not server then return end
+    started = true
+    local function failed(err)
+      log("error", nil, "handler start failed: %s (serving goes on without it)", err)
+    end
+    local fns = take(server, "start")
+    for i = 1, #fns do
+      local ok, err, task = spawn(false, fns[i], nil, server)
+      if ok == false then
+        failed(err)
+      elseif ok == nil then
+        task.on_finish = function(ok2, err2) if not ok2 then failed(err2) end end
+      end
+    end
+  end
+
+  -- What the C side (lua_policy.c) and the harness read after the script ran.
+  function smtp._policy()
+    I.loaded = true
+    if not server then return nil, "the script did not call smtp.createServer" end
+    for _, l in ipairs(rawget(server, "listening")) do
+      if l.tls and not rawget(server, "_opts").tls then
+        return nil, core.TLS_NEEDS_CERT:format(l.port)
+      end
+    end
+    return {
+      bridge = bridge,
+      server = server,
+      config = server:_config(),
+      listening = rawget(server, "listening"),
+      start = start,
+    }
+  end
+end
+
+return M

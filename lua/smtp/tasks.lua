@@ -1,0 +1,232 @@
+-- smtp.tasks -- every handler runs in a coroutine of its own.
+--
+-- Owns the pooled handler runs of one instance (acquire, resume, spawn,
+-- chains of listeners that wait, fire-and-forget listeners), the budgets
+-- each run gets (server.handlerBudget, .handlerCpuTime, .handlerMemory) and
+-- the time API on top of them: smtp.sleep, smtp.setTimeout,
+-- smtp.clearTimeout.  The platform supplies the timers (lua_host.c's
+-- libevent ones, or smtp.testing's virtual clock).
+
+local M = {}
+
+-- install(I): I.core, I.platform, I.smtp and I.log in; the task functions
+-- out (I.current_task, I.spawn, I.spawn1, I.run_chain, I.emit_detached,
+-- I.drop, I.set_limit)
+function M.install(I)
+  local core, platform, smtp, log = I.core, I.platform, I.smtp, I.log
+  local tasks = setmetatable({}, { __mode = "k" })	-- coroutine -> task
+
+  local function current_task()
+    local co = coroutine.running()
+    return co and tasks[co]
+  end
+
+  -- the handler budgets (the engine's defaults until the script sets
+  -- them), and run_limits, what smtp_core.call takes for them (none for a
+  -- stub core, which runs no handler)
+  local DEFAULT_BUDGET, DEFAULT_CPU = core.HANDLER_BUDGET, core.HANDLER_CPU
+  local handler_budget, handler_cpu, handler_memory = DEFAULT_BUDGET, DEFAULT_CPU, 0
+  local run_limits
+  local function set_limits()
+    run_limits = core.limits and core.limits(handler_budget, handler_cpu, handler_memory)
+  end
+  set_limits()
+
+  -- set_limit(option, v): server.handlerBudget, .handlerCpuTime or
+  -- .handlerMemory was set (nil: back to the default)
+  local function set_limit(k, v)
+    if k == "handlerBudget" then handler_budget = v or DEFAULT_BUDGET
+    elseif k == "handlerCpuTime" then handler_cpu = v or DEFAULT_CPU
+    elseif k == "handlerMemory" then handler_memory = v or 0
+    else return end
+    set_limits()
+  end
+
+  -- Coroutines are pooled: smtp_core.call starts a handler on an idle
+  -- pooled coroutine (its function and arguments pushed from C, no
+  -- trampoline), and a handler that returns leaves the coroutine idle for
+  -- the next one, so it costs no coroutine, closure or table allocation and
+  -- no yield.  A coroutine that failed, or that is still waiting when its
+  -- task is dropped, never goes back to the pool.  The budgets of a resume
+  -- (instructions, CPU time, heap growth) are smtp_core.call's: a count
+  -- hook from the first instruction of a resume (the harness), or the
+  -- CPU-time watchdog and the allocator of luasmtpd (lua_run.c).
+
+  local traceback = debug.traceback
+  local POOL_MAX = 32
+  local pool, npool = {}, 0
+
+  -- call(co, limits, fn | nil, ...) -> true (returned) | nil (waiting) |
+  -- false, err: starts fn(...) on an idle co, or resumes a waiting one
+  local call, newco = core.call, core.thread
+
+  local function drop(task)
+    task.dropped = true
+    if task.timer then task.timer:cancel() ; task.timer = nil end
+  end
+
+  -- A task for conn; on_finish(ok, err) is called when it ends after having
+  -- waited (or at once, if given here).
+  local function acquire(conn, on_finish)
+    local task
+    if npool > 0 then
+      task = pool[npool]
+      pool[npool] = nil
+      npool = npool - 1
+    else
+      local co = newco()
+      task = { co = co, gen = 0, conn = false, on_finish = false, dead = false,
+        dropped = false, timer = false }
+      tasks[co] = task
+    end
+    task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish or false, false, false
+    task.gen = task.gen + 1
+    return task
+  end
+
+  -- Runs task (fn(...) on an idle one, a waiting one without fn) until it
+  -- returns, fails or waits: true | false, traceback | nil (waiting).
+  -- task.on_finish, if set, is called when it ends.
+  local function after(task, ok, r)
+    if ok then
+      task.dead = true
+      local cb = task.on_finish
+      task.conn, task.on_finish = false, false	-- false, not nil: the keys stay set
+      if npool < POOL_MAX then
+        npool = npool + 1
+        pool[npool] = task
+      end
+      if cb then cb(true) end
+      return true
+    end
+    if ok == nil then return nil end	-- waiting: the budget restarts at the next resume
+    local co = task.co
+    task.dead = true
+    tasks[co] = nil
+    local err = traceback(co, tostring(r))
+    if task.on_finish then task.on_finish(false, err) end
+    return false, err
+  end
+  local function resume(task, fn, ...)
+    return after(task, call(task.co, run_limits, fn, ...))
+  end
+
+  -- Starts fn(...) in a task: resume()'s result and the task.
+  local function spawn(conn, fn, on_finish, ...)
+    local task = acquire(conn, on_finish)
+    local ok, err = resume(task, fn, ...)
+    return ok, err, task
+  end
+
+  -- spawn(conn, fn, nil, arg): one argument, no on_finish, acquire and
+  -- resume inline when the pool has a coroutine (every handler run of an
+  -- ask, every data chunk)
+  local function spawn1(conn, fn, arg)
+    if npool == 0 then return spawn(conn, fn, nil, arg) end
+    local task = pool[npool]
+    pool[npool] = nil
+    npool = npool - 1
+    task.conn, task.on_finish, task.dead, task.dropped = conn, false, false, false
+    task.gen = task.gen + 1
+    local ok, err = after(task, call(task.co, run_limits, fn, arg))
+    return ok, err, task
+  end
+
+  -- runs fns[i], fns[i+1], ... one after the other, each in its own task,
+  -- the first one (task) already started and waiting; done(ok, err) once
+  local function run_chain(conn, fns, i, task, arg, done)
+    local chain = { cancelled = false, current = task }
+    local function step(ok, err)
+      if chain.cancelled then return end
+      chain.current = nil
+      if not ok then return done(false, err) end
+      while true do
+        i = i + 1
+        if fns[i] == nil then return done(true) end
+        local ok2, err2, t = spawn(conn, fns[i], nil, arg)
+        if ok2 == nil then
+          chain.current = t
+          t.on_finish = step
+          return
+        end
+        if not ok2 then return done(false, err2) end
+      end
+    end
+    task.on_finish = step
+    function chain.cancel()
+      chain.cancelled = true
+      if chain.current then drop(chain.current) end
+    end
+    return chain
+  end
+
+  -- fire-and-forget listeners (data, close, accept, reject, timers)
+  local function emit_detached(conn, what, fns, ...)
+    for i = 1, #fns do
+      local ok, err, task = spawn(conn, fns[i], nil, ...)
+      if ok == false then
+        log("warn", conn and conn.id, "handler %s failed: %s", what, err)
+      elseif ok == nil then
+        task.on_finish = function(ok2, err2)
+          if not ok2 then log("warn", conn and conn.id, "handler %s failed: %s", what, err2) end
+        end
+      end
+    end
+  end
+
+  -- ---- time ----------------------------------------------------------------
+
+  -- The script's top level runs before any event loop (luasmtpd --check,
+  -- the validation before the workers start): timers start in handlers and
+  -- in 'start' listeners, never while loading (I.loaded: smtp._policy() ran).
+  local function timer(seconds, fn)
+    if not I.loaded then
+      error("timers cannot start while the script loads: start them in a "
+        .. "server:on(\"start\", fn) listener or in a handler", 3)
+    end
+    if not platform.timer then
+      error("no event loop: timers run in luasmtpd or smtp.testing", 3)
+    end
+    return platform.timer(seconds, fn)
+  end
+
+  -- smtp.sleep(seconds): the handler waits; its session's reply waits with it
+  function smtp.sleep(seconds)
+    if type(seconds) ~= "number" or seconds < 0 then error("sleep: seconds must be a number >= 0", 2) end
+    local task = current_task()
+    if not task then error("smtp.sleep must be called from a handler or a 'start' listener", 2) end
+    local gen = task.gen
+    task.timer = timer(seconds, function()
+      task.timer = nil
+      if task.gen == gen and not task.dead and not task.dropped then resume(task, nil) end
+    end)
+    coroutine.yield()
+  end
+
+  -- smtp.setTimeout(fn, ms) -> timer; fn runs in its own coroutine
+  function smtp.setTimeout(fn, ms)
+    if type(fn) ~= "function" then error("setTimeout: a function expected", 2) end
+    if type(ms) ~= "number" or ms < 0 then error("setTimeout: ms must be a number >= 0", 2) end
+    local task = current_task()
+    local conn = task and task.conn
+    local t = { cancelled = false }
+    t.handle = timer(ms / 1000, function()
+      if t.cancelled then return end
+      emit_detached(conn, "timer", { fn })
+    end)
+    return t
+  end
+
+  -- smtp.clearTimeout(timer)
+  function smtp.clearTimeout(t)
+    if type(t) == "table" and t.handle and not t.cancelled then
+      t.cancelled = true
+      t.handle:cancel()
+    end
+  end
+
+  I.current_task, I.set_limit, I.drop = current_task, set_limit, drop
+  I.spawn, I.spawn1, I.run_chain, I.emit_detached = spawn, spawn1, run_chain, emit_detached
+end
+
+return M
