@@ -12,39 +12,70 @@ local rawget = rawget
 
 local M = {}
 
--- install(I): I.core, I.platform, I.log, the tasks and the fail verdict in;
--- I.ask, I.settle, I.cancel_ask, I.data_verdict, I.data_end_verdict,
--- I.check_code, I.check_text, I.WAIT and I.UNDECIDED out
-function M.install(I)
+-- ---- verdicts: no state of the instance ------------------------------------
+
+local function check_code(code, accept)
+  if code == nil then return 0 end
+  if not is_int(code) or code < 200 or code > 599 then
+    error("reply code must be an integer from 200 to 599, got " .. tostring(code), 0)
+  end
+  if accept == false and code < 400 then
+    error("refused verdict: code " .. code .. " with valid = false (a rejection needs 4xx or 5xx)", 0)
+  end
+  return code
+end
+
+local function check_text(text)
+  if text ~= nil and type(text) ~= "string" then
+    error("reply message must be a string, got " .. type(text), 0)
+  end
+  return text
+end
+
+local function verdict_of(obj)
+  local accept = obj.valid ~= false
+  return accept, check_code(obj.code, accept), check_text(obj.message)
+end
+
+local WAIT = {}
+local UNDECIDED = {}	-- a message's _daccept before accept() or reject()
+
+-- The DATA command's verdict: a reject() during the DATA listeners
+-- refuses the command itself (the transaction goes on).
+local function data_verdict(m)
+  if m._daccept == false then
+    local code, text = m._dcode, m._dtext
+    m._daccept, m._dcode, m._dtext = UNDECIDED, 0, false
+    return false, code, text
+  end
+  if rawget(m, "valid") == false then return false, check_code(m.code, false), check_text(m.message) end
+  return true, 0, nil
+end
+
+-- The final dot's verdict: the message's decision, or WAIT for one.
+local function data_end_verdict(m)
+  if m._failed then error(m._failed, 0) end
+  local accept = m._daccept
+  if accept == UNDECIDED then return WAIT end
+  return accept, m._dcode, m._dtext
+end
+
+-- The ask in progress of conn is over without a verdict (the engine
+-- cancelled it, or the client left): its waiting listeners are dropped.
+local function cancel_ask(conn)
+  local a = conn._ask
+  if a then
+    a.cancelled = true
+    if a.chain then a.chain.cancel() end
+    conn._ask = false
+  end
+end
+
+-- ---- asks ------------------------------------------------------------------
+
+-- a verdict that failed or waited: I.ask_failed and I.settle out
+local function install_settle(I)
   local platform, log = I.platform, I.log
-  local FAIL_CODE, FAIL_TEXT = I.FAIL_CODE, I.FAIL_TEXT
-  local spawn1, run_chain = I.spawn1, I.run_chain
-
-  local function check_code(code, accept)
-    if code == nil then return 0 end
-    if not is_int(code) or code < 200 or code > 599 then
-      error("reply code must be an integer from 200 to 599, got " .. tostring(code), 0)
-    end
-    if accept == false and code < 400 then
-      error("refused verdict: code " .. code .. " with valid = false (a rejection needs 4xx or 5xx)", 0)
-    end
-    return code
-  end
-
-  local function check_text(text)
-    if text ~= nil and type(text) ~= "string" then
-      error("reply message must be a string, got " .. type(text), 0)
-    end
-    return text
-  end
-
-  local function verdict_of(obj)
-    local accept = obj.valid ~= false
-    return accept, check_code(obj.code, accept), check_text(obj.message)
-  end
-
-  local WAIT = {}
-  local UNDECIDED = {}	-- a message's _daccept before accept() or reject()
 
   -- A failed ask (a listener raised, or its decision was malformed): the
   -- client gets 451 (421 at connect) and the log the reason; a platform's
@@ -64,26 +95,14 @@ function M.install(I)
     end
   end
 
-  -- The DATA command's verdict: a reject() during the DATA listeners
-  -- refuses the command itself (the transaction goes on).
-  local function data_verdict(m)
-    if m._daccept == false then
-      local code, text = m._dcode, m._dtext
-      m._daccept, m._dcode, m._dtext = UNDECIDED, 0, false
-      return false, code, text
-    end
-    if rawget(m, "valid") == false then return false, check_code(m.code, false), check_text(m.message) end
-    return true, 0, nil
-  end
+  I.ask_failed, I.settle = ask_failed, settle
+end
 
-  -- The final dot's verdict: the message's decision, or WAIT for one.
-  local function data_end_verdict(m)
-    if m._failed then error(m._failed, 0) end
-    local accept = m._daccept
-    if accept == UNDECIDED then return WAIT end
-    return accept, m._dcode, m._dtext
-  end
-
+-- the asks: I.ask out
+local function install_ask(I)
+  local log, ask_failed, settle = I.log, I.ask_failed, I.settle
+  local FAIL_CODE, FAIL_TEXT = I.FAIL_CODE, I.FAIL_TEXT
+  local spawn1, run_chain = I.spawn1, I.run_chain
 
   -- The verdict of an ask whose listeners all ran: true, accept, code, text
   -- (false when finish says WAIT: a decide follows).
@@ -152,20 +171,16 @@ function M.install(I)
     return conclude(conn, nil, name, obj, finish)
   end
 
-  -- The ask in progress of conn is over without a verdict (the engine
-  -- cancelled it, or the client left): its waiting listeners are dropped.
-  local function cancel_ask(conn)
-    local a = conn._ask
-    if a then
-      a.cancelled = true
-      if a.chain then a.chain.cancel() end
-      conn._ask = false
-    end
-  end
-
-  I.ask, I.settle, I.cancel_ask = ask, settle, cancel_ask
-  I.data_verdict, I.data_end_verdict = data_verdict, data_end_verdict
-  I.check_code, I.check_text, I.WAIT, I.UNDECIDED = check_code, check_text, WAIT, UNDECIDED
+  I.ask = ask
 end
 
+-- install(I): I.platform, I.log, the tasks and the fail verdict in; I.ask,
+-- I.ask_failed and I.settle out
+function M.install(I)
+  install_settle(I)
+  install_ask(I)
+end
+
+M.UNDECIDED, M.data_verdict, M.data_end_verdict = UNDECIDED, data_verdict, data_end_verdict
+M.cancel_ask = cancel_ask
 return M

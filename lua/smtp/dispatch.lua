@@ -12,24 +12,18 @@ local Emitter = require "smtp.emitter"
 local objects = require "smtp.objects"
 local take = Emitter.take	-- called directly on the hot path (no __index)
 local HeloMeta, AuthMeta, EventMeta = objects.HeloMeta, objects.AuthMeta, objects.EventMeta
+local Ask = require "smtp.ask"
+local cancel_ask, data_verdict, data_end_verdict = Ask.cancel_ask, Ask.data_verdict,
+  Ask.data_end_verdict
 local setmetatable, rawset = setmetatable, rawset
 
 local M = {}
 
--- install(I): the tasks, asks, messages and connections in; I.kinds out
-function M.install(I)
-  local core, log = I.core, I.log
-  local FAIL_CODE, FAIL_TEXT = I.FAIL_CODE, I.FAIL_TEXT
-  -- the engine's default for AUTH (fails closed)
-  local AUTH_ACCEPT = core.ACCEPT and core.ACCEPT.AUTH
-  local spawn1 = I.spawn1
-  local emit_detached = I.emit_detached
-  local ask, settle, cancel_ask = I.ask, I.settle, I.cancel_ask
-  local data_verdict, data_end_verdict = I.data_verdict, I.data_end_verdict
-  local new_message, seal, finish_message = I.new_message, I.seal, I.finish_message
-  local new_connection = I.new_connection
-  local conns = {}	-- handle -> connection
-
+-- the asks: the event object of each engine event, its listeners run on it
+local function install_asks(I, conns)
+  local core, FAIL_CODE, FAIL_TEXT = I.core, I.FAIL_CODE, I.FAIL_TEXT
+  local AUTH_ACCEPT = core.ACCEPT and core.ACCEPT.AUTH	-- the engine's: fails closed
+  local ask, new_message, new_connection = I.ask, I.new_message, I.new_connection
   local asks = {}
 
   function asks.CONNECT(handle)
@@ -97,6 +91,13 @@ function M.install(I)
   end
 
   -- the metatables of the address objects the bridge's converter builds
+  return asks
+end
+
+-- the kinds of one command's life and of the session's end
+local function install_kinds(I, conns, asks)
+  local log = I.log
+  local emit_detached, finish_message, seal = I.emit_detached, I.finish_message, I.seal
   local kinds = { senderMeta = objects.SenderMeta, recipientMeta = objects.RecipientMeta }
 
   function kinds.ask(handle, name, args)
@@ -129,6 +130,29 @@ function M.install(I)
       finish_message(m, code >= 200 and code < 400, code)
     end
   end
+
+  function kinds.closed(handle)
+    local conn = conns[handle]
+    if not conn then return end
+    cancel_ask(conn)
+    local m = conn.currentMessage
+    if m then	-- its DATA command was still waiting for a verdict: no abort came
+      seal(m, "disconnect")
+      finish_message(m, false, nil, "disconnect")
+    end
+    conns[handle] = nil
+    rawset(conn, "closed", true)
+    emit_detached(conn, "close", take(conn, "close"), conn)
+  end
+
+  return kinds
+end
+
+-- the kinds of message data: a chunk, an abort
+local function install_data(I, conns, kinds)
+  local log, FAIL_CODE, FAIL_TEXT = I.log, I.FAIL_CODE, I.FAIL_TEXT
+  local spawn1, emit_detached, settle = I.spawn1, I.emit_detached, I.settle
+  local seal, finish_message = I.seal, I.finish_message
 
   -- a 'data' listener failed: the message is sealed, the end of data gets 451
   local function data_failed(conn, m, err)
@@ -170,21 +194,14 @@ function M.install(I)
       finish_message(m, false, nil, why)
     end
   end
+end
 
-  function kinds.closed(handle)
-    local conn = conns[handle]
-    if not conn then return end
-    cancel_ask(conn)
-    local m = conn.currentMessage
-    if m then	-- its DATA command was still waiting for a verdict: no abort came
-      seal(m, "disconnect")
-      finish_message(m, false, nil, "disconnect")
-    end
-    conns[handle] = nil
-    rawset(conn, "closed", true)
-    emit_detached(conn, "close", take(conn, "close"), conn)
-  end
-
+-- install(I): the tasks, asks, messages and connections in; I.kinds out
+function M.install(I)
+  local conns = {}	-- handle -> connection
+  local asks = install_asks(I, conns)
+  local kinds = install_kinds(I, conns, asks)
+  install_data(I, conns, kinds)
   I.kinds = kinds
 end
 

@@ -10,6 +10,7 @@ local Emitter = require "smtp.emitter"
 local objects = require "smtp.objects"
 local is_int = require("smtp.options").is_int
 local take, strict, fields = Emitter.take, objects.strict, objects.fields
+local UNDECIDED = require("smtp.ask").UNDECIDED	-- a message's _daccept before a decision
 local rawget, rawset = rawget, rawset
 
 local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reject = "reject",
@@ -17,11 +18,53 @@ local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reje
 
 local M = {}
 
--- install(I): the tasks and the asks in; I.new_message, I.seal and
--- I.finish_message out
-function M.install(I)
-  local emit_detached, settle, UNDECIDED = I.emit_detached, I.settle, I.UNDECIDED
+-- a message's life: I.seal, I.finish_message and I.decide_message out
+local function install_life(I)
+  local emit_detached, settle = I.emit_detached, I.settle
 
+  -- The message will not be delivered: no 'data' or 'end' listener runs
+  -- from now on, and 'abort' tells the listeners why, once (never after
+  -- 'accept').
+  local function seal(m, reason)
+    if m._sealed or m.accepted then return end
+    m._sealed = reason
+    emit_detached(m.connection, "abort", take(m, "abort"), m, reason)
+  end
+
+  local function decide_message(m, accept, code, text)
+    if m._daccept ~= UNDECIDED then return false, "already decided" end
+    m._daccept, m._dcode, m._dtext = accept, code, text or false
+    if not accept then seal(m, "rejected") end
+    local conn = m.connection
+    local a = conn._ask
+    if a and a.name == "DATA_END" and a.obj == m and a.waiting then
+      settle(conn, a, accept, code, text)
+    end
+    return true
+  end
+
+  local function finish_message(m, accepted, code, reason)
+    if m._finished then return end
+    m._finished = true
+    if not accepted and not m._sealed then
+      -- refused without a reject() (an error, valid = false, no decision in time)
+      seal(m, (m._daccept == false or rawget(m, "valid") == false) and "rejected"
+        or m._cancelled and "decision timeout" or "error")
+    end
+    m.accepted = accepted
+    rawset(m, "code", code)
+    local conn = m.connection
+    if conn.currentMessage == m then conn.currentMessage = nil end
+    local name = accepted and "accept" or "reject"
+    emit_detached(conn, name, take(m, name), m, code or reason)
+  end
+
+  I.seal, I.finish_message, I.decide_message = seal, finish_message, decide_message
+end
+
+-- the class: I.new_message out
+local function install_class(I)
+  local decide_message = I.decide_message
 
   -- No data table of the user's here (one more table per message measured
   -- +1.5% instructions per message): a message's own data lives in locals
@@ -56,27 +99,6 @@ function M.install(I)
     }, MessageMeta)
   end
 
-  -- The message will not be delivered: no 'data' or 'end' listener runs
-  -- from now on, and 'abort' tells the listeners why, once (never after
-  -- 'accept').
-  local function seal(m, reason)
-    if m._sealed or m.accepted then return end
-    m._sealed = reason
-    emit_detached(m.connection, "abort", take(m, "abort"), m, reason)
-  end
-
-  local function decide_message(m, accept, code, text)
-    if m._daccept ~= UNDECIDED then return false, "already decided" end
-    m._daccept, m._dcode, m._dtext = accept, code, text or false
-    if not accept then seal(m, "rejected") end
-    local conn = m.connection
-    local a = conn._ask
-    if a and a.name == "DATA_END" and a.obj == m and a.waiting then
-      settle(conn, a, accept, code, text)
-    end
-    return true
-  end
-
   -- message:accept([code][, text]) -> true | false, "already decided"
   function Message:accept(code, text)
     if type(code) == "string" and text == nil then code, text = nil, code end
@@ -100,23 +122,14 @@ function M.install(I)
   function Message:pause() self.connection._handle:pause() end
   function Message:resume() self.connection._handle:resume() end
 
-  local function finish_message(m, accepted, code, reason)
-    if m._finished then return end
-    m._finished = true
-    if not accepted and not m._sealed then
-      -- refused without a reject() (an error, valid = false, no decision in time)
-      seal(m, (m._daccept == false or rawget(m, "valid") == false) and "rejected"
-        or m._cancelled and "decision timeout" or "error")
-    end
-    m.accepted = accepted
-    rawset(m, "code", code)
-    local conn = m.connection
-    if conn.currentMessage == m then conn.currentMessage = nil end
-    local name = accepted and "accept" or "reject"
-    emit_detached(conn, name, take(m, name), m, code or reason)
-  end
+  I.new_message = new_message
+end
 
-  I.new_message, I.seal, I.finish_message = new_message, seal, finish_message
+-- install(I): the tasks and the asks in; I.new_message, I.seal and
+-- I.finish_message out
+function M.install(I)
+  install_life(I)
+  install_class(I)
 end
 
 return M

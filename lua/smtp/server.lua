@@ -17,12 +17,37 @@ local SERVER_EVENTS = { connection = "connection", start = "start" }
 
 local M = {}
 
--- install(I): I.core, I.platform, I.smtp, I.log and the tasks in (I.kinds
--- read when the server is made); I.server out, once made
-function M.install(I)
-  local core, platform, smtp, log = I.core, I.platform, I.smtp, I.log
-  local spawn, set_limit = I.spawn, I.set_limit
-  local server, bridge
+local LISTEN_OPTS = { tls = true, insecureAuth = true }
+
+-- server:listen(port[, host][, opts]) -> server (records the address: the
+-- binary binds); opts.tls: implicit TLS (RFC 8314), opts.insecureAuth: AUTH
+-- allowed before TLS on this listener
+local function listen(self, port, host, opts)
+  if not is_int(port) or port < 0 or port > 65535 then
+    error("listen: port must be an integer from 0 to 65535", 2)
+  end
+  if type(host) == "table" and opts == nil then host, opts = nil, host end
+  if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
+    error("listen: host must be a non-empty string", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("listen: options must be a table { tls = bool, insecureAuth = bool }", 2)
+  end
+  for k, v in pairs(opts or {}) do
+    if not LISTEN_OPTS[k] then error(string.format("listen: unknown option %q", tostring(k)), 2) end
+    if type(v) ~= "boolean" then error("listen: option " .. k .. " must be a boolean", 2) end
+  end
+  local l = rawget(self, "listening")
+  l[#l + 1] = { port = port, host = host, tls = opts and opts.tls or nil,
+    insecureAuth = opts and opts.insecureAuth or nil }
+  return self
+end
+
+-- the Server class and smtp.createServer (I.kinds read when the server is
+-- made); I.server and I.bridge out, once made
+local function install_server(I)
+  local core, platform, smtp, set_limit = I.core, I.platform, I.smtp, I.set_limit
+  local server
 
   local Server = setmetatable({}, { __index = Emitter })
   local ServerMeta = {
@@ -49,31 +74,7 @@ function M.install(I)
     end,
   }
 
-  local LISTEN_OPTS = { tls = true, insecureAuth = true }
-
-  -- server:listen(port[, host][, opts]) -> server (records the address: the
-  -- binary binds); opts.tls: implicit TLS (RFC 8314), opts.insecureAuth: AUTH
-  -- allowed before TLS on this listener
-  function Server:listen(port, host, opts)
-    if not is_int(port) or port < 0 or port > 65535 then
-      error("listen: port must be an integer from 0 to 65535", 2)
-    end
-    if type(host) == "table" and opts == nil then host, opts = nil, host end
-    if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
-      error("listen: host must be a non-empty string", 2)
-    end
-    if opts ~= nil and type(opts) ~= "table" then
-      error("listen: options must be a table { tls = bool, insecureAuth = bool }", 2)
-    end
-    for k, v in pairs(opts or {}) do
-      if not LISTEN_OPTS[k] then error(string.format("listen: unknown option %q", tostring(k)), 2) end
-      if type(v) ~= "boolean" then error("listen: option " .. k .. " must be a boolean", 2) end
-    end
-    local l = rawget(self, "listening")
-    l[#l + 1] = { port = port, host = host, tls = opts and opts.tls or nil,
-      insecureAuth = opts and opts.insecureAuth or nil }
-    return self
-  end
+  Server.listen = listen
 
   -- server:_config() -> the engine config (snake_case) the options give
   function Server:_config()
@@ -90,7 +91,7 @@ function M.install(I)
   function smtp.createServer(fn)
     if server then error("one server per script: createServer was already called", 2) end
     if fn ~= nil and type(fn) ~= "function" then error("createServer: a function expected", 2) end
-    bridge = core.bridge(I.kinds)
+    local bridge = core.bridge(I.kinds)
     local s = setmetatable({}, ServerMeta)
     rawset(s, "_opts", {})
     rawset(s, "listening", {})
@@ -98,10 +99,16 @@ function M.install(I)
       bridge:watch(self:has_listeners("connection"))
     end)
     server = s
-    I.server = s
+    I.server, I.bridge = s, bridge
     if fn then s:on("connection", fn) end
     return s
   end
+
+end
+
+-- the 'start' listeners and smtp._policy()
+local function install_policy(I)
+  local core, smtp, log, spawn = I.core, I.smtp, I.log, I.spawn
 
   -- Runs the server's 'start' listeners, once: luasmtpd calls it in each
   -- worker as its event loop starts, smtp.testing when it loaded the script.
@@ -110,6 +117,7 @@ function M.install(I)
   -- is logged and serving goes on.
   local started = false
   local function start()
+    local server = I.server
     if started or not server then return end
     started = true
     local function failed(err)
@@ -126,9 +134,11 @@ function M.install(I)
     end
   end
 
-  -- What the C side (lua_policy.c) and the harness read after the script ran.
+  -- What the host (lua_host.c) and the harness read after the script ran;
+  -- a {tls = true} listener without server.tls fails here, for both.
   function smtp._policy()
     I.loaded = true
+    local server = I.server
     if not server then return nil, "the script did not call smtp.createServer" end
     for _, l in ipairs(rawget(server, "listening")) do
       if l.tls and not rawget(server, "_opts").tls then
@@ -136,13 +146,20 @@ function M.install(I)
       end
     end
     return {
-      bridge = bridge,
+      bridge = I.bridge,
       server = server,
       config = server:_config(),
       listening = rawget(server, "listening"),
       start = start,
     }
   end
+end
+
+-- install(I): I.core, I.platform, I.smtp, I.log and the tasks in; I.server
+-- and I.bridge out, once the script made the server
+function M.install(I)
+  install_server(I)
+  install_policy(I)
 end
 
 return M

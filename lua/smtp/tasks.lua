@@ -9,11 +9,20 @@
 
 local M = {}
 
--- install(I): I.core, I.platform, I.smtp and I.log in; the task functions
--- out (I.current_task, I.spawn, I.spawn1, I.run_chain, I.emit_detached,
--- I.drop, I.set_limit)
-function M.install(I)
-  local core, platform, smtp, log = I.core, I.platform, I.smtp, I.log
+-- Coroutines are pooled: smtp_core.call starts a handler on an idle
+-- pooled coroutine (its function and arguments pushed from C, no
+-- trampoline), and a handler that returns leaves the coroutine idle for
+-- the next one, so it costs no coroutine, closure or table allocation and
+-- no yield.  A coroutine that failed, or that is still waiting when its
+-- task is dropped, never goes back to the pool.  The budgets of a resume
+-- (instructions, CPU time, heap growth) are smtp_core.call's: a count
+-- hook from the first instruction of a resume (the harness), or the
+-- CPU-time watchdog and the allocator of luasmtpd (lua_run.c).
+
+-- the pool: I.current_task, I.set_run_limits, I.spawn, I.spawn1 and
+-- I.resume out
+local function install_pool(I)
+  local core = I.core
   local tasks = setmetatable({}, { __mode = "k" })	-- coroutine -> task
 
   local function current_task()
@@ -21,36 +30,9 @@ function M.install(I)
     return co and tasks[co]
   end
 
-  -- the handler budgets (the engine's defaults until the script sets
-  -- them), and run_limits, what smtp_core.call takes for them (none for a
-  -- stub core, which runs no handler)
-  local DEFAULT_BUDGET, DEFAULT_CPU = core.HANDLER_BUDGET, core.HANDLER_CPU
-  local handler_budget, handler_cpu, handler_memory = DEFAULT_BUDGET, DEFAULT_CPU, 0
+  -- what smtp_core.call takes for the budgets (install_limits sets it)
   local run_limits
-  local function set_limits()
-    run_limits = core.limits and core.limits(handler_budget, handler_cpu, handler_memory)
-  end
-  set_limits()
-
-  -- set_limit(option, v): server.handlerBudget, .handlerCpuTime or
-  -- .handlerMemory was set (nil: back to the default)
-  local function set_limit(k, v)
-    if k == "handlerBudget" then handler_budget = v or DEFAULT_BUDGET
-    elseif k == "handlerCpuTime" then handler_cpu = v or DEFAULT_CPU
-    elseif k == "handlerMemory" then handler_memory = v or 0
-    else return end
-    set_limits()
-  end
-
-  -- Coroutines are pooled: smtp_core.call starts a handler on an idle
-  -- pooled coroutine (its function and arguments pushed from C, no
-  -- trampoline), and a handler that returns leaves the coroutine idle for
-  -- the next one, so it costs no coroutine, closure or table allocation and
-  -- no yield.  A coroutine that failed, or that is still waiting when its
-  -- task is dropped, never goes back to the pool.  The budgets of a resume
-  -- (instructions, CPU time, heap growth) are smtp_core.call's: a count
-  -- hook from the first instruction of a resume (the harness), or the
-  -- CPU-time watchdog and the allocator of luasmtpd (lua_run.c).
+  local function set_run_limits(l) run_limits = l end
 
   local traceback = debug.traceback
   local POOL_MAX = 32
@@ -59,11 +41,6 @@ function M.install(I)
   -- call(co, limits, fn | nil, ...) -> true (returned) | nil (waiting) |
   -- false, err: starts fn(...) on an idle co, or resumes a waiting one
   local call, newco = core.call, core.thread
-
-  local function drop(task)
-    task.dropped = true
-    if task.timer then task.timer:cancel() ; task.timer = nil end
-  end
 
   -- A task for conn; on_finish(ok, err) is called when it ends after having
   -- waited (or at once, if given here).
@@ -132,6 +109,45 @@ function M.install(I)
     return ok, err, task
   end
 
+  I.current_task, I.set_run_limits = current_task, set_run_limits
+  I.spawn, I.spawn1, I.resume = spawn, spawn1, resume
+end
+
+-- the budgets of a handler run: I.set_limit out
+local function install_limits(I)
+  local core, set_run_limits = I.core, I.set_run_limits
+  -- the engine's defaults until the script sets them; a stub core (no
+  -- core.limits) runs no handler
+  local DEFAULT_BUDGET, DEFAULT_CPU = core.HANDLER_BUDGET, core.HANDLER_CPU
+  local handler_budget, handler_cpu, handler_memory = DEFAULT_BUDGET, DEFAULT_CPU, 0
+  local function set_limits()
+    set_run_limits(core.limits and core.limits(handler_budget, handler_cpu, handler_memory))
+  end
+  set_limits()
+
+  -- set_limit(option, v): server.handlerBudget, .handlerCpuTime or
+  -- .handlerMemory was set (nil: back to the default)
+  local function set_limit(k, v)
+    if k == "handlerBudget" then handler_budget = v or DEFAULT_BUDGET
+    elseif k == "handlerCpuTime" then handler_cpu = v or DEFAULT_CPU
+    elseif k == "handlerMemory" then handler_memory = v or 0
+    else return end
+    set_limits()
+  end
+  I.set_limit = set_limit
+end
+
+-- chains of listeners and fire-and-forget ones: I.run_chain and
+-- I.emit_detached out
+local function install_chains(I)
+  local log, spawn = I.log, I.spawn
+
+  -- a waiting task that will not be resumed (its chain was cancelled)
+  local function drop(task)
+    task.dropped = true
+    if task.timer then task.timer:cancel() ; task.timer = nil end
+  end
+
   -- runs fns[i], fns[i+1], ... one after the other, each in its own task,
   -- the first one (task) already started and waiting; done(ok, err) once
   local function run_chain(conn, fns, i, task, arg, done)
@@ -174,7 +190,15 @@ function M.install(I)
     end
   end
 
-  -- ---- time ----------------------------------------------------------------
+  I.run_chain, I.emit_detached = run_chain, emit_detached
+end
+
+-- ---- time ------------------------------------------------------------------
+
+-- smtp.sleep, smtp.setTimeout and smtp.clearTimeout
+local function install_time(I)
+  local platform, smtp = I.platform, I.smtp
+  local current_task, resume, emit_detached = I.current_task, I.resume, I.emit_detached
 
   -- The script's top level runs before any event loop (luasmtpd --check,
   -- the validation before the workers start): timers start in handlers and
@@ -224,9 +248,16 @@ function M.install(I)
       t.handle:cancel()
     end
   end
+end
 
-  I.current_task, I.set_limit, I.drop = current_task, set_limit, drop
-  I.spawn, I.spawn1, I.run_chain, I.emit_detached = spawn, spawn1, run_chain, emit_detached
+-- install(I): I.core, I.platform, I.smtp and I.log in; the task functions
+-- out (I.current_task, I.spawn, I.spawn1, I.resume, I.run_chain,
+-- I.emit_detached, I.set_limit, I.set_run_limits)
+function M.install(I)
+  install_pool(I)
+  install_limits(I)
+  install_chains(I)
+  install_time(I)
 end
 
 return M
