@@ -2,8 +2,8 @@
  * lua_core.h -- the smtp_core Lua module and the hooks bridge it owns.
  *
  * A bridge carries every engine hook of a policy into the Lua function for
- * that hook (the kinds table of lua/smtp/instance.lua).  It is a Lua userdata
- * made by smtp_core.bridge(kinds); the server (lua_policy.c) anchors one per
+ * that hook (the kinds table of lua/smtp/dispatch.lua).  It is a Lua userdata
+ * made by smtp_core.bridge(kinds); the server (lua_host.c) anchors one per
  * loaded script, the test harness (smtp.testing) one per loaded instance.
  * Nothing here touches sockets or libevent.
  */
@@ -43,7 +43,7 @@ void		 lcore_bridge_set_main(struct lbridge *b, lua_State *L);
 
 /*
  * Reads a normalized config table (snake_case engine names, as built by
- * server:_config() in lua/smtp/instance.lua) at idx into cfg over its
+ * server:_config() in lua/smtp/server.lua) at idx into cfg over its
  * current values.  The hostname is copied into host.  Raises on a bad field.
  */
 void		 lcore_config(lua_State *L, int idx, struct session_config *cfg,

@@ -2,7 +2,7 @@
  * main.c -- the luasmtpd command: options, script validation, binding.
  *
  * Parses the command line, loads the policy script once to validate it
- * (policy.h; --check stops here) and to learn where it listens, binds the
+ * (host.h; --check stops here) and to learn where it listens, binds the
  * listeners (from --listen, else the script's server:listen, else
  * 127.0.0.1:2525) and hands the sockets to master.c, which drops
  * privileges, forks the workers and runs until a signal stops it.  With
@@ -25,7 +25,7 @@
 #include "listener.h"
 #include "log.h"
 #include "master.h"
-#include "policy.h"
+#include "host.h"
 #include "server.h"
 
 #define MAIN_LISTEN_MAX		MASTER_LISTEN_MAX
@@ -47,7 +47,7 @@ struct loaded {
 	int			ok;
 	char			err[1024];
 	size_t			nlisten;	/* more than MAIN_LISTEN_MAX: too many */
-	struct policy_listen	listen[MAIN_LISTEN_MAX];
+	struct host_listen	listen[MAIN_LISTEN_MAX];
 };
 
 static void
@@ -211,19 +211,19 @@ bind_one(struct master_config *mc, const char *host, uint16_t port)
 static void
 load_here(const char *script, struct loaded *ld)
 {
-	struct policy *p;
+	struct host *p;
 
 	memset(ld, 0, sizeof(*ld));
-	if ((p = policy_load(script, NULL, ld->err, sizeof(ld->err))) == NULL) {
+	if ((p = host_load(script, NULL, ld->err, sizeof(ld->err))) == NULL) {
 		if (ld->err[0] == '\0')
 			snprintf(ld->err, sizeof(ld->err), "cannot load script");
 		return;
 	}
 	ld->ok = 1;
-	ld->nlisten = policy_listen_count(p);
+	ld->nlisten = host_listen_count(p);
 	for (size_t i = 0; i < ld->nlisten && i < MAIN_LISTEN_MAX; i++)
-		ld->listen[i] = *policy_listen_at(p, i);
-	policy_destroy(p);
+		ld->listen[i] = *host_listen_at(p, i);
+	host_destroy(p);
 }
 
 /*
@@ -321,7 +321,7 @@ bind_listeners(struct master_config *mc, const struct options *o,
 	}
 	mc->script_listen_used = 1;
 	for (i = 0; i < ld->nlisten; i++) {
-		const struct policy_listen *pl = &ld->listen[i];
+		const struct host_listen *pl = &ld->listen[i];
 
 		mc->script_listen[mc->nscript_listen++] = *pl;
 		if (bind_one(mc, pl->host, pl->port) == -1)
@@ -344,7 +344,7 @@ main(int argc, char **argv)
 	struct options		 o;
 	static struct master_config mc;
 	static struct loaded	 ld;
-	struct policy		*policy = NULL;
+	struct host		*policy = NULL;
 	char			 err[1024], host[256];
 	uint16_t		 port;
 	int			 rc;
@@ -366,11 +366,11 @@ main(int argc, char **argv)
 	}
 	if (o.check) {
 		err[0] = '\0';
-		if ((policy = policy_load(o.script, NULL, err, sizeof(err))) == NULL) {
+		if ((policy = host_load(o.script, NULL, err, sizeof(err))) == NULL) {
 			fprintf(stderr, "luasmtpd: %s\n", err[0] ? err : "cannot load script");
 			return 1;
 		}
-		policy_destroy(policy);
+		host_destroy(policy);
 		printf("%s: OK\n", o.script);
 		return 0;
 	}

@@ -38,7 +38,7 @@
 #include "busy.h"
 #include "log.h"
 #include "master.h"
-#include "policy.h"
+#include "host.h"
 #include "server.h"
 #include "session.h"
 
@@ -110,7 +110,7 @@ static volatile sig_atomic_t	 orphan_secs;	/* since the master died; 0: it lives
 
 static int	 serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		    void (*ready)(void *), void *ready_arg, struct busy *busy);
-static struct server *serve_server(struct event_base *, struct policy *,
+static struct server *serve_server(struct event_base *, struct host *,
 		    unsigned grace);
 static int	 ready_open(const char *path);
 static int	 ready_commit(const char *path, const struct master_config *mc);
@@ -542,20 +542,20 @@ static void
 master_reload(struct master *m)
 {
 	struct master_config	*mc = m->mc;
-	struct policy		*p;
+	struct host		*p;
 	char			 err[1024] = "";
 	bool			 changed;
 
 	log_info(0, "SIGHUP: reloading %s", mc->script);
-	if ((p = policy_load(mc->script, NULL, err, sizeof(err))) == NULL) {
+	if ((p = host_load(mc->script, NULL, err, sizeof(err))) == NULL) {
 		log_error(0, "reload failed: %s; generation %u keeps serving",
 		    err[0] ? err : "cannot load script", m->gen);
 		return;
 	}
 	if (mc->script_listen_used) {
-		changed = policy_listen_count(p) != mc->nscript_listen;
+		changed = host_listen_count(p) != mc->nscript_listen;
 		for (size_t i = 0; !changed && i < mc->nscript_listen; i++) {
-			const struct policy_listen *pl = policy_listen_at(p, i);
+			const struct host_listen *pl = host_listen_at(p, i);
 
 			changed = pl->port != mc->script_listen[i].port ||
 			    strcmp(pl->host, mc->script_listen[i].host) != 0;
@@ -565,7 +565,7 @@ master_reload(struct master *m)
 			    "they take effect at the next start (still on %s%s)",
 			    mc->names[0], mc->nfds > 1 ? " ..." : "");
 	}
-	policy_destroy(p);
+	host_destroy(p);
 	m->next_gen = m->gen + 1;
 	master_spawn_gen(m, m->next_gen);
 }
@@ -862,7 +862,7 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
     void (*ready)(void *), void *ready_arg, struct busy *busy)
 {
 	struct event_base	*base = NULL;
-	struct policy		*policy = NULL;
+	struct host		*policy = NULL;
 	struct server		*srv = NULL;
 	struct timeval		 now = { 0, 0 };
 	void			*cb[2] = { (void *)ready, ready_arg };
@@ -876,13 +876,13 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		log_error(0, "cannot create the event loop");
 		goto done;
 	}
-	if ((policy = policy_load(script, base, err, sizeof(err))) == NULL) {
+	if ((policy = host_load(script, base, err, sizeof(err))) == NULL) {
 		log_error(0, "%s", err[0] ? err : "cannot load script");
 		rc = WORKER_EXIT_LOAD;
 		goto done;
 	}
 	if (busy != NULL)
-		policy_watch(policy, busy);
+		host_watch(policy, busy);
 	if ((srv = serve_server(base, policy, grace)) == NULL) {
 		log_error(0, "cannot create the server: out of memory");
 		goto done;
@@ -906,32 +906,34 @@ done:
 	for (; i < nfds; i++)
 		close(fds[i]);
 	server_destroy(srv);	/* connections first: they hold the policy's hooks */
-	policy_destroy(policy);
+	host_destroy(policy);
 	if (base != NULL)
 		event_base_free(base);
 	return rc;
 }
 
 /*
- * A server with the policy's hooks and the settings of each port: those of
+ * A server with the bridge's hooks and the settings of each port: those of
  * the ports the script listens on (TLS, AUTH before TLS), the script's
  * server options for every other port (--listen).  NULL: out of memory.
  */
 static struct server *
-serve_server(struct event_base *base, struct policy *policy, unsigned grace)
+serve_server(struct event_base *base, struct host *policy, unsigned grace)
 {
-	struct server_port	 sp = { .tls = policy_tls(policy) };
+	struct server_port	 sp = { .tls = host_tls(policy) };
 	struct server		*srv;
+	const struct session_hooks *hooks;
+	void			*hook_ctx;
 
 	session_config_init(&sp.cfg);
-	policy_session_config(policy, &sp.cfg);
-	if ((srv = server_create(base, &sp, policy_hooks(policy), policy,
-	    grace)) == NULL)
+	host_session_config(policy, &sp.cfg);
+	hooks = host_hooks(policy, &hook_ctx);
+	if ((srv = server_create(base, &sp, hooks, hook_ctx, grace)) == NULL)
 		return NULL;
-	for (size_t i = 0; i < policy_listen_count(policy); i++) {
-		uint16_t port = policy_listen_at(policy, i)->port;
+	for (size_t i = 0; i < host_listen_count(policy); i++) {
+		uint16_t port = host_listen_at(policy, i)->port;
 
-		policy_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		host_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
 		if (server_set_port(srv, port, &sp) == -1) {
 			server_destroy(srv);
 			return NULL;

@@ -39,7 +39,7 @@
 #include <stddef.h>
 
 #include "listener.h"
-#include "policy.h"
+#include "host.h"
 
 #define MASTER_LISTEN_MAX	32
 #define MASTER_WORKERS_MAX	256
@@ -57,7 +57,7 @@ struct master_config {
 	size_t			 nfds;
 	/* the script's own listen addresses when they were used (no --listen):
 	 * a reload that changes them is reported, not applied */
-	struct policy_listen	 script_listen[MASTER_LISTEN_MAX];
+	struct host_listen	 script_listen[MASTER_LISTEN_MAX];
 	size_t			 nscript_listen;
 	int			 script_listen_used;
 };

@@ -1,7 +1,7 @@
 -- smtp.check -- what a script must pass, after it ran, before luasmtpd serves it.
 --
 -- luasmtpd loads a script in its master process to check it (--check, the
--- start, every reload on SIGHUP: lua_policy.c with no event loop) and then
+-- start, every reload on SIGHUP: lua_host.c with no event loop) and then
 -- calls check(policy, script) with what smtp._policy() returned:
 --
 --  * server.authMethods needs a way to be offered: server.tls (AUTH after

@@ -125,7 +125,7 @@ local OPTIONS = {
     to = function() end,
   },
   -- per worker: the Lua heap (default: a share of RAM) and how long one call
-  -- into Lua may block it before it is replaced (lua_run.c, lua_policy.c)
+  -- into Lua may block it before it is replaced (lua_run.c, lua_host.c)
   memoryLimit = int("memory_limit", 8388608, "an integer >= 8388608 (bytes)"),
   blockedLimit = {
     check = function(v) return type(v) == "number" and v >= 1 and v <= 3600, "a number of seconds in [1, 3600]" end,

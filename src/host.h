@@ -1,13 +1,14 @@
 /*
- * policy.h -- a loaded policy script, as the server sees it.
+ * host.h -- the server's host of a policy script's Lua state (lua_host.c).
  *
  * The server (main.c, master.c) knows a policy only through this interface:
- * load a script, read what it configured (options, listen addresses), and
- * get the session hooks that carry every SMTP event into Lua.  The Lua side
- * lives in lua_*.c and lua/smtp/.
+ * load a script into a Lua state of its own, read what it configured
+ * (options, listen addresses, the TLS context), and hand the bridge's
+ * session hooks to server.c, which carry every SMTP event into Lua.  The
+ * Lua side lives in lua_*.c and lua/smtp/.
  */
-#ifndef LUASMTPD_POLICY_H
-#define LUASMTPD_POLICY_H
+#ifndef LUASMTPD_HOST_H
+#define LUASMTPD_HOST_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -18,14 +19,14 @@
 struct event_base;
 
 /* One server:listen(port[, host[, opts]]) call of the script. */
-struct policy_listen {
+struct host_listen {
 	char		host[256];	/* "" when the script gave none */
 	uint16_t	port;
 	bool		tls;		/* opts.tls: implicit TLS (RFC 8314) */
 	bool		insecure_auth;	/* opts.insecureAuth: AUTH before TLS */
 };
 
-struct policy;
+struct host;
 struct tls_ctx;
 
 /*
@@ -37,9 +38,9 @@ struct tls_ctx;
  * offered fails; the 'connection' listeners run once for a simulated client
  * on the engine, and an error in them fails the load).
  */
-struct policy	*policy_load(const char *script, struct event_base *base,
+struct host	*host_load(const char *script, struct event_base *base,
 		    char *err, size_t errlen);
-void		 policy_destroy(struct policy *p);	/* NULL is a no-op */
+void		 host_destroy(struct host *p);	/* NULL is a no-op */
 
 /*
  * The script's server options over the engine defaults (hostname, maxSize,
@@ -47,36 +48,39 @@ void		 policy_destroy(struct policy *p);	/* NULL is a no-op */
  * script's (--listen), so STARTTLS when server.tls is set, AUTH only after
  * TLS.
  */
-void		 policy_session_config(const struct policy *p,
+void		 host_session_config(const struct host *p,
 		    struct session_config *cfg);
 /*
  * The config of a client accepted on local_port: listen options follow the
  * port (the first server:listen of that port, whether the socket was bound
- * from the script or from --listen).  Over policy_session_config(): no
+ * from the script or from --listen).  Over host_session_config(): no
  * STARTTLS and *implicit_tls on a {tls = true} port, AUTH before TLS on an
- * {insecureAuth = true} port.  Other ports: policy_session_config().
+ * {insecureAuth = true} port.  Other ports: host_session_config().
  */
-void		 policy_port_config(const struct policy *p, uint16_t local_port,
+void		 host_port_config(const struct host *p, uint16_t local_port,
 		    struct session_config *cfg, bool *implicit_tls);
 
 /*
- * The TLS context of server.tls (certificates loaded by policy_load), or
+ * The TLS context of server.tls (certificates loaded by host_load), or
  * NULL.  Owned by the policy; connections hold their own reference.
  */
-struct tls_ctx	*policy_tls(const struct policy *p);
+struct tls_ctx	*host_tls(const struct host *p);
 
-size_t		 policy_listen_count(const struct policy *p);
-const struct policy_listen *policy_listen_at(const struct policy *p, size_t i);
+size_t		 host_listen_count(const struct host *p);
+const struct host_listen *host_listen_at(const struct host *p, size_t i);
 
 /*
  * A worker's busy record (busy.h), which its master watches: every call
  * into Lua of this policy is stamped in it from now on, and its limit is
- * the script's server.blockedLimit.  Until policy_destroy.
+ * the script's server.blockedLimit.  Until host_destroy.
  */
 struct busy;
-void		 policy_watch(struct policy *p, struct busy *b);
+void		 host_watch(struct host *p, struct busy *b);
 
-/* The hooks for session_create(); the context is the policy itself. */
-const struct session_hooks *policy_hooks(const struct policy *p);
+/*
+ * The bridge's session hooks (lua_bridge.c) for server_create(), and in
+ * *ctx their context, the script's bridge.
+ */
+const struct session_hooks *host_hooks(const struct host *p, void **ctx);
 
 #endif
