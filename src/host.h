@@ -62,7 +62,7 @@ void		 host_port_config(const struct host *p, uint16_t local_port,
 
 /*
  * The TLS context of server.tls (certificates loaded by host_load), or
- * NULL.  Owned by the policy; connections hold their own reference.
+ * NULL.  Owned by the host; connections hold their own reference.
  */
 struct tls_ctx	*host_tls(const struct host *p);
 
@@ -71,7 +71,7 @@ const struct host_listen *host_listen_at(const struct host *p, size_t i);
 
 /*
  * A worker's busy record (busy.h), which its master watches: every call
- * into Lua of this policy is stamped in it from now on, and its limit is
+ * into Lua of this host is stamped in it from now on, and its limit is
  * the script's server.blockedLimit.  Until host_destroy.
  */
 struct busy;
