@@ -40,6 +40,8 @@ struct tls_ctx;
 struct policy	*policy_load(const char *script, struct event_base *base,
 		    char *err, size_t errlen);
 void		 policy_destroy(struct policy *p);	/* NULL is a no-op */
+/* --state-dir: smtp.store's directory, over server.stateDir (kept, not copied) */
+void		 policy_set_state_dir(const char *dir);
 
 /*
  * The script's server options over the engine defaults (hostname, maxSize,

@@ -182,6 +182,11 @@ local OPTIONS = {
     to = function(cfg, v) cfg.hostname = v end,
   },
   maxSize = int("max_size", 0, "an integer >= 0 (octets; 0: no limit)"),
+  -- where smtp.store keeps its files (luasmtpd --state-dir wins); read by smtp.store
+  stateDir = {
+    check = function(v) return type(v) == "string" and #v > 0, "a directory path" end,
+    to = function() end,
+  },
   allowPipelining = ext("PIPELINING"),
   enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
   eightBitMime = ext("8BITMIME"),
@@ -1142,6 +1147,9 @@ function M.new(platform)
   end
 
   -- smtp.fs: what durable delivery needs and plain Lua lacks
+  -- smtp.store.open(name[, opts]): shared state (smtp.store)
+  smtp.store = require("smtp.store").new(platform, core)
+
   smtp.fs = {
     fsync = core.fsync,	-- fsync(path) -> true | nil, err (a file or a directory)
     mkdir = core.mkdir,	-- mkdir(path[, mode]) -> true | nil, err (existing is fine)
@@ -1174,6 +1182,8 @@ function M.new(platform)
   function smtp._policy()
     loaded = true
     if not server then return nil, "the script did not call smtp.createServer" end
+    local sok, serr = smtp.store._ready(rawget(server, "_opts").stateDir)
+    if not sok then return nil, serr end
     for _, l in ipairs(rawget(server, "listening")) do
       if l.tls and not rawget(server, "_opts").tls then
         return nil, ("listen(%d, ..., {tls = true}) needs server.tls (a certificate and key)"):format(l.port)
