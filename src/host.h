@@ -41,6 +41,8 @@ struct tls_ctx;
 struct host	*host_load(const char *script, struct event_base *base,
 		    char *err, size_t errlen);
 void		 host_destroy(struct host *p);	/* NULL is a no-op */
+/* --state-dir: smtp.store's directory, over server.stateDir (kept, not copied) */
+void		 host_set_state_dir(const char *dir);
 
 /*
  * The script's server options over the engine defaults (hostname, maxSize,

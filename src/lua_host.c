@@ -33,6 +33,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "lua_store.h"
 #include "busy.h"
 #include "host.h"
 #include "tls.h"
@@ -513,6 +514,15 @@ load_hook(lua_State *L, lua_Debug *ar)
 	    "(an endless loop?)", ar->short_src, ar->currentline, LOAD_BUDGET);
 }
 
+/* --state-dir, over the script's server.stateDir (NULL: the script's) */
+static const char *state_dir;
+
+void
+host_set_state_dir(const char *dir)
+{
+	state_dir = dir;
+}
+
 /* Runs in protected mode: everything that may raise. */
 static int
 load_protected(lua_State *L)
@@ -540,6 +550,8 @@ load_protected(lua_State *L)
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
 	lua_pushcfunction(L, luaopen_smtp_core);
 	lua_setfield(L, -2, "smtp_core");
+	lua_pushcfunction(L, luaopen_smtp_store);
+	lua_setfield(L, -2, "smtp_store");
 	lua_pop(L, 1);
 	luaL_newmetatable(L, POLICY_TIMER_MT);
 	lua_createtable(L, 0, 1);
@@ -556,6 +568,13 @@ load_protected(lua_State *L)
 	lua_setfield(L, -2, "core");
 	lua_pushcfunction(L, platform_now);
 	lua_setfield(L, -2, "now");
+	/* smtp.store: LMDB in a worker, opened and closed again when checking */
+	lua_pushstring(L, p->base != NULL ? "serve" : "check");
+	lua_setfield(L, -2, "store_mode");
+	if (state_dir != NULL) {
+		lua_pushstring(L, state_dir);
+		lua_setfield(L, -2, "state_dir");
+	}
 	if (p->base != NULL) {
 		lua_pushlightuserdata(L, p);
 		lua_pushcclosure(L, platform_timer, 1);

@@ -11,11 +11,13 @@
  * root, while the parent still binds privileged ports.  Exit status: 0
  * after a clean stop, 1 for a runtime error, 2 for usage.
  */
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +41,7 @@ struct options {
 	unsigned	 grace;
 	long		 workers;	/* -1: one per online core */
 	const char	*user;
+	const char	*state_dir;	/* smtp.store's files (NULL: the script's) */
 	int		 check;
 };
 
@@ -67,6 +70,8 @@ usage(FILE *f)
 	    "                           0 serves in one process (no restart, no reload)\n"
 	    "      --user NAME          run the script as this user (and its groups): only\n"
 	    "                           binding is done as root; refuse to run if that fails\n"
+	    "      --state-dir DIR      where smtp.store keeps its files (default: the\n"
+	    "                           script's server.stateDir, else ./state)\n"
 	    "      --version            print the version and exit\n"
 	    "  -h, --help               print this help and exit\n"
 	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
@@ -74,11 +79,37 @@ usage(FILE *f)
 	    SERVER_GRACE_DEFAULT);
 }
 
+/*
+ * With --user, --state-dir is created here, as root, and given to the user:
+ * the workers (and the validating load) write there as that user.  An
+ * existing directory is left as it is.
+ */
+static int
+state_dir_prepare(const struct options *o)
+{
+	struct passwd *pw;
+
+	if (mkdir(o->state_dir, 0700) == -1) {
+		if (errno == EEXIST)
+			return 0;
+		fprintf(stderr, "luasmtpd: cannot create --state-dir %s: %s\n",
+		    o->state_dir, strerror(errno));
+		return -1;
+	}
+	if ((pw = getpwnam(o->user)) == NULL ||
+	    chown(o->state_dir, pw->pw_uid, pw->pw_gid) == -1) {
+		fprintf(stderr, "luasmtpd: cannot give --state-dir %s to %s: %s\n",
+		    o->state_dir, o->user, pw == NULL ? "no such user" : strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
 static int
 parse_options(int argc, char **argv, struct options *o)
 {
 	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
-	    OPT_WORKERS, OPT_USER };
+	    OPT_WORKERS, OPT_USER, OPT_STATE };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
@@ -87,6 +118,7 @@ parse_options(int argc, char **argv, struct options *o)
 		{ "grace",	required_argument,	NULL, OPT_GRACE },
 		{ "workers",	required_argument,	NULL, OPT_WORKERS },
 		{ "user",	required_argument,	NULL, OPT_USER },
+		{ "state-dir",	required_argument,	NULL, OPT_STATE },
 		{ "version",	no_argument,		NULL, OPT_VERSION },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 },
@@ -152,6 +184,13 @@ parse_options(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->user = optarg;
+			break;
+		case OPT_STATE:
+			if (optarg[0] == '\0') {
+				fprintf(stderr, "luasmtpd: empty --state-dir\n");
+				return 2;
+			}
+			o->state_dir = optarg;
 			break;
 		case OPT_VERSION:
 			printf("luasmtpd %s\n", LUASMTPD_VERSION);
@@ -364,6 +403,9 @@ main(int argc, char **argv)
 		    strerror(errno));
 		return 1;
 	}
+	host_set_state_dir(o.state_dir);
+	if (o.state_dir != NULL && o.user != NULL && state_dir_prepare(&o) == -1)
+		return 1;
 	if (o.check) {
 		err[0] = '\0';
 		if ((policy = host_load(o.script, NULL, err, sizeof(err))) == NULL) {

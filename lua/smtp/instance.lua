@@ -58,6 +58,9 @@ function M.new(platform)
     log(level, task and task.conn and task.conn.id or nil, fmt, ...)
   end
 
+  -- smtp.store.open(name[, opts]): shared state (smtp.store)
+  smtp.store = require("smtp.store").new(platform, core)
+
   -- smtp.fs: what durable delivery needs and plain Lua lacks
   smtp.fs = {
     fsync = core.fsync,	-- fsync(path) -> true | nil, err (a file or a directory)

@@ -43,6 +43,11 @@ local OPTIONS = {
     to = function(cfg, v) cfg.hostname = v end,
   },
   maxSize = int("max_size", 0, "an integer >= 0 (octets; 0: no limit)"),
+  -- where smtp.store keeps its files (luasmtpd --state-dir wins); read by smtp.store
+  stateDir = {
+    check = function(v) return type(v) == "string" and #v > 0, "a directory path" end,
+    to = function() end,
+  },
   allowPipelining = ext("PIPELINING"),
   enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
   eightBitMime = ext("8BITMIME"),

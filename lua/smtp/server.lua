@@ -140,6 +140,8 @@ local function install_policy(I)
     I.loaded = true
     local server = I.server
     if not server then return nil, "the script did not call smtp.createServer" end
+    local sok, serr = smtp.store._ready(rawget(server, "_opts").stateDir)
+    if not sok then return nil, serr end
     for _, l in ipairs(rawget(server, "listening")) do
       if l.tls and not rawget(server, "_opts").tls then
         return nil, core.TLS_NEEDS_CERT:format(l.port)

@@ -1,0 +1,257 @@
+-- smtp.store: the same semantics from the in-memory backend (smtp.testing,
+-- on the virtual clock) and the LMDB one (smtp_store, files in a temp dir);
+-- LMDB shared by two processes loses no update.
+local support = require "spec.engine.support"
+local store = require "smtp.store"
+local core = require "smtp_core"
+
+local function tmpdir()
+  local p = os.tmpname()
+  os.remove(p)
+  assert(core.mkdir(p, tonumber("700", 8)))
+  return p
+end
+
+local function rm_rf(p) os.execute("rm -rf '" .. p .. "'") end
+
+local function exists(p) return os.rename(p, p) ~= nil end
+
+-- A store api on a manual clock: mode "memory" or "serve" (LMDB in dir).
+local function make(mode, dir)
+  local clock = { t = 1700000000, timers = {} }
+  local api = store.new({
+    store_mode = mode, state_dir = dir,
+    now = function() return clock.t end,
+    timer = function(s, fn) clock.timers[#clock.timers + 1] = { s, fn } end,
+  }, core)
+  return api, clock
+end
+
+for _, mode in ipairs { "memory", "serve" } do
+  describe("smtp.store (" .. (mode == "serve" and "LMDB" or "memory") .. ")", function()
+    local api, clock, dir, db
+    before_each(function()
+      dir = mode == "serve" and tmpdir() or nil
+      api, clock = make(mode, dir)
+      db = api.open("s1")
+      assert(api._ready())
+    end)
+    after_each(function() if dir then rm_rf(dir) end end)
+
+    it("gets what was set: strings, integers and floats round-trip exactly", function()
+      assert.is_nil(db:get("k"))
+      db:set("k", "a\0b")
+      assert.equal("a\0b", db:get("k"))
+      db:set("i", 42)
+      assert.equal(42, db:get("i"))
+      assert.equal("integer", math.type(db:get("i")))
+      db:set("f", 0.1)
+      assert.equal(0.1, db:get("f"))
+      assert.equal("float", math.type(db:get("f")))
+      db:set("big", math.maxinteger)
+      assert.equal(math.maxinteger, db:get("big"))
+      assert.is_true(db:delete("k"))
+      assert.is_false(db:delete("k"))
+      assert.is_nil(db:get("k"))
+    end)
+
+    it("add only when absent or expired", function()
+      assert.is_true(db:add("a", "x", 10))
+      assert.is_false(db:add("a", "y"))
+      assert.equal("x", db:get("a"))
+      clock.t = clock.t + 10
+      assert.is_true(db:add("a", "z"))
+      assert.equal("z", db:get("a"))
+    end)
+
+    it("hides an expired key at once; ttl says what is left", function()
+      db:set("t", "v", 60)
+      assert.equal(60, db:ttl("t"))
+      clock.t = clock.t + 59.5
+      assert.equal("v", db:get("t"))
+      assert.near(0.5, db:ttl("t"), 0.01)
+      clock.t = clock.t + 0.5
+      assert.is_nil(db:get("t"))
+      assert.is_nil(db:ttl("t"))
+      db:set("p", "v")
+      assert.equal(math.huge, db:ttl("p"))
+      db:set("p", "w", 5)	-- set replaces the expiry too
+      assert.equal(5, db:ttl("p"))
+    end)
+
+    it("incr counts from by, keeps the ttl of an existing key, refuses a string", function()
+      assert.equal(1, db:incr("c", 1, 60))
+      clock.t = clock.t + 30
+      assert.equal(6, db:incr("c", 5, 600))
+      assert.equal(30, db:ttl("c"))
+      assert.equal(7, db:incr("c"))
+      assert.equal(7.5, db:incr("c", 0.5))
+      clock.t = clock.t + 30
+      assert.equal(2, db:incr("c", 2))	-- expired: starts over, no ttl
+      assert.equal(math.huge, db:ttl("c"))
+      db:set("s", "text")
+      assert.has_error(function() db:incr("s", 1) end, "store s1: incr of a value that is not a number")
+    end)
+
+    it("refuses bad keys, values and ttls with an error naming the store", function()
+      local function err(fn)
+        local ok, e = pcall(fn)
+        assert.is_false(ok)
+        assert.matches("store s1: ", e)
+        return e
+      end
+      assert.matches("1 to 511 octets", err(function() db:set(("k"):rep(512), 1) end))
+      assert.matches("1 to 511 octets", err(function() db:get("") end))
+      assert.matches("a key is a string", err(function() db:get(7) end))
+      assert.matches("at most 65536 octets", err(function() db:set("k", ("v"):rep(65537)) end))
+      assert.matches("a string or a number", err(function() db:set("k", {}) end))
+      assert.matches("a ttl is a number", err(function() db:set("k", 1, 0) end))
+      db:set(("k"):rep(511), ("v"):rep(65536))	-- the bounds themselves are fine
+      assert.equal(65536, #db:get(("k"):rep(511)))
+    end)
+
+    it("a full store is an error naming it; what was there stays readable", function()
+      local small = api.open("small", { maxSize = 65536 })
+      small:set("first", "kept")
+      local ok, e
+      for i = 1, 64 do
+        ok, e = pcall(small.set, small, "k" .. i, ("x"):rep(8000))
+        if not ok then break end
+      end
+      assert.is_false(ok)
+      assert.matches("store small: full %(maxSize is 65536 octets%)", e)
+      assert.equal("kept", small:get("first"))
+      assert.is_true(small:delete("k1"))
+    end)
+
+    it("sweeps expired keys a bounded number at a time", function()
+      for i = 1, 10 do db:set(("e%02d"):format(i), i, 1) end
+      db:set("live", 1)
+      local b = db.backend
+      assert.equal(0, b:sweep(clock.t, 100))
+      clock.t = clock.t + 2
+      assert.equal(3, b:sweep(clock.t, 3))
+      local total = 3
+      for _ = 1, 10 do total = total + b:sweep(clock.t, 3) end
+      assert.equal(10, total)
+      assert.equal(1, db:get("live"))
+    end)
+
+    it("refuses bad names and options", function()
+      assert.has_error(function() api.open("../x") end)
+      assert.has_error(function() api.open("s1") end, "store.open: store s1 is already open")
+      assert.has_error(function() api.open("x", { maxSize = 10 }) end)
+      assert.has_error(function() api.open("x", { size = 1 }) end, "store.open: unknown option size")
+    end)
+  end)
+end
+
+describe("smtp.store with LMDB", function()
+  local dir
+  before_each(function() dir = tmpdir() end)
+  after_each(function() rm_rf(dir) end)
+
+  it("keeps what was written for the next opener (a restart)", function()
+    local a = make("serve", dir)
+    local db = a.open("keep")
+    assert(a._ready())
+    db:set("k", "v")
+    db:incr("n", 3)
+    db.backend:close()
+    local b = make("serve", dir)
+    local db2 = b.open("keep")
+    assert(b._ready())
+    assert.equal("v", db2:get("k"))
+    assert.equal(3, db2:get("n"))
+    assert.is_true(exists(dir .. "/keep.mdb"))
+  end)
+
+  it("sync = false: commits do not wait for the disk, the sweep timer flushes", function()
+    local a, clock = make("serve", dir)
+    local db = a.open("fast", { sync = false })
+    assert(a._ready())
+    for _ = 1, 1000 do db:incr("n") end
+    clock.timers[1][2]()	-- a tick: sweeps, flushes, re-arms
+    assert.equal(2, #clock.timers)
+    assert.equal(1000, db:get("n"))
+    assert.has_error(function() a.open("bad", { sync = "yes" }) end, "store.open: sync is a boolean")
+  end)
+
+  it("arms one sweep timer per process when serving", function()
+    local a, clock = make("serve", dir)
+    a.open("one") ; a.open("two")
+    assert(a._ready())
+    assert.equal(1, #clock.timers)
+  end)
+
+  it("a checking load opens the file, closes it, and writes nothing there", function()
+    local c = make("check", dir .. "/sub/state")
+    local db = c.open("chk")
+    assert(c._ready())
+    assert.is_true(exists(dir .. "/sub/state/chk.mdb"))
+    db:set("simulated", 1)	-- the check's simulated client
+    local s = make("serve", dir .. "/sub/state")
+    local db2 = s.open("chk")
+    assert(s._ready())
+    assert.is_nil(db2:get("simulated"))
+  end)
+
+  it("an unusable state directory fails the load with a clear error", function()
+    local f = io.open(dir .. "/file", "w") ; f:close()
+    local a = make("serve", dir .. "/file/state")
+    a.open("x")
+    local ok, err = a._ready()
+    assert.is_nil(ok)
+    assert.matches("store x: state directory .*/file/state", err)
+  end)
+
+  it("two processes incrementing one key lose no update", function()
+    local n = 20000
+    local build = os.getenv("LUASMTPD_BUILD") or "build"
+    local prog = ([[package.cpath = %q .. "/?.so;" .. package.cpath
+      local s = require("smtp_store").open(%q, 1 << 24, "race", true)
+      for _ = 1, %d do s:incr("n", 1, nil, os.time()) end]]):format(build, dir .. "/race.mdb", n)
+    local f = io.open(dir .. "/race.lua", "w") ; f:write(prog) ; f:close()
+    local cmd = ("cd %q && (timeout 120 lua5.4 race.lua & timeout 120 lua5.4 race.lua & wait)"):format(dir)
+    assert.is_true(os.execute(cmd))
+    local s = require("smtp_store").open(dir .. "/race.mdb", 1 << 24, "race")
+    assert.equal(2 * n, s:get("n", os.time()))
+    s:close()
+  end)
+end)
+
+describe("smtp.store under smtp.testing", function()
+  it("follows the virtual clock, leaves no files, and a store error is a 451", function()
+    local had_state = exists("state")
+    local h = support.policy([[
+      local db = smtp.store.open("grey")
+      smtp.createServer(function(c)
+        c:on("RCPT", function(r)
+          if r.localPart == "big" then db:set("k", ("x"):rep(70000)) end
+          if db:add(r.address, 1, 300) then r.valid = false ; r.code = 450 end
+        end)
+      end)
+    ]])
+    local s = support.helo(h)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(450)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    h.clock:advance(299)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    h.clock:advance(1)
+    s:send("RCPT TO:<b@example.org>"):expect(450)
+    s:send("RCPT TO:<big@example.org>"):expect(451)
+    assert.matches("store grey: a value is at most 65536 octets", h:log())
+    assert.equal(had_state, exists("state"))
+  end)
+
+  it("refuses to be used while the script loads", function()
+    assert.has_error(function()
+      support.policy([[
+        local db = smtp.store.open("early")
+        db:set("k", 1)
+        smtp.createServer(function() end)
+      ]])
+    end)
+  end)
+end)

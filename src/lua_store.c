@@ -1,0 +1,547 @@
+/*
+ * lua_store.c -- smtp_store, the LMDB backend of smtp.store (lua/smtp/store.lua).
+ *
+ * Owns one LMDB environment per store (STATEDIR/NAME.mdb, one file and its
+ * -lock file), the record format and every operation on it: get, set, add,
+ * incr, delete, ttl and the background sweep of expired keys.  Every write
+ * is one LMDB write transaction, so workers that share a file never lose an
+ * update (LMDB serialises writers with a robust mutex in the lock file).
+ *
+ * A record is an 8-octet expiry (milliseconds since the epoch, 0: never),
+ * one type octet ('s' string, 'i' integer, 'n' float) and the payload
+ * (the string, or the 8 octets of the lua_Integer / lua_Number as stored
+ * by memcpy: numbers round-trip exactly, integers stay integers).  Time
+ * comes from the caller (smtp.now()), so expiry is the script's clock.
+ *
+ * An environment must never cross a fork: each handle remembers the pid
+ * that opened it and refuses to run (and to close) in any other process.
+ * Errors are Lua errors that name the store; nothing here aborts.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+#include <lmdb.h>
+#include <lua.h>
+
+#include "lua_store.h"
+
+#define STORE_MT	"smtp_store.env"
+#define STORE_NAME_MAX	64
+#define STORE_KEY_MAX	511	/* LMDB's default maximum key size */
+#define STORE_VALUE_MAX	65536	/* octets of a string value */
+#define REC_HEAD	9	/* expiry (8) + type (1) */
+
+static char copy[REC_HEAD + STORE_VALUE_MAX];	/* a value read out of the map */
+
+struct store {
+	MDB_env	*env;
+	MDB_dbi	 dbi;
+	pid_t	 pid;		/* the process that opened env */
+	char	 name[STORE_NAME_MAX + 1];
+	size_t	 map_size;
+	char	 cursor[STORE_KEY_MAX];	/* where the sweep goes on */
+	size_t	 cursor_len;
+};
+
+static struct store *
+check_store(lua_State *L)
+{
+	struct store *s = luaL_checkudata(L, 1, STORE_MT);
+
+	if (s->env == NULL)
+		luaL_error(L, "store %s: closed", s->name);
+	if (s->pid != getpid())
+		luaL_error(L, "store %s: opened in another process (an LMDB "
+		    "environment cannot cross a fork)", s->name);
+	return s;
+}
+
+/* raises "store NAME: what: LMDB's reason", after aborting txn (may be NULL) */
+static int
+store_fail(lua_State *L, struct store *s, MDB_txn *txn, const char *what, int rc)
+{
+	if (txn != NULL)
+		mdb_txn_abort(txn);
+	if (rc == MDB_MAP_FULL)
+		return luaL_error(L, "store %s: full (maxSize is %I octets)", s->name,
+		    (lua_Integer)s->map_size);
+	return luaL_error(L, "store %s: %s: %s", s->name, what, mdb_strerror(rc));
+}
+
+static MDB_val
+check_key(lua_State *L, struct store *s, int idx)
+{
+	MDB_val	 k;
+	size_t	 len;
+	const char *key = luaL_checklstring(L, idx, &len);
+
+	if (len == 0 || len > STORE_KEY_MAX)
+		luaL_error(L, "store %s: a key is 1 to %d octets (this one has %d)",
+		    s->name, STORE_KEY_MAX, (int)len);
+	k.mv_data = (void *)key;
+	k.mv_size = len;
+	return k;
+}
+
+/* the expiry of a ttl argument at idx (nil: 0, never) for now (ms) */
+static int64_t
+check_expiry(lua_State *L, struct store *s, int idx, int64_t now)
+{
+	lua_Number	ttl;
+	int64_t		ms;
+
+	if (lua_isnoneornil(L, idx))
+		return 0;
+	ttl = luaL_checknumber(L, idx);
+	if (!(ttl > 0 && ttl <= 100 * 365 * 86400.0))
+		luaL_error(L, "store %s: a ttl is a number of seconds > 0", s->name);
+	ms = (int64_t)(ttl * 1000);
+	if ((lua_Number)ms < ttl * 1000)
+		ms++;		/* rounded up: never sooner than asked */
+	return now + ms;
+}
+
+static int64_t
+check_now(lua_State *L, int idx)
+{
+	lua_Number now = luaL_checknumber(L, idx);
+
+	return now > 0 ? (int64_t)(now * 1000) : 0;	/* an epoch clock: >= 0 */
+}
+
+static int64_t
+rec_expiry(const MDB_val *v)
+{
+	int64_t e;
+
+	memcpy(&e, v->mv_data, sizeof(e));
+	return e;
+}
+
+/* a record that is there and not expired at now */
+static int
+rec_live(const MDB_val *v, int64_t now)
+{
+	int64_t e;
+
+	if (v->mv_size < REC_HEAD)
+		return 0;
+	e = rec_expiry(v);
+	return e == 0 || e > now;
+}
+
+/* pushes the value of a live record */
+static void
+rec_push(lua_State *L, const MDB_val *v)
+{
+	const char	*p = (const char *)v->mv_data + REC_HEAD;
+	size_t		 n = v->mv_size - REC_HEAD;
+
+	switch (((const char *)v->mv_data)[8]) {
+	case 'i': {
+		lua_Integer i = 0;
+
+		if (n == sizeof(i))
+			memcpy(&i, p, sizeof(i));
+		lua_pushinteger(L, i);
+		break;
+	}
+	case 'n': {
+		lua_Number d = 0;
+
+		if (n == sizeof(d))
+			memcpy(&d, p, sizeof(d));
+		lua_pushnumber(L, d);
+		break;
+	}
+	default:
+		lua_pushlstring(L, p, n);
+	}
+}
+
+/* a record for the value at idx (string or number) into buf (>= REC_HEAD + 8) */
+struct rec {
+	char		 head[REC_HEAD + 8];
+	const char	*str;	/* a string's payload, else NULL */
+	size_t		 len;	/* whole record */
+};
+
+static void
+rec_make(lua_State *L, struct store *s, int idx, int64_t expiry, struct rec *r)
+{
+	memcpy(r->head, &expiry, sizeof(expiry));
+	r->str = NULL;
+	if (lua_type(L, idx) == LUA_TNUMBER) {
+		if (lua_isinteger(L, idx)) {
+			lua_Integer i = lua_tointeger(L, idx);
+
+			r->head[8] = 'i';
+			memcpy(r->head + REC_HEAD, &i, sizeof(i));
+		} else {
+			lua_Number d = lua_tonumber(L, idx);
+
+			r->head[8] = 'n';
+			memcpy(r->head + REC_HEAD, &d, sizeof(d));
+		}
+		r->len = REC_HEAD + 8;
+	} else if (lua_type(L, idx) == LUA_TSTRING) {
+		r->str = lua_tolstring(L, idx, &r->len);
+		if (r->len > STORE_VALUE_MAX)
+			luaL_error(L, "store %s: a value is at most %d octets (this one "
+			    "has %d)", s->name, STORE_VALUE_MAX, (int)r->len);
+		r->head[8] = 's';
+		r->len += REC_HEAD;
+	} else {
+		luaL_error(L, "store %s: a value is a string or a number (got %s)",
+		    s->name, luaL_typename(L, idx));
+	}
+}
+
+/* writes r under k in txn (MDB_RESERVE: one copy) */
+static int
+rec_put(MDB_txn *txn, struct store *s, MDB_val *k, const struct rec *r)
+{
+	MDB_val	 v;
+	int	 rc;
+
+	v.mv_size = r->len;
+	if ((rc = mdb_put(txn, s->dbi, k, &v, MDB_RESERVE)) != 0)
+		return rc;
+	if (r->str != NULL) {
+		memcpy(v.mv_data, r->head, REC_HEAD);
+		memcpy((char *)v.mv_data + REC_HEAD, r->str, r->len - REC_HEAD);
+	} else {
+		memcpy(v.mv_data, r->head, r->len);
+	}
+	return 0;
+}
+
+/*
+ * smtp_store.open(path, mapsize, name[, nosync]) -> store; nosync: commits
+ * do not wait for the disk (MDB_NOSYNC), store:flush() does
+ */
+static int
+store_open(lua_State *L)
+{
+	const char	*path = luaL_checkstring(L, 1);
+	lua_Integer	 map = luaL_checkinteger(L, 2);
+	size_t		 nlen;
+	const char	*name = luaL_checklstring(L, 3, &nlen);
+	unsigned	 flags = MDB_NOSUBDIR | MDB_NOTLS;
+	struct store	*s;
+	MDB_txn		*txn;
+	int		 rc, dead;
+
+	if (lua_toboolean(L, 4))
+		flags |= MDB_NOSYNC;
+
+	luaL_argcheck(L, nlen > 0 && nlen <= STORE_NAME_MAX, 3, "1 to 64 octets");
+	luaL_argcheck(L, map >= 65536 && map <= ((lua_Integer)1 << 40), 2,
+	    "65536 to 2^40");
+	s = lua_newuserdatauv(L, sizeof(*s), 0);
+	memset(s, 0, sizeof(*s));
+	memcpy(s->name, name, nlen);
+	s->pid = getpid();
+	s->map_size = (size_t)map;
+	luaL_setmetatable(L, STORE_MT);
+	if ((rc = mdb_env_create(&s->env)) != 0)
+		return store_fail(L, s, NULL, "create", rc);
+	if ((rc = mdb_env_set_mapsize(s->env, s->map_size)) != 0 ||
+	    (rc = mdb_env_set_maxreaders(s->env, 254)) != 0 ||
+	    (rc = mdb_env_open(s->env, path, flags, 0600)) != 0) {
+		mdb_env_close(s->env);
+		s->env = NULL;
+		return luaL_error(L, "store %s: cannot open %s: %s", name, path,
+		    mdb_strerror(rc));
+	}
+	/* readers left by a worker that died */
+	mdb_reader_check(s->env, &dead);
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	if ((rc = mdb_dbi_open(txn, NULL, 0, &s->dbi)) != 0)
+		return store_fail(L, s, txn, "open", rc);
+	if ((rc = mdb_txn_commit(txn)) != 0)
+		return store_fail(L, s, NULL, "commit", rc);
+	return 1;
+}
+
+/* store:get(key, now) -> value | nil */
+static int
+store_get(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	MDB_val		 k = check_key(L, s, 2), v;
+	int64_t		 now = check_now(L, 3);
+	MDB_txn		*txn;
+	int		 rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	rc = mdb_get(txn, s->dbi, &k, &v);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return store_fail(L, s, txn, "get", rc);
+	if (rc == 0 && rec_live(&v, now) && v.mv_size <= sizeof(copy)) {
+		/* out of the map before the txn ends: a push may raise */
+		memcpy(copy, v.mv_data, v.mv_size);
+		v.mv_data = copy;
+		mdb_txn_abort(txn);
+		rec_push(L, &v);
+	} else {
+		mdb_txn_abort(txn);
+		lua_pushnil(L);
+	}
+	return 1;
+}
+
+/* store:ttl(key, now) -> seconds left | math.huge (no expiry) | nil */
+static int
+store_ttl(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	MDB_val		 k = check_key(L, s, 2), v;
+	int64_t		 now = check_now(L, 3);
+	MDB_txn		*txn;
+	int		 rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	rc = mdb_get(txn, s->dbi, &k, &v);
+	if (rc == 0 && rec_live(&v, now)) {
+		int64_t e = rec_expiry(&v);
+
+		lua_pushnumber(L, e == 0 ? HUGE_VAL : (lua_Number)(e - now) / 1000);
+	} else if (rc == 0 || rc == MDB_NOTFOUND) {
+		lua_pushnil(L);
+	} else {
+		return store_fail(L, s, txn, "ttl", rc);
+	}
+	mdb_txn_abort(txn);
+	return 1;
+}
+
+/* store:set(key, value, ttl, now, only_if_absent) -> true | false (present) */
+static int
+store_set(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	MDB_val		 k = check_key(L, s, 2), v;
+	int64_t		 now = check_now(L, 5);
+	int64_t		 expiry = check_expiry(L, s, 4, now);
+	int		 add = lua_toboolean(L, 6), rc;
+	struct rec	 r;
+	MDB_txn		*txn;
+
+	rec_make(L, s, 3, expiry, &r);
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	if (add) {
+		rc = mdb_get(txn, s->dbi, &k, &v);
+		if (rc == 0 && rec_live(&v, now)) {
+			mdb_txn_abort(txn);
+			lua_pushboolean(L, 0);
+			return 1;
+		}
+		if (rc != 0 && rc != MDB_NOTFOUND)
+			return store_fail(L, s, txn, "add", rc);
+	}
+	if ((rc = rec_put(txn, s, &k, &r)) != 0)
+		return store_fail(L, s, txn, "set", rc);
+	if ((rc = mdb_txn_commit(txn)) != 0)
+		return store_fail(L, s, NULL, "commit", rc);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/* store:incr(key, by, ttl, now) -> new value (ttl applies to a new key) */
+static int
+store_incr(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	MDB_val		 k = check_key(L, s, 2), v;
+	int64_t		 now = check_now(L, 5);
+	int64_t		 expiry = check_expiry(L, s, 4, now);
+	struct rec	 r;
+	MDB_txn		*txn;
+	int		 rc;
+
+	luaL_checknumber(L, 3);
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	rc = mdb_get(txn, s->dbi, &k, &v);
+	if (rc != 0 && rc != MDB_NOTFOUND)
+		return store_fail(L, s, txn, "incr", rc);
+	if (rc == 0 && rec_live(&v, now)) {
+		char type = ((const char *)v.mv_data)[8];
+
+		if (type != 'i' && type != 'n') {
+			mdb_txn_abort(txn);
+			return luaL_error(L, "store %s: incr of a value that is not a "
+			    "number", s->name);
+		}
+		expiry = rec_expiry(&v);	/* an existing key keeps its ttl */
+		rec_push(L, &v);
+		lua_pushvalue(L, 3);
+		lua_arith(L, LUA_OPADD);	/* integers wrap, as in Lua */
+	} else {
+		lua_pushvalue(L, 3);
+	}
+	rec_make(L, s, -1, expiry, &r);
+	if ((rc = rec_put(txn, s, &k, &r)) != 0)
+		return store_fail(L, s, txn, "incr", rc);
+	if ((rc = mdb_txn_commit(txn)) != 0)
+		return store_fail(L, s, NULL, "commit", rc);
+	return 1;
+}
+
+/* store:delete(key) -> true | false (absent) */
+static int
+store_delete(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	MDB_val		 k = check_key(L, s, 2);
+	MDB_txn		*txn;
+	int		 rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	rc = mdb_del(txn, s->dbi, &k, NULL);
+	if (rc == MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		lua_pushboolean(L, 0);
+		return 1;
+	}
+	if (rc != 0)
+		return store_fail(L, s, txn, "delete", rc);
+	if ((rc = mdb_txn_commit(txn)) != 0)
+		return store_fail(L, s, NULL, "commit", rc);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+/*
+ * store:sweep(now, max) -> removed: looks at up to max keys from where the
+ * last sweep stopped (wrapping at the end) and deletes the expired ones, in
+ * one write transaction, so a sweep holds the writers up for a bounded time.
+ */
+static int
+store_sweep(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	int64_t		 now = check_now(L, 2);
+	lua_Integer	 max = luaL_checkinteger(L, 3), seen = 0, removed = 0;
+	MDB_txn		*txn;
+	MDB_cursor	*cur;
+	MDB_val		 k, v;
+	int		 rc;
+
+	if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) != 0)
+		return store_fail(L, s, NULL, "begin", rc);
+	if ((rc = mdb_cursor_open(txn, s->dbi, &cur)) != 0)
+		return store_fail(L, s, txn, "sweep", rc);
+	k.mv_data = s->cursor;
+	k.mv_size = s->cursor_len;
+	rc = s->cursor_len > 0 ? mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE) :
+	    mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+	while (rc == 0 && seen < max) {
+		seen++;
+		if (!rec_live(&v, now)) {
+			if ((rc = mdb_cursor_del(cur, 0)) != 0)
+				break;
+			removed++;
+			/* after a delete, MDB_NEXT gives the key that followed */
+			rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+			continue;
+		}
+		rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+	}
+	if (rc == 0 && k.mv_size <= sizeof(s->cursor)) {
+		memcpy(s->cursor, k.mv_data, k.mv_size);
+		s->cursor_len = k.mv_size;
+	} else if (rc == MDB_NOTFOUND || rc == 0) {
+		s->cursor_len = 0;	/* the end: start over next time */
+	} else {
+		mdb_cursor_close(cur);
+		return store_fail(L, s, txn, "sweep", rc);
+	}
+	mdb_cursor_close(cur);
+	if ((rc = mdb_txn_commit(txn)) != 0)
+		return store_fail(L, s, NULL, "commit", rc);
+	lua_pushinteger(L, removed);
+	return 1;
+}
+
+/* store:close(): also what the garbage collector does, in the opener only */
+static int
+store_close(lua_State *L)
+{
+	struct store *s = luaL_checkudata(L, 1, STORE_MT);
+
+	if (s->env != NULL && s->pid == getpid())
+		mdb_env_close(s->env);
+	s->env = NULL;
+	return 0;
+}
+
+/* store:flush(): what a nosync store committed, to the disk */
+static int
+store_flush(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	int		 rc;
+
+	if ((rc = mdb_env_sync(s->env, 1)) != 0)
+		return store_fail(L, s, NULL, "flush", rc);
+	return 0;
+}
+
+/* store:copy(path): a consistent copy of the file (mdb_copy's) */
+static int
+store_copy(lua_State *L)
+{
+	struct store	*s = check_store(L);
+	const char	*path = luaL_checkstring(L, 2);
+	int		 rc;
+
+	if ((rc = mdb_env_copy2(s->env, path, MDB_CP_COMPACT)) != 0)
+		return store_fail(L, s, NULL, "copy", rc);
+	return 0;
+}
+
+static const luaL_Reg store_methods[] = {
+	{ "get",	store_get },
+	{ "set",	store_set },
+	{ "incr",	store_incr },
+	{ "delete",	store_delete },
+	{ "ttl",	store_ttl },
+	{ "sweep",	store_sweep },
+	{ "copy",	store_copy },
+	{ "flush",	store_flush },
+	{ "close",	store_close },
+	{ NULL,		NULL }
+};
+
+int
+luaopen_smtp_store(lua_State *L)
+{
+	if (luaL_newmetatable(L, STORE_MT)) {
+		luaL_newlib(L, store_methods);
+		lua_setfield(L, -2, "__index");
+		lua_pushcfunction(L, store_close);
+		lua_setfield(L, -2, "__gc");
+	}
+	lua_pop(L, 1);
+	lua_createtable(L, 0, 4);
+	lua_pushcfunction(L, store_open);
+	lua_setfield(L, -2, "open");
+	lua_pushinteger(L, STORE_KEY_MAX);
+	lua_setfield(L, -2, "KEY_MAX");
+	lua_pushinteger(L, STORE_VALUE_MAX);
+	lua_setfield(L, -2, "VALUE_MAX");
+	return 1;
+}
