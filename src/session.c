@@ -765,8 +765,12 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		const char *def = accept ? d->ok_enhanced : d->no_enhanced;
 
 		if (def != NULL) {
-			/* the default's subject and detail, in the reply's class */
-			snprintf(enhanced, sizeof(enhanced), "%s", def);
+			size_t n = strnlen(def, sizeof(enhanced) - 1);
+
+			/* the default's subject and detail, in the reply's class
+			 * (a copy by hand: snprintf cost ~570 instructions a reply) */
+			memcpy(enhanced, def, n);
+			enhanced[n] = '\0';
 			enhanced[0] = (char)('0' + code / 100);
 		}
 	}
