@@ -393,7 +393,8 @@ lcore_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 			return NULL;
 		}
 	}
-	if ((p = realloc(ptr, nsize)) == NULL)
+	/* a new block is most calls: malloc skips realloc's checks of ptr */
+	if ((p = ptr == NULL ? malloc(nsize) : realloc(ptr, nsize)) == NULL)
 		return NULL;
 	h->total = h->total - old + nsize;
 	if (nsize > old && (r = cur_run) != NULL)
