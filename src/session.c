@@ -1586,8 +1586,13 @@ command_find(const char *line)
 	const struct command	*c;
 	size_t			 n = strcspn(line, " ");
 
+	/*
+	 * (x & ~0x20) is the upper case of a letter: a cheap first test before
+	 * the call (RCPT came after four strncasecmp calls a line)
+	 */
 	for (c = commands; c->verb != NULL; c++)
-		if (strlen(c->verb) == n && strncasecmp(c->verb, line, n) == 0)
+		if (c->verb[0] == (line[0] & ~0x20) && strlen(c->verb) == n &&
+		    strncasecmp(c->verb, line, n) == 0)
 			return c;
 	return NULL;
 }
@@ -1601,7 +1606,7 @@ auth_like(const char *line)
 {
 	while (*line != '\0' && !isalnum((unsigned char)*line))
 		line++;
-	return strncasecmp(line, "AUTH", 4) == 0;
+	return (*line & ~0x20) == 'A' && strncasecmp(line, "AUTH", 4) == 0;
 }
 
 /*
