@@ -377,6 +377,26 @@ struct block {
 	struct block	*next;
 };
 
+/*
+ * Under AddressSanitizer a listed block is poisoned but for its link (which
+ * LeakSanitizer must read): a use after free is still caught.
+ */
+#if defined(__SANITIZE_ADDRESS__)
+#define BLOCK_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BLOCK_ASAN 1
+#endif
+#endif
+#ifdef BLOCK_ASAN
+#include <sanitizer/asan_interface.h>
+#define block_poison(b, n)	ASAN_POISON_MEMORY_REGION((b) + 1, (n) - sizeof(*(b)))
+#define block_unpoison(b, n)	ASAN_UNPOISON_MEMORY_REGION((b) + 1, (n) - sizeof(*(b)))
+#else
+#define block_poison(b, n)	((void)(b), (void)(n))
+#define block_unpoison(b, n)	((void)(b), (void)(n))
+#endif
+
 static struct block	*block_list[BLOCK_CLASSES];
 static unsigned		 block_listed[BLOCK_CLASSES];
 
@@ -394,6 +414,7 @@ block_drain(void)
 		while (block_list[k] != NULL) {
 			struct block *b = block_list[k];
 
+			block_unpoison(b, (k + 1) * BLOCK_GRAIN);
 			block_list[k] = b->next;
 			free(b);
 		}
@@ -426,6 +447,7 @@ block_get(size_t n)
 	k = block_class(n);
 	if ((b = block_list[k]) == NULL)
 		return block_sys(NULL, (k + 1) * BLOCK_GRAIN);
+	block_unpoison(b, (k + 1) * BLOCK_GRAIN);
 	block_list[k] = b->next;
 	block_listed[k]--;
 	return b;
@@ -445,6 +467,7 @@ block_put(void *p, size_t n)
 	b->next = block_list[k];
 	block_list[k] = b;
 	block_listed[k]++;
+	block_poison(b, (k + 1) * BLOCK_GRAIN);
 }
 
 /* realloc for the block p Lua knew as old octets (p may be NULL; n >= 1) */
