@@ -9,7 +9,10 @@
 # the cost of a message without start-up and shutdown.  smtp-sink's figure for
 # the same load is printed alongside as the reference.
 #
-#   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS]
+#   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s]
+#
+# -k DIR keeps the callgrind outputs (DIR/luasmtpd.N.out ...) for
+# callgrind_annotate --inclusive=yes; -s skips smtp-sink's reference run.
 #
 # Needs valgrind and smtp-source (bench/setup.sh installs postfix), and a
 # release build (bench/run.sh makes build-bench/luasmtpd).
@@ -18,12 +21,16 @@ BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 bin="$BENCH/../build-bench/luasmtpd"
 n=2000
 rcpts=1
-while getopts "b:n:r:" o; do
+keep=
+peers="luasmtpd smtp-sink"
+while getopts "b:n:r:k:s" o; do
 	case $o in
 	b) bin=$OPTARG ;;
 	n) n=$OPTARG ;;
 	r) rcpts=$OPTARG ;;
-	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS]" >&2; exit 2 ;;
+	k) keep=$OPTARG; mkdir -p "$keep" ;;
+	s) peers=luasmtpd ;;
+	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s]" >&2; exit 2 ;;
 	esac
 done
 for tool in valgrind callgrind_annotate smtp-source /usr/sbin/smtp-sink; do
@@ -57,10 +64,11 @@ count() {	# what messages
 	    -f sender@example.com -t rcpt@example.com "127.0.0.1:$port"
 	kill "$pid"
 	wait "$pid" 2>/dev/null || true
+	[ -z "$keep" ] || cp "$out" "$keep/$what.$messages.out"
 	callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
 }
 
-for what in luasmtpd smtp-sink; do
+for what in $peers; do
 	one=$(count "$what" 1)
 	all=$(count "$what" "$n")
 	printf '%-9s %8d instructions per message (%d messages, %d recipient(s) each)\n' \

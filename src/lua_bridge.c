@@ -189,6 +189,7 @@ struct hcall {
 	const char			*buf;		/* data */
 	size_t				 len;
 	const char			*why;		/* abort */
+	int				 handle;	/* the caller pushed the handle there, or 0 */
 	/* ask: what kinds.ask returned */
 	int				 done, accept, vcode, has_text;
 };
@@ -292,13 +293,20 @@ hcall_run(lua_State *L)
 	struct lbridge	*b = c->b;
 	int		 n;
 
-	lua_settop(L, 0);
-	luaL_checkstack(L, 16, "hook call");
-	lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[c->kind]);
-	if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
-		bind_handle(L, b, c->s);
-	else if (push_handle(b, L, c->s) == NULL)
-		return 0;		/* the session's handle is gone */
+	if (c->handle != 0) {		/* the handle came as argument 2 */
+		lua_settop(L, 2);
+		luaL_checkstack(L, 16, "hook call");
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[c->kind]);
+		lua_replace(L, 1);
+	} else {
+		lua_settop(L, 0);
+		luaL_checkstack(L, 16, "hook call");
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref[c->kind]);
+		if (c->ev == SEV_CONNECT && c->kind == HK_ASK)
+			bind_handle(L, b, c->s);
+		else if (push_handle(b, L, c->s) == NULL)
+			return 0;	/* the session's handle is gone */
+	}
 	switch (c->kind) {
 	case HK_ASK:
 		lua_pushstring(L, session_event_name(c->ev));
@@ -364,9 +372,11 @@ hcall(struct hcall *c)
 	lua_pushcfunction(L, traceback);
 	lua_pushcfunction(L, hcall_run);
 	lua_pushlightuserdata(L, c);
+	if (c->handle != 0)
+		lua_pushvalue(L, c->handle);
 	lcore_enter(id, c->kind == HK_ASK ? session_event_name(c->ev) :
 	    c->kind == HK_CLOSED ? "close" : hkind_names[c->kind]);
-	if (lua_pcall(L, 1, 0, top + 1) != LUA_OK) {
+	if (lua_pcall(L, c->handle != 0 ? 2 : 1, 0, top + 1) != LUA_OK) {
 		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);
@@ -388,19 +398,36 @@ verdict_fail(struct lbridge *b, struct verdict *v)
 }
 
 /*
- * The handle of s if Lua attached a connection object to it, else NULL.
- * Only lookups: nothing here allocates, so it needs no protection.
+ * The handle of s if Lua attached a connection object to it, left on the
+ * stack (hcall_with passes it on: one lookup per hook), else NULL and
+ * nothing pushed.  Only lookups: nothing here allocates, so it needs no
+ * protection.
  */
 static struct lsession *
-find_attached(struct lbridge *b, struct session *s)
+push_attached(struct lbridge *b, struct session *s)
 {
 	lua_State	*L = b->L;
 	struct lsession	*ls;
 
-	if (!lua_checkstack(L, 4) || (ls = push_handle(b, L, s)) == NULL)
+	if (!lua_checkstack(L, 12) || (ls = push_handle(b, L, s)) == NULL)
 		return NULL;
-	lua_pop(L, 1);		/* the map keeps it alive */
-	return ls->attached && !ls->finalizing ? ls : NULL;
+	if (!ls->attached || ls->finalizing) {
+		lua_pop(L, 1);
+		return NULL;
+	}
+	return ls;
+}
+
+/* hcall with the handle push_attached left on top; pops it. */
+static int
+hcall_with(struct hcall *c)
+{
+	int r;
+
+	c->handle = lua_gettop(c->b->L);
+	r = hcall(c);
+	lua_pop(c->b->L, 1);
+	return r;
 }
 
 static enum hook_result
@@ -433,19 +460,18 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 			return HOOK_DONE;
 		}
 	} else {
-		if ((ls = find_attached(b, s)) == NULL)
+		if ((ls = push_attached(b, s)) == NULL)
 			return HOOK_DONE;
 		if (ev == SEV_MAIL || ev == SEV_RCPT)
 			ls->ask_serial = args != NULL ? args->serial : 0;
-		if (ev == SEV_MAIL && lua_checkstack(b->L, 4) &&
-		    push_handle(b, b->L, s) != NULL) {
+		if (ev == SEV_MAIL)
 			paths_forget(b->L, -1);		/* a new transaction */
+		if ((ls->mask & EVBIT(ev)) == 0) {
 			lua_pop(b->L, 1);
-		}
-		if ((ls->mask & EVBIT(ev)) == 0)
 			return HOOK_DONE;	/* the cheap path: no listener, no Lua call */
+		}
 	}
-	if (hcall(&c) == -1) {
+	if ((ls != NULL ? hcall_with(&c) : hcall(&c)) == -1) {
 		verdict_fail(b, v);
 		return HOOK_DONE;
 	}
@@ -463,8 +489,8 @@ hook_cancel(void *ctx, struct session *s, enum session_event ev)
 {
 	struct hcall c = { .b = ctx, .s = s, .kind = HK_CANCEL, .ev = ev };
 
-	if (find_attached(ctx, s) != NULL)
-		hcall(&c);
+	if (push_attached(ctx, s) != NULL)
+		hcall_with(&c);
 }
 
 /*
@@ -489,9 +515,12 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 	}
 	if (ev != SEV_DATA_END && (ev != SEV_DATA || code == 354))
 		return;
-	if ((ls = find_attached(b, s)) != NULL &&
-	    (ls->mask & (EVBIT(SEV_DATA) | EVBIT(SEV_DATA_END))) != 0)
-		hcall(&c);
+	if ((ls = push_attached(b, s)) == NULL)
+		return;
+	if ((ls->mask & (EVBIT(SEV_DATA) | EVBIT(SEV_DATA_END))) != 0)
+		hcall_with(&c);
+	else
+		lua_pop(b->L, 1);
 }
 
 static void
@@ -500,8 +529,12 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 	struct hcall	 c = { .b = ctx, .s = s, .kind = HK_DATA, .buf = buf, .len = len };
 	struct lsession	*ls;
 
-	if ((ls = find_attached(ctx, s)) != NULL && (ls->mask & EVBIT(SEV_DATA)))
-		hcall(&c);
+	if ((ls = push_attached(ctx, s)) == NULL)
+		return;
+	if (ls->mask & EVBIT(SEV_DATA))
+		hcall_with(&c);
+	else
+		lua_pop(c.b->L, 1);
 }
 
 static void
@@ -511,8 +544,8 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 	    .why = (size_t)why < sizeof(abort_names) / sizeof(abort_names[0]) ?
 	    abort_names[why] : "unknown" };
 
-	if (find_attached(ctx, s) != NULL)
-		hcall(&c);
+	if (push_attached(ctx, s) != NULL)
+		hcall_with(&c);
 }
 
 /* Forgets s in the map (protected: it may allocate nothing, but be safe). */

@@ -765,8 +765,12 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		const char *def = accept ? d->ok_enhanced : d->no_enhanced;
 
 		if (def != NULL) {
-			/* the default's subject and detail, in the reply's class */
-			snprintf(enhanced, sizeof(enhanced), "%s", def);
+			size_t n = strnlen(def, sizeof(enhanced) - 1);
+
+			/* the default's subject and detail, in the reply's class
+			 * (a copy by hand: snprintf cost ~570 instructions a reply) */
+			memcpy(enhanced, def, n);
+			enhanced[n] = '\0';
 			enhanced[0] = (char)('0' + code / 100);
 		}
 	}
@@ -1582,8 +1586,13 @@ command_find(const char *line)
 	const struct command	*c;
 	size_t			 n = strcspn(line, " ");
 
+	/*
+	 * (x & ~0x20) is the upper case of a letter: a cheap first test before
+	 * the call (RCPT came after four strncasecmp calls a line)
+	 */
 	for (c = commands; c->verb != NULL; c++)
-		if (strlen(c->verb) == n && strncasecmp(c->verb, line, n) == 0)
+		if (c->verb[0] == (line[0] & ~0x20) && strlen(c->verb) == n &&
+		    strncasecmp(c->verb, line, n) == 0)
 			return c;
 	return NULL;
 }
@@ -1597,7 +1606,7 @@ auth_like(const char *line)
 {
 	while (*line != '\0' && !isalnum((unsigned char)*line))
 		line++;
-	return strncasecmp(line, "AUTH", 4) == 0;
+	return (*line & ~0x20) == 'A' && strncasecmp(line, "AUTH", 4) == 0;
 }
 
 /*
