@@ -125,34 +125,6 @@ req_free(struct rreq *q)
 	free(q);
 }
 
-static void
-on_reply(redisAsyncContext *ac, void *reply, void *priv)
-{
-	struct rreq	*q = priv;
-	struct rclient	*c = q->c;
-	redisReply	*r = reply;
-	char		 err[512];
-
-	(void)ac;
-	if (q->timed_out) {
-		req_free(q);
-		return;
-	}
-	if (q->timer != NULL)
-		evtimer_del(q->timer);
-	if (r == NULL) {
-		snprintf(err, sizeof(err), "redis %s:%d: %s", c->host, c->port,
-		    c->why[0] != '\0' ? c->why : "connection lost");
-		deliver(c, q->fn_ref, 0, NULL, err);
-	} else if (q->fn_ref == LUA_NOREF) {
-		if (r->type == REDIS_REPLY_ERROR)
-			log_warn(0, "redis %s:%d: %.*s", c->host, c->port, (int)r->len, r->str);
-	} else {
-		deliver(c, q->fn_ref, r->type != REDIS_REPLY_ERROR, r, NULL);
-	}
-	req_free(q);
-}
-
 /* the connection ended (or never began): the next attempt after backoff */
 static void
 lost(struct rclient *c, const char *why)
@@ -163,6 +135,36 @@ lost(struct rclient *c, const char *why)
 	snprintf(c->why, sizeof(c->why), "%s", why);
 	if (!c->closing)
 		log_warn(0, "redis %s:%d: %s", c->host, c->port, why);
+}
+
+static void
+on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rreq	*q = priv;
+	struct rclient	*c = q->c;
+	redisReply	*r = reply;
+	char		 err[512];
+
+	if (q->timed_out) {
+		req_free(q);
+		return;
+	}
+	if (q->timer != NULL)
+		evtimer_del(q->timer);
+	if (r == NULL) {
+		/* the connection is going: a call the reply's handler makes must not use it */
+		if (ac == c->ac)
+			lost(c, ac->errstr[0] != '\0' ? ac->errstr : "connection lost");
+		snprintf(err, sizeof(err), "redis %s:%d: %s", c->host, c->port,
+		    c->why[0] != '\0' ? c->why : "connection lost");
+		deliver(c, q->fn_ref, 0, NULL, err);
+	} else if (q->fn_ref == LUA_NOREF) {
+		if (r->type == REDIS_REPLY_ERROR)
+			log_warn(0, "redis %s:%d: %.*s", c->host, c->port, (int)r->len, r->str);
+	} else {
+		deliver(c, q->fn_ref, r->type != REDIS_REPLY_ERROR, r, NULL);
+	}
+	req_free(q);
 }
 
 static void
@@ -311,7 +313,9 @@ rclient_call(lua_State *L)
 	ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	if (send_argv(c, ref, argc, argv, lens) == -1) {
 		luaL_unref(L, LUA_REGISTRYINDEX, ref);
-		return luaL_error(L, "redis %s:%d: cannot send a command", c->host, c->port);
+		lua_pushnil(L);
+		lua_pushfstring(L, "redis %s:%d: cannot send a command", c->host, c->port);
+		return 2;
 	}
 	lua_pushboolean(L, 1);
 	return 1;
