@@ -33,6 +33,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "lua_redis.h"
 #include "lua_store.h"
 #include "busy.h"
 #include "host.h"
@@ -579,6 +580,9 @@ load_protected(lua_State *L)
 		lua_pushlightuserdata(L, p);
 		lua_pushcclosure(L, platform_timer, 1);
 		lua_setfield(L, -2, "timer");
+		lua_pushlightuserdata(L, p->base);	/* smtp.store on Redis */
+		lua_pushcclosure(L, lredis_open, 1);
+		lua_setfield(L, -2, "redis");
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);

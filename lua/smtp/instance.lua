@@ -59,7 +59,7 @@ function M.new(platform)
   end
 
   -- smtp.store.open(name[, opts]): shared state (smtp.store)
-  smtp.store = require("smtp.store").new(platform, core)
+  smtp.store = require("smtp.store").new(platform, core, I)
 
   -- smtp.fs: what durable delivery needs and plain Lua lacks
   smtp.fs = {

@@ -15,6 +15,9 @@
 --             report a bad state directory or file before any worker
 --             starts; calls go to memory (a simulated client writes nothing);
 --   "memory"  smtp.testing (the default): in memory, on the platform's clock.
+-- A store opened with opts.redis is on a Redis server in "serve" mode
+-- (lua_redis.c's client, platform.redis: each call yields its handler until
+-- Redis answers) and in memory otherwise: a check never connects.
 local M = {}
 
 local DEFAULT_MAX_SIZE = 64 * 1024 * 1024
@@ -23,6 +26,8 @@ local SWEEP_EVERY, SWEEP_KEYS = 1, 1000	-- seconds between sweeps, keys looked a
 local RECORD_OVERHEAD = 64	-- octets a memory entry counts beyond key and value
 
 local OPTS = { maxSize = true, sync = true }
+local REDIS_OPTS = { redis = true, password = true, db = true, timeout = true }
+local REDIS_TIMEOUT = 1	-- seconds Redis has to answer a call
 
 -- ---- the in-memory backend (same semantics as lua_store.c) ---------------
 
@@ -107,6 +112,124 @@ function Memory:sweep(now, max)
   return removed
 end
 
+-- ---- the Redis backend ---------------------------------------------------
+-- Keys are "NAME:key".  Values are strings as "s:" .. value and numbers as
+-- their decimal text (an integer as %d, a float always with a point or an
+-- exponent), so INCRBY and INCRBYFLOAT work on them and they come back with
+-- their type.  Every call is one command, so it is atomic on the server.
+
+local Redis = {}
+Redis.__index = Redis
+
+-- incr: INCRBY (INCRBYFLOAT for a float, or a value that is one), then the
+-- expiry only on a key this call created, in one script
+local INCR_SCRIPT = [[
+local new = redis.call('EXISTS', KEYS[1]) == 0
+local r
+if ARGV[2] == 'i' then
+  r = redis.pcall('INCRBY', KEYS[1], ARGV[1])
+  if type(r) == 'table' and r.err then r = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1]) end
+else
+  r = redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+end
+if new and ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return r
+]]
+
+local function encode_number(v)
+  if math.type(v) == "integer" then return ("%d"):format(v) end
+  if v == math.huge then return "inf" elseif v == -math.huge then return "-inf" end
+  local t = ("%.17g"):format(v)
+  if t:match("^-?%d+$") then t = t .. ".0" end
+  return t
+end
+
+local function encode(v)
+  if type(v) == "string" then return "s:" .. v end
+  return encode_number(v)
+end
+
+local function decode(t)
+  if t == nil then return nil end
+  if t:sub(1, 2) == "s:" then return t:sub(3) end
+  if t == "inf" then return math.huge elseif t == "-inf" then return -math.huge end
+  local n = tonumber(t)
+  if n == nil then return t end	-- written by something else: as it is
+  return n
+end
+
+local function px(ttl)
+  return ("%d"):format(math.max(1, math.floor(ttl * 1000 + 0.5)))
+end
+
+local function new_redis(name, client, I)
+  return setmetatable({ name = name, client = client, I = I, prefix = name .. ":" }, Redis)
+end
+
+-- sends one command and waits for it: the reply, or nil, err (no answer);
+-- an error reply of Redis is a Lua error
+function Redis:_call(...)
+  local I = self.I
+  local task = I.current_task()
+  if not task then
+    error(("store %s: a Redis store waits for Redis, so it is used from handlers and 'start' "
+      .. "listeners only"):format(self.name), 4)
+  end
+  local gen = task.gen
+  local done, ok, v, rerr = false, nil, nil, nil
+  local sent, err = self.client:call(function(a, b, c)
+    done, ok, v, rerr = true, a, b, c
+    if task.gen == gen and not task.dead and not task.dropped then I.resume(task, nil) end
+  end, ...)
+  if not sent then return nil, err end
+  repeat coroutine.yield() until done
+  if ok then return v, nil end
+  if rerr then error(("store %s: redis: %s"):format(self.name, v), 0) end
+  return nil, v
+end
+
+function Redis:get(key)
+  local v, err = self:_call("GET", self.prefix .. key)
+  if err then return nil, err end
+  return decode(v)
+end
+
+function Redis:set(key, value, ttl, _, only_if_absent)
+  local k, v = self.prefix .. key, encode(value)
+  local r, err
+  if only_if_absent then
+    if ttl then r, err = self:_call("SET", k, v, "NX", "PX", px(ttl))
+    else r, err = self:_call("SET", k, v, "NX") end
+  else
+    if ttl then r, err = self:_call("SET", k, v, "PX", px(ttl))
+    else r, err = self:_call("SET", k, v) end
+  end
+  if err then return nil, err end
+  return r ~= nil
+end
+
+function Redis:incr(key, by, ttl)
+  local float = math.type(by) == "float"
+  local r, err = self:_call("EVAL", INCR_SCRIPT, "1", self.prefix .. key, encode_number(by),
+    float and "f" or "i", ttl and px(ttl) or "")
+  if err then return nil, err end
+  if type(r) == "string" then return (tonumber(r) or 0) + 0.0 end
+  return r
+end
+
+function Redis:delete(key)
+  local r, err = self:_call("DEL", self.prefix .. key)
+  if err then return nil, err end
+  return r > 0
+end
+
+function Redis:ttl(key)
+  local r, err = self:_call("PTTL", self.prefix .. key)
+  if err then return nil, err end
+  if r == -2 then return nil elseif r == -1 then return math.huge end
+  return r / 1000
+end
+
 -- ---- the API ---------------------------------------------------------------
 
 local Store = {}
@@ -155,10 +278,10 @@ function Store:get(key)
   return self:_backend():get(key, self.now())
 end
 
--- db:set(key, value[, ttl])
+-- db:set(key, value[, ttl]) -> true
 function Store:set(key, value, ttl)
   check_key(self, key) ; check_value(self, value) ; check_ttl(self, ttl)
-  self:_backend():set(key, value, ttl, self.now(), false)
+  return self:_backend():set(key, value, ttl, self.now(), false)
 end
 
 -- db:add(key, value[, ttl]) -> true | false (the key is there)
@@ -206,10 +329,36 @@ local function mkdir_p(core, path)
   return true
 end
 
--- M.new(platform, core) -> the smtp.store table.  Its _ready(stateDir) is
+-- opts.redis "host[:port]" ("[v6]:port"), .password, .db, .timeout ->
+-- {host=, port=, password=, db=, timeout=}; errors at the caller's caller
+local function parse_redis(opts)
+  local a = opts.redis
+  if type(a) ~= "string" then error("store.open: redis is \"host:port\" (a string)", 3) end
+  local host, port = a:match("^%[(.+)%]:(%d+)$")
+  if not host then host, port = a:match("^([^:]+):(%d+)$") end
+  if not host and a:match("^[^:%[%]]+$") then host, port = a, "6379" end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 or #host > 255 then
+    error(("store.open: redis is \"host:port\" (got %q)"):format(a), 3)
+  end
+  if opts.password ~= nil and type(opts.password) ~= "string" then
+    error("store.open: password is a string", 3)
+  end
+  local db = opts.db or 0
+  if math.type(db) ~= "integer" or db < 0 or db > 1000000 then
+    error("store.open: db is an integer >= 0 (a Redis database number)", 3)
+  end
+  local timeout = opts.timeout or REDIS_TIMEOUT
+  if type(timeout) ~= "number" or not (timeout > 0 and timeout <= 3600) then
+    error("store.open: timeout is a number of seconds > 0 (at most 3600)", 3)
+  end
+  return { host = host, port = port, password = opts.password, db = db, timeout = timeout }
+end
+
+-- M.new(platform, core, I) -> the smtp.store table (I: the instance's tasks).  Its _ready(stateDir) is
 -- called once the script has loaded (smtp._policy); it returns nil, err if
 -- a store cannot be opened.
-function M.new(platform, core)
+function M.new(platform, core, I)
   local mode = platform.store_mode or "memory"
   local now = platform.now or os.time
   local api, stores, ready, dir = {}, {}, false, nil
@@ -223,9 +372,11 @@ function M.new(platform, core)
   local function sweep_all()
     for _, db in ipairs(stores) do
       local b = db.backend
+      if not b.sweep then goto next end	-- Redis expires its own keys
       local ok, err = pcall(b.sweep, b, now(), SWEEP_KEYS)
       if ok and not db.sync then ok, err = pcall(b.flush, b) end
       if not ok then core.log("warn", nil, ("store sweep failed: %s"):format(err)) end
+      ::next::
     end
     platform.timer(SWEEP_EVERY, sweep_all)
   end
@@ -234,6 +385,15 @@ function M.new(platform, core)
 
   -- opens db for real (nil, err if it cannot)
   local function activate(db)
+    if db.redis then
+      if mode == "serve" and platform.redis then
+        local r = db.redis
+        db.backend = new_redis(db.name, platform.redis(r.host, r.port, r.timeout, r.password, r.db), I)
+      else
+        db.backend = new_memory(db.name, db.max_size)	-- a check, smtp.testing: no connection
+      end
+      return true
+    end
     if mode ~= "memory" then
       local ok, err = mkdir_p(core, dir)
       if not ok then return nil, ("store %s: state directory %s: %s"):format(db.name, dir, err) end
@@ -264,11 +424,16 @@ function M.new(platform, core)
     end
     if opts ~= nil and type(opts) ~= "table" then error("store.open: opts must be a table", 2) end
     opts = opts or {}
+    local redis = nil
+    if opts.redis ~= nil then redis = parse_redis(opts) end
     for k in pairs(opts) do
-      if k == "redis" then
-        error("store.open: the Redis backend is not available in this version", 2)
+      if not (redis and REDIS_OPTS or OPTS)[k] then
+        if redis and OPTS[k] then
+          error(("store.open: %s is an option of the LMDB backend, not of Redis"):format(k), 2)
+        end
+        if REDIS_OPTS[k] then error(("store.open: %s goes with opts.redis"):format(k), 2) end
+        error(("store.open: unknown option %s"):format(tostring(k)), 2)
       end
-      if not OPTS[k] then error(("store.open: unknown option %s"):format(tostring(k)), 2) end
     end
     local max_size = opts.maxSize or DEFAULT_MAX_SIZE
     if math.type(max_size) ~= "integer" or max_size < 65536 or max_size > 1 << 40 then
@@ -281,7 +446,7 @@ function M.new(platform, core)
       if db.name == name then error(("store.open: store %s is already open"):format(name), 2) end
     end
     local db = setmetatable({ name = name, max_size = max_size, now = now,
-      sync = opts.sync ~= false }, Store)
+      sync = opts.sync ~= false, redis = redis }, Store)
     stores[#stores + 1] = db
     if ready then
       local ok, err = activate(db)

@@ -1,6 +1,8 @@
 -- smtp.store: the same semantics from the in-memory backend (smtp.testing,
 -- on the virtual clock) and the LMDB one (smtp_store, files in a temp dir);
--- LMDB shared by two processes loses no update.
+-- LMDB shared by two processes loses no update; the Redis backend's options,
+-- commands and answers (a stand-in client; spec/e2e/redis_spec.lua has the
+-- real one).
 local support = require "spec.engine.support"
 local store = require "smtp.store"
 local core = require "smtp_core"
@@ -253,5 +255,143 @@ describe("smtp.store under smtp.testing", function()
         smtp.createServer(function() end)
       ]])
     end)
+  end)
+end)
+
+describe("smtp.store with opts.redis", function()
+  local function api_with(mode, client_calls)
+    local current = nil
+    local I = {
+      current_task = function() return current end,
+      resume = function(task)
+        local ok, err = coroutine.resume(task.co)
+        if not ok then task.err = err end
+      end,
+    }
+    local platform = {
+      store_mode = mode, now = function() return 1700000000 end,
+      timer = function() end,
+      redis = function(host, port, timeout, password, db)
+        client_calls.opened = { host, port, timeout, password, db }
+        return {
+          call = function(_, fn, ...)
+            client_calls[#client_calls + 1] = table.concat({ ... }, " ")
+            local answer = client_calls.answer
+            if answer == "down" then return nil, "redis 127.0.0.1:6379: Connection refused" end
+            client_calls.pending = function() fn(table.unpack(answer)) end
+            return true
+          end,
+        }
+      end,
+    }
+    -- runs fn() as a handler would: in a task that waits for the answer
+    local function run(fn)
+      local results
+      local task = { gen = 1 }
+      task.co = coroutine.create(function() results = table.pack(fn()) end)
+      current = task
+      local ok, err = coroutine.resume(task.co)
+      if ok and client_calls.pending then
+        local p = client_calls.pending
+        client_calls.pending = nil
+        p()
+      end
+      current = nil
+      err = err or task.err
+      if not ok or err then error(err, 0) end
+      return table.unpack(results, 1, results.n)
+    end
+    return store.new(platform, core, I), run
+  end
+
+  it("refuses bad options with a clear error", function()
+    local api = api_with("memory", {})
+    assert.has_error(function() api.open("r", { redis = 6379 }) end,
+      'store.open: redis is "host:port" (a string)')
+    assert.has_error(function() api.open("r", { redis = "host:99999" }) end,
+      'store.open: redis is "host:port" (got "host:99999")')
+    assert.has_error(function() api.open("r", { redis = "h:1", db = -1 }) end,
+      "store.open: db is an integer >= 0 (a Redis database number)")
+    assert.has_error(function() api.open("r", { redis = "h:1", timeout = 0 }) end,
+      "store.open: timeout is a number of seconds > 0 (at most 3600)")
+    assert.has_error(function() api.open("r", { redis = "h:1", password = 1 }) end,
+      "store.open: password is a string")
+    assert.has_error(function() api.open("r", { redis = "h:1", maxSize = 1 << 20 }) end,
+      "store.open: maxSize is an option of the LMDB backend, not of Redis")
+    assert.has_error(function() api.open("r", { password = "x" }) end,
+      "store.open: password goes with opts.redis")
+  end)
+
+  it("a checking load never connects and creates no state directory", function()
+    local calls = {}
+    local dir = os.tmpname() ; os.remove(dir)
+    local api = api_with("check", calls)
+    local db = api.open("r", { redis = "127.0.0.1:1" })
+    assert(api._ready(dir))
+    assert.is_nil(calls.opened)
+    assert.is_false(exists(dir))
+    assert.is_true(db:add("k", 1))	-- the simulated client: in memory
+    assert.is_false(db:add("k", 1))
+  end)
+
+  it("sends one command per call, waits for it, and answers nil, err when Redis cannot", function()
+    local calls = {}
+    local api, run = api_with("serve", calls)
+    local db = api.open("lim", { redis = "[::1]:6380", password = "pw", db = 2, timeout = 0.5 })
+    assert(api._ready())
+    assert.same({ "::1", 6380, 0.5, "pw", 2 }, calls.opened)
+    calls.answer = { true, "OK" }
+    assert.is_true(run(function() return db:set("k", "v", 1.5) end))
+    assert.equal("SET lim:k s:v PX 1500", calls[1])
+    calls.answer = { true, nil }
+    assert.is_false(run(function() return db:add("k", 7) end))
+    assert.equal("SET lim:k 7 NX", calls[2])
+    calls.answer = { true, "2.5" }
+    assert.equal(2.5, run(function() return db:get("f") end))
+    calls.answer = { true, 3 }
+    local n = run(function() return db:incr("c", 1, 60) end)
+    assert.equal("integer", math.type(n))
+    assert.matches("^EVAL .* 1 lim:c 1 i 60000$", calls[4])
+    calls.answer = { true, -1 }
+    assert.equal(math.huge, run(function() return db:ttl("k") end))
+    -- no answer: nil, err for the policy to decide
+    calls.answer = { false, "redis ::1:6380: timeout (0.5 s)" }
+    local v, err = run(function() return db:incr("c") end)
+    assert.is_nil(v)
+    assert.equal("redis ::1:6380: timeout (0.5 s)", err)
+    calls.answer = "down"
+    v, err = run(function() return db:get("c") end)
+    assert.is_nil(v)
+    assert.matches("Connection refused", err)
+    -- an error reply of Redis is an error naming the store
+    calls.answer = { false, "ERR value is not a valid float", true }
+    assert.has_error(function() run(function() return db:incr("s") end) end,
+      "store lim: redis: ERR value is not a valid float")
+  end)
+
+  it("is refused outside a handler with a clear error", function()
+    local api = api_with("serve", { answer = { true, "OK" } })
+    local db = api.open("r", { redis = "127.0.0.1:6379" })
+    assert(api._ready())
+    assert.has_error(function() db:get("k") end,
+      "store r: a Redis store waits for Redis, so it is used from handlers and 'start' listeners only")
+  end)
+
+  it("is in memory under smtp.testing, on the virtual clock", function()
+    local h = support.policy([[
+      local db = smtp.store.open("rl", { redis = "127.0.0.1:1" })
+      smtp.createServer(function(c)
+        c:on("RCPT", function(r)
+          if db:incr("n", 1, 60) > 2 then r.valid = false ; r.code = 452 end
+        end)
+      end)
+    ]])
+    local s = support.helo(h)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(452)
+    h.clock:advance(60)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
   end)
 end)

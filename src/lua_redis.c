@@ -1,0 +1,375 @@
+/*
+ * lua_redis.c -- the Redis client of smtp.store's Redis backend
+ * (lua/smtp/store.lua): platform.redis(host, port, timeout[, password, db]).
+ *
+ * Owns one hiredis asynchronous connection per store on the worker's event
+ * base (hiredis's libevent adapter), every command's deadline, and the
+ * reconnect with backoff.  client:call(fn, arg...) sends one command and
+ * returns true, or nil, err at once when there is no connection (the next
+ * attempt is not due yet, or the connect itself failed); fn(true, value) or
+ * fn(false, err[, redis_error]) runs later from the event loop.  Commands
+ * from many sessions share the connection, so they are pipelined.
+ *
+ * A command that meets its deadline gets "timeout" and drops the connection
+ * (a reply that comes later would answer the wrong command); a lost
+ * connection answers every command in flight.  The next call after the
+ * backoff (0.1 s, doubling to 2 s, reset by a connect that works)
+ * reconnects.  Nothing connects before the first call, so loading a script
+ * (--check, the master's validating load) never does.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#include <hiredis/adapters/libevent.h>
+#pragma GCC diagnostic pop
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "log.h"
+#include "lua_core.h"
+#include "lua_redis.h"
+
+#define REDIS_MT		"luasmtpd.redis"
+#define BACKOFF_MIN		0.1
+#define BACKOFF_MAX		2.0
+
+struct rclient {
+	struct event_base	*base;
+	redisAsyncContext	*ac;		/* NULL: not connected */
+	lua_State		*L;		/* the main thread: callbacks run there */
+	char			 host[256];
+	int			 port;
+	double			 timeout;	/* seconds per command */
+	char			*password;
+	int			 db;
+	double			 backoff;	/* seconds before the next attempt */
+	double			 retry_at;	/* no connect before this time */
+	char			 why[160];	/* why the last connection ended */
+	int			 closing;	/* in __gc: no more Lua */
+};
+
+struct rreq {
+	struct rclient	*c;
+	int		 fn_ref;	/* LUA_NOREF: internal (AUTH, SELECT) */
+	struct event	*timer;
+	int		 timed_out;	/* fn was told already */
+};
+
+static double
+now_s(void)
+{
+	struct timeval tv;
+
+	gettimeofday(&tv, NULL);
+	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
+static int
+traceback(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+
+	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
+	return 1;
+}
+
+/* Runs fn_ref(ok, value[, flag]) (the values pushed by push) and unrefs it. */
+static void
+deliver(struct rclient *c, int fn_ref, int ok, const redisReply *r, const char *err)
+{
+	lua_State	*L = c->L;
+	int		 top = lua_gettop(L), n = 2;
+
+	if (fn_ref == LUA_NOREF)
+		return;
+	if (c->closing) {
+		luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+		return;
+	}
+	lcore_enter(0, "redis");
+	lua_pushcfunction(L, traceback);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+	lua_pushboolean(L, ok);
+	if (r == NULL) {
+		lua_pushstring(L, err);
+	} else if (r->type == REDIS_REPLY_ERROR) {
+		lua_pushlstring(L, r->str, r->len);
+		lua_pushboolean(L, 1);
+		n = 3;
+	} else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
+		lua_pushlstring(L, r->str, r->len);
+	} else if (r->type == REDIS_REPLY_INTEGER) {
+		lua_pushinteger(L, (lua_Integer)r->integer);
+	} else {
+		lua_pushnil(L);		/* nil, and arrays (not used) */
+	}
+	if (lua_pcall(L, n, 0, top + 1) != LUA_OK)
+		log_warn(0, "lua: redis reply handler failed: %s", lua_tostring(L, -1));
+	lua_settop(L, top);
+	lcore_leave(L);
+}
+
+static void
+req_free(struct rreq *q)
+{
+	if (q->timer != NULL)
+		event_free(q->timer);
+	free(q);
+}
+
+/* the connection ended (or never began): the next attempt after backoff */
+static void
+lost(struct rclient *c, const char *why)
+{
+	c->ac = NULL;
+	c->retry_at = now_s() + c->backoff;
+	c->backoff = c->backoff * 2 > BACKOFF_MAX ? BACKOFF_MAX : c->backoff * 2;
+	snprintf(c->why, sizeof(c->why), "%s", why);
+	if (!c->closing)
+		log_warn(0, "redis %s:%d: %s", c->host, c->port, why);
+}
+
+static void
+on_reply(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct rreq	*q = priv;
+	struct rclient	*c = q->c;
+	redisReply	*r = reply;
+	char		 err[512];
+
+	if (q->timed_out) {
+		req_free(q);
+		return;
+	}
+	if (q->timer != NULL)
+		evtimer_del(q->timer);
+	if (r == NULL) {
+		/* the connection is going: a call the reply's handler makes must not use it */
+		if (ac == c->ac)
+			lost(c, ac->errstr[0] != '\0' ? ac->errstr : "connection lost");
+		snprintf(err, sizeof(err), "redis %s:%d: %s", c->host, c->port,
+		    c->why[0] != '\0' ? c->why : "connection lost");
+		deliver(c, q->fn_ref, 0, NULL, err);
+	} else if (q->fn_ref == LUA_NOREF) {
+		if (r->type == REDIS_REPLY_ERROR)
+			log_warn(0, "redis %s:%d: %.*s", c->host, c->port, (int)r->len, r->str);
+	} else {
+		deliver(c, q->fn_ref, r->type != REDIS_REPLY_ERROR, r, NULL);
+	}
+	req_free(q);
+}
+
+static void
+on_connect(const redisAsyncContext *ac, int status)
+{
+	struct rclient *c = ac->data;
+
+	if (c == NULL || ac != c->ac)
+		return;
+	if (status != REDIS_OK) {
+		lost(c, ac->errstr[0] != '\0' ? ac->errstr : "cannot connect");
+		return;
+	}
+	c->backoff = BACKOFF_MIN;
+	c->why[0] = '\0';
+}
+
+static void
+on_disconnect(const redisAsyncContext *ac, int status)
+{
+	struct rclient *c = ac->data;
+
+	(void)status;
+	if (c == NULL || ac != c->ac)
+		return;
+	lost(c, ac->errstr[0] != '\0' ? ac->errstr : "connection closed");
+}
+
+/* drops the connection (deadline passed, or __gc) */
+static void
+drop(struct rclient *c, const char *why)
+{
+	redisAsyncContext *ac = c->ac;
+
+	if (ac == NULL)
+		return;
+	lost(c, why);
+	redisAsyncFree(ac);	/* answers what is in flight (why) */
+}
+
+static void
+on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct rreq	*q = arg;
+	struct rclient	*c = q->c;
+	int		 fn_ref = q->fn_ref;
+	char		 err[512];
+
+	(void)fd;
+	(void)what;
+	q->timed_out = 1;	/* freed by on_reply, when hiredis lets it go */
+	q->fn_ref = LUA_NOREF;
+	snprintf(err, sizeof(err), "redis %s:%d: timeout (%g s)", c->host, c->port, c->timeout);
+	drop(c, "timeout");
+	deliver(c, fn_ref, 0, NULL, err);
+}
+
+static int
+send_argv(struct rclient *c, int fn_ref, int argc, const char **argv, const size_t *lens)
+{
+	struct rreq	*q;
+	struct timeval	 tv;
+
+	if ((q = calloc(1, sizeof(*q))) == NULL)
+		return -1;
+	q->c = c;
+	q->fn_ref = fn_ref;
+	if ((q->timer = evtimer_new(c->base, on_timeout, q)) == NULL) {
+		free(q);
+		return -1;
+	}
+	if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens) != REDIS_OK) {
+		req_free(q);
+		return -1;
+	}
+	tv.tv_sec = (time_t)c->timeout;
+	tv.tv_usec = (suseconds_t)((c->timeout - (double)tv.tv_sec) * 1e6);
+	evtimer_add(q->timer, &tv);
+	return 0;
+}
+
+/* connects if due: 0, or -1 with err set */
+static int
+ensure(struct rclient *c, char *err, size_t errlen)
+{
+	redisAsyncContext	*ac;
+	double			 now = now_s();
+
+	if (c->ac != NULL)
+		return 0;
+	if (now < c->retry_at) {
+		snprintf(err, errlen, "redis %s:%d: %s (next attempt in %.1f s)", c->host, c->port,
+		    c->why[0] != '\0' ? c->why : "not connected", c->retry_at - now);
+		return -1;
+	}
+	ac = redisAsyncConnect(c->host, c->port);
+	if (ac == NULL || ac->err) {
+		lost(c, ac != NULL ? ac->errstr : "out of memory");
+		if (ac != NULL)
+			redisAsyncFree(ac);
+		snprintf(err, errlen, "redis %s:%d: %s", c->host, c->port, c->why);
+		return -1;
+	}
+	ac->data = c;
+	c->ac = ac;
+	redisLibeventAttach(ac, c->base);
+	redisAsyncSetConnectCallback(ac, on_connect);
+	redisAsyncSetDisconnectCallback(ac, on_disconnect);
+	if (c->password != NULL) {
+		const char	*argv[2] = { "AUTH", c->password };
+		size_t		 lens[2] = { 4, strlen(c->password) };
+
+		send_argv(c, LUA_NOREF, 2, argv, lens);
+	}
+	if (c->db != 0) {
+		char		 num[16];
+		const char	*argv[2] = { "SELECT", num };
+		size_t		 lens[2] = { 6, 0 };
+
+		lens[1] = (size_t)snprintf(num, sizeof(num), "%d", c->db);
+		send_argv(c, LUA_NOREF, 2, argv, lens);
+	}
+	return 0;
+}
+
+/* client:call(fn, arg...) -> true | nil, err */
+static int
+rclient_call(lua_State *L)
+{
+	struct rclient	*c = luaL_checkudata(L, 1, REDIS_MT);
+	int		 argc = lua_gettop(L) - 2, i, ref;
+	const char	*argv[8];
+	size_t		 lens[8];
+	char		 err[512];
+
+	luaL_checktype(L, 2, LUA_TFUNCTION);
+	luaL_argcheck(L, argc >= 1 && argc <= 8, 3, "1 to 8 command words");
+	for (i = 0; i < argc; i++)
+		argv[i] = luaL_checklstring(L, 3 + i, &lens[i]);
+	if (ensure(c, err, sizeof(err)) == -1) {
+		lua_pushnil(L);
+		lua_pushstring(L, err);
+		return 2;
+	}
+	lua_pushvalue(L, 2);
+	ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	if (send_argv(c, ref, argc, argv, lens) == -1) {
+		luaL_unref(L, LUA_REGISTRYINDEX, ref);
+		lua_pushnil(L);
+		lua_pushfstring(L, "redis %s:%d: cannot send a command", c->host, c->port);
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
+static int
+rclient_gc(lua_State *L)
+{
+	struct rclient *c = luaL_checkudata(L, 1, REDIS_MT);
+
+	c->closing = 1;
+	drop(c, "closed");
+	free(c->password);
+	c->password = NULL;
+	return 0;
+}
+
+/* platform.redis(host, port, timeout[, password[, db]]) -> client (upvalue: the base) */
+int
+lredis_open(lua_State *L)
+{
+	struct event_base	*base = lua_touserdata(L, lua_upvalueindex(1));
+	const char		*host = luaL_checkstring(L, 1);
+	lua_Integer		 port = luaL_checkinteger(L, 2);
+	lua_Number		 timeout = luaL_checknumber(L, 3);
+	const char		*password = luaL_optstring(L, 4, NULL);
+	lua_Integer		 db = luaL_optinteger(L, 5, 0);
+	struct rclient		*c;
+
+	luaL_argcheck(L, strlen(host) < sizeof(c->host), 1, "host name too long");
+	luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
+	luaL_argcheck(L, timeout > 0 && timeout <= 3600, 3, "timeout out of range");
+	luaL_argcheck(L, db >= 0 && db < 1 << 20, 5, "db out of range");
+	c = lua_newuserdatauv(L, sizeof(*c), 0);
+	memset(c, 0, sizeof(*c));
+	if (luaL_newmetatable(L, REDIS_MT)) {
+		lua_createtable(L, 0, 1);
+		lua_pushcfunction(L, rclient_call);
+		lua_setfield(L, -2, "call");
+		lua_setfield(L, -2, "__index");
+		lua_pushcfunction(L, rclient_gc);
+		lua_setfield(L, -2, "__gc");
+	}
+	lua_setmetatable(L, -2);
+	c->base = base;
+	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
+	c->L = lua_tothread(L, -1);
+	lua_pop(L, 1);
+	snprintf(c->host, sizeof(c->host), "%s", host);
+	c->port = (int)port;
+	c->timeout = timeout;
+	c->db = (int)db;
+	c->backoff = BACKOFF_MIN;
+	if (password != NULL && (c->password = strdup(password)) == NULL)
+		return luaL_error(L, "out of memory");
+	return 1;
+}
