@@ -244,6 +244,20 @@ server_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int sale
 		evutil_closesocket(fd);
 		return;
 	}
+	/*
+	 * A client that reset the connection while it waited in the accept
+	 * queue has no peer name any more: its conn would say "unknown" and
+	 * its count could not be found again at close.  It is gone: drop it.
+	 */
+	if (connlimit_active()) {
+		struct sockaddr_storage	ss;
+		socklen_t		len = sizeof(ss);
+
+		if (getpeername(fd, (struct sockaddr *)&ss, &len) == -1) {
+			evutil_closesocket(fd);
+			return;
+		}
+	}
 	keyed = salen > 0 && connlimit_key_sa(sa, &key);
 	v = connlimit_acquire(keyed ? &key : NULL, &client, &total);
 	if (v != CONNLIMIT_OK) {

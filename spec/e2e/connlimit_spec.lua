@@ -155,6 +155,24 @@ server.maxConnectionsPerClient = 0]]) }
 		assert.matches("worker%d%[" .. victim .. "%] was killed by signal 9", server:stderr())
 	end)
 
+	it("a client that resets its connection before it is accepted leaves no count behind", function()
+		server = support.start { workers = 0,
+			policy = policy("server.maxConnectionsPerClient = 2") }
+		local c1 = hold(server)
+		-- the one process is held: these wait in the accept queue, then reset
+		for _ = 1, 5 do
+			local tcp = support.connect(server).tcp
+			assert(tcp:setoption("linger", { on = true, timeout = 0 }))
+			tcp:close()
+		end
+		support.spit(server.dir .. "/go", "")
+		c1:expect("^250 count 1")
+		local c2 = greeted(server)
+		refused(server)
+		c1:close()
+		c2:close()
+	end)
+
 	it("--workers 0 counts in the one process", function()
 		server = support.start { workers = 0,
 			policy = policy("server.maxConnectionsPerClient = 1") }
