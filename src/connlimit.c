@@ -22,16 +22,29 @@ struct cl_entry {
 	uint32_t	pad;
 };
 
+/*
+ * The region: the slots' in_use flags and totals side by side first (every
+ * accept reads them all: a few cache lines, not a page per slot), then the
+ * slots' tables.
+ */
 struct cl_slot {
-	uint32_t	in_use;		/* a live worker owns it */
-	uint32_t	total;		/* its live connections */
 	struct cl_entry	e[CONNLIMIT_ENTRIES];
 };
 
-static struct cl_slot	*slots;		/* the mapped region */
+struct cl_private {
+	uint32_t	total;
+	struct cl_slot	slot;
+};
+
+static void		*region;
+static size_t		 region_len;
+static uint32_t		*in_use;	/* [nslots]: a live worker owns it */
+static uint32_t		*totals;	/* [nslots]: its live connections */
+static struct cl_slot	*slots;		/* [nslots] */
 static unsigned		 nslots;
 static struct cl_slot	*own;		/* this worker's */
-static struct cl_slot	*private_slot;	/* when no shared slot was free */
+static uint32_t		*own_total;
+static struct cl_private *private_slot;	/* when no shared slot was free */
 static unsigned		 limit_total, limit_client;
 
 static uint64_t
@@ -57,14 +70,19 @@ cl_load(const uint32_t *p)
 int
 connlimit_map(unsigned n)
 {
-	void *p;
+	size_t	 head = ((size_t)n * 2 * sizeof(uint32_t) + 63) & ~(size_t)63;
+	void	*p;
 
 	connlimit_unmap();
-	p = mmap(NULL, (size_t)n * sizeof(struct cl_slot), PROT_READ | PROT_WRITE,
+	region_len = head + (size_t)n * sizeof(struct cl_slot);
+	p = mmap(NULL, region_len, PROT_READ | PROT_WRITE,
 	    MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (p == MAP_FAILED)
 		return -1;
-	slots = p;
+	region = p;
+	in_use = p;
+	totals = in_use + n;
+	slots = (struct cl_slot *)((char *)p + head);
 	nslots = n;
 	return 0;
 }
@@ -72,11 +90,14 @@ connlimit_map(unsigned n)
 void
 connlimit_unmap(void)
 {
-	if (slots != NULL)
-		munmap(slots, (size_t)nslots * sizeof(struct cl_slot));
+	if (region != NULL)
+		munmap(region, region_len);
+	region = NULL;
+	in_use = totals = NULL;
 	slots = NULL;
 	nslots = 0;
 	own = NULL;
+	own_total = NULL;
 	free(private_slot);
 	private_slot = NULL;
 }
@@ -85,10 +106,10 @@ int
 connlimit_slot_take(void)
 {
 	for (unsigned i = 0; i < nslots; i++)
-		if (cl_load(&slots[i].in_use) == 0) {
+		if (cl_load(&in_use[i]) == 0) {
 			memset(slots[i].e, 0, sizeof(slots[i].e));
-			__atomic_store_n(&slots[i].total, 0, __ATOMIC_SEQ_CST);
-			__atomic_store_n(&slots[i].in_use, 1, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&totals[i], 0, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&in_use[i], 1, __ATOMIC_SEQ_CST);
 			return (int)i;
 		}
 	return -1;
@@ -100,8 +121,8 @@ connlimit_slot_free(int slot)
 	if (slot < 0 || (unsigned)slot >= nslots)
 		return;
 	/* readers skip it from now on; connlimit_slot_take() clears it */
-	__atomic_store_n(&slots[slot].in_use, 0, __ATOMIC_SEQ_CST);
-	__atomic_store_n(&slots[slot].total, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&in_use[slot], 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&totals[slot], 0, __ATOMIC_SEQ_CST);
 }
 
 void
@@ -109,11 +130,14 @@ connlimit_attach(int slot)
 {
 	if (slot >= 0 && (unsigned)slot < nslots) {
 		own = &slots[slot];
+		own_total = &totals[slot];
 		return;
 	}
-	if (private_slot == NULL)
-		private_slot = calloc(1, sizeof(*private_slot));
-	own = private_slot;
+	if (private_slot == NULL &&
+	    (private_slot = calloc(1, sizeof(*private_slot))) == NULL)
+		return;		/* counts nothing: refuses nothing */
+	own = &private_slot->slot;
+	own_total = &private_slot->total;
 }
 
 void
@@ -228,28 +252,30 @@ cl_own_entry(const struct connlimit_key *k, uint64_t h)
 	return reuse;
 }
 
+static bool
+cl_own_private(void)
+{
+	return private_slot != NULL && own == &private_slot->slot;
+}
+
 static unsigned
 cl_total(void)
 {
-	unsigned n = 0;
+	unsigned n = cl_own_private() ? cl_load(own_total) : 0;
 
-	if (own == private_slot && own != NULL)
-		n += cl_load(&own->total);
 	for (unsigned i = 0; i < nslots; i++)
-		if (cl_load(&slots[i].in_use))
-			n += cl_load(&slots[i].total);
+		if (cl_load(&in_use[i]))
+			n += cl_load(&totals[i]);
 	return n;
 }
 
 static unsigned
 cl_sum(const struct connlimit_key *k, uint64_t h)
 {
-	unsigned n = 0;
+	unsigned n = cl_own_private() ? cl_slot_count(own, k, h) : 0;
 
-	if (own == private_slot && own != NULL)
-		n += cl_slot_count(own, k, h);
 	for (unsigned i = 0; i < nslots; i++)
-		if (cl_load(&slots[i].in_use))
+		if (cl_load(&in_use[i]))
 			n += cl_slot_count(&slots[i], k, h);
 	return n;
 }
@@ -276,7 +302,7 @@ connlimit_acquire(const struct connlimit_key *k, unsigned *client,
 	/* count first, then look: two racing workers cannot both get the last place */
 	if (e != NULL)
 		__atomic_add_fetch(&e->count, 1, __ATOMIC_SEQ_CST);
-	__atomic_add_fetch(&own->total, 1, __ATOMIC_SEQ_CST);
+	__atomic_add_fetch(own_total, 1, __ATOMIC_SEQ_CST);
 	n = cl_total();
 	if (total != NULL)
 		*total = n;
@@ -301,7 +327,7 @@ refuse:
 		*client = n - 1;
 	if (e != NULL)
 		__atomic_sub_fetch(&e->count, 1, __ATOMIC_SEQ_CST);
-	__atomic_sub_fetch(&own->total, 1, __ATOMIC_SEQ_CST);
+	__atomic_sub_fetch(own_total, 1, __ATOMIC_SEQ_CST);
 	return v;
 }
 
@@ -325,8 +351,8 @@ connlimit_release(const struct connlimit_key *k)
 			}
 		}
 	}
-	if (own->total > 0)
-		__atomic_sub_fetch(&own->total, 1, __ATOMIC_SEQ_CST);
+	if (*own_total > 0)
+		__atomic_sub_fetch(own_total, 1, __ATOMIC_SEQ_CST);
 }
 
 unsigned

@@ -115,11 +115,33 @@ test_full(void)
 	CHECK(connlimit_count(&k) == 0);
 }
 
+static void
+test_no_slot(void)
+{
+	struct connlimit_key	a = key("192.0.2.1");
+	unsigned		client;
+
+	CHECK(connlimit_map(1) == 0);
+	CHECK(connlimit_slot_take() == 0);
+	CHECK(connlimit_slot_take() == -1);	/* every slot taken */
+	connlimit_set_limits(0, 2);
+	connlimit_attach(0);
+	CHECK(connlimit_acquire(&a, &client, NULL) == CONNLIMIT_OK && client == 1);
+	/* a worker without a slot counts privately, and still sees the others */
+	connlimit_attach(-1);
+	CHECK(connlimit_acquire(&a, &client, NULL) == CONNLIMIT_OK && client == 2);
+	CHECK(connlimit_acquire(&a, &client, NULL) == CONNLIMIT_CLIENT);
+	connlimit_release(&a);
+	CHECK(connlimit_count(&a) == 1);
+	connlimit_unmap();
+}
+
 int
 main(void)
 {
 	test_keys();
 	test_workers();
 	test_full();
+	test_no_slot();
 	return tap_done();
 }
