@@ -636,6 +636,8 @@ conn_free(struct conn *c)
 	}
 	if (c->bev != NULL)
 		bufferevent_free(c->bev);
+	if (c->list->closed != NULL)
+		c->list->closed(c->list->arg, &c->peer);
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else

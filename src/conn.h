@@ -43,6 +43,8 @@ struct conn_list {
 	size_t		 count;
 	/* Called when the last conn of the list was freed (may be NULL). */
 	void		(*empty)(void *arg);
+	/* Called as each conn is freed, with its peer (may be NULL). */
+	void		(*closed)(void *arg, const struct session_peer *peer);
 	void		*arg;
 };
 

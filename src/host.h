@@ -79,6 +79,10 @@ const struct host_listen *host_listen_at(const struct host *p, size_t i);
 struct busy;
 void		 host_watch(struct host *p, struct busy *b);
 
+/* server.maxConnections and server.maxConnectionsPerClient (0: no limit). */
+void		 host_conn_limits(const struct host *p, unsigned *max_total,
+		    unsigned *max_client);
+
 /*
  * The bridge's session hooks (lua_bridge.c) for server_create(), and in
  * *ctx their context, the script's bridge.

@@ -230,8 +230,8 @@ listener_accept_cb(struct evconnlistener *evl, evutil_socket_t fd,
 {
 	struct listener	*l = arg;
 
-	(void)evl, (void)sa, (void)salen;
-	l->cb(l->arg, fd);
+	(void)evl;
+	l->cb(l->arg, fd, sa, salen);
 }
 
 static void

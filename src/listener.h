@@ -25,8 +25,11 @@
 struct event_base;
 struct listener;
 
-/* Called with a new client socket, which the callee now owns. */
-typedef void	(*listener_accept_fn)(void *arg, evutil_socket_t fd);
+struct sockaddr;
+
+/* Called with a new client socket, which the callee now owns, and its peer. */
+typedef void	(*listener_accept_fn)(void *arg, evutil_socket_t fd,
+		    const struct sockaddr *sa, int salen);
 
 /*
  * Splits a spec into host and port.  An empty host becomes

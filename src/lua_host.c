@@ -36,6 +36,7 @@
 #include "lua_redis.h"
 #include "lua_store.h"
 #include "busy.h"
+#include "connlimit.h"
 #include "host.h"
 #include "tls.h"
 #if __has_include("luasmtpd_paths.h")
@@ -51,6 +52,8 @@
 #define LOAD_BUDGET		500000000	/* VM instructions the script's top level may run */
 #define WATCHDOG_TICK_US	10000		/* process CPU time between watchdog ticks */
 #define BLOCKED_DEFAULT_MS	10000		/* server.blockedLimit */
+#define MAXCONN_DEFAULT		1000		/* server.maxConnections */
+#define MAXCONN_CLIENT_DEFAULT	50		/* server.maxConnectionsPerClient */
 
 struct host {
 	lua_State		*L;
@@ -65,6 +68,7 @@ struct host {
 	struct event		*start_ev;	/* runs it as the event loop starts */
 	struct lcore_heap	 heap;		/* what the Lua state holds, and its limit */
 	unsigned		 blocked_limit_ms;	/* server.blockedLimit */
+	unsigned		 max_conns, max_conns_client;	/* server.maxConnections... */
 	struct busy		*busy;		/* host_watch's record, or NULL */
 	int			 watchdog;	/* this host armed the watchdog */
 	struct sigaction	 old_prof;	/* ... and the SIGPROF action it replaced */
@@ -181,6 +185,19 @@ platform_now(lua_State *L)
 
 	gettimeofday(&tv, NULL);
 	lua_pushnumber(L, (lua_Number)tv.tv_sec + (lua_Number)tv.tv_usec / 1e6);
+	return 1;
+}
+
+/* core.client_connections(addr) -> its client's live connections, every worker's; nil unknown */
+static int
+host_client_connections(lua_State *L)
+{
+	struct connlimit_key k;
+
+	if (!connlimit_active() || !connlimit_key_str(luaL_checkstring(L, 1), &k))
+		lua_pushnil(L);
+	else
+		lua_pushinteger(L, connlimit_count(&k));
 	return 1;
 }
 
@@ -469,6 +486,11 @@ read_policy(struct host *p, const char *script, char *err, size_t errlen)
 	p->blocked_limit_ms = lua_getfield(L, -2, "blocked_limit_ms") == LUA_TNUMBER ?
 	    (unsigned)lua_tointeger(L, -1) : BLOCKED_DEFAULT_MS;
 	lua_pop(L, 2);
+	p->max_conns = lua_getfield(L, -1, "max_connections") == LUA_TNUMBER ?
+	    (unsigned)lua_tointeger(L, -1) : MAXCONN_DEFAULT;
+	p->max_conns_client = lua_getfield(L, -2, "max_connections_per_client") ==
+	    LUA_TNUMBER ? (unsigned)lua_tointeger(L, -1) : MAXCONN_CLIENT_DEFAULT;
+	lua_pop(L, 2);
 	if (lua_getfield(L, -1, "tls_cert") == LUA_TSTRING &&
 	    lua_getfield(L, -2, "tls_key") == LUA_TSTRING) {
 		p->tls = tls_ctx_create(lua_tostring(L, -2), lua_tostring(L, -1),
@@ -566,6 +588,8 @@ load_protected(lua_State *L)
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
 	lua_createtable(L, 0, 3);
 	luaL_requiref(L, "smtp_core", luaopen_smtp_core, 0);
+	lua_pushcfunction(L, host_client_connections);	/* connection.clientConnections */
+	lua_setfield(L, -2, "client_connections");
 	lua_setfield(L, -2, "core");
 	lua_pushcfunction(L, platform_now);
 	lua_setfield(L, -2, "now");
@@ -770,4 +794,11 @@ host_hooks(const struct host *p, void **ctx)
 {
 	*ctx = p->bridge;
 	return &lcore_hooks;
+}
+
+void
+host_conn_limits(const struct host *p, unsigned *max_total, unsigned *max_client)
+{
+	*max_total = p->max_conns;
+	*max_client = p->max_conns_client;
 }

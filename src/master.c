@@ -36,6 +36,7 @@
 #include <event2/event.h>
 
 #include "busy.h"
+#include "connlimit.h"
 #include "log.h"
 #include "master.h"
 #include "host.h"
@@ -66,6 +67,7 @@ struct worker {
 	int			 ready_fd;	/* read end of the ready pipe, or -1 */
 	int64_t			 started_ms;
 	struct busy		*busy;		/* shared with the worker */
+	int			 climit;	/* its connlimit slot, or -1 */
 	uint32_t		 warned_seq;	/* the stay in Lua already logged */
 	bool			 blocked;	/* killed for blocking: replaced */
 };
@@ -166,7 +168,16 @@ master_run(struct master_config *mc)
 	/* as the user that writes it once every worker accepts */
 	if (mc->ready_file != NULL && ready_open(mc->ready_file) == -1)
 		goto fail;
+	/*
+	 * The connection counters: a slot per worker process, for two
+	 * generations at once (a reload) and their replacements.
+	 */
+	if (connlimit_map(mc->workers == 0 ? 1 : 4 * mc->workers + 2) == -1) {
+		log_error(0, "cannot map the connection counters: %s", strerror(errno));
+		goto fail;
+	}
 	if (mc->workers == 0) {	/* one process: serve here, as without a master */
+		connlimit_attach(connlimit_slot_take());
 		log_info(0, "luasmtpd %s ready (policy %s, no worker processes)",
 		    LUASMTPD_VERSION, mc->script);
 		signal(SIGHUP, SIG_IGN);
@@ -176,6 +187,7 @@ master_run(struct master_config *mc)
 		if (mc->ready_written)
 			(void)unlink(mc->ready_file);
 		ready_discard();
+		connlimit_unmap();
 		log_info(0, "stopped");
 		return rc;
 	}
@@ -219,6 +231,7 @@ master_run(struct master_config *mc)
 	ready_discard();
 	log_info(0, "stopped");
 	master_free(&m);
+	connlimit_unmap();
 	log_set_sink(NULL, NULL);
 	return rc;
 fail:
@@ -376,8 +389,12 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		free(w);
 		return -1;
 	}
+	if ((w->climit = connlimit_slot_take()) == -1)
+		log_warn(0, "worker%u: no free connection counter slot; its own "
+		    "connections are not seen by the other workers", slot);
 	if (pipe2(p, O_CLOEXEC) == -1) {
 		log_error(0, "cannot start worker%u: %s", slot, strerror(errno));
+		connlimit_slot_free(w->climit);
 		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 		return -1;
@@ -387,6 +404,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		log_error(0, "cannot start worker%u: fork: %s", slot, strerror(errno));
 		close(p[0]);
 		close(p[1]);
+		connlimit_slot_free(w->climit);
 		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 		return -1;
@@ -399,6 +417,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		struct busy		*busy = w->busy;	/* its own; the others' go */
 		int			 rc;
 
+		connlimit_attach(w->climit);
 		free(w);
 		close(p[0]);
 		if (ready_fd != -1)
@@ -454,6 +473,7 @@ master_reap(struct master *m)
 			continue;
 		*wp = w->next;
 		master_exited(m, w, status);
+		connlimit_slot_free(w->climit);	/* what it held died with it */
 		if (w->ready_fd != -1)
 			close(w->ready_fd);
 		munmap(w->busy, sizeof(*w->busy));
@@ -868,6 +888,7 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 	void			*cb[2] = { (void *)ready, ready_arg };
 	char			 err[1024] = "";
 	size_t			 i = 0;
+	unsigned		 max_total, max_client;
 	int			 rc = 1;
 
 	if (log_tag[0] != '\0')
@@ -883,6 +904,8 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 	}
 	if (busy != NULL)
 		host_watch(policy, busy);
+	host_conn_limits(policy, &max_total, &max_client);
+	connlimit_set_limits(max_total, max_client);
 	if ((srv = serve_server(base, policy, grace)) == NULL) {
 		log_error(0, "cannot create the server: out of memory");
 		goto done;

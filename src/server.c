@@ -7,23 +7,33 @@
  * the conn_list; creates each conn with its listener's port settings; turns
  * SIGTERM/SIGINT into the stop sequence described in server.h: stop
  * accepting, grace period, 421 to who is left, a bounded flush, loop exit.
+ * Counts each client in the shared connection counters (connlimit.h) as it
+ * is accepted and as its conn is freed; over server.maxConnections or
+ * server.maxConnectionsPerClient the client gets 421 at once, before any
+ * Lua runs, and is closed.
  */
+#include <sys/socket.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
 
 #include "conn.h"
+#include "connlimit.h"
 #include "listener.h"
 #include "log.h"
 #include "server.h"
 
 #define SERVER_LISTENERS_MAX	32
 #define SERVER_FLUSH_SECS	15	/* after the 421s: then drop what is left */
+#define SERVER_REFUSED_LOG_SECS	1	/* at most one line about refusals this often */
+#define SERVER_TOO_MANY		"421 4.7.0 Too many connections\r\n"
 
 enum server_state {
 	SRV_RUNNING,
@@ -59,10 +69,16 @@ struct server {
 	struct conn_list		 conns;
 	struct event			*sigterm, *sigint;
 	struct event			*timer;		/* grace, then flush bound */
+	size_t				 nfreed;	/* conns freed (server_conn_closed) */
+	time_t				 refused_logged;	/* the last line about refusals */
+	unsigned long			 refused_quiet;	/* refusals since, not logged */
 };
 
 static const struct server_port *server_port_find(const struct server *, uint16_t);
-static void	server_accept(void *, evutil_socket_t);
+static void	server_accept(void *, evutil_socket_t, const struct sockaddr *, int);
+static void	server_refuse(struct server *, evutil_socket_t,
+		    const struct sockaddr *, enum connlimit_verdict, unsigned);
+static void	server_conn_closed(void *, const struct session_peer *);
 static void	server_signal_cb(evutil_socket_t, short, void *);
 static void	server_timer_cb(evutil_socket_t, short, void *);
 static void	server_conns_empty(void *);
@@ -84,6 +100,7 @@ server_create(struct event_base *base, const struct server_port *dflt,
 	srv->hook_ctx = hook_ctx;
 	srv->grace_secs = grace_secs;
 	srv->conns.empty = server_conns_empty;
+	srv->conns.closed = server_conn_closed;
 	srv->conns.arg = srv;
 	if ((srv->sigterm = evsignal_new(base, SIGTERM, server_signal_cb, srv)) == NULL ||
 	    (srv->sigint = evsignal_new(base, SIGINT, server_signal_cb, srv)) == NULL ||
@@ -212,19 +229,93 @@ server_port_find(const struct server *srv, uint16_t port)
 }
 
 static void
-server_accept(void *arg, evutil_socket_t fd)
+server_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int salen)
 {
 	struct server_listener	*sl = arg;
 	struct server		*srv = sl->srv;
 	const struct server_port *sp;
+	struct connlimit_key	 key;
+	enum connlimit_verdict	 v;
+	unsigned		 client, total;
+	size_t			 nfreed;
+	bool			 keyed;
 
 	if (srv->state != SRV_RUNNING) {
 		evutil_closesocket(fd);
 		return;
 	}
+	/*
+	 * A client that reset the connection while it waited in the accept
+	 * queue has no peer name any more: its conn would say "unknown" and
+	 * its count could not be found again at close.  It is gone: drop it.
+	 */
+	if (connlimit_active()) {
+		struct sockaddr_storage	ss;
+		socklen_t		len = sizeof(ss);
+
+		if (getpeername(fd, (struct sockaddr *)&ss, &len) == -1) {
+			evutil_closesocket(fd);
+			return;
+		}
+	}
+	keyed = salen > 0 && connlimit_key_sa(sa, &key);
+	v = connlimit_acquire(keyed ? &key : NULL, &client, &total);
+	if (v != CONNLIMIT_OK) {
+		server_refuse(srv, fd, sa, v, v == CONNLIMIT_TOTAL ? total : client);
+		return;
+	}
 	sp = server_port_find(srv, sl->port);
-	(void)conn_create(srv->base, fd, &sp->cfg, sp->tls, sp->implicit_tls,
-	    srv->hooks, srv->hook_ctx, &srv->conns);
+	nfreed = srv->nfreed;
+	if (conn_create(srv->base, fd, &sp->cfg, sp->tls, sp->implicit_tls,
+	    srv->hooks, srv->hook_ctx, &srv->conns) == NULL && srv->nfreed == nfreed)
+		connlimit_release(keyed ? &key : NULL);	/* never became a conn */
+}
+
+/* 421 on a fresh socket, then close: no conn, no session, no Lua. */
+static void
+server_refuse(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa,
+    enum connlimit_verdict v, unsigned n)
+{
+	time_t	 now = time(NULL);
+	char	 addr[64] = "unknown";
+
+	/* a fresh socket has room for one line; a client that cannot take it loses it */
+	(void)send(fd, SERVER_TOO_MANY, sizeof(SERVER_TOO_MANY) - 1,
+	    MSG_DONTWAIT | MSG_NOSIGNAL);
+	evutil_closesocket(fd);
+	if (now - srv->refused_logged < SERVER_REFUSED_LOG_SECS) {
+		srv->refused_quiet++;	/* a flood must not flood the log */
+		return;
+	}
+	if (sa->sa_family == AF_INET)
+		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr,
+		    addr, sizeof(addr));
+	else if (sa->sa_family == AF_INET6)
+		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
+		    addr, sizeof(addr));
+	if (srv->refused_quiet > 0)
+		log_warn(0, "connection from %s refused: 421 too many connections "
+		    "(%u %s; %lu more refused since the last line)", addr, n,
+		    v == CONNLIMIT_TOTAL ? "in all: maxConnections" :
+		    "from this client: maxConnectionsPerClient", srv->refused_quiet);
+	else
+		log_warn(0, "connection from %s refused: 421 too many connections "
+		    "(%u %s)", addr, n, v == CONNLIMIT_TOTAL ?
+		    "in all: maxConnections" : "from this client: maxConnectionsPerClient");
+	srv->refused_logged = now;
+	srv->refused_quiet = 0;
+}
+
+/* A conn is freed: its client counts one connection less. */
+static void
+server_conn_closed(void *arg, const struct session_peer *peer)
+{
+	struct server		*srv = arg;
+	struct connlimit_key	 key;
+
+	srv->nfreed++;
+	connlimit_release(peer != NULL && connlimit_key_str(peer->remote_addr, &key) ?
+	    &key : NULL);
 }
 
 static void

@@ -36,6 +36,12 @@ function M.install(I)
       if k == "sender" then return c._handle:sender() end
       if k == "recipients" then return c._handle:recipients() end
       if k == "helo" then return c._handle:helo() end
+      -- live connections from this client (its IPv4 address or IPv6 /64), every
+      -- worker's, this one included (connlimit.c); 1 where nothing counts (specs)
+      if k == "clientConnections" then
+        local f = core.client_connections
+        return f and f(c.remoteAddress) or 1
+      end
       if k == "data" then	-- the user's, made when first read
         local d = {}
         rawset(c, "data", d)
@@ -47,7 +53,7 @@ function M.install(I)
       "localAddress", "localPort", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
-        sender = true, recipients = true },
+        sender = true, recipients = true, clientConnections = true },
       internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,

@@ -132,6 +132,16 @@ local OPTIONS = {
   -- per worker: the Lua heap (default: a share of RAM) and how long one call
   -- into Lua may block it before it is replaced (lua_run.c, lua_host.c)
   memoryLimit = int("memory_limit", 8388608, "an integer >= 8388608 (bytes)"),
+  -- live connections counted across every worker (connlimit.c); 0: no limit
+  maxConnections = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 1000000, "an integer in [0, 1000000] (0: no limit)" end,
+    to = function(cfg, v) cfg.max_connections = v end,
+  },
+  maxConnectionsPerClient = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 1000000,
+      "an integer in [0, 1000000] (per IPv4 address, per /64 for IPv6; 0: no limit)" end,
+    to = function(cfg, v) cfg.max_connections_per_client = v end,
+  },
   blockedLimit = {
     check = function(v) return type(v) == "number" and v >= 1 and v <= 3600, "a number of seconds in [1, 3600]" end,
     to = function(cfg, v) cfg.blocked_limit_ms = math.floor(v * 1000 + 0.5) end,

@@ -41,6 +41,8 @@ describe("smtp server options", function()
     server.decisionTimeout = 2.5
     server.commandTimeout = 60
     server.bareLineFeed = "accept"
+    server.maxConnections = 0
+    server.maxConnectionsPerClient = 2
     local cfg = server:_config()
     assert.equal("mx.example.org", cfg.hostname)
     assert.equal(1000000, cfg.max_size)
@@ -50,6 +52,8 @@ describe("smtp server options", function()
     assert.equal(60000, cfg.timeout_command_ms)
     assert.equal(180000, cfg.timeout_data_ms)	-- untouched: the default
     assert.is_true(cfg.accept_bare_lf)
+    assert.equal(0, cfg.max_connections)
+    assert.equal(2, cfg.max_connections_per_client)
   end)
 
   it("reads back what was set, nil for unset options", function()
@@ -80,6 +84,8 @@ describe("smtp server options", function()
       { "blockedLimit", 0.5, 'server.blockedLimit must be a number of seconds in [1, 3600]' },
       { "authMethods", { 1 }, 'server.authMethods must be an array of strings' },
       { "bareLineFeed", "normalize", 'server.bareLineFeed must be "reject" or "accept"' },
+      { "maxConnections", -1, 'server.maxConnections must be an integer in [0, 1000000]' },
+      { "maxConnectionsPerClient", 2.5, 'server.maxConnectionsPerClient must be an integer in [0, 1000000]' },
     }
     for _, c in ipairs(cases) do
       local ok, err = pcall(function() server[c[1]] = c[2] end)
