@@ -1,10 +1,11 @@
 -- smtp.dispatch -- what the C bridge calls: the kinds table.
 --
 -- Owns kinds (lua_bridge.c looks each function up once, when
--- smtp.createServer makes the bridge): ask (an engine event whose verdict
--- Lua gives; the asks table makes its event object and runs its
--- listeners), cancel, outcome (the end of a message), data (a chunk of
--- message data), abort and closed; and conns, the connection of each
+-- smtp.createServer makes the bridge): asks (an engine event whose verdict
+-- Lua gives, called by name with the connection: it makes the event object
+-- and runs its listeners), ask (CONNECT, which binds the handle), cancel,
+-- outcome (the end of a message), data (a chunk of message data), abort
+-- and closed; and conns, the connection of each
 -- session handle.  Everything here runs once per event: no closure or
 -- table is made that the event does not need.
 
@@ -98,7 +99,11 @@ end
 local function install_kinds(I, conns, asks)
   local log = I.log
   local emit_detached, finish_message, seal = I.emit_detached, I.finish_message, I.seal
-  local kinds = { senderMeta = objects.SenderMeta, recipientMeta = objects.RecipientMeta }
+  -- asks: the bridge calls asks[name](conn, args) itself (the connection
+  -- object from the handle); kinds.ask is CONNECT's, and any other's when
+  -- the bridge has no function for it
+  local kinds = { senderMeta = objects.SenderMeta, recipientMeta = objects.RecipientMeta,
+    asks = asks }
 
   function kinds.ask(handle, name, args)
     if name == "CONNECT" then return asks.CONNECT(handle) end
