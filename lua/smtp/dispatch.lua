@@ -43,12 +43,15 @@ local function install_asks(I, conns)
   asks.HELO, asks.EHLO = helo(false), helo(true)
 
   -- the address object comes from the engine's converter (lua_bridge.c)
+  -- take()'s common case inline: no 'once' listener on the connection
   function asks.MAIL(conn, sender)
-    return ask(conn, "MAIL", sender, take(conn, "MAIL"))
+    local fns = conn._once == false and conn._listeners.MAIL or take(conn, "MAIL")
+    return ask(conn, "MAIL", sender, fns)
   end
 
   function asks.RCPT(conn, recipient)
-    return ask(conn, "RCPT", recipient, take(conn, "RCPT"))
+    local fns = conn._once == false and conn._listeners.RCPT or take(conn, "RCPT")
+    return ask(conn, "RCPT", recipient, fns)
   end
 
   function asks.DATA(conn)

@@ -105,7 +105,14 @@ local function install_pool(I)
     npool = npool - 1
     task.conn, task.on_finish, task.dead, task.dropped = conn, false, false, false
     task.gen = task.gen + 1
-    local ok, err = after(task, call(task.co, run_limits, fn, arg))
+    local ok, err = call(task.co, run_limits, fn, arg)
+    if ok then	-- after()'s, inline: no on_finish, and the pool has room
+      task.dead, task.conn = true, false
+      npool = npool + 1
+      pool[npool] = task
+      return true
+    end
+    ok, err = after(task, ok, err)
     return ok, err, task
   end
 
