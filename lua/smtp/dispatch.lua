@@ -36,8 +36,9 @@ local function install_asks(I, conns)
   local function helo(ext)
     return function(conn, args)
       local name = ext and "EHLO" or "HELO"
+      local fns = conn._once == false and conn._listeners[name] or take(conn, name)
       return ask(conn, name, setmetatable({ name = args.arg, extended = ext, valid = true }, HeloMeta),
-        take(conn, name))
+        fns)
     end
   end
   asks.HELO, asks.EHLO = helo(false), helo(true)
@@ -57,7 +58,8 @@ local function install_asks(I, conns)
   function asks.DATA(conn)
     local m = new_message(conn)
     rawset(conn, "currentMessage", m)
-    return ask(conn, "DATA", m, take(conn, "DATA"), data_verdict)
+    local fns = conn._once == false and conn._listeners.DATA or take(conn, "DATA")
+    return ask(conn, "DATA", m, fns, data_verdict)
   end
 
   function asks.DATA_END(conn, size)	-- the engine passes the size alone
@@ -69,7 +71,8 @@ local function install_asks(I, conns)
       if m._daccept == false then return true, false, m._dcode, m._dtext end
       return true, false, FAIL_CODE, FAIL_TEXT
     end
-    return ask(conn, "DATA_END", m, take(m, "end"), data_end_verdict)
+    local fns = m._once == false and m._listeners["end"] or take(m, "end")
+    return ask(conn, "DATA_END", m, fns, data_end_verdict)
   end
 
   local function simple(name)
@@ -179,7 +182,7 @@ local function install_data(I, conns, kinds)
     if not m then return end
     m.size = m.size + #chunk
     if m._sealed then return end
-    local fns = take(m, "data")
+    local fns = m._once == false and m._listeners.data or take(m, "data")
     for i = 1, #fns do
       local ok, err, task = spawn1(conn, fns[i], chunk)
       if ok == false then
