@@ -106,10 +106,12 @@ local function install_pool(I)
     task.conn, task.on_finish, task.dead, task.dropped = conn, false, false, false
     task.gen = task.gen + 1
     local ok, err = call(task.co, run_limits, fn, arg)
-    if ok then	-- after()'s, inline: no on_finish, and the pool has room
+    if ok then	-- after()'s, inline (on_finish is set only once a task waits)
       task.dead, task.conn = true, false
-      npool = npool + 1
-      pool[npool] = task
+      if npool < POOL_MAX then
+        npool = npool + 1
+        pool[npool] = task
+      end
       return true
     end
     ok, err = after(task, ok, err)
