@@ -293,6 +293,22 @@ hcall_run(lua_State *L)
 	struct lbridge	*b = c->b;
 	int		 n;
 
+	if (c->kind == HK_ASK && c->handle != 0 && b->ask_ref[c->ev] != LUA_NOREF) {
+		/* kinds.asks[name](conn, args): no name to intern, no lookup */
+		lua_settop(L, 2);
+		luaL_checkstack(L, 16, "hook call");
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->ask_ref[c->ev]);
+		lua_replace(L, 1);
+		if (lua_getiuservalue(L, 2, UV_CONN) != LUA_TTABLE) {
+			c->done = 1;	/* no connection object: the default verdict */
+			c->accept = lcore_default_accept(c->ev);
+			c->vcode = c->has_text = 0;
+			return 0;
+		}
+		push_args(L, c->ev, c->args);	/* an address object needs the handle at 2 */
+		lua_remove(L, 2);
+		goto call;
+	}
 	if (c->handle != 0) {		/* the handle came as argument 2 */
 		lua_settop(L, 2);
 		luaL_checkstack(L, 16, "hook call");
@@ -328,6 +344,7 @@ hcall_run(lua_State *L)
 	default:
 		break;
 	}
+call:
 	lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
 	/*
 	 * ask: returns true, accept, code, text | false (a decide follows);
@@ -606,6 +623,8 @@ lcore_check_bridge(lua_State *L, int idx)
 /*
  * smtp_core.bridge(kinds) -> bridge: kinds.ask, .cancel, .data, .abort,
  * .closed and .outcome are the functions the hooks call (read once, here);
+ * kinds.asks (optional), the ask of each event by name, called as
+ * asks[name](conn, args) with the connection object given to handle:attach;
  * kinds.senderMeta and .recipientMeta (optional) the address objects'
  * metatables.
  */
@@ -623,6 +642,8 @@ lcore_bridge(lua_State *L)
 	memset(b, 0, sizeof(*b));
 	for (int k = 0; k < HK_NFN; k++)
 		b->fn_ref[k] = LUA_NOREF;
+	for (int e = 0; e < SEV_COUNT; e++)
+		b->ask_ref[e] = LUA_NOREF;
 	b->map_ref = LUA_NOREF;
 	b->meta_ref[0] = b->meta_ref[1] = LUA_NOREF;
 	luaL_setmetatable(L, LCORE_BRIDGE_MT);
@@ -631,6 +652,17 @@ lcore_bridge(lua_State *L)
 		lua_getfield(L, 1, hkind_names[k]);
 		b->fn_ref[k] = luaL_ref(L, LUA_REGISTRYINDEX);
 	}
+	if (lua_getfield(L, 1, "asks") == LUA_TTABLE) {
+		for (int e = 0; e < SEV_COUNT; e++) {
+			if (e == SEV_CONNECT)	/* binds the handle: kinds.ask */
+				continue;
+			if (lua_getfield(L, -1, session_event_name(e)) == LUA_TFUNCTION)
+				b->ask_ref[e] = luaL_ref(L, LUA_REGISTRYINDEX);
+			else
+				lua_pop(L, 1);
+		}
+	}
+	lua_pop(L, 1);
 	lua_getfield(L, 1, "senderMeta");
 	b->meta_ref[0] = luaL_ref(L, LUA_REGISTRYINDEX);
 	lua_getfield(L, 1, "recipientMeta");
@@ -659,6 +691,10 @@ lbridge_release(lua_State *L)
 	for (int k = 0; k < HK_NFN; k++) {
 		luaL_unref(L, LUA_REGISTRYINDEX, b->fn_ref[k]);
 		b->fn_ref[k] = LUA_NOREF;
+	}
+	for (int e = 0; e < SEV_COUNT; e++) {
+		luaL_unref(L, LUA_REGISTRYINDEX, b->ask_ref[e]);
+		b->ask_ref[e] = LUA_NOREF;
 	}
 	luaL_unref(L, LUA_REGISTRYINDEX, b->map_ref);
 	b->map_ref = LUA_NOREF;

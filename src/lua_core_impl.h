@@ -39,13 +39,17 @@ enum hkind {
 	HK_BIND = HK_NFN
 };
 
-/* The handle's user values: its bridge, and its address objects by serial. */
-enum { UV_BRIDGE = 1, UV_PATHS = 2, UV_N = 2 };
+/*
+ * The handle's user values: its bridge, its address objects by serial, and
+ * the connection object Lua attached (an ask's first argument, no lookup).
+ */
+enum { UV_BRIDGE = 1, UV_PATHS = 2, UV_CONN = 3, UV_N = 3 };
 
 struct lbridge {
 	lua_State	*L;		/* the thread hooks run Lua on */
 	lua_State	*main;		/* ... when no call from Lua is in progress */
 	int		 fn_ref[HK_NFN];	/* kinds.ask, .cancel, ... */
+	int		 ask_ref[SEV_COUNT];	/* kinds.asks[name] (LUA_NOREF: kinds.ask) */
 	int		 meta_ref[2];	/* kinds.senderMeta, .recipientMeta */
 	int		 map_ref;	/* session pointer -> handle (weak values) */
 	int		 watch_connect;	/* the server has 'connection' listeners */

@@ -419,7 +419,10 @@ lsession_user(lua_State *L)
 	return 1;
 }
 
-/* handle:attach(mask): Lua has a connection object; mask = events it listens to */
+/*
+ * handle:attach(mask[, conn]): Lua has a connection object; mask = events it
+ * listens to; conn, the object the asks of kinds.asks get first.
+ */
 static int
 lsession_attach(lua_State *L)
 {
@@ -427,6 +430,11 @@ lsession_attach(lua_State *L)
 
 	ls->attached = 1;
 	ls->mask = (unsigned)luaL_checkinteger(L, 2);
+	if (!lua_isnoneornil(L, 3)) {
+		luaL_checktype(L, 3, LUA_TTABLE);
+		lua_settop(L, 3);
+		lua_setiuservalue(L, 1, UV_CONN);
+	}
 	return 0;
 }
 

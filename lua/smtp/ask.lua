@@ -168,6 +168,10 @@ local function install_ask(I)
         return false
       end
     end
+    -- conclude's first case, inline (most commands)
+    if not finish and rawget(obj, "code") == nil and rawget(obj, "message") == nil then
+      return true, obj.valid ~= false, 0, nil
+    end
     return conclude(conn, nil, name, obj, finish)
   end
 

@@ -84,7 +84,7 @@ function M.install(I)
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's
       _on_change = update_mask,
     }, ConnMeta)
-    handle:attach(0)
+    handle:attach(0, c)	-- the asks of kinds.asks get c from the handle
     return c
   end
 

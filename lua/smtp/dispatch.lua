@@ -1,10 +1,11 @@
 -- smtp.dispatch -- what the C bridge calls: the kinds table.
 --
 -- Owns kinds (lua_bridge.c looks each function up once, when
--- smtp.createServer makes the bridge): ask (an engine event whose verdict
--- Lua gives; the asks table makes its event object and runs its
--- listeners), cancel, outcome (the end of a message), data (a chunk of
--- message data), abort and closed; and conns, the connection of each
+-- smtp.createServer makes the bridge): asks (an engine event whose verdict
+-- Lua gives, called by name with the connection: it makes the event object
+-- and runs its listeners), ask (CONNECT, which binds the handle), cancel,
+-- outcome (the end of a message), data (a chunk of message data), abort
+-- and closed; and conns, the connection of each
 -- session handle.  Everything here runs once per event: no closure or
 -- table is made that the event does not need.
 
@@ -35,25 +36,30 @@ local function install_asks(I, conns)
   local function helo(ext)
     return function(conn, args)
       local name = ext and "EHLO" or "HELO"
+      local fns = conn._once == false and conn._listeners[name] or take(conn, name)
       return ask(conn, name, setmetatable({ name = args.arg, extended = ext, valid = true }, HeloMeta),
-        take(conn, name))
+        fns)
     end
   end
   asks.HELO, asks.EHLO = helo(false), helo(true)
 
   -- the address object comes from the engine's converter (lua_bridge.c)
+  -- take()'s common case inline: no 'once' listener on the connection
   function asks.MAIL(conn, sender)
-    return ask(conn, "MAIL", sender, take(conn, "MAIL"))
+    local fns = conn._once == false and conn._listeners.MAIL or take(conn, "MAIL")
+    return ask(conn, "MAIL", sender, fns)
   end
 
   function asks.RCPT(conn, recipient)
-    return ask(conn, "RCPT", recipient, take(conn, "RCPT"))
+    local fns = conn._once == false and conn._listeners.RCPT or take(conn, "RCPT")
+    return ask(conn, "RCPT", recipient, fns)
   end
 
   function asks.DATA(conn)
     local m = new_message(conn)
     rawset(conn, "currentMessage", m)
-    return ask(conn, "DATA", m, take(conn, "DATA"), data_verdict)
+    local fns = conn._once == false and conn._listeners.DATA or take(conn, "DATA")
+    return ask(conn, "DATA", m, fns, data_verdict)
   end
 
   function asks.DATA_END(conn, size)	-- the engine passes the size alone
@@ -65,7 +71,8 @@ local function install_asks(I, conns)
       if m._daccept == false then return true, false, m._dcode, m._dtext end
       return true, false, FAIL_CODE, FAIL_TEXT
     end
-    return ask(conn, "DATA_END", m, take(m, "end"), data_end_verdict)
+    local fns = m._once == false and m._listeners["end"] or take(m, "end")
+    return ask(conn, "DATA_END", m, fns, data_end_verdict)
   end
 
   local function simple(name)
@@ -98,7 +105,11 @@ end
 local function install_kinds(I, conns, asks)
   local log = I.log
   local emit_detached, finish_message, seal = I.emit_detached, I.finish_message, I.seal
-  local kinds = { senderMeta = objects.SenderMeta, recipientMeta = objects.RecipientMeta }
+  -- asks: the bridge calls asks[name](conn, args) itself (the connection
+  -- object from the handle); kinds.ask is CONNECT's, and any other's when
+  -- the bridge has no function for it
+  local kinds = { senderMeta = objects.SenderMeta, recipientMeta = objects.RecipientMeta,
+    asks = asks }
 
   function kinds.ask(handle, name, args)
     if name == "CONNECT" then return asks.CONNECT(handle) end
@@ -171,7 +182,7 @@ local function install_data(I, conns, kinds)
     if not m then return end
     m.size = m.size + #chunk
     if m._sealed then return end
-    local fns = take(m, "data")
+    local fns = m._once == false and m._listeners.data or take(m, "data")
     for i = 1, #fns do
       local ok, err, task = spawn1(conn, fns[i], chunk)
       if ok == false then

@@ -88,11 +88,12 @@ local function install_class(I)
   -- got 354), the address objects the listeners saw.
   -- _sealed: why the message will not be delivered, once that is known.
   local function new_message(conn)
-    local rcpts = conn.recipients
+    local handle = conn._handle	-- the envelope, without the connection's __index
+    local rcpts = handle:recipients()
     return setmetatable({
       _names = MESSAGE_EVENTS, _once = false, _on_change = false,
       _listeners = { data = false, ["end"] = false, accept = false, reject = false, abort = false },
-      connection = conn, sender = conn.sender, recipients = rcpts, receivers = rcpts,
+      connection = conn, sender = handle:sender(), recipients = rcpts, receivers = rcpts,
       accepted = false, size = 0, code = nil, _finished = false, _failed = false,
       _sealed = false, _cancelled = false,
       _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)

@@ -105,7 +105,16 @@ local function install_pool(I)
     npool = npool - 1
     task.conn, task.on_finish, task.dead, task.dropped = conn, false, false, false
     task.gen = task.gen + 1
-    local ok, err = after(task, call(task.co, run_limits, fn, arg))
+    local ok, err = call(task.co, run_limits, fn, arg)
+    if ok then	-- after()'s, inline (on_finish is set only once a task waits)
+      task.dead, task.conn = true, false
+      if npool < POOL_MAX then
+        npool = npool + 1
+        pool[npool] = task
+      end
+      return true
+    end
+    ok, err = after(task, ok, err)
     return ok, err, task
   end
 
