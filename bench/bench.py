@@ -511,7 +511,8 @@ def main():
 	t_start = time.monotonic()
 	for name, port, cmd, optional in read_peers():
 		store_row = STORE_ROWS.get(name)
-		if store_row and name.split("-", 1)[1] not in stores:
+		if store_row and (name.split("-", 1)[1] not in stores or
+		                  not set(store_row[1]) & set(scenarios)):
 			continue
 		# --only luasmtpd takes the store rows too: they are ratios to it
 		if only is not None and name not in only and not (store_row and "luasmtpd" in only):
