@@ -15,6 +15,10 @@ Scenarios (as in the issue):
   S3  100 KiB bodies, 20 sessions, many per connection
   S4  5 recipients per message, 20 sessions, many per connection
   S5  2,000 idle connections after EHLO: (PSS after - PSS before) / 2,000
+and luasmtpd-only rows of S1 with smtp.store work (peers/luasmtpd/policy-store.lua):
+  luasmtpd store=lmdb   one get and one set per recipient on LMDB (temp --state-dir)
+  luasmtpd store=redis  one incr per message on a private redis-server
+whose targets are ratios to the plain luasmtpd row of the same run.
 Each load scenario first runs a short warm-up whose rate sizes the measured
 run to about --seconds.
 """
@@ -24,9 +28,11 @@ import os
 import platform
 import resource
 import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +57,13 @@ IDLE_CONNECTIONS = 2000
 # listen backlog is 5 (hard-coded): more concurrent connects overflow it, and
 # with SYN cookies such a connection waits forever for its greeting.
 CONNECTING = {"opensmtpd": 4}
+# peers.txt name -> (row label, scenarios it runs, target: its S1 rate at least
+# this share of plain luasmtpd's S1 in the same run)
+STORE_ROWS = {
+	"luasmtpd-lmdb": ("luasmtpd store=lmdb", ("S1",), 0.8),
+	"luasmtpd-redis": ("luasmtpd store=redis", ("S1",), 0.6),
+}
+REDIS_SERVER = "/usr/bin/redis-server"
 
 
 def log(msg):
@@ -112,6 +125,12 @@ def tree_cpu(root):
 	return sum(table[p][1] for p in tree_pids(root, table)) / CLK_TCK
 
 
+def server_cpu(server):
+	"""CPU seconds of the server's tree and of its helpers (the Redis row's
+	redis-server), which work for it."""
+	return sum(tree_cpu(pid) for pid in [server.proc.pid] + server.helper_pids)
+
+
 def tree_pss(root):
 	"""PSS of the tree under root, in KiB."""
 	total = 0
@@ -161,6 +180,7 @@ class Server:
 		self.env = dict(os.environ, PORT=str(port), BENCH=BENCH, REPO=REPO,
 		                READY=self.ready, **env_extra)
 		self.proc = None
+		self.helper_pids = []
 
 	def start(self, timeout=30):
 		os.makedirs("/tmp/smtp-bench", exist_ok=True)
@@ -284,10 +304,10 @@ def run_load(server, gen, scen, args):
 	                        args.load_cpu, args.timeout)
 	rate = warm / wall
 	n = int(max(minimum, min(args.max_messages, rate * args.seconds)))
-	cpu0, busy0 = tree_cpu(server.proc.pid), cpus_busy(server.cpus)
+	cpu0, busy0 = server_cpu(server), cpus_busy(server.cpus)
 	wall, gen_cpu = run_generator(generator_argv(gen, opts, n, server.port, server.name, args.timeout),
 	                              args.load_cpu, args.timeout)
-	cpu1, busy1 = tree_cpu(server.proc.pid), cpus_busy(server.cpus)
+	cpu1, busy1 = server_cpu(server), cpus_busy(server.cpus)
 	return {
 		"messages": n, "seconds": round(wall, 3), "rate": n / wall,
 		"server_cpu_s": cpu1 - cpu0,
@@ -347,6 +367,40 @@ def run_idle(server, args):
 			p.wait()
 
 
+class Redis:
+	"""A private redis-server for the store=redis row: a free loopback port,
+	a temp directory, no persistence; stopped by PID."""
+	def __init__(self, cpus):
+		import socket
+		os.makedirs("/tmp/smtp-bench", exist_ok=True)
+		with socket.socket() as s:
+			s.bind(("127.0.0.1", 0))
+			self.port = s.getsockname()[1]
+		self.dir = tempfile.mkdtemp(prefix="redis.", dir="/tmp/smtp-bench")
+		self.logf = open(os.path.join(self.dir, "redis.log"), "w")
+		self.proc = subprocess.Popen(
+			["taskset", "-c", cpus, REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port),
+			 "--dir", self.dir, "--save", "", "--appendonly", "no", "--daemonize", "no"],
+			stdin=subprocess.DEVNULL, stdout=self.logf, stderr=subprocess.STDOUT)
+		deadline = time.monotonic() + 10
+		while not listening(self.port):
+			if self.proc.poll() is not None or time.monotonic() > deadline:
+				self.stop()
+				raise RuntimeError("redis-server did not start on %d" % self.port)
+			time.sleep(0.05)	# polling the kernel's socket table, bounded
+
+	def stop(self):
+		if self.proc.poll() is None:
+			self.proc.terminate()
+			try:
+				self.proc.wait(timeout=10)
+			except subprocess.TimeoutExpired:
+				self.proc.kill()
+				self.proc.wait(timeout=10)
+		self.logf.close()
+		shutil.rmtree(self.dir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------- main
 
 def read_peers():
@@ -372,7 +426,11 @@ def available(name, args):
 		"opensmtpd": os.path.join(BENCH, "peers/opensmtpd/root/usr/sbin/smtpd"),
 		"luasmtpd": os.path.join(REPO, "build-bench/luasmtpd"),
 		"luasmtpd-workers": os.path.join(REPO, "build-bench/luasmtpd"),
+		"luasmtpd-lmdb": os.path.join(REPO, "build-bench/luasmtpd"),
+		"luasmtpd-redis": os.path.join(REPO, "build-bench/luasmtpd"),
 	}.get(name)
+	if name == "luasmtpd-redis" and not os.access(REDIS_SERVER, os.X_OK):
+		return "redis-server not installed (%s missing)" % REDIS_SERVER
 	if need and not os.path.exists(need):
 		return "not installed or not built (%s missing)" % os.path.relpath(need, REPO) \
 			if need.startswith(REPO) else "not installed (%s missing)" % need
@@ -400,6 +458,15 @@ def main():
 	ap.add_argument("--load-cpu", default="1")
 	ap.add_argument("--workers-cpus",
 	                help="CPUs of the N-worker row (default: all but --load-cpu)")
+	ap.add_argument("--stores", default="lmdb,redis",
+	                help="the luasmtpd store=... rows of S1 to run (\"\" for none)")
+	ap.add_argument("--redis-cpu",
+	                help="CPUs of the store=redis row's redis-server (default: --server-cpu; "
+	                     "its CPU time counts as the server's)")
+	ap.add_argument("--state-base", default="/dev/shm" if os.path.isdir("/dev/shm") else "/tmp",
+	                help="where the store rows' temp --state-dir goes (default /dev/shm, a tmpfs "
+	                     "like Postfix's queue: the rows measure the store's CPU cost, not the "
+	                     "disk's fsync; give a disk path to measure that)")
 	ap.add_argument("--note", help="a sentence for the report (e.g. what else ran)")
 	ap.add_argument("--out", default=os.path.join(BENCH, "results", "latest.json"))
 	args = ap.parse_args()
@@ -411,6 +478,8 @@ def main():
 	scenarios = args.scenarios.split(",")
 	generators = args.generators.split(",")
 	only = set(args.only.split(",")) | {"smtp-sink"} if args.only else None
+	stores = set(x for x in args.stores.split(",") if x)
+	args.redis_cpu = args.redis_cpu or args.server_cpu
 	for tool in ([SMTPLOAD] if "smtpload" in generators or "S5" in scenarios else []) + \
 	            ([SMTPSOURCE] if "smtp-source" in generators else []):
 		if not os.access(tool, os.X_OK):
@@ -426,21 +495,34 @@ def main():
 		                         capture_output=True, text=True).stdout.strip(),
 		"settings": {"seconds": args.seconds, "server_cpu": args.server_cpu,
 		             "load_cpu": args.load_cpu, "workers": args.workers,
-		             "workers_cpus": args.workers_cpus, "idle_connections": IDLE_CONNECTIONS},
+		             "workers_cpus": args.workers_cpus, "idle_connections": IDLE_CONNECTIONS,
+		             "redis_cpu": args.redis_cpu, "state_base": args.state_base,
+		             "state_fs": subprocess.run(["stat", "-f", "-c", "%T", args.state_base],
+		                                        capture_output=True, text=True).stdout.strip()},
 		"scenarios": {k: SCENARIOS[k][0] for k in scenarios if k in SCENARIOS},
 		"generators": generators,
 		"note": args.note,
 		"peers": [], "skipped": {}, "loads": {}, "idle": {}, "errors": {},
+		# row label -> its target, a share of plain luasmtpd's S1 rate
+		"store_rows": {},
 	}
 	if "S5" in scenarios:
 		res["scenarios"]["S5"] = "KiB of memory per idle connection after EHLO (%d open)" % IDLE_CONNECTIONS
 	t_start = time.monotonic()
 	for name, port, cmd, optional in read_peers():
-		if only is not None and name not in only:
+		store_row = STORE_ROWS.get(name)
+		if store_row and (name.split("-", 1)[1] not in stores or
+		                  not set(store_row[1]) & set(scenarios)):
+			continue
+		# --only luasmtpd takes the store rows too: they are ratios to it
+		if only is not None and name not in only and not (store_row and "luasmtpd" in only):
 			continue
 		label = name
 		cpus = args.server_cpu
 		extra = {"WORKERS": str(args.workers)}
+		helper = None
+		if store_row:
+			label = store_row[0]
 		if name == "luasmtpd-workers":
 			if args.workers <= 0:
 				continue
@@ -451,8 +533,16 @@ def main():
 			log("skip %s: %s" % (label, why))
 			res["skipped"][label] = why
 			continue
-		srv = Server(name, port, cmd, cpus, extra)
+		srv = None
 		try:
+			if store_row:
+				extra["STATE"] = tempfile.mkdtemp(prefix="luasmtpd-bench-state.", dir=args.state_base)
+				if name == "luasmtpd-redis":
+					helper = Redis(args.redis_cpu)
+					extra["BENCH_REDIS"] = "127.0.0.1:%d" % helper.port
+			srv = Server(name, port, cmd, cpus, extra)
+			if helper:
+				srv.helper_pids.append(helper.proc.pid)
 			srv.start()
 		except Exception as e:
 			why = str(e)
@@ -460,13 +550,19 @@ def main():
 				why = "the binary does not accept --workers yet (%s)" % why
 			log("skip %s: %s" % (label, why))
 			res["skipped"][label] = why
+			if helper:
+				helper.stop()
+			if "STATE" in extra:
+				shutil.rmtree(extra["STATE"], ignore_errors=True)
 			continue
 		res["peers"].append(label)
+		if store_row:
+			res["store_rows"][label] = store_row[2]
 		log("%s: started (pid %d, cpus %s)" % (label, srv.proc.pid, cpus))
 		try:
 			for gen in generators:
 				for scen in scenarios:
-					if scen not in SCENARIOS:
+					if scen not in SCENARIOS or (store_row and scen not in store_row[1]):
 						continue
 					key = "%s|%s|%s" % (gen, scen, label)
 					try:
@@ -481,7 +577,7 @@ def main():
 						log("%s %s %s: FAILED: %s" % (label, gen, scen, e))
 					if srv.proc.poll() is not None:
 						raise RuntimeError("server died: %s" % srv.log_tail())
-			if "S5" in scenarios:
+			if "S5" in scenarios and not store_row:
 				try:
 					r = run_idle(srv, args)
 					res["idle"][label] = r
@@ -495,6 +591,10 @@ def main():
 			log("%s: %s" % (label, e))
 		finally:
 			srv.stop()
+			if helper:
+				helper.stop()
+			if "STATE" in extra:
+				shutil.rmtree(extra["STATE"], ignore_errors=True)
 			log("%s: stopped" % label)
 	res["elapsed_s"] = round(time.monotonic() - t_start, 1)
 	res["host"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]

@@ -3,9 +3,12 @@
 
 Owns: docs/benchmarks.md (tables per load generator: messages/s, server CPU
 time per message, server memory, each with its ratio to smtp-sink of the same
-run; KiB per idle connection; which side saturated) and docs/benchmarks.png.
+run; KiB per idle connection; which side saturated; the luasmtpd store=...
+rows of S1 with their ratio to plain luasmtpd and their target) and
+docs/benchmarks.png.
 
-	report.py [results/latest.json]
+	report.py [results/latest.json [OUTBASE]]   (writes OUTBASE.md and OUTBASE.png;
+	                                            default docs/benchmarks)
 """
 import json
 import os
@@ -14,6 +17,13 @@ import sys
 BENCH = os.path.dirname(os.path.abspath(__file__))
 BASE = "smtp-sink"
 SATURATED = 0.90	# a core busy at least this share of the wall time
+PLAIN = "luasmtpd"	# the store rows are ratios to this row's S1
+
+
+def main_peers(res):
+	"""The peers of the side-by-side tables: all but the luasmtpd store rows,
+	which have a section of their own."""
+	return [p for p in res["peers"] if p not in res.get("store_rows", {})]
 
 
 def fmt_num(v):
@@ -49,7 +59,7 @@ def matrix(res, gen, metric, scale=1.0):
 		base = res["loads"].get("%s|%s|%s" % (gen, scen, BASE), {}).get(metric)
 		base = base * scale if base is not None else None
 		row = ["%s %s" % (scen, title)]
-		for peer in res["peers"]:
+		for peer in main_peers(res):
 			r = res["loads"].get("%s|%s|%s" % (gen, scen, peer))
 			if r is None:
 				err = res["errors"].get("%s|%s|%s" % (gen, scen, peer))
@@ -64,7 +74,7 @@ def matrix(res, gen, metric, scale=1.0):
 def idle_row(res):
 	base = res["idle"].get(BASE, {}).get("kib_per_conn")
 	row = ["S5 " + res["scenarios"].get("S5", "idle connections")]
-	for peer in res["peers"]:
+	for peer in main_peers(res):
 		r = res["idle"].get(peer)
 		if r is None:
 			row.append("failed" if ("idle|S5|" + peer) in res["errors"] else "–")
@@ -84,7 +94,7 @@ def share(r):
 def saturation_notes(res, gen):
 	notes = []
 	for scen in res["scenarios"]:
-		for peer in res["peers"]:
+		for peer in main_peers(res):
 			r = res["loads"].get("%s|%s|%s" % (gen, scen, peer))
 			if r is None:
 				continue
@@ -95,13 +105,37 @@ def saturation_notes(res, gen):
 	return notes
 
 
-def write_md(res, path):
-	peers = res["peers"]
+def store_rows(res):
+	"""The luasmtpd store=... rows of S1, per generator, as ratios to plain
+	luasmtpd's S1 of the same run, with their targets."""
+	rows = []
+	for gen in res["generators"]:
+		plain = res["loads"].get("%s|S1|%s" % (gen, PLAIN))
+		for label, target in sorted(res.get("store_rows", {}).items()):
+			key = "%s|S1|%s" % (gen, label)
+			r = res["loads"].get(key)
+			if r is None:
+				rows.append([gen, label, "failed" if key in res["errors"] else "–", "–",
+				             "≥ %.1f×" % target, "–", "–", "–"])
+				continue
+			ratio = r["rate"] / plain["rate"] if plain else None
+			rows.append([gen, label, fmt_num(r["rate"]),
+			             "%.2f×" % ratio if ratio is not None else "– (no plain row)",
+			             "≥ %.1f×" % target,
+			             ("yes" if ratio >= target else "**no**") if ratio is not None else "–",
+			             cell(r["cpu_us_per_msg"], plain and plain["cpu_us_per_msg"]),
+			             share(r)])
+	return rows
+
+
+def write_md(res, path, png="benchmarks.png"):
+	peers = main_peers(res)
 	h = res["host"]
 	st = res["settings"]
 	md = ["# Benchmark: latest run", "",
-	      "Written by `bench/report.py` from `bench/results/latest.json`; produced by "
-	      "`bench/run.sh` (see `bench/README.md`). Chart: [benchmarks.png](benchmarks.png).", "",
+	      "Written by `bench/report.py` from `%s`; produced by `bench/run.sh` (see "
+	      "`bench/README.md`). Chart: [%s](%s)." % (res.get("_source", "bench/results/latest.json"),
+	                                              os.path.basename(png), os.path.basename(png)), "",
 	      "- started %s, %s s in all; commit `%s`" % (res["started"], res.get("elapsed_s"), res["commit"]),
 	      "- %d × %s, Linux %s; load average %s at the start, %s at the end"
 	      % (h["cpus"], h["cpu_model"], h["kernel"], " ".join(h["loadavg_start"]),
@@ -148,6 +182,20 @@ def write_md(res, path):
 		       "%d connections from `bench/smtpload -i`, each after its EHLO's 250; "
 		       "(server PSS after − before) / %d, KiB." % (st["idle_connections"], st["idle_connections"]), "",
 		       table(head, [idle_row(res)]), ""]
+	if res.get("store_rows"):
+		st = res["settings"]
+		md += ["## luasmtpd with smtp.store (S1)", "",
+		       "S1 again with `bench/peers/luasmtpd/policy-store.lua`: the same policy plus, for "
+		       "`store=lmdb`, one `db:get` and one `db:set` per recipient on the LMDB store (a "
+		       "greylist's lookup and update; default sync, state directory in a fresh "
+		       "directory under `%s`, a %s), for `store=redis`, one `db:incr` per message on a "
+		       "private `redis-server` (loopback, no persistence, pinned to CPU %s; its CPU time "
+		       "counts as the server's). One worker, like the plain `luasmtpd` row. Ratios are to "
+		       "plain luasmtpd's S1 from the same generator in the same run (CPU: higher is worse)."
+		       % (st.get("state_base", "?"), st.get("state_fs", "?"), st.get("redis_cpu", "?")), "",
+		       table(["generator", "row", "messages/s", "÷ plain luasmtpd", "target", "met",
+		              "server CPU µs/msg (÷ plain)", "server / generator / others"],
+		             store_rows(res)), ""]
 	if res["skipped"] or res["errors"]:
 		md += ["## Skipped and failed", ""]
 		md += ["- %s skipped: %s" % (k, v) for k, v in sorted(res["skipped"].items())]
@@ -162,7 +210,7 @@ def write_png(res, path):
 	matplotlib.use("Agg")
 	import matplotlib.pyplot as plt
 
-	peers = res["peers"]
+	peers = main_peers(res)
 	scens = [s for s in res["scenarios"] if s != "S5"]
 	gens = [g for g in res["generators"] if any(k.startswith(g + "|") for k in res["loads"])]
 	panels = [(g, "rate", "messages/s ÷ smtp-sink (%s)" % g) for g in gens]
@@ -203,9 +251,13 @@ def main():
 	src = sys.argv[1] if len(sys.argv) > 1 else os.path.join(BENCH, "results", "latest.json")
 	with open(src) as f:
 		res = json.load(f)
+	res["_source"] = os.path.relpath(os.path.abspath(src), os.path.dirname(BENCH)) \
+		if os.path.abspath(src).startswith(os.path.dirname(BENCH) + os.sep) else src
 	# the table and chart are documentation; the raw JSON stays in bench/results
 	base = os.path.join(os.path.dirname(BENCH), "docs", "benchmarks")
-	write_md(res, base + ".md")
+	if len(sys.argv) > 2:	# elsewhere, e.g. for a trial run
+		base = sys.argv[2]
+	write_md(res, base + ".md", base + ".png")
 	write_png(res, base + ".png")
 	print("report: wrote %s.md and %s.png" % (os.path.relpath(base), os.path.relpath(base)))
 

@@ -10,7 +10,8 @@
 #
 # bench.py options: --only a,b  --scenarios S1,..,S5  --generators
 # smtp-source,smtpload  --seconds S  --workers N  --server-cpu C  --load-cpu C
-# (bench/bench.py --help).  Exit status: 0 when every load ran, 1 otherwise
+# (bench/bench.py --help).  With --out FILE.json (a trial run) the report
+# goes to FILE.md and FILE.png instead of docs/.  Exit status: 0 when every load ran, 1 otherwise
 # (the report is written either way).
 set -euo pipefail
 BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,13 +19,16 @@ REPO="$(dirname "$BENCH")"
 [ "$(id -u)" = 0 ] || { echo "run.sh: run as root (installs packages, starts Postfix/OpenSMTPD in private namespaces)" >&2; exit 1; }
 
 setup=1 build=1
-args=()
+args=() out=() prev=
 for a in "$@"; do
 	case "$a" in
 	--skip-setup)	setup=0 ;;
 	--skip-build)	build=0 ;;
-	*)		args+=("$a") ;;
+	--out=*)	out=("${a#--out=}" "${a#--out=}"); args+=("$a") ;;
+	*)		[ "$prev" = --out ] && out=("$a" "${a%.json}")
+			args+=("$a") ;;
 	esac
+	prev="$a"
 done
 
 if [ "$setup" = 1 ]; then
@@ -50,6 +54,6 @@ fi
 
 rc=0
 /usr/bin/python3 "$BENCH/bench.py" ${args[@]+"${args[@]}"} || rc=$?
-/usr/bin/python3 "$BENCH/report.py"
-echo "run.sh: results in docs/benchmarks.md and docs/benchmarks.png"
+/usr/bin/python3 "$BENCH/report.py" ${out[@]+"${out[@]}"}
+echo "run.sh: results in ${out[1]:-docs/benchmarks}.md and ${out[1]:-docs/benchmarks}.png"
 exit "$rc"
