@@ -132,8 +132,11 @@ for _, mode in ipairs { "memory", "serve" } do
       local b = db.backend
       assert.equal(0, b:sweep(clock.t, 100))
       clock.t = clock.t + 2
-      assert.equal(3, b:sweep(clock.t, 3))
-      local total = 3
+      -- 3 keys looked at: all expired, or 2 and "live" (the memory backend
+      -- walks its table in hash order)
+      local first = b:sweep(clock.t, 3)
+      assert.is_true(first == 3 or first == 2, "removed " .. first)
+      local total = first
       for _ = 1, 10 do total = total + b:sweep(clock.t, 3) end
       assert.equal(10, total)
       assert.equal(1, db:get("live"))
