@@ -43,32 +43,8 @@ local function alive(pid)
 	return state ~= nil and state ~= "Z"
 end
 
-local function children(server)
-	local p = assert(io.popen("pgrep -P " .. server.pid))
-	local list = {}
-	for line in p:lines() do list[#list + 1] = tonumber(line) end
-	p:close()
-	return list
-end
 
--- Processes in the process group of pid (a worker leads its own).
-local function group(pid)
-	local p = assert(io.popen("pgrep -g " .. pid))
-	local list = {}
-	for line in p:lines() do list[#list + 1] = tonumber(line) end
-	p:close()
-	return list
-end
 
--- Waits for a log line matching pattern (from position init on); returns its position and captures.
-local function await_log(server, pattern, timeout, init)
-	local found
-	support.wait_until(function()
-		found = table.pack(server:stderr():find(pattern, init))
-		return found[1] ~= nil
-	end, timeout or 10, "a log line matching " .. pattern)
-	return table.unpack(found, 1, found.n)
-end
 
 -- Sends HELO name and waits until its handler is in; returns the client and the worker's pid.
 local function block(server, name)
@@ -106,14 +82,14 @@ describe("e2e: a worker blocked in Lua", function()
 		d:cmd("QUIT", "^221 ")
 		d:close()
 
-		local _, _, slot, pid, secs, id = await_log(server,
+		local _, _, slot, pid, secs, id = server:await_find(
 			"worker(%d)%[(%d+)%] blocked for ([%d.]+) s in helo handler %(session (%x+)%)\n")
 		assert.equal(blocked, tonumber(pid))
 		assert.is_true(tonumber(secs) >= 2 and tonumber(secs) < 3, secs)
 		assert.matches("%[" .. id .. "%] connection from 127%.0%.0%.1", server:stderr())
-		local at = await_log(server, "worker" .. slot .. "%[" .. pid .. "%] blocked for [%d.]+ s in helo handler "
+		local at = server:await_find("worker" .. slot .. "%[" .. pid .. "%] blocked for [%d.]+ s in helo handler "
 			.. "%(session " .. id .. "%): over blockedLimit %(3%.0 s%), replacing it")
-		local _, _, newpid = await_log(server, "worker" .. slot .. "%[(%d+)%] accepting", 10, at)
+		local _, _, newpid = server:await_find("worker" .. slot .. "%[(%d+)%] accepting", 10, at)
 		newpid = tonumber(newpid)
 		local took = socket.gettime() - t0
 		print(("\n  (blocked worker replaced %.2f s after its handler blocked; blockedLimit 3 s)"):format(took))
@@ -123,10 +99,10 @@ describe("e2e: a worker blocked in Lua", function()
 		assert.are_not.equal(blocked, newpid)
 		support.wait_until(function() return not alive(blocked) end, 5, "the blocked worker to go")
 		-- what it started (sh, sleep 60) went with it
-		support.wait_until(function() return #group(blocked) == 0 end, 5, "the blocked worker's group to go")
+		support.wait_until(function() return #support.pids("-g " .. blocked) == 0 end, 5, "the blocked worker's group to go")
 		assert.matches("worker" .. slot .. "%[" .. pid .. "%] was killed by signal 9[^\n]* for blocking",
 			server:stderr())
-		assert.equal(2, #children(server))
+		assert.equal(2, #server:children())
 		-- and the replacement serves
 		local e = support.connect(server)
 		e:expect("^220 ")

@@ -130,10 +130,7 @@ server.maxConnectionsPerClient = 0]]) }
 		local c2 = greeted(server)
 		refused(server)
 		c2:cmd("HELO client.example", "^250 count 2")
-		local kids = {}
-		local ps = io.popen("pgrep -P " .. server.pid)
-		for line in ps:lines() do kids[#kids + 1] = tonumber(line) end
-		ps:close()
+		local kids = server:children()
 		assert.equal(2, #kids)
 		-- the held worker runs the shell of os.execute: it has a child
 		local victim

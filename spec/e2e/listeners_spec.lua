@@ -34,11 +34,6 @@ local function subject(port, starttls)
 	return out:match("subject=%s*([^\n]*)") or ("no certificate in:\n" .. out)
 end
 
--- Waits until the server's stderr matches pattern.
-local function await_log(server, pattern)
-	support.wait_until(function() return server:stderr():match(pattern) end, 15,
-		"a log line matching " .. pattern)
-end
 
 for _, workers in ipairs { 1, 0 } do
 	describe(("e2e: per-port settings (--workers %d)"):format(workers), function()
@@ -95,7 +90,7 @@ for _, workers in ipairs { 1, 0 } do
 			it("a reload serves the new certificate on every port", function()
 				make_cert(certdir, "second")
 				server:signal("HUP")
-				await_log(server, "reload: generation 2 serving")
+				server:await_log("reload: generation 2 serving", 15)
 				assert.matches("CN ?= ?second", subject(server.port, true))
 				assert.matches("CN ?= ?second", subject(implicit, false))
 				assert.matches("AUTH PLAIN", ehlo(insecure), 1, true)

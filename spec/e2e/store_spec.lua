@@ -41,15 +41,6 @@ local function policy()
 	return (PRELUDE:gsub("@SCRIPT@", function() return ("%q"):format(script) end))
 end
 
--- Waits until the server's stderr matches pattern; returns the capture(s).
-local function await_log(server, pattern, timeout)
-	local found
-	support.wait_until(function()
-		found = table.pack(server:stderr():match(pattern))
-		return found[1] ~= nil
-	end, timeout or 10, "a log line matching " .. pattern)
-	return table.unpack(found, 1, found.n)
-end
 
 -- A session up to RCPT on connection c (HELO done); returns RCPT's reply text.
 local function envelope(c, rcpt)
@@ -123,11 +114,11 @@ describe("e2e: smtp.store on LMDB, scripts/greylist.lua with two workers", funct
 		c2:close()
 		release(server, c1, 2)
 		c1:close()
-		await_log(server, "worker%d%[" .. b .. "%] %[%x+%] greylist: b@dest%.example passed after %d+ s")
+		server:await_log("worker%d%[" .. b .. "%] %[%x+%] greylist: b@dest%.example passed after %d+ s")
 
 		-- SIGHUP: new workers, the same memory (and the client's network is allowlisted)
 		server:signal("HUP")
-		await_log(server, "reload: generation 2 serving")
+		server:await_log("reload: generation 2 serving")
 		local c3 = hello(server)
 		assert.matches("^250 ", envelope(c3))
 		c3:cmd("RSET", "^250")

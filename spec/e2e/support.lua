@@ -49,6 +49,16 @@ function support.free_port()
 	return tonumber(port)
 end
 
+-- The pids pgrep finds for args ("-P PID": children, "-g PGID": a group), sorted.
+function support.pids(args)
+	local p = assert(io.popen("pgrep " .. args))
+	local list = {}
+	for line in p:lines() do list[#list + 1] = tonumber(line) end
+	p:close()
+	table.sort(list)
+	return list
+end
+
 function support.tmpdir()
 	local p = assert(io.popen("mktemp -d /tmp/luasmtpd-e2e.XXXXXX"))
 	local dir = p:read("l")
@@ -180,6 +190,30 @@ function support.serve(opts)
 end
 
 function Server:stderr() return slurp(self.dir .. "/stderr") or "" end
+
+-- Waits until the server's stderr matches pattern (from position init on);
+-- returns the capture(s), as string.match.
+function Server:await_log(pattern, timeout, init)
+	local found
+	support.wait_until(function()
+		found = table.pack(self:stderr():match(pattern, init))
+		return found[1] ~= nil
+	end, timeout or 10, "a log line matching " .. pattern)
+	return table.unpack(found, 1, found.n)
+end
+
+-- The same, returning the line's position too, as string.find.
+function Server:await_find(pattern, timeout, init)
+	local found
+	support.wait_until(function()
+		found = table.pack(self:stderr():find(pattern, init))
+		return found[1] ~= nil
+	end, timeout or 10, "a log line matching " .. pattern)
+	return table.unpack(found, 1, found.n)
+end
+
+-- The master's child processes (its workers), sorted.
+function Server:children() return support.pids("-P " .. self.pid) end
 function Server:alive() return self.rc == nil and alive(self.pid) end
 
 -- Does a TCP connect to the server's listener succeed (false once it closed)?

@@ -51,25 +51,7 @@ local function alive(pid)
 	return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
 end
 
--- The master's children, sorted.
-local function children(server)
-	local p = assert(io.popen("pgrep -P " .. server.pid))
-	local list = {}
-	for line in p:lines() do list[#list + 1] = tonumber(line) end
-	p:close()
-	table.sort(list)
-	return list
-end
 
--- Waits until the server's stderr matches pattern; returns the capture(s).
-local function await_log(server, pattern, timeout, init)
-	local found
-	support.wait_until(function()
-		found = table.pack(server:stderr():match(pattern, init))
-		return found[1] ~= nil
-	end, timeout or 10, "a log line matching " .. pattern)
-	return table.unpack(found, 1, found.n)
-end
 
 -- Writes the script anew (the server reads DIR/policy.lua on SIGHUP).
 local function rewrite(server, text)
@@ -109,7 +91,7 @@ describe("e2e: worker processes", function()
 
 	it("serve with two workers: two processes accept on the same socket", function()
 		server = support.start { policy = policy("v1"), workers = 2 }
-		local workers = children(server)
+		local workers = server:children()
 		assert.equal(2, #workers, "children of the master; stderr:\n" .. server:stderr())
 
 		local held = support.connect(server)
@@ -138,18 +120,18 @@ describe("e2e: worker processes", function()
 
 	it("restart a worker killed with SIGKILL, and service continues", function()
 		server = support.start { policy = policy("v1"), workers = 2 }
-		local before = children(server)
+		local before = server:children()
 		assert.equal(2, #before)
 		local victim = before[1]
 		assert.is_true(os.execute("kill -KILL " .. victim) == true)
 
-		local slot = await_log(server, "worker(%d)%[" .. victim .. "%] was killed by signal 9")
+		local slot = server:await_log("worker(%d)%[" .. victim .. "%] was killed by signal 9")
 		-- the slot gets a new process, which says when it accepts
-		local newpid = tonumber(await_log(server, "worker" .. slot .. "%[(%d+)%] accepting",
+		local newpid = tonumber(server:await_log("worker" .. slot .. "%[(%d+)%] accepting",
 			10, (server:stderr():find("was killed by signal 9", 1, true))))
 		assert.are_not.equal(victim, newpid)
 		support.wait_until(function() return not alive(victim) end, 5, "the killed worker to be reaped")
-		local after = children(server)
+		local after = server:children()
 		assert.equal(2, #after)
 		assert.truthy(after[1] == newpid or after[2] == newpid)
 		assert.is_true(server:alive())
@@ -163,7 +145,7 @@ describe("e2e: worker processes", function()
 
 	it("reload on SIGHUP: new sessions get the new script, an open one finishes under the old", function()
 		server = support.start { policy = policy("v1"), workers = 2, grace = 20 }
-		local old = children(server)
+		local old = server:children()
 
 		local c = support.connect(server)
 		c:expect("^220 ")
@@ -173,7 +155,7 @@ describe("e2e: worker processes", function()
 
 		rewrite(server, policy("v2"))
 		server:signal("HUP")
-		await_log(server, "reload: generation 2 serving")
+		server:await_log("reload: generation 2 serving")
 
 		-- new connections: the new policy, in new processes
 		for _ = 1, 4 do
@@ -197,17 +179,17 @@ describe("e2e: worker processes", function()
 			"the old workers to exit")
 		local err = server:stderr()
 		assert.matches("worker%d%[" .. oldpid .. "%] %(generation 1%) exited with status 0", err)
-		assert.equal(2, #children(server))
+		assert.equal(2, #server:children())
 		assert.not_matches("AddressSanitizer", err)
 	end)
 
 	it("reload with a broken script: the error is logged and the old workers keep serving", function()
 		server = support.start { policy = policy("v1"), workers = 2 }
-		local before = children(server)
+		local before = server:children()
 
 		support.spit(server.dir .. "/policy.lua", "local smtp = require 'smtp'\nsmtp.createServer(\n")
 		server:signal("HUP")
-		local where = await_log(server, "reload failed: [^\n]*(policy%.lua:%d+)")
+		local where = server:await_log("reload failed: [^\n]*(policy%.lua:%d+)")
 		assert.equal("policy.lua:3", where)
 		assert.matches("generation 1 keeps serving", server:stderr())
 
@@ -216,20 +198,20 @@ describe("e2e: worker processes", function()
 			assert.equal("v1", version)
 			assert.truthy(pid == before[1] or pid == before[2])
 		end
-		assert.same(before, children(server))
+		assert.same(before, server:children())
 		assert.is_true(server:alive())
 	end)
 
 	it("reload with an unknown event in the connection listener: refused, the old policy keeps serving", function()
 		server = support.start { policy = policy("v1"), workers = 2 }
-		local before = children(server)
+		local before = server:children()
 
 		-- loads fine; only running the connection listener shows the typo
 		local text = policy("v2"):gsub('conn:on%("RCPT"', 'conn:on("RCTP"')
 		local line = select(2, text:sub(1, text:find("RCTP", 1, true)):gsub("\n", "")) + 1
 		rewrite(server, text)
 		server:signal("HUP")
-		local where = await_log(server, "reload failed: [^\n]*(policy%.lua:%d+): unknown event RCTP")
+		local where = server:await_log("reload failed: [^\n]*(policy%.lua:%d+): unknown event RCTP")
 		assert.equal("policy.lua:" .. line, where)
 		assert.matches("generation 1 keeps serving", server:stderr())
 
@@ -239,13 +221,13 @@ describe("e2e: worker processes", function()
 			assert.matches("^250 2%.1%.5 ok v1", rcpt)
 			assert.truthy(pid == before[1] or pid == before[2])
 		end
-		assert.same(before, children(server))
+		assert.same(before, server:children())
 		assert.is_true(server:alive())
 	end)
 
 	it("SIGTERM: the workers drain, the master exits 0 and no worker is left", function()
 		server = support.start { policy = policy("v1"), workers = 2, grace = 10 }
-		local workers = children(server)
+		local workers = server:children()
 		assert.equal(2, #workers)
 
 		local c = support.connect(server)
@@ -283,7 +265,7 @@ describe("e2e: worker processes", function()
 				end)
 			end):listen(2525)
 		]==] }
-		local worker = children(server)[1]
+		local worker = server:children()[1]
 		local c = support.connect(server)
 		c:expect("^220 ")
 		c:send("HELO spin.example\r\n")
@@ -301,7 +283,7 @@ describe("e2e: worker processes", function()
 
 	it("workers stop by themselves when the master is killed", function()
 		server = support.start { policy = policy("v1"), workers = 2, grace = 5 }
-		local workers = children(server)
+		local workers = server:children()
 		assert.equal(2, #workers)
 		server:signal("KILL")
 		server:wait(5)
