@@ -49,10 +49,21 @@ struct store {
 	int	 rtxn_live;	/* rtxn renewed and not reset yet */
 };
 
+/* the store at 1; the methods have the metatable as upvalue 1, which spares
+ * luaL_checkudata's registry lookup by name (still what raises, so the
+ * message is its own) */
 static struct store *
 check_store(lua_State *L)
 {
-	struct store *s = luaL_checkudata(L, 1, STORE_MT);
+	struct store	*s = lua_touserdata(L, 1);
+	int		 ok = 0;
+
+	if (s != NULL && lua_getmetatable(L, 1)) {
+		ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+		lua_pop(L, 1);
+	}
+	if (!ok)
+		s = luaL_checkudata(L, 1, STORE_MT);
 
 	if (s->env == NULL)
 		luaL_error(L, "store %s: closed", s->name);
@@ -564,7 +575,9 @@ int
 luaopen_smtp_store(lua_State *L)
 {
 	if (luaL_newmetatable(L, STORE_MT)) {
-		luaL_newlib(L, store_methods);
+		luaL_newlibtable(L, store_methods);
+		lua_pushvalue(L, -2);
+		luaL_setfuncs(L, store_methods, 1);	/* upvalue: the metatable */
 		lua_setfield(L, -2, "__index");
 		lua_pushcfunction(L, store_close);
 		lua_setfield(L, -2, "__gc");
