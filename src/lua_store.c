@@ -37,8 +37,6 @@
 #define STORE_VALUE_MAX	65536	/* octets of a string value */
 #define REC_HEAD	9	/* expiry (8) + type (1) */
 
-static char copy[REC_HEAD + STORE_VALUE_MAX];	/* a value read out of the map */
-
 struct store {
 	MDB_env	*env;
 	MDB_dbi	 dbi;
@@ -47,12 +45,25 @@ struct store {
 	size_t	 map_size;
 	char	 cursor[STORE_KEY_MAX];	/* where the sweep goes on */
 	size_t	 cursor_len;
+	MDB_txn	*rtxn;		/* the read txn get and ttl renew, or NULL */
+	int	 rtxn_live;	/* rtxn renewed and not reset yet */
 };
 
+/* the store at 1; the methods have the metatable as upvalue 1, which spares
+ * luaL_checkudata's registry lookup by name (still what raises, so the
+ * message is its own) */
 static struct store *
 check_store(lua_State *L)
 {
-	struct store *s = luaL_checkudata(L, 1, STORE_MT);
+	struct store	*s = lua_touserdata(L, 1);
+	int		 ok = 0;
+
+	if (s != NULL && lua_getmetatable(L, 1)) {
+		ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+		lua_pop(L, 1);
+	}
+	if (!ok)
+		s = luaL_checkudata(L, 1, STORE_MT);
 
 	if (s->env == NULL)
 		luaL_error(L, "store %s: closed", s->name);
@@ -271,6 +282,42 @@ store_open(lua_State *L)
 	return 1;
 }
 
+/* drops the read txn's snapshot (it keeps its reader slot for the next renew) */
+static void
+rtxn_reset(struct store *s)
+{
+	if (s->rtxn_live) {
+		mdb_txn_reset(s->rtxn);
+		s->rtxn_live = 0;
+	}
+}
+
+/*
+ * the store's read txn on the newest snapshot: one txn per handle, reset
+ * after each call and renewed by the next (a begin and an abort cost a
+ * reader slot's search each time).  A push that raised between renew and
+ * reset leaves it live: the next call resets it first.
+ */
+static MDB_txn *
+rtxn_renew(lua_State *L, struct store *s)
+{
+	int rc;
+
+	rtxn_reset(s);
+	if (s->rtxn == NULL)
+		rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &s->rtxn);
+	else
+		rc = mdb_txn_renew(s->rtxn);
+	if (rc != 0) {
+		if (s->rtxn != NULL)
+			mdb_txn_abort(s->rtxn);
+		s->rtxn = NULL;
+		store_fail(L, s, NULL, "begin", rc);
+	}
+	s->rtxn_live = 1;
+	return s->rtxn;
+}
+
 /* store:get(key, now) -> value | nil */
 static int
 store_get(lua_State *L)
@@ -278,24 +325,19 @@ store_get(lua_State *L)
 	struct store	*s = check_store(L);
 	MDB_val		 k = check_key(L, s, 2), v;
 	int64_t		 now = check_now(L, 3);
-	MDB_txn		*txn;
+	MDB_txn		*txn = rtxn_renew(L, s);
 	int		 rc;
 
-	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
-		return store_fail(L, s, NULL, "begin", rc);
 	rc = mdb_get(txn, s->dbi, &k, &v);
-	if (rc != 0 && rc != MDB_NOTFOUND)
-		return store_fail(L, s, txn, "get", rc);
-	if (rc == 0 && rec_live(&v, now) && v.mv_size <= sizeof(copy)) {
-		/* out of the map before the txn ends: a push may raise */
-		memcpy(copy, v.mv_data, v.mv_size);
-		v.mv_data = copy;
-		mdb_txn_abort(txn);
-		rec_push(L, &v);
-	} else {
-		mdb_txn_abort(txn);
-		lua_pushnil(L);
+	if (rc != 0 && rc != MDB_NOTFOUND) {
+		rtxn_reset(s);
+		return store_fail(L, s, NULL, "get", rc);
 	}
+	if (rc == 0 && rec_live(&v, now))
+		rec_push(L, &v);	/* copies out of the map before the reset */
+	else
+		lua_pushnil(L);
+	rtxn_reset(s);
 	return 1;
 }
 
@@ -306,22 +348,21 @@ store_ttl(lua_State *L)
 	struct store	*s = check_store(L);
 	MDB_val		 k = check_key(L, s, 2), v;
 	int64_t		 now = check_now(L, 3);
-	MDB_txn		*txn;
-	int		 rc;
+	MDB_txn		*txn = rtxn_renew(L, s);
+	int64_t		 e = 0;
+	int		 rc, live;
 
-	if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)) != 0)
-		return store_fail(L, s, NULL, "begin", rc);
 	rc = mdb_get(txn, s->dbi, &k, &v);
-	if (rc == 0 && rec_live(&v, now)) {
-		int64_t e = rec_expiry(&v);
-
+	if ((live = rc == 0 && rec_live(&v, now)))
+		e = rec_expiry(&v);
+	rtxn_reset(s);		/* v is not read after this */
+	if (live) {
 		lua_pushnumber(L, e == 0 ? HUGE_VAL : (lua_Number)(e - now) / 1000);
 	} else if (rc == 0 || rc == MDB_NOTFOUND) {
 		lua_pushnil(L);
 	} else {
-		return store_fail(L, s, txn, "ttl", rc);
+		return store_fail(L, s, NULL, "ttl", rc);
 	}
-	mdb_txn_abort(txn);
 	return 1;
 }
 
@@ -482,8 +523,12 @@ store_close(lua_State *L)
 {
 	struct store *s = luaL_checkudata(L, 1, STORE_MT);
 
-	if (s->env != NULL && s->pid == getpid())
+	if (s->env != NULL && s->pid == getpid()) {
+		if (s->rtxn != NULL)
+			mdb_txn_abort(s->rtxn);
 		mdb_env_close(s->env);
+	}
+	s->rtxn = NULL;
 	s->env = NULL;
 	return 0;
 }
@@ -530,7 +575,9 @@ int
 luaopen_smtp_store(lua_State *L)
 {
 	if (luaL_newmetatable(L, STORE_MT)) {
-		luaL_newlib(L, store_methods);
+		luaL_newlibtable(L, store_methods);
+		lua_pushvalue(L, -2);
+		luaL_setfuncs(L, store_methods, 1);	/* upvalue: the metatable */
 		lua_setfield(L, -2, "__index");
 		lua_pushcfunction(L, store_close);
 		lua_setfield(L, -2, "__gc");

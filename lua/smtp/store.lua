@@ -257,8 +257,10 @@ local function check_value(self, value)
   end
 end
 
+local TTL_MAX = 100 * 365 * 86400
+
 local function check_ttl(self, ttl)
-  if ttl ~= nil and (type(ttl) ~= "number" or not (ttl > 0 and ttl <= 100 * 365 * 86400)) then
+  if ttl ~= nil and (type(ttl) ~= "number" or not (ttl > 0 and ttl <= TTL_MAX)) then
     error(("store %s: a ttl is a number of seconds > 0 (got %s)"):format(self.name, tostring(ttl)), 3)
   end
 end
@@ -273,15 +275,26 @@ function Store:_backend()
 end
 
 -- db:get(key) -> value | nil
+-- (the hot path: the checks' functions are called only to raise their error,
+-- at the same level; one backend call)
 function Store:get(key)
-  check_key(self, key)
-  return self:_backend():get(key, self.now())
+  if type(key) ~= "string" or #key == 0 or #key > KEY_MAX then check_key(self, key) end
+  local b = self.backend or self:_backend()
+  return b:get(key, self.now())
 end
 
 -- db:set(key, value[, ttl]) -> true
 function Store:set(key, value, ttl)
-  check_key(self, key) ; check_value(self, value) ; check_ttl(self, ttl)
-  return self:_backend():set(key, value, ttl, self.now(), false)
+  if type(key) ~= "string" or #key == 0 or #key > KEY_MAX then check_key(self, key) end
+  local t = type(value)
+  if not (t == "string" and #value <= VALUE_MAX or t == "number" and value == value) then
+    check_value(self, value)
+  end
+  if ttl ~= nil and not (type(ttl) == "number" and ttl > 0 and ttl <= TTL_MAX) then
+    check_ttl(self, ttl)
+  end
+  local b = self.backend or self:_backend()
+  return b:set(key, value, ttl, self.now(), false)
 end
 
 -- db:add(key, value[, ttl]) -> true | false (the key is there)

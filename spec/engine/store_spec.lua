@@ -108,6 +108,11 @@ for _, mode in ipairs { "memory", "serve" } do
       assert.matches("at most 65536 octets", err(function() db:set("k", ("v"):rep(65537)) end))
       assert.matches("a string or a number", err(function() db:set("k", {}) end))
       assert.matches("a ttl is a number", err(function() db:set("k", 1, 0) end))
+      assert.matches("a ttl is a number", err(function() db:set("k", 1, "3") end))
+      assert.matches("cannot be NaN", err(function() db:set("k", 0/0) end))
+      -- the error points at the caller's line, not into smtp.store
+      assert.matches("^[^:]*store_spec%.lua:%d+: store s1: a key", err(function() db:get(7) end))
+      assert.matches("^[^:]*store_spec%.lua:%d+: store s1: a ttl", err(function() db:set("k", 1, -1) end))
       db:set(("k"):rep(511), ("v"):rep(65536))	-- the bounds themselves are fine
       assert.equal(65536, #db:get(("k"):rep(511)))
     end)
