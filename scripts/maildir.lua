@@ -64,7 +64,7 @@ local server = smtp.createServer(function(connection)
       message:accept()
     end)
 
-    message:on("reject", function()	-- aborted (too big, client gone): no partial file
+    message:on("abort", function()	-- not delivered (too big, client gone, an error): no partial file
       if file then file:close() ; file = nil end
       os.remove(tmp)
     end)
