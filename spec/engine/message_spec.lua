@@ -1,7 +1,8 @@
 -- Messages on the real engine: data chunks, accept/reject now or later,
 -- events, properties, the decision timeout, aborts and flow control.
 
-local policy = require("spec.engine.support").policy
+local support = require "spec.engine.support"
+local policy = support.policy
 
 local function to_data(h)
   local s = h:connect()
@@ -160,11 +161,7 @@ describe("messages", function()
         c:on("DATA", function(m) m:reject(554, "5.7.1 No mail from you") end)
       end)
     ]])
-    local s = h:connect()
-    s:expect(220)
-    s:send("HELO c.example"):expect(250)
-    s:send("MAIL FROM:<a@example.net>"):expect(250)
-    s:send("RCPT TO:<b@example.org>"):expect(250)
+    local s = support.transaction(h)
     s:send("DATA"):expect("554 5.7.1 No mail from you")
   end)
 

@@ -17,4 +17,12 @@ function support.helo(h, peer)
   return s
 end
 
+-- The same, with a transaction open: MAIL from a@example.net, RCPT to b@example.org.
+function support.transaction(h, peer)
+  local s = support.helo(h, peer)
+  s:send("MAIL FROM:<a@example.net>"):expect(250)
+  s:send("RCPT TO:<b@example.org>"):expect(250)
+  return s
+end
+
 return support
