@@ -104,6 +104,20 @@ ptimer_disarm(struct ptimer *t)
 	t->fn_ref = t->self_ref = LUA_NOREF;
 }
 
+/*
+ * A call into Lua from the event loop (a timer, the 'start' listeners):
+ * watched like a handler (busy.h), under a traceback.  The function is on
+ * top of the stack, above the traceback at top + 1; a failure is logged.
+ */
+static void
+call_from_loop(lua_State *L, int top, const char *what, enum log_level level)
+{
+	if (lua_pcall(L, 0, 0, top + 1) != LUA_OK)
+		log_msg(level, 0, "lua: %s failed: %s", what, lua_tostring(L, -1));
+	lua_settop(L, top);
+	lcore_leave(L);
+}
+
 static void
 ptimer_fire(evutil_socket_t fd, short what, void *arg)
 {
@@ -120,10 +134,7 @@ ptimer_fire(evutil_socket_t fd, short what, void *arg)
 	lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
 	ptimer_disarm(t);
 	lua_pop(L, 1);
-	if (lua_pcall(L, 0, 0, top + 1) != LUA_OK)
-		log_warn(0, "lua: timer failed: %s", lua_tostring(L, -1));
-	lua_settop(L, top);
-	lcore_leave(L);
+	call_from_loop(L, top, "timer", LOG_WARN);
 }
 
 /* handle:cancel() */
@@ -228,13 +239,10 @@ host_start(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	lcore_enter(0, "start");	/* watched like any call into Lua */
+	lcore_enter(0, "start");
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, p->start_ref);
-	if (lua_pcall(L, 0, 0, top + 1) != LUA_OK)
-		log_error(0, "lua: start failed: %s", lua_tostring(L, -1));
-	lua_settop(L, top);
-	lcore_leave(L);
+	call_from_loop(L, top, "start", LOG_ERROR);
 }
 
 /* ---- the handler watchdog ------------------------------------------------ */
