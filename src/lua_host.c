@@ -34,6 +34,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_redis.h"
+#include "lua_tcp.h"
 #include "lua_store.h"
 #include "busy.h"
 #include "connlimit.h"
@@ -615,6 +616,8 @@ load_protected(lua_State *L)
 		lua_pushlightuserdata(L, p->base);	/* smtp.store on Redis */
 		lua_pushcclosure(L, lredis_open, 1);
 		lua_setfield(L, -2, "redis");
+		ltcp_push_connect(L, p->base);	/* smtp.tcp */
+		lua_setfield(L, -2, "tcp_connect");
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);

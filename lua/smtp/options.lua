@@ -142,6 +142,11 @@ local OPTIONS = {
       "an integer in [0, 1000000] (per IPv4 address, per /64 for IPv6; 0: no limit)" end,
     to = function(cfg, v) cfg.max_connections_per_client = v end,
   },
+  -- smtp.tcp sockets open at once in a worker (lua/smtp/tcp.lua)
+  maxSockets = {
+    check = function(v) return is_int(v) and v >= 1 and v <= 65536, "an integer in [1, 65536]" end,
+    to = function() end,
+  },
   blockedLimit = {
     check = function(v) return type(v) == "number" and v >= 1 and v <= 3600, "a number of seconds in [1, 3600]" end,
     to = function(cfg, v) cfg.blocked_limit_ms = math.floor(v * 1000 + 0.5) end,

@@ -42,6 +42,17 @@ local function install_pool(I)
   -- false, err: starts fn(...) on an idle co, or resumes a waiting one
   local call, newco = core.call, core.thread
 
+  -- What a task opened and must not outlive it (smtp.tcp's sockets):
+  -- task.owned is false or a set of objects with :close(), closed when the
+  -- task returns, fails or is dropped.
+  local function release(task)
+    local owned = task.owned
+    if owned then
+      task.owned = false
+      for obj in pairs(owned) do obj:close() end
+    end
+  end
+
   -- A task for conn; on_finish(ok, err) is called when it ends after having
   -- waited (or at once, if given here).
   local function acquire(conn, on_finish)
@@ -53,7 +64,7 @@ local function install_pool(I)
     else
       local co = newco()
       task = { co = co, gen = 0, conn = false, on_finish = false, dead = false,
-        dropped = false, timer = false }
+        dropped = false, timer = false, owned = false }
       tasks[co] = task
     end
     task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish or false, false, false
@@ -67,6 +78,7 @@ local function install_pool(I)
   local function after(task, ok, r)
     if ok then
       task.dead = true
+      if task.owned then release(task) end
       local cb = task.on_finish
       task.conn, task.on_finish = false, false	-- false, not nil: the keys stay set
       if npool < POOL_MAX then
@@ -79,6 +91,7 @@ local function install_pool(I)
     if ok == nil then return nil end	-- waiting: the budget restarts at the next resume
     local co = task.co
     task.dead = true
+    if task.owned then release(task) end
     tasks[co] = nil
     local err = traceback(co, tostring(r))
     if task.on_finish then task.on_finish(false, err) end
@@ -108,6 +121,7 @@ local function install_pool(I)
     local ok, err = call(task.co, run_limits, fn, arg)
     if ok then	-- after()'s, inline (on_finish is set only once a task waits)
       task.dead, task.conn = true, false
+      if task.owned then release(task) end
       if npool < POOL_MAX then
         npool = npool + 1
         pool[npool] = task
@@ -118,7 +132,7 @@ local function install_pool(I)
     return ok, err, task
   end
 
-  I.current_task, I.set_run_limits = current_task, set_run_limits
+  I.current_task, I.set_run_limits, I.release = current_task, set_run_limits, release
   I.spawn, I.spawn1, I.resume = spawn, spawn1, resume
 end
 
@@ -149,12 +163,13 @@ end
 -- chains of listeners and fire-and-forget ones: I.run_chain and
 -- I.emit_detached out
 local function install_chains(I)
-  local log, spawn = I.log, I.spawn
+  local log, spawn, release = I.log, I.spawn, I.release
 
   -- a waiting task that will not be resumed (its chain was cancelled)
   local function drop(task)
     task.dropped = true
     if task.timer then task.timer:cancel() ; task.timer = nil end
+    if task.owned then release(task) end
   end
 
   -- runs fns[i], fns[i+1], ... one after the other, each in its own task,
@@ -261,7 +276,7 @@ end
 
 -- install(I): I.core, I.platform, I.smtp and I.log in; the task functions
 -- out (I.current_task, I.spawn, I.spawn1, I.resume, I.run_chain,
--- I.emit_detached, I.set_limit, I.set_run_limits)
+-- I.emit_detached, I.set_limit, I.set_run_limits, I.release)
 function M.install(I)
   install_pool(I)
   install_limits(I)
