@@ -115,7 +115,7 @@ function M.new(platform, I)
     if not s then return nil, "closed" end
     local name = servername or self._servername
     return wait(self, "starttls", function(fn)
-      return s:starttls(name, self._verify, self._cafile, fn)
+      return s:starttls(name, self._verify, self._cafile or nil, fn)
     end, give_up)
   end
 

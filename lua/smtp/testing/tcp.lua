@@ -188,8 +188,11 @@ function Client:_arrived()
   op.fn(data, err, partial)
 end
 
-function Client:starttls(servername, verify, _, fn)
+function Client:starttls(servername, verify, cafile, fn)
   assert(not self.op, "socket busy: one operation at a time")
+  -- the argument types lua_tcp.c checks
+  assert(servername == nil or type(servername) == "string", "bad argument #1 to 'starttls'")
+  assert(cafile == nil or type(cafile) == "string", "bad argument #3 to 'starttls'")
   assert(type(fn) == "function")
   if not self.is_open then return nil, self.why end
   if self.tls then return nil, "tls: already on" end
