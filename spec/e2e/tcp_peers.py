@@ -19,6 +19,7 @@ into place, so a reader never sees half a number) and serves until killed:
             that must never be read as TLS) and the handshake; after it
             every line comes back prefixed with "echo "
   tls       the same echo, TLS from the start
+  echo      the same echo, in plaintext
 """
 import asyncio
 import os
@@ -136,7 +137,8 @@ async def main():
     if mode == "tls":
         server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx())
     else:
-        handler = {"policy": policy, "silent": silent, "flood": flood, "starttls": starttls}[mode]
+        handler = {"policy": policy, "silent": silent, "flood": flood, "starttls": starttls,
+                   "echo": echo}[mode]
         server = await asyncio.start_server(handler, "127.0.0.1", 0, backlog=1024)
     write_port(server.sockets[0].getsockname()[1])
     async with server:
