@@ -154,6 +154,10 @@ local scenarios = {
 		s:send("implicit\n")
 		return s:receive()
 	end,
+	implicitbad = function()
+		local s, err = tcp.connect("127.0.0.1", P.tls, { tls = true, cafile = CERT, servername = "other.example" })
+		return tostring(s) .. "," .. err
+	end,
 	flood = function()
 		local a = assert(tcp.connect("127.0.0.1", P.flood, { maxLine = 1000 }))
 		local _, e1 = a:receive()
@@ -210,6 +214,8 @@ end)
 
 	it("connects with TLS from the start, resolving localhost", function()
 		assert.equal("550 5.7.1 echo implicit", rcpt(server, "implicit@x.example"))
+		assert.equal("550 5.7.1 nil,tls: certificate verify failed: hostname mismatch",
+			rcpt(server, "implicitbad@x.example"))
 	end)
 
 	it("bounds a line and *a against a flood", function()
