@@ -33,7 +33,7 @@ local function listen(self, port, host, opts)
     if host ~= nil then error("listen: a unix socket takes no host", 2) end
     path, host, port = port, port, 0
   elseif not is_int(port) or port < 0 or port > 65535 then
-    error("listen: port must be an integer from 0 to 65535, or a unix socket's path", 2)
+    error("listen: port must be an integer from 0 to 65535", 2)
   end
   if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
     error("listen: host must be a non-empty string", 2)
