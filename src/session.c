@@ -963,7 +963,8 @@ session_recipient_verdict(struct session *s, size_t i, const struct verdict *v)
 
 	if (!s->cfg->lmtp || s->pending != SEV_DATA_END || i >= s->rcpt_count)
 		return -1;
-	if (v->text != NULL && (text = strndup(v->text, REPLY_LINE_MAX)) == NULL)
+	if (v->text != NULL && (text = strndup(v->text,
+	    REPLY_LINE_MAX * REPLY_LINES_MAX)) == NULL)
 		return -1;
 	r = s->rcpts[i];
 	free(r->text);
