@@ -1388,6 +1388,35 @@ test_bdat_body(void)
 	harness_free(h);
 }
 
+/* The policy pauses a chunk; the chunk's reply waits for the resume. */
+static void
+test_bdat_pause(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	in_transaction(h);
+	h->pause_on_data = true;
+	feed(h, "BDAT 4\r\nab\r\nBDAT 3 LAST\r\ncd\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->data_len == 4 && h->held_len == strlen("BDAT 3 LAST\r\ncd\n"));
+	h->pause_on_data = false;
+	session_resume(h->s);
+	/* the first chunk's 250, then the second's octets: a bare LF fails it */
+	CHECK_STR(take(h), "250 2.0.0 4 octets received\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	CHECK(h->held_len == 0 && h->aborts == 1);
+	/* a pause at the LAST chunk's end holds its verdict until the resume */
+	in_transaction(h);
+	h->pause_on_data = true;
+	feed(h, "BDAT 4 LAST\r\nef\r\nNOOP\r\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->asked[SEV_DATA_END] == 0);
+	h->pause_on_data = false;
+	session_resume(h->s);
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n250 2.0.0 Ok\r\n");
+	harness_free(h);
+}
+
 static void
 lmtp_on(struct session_config *cfg)
 {
@@ -1441,6 +1470,16 @@ test_lmtp(void)
 	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
 	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n550 5.7.1 Recipient address rejected\r\n"
 	    "503 5.5.1 No valid recipients\r\n");
+	/* a decision timeout answers every recipient 451, whatever was set */
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "RCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\nBDAT 2 LAST\r\nab");
+	take(h);
+	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ false, 552, NULL }) == 0);
+	session_timeout(h->s);
+	CHECK_STR(take(h), "451 4.3.0 Timed out waiting for a policy decision\r\n"
+	    "451 4.3.0 Timed out waiting for a policy decision\r\n");
+	h->wait[SEV_DATA_END] = false;
 	/* outside LMTP there are no recipient verdicts, and no LHLO */
 	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ true, 0, NULL }) == -1);
 	harness_free(h);
@@ -1482,6 +1521,7 @@ main(void)
 	test_bdat_sequence();
 	test_bdat_limits();
 	test_bdat_body();
+	test_bdat_pause();
 	test_lmtp();
 	return tap_done();
 }
