@@ -13,7 +13,8 @@
  *       0x40: bare LF accepted in DATA; 0x80: long generated reply texts
  *       (up to 40 lines of up to 600 octets) and, with [4] & 1, a 255-octet
  *       host name, to reach the reply builders' bounds
- *   [4..7] seed of the generator behind every other choice
+ *   [4..7] seed of the generator behind every other choice; [4] & 2: LMTP
+ *       (LHLO, a reply per recipient, the policy's per-recipient verdicts)
  *
  * What must hold: every reply line is "ddd" SP/"-" text CRLF, at most 512
  * octets, no NUL, no bare CR or LF, 2xx-5xx, one code per multi-line reply
@@ -25,12 +26,16 @@
  * aborted, and its size is what the data hook saw (never a NUL, and CRLF
  * line ends also when a bare LF is accepted); when the policy waits on
  * DATA_END, the input taken so far ends in CRLF "." CRLF (no smuggling);
- * closed comes once.
+ * closed comes once.  BDAT: the same, but a message may end mid-line and
+ * the input stops at the chunk's end; BODY=BINARYMIME data is not text.
+ * LMTP: a recipient verdict is taken only while DATA_END is asked, for a
+ * recipient that exists.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "session.h"
@@ -68,6 +73,8 @@ struct harness {
 	size_t			 data_line;	/* octets of the current line */
 	int			 data_last;	/* last octet seen, or -1 */
 	bool			 end_waiting;	/* DATA_END answered HOOK_WAIT */
+	bool			 end_bdat;	/* ... for a BDAT LAST */
+	bool			 binary;	/* the last MAIL said BODY=BINARYMIME */
 
 	/* the transport */
 	bool			 closed;
@@ -280,6 +287,12 @@ check_args(struct harness *h, enum session_event ev,
 		REQUIRE(strlen(a->path->address) + 2 <= SMTP_PATH_MAX);
 		REQUIRE(strpbrk(a->path->address, "\r\n") == NULL);
 		REQUIRE(a->path->nparams <= SMTP_PARAMS_MAX);
+		if (ev == SEV_MAIL) {
+			const struct smtp_param *body = proto_param(a->path, "BODY");
+
+			h->binary = body != NULL && body->value != NULL &&
+			    strcasecmp(body->value, "BINARYMIME") == 0;
+		}
 		break;
 	case SEV_AUTH:
 		REQUIRE(a->auth != NULL && a->auth->method != NULL &&
@@ -291,12 +304,29 @@ check_args(struct harness *h, enum session_event ev,
 		REQUIRE(h->in_data && !h->aborted);
 		REQUIRE(a->size == h->data_bytes);
 		REQUIRE(h->cfg->max_size == 0 || a->size <= h->cfg->max_size);
-		REQUIRE(h->data_last == -1 || (h->data_last == '\n' &&
-		    h->data_line == 0));
+		h->end_bdat = strcmp(session_state_name(h->s), "bdat") == 0;
+		REQUIRE(h->end_bdat || h->data_last == -1 ||
+		    (h->data_last == '\n' && h->data_line == 0));
+		REQUIRE(!h->end_bdat || h->binary || h->data_last != '\r');
 		h->in_data = false;
 		break;
 	default:
 		break;
+	}
+}
+
+/* LMTP: verdicts for some recipients, some that do not exist. */
+static void
+recipient_verdicts(struct harness *h, bool asked)
+{
+	size_t n = session_recipient_count(h->s);
+
+	while (chance(h, 50)) {
+		size_t		i = rnd(h) % (n + 2);
+		struct verdict	v = choose_verdict(h);
+		int		rc = session_recipient_verdict(h->s, i, &v);
+
+		REQUIRE(rc == ((asked && h->cfg->lmtp && i < n) ? 0 : -1));
 	}
 }
 
@@ -312,6 +342,8 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	REQUIRE(session_event_name(ev) != NULL);
 	REQUIRE(h->s == NULL || h->s == s);	/* NULL: inside session_create */
 	check_args(h, ev, args);
+	if (ev == SEV_DATA_END)
+		recipient_verdicts(h, true);
 	if (chance(h, h->wait_pct)) {
 		h->pending = ev;
 		h->end_waiting = ev == SEV_DATA_END;
@@ -357,6 +389,10 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 	(void)s;
 	REQUIRE(h->in_data && !h->aborted);
 	REQUIRE(len > 0);
+	h->data_bytes += len;
+	REQUIRE(h->cfg->max_size == 0 || h->data_bytes <= h->cfg->max_size);
+	if (h->binary && strcmp(session_state_name(s), "bdat") == 0)
+		return;		/* BINARYMIME: octets, not text */
 	REQUIRE(memchr(buf, '\0', len) == NULL);	/* a NUL fails the message */
 	for (i = 0; i < len; i++) {
 		/* CRLF only: a CR is followed by LF, an LF follows a CR */
@@ -371,8 +407,6 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 			h->data_line++;
 		h->data_last = (unsigned char)buf[i];
 	}
-	h->data_bytes += len;
-	REQUIRE(h->cfg->max_size == 0 || h->data_bytes <= h->cfg->max_size);
 }
 
 static void
@@ -381,7 +415,7 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 	struct harness	*h = ctx;
 
 	(void)s;
-	REQUIRE(why <= ABORT_NUL);
+	REQUIRE(why <= ABORT_RESET);
 	h->aborted = true;
 }
 
@@ -487,6 +521,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	log_set_sink(quiet_log, NULL);
 	memset(&h, 0, sizeof(h));
 	configure(&cfg, data[0], data[1], data[3], data[4]);
+	cfg.lmtp = (data[4] & 2) != 0;
 	drv = data[2];
 	mode = drv & 0x03;
 	with_hooks = !(drv & 0x04);
@@ -517,7 +552,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (off = 0; off < len && !h.closed; ) {
 		/* answer a waiting ask before the next feed, most of the time */
 		if (h.pending != NO_EVENT && chance(&h, 80)) {
-			struct verdict v = choose_verdict(&h);
+			struct verdict v;
+
+			if (h.pending == SEV_DATA_END)
+				recipient_verdicts(&h, true);
+			else if (chance(&h, 5))
+				recipient_verdicts(&h, false);	/* refused: no DATA_END asked */
+			v = choose_verdict(&h);
 
 			h.pending = NO_EVENT;
 			REQUIRE(session_decide(h.s, &v) == 0);
@@ -551,7 +592,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		n = session_feed(h.s, in + off, want);
 		REQUIRE(n <= want);
 		off += n;
-		if (h.end_waiting && h.pending == SEV_DATA_END) {
+		if (h.end_waiting && h.pending == SEV_DATA_END && !h.end_bdat) {
 			/* the engine stops right after the final dot: CRLF "." CRLF */
 			REQUIRE(off >= 5 && memcmp(in + off - 5, "\r\n.\r\n", 5) == 0);
 		}

@@ -24,7 +24,7 @@
 
 static const char *const abort_names[] = {
 	"disconnect", "too big", "bare newline", "line too long", "timeout",
-	"shutdown", "nul byte",
+	"shutdown", "nul byte", "reset",
 };
 
 /* ---- handles ----------------------------------------------------------- */

@@ -84,6 +84,9 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	if (lua_getfield(L, idx, "accept_bare_lf") != LUA_TNIL)
 		cfg->accept_bare_lf = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "lmtp") != LUA_TNIL)
+		cfg->lmtp = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */
@@ -312,6 +315,7 @@ luaopen_smtp_core(lua_State *L)
 	lua_createtable(L, 0, 5);
 #define X(n) lua_pushinteger(L, EXT_##n); lua_setfield(L, -2, #n)
 	X(PIPELINING); X(SIZE); X(8BITMIME); X(ENHANCEDSTATUSCODES); X(SMTPUTF8);
+	X(CHUNKING); X(BINARYMIME); X(DSN);
 #undef X
 	lua_setfield(L, -2, "EXT");
 	lua_createtable(L, 0, 2);

@@ -530,7 +530,9 @@ read_policy(struct host *p, const char *script, char *err, size_t errlen)
 		p->listens[i].tls = lua_toboolean(L, -1);
 		lua_getfield(L, -4, "insecureAuth");
 		p->listens[i].insecure_auth = lua_toboolean(L, -1);
-		lua_pop(L, 5);	/* smtp._policy() refused a tls port without server.tls */
+		lua_getfield(L, -5, "lmtp");
+		p->listens[i].lmtp = lua_toboolean(L, -1);
+		lua_pop(L, 6);	/* smtp._policy() refused a tls port without server.tls */
 	}
 	lua_settop(L, t);
 	return 0;
@@ -756,6 +758,17 @@ host_session_config(const struct host *p, struct session_config *cfg)
 	cfg->accept_bare_lf = p->cfg.accept_bare_lf;
 }
 
+/* A listen's options over the server's (host_session_config). */
+static void
+listen_config(const struct host *p, const struct host_listen *pl,
+    struct session_config *cfg, bool *implicit_tls)
+{
+	*implicit_tls = pl->tls && p->tls != NULL;
+	cfg->starttls = p->tls != NULL && !pl->tls;	/* 465 is secure already */
+	cfg->auth_without_tls = pl->insecure_auth;
+	cfg->lmtp = pl->lmtp;
+}
+
 void
 host_port_config(const struct host *p, uint16_t local_port,
     struct session_config *cfg, bool *implicit_tls)
@@ -765,12 +778,26 @@ host_port_config(const struct host *p, uint16_t local_port,
 	for (size_t i = 0; i < p->nlisten; i++) {
 		const struct host_listen *pl = &p->listens[i];
 
-		if (pl->port != local_port)
+		if (pl->port != local_port || pl->host[0] == '/')
 			continue;
-		*implicit_tls = pl->tls && p->tls != NULL;
-		cfg->starttls = p->tls != NULL && !pl->tls;	/* 465 is secure already */
-		cfg->auth_without_tls = pl->insecure_auth;
+		listen_config(p, pl, cfg, implicit_tls);
 		return;
+	}
+}
+
+void
+host_path_config(const struct host *p, const char *path,
+    struct session_config *cfg, bool *implicit_tls)
+{
+	host_session_config(p, cfg);
+	*implicit_tls = false;
+	for (size_t i = 0; i < p->nlisten; i++) {
+		const struct host_listen *pl = &p->listens[i];
+
+		if (strcmp(pl->host, path) == 0) {
+			listen_config(p, pl, cfg, implicit_tls);
+			return;
+		}
 	}
 }
 

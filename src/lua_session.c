@@ -249,6 +249,34 @@ lsession_decide(lua_State *L)
 	return 1;
 }
 
+/*
+ * handle:recipientVerdict(i, accept, code, text) -> true | nil, reason: LMTP's
+ * reply for recipient i (1-based, RCPT order) of the message being decided
+ */
+static int
+lsession_recipient_verdict(lua_State *L)
+{
+	struct lsession	*ls = check_handle(L, 1);
+	lua_Integer	 i = luaL_checkinteger(L, 2);
+	struct verdict	 v;
+
+	if (ls->s == NULL) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "session closed");
+		return 2;
+	}
+	v.accept = lua_toboolean(L, 3);
+	v.code = (int)luaL_optinteger(L, 4, 0);
+	v.text = luaL_optstring(L, 5, NULL);
+	if (i < 1 || session_recipient_verdict(ls->s, (size_t)(i - 1), &v) == -1) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "no LMTP message is being decided");
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* handle:feed(bytes) -> octets consumed */
 static int
 lsession_feed(lua_State *L)
@@ -534,7 +562,9 @@ lsession_peer(lua_State *L)
 {
 	const struct session_peer *p = session_peer(check_session(L, 1));
 
-	lua_createtable(L, 0, 4);
+	lua_createtable(L, 0, 5);
+	lua_pushboolean(L, session_lmtp(check_session(L, 1)));
+	lua_setfield(L, -2, "lmtp");
 	lua_pushstring(L, p->remote_addr);
 	lua_setfield(L, -2, "remoteAddress");
 	lua_pushinteger(L, p->remote_port);
@@ -573,6 +603,7 @@ lcore_session_tostring(lua_State *L)
 
 const luaL_Reg lcore_session_methods[] = {
 	{ "decide",	lsession_decide },
+	{ "recipientVerdict", lsession_recipient_verdict },
 	{ "feed",	lsession_feed },
 	{ "eof",	lsession_eof },
 	{ "timeout",	lsession_timeout },

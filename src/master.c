@@ -954,8 +954,17 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 	if ((srv = server_create(base, &sp, hooks, hook_ctx, grace)) == NULL)
 		return NULL;
 	for (size_t i = 0; i < host_listen_count(policy); i++) {
-		uint16_t port = host_listen_at(policy, i)->port;
+		const struct host_listen *pl = host_listen_at(policy, i);
+		uint16_t port = pl->port;
 
+		if (pl->host[0] == '/') {	/* a unix socket */
+			host_path_config(policy, pl->host, &sp.cfg, &sp.implicit_tls);
+			if (server_set_path(srv, pl->host, &sp) == -1) {
+				server_destroy(srv);
+				return NULL;
+			}
+			continue;
+		}
 		host_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
 		if (server_set_port(srv, port, &sp) == -1) {
 			server_destroy(srv);

@@ -47,11 +47,13 @@ struct server_listener {
 	struct server	*srv;
 	struct listener	*l;
 	uint16_t	 port;
+	const char	*path;		/* a unix socket's, or NULL */
 };
 
-/* The settings of one local port (server_set_port). */
+/* The settings of one local port (server_set_port) or socket path (server_set_path). */
 struct server_port_entry {
 	uint16_t		 port;
+	char			 path[LISTENER_PATH_MAX];	/* "": a TCP port */
 	struct server_port	 sp;
 };
 
@@ -74,7 +76,10 @@ struct server {
 	unsigned long			 refused_quiet;	/* refusals since, not logged */
 };
 
-static const struct server_port *server_port_find(const struct server *, uint16_t);
+static const struct server_port *server_port_find(const struct server *,
+		    const struct server_listener *);
+static int	server_set_entry(struct server *, uint16_t, const char *,
+		    const struct server_port *);
 static void	server_accept(void *, evutil_socket_t, const struct sockaddr *, int);
 static void	server_refuse(struct server *, evutil_socket_t,
 		    const struct sockaddr *, enum connlimit_verdict, unsigned);
@@ -135,10 +140,26 @@ server_destroy(struct server *srv)
 int
 server_set_port(struct server *srv, uint16_t port, const struct server_port *sp)
 {
+	return server_set_entry(srv, port, "", sp);
+}
+
+int
+server_set_path(struct server *srv, const char *path, const struct server_port *sp)
+{
+	if (strlen(path) >= LISTENER_PATH_MAX)
+		return -1;
+	return server_set_entry(srv, 0, path, sp);
+}
+
+static int
+server_set_entry(struct server *srv, uint16_t port, const char *path,
+    const struct server_port *sp)
+{
 	struct server_port_entry	*ports;
 	size_t				 i;
 
-	for (i = 0; i < srv->nports && srv->ports[i].port != port; i++)
+	for (i = 0; i < srv->nports && (srv->ports[i].port != port ||
+	    strcmp(srv->ports[i].path, path) != 0); i++)
 		;
 	if (i == srv->nports) {
 		/* conns copy their config: moving the table is safe */
@@ -149,6 +170,7 @@ server_set_port(struct server *srv, uint16_t port, const struct server_port *sp)
 		srv->nports++;
 	}
 	srv->ports[i].port = port;
+	snprintf(srv->ports[i].path, sizeof(srv->ports[i].path), "%s", path);
 	srv->ports[i].sp = *sp;
 	return 0;
 }
@@ -170,6 +192,7 @@ server_adopt(struct server *srv, int fd, char *err, size_t errlen)
 	    errlen)) == NULL)
 		return -1;
 	sl->port = listener_port(sl->l);
+	sl->path = listener_path(sl->l);
 	srv->nlisteners++;
 	log_debug(0, "accepting on %s", listener_name(sl->l));
 	return 0;
@@ -220,10 +243,12 @@ server_stop(struct server *srv)
 }
 
 static const struct server_port *
-server_port_find(const struct server *srv, uint16_t port)
+server_port_find(const struct server *srv, const struct server_listener *sl)
 {
+	const char *path = sl->path != NULL ? sl->path : "";
+
 	for (size_t i = 0; i < srv->nports; i++)
-		if (srv->ports[i].port == port)
+		if (srv->ports[i].port == sl->port && strcmp(srv->ports[i].path, path) == 0)
 			return &srv->ports[i].sp;
 	return &srv->dflt;
 }
@@ -264,7 +289,7 @@ server_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int sale
 		server_refuse(srv, fd, sa, v, v == CONNLIMIT_TOTAL ? total : client);
 		return;
 	}
-	sp = server_port_find(srv, sl->port);
+	sp = server_port_find(srv, sl);
 	nfreed = srv->nfreed;
 	if (conn_create(srv->base, fd, &sp->cfg, sp->tls, sp->implicit_tls,
 	    srv->hooks, srv->hook_ctx, &srv->conns) == NULL && srv->nfreed == nfreed)

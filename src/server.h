@@ -64,6 +64,9 @@ void		 server_destroy(struct server *srv);	/* NULL is a no-op */
  */
 int		 server_set_port(struct server *srv, uint16_t port,
 		    const struct server_port *sp);
+/* The same for the clients of the unix socket at path. */
+int		 server_set_path(struct server *srv, const char *path,
+		    const struct server_port *sp);
 
 /* Accepts on fd, a socket listener_bind() bound (the server owns it now). */
 int		 server_adopt(struct server *srv, int fd, char *err,

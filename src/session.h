@@ -24,7 +24,10 @@ enum {
 	EXT_8BITMIME		= 1 << 2,	/* RFC 6152 */
 	EXT_ENHANCEDSTATUSCODES	= 1 << 3,	/* RFC 2034 */
 	EXT_SMTPUTF8		= 1 << 4,	/* RFC 6531 */
-	EXT_ALL			= (1 << 5) - 1,
+	EXT_CHUNKING		= 1 << 5,	/* RFC 3030: BDAT */
+	EXT_BINARYMIME		= 1 << 6,	/* RFC 3030: BODY=BINARYMIME (needs CHUNKING) */
+	EXT_DSN			= 1 << 7,	/* RFC 3461: RET, ENVID, NOTIFY, ORCPT */
+	EXT_ALL			= (1 << 8) - 1,
 };
 
 /* SASL mechanisms for AUTH (RFC 4954); none by default. */
@@ -53,6 +56,7 @@ struct session_config {
 	bool		 auth_without_tls;	/* allow AUTH on a plaintext session */
 	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
 	bool		 accept_bare_lf;	/* DATA: a bare LF ends a line, read as CRLF */
+	bool		 lmtp;			/* RFC 2033: LHLO, a reply per recipient */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -67,11 +71,11 @@ void	session_config_init(struct session_config *cfg);
 enum session_event {
 	SEV_CONNECT,	/* before the greeting */
 	SEV_HELO,	/* args.arg = the name */
-	SEV_EHLO,	/* args.arg = the name */
+	SEV_EHLO,	/* args.arg = the name (LMTP: the LHLO) */
 	SEV_MAIL,	/* args.path = the reverse-path and its parameters */
 	SEV_RCPT,	/* args.path = the forward-path and its parameters */
-	SEV_DATA,	/* the DATA command: accept gives 354 */
-	SEV_DATA_END,	/* the final dot: args.size = octets; accept gives 250 */
+	SEV_DATA,	/* DATA, or a transaction's first BDAT: accept gives 354 (BDAT: nothing, the chunk is read) */
+	SEV_DATA_END,	/* the final dot or BDAT LAST's chunk: args.size = octets; accept gives 250 */
 	SEV_RSET,	/* only the reply text can be chosen */
 	SEV_QUIT,	/* only the reply text can be chosen */
 	SEV_VRFY,	/* args.arg = the argument */
@@ -120,6 +124,7 @@ enum session_abort {
 	ABORT_TIMEOUT,		/* the client stopped sending data */
 	ABORT_SHUTDOWN,		/* the server is stopping */
 	ABORT_NUL,		/* a NUL octet in the data: 550 after the final dot */
+	ABORT_RESET,		/* RSET, HELO/EHLO or STARTTLS between BDAT chunks */
 };
 
 enum hook_result {
@@ -140,7 +145,11 @@ struct session_hooks {
 	/* What the client was told, after every ask: the engine's reply code. */
 	void	(*outcome)(void *ctx, struct session *s, enum session_event ev,
 	    int code);
-	/* Message data, dot-unstuffed, CRLF kept, the final "." excluded. */
+	/*
+	 * Message data, dot-unstuffed, CRLF kept, the final "." excluded; BDAT
+	 * chunks as sent (a bare LF read as CRLF under accept_bare_lf, except
+	 * for BODY=BINARYMIME, whose octets are never changed).
+	 */
 	void	(*data)(void *ctx, struct session *s, const char *buf, size_t len);
 	/* The message in progress will not be delivered; no DATA_END ask follows. */
 	void	(*abort)(void *ctx, struct session *s, enum session_abort why);
@@ -227,6 +236,17 @@ int	session_decide(struct session *s, const struct verdict *v);
  * (RFC 3207 4.2: HELO, transaction and authentication are forgotten).
  */
 void	session_tls_started(struct session *s, const struct session_tls *tls);
+
+/*
+ * LMTP (cfg->lmtp): the verdict for recipient i (in RCPT order) of the
+ * message whose end is being asked (SEV_DATA_END outstanding or being
+ * asked).  The DATA_END verdict answers the recipients without one.  The
+ * engine copies v.  Returns -1 outside LMTP, with no such recipient or no
+ * end of message asked.
+ */
+int	session_recipient_verdict(struct session *s, size_t i,
+	    const struct verdict *v);
+bool	session_lmtp(const struct session *s);
 
 /* Flow control for message data (the policy reads slower than the client sends). */
 void	session_pause(struct session *s);

@@ -50,7 +50,7 @@ function M.install(I)
       return Connection[k]
     end,
     __newindex = strict("connection", fields("id", "remoteAddress", "remotePort",
-      "localAddress", "localPort", "server", "currentMessage", "closed", "data"), {
+      "localAddress", "localPort", "lmtp", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
         sender = true, recipients = true, clientConnections = true },
@@ -79,6 +79,7 @@ function M.install(I)
       _handle = handle, id = handle:id(),
       remoteAddress = peer.remoteAddress, remotePort = peer.remotePort,
       localAddress = peer.localAddress, localPort = peer.localPort,
+      lmtp = peer.lmtp,	-- an LMTP listener's client (RFC 2033)
       server = I.server,
       _ask = false,	-- the ask in progress (ask())
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's

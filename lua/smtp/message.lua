@@ -11,6 +11,7 @@ local objects = require "smtp.objects"
 local is_int = require("smtp.options").is_int
 local take, strict, fields = Emitter.take, objects.strict, objects.fields
 local UNDECIDED = require("smtp.ask").UNDECIDED	-- a message's _daccept before a decision
+local push_each = require("smtp.ask").push_each
 local rawget, rawset = rawget, rawset
 
 local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reject = "reject",
@@ -38,6 +39,7 @@ local function install_life(I)
     local conn = m.connection
     local a = conn._ask
     if a and a.name == "DATA_END" and a.obj == m and a.waiting then
+      push_each(m)
       settle(conn, a, accept, code, text)
     end
     return true
@@ -77,7 +79,7 @@ local function install_class(I)
       hint = "locals of the 'DATA' listener or connection.data",
       class = Message,
       internal = { "_names", "_once", "_on_change", "_listeners", "_finished", "_failed",
-        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext" },
+        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext", "_each" },
     }),
   }
 
@@ -97,6 +99,7 @@ local function install_class(I)
       accepted = false, size = 0, code = nil, _finished = false, _failed = false,
       _sealed = false, _cancelled = false,
       _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)
+      _each = false,	-- settle(): per recipient, false or { code, text } for a refused one
     }, MessageMeta)
   end
 
@@ -118,6 +121,40 @@ local function install_class(I)
     end
     if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
     return decide_message(self, false, code or 0, text)
+  end
+
+  -- message:settle([code][, text]) -> true | false, "already decided": a
+  -- verdict per recipient (LMTP, RFC 2033): each recipient object with
+  -- valid = false is refused with its code (4xx/5xx, default 550) and
+  -- message; the others are accepted with code and text (default 250).  The
+  -- message counts as accepted if any recipient is.  Over SMTP there is one
+  -- reply: the message's (accepted if any recipient is still valid).
+  function Message:settle(code, text)
+    if type(code) == "string" and text == nil then code, text = nil, code end
+    if code ~= nil and (not is_int(code) or code < 200 or code > 299) then
+      error("settle code must be 2xx, got " .. tostring(code), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
+    local each, any, first = {}, false, nil
+    for i, r in ipairs(self.recipients) do
+      if r.valid == false then
+        local c, t = r.code, r.message
+        if c ~= nil and (not is_int(c) or c < 400 or c > 599) then
+          error("recipient " .. i .. ": code must be 4xx or 5xx, got " .. tostring(c), 2)
+        end
+        if t ~= nil and type(t) ~= "string" then
+          error("recipient " .. i .. ": message must be a string", 2)
+        end
+        each[i] = { c or 0, t or false }
+        first = first or each[i]
+      else
+        each[i] = false
+        any = true
+      end
+    end
+    if self._daccept == UNDECIDED and self.connection.lmtp then self._each = each end
+    if any then return decide_message(self, true, code or 0, text) end
+    return decide_message(self, false, first[1], first[2] or nil)
   end
 
   function Message:pause() self.connection._handle:pause() end

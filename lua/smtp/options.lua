@@ -52,6 +52,9 @@ local OPTIONS = {
   enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
   eightBitMime = ext("8BITMIME"),
   smtputf8 = ext("SMTPUTF8"),
+  chunking = ext("CHUNKING"),		-- BDAT (RFC 3030)
+  binaryMime = ext("BINARYMIME"),	-- BODY=BINARYMIME, with chunking (RFC 3030)
+  dsn = ext("DSN"),			-- RET, ENVID, NOTIFY, ORCPT (RFC 3461)
   -- SASL mechanisms offered (RFC 4954); the engine runs them, Lua sees 'AUTH'
   authMethods = {
     check = function(v)

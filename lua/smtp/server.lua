@@ -17,29 +17,37 @@ local SERVER_EVENTS = { connection = "connection", start = "start" }
 
 local M = {}
 
-local LISTEN_OPTS = { tls = true, insecureAuth = true }
+local LISTEN_OPTS = { tls = true, insecureAuth = true, lmtp = true }
 
 -- server:listen(port[, host][, opts]) -> server (records the address: the
 -- binary binds); opts.tls: implicit TLS (RFC 8314), opts.insecureAuth: AUTH
--- allowed before TLS on this listener
+-- allowed before TLS on this listener, opts.lmtp: LMTP (RFC 2033) instead of SMTP
+-- server:listen(path[, opts]): a unix socket (an absolute path)
 local function listen(self, port, host, opts)
-  if not is_int(port) or port < 0 or port > 65535 then
+  if type(host) == "table" and opts == nil then host, opts = nil, host end
+  local path
+  if type(port) == "string" then
+    if port:sub(1, 1) ~= "/" or #port >= 108 or port:find("%z") then
+      error("listen: a unix socket's path must be absolute, under 108 octets", 2)
+    end
+    if host ~= nil then error("listen: a unix socket takes no host", 2) end
+    path, host, port = port, port, 0
+  elseif not is_int(port) or port < 0 or port > 65535 then
     error("listen: port must be an integer from 0 to 65535", 2)
   end
-  if type(host) == "table" and opts == nil then host, opts = nil, host end
   if host ~= nil and (type(host) ~= "string" or #host == 0 or #host > 255) then
     error("listen: host must be a non-empty string", 2)
   end
   if opts ~= nil and type(opts) ~= "table" then
-    error("listen: options must be a table { tls = bool, insecureAuth = bool }", 2)
+    error("listen: options must be a table { tls = bool, insecureAuth = bool, lmtp = bool }", 2)
   end
   for k, v in pairs(opts or {}) do
     if not LISTEN_OPTS[k] then error(string.format("listen: unknown option %q", tostring(k)), 2) end
     if type(v) ~= "boolean" then error("listen: option " .. k .. " must be a boolean", 2) end
   end
   local l = rawget(self, "listening")
-  l[#l + 1] = { port = port, host = host, tls = opts and opts.tls or nil,
-    insecureAuth = opts and opts.insecureAuth or nil }
+  l[#l + 1] = { port = port, host = host, path = path, tls = opts and opts.tls or nil,
+    insecureAuth = opts and opts.insecureAuth or nil, lmtp = opts and opts.lmtp or nil }
   return self
 end
 

@@ -91,12 +91,22 @@ Harness.__index = Harness
 
 -- h:connect{remoteAddress=, remotePort=, localAddress=, localPort=, tls=} -> session
 -- (address/port are accepted as short names of remoteAddress/remotePort;
--- tls = true or {version=, cipher=, peerSubject=}: an implicit-TLS client)
+-- tls = true or {version=, cipher=, peerSubject=}: an implicit-TLS client;
+-- socket = "/path": a client of the script's unix socket listener there)
 function Harness:connect(peer)
   peer = peer or {}
   local s = setmetatable({ harness = self, _in = "", _outbuf = "", _partial = {},
     queue = {}, log_transcript = {}, _timer_seq = 0 }, Session)
-  s.handle = core.session(self.policy.bridge, self.policy.config, {
+  -- a listener of the script on the local port: its lmtp option (as luasmtpd's)
+  local config = self.policy.config
+  for _, l in ipairs(self.listening or {}) do
+    if (peer.socket and l.path == peer.socket) or
+        (not peer.socket and not l.path and l.port == (peer.localPort or 25)) then
+      if l.lmtp then config = setmetatable({ lmtp = true }, { __index = config }) end
+      break
+    end
+  end
+  s.handle = core.session(self.policy.bridge, config, {
     remoteAddress = peer.remoteAddress or peer.address or "192.0.2.1",
     remotePort = peer.remotePort or peer.port or 49152,
     localAddress = peer.localAddress or "127.0.0.1",

@@ -239,7 +239,8 @@ test_greeting_and_ehlo(void)
 	CHECK(h->asked[SEV_CONNECT] == 1);
 	feed(h, "EHLO client.example\r\n");
 	CHECK_STR(take(h), "250-test.example\r\n250-PIPELINING\r\n250-SIZE\r\n"
-	    "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
+	    "250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250-DSN\r\n"
+	    "250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
 	feed(h, "HELO client.example\r\n");
 	CHECK_STR(take(h), "250 test.example\r\n");
 	feed(h, "noop\r\n");
@@ -854,14 +855,14 @@ test_long_policy_texts(void)
 	CHECK(strlen(r) > 4096);
 	CHECK(session_user(h->s) == NULL && h->outcome[SEV_EHLO] == 250);
 
-	/* 25 lines and 7 extensions fill the 32 lines a reply may have */
-	h->answer[SEV_EHLO].text = text_lines(text, 25, 400);
+	/* 22 lines and 10 extensions fill the 32 lines a reply may have */
+	h->answer[SEV_EHLO].text = text_lines(text, 22, 400);
 	feed(h, "EHLO client.example\r\n");
 	r = take(h);
 	CHECK(reply_wellformed(r, REPLY_LINES_MAX));
 	CHECK(strstr(r, "250 AUTH PLAIN LOGIN\r\n") != NULL);
 	/* one more line, or a text as long as reply_valid_text() allows: 451 */
-	h->answer[SEV_EHLO].text = text_lines(text, 26, 10);
+	h->answer[SEV_EHLO].text = text_lines(text, 23, 10);
 	feed(h, "EHLO client.example\r\n");
 	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
 	h->answer[SEV_EHLO].text = text_lines(text, REPLY_LINES_MAX, REPLY_LINE_MAX - 16);
@@ -1183,6 +1184,311 @@ test_envelope(void)
 	harness_free(h);
 }
 
+/* --- BDAT (RFC 3030) and LMTP (RFC 2033) ---------------------------------- */
+
+static void
+in_transaction(struct harness *h)
+{
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n");
+	take(h);
+}
+
+static void
+test_bdat(void)
+{
+	struct harness	*h = started_with_ehlo(NULL);
+	const char	*all = "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "BDAT 5\r\nhel\r\nBDAT 10 LAST\r\nlo\r\n.\r\nx\r\nNOOP\r\n";
+
+	/* pipelined chunks; no dot-stuffing, no end-of-data scanning */
+	in_transaction(h);
+	feed(h, "BDAT 5\r\nhel\r\n");
+	CHECK_STR(take(h), "250 2.0.0 5 octets received\r\n");
+	CHECK(h->asked[SEV_DATA] == 1 && h->asked[SEV_DATA_END] == 0);
+	feed(h, "BDAT 10 LAST\r\nlo\r\n.\r\nx\r\nNOOP\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n250 2.0.0 Ok\r\n");
+	CHECK(h->data_len == 15 && memcmp(h->data, "hel\r\nlo\r\n.\r\nx\r\n", 15) == 0);
+	CHECK(h->asked[SEV_DATA] == 1 && h->asked[SEV_DATA_END] == 1);
+	CHECK(h->outcome[SEV_DATA_END] == 250);
+	harness_free(h);
+
+	/* the same dialogue, split at every octet */
+	h = started_with_ehlo(NULL);
+	for (size_t i = 0; all[i] != '\0'; i++)
+		feed_len(h, all + i, 1);
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "250 2.0.0 5 octets received\r\n250 2.0.0 Message accepted\r\n"
+	    "250 2.0.0 Ok\r\n");
+	CHECK(h->data_len == 15 && memcmp(h->data, "hel\r\nlo\r\n.\r\nx\r\n", 15) == 0);
+	harness_free(h);
+
+	/* BDAT 0 LAST ends the message; a CRLF may straddle two chunks */
+	h = started_with_ehlo(NULL);
+	in_transaction(h);
+	feed(h, "BDAT 3\r\nab\rBDAT 3\r\n\ncdBDAT 0 LAST\r\n");
+	CHECK_STR(take(h), "250 2.0.0 3 octets received\r\n250 2.0.0 3 octets received\r\n"
+	    "250 2.0.0 Message accepted\r\n");
+	CHECK(h->data_len == 6 && memcmp(h->data, "ab\r\ncd", 6) == 0);
+	harness_free(h);
+}
+
+static void
+test_bdat_sequence(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	/* refused BDATs: their octets are read and dropped, never commands */
+	feed(h, "BDAT 12\r\nQUIT\r\nQUIT\r\nNOOP\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Need MAIL and RCPT before BDAT\r\n250 2.0.0 Ok\r\n");
+	CHECK(!h->closed && h->aborts == 0);
+	feed(h, "MAIL FROM:<a@a.example>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n"
+	    "503 5.5.1 Need MAIL and RCPT before BDAT\r\n250 2.0.0 Ok\r\n");
+	CHECK(h->asked[SEV_DATA] == 0);
+	/* DATA, RCPT after BDAT; RSET ends the message (abort) */
+	feed(h, "RCPT TO:<b@b.example>\r\nBDAT 2\r\nabDATA\r\nRCPT TO:<c@b.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.5 Recipient ok\r\n250 2.0.0 2 octets received\r\n"
+	    "503 5.5.1 DATA not allowed after BDAT\r\n503 5.5.1 RCPT not allowed after BDAT\r\n");
+	feed(h, "RSET\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Ok\r\n");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_RESET);
+	/* the 'DATA' event refuses the first chunk: dropped, the transaction goes on */
+	in_transaction(h);
+	h->answer[SEV_DATA] = (struct verdict){ false, 554, "5.7.1 not now" };
+	feed(h, "BDAT 6\r\nQUIT\r\n");
+	CHECK_STR(take(h), "554 5.7.1 not now\r\n");
+	h->answer[SEV_DATA] = (struct verdict){ true, 0, NULL };
+	feed(h, "BDAT 4 LAST\r\nok\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	CHECK(h->data_len == 6 && memcmp(h->data, "abok\r\n", 6) == 0);
+	/* a verdict that waits holds the pipelined commands */
+	in_transaction(h);
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "BDAT 4 LAST\r\nhi\r\nNOOP\r\n");
+	CHECK_STR(take(h), "");
+	session_decide(h->s, &(struct verdict){ false, 452, "4.2.2 full" });
+	CHECK_STR(take(h), "452 4.2.2 full\r\n250 2.0.0 Ok\r\n");
+	h->wait[SEV_DATA_END] = false;
+	harness_free(h);
+
+	/* a disconnect between chunks aborts the message */
+	h = started_with_ehlo(NULL);
+	in_transaction(h);
+	feed(h, "BDAT 2\r\nab");
+	session_eof(h->s);
+	session_destroy(h->s);
+	h->s = NULL;
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_DISCONNECT);
+	harness_free(h);
+}
+
+static void
+test_bdat_limits(void)
+{
+	struct harness *h;
+
+	/* 7BIT text by BDAT: a bare LF fails it; the chunk is still read to its end */
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_ALL;
+	in_transaction(h);
+	feed(h, "BDAT 600\r\n");
+	for (int i = 0; i < 59; i++)
+		feed(h, "012345678\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_BARE_NEWLINE);
+	feed(h, "012345678\nBDAT 1 LAST\r\nxNOOP\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n"
+	    "503 5.5.1 Need MAIL and RCPT before BDAT\r\n250 2.0.0 Ok\r\n");
+	harness_free(h);
+
+	/* the running total over maxSize: 552 after the chunk, read to its end */
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_ALL;
+	in_transaction(h);
+	feed(h, "BDAT 600\r\n");
+	for (int i = 0; i < 60; i++)
+		feed(h, "01234567\r\n");
+	CHECK_STR(take(h), "250 2.0.0 600 octets received\r\n");
+	feed(h, "BDAT 401 LAST\r\n");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_TOO_BIG);
+	for (int i = 0; i < 40; i++)
+		feed(h, "01234567\r\n");
+	CHECK_STR(take(h), "");
+	feed(h, "xNOOP\r\n");
+	CHECK_STR(take(h), "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+	    "250 2.0.0 Ok\r\n");
+	CHECK(h->data_len == 600 && h->asked[SEV_DATA_END] == 0);
+	/* at the limit exactly: accepted */
+	in_transaction(h);
+	feed(h, "BDAT 1000 LAST\r\n");
+	for (int i = 0; i < 100; i++)
+		feed(h, "01234567\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	/* a failed chunk that is not the LAST ends the transaction; the rest is refused */
+	in_transaction(h);
+	feed(h, "BDAT 1001\r\n");
+	for (int i = 0; i < 100; i++)
+		feed(h, "01234567\r\n");
+	feed(h, "xBDAT 3 LAST\r\nab\n");
+	CHECK_STR(take(h), "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+	    "503 5.5.1 Need MAIL and RCPT before BDAT\r\n");
+	harness_free(h);
+
+	/* the size field: 20 digits at most, 64 bits */
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT 18446744073709551615\r\nNOOP\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Need MAIL and RCPT before BDAT\r\n");	/* NOOP is chunk */
+	CHECK(!h->closed);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT 18446744073709551616\r\nNOOP\r\n");
+	CHECK_STR(take(h), "501 5.5.4 Syntax: BDAT size [LAST]\r\n"
+	    "421 4.5.4 test.example Error: cannot find the end of the chunk\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT 12 LAT\r\n");
+	CHECK(strncmp(take(h), "501 5.5.4 Syntax: BDAT", 22) == 0 && h->closed);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT -1\r\n");
+	CHECK(strncmp(take(h), "501 5.5.4 Syntax: BDAT", 22) == 0 && h->closed);
+	harness_free(h);
+}
+
+static void
+test_bdat_body(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	/* BINARYMIME: octets as they are; DATA refused */
+	feed(h, "MAIL FROM:<a@a.example> BODY=BINARYMIME\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "503 5.5.1 BODY=BINARYMIME requires BDAT\r\n");
+	FEED_LIT(h, "BDAT 7 LAST\r\n\0\n\r.\r\n\r");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	CHECK(h->data_len == 7 && memcmp(h->data, "\0\n\r.\r\n\r", 7) == 0);
+	/* the next transaction is 7BIT again: NUL and bare CR refused */
+	h->data_len = 0;
+	in_transaction(h);
+	FEED_LIT(h, "BDAT 4 LAST\r\na\0\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a NUL octet (RFC 6152)\r\n");
+	in_transaction(h);
+	feed(h, "BDAT 3 LAST\r\nab\r");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	harness_free(h);
+
+	/* BINARYMIME without CHUNKING is not offered */
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_8BITMIME | EXT_BINARYMIME;
+	feed(h, "MAIL FROM:<a@a.example> BODY=BINARYMIME\r\n");
+	CHECK_STR(take(h), "501 Bad BODY value\r\n");
+	feed(h, "BDAT 0 LAST\r\n");
+	CHECK_STR(take(h), "502 Command not implemented\r\n");
+	harness_free(h);
+}
+
+/* The policy pauses a chunk; the chunk's reply waits for the resume. */
+static void
+test_bdat_pause(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	in_transaction(h);
+	h->pause_on_data = true;
+	feed(h, "BDAT 4\r\nab\r\nBDAT 3 LAST\r\ncd\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->data_len == 4 && h->held_len == strlen("BDAT 3 LAST\r\ncd\n"));
+	h->pause_on_data = false;
+	session_resume(h->s);
+	/* the first chunk's 250, then the second's octets: a bare LF fails it */
+	CHECK_STR(take(h), "250 2.0.0 4 octets received\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	CHECK(h->held_len == 0 && h->aborts == 1);
+	/* a pause at the LAST chunk's end holds its verdict until the resume */
+	in_transaction(h);
+	h->pause_on_data = true;
+	feed(h, "BDAT 4 LAST\r\nef\r\nNOOP\r\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->asked[SEV_DATA_END] == 0);
+	h->pause_on_data = false;
+	session_resume(h->s);
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n250 2.0.0 Ok\r\n");
+	harness_free(h);
+}
+
+static void
+lmtp_on(struct session_config *cfg)
+{
+	cfg->lmtp = true;
+}
+
+static void
+test_lmtp(void)
+{
+	struct harness *h = harness_new(lmtp_on);
+
+	harness_start(h);
+	CHECK_STR(take(h), "220 test.example LMTP\r\n");
+	feed(h, "EHLO c.example\r\nHELO c.example\r\nMAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "500 5.5.1 This is LMTP: send LHLO\r\n"
+	    "500 5.5.1 This is LMTP: send LHLO\r\n503 5.5.1 Send LHLO first\r\n");
+	feed(h, "LHLO c.example\r\n");
+	CHECK(strncmp(take(h), "250-test.example\r\n250-PIPELINING", 32) == 0);
+	CHECK(h->asked[SEV_EHLO] == 1);
+	/* one reply per accepted recipient, in RCPT order */
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "RCPT TO:<d@b.example>\r\n");
+	take(h);
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "DATA\r\nhi\r\n.\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n");
+	CHECK(session_recipient_verdict(h->s, 3, &(struct verdict){ true, 0, NULL }) == -1);
+	CHECK(session_recipient_verdict(h->s, 1, &(struct verdict){ false, 552,
+	    "5.2.2 over quota" }) == 0);
+	CHECK(session_recipient_verdict(h->s, 2, &(struct verdict){ false, 250,
+	    "bad" }) == 0);		/* invalid: 451 for that one */
+	session_decide(h->s, &(struct verdict){ true, 0, NULL });
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n552 5.2.2 over quota\r\n"
+	    "451 4.3.0 Local error in policy, try again later\r\n");
+	/* the next message: no verdict of the last one is left; BDAT too */
+	h->wait[SEV_DATA_END] = false;
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "BDAT 4 LAST\r\nhi\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "250 2.1.5 Recipient ok\r\n250 2.0.0 Message accepted\r\n250 2.0.0 Message accepted\r\n");
+	/* a message that fails while received: the failure for each */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "DATA\r\nbare\nLF\r\n.\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "250 2.1.5 Recipient ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	/* no accepted recipient: DATA is 503 (RFC 2033 4.2) */
+	h->answer[SEV_RCPT] = (struct verdict){ false, 0, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n550 5.7.1 Recipient address rejected\r\n"
+	    "503 5.5.1 No valid recipients\r\n");
+	/* a decision timeout answers every recipient 451, whatever was set */
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "RCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\nBDAT 2 LAST\r\nab");
+	take(h);
+	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ false, 552, NULL }) == 0);
+	session_timeout(h->s);
+	CHECK_STR(take(h), "451 4.3.0 Timed out waiting for a policy decision\r\n"
+	    "451 4.3.0 Timed out waiting for a policy decision\r\n");
+	h->wait[SEV_DATA_END] = false;
+	/* outside LMTP there are no recipient verdicts, and no LHLO */
+	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ true, 0, NULL }) == -1);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "LHLO c.example\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Command unrecognized\r\n");
+	harness_free(h);
+}
+
 int
 main(void)
 {
@@ -1211,5 +1517,11 @@ main(void)
 	test_auth_sequence();
 	test_auth_never_logged();
 	test_envelope();
+	test_bdat();
+	test_bdat_sequence();
+	test_bdat_limits();
+	test_bdat_body();
+	test_bdat_pause();
+	test_lmtp();
 	return tap_done();
 }
