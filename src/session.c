@@ -1641,6 +1641,16 @@ log_command(struct session *s, const char *line, const struct command *c)
 	}
 }
 
+/* Counts a command line (metrics.h) and makes its verb what the replies answer. */
+static void
+command_count(struct session *s, const struct command *c)
+{
+	if (c != NULL && command_verbs[c - commands] == 0)
+		command_verbs[c - commands] = (unsigned char)(metrics_verb(c->verb) + 1);
+	s->answering = c != NULL ? command_verbs[c - commands] - 1u : MV_OTHER;
+	metrics_command((enum metrics_verb)s->answering);
+}
+
 /* Splits "VERB[ SP arg]" and checks the verb's state; c is its command. */
 static void
 dispatch(struct session *s, char *line, const struct command *c)
@@ -1652,10 +1662,7 @@ dispatch(struct session *s, char *line, const struct command *c)
 		while (*arg == ' ')
 			arg++;
 	}
-	if (c != NULL && command_verbs[c - commands] == 0)
-		command_verbs[c - commands] = (unsigned char)(metrics_verb(c->verb) + 1);
-	s->answering = c != NULL ? command_verbs[c - commands] - 1u : MV_OTHER;
-	metrics_command((enum metrics_verb)s->answering);
+	command_count(s, c);
 	if (c == NULL) {
 		reply_error(s, 500, "5.5.2", "Command unrecognized");
 		return;
@@ -1696,8 +1703,7 @@ line_done(struct session *s)
 	s->line_open = false;	/* the next octet starts the next line's deadline */
 	if (s->line_too_long || s->line_bad) {
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
-		s->answering = MV_OTHER;
-		metrics_command(MV_OTHER);
+		command_count(s, NULL);
 	}
 	if (s->line_too_long) {
 		s->line_too_long = s->line_bad = false;
