@@ -54,6 +54,20 @@ test_labels(void)
 	CHECK_INT(metrics_handler("timer"), MH_TIMER);
 	CHECK_INT(metrics_handler("RCPT"), MH_RCPT);	/* again: from the cache */
 	CHECK_INT(metrics_handler("nonsense"), MH_OTHER);
+	{
+		static const char *const what[MH_OTHER] = {
+			"CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "DATA_END",
+			"RSET", "QUIT", "VRFY", "EXPN", "AUTH", "data", "abort",
+			"outcome", "cancel", "close", "bind", "timer", "start", "redis",
+		};
+
+		for (int i = 0; i < MH_OTHER; i++)
+			CHECK_MSG(metrics_handler(what[i]) == (enum metrics_handler)i, "%s", what[i]);
+	}
+	CHECK_INT(metrics_handler("D"), MH_OTHER);
+	CHECK_INT(metrics_handler(""), MH_OTHER);
+	CHECK_INT(metrics_handler("DATAX"), MH_OTHER);
+	CHECK_INT(metrics_handler(NULL), MH_OTHER);
 }
 
 static void
