@@ -261,3 +261,98 @@ describe("e2e: --metrics", function()
 		assert.matches("/metrics POST 405", out, 1, true)
 	end)
 end)
+
+-- --workers 0: the single process serves the endpoint; TLS handshakes,
+-- refusals by maxConnections, budget stops and AUTH results are counted.
+local POLICY0 = [==[
+local smtp = require "smtp"
+local server = smtp.createServer(function(conn)
+	conn:on("AUTH", function(a) a.valid = a.username == "alice" and a.password == "secret" end)
+	conn:on("RCPT", function(r)
+		if r.address:find("loop", 1, true) then while true do end end
+	end)
+end)
+server.maxConnections = 1
+server.handlerBudget = 1000000
+server.authMethods = { "PLAIN" }
+server.tls = { cert = @DIR@ .. "/cert.pem", key = @DIR@ .. "/key.pem" }
+server:listen(@PORT@, "127.0.0.1", { insecureAuth = true })
+server:listen(@IMPLICIT@, "127.0.0.1", { tls = true })
+]==]
+
+describe("e2e: --metrics with --workers 0", function()
+	local server, url, port, implicit, certdir
+
+	setup(function()
+		port, implicit = support.free_port(), support.free_port()
+		-- the certificate exists before the script loads
+		certdir = support.tmpdir()
+		local ok, _, out = support.run(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+			.. " -nodes -days 2 -subj /CN=localhost -keyout %s/key.pem -out %s/cert.pem")
+			:format(certdir, certdir), 30)
+		assert(ok, out)
+		local policy = POLICY0:gsub("@PORT@", port):gsub("@IMPLICIT@", implicit)
+			:gsub("@DIR@", function() return ("%q"):format(certdir) end)
+		server = support.start { policy = policy, workers = 0,
+			args = { "--metrics", "127.0.0.1:0", "--listen", "127.0.0.1:" .. port,
+				"--listen", "127.0.0.1:" .. implicit } }
+		url = server:await_log("metrics on (http://127%.0%.0%.1:%d+/metrics)")
+		support.spit(server.dir .. "/scrape.py", SCRAPE)
+	end)
+
+	teardown(function()
+		if server then
+			server:stop(15)
+			server:cleanup()
+		end
+		if certdir then os.execute("rm -rf " .. support.shquote(certdir)) end
+	end)
+
+	it("counts TLS handshakes, refusals, budget stops and AUTH results", function()
+		-- a handshake that succeeds, then one that fails (plaintext on the implicit-TLS port)
+		local ok, _, out = support.run(("openssl s_client -connect 127.0.0.1:%d </dev/null")
+			:format(implicit), 30)
+		assert(ok, out)
+		local _, seen = server:await_find("TLS started")
+		server:await_find("closed: ", 10, seen)
+		local t = support.connect(setmetatable({ port = implicit }, { __index = server }))
+		t:send("EHLO plaintext.example\r\n")
+		t:expect_closed()
+		t:close()
+		server:await_find("TLS handshake with [^\n]* failed")
+
+		local mime = require "mime"
+		local at = setmetatable({ port = port }, { __index = server })	-- the insecureAuth listener
+		local c = support.connect(at)
+		c:expect("^220 ")
+		-- the one place is taken: the next client is refused before any Lua
+		local r = support.connect(at)
+		r:expect("^421 4%.7%.0 ")
+		r:close()
+		c:cmd("EHLO client.example", "^250[ -]")
+		c:cmd("AUTH PLAIN " .. mime.b64("\0alice\0wrong"), "^535 ")
+		c:cmd("AUTH PLAIN " .. mime.b64("\0alice\0secret"), "^235 ")
+		c:cmd("MAIL FROM:<a@client.example>", "^250 ")
+		c:cmd("RCPT TO:<loop@dest.example>", "^451 ")
+		c:cmd("QUIT", "^221 ")
+		c:close()
+
+		local ok, _, out = support.run(("/usr/bin/python3 %s/scrape.py %s"):format(server.dir, url), 30)
+		assert(ok, out)
+		local function value(series)
+			return tonumber(out:match("\n" .. series:gsub("%p", "%%%0") .. "|(%S+)"))
+		end
+		assert.equal(3, value("luasmtpd_connections_total|"))	-- two TLS, one SMTP; the refused one is not
+		assert.equal(1, value("luasmtpd_connections_refused_total|reason=limit"))
+		assert.equal(1, value("luasmtpd_auth_total|result=success"))
+		assert.equal(1, value("luasmtpd_auth_total|result=failure"))
+		assert.equal(2, value("luasmtpd_commands_total|verb=auth"))
+		assert.equal(1, value("luasmtpd_replies_total|class=5xx,event=auth"))
+		assert.equal(1, value("luasmtpd_handler_budget_stops_total|"))
+		assert.equal(1, value("luasmtpd_handler_errors_total|"))
+		assert.equal(0, value("luasmtpd_worker_restarts_total|"))
+		assert.equal(1, value("luasmtpd_tls_handshakes_total|result=success"))
+		assert.equal(1, value("luasmtpd_tls_handshakes_total|result=failure"))
+		assert.truthy(out:find("\nluasmtpd_lua_memory_bytes|pid=" .. server.pid .. ",worker=0|", 1, true))
+	end)
+end)
