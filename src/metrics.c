@@ -77,35 +77,34 @@ metrics_verb(const char *verb)
 	return MV_OTHER;
 }
 
+/* The handler event of what, by name. */
+static enum metrics_handler
+handler_lookup(const char *what)
+{
+	for (unsigned i = 0; i < MH_OTHER; i++)
+		if (strcmp(what, handler_what[i]) == 0)
+			return (enum metrics_handler)i;
+	return MH_OTHER;
+}
+
 enum metrics_handler
 metrics_handler(const char *what)
 {
-	enum metrics_handler h;
+	/*
+	 * The callers pass the same few string constants every time: looked
+	 * up by address (a multiplicative hash into a small table), by name
+	 * only the first time or after a collision.
+	 */
+	static struct { const char *what; enum metrics_handler h; } seen[64];
+	size_t	 i = (size_t)(((uint64_t)(uintptr_t)what * 0x9e3779b97f4a7c15ULL) >> 58);
 
+	if (seen[i].what == what && what != NULL)
+		return seen[i].h;
 	if (what == NULL)
 		return MH_OTHER;
-	/* a few instructions per call into Lua: the first octet picks, strcmp confirms */
-	switch (what[0]) {
-	case 'C':	h = MH_CONNECT; break;
-	case 'H':	h = MH_HELO; break;
-	case 'E':	h = what[1] == 'H' ? MH_EHLO : MH_EXPN; break;
-	case 'M':	h = MH_MAIL; break;
-	case 'R':	h = what[1] == 'C' ? MH_RCPT : MH_RSET; break;
-	case 'D':	h = strlen(what) == 4 ? MH_DATA : MH_DATA_END; break;
-	case 'Q':	h = MH_QUIT; break;
-	case 'V':	h = MH_VRFY; break;
-	case 'A':	h = MH_AUTH; break;
-	case 'd':	h = MH_MESSAGE_DATA; break;
-	case 'a':	h = MH_ABORT; break;
-	case 'o':	h = MH_OUTCOME; break;
-	case 'c':	h = what[1] == 'a' ? MH_CANCEL : MH_CLOSE; break;
-	case 'b':	h = MH_BIND; break;
-	case 't':	h = MH_TIMER; break;
-	case 's':	h = MH_START; break;
-	case 'r':	h = MH_REDIS; break;
-	default:	return MH_OTHER;
-	}
-	return strcmp(what, handler_what[h]) == 0 ? h : MH_OTHER;
+	seen[i].what = what;
+	seen[i].h = handler_lookup(what);
+	return seen[i].h;
 }
 
 void
