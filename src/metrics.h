@@ -143,7 +143,10 @@ metrics_open(int delta)
 
 /* The verb of a command table entry ("MAIL"; NULL or unknown: MV_OTHER). */
 enum metrics_verb metrics_verb(const char *verb);
-/* The handler event of lcore_enter()'s what ("RCPT", "close", "timer"). */
+/*
+ * The handler event of lcore_enter()'s what ("RCPT", "close", "timer"): a
+ * string constant, remembered by its address after the first lookup.
+ */
 enum metrics_handler metrics_handler(const char *what);
 /* One handler run of ns nanoseconds. */
 void		metrics_handler_time(enum metrics_handler h, uint64_t ns);
