@@ -19,8 +19,8 @@
 
 #include "log.h"
 #include "lua_core.h"
-#include "metrics.h"
 #include "lua_core_impl.h"
+#include "metrics.h"
 #include "session.h"
 
 static const char *const abort_names[] = {
