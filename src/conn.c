@@ -45,6 +45,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "metrics.h"
 #include "session.h"
 #include "tls.h"
 
@@ -168,6 +169,8 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		c->next->prev = c;
 	list->head = c;
 	list->count++;
+	metrics_open(1);
+	metrics_count(M_CONNECTIONS);
 
 	conn_peer_fill(fd, &c->peer);
 	if (c->tls == NULL)
@@ -480,6 +483,7 @@ conn_limit_cb(evutil_socket_t fd, short what, void *arg)
 		log_info(c->id, "TLS handshake with %s port %u failed: not done "
 		    "within %s s (tlsHandshakeTimeout)", c->peer.remote_addr,
 		    c->peer.remote_port, t);
+		metrics_count(M_TLS_FAILED);
 		c->handshaking = false;
 		c->why = "TLS handshake timed out";
 	} else if (c->limit_for == LIMIT_CLOSE) {
@@ -645,6 +649,7 @@ conn_free(struct conn *c)
 	if (c->next != NULL)
 		c->next->prev = c->prev;
 	c->list->count--;
+	metrics_open(-1);
 	if (c->list->count == 0 && c->list->empty != NULL) {
 		struct conn_list *list = c->list;
 
@@ -747,6 +752,7 @@ conn_tls_done(struct conn *c)
 		return;
 	c->handshaking = false;
 	c->tls_up = true;
+	metrics_count(M_TLS_OK);
 	evtimer_del(c->limit);
 	c->limit_for = LIMIT_NONE;
 	tls_info(ssl, &c->tls_info);
@@ -792,6 +798,7 @@ conn_tls_failed(struct conn *c, short what)
 	ERR_clear_error();
 	log_info(c->id, "TLS handshake with %s port %u failed: %s",
 	    c->peer.remote_addr, c->peer.remote_port, why);
+	metrics_count(M_TLS_FAILED);
 	c->handshaking = false;
 	c->why = "TLS handshake failed";
 	conn_end_session(c, c->why);

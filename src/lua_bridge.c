@@ -20,6 +20,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_core_impl.h"
+#include "metrics.h"
 #include "session.h"
 
 static const char *const abort_names[] = {
@@ -394,6 +395,7 @@ hcall(struct hcall *c)
 	lcore_enter(id, c->kind == HK_ASK ? session_event_name(c->ev) :
 	    c->kind == HK_CLOSED ? "close" : hkind_names[c->kind]);
 	if (lua_pcall(L, c->handle != 0 ? 2 : 1, 0, top + 1) != LUA_OK) {
+		metrics_count(M_HANDLER_ERRORS);
 		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);

@@ -42,6 +42,7 @@ struct options {
 	long		 workers;	/* -1: one per online core */
 	const char	*user;
 	const char	*state_dir;	/* smtp.store's files (NULL: the script's) */
+	const char	*metrics;	/* --metrics ADDR:PORT, or NULL */
 	int		 check;
 };
 
@@ -72,6 +73,8 @@ usage(FILE *f)
 	    "                           binding is done as root; refuse to run if that fails\n"
 	    "      --state-dir DIR      where smtp.store keeps its files (default: the\n"
 	    "                           script's server.stateDir, else ./state)\n"
+	    "      --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+	    "                           (summed over all workers; PORT alone: 127.0.0.1)\n"
 	    "      --version            print the version and exit\n"
 	    "  -h, --help               print this help and exit\n"
 	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
@@ -109,7 +112,7 @@ static int
 parse_options(int argc, char **argv, struct options *o)
 {
 	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
-	    OPT_WORKERS, OPT_USER, OPT_STATE };
+	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
@@ -119,6 +122,7 @@ parse_options(int argc, char **argv, struct options *o)
 		{ "workers",	required_argument,	NULL, OPT_WORKERS },
 		{ "user",	required_argument,	NULL, OPT_USER },
 		{ "state-dir",	required_argument,	NULL, OPT_STATE },
+		{ "metrics",	required_argument,	NULL, OPT_METRICS },
 		{ "version",	no_argument,		NULL, OPT_VERSION },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 },
@@ -191,6 +195,9 @@ parse_options(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			o->state_dir = optarg;
+			break;
+		case OPT_METRICS:
+			o->metrics = optarg;
 			break;
 		case OPT_VERSION:
 			printf("luasmtpd %s\n", LUASMTPD_VERSION);
@@ -369,6 +376,23 @@ bind_listeners(struct master_config *mc, const struct options *o,
 	return 0;
 }
 
+/* Binds --metrics (before --user, as the listeners). */
+static int
+bind_metrics(struct master_config *mc, const char *spec)
+{
+	char		host[256], name[LISTENER_NAME_MAX], err[512];
+	uint16_t	port;
+
+	if (listener_parse(spec, host, sizeof(host), &port, err, sizeof(err)) == -1 ||
+	    (mc->metrics_fd = listener_bind(host, port, name, sizeof(name), err,
+	    sizeof(err))) == -1) {
+		fprintf(stderr, "luasmtpd: --metrics: %s\n", err);
+		return -1;
+	}
+	log_info(0, "metrics on http://%s/metrics", name);
+	return 0;
+}
+
 static unsigned
 online_cores(void)
 {
@@ -397,6 +421,11 @@ main(int argc, char **argv)
 			fprintf(stderr, "luasmtpd: %s\n", err);
 			return 2;
 		}
+	}
+	if (o.metrics != NULL && listener_parse(o.metrics, host, sizeof(host), &port,
+	    err, sizeof(err)) == -1) {
+		fprintf(stderr, "luasmtpd: --metrics: %s\n", err);
+		return 2;
 	}
 	if (access(o.script, R_OK) == -1) {
 		fprintf(stderr, "luasmtpd: cannot read %s: %s\n", o.script,
@@ -430,7 +459,9 @@ main(int argc, char **argv)
 	mc.user = o.user;
 	mc.grace = o.grace;
 	mc.workers = o.workers < 0 ? online_cores() : (unsigned)o.workers;
-	if (bind_listeners(&mc, &o, &ld) == -1) {
+	mc.metrics_fd = -1;
+	if (bind_listeners(&mc, &o, &ld) == -1 ||
+	    (o.metrics != NULL && bind_metrics(&mc, o.metrics) == -1)) {
 		for (size_t i = 0; i < mc.nfds; i++)
 			close(mc.fds[i]);
 		return 1;

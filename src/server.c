@@ -28,6 +28,7 @@
 #include "connlimit.h"
 #include "listener.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 
 #define SERVER_LISTENERS_MAX	32
@@ -305,6 +306,7 @@ server_refuse(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa,
 	char	 addr[64] = "unknown";
 
 	/* a fresh socket has room for one line; a client that cannot take it loses it */
+	metrics_count(M_REFUSED_LIMIT);
 	(void)send(fd, SERVER_TOO_MANY, sizeof(SERVER_TOO_MANY) - 1,
 	    MSG_DONTWAIT | MSG_NOSIGNAL);
 	evutil_closesocket(fd);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "reply.h"
 #include "sasl.h"
@@ -75,6 +76,7 @@ struct session {
 	bool				 feeding;	/* inside session_feed() */
 	bool				 esmtp;		/* the client said EHLO */
 	unsigned			 bad_commands;
+	unsigned			 answering;	/* what replies answer: metrics_reply() */
 
 	/* TLS and authentication */
 	struct session_tls		*tls;		/* NULL: plaintext */
@@ -222,6 +224,9 @@ static const struct event_reply event_replies[SEV_COUNT] = {
 			    535, "5.7.8", "Authentication credentials invalid" },
 };
 
+/* metrics.h's verb of each entry of commands[], plus one; 0: not looked up yet */
+static unsigned char	command_verbs[sizeof(commands) / sizeof(commands[0])];
+
 static const char *const event_names[SEV_COUNT] = {
 	"CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "DATA_END", "RSET",
 	"QUIT", "VRFY", "EXPN", "AUTH",
@@ -295,6 +300,7 @@ session_create(const struct session_config *cfg,
 	s->cfg = cfg;
 	s->hooks = hooks != NULL ? hooks : &no_hooks;
 	s->hook_ctx = hook_ctx;
+	s->answering = MR_CONNECT;
 	s->io = io;
 	s->io_ctx = io_ctx;
 	if (peer != NULL)
@@ -353,6 +359,7 @@ message_abort(struct session *s, enum session_abort why)
 		return;
 	s->failed = true;
 	s->fail_reason = why;
+	metrics_message(MM_FAILED, s->size);
 	if (s->hooks->abort != NULL)
 		s->hooks->abort(s->hook_ctx, s, why);
 }
@@ -536,6 +543,7 @@ session_timeout(struct session *s)
 
 	if ((kind = current_due(s, &due)) == DUE_NONE)
 		return;
+	s->answering = MV_OTHER;
 	if (s->cfg->max_session_ms > 0 && s->born + s->cfg->max_session_ms <= due) {
 		session_expire(s);
 		return;
@@ -611,6 +619,7 @@ session_shutdown(struct session *s)
 	}
 	if (in_message(s))
 		message_abort(s, ABORT_SHUTDOWN);
+	s->answering = MV_OTHER;
 	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
 }
 
@@ -656,6 +665,7 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 		len = reply_format(buf, sizeof(buf), 451, enhanced ? "4.3.0" : NULL,
 		    "Reply too long");
 	log_debug(s->id, "<<< %.*s", (int)(len - 2), buf);
+	metrics_reply(s->answering, code);
 	s->io->write(s->io_ctx, buf, len);
 	if (code == 421)
 		session_close(s);
@@ -890,6 +900,7 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		reply_text(s, code, accept ? NULL : enhanced, text);
 		break;
 	case SEV_DATA_END:
+		metrics_message(accept ? MM_ACCEPTED : MM_REJECTED, s->size);
 		/* the envelope is forgotten after the outcome: its listeners see it */
 		s->smtputf8 = false;
 		s->rcpt_tried = false;
@@ -1753,6 +1764,7 @@ static void
 auth_decided(struct session *s, bool accept, int code, const char *enhanced,
     const char *text)
 {
+	metrics_count(accept ? M_AUTH_OK : M_AUTH_FAILED);
 	if (accept) {
 		s->user = s->sasl_user;
 		s->sasl_user = NULL;
@@ -1818,6 +1830,16 @@ log_command(struct session *s, const char *line, const struct command *c)
 	}
 }
 
+/* Counts a command line (metrics.h) and makes its verb what the replies answer. */
+static void
+command_count(struct session *s, const struct command *c)
+{
+	if (c != NULL && command_verbs[c - commands] == 0)
+		command_verbs[c - commands] = (unsigned char)(metrics_verb(c->verb) + 1);
+	s->answering = c != NULL ? command_verbs[c - commands] - 1u : MV_OTHER;
+	metrics_command((enum metrics_verb)s->answering);
+}
+
 /* Splits "VERB[ SP arg]" and checks the verb's state; c is its command. */
 static void
 dispatch(struct session *s, char *line, const struct command *c)
@@ -1829,6 +1851,7 @@ dispatch(struct session *s, char *line, const struct command *c)
 		while (*arg == ' ')
 			arg++;
 	}
+	command_count(s, c);
 	if (c == NULL || (c->handler == cmd_lhlo && !s->cfg->lmtp)) {
 		reply_error(s, 500, "5.5.2", "Command unrecognized");
 		return;
@@ -1872,8 +1895,10 @@ line_done(struct session *s)
 
 	s->line_len = 0;
 	s->line_open = false;	/* the next octet starts the next line's deadline */
-	if (s->line_too_long || s->line_bad)
+	if (s->line_too_long || s->line_bad) {
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
+		command_count(s, NULL);
+	}
 	if (s->line_too_long) {
 		s->line_too_long = s->line_bad = false;
 		reply_error(s, 500, "5.5.2", "Line too long");
@@ -2001,6 +2026,7 @@ data_end(struct session *s)
 	size_t n = s->cfg->lmtp && s->rcpt_count > 0 ? s->rcpt_count : 1;
 
 	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
+	s->answering = MR_DATA_END;
 	if (!s->failed) {
 		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
 		return;

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "reply.h"
 #include "session.h"
 #include "tap.h"
@@ -1489,6 +1490,51 @@ test_lmtp(void)
 	harness_free(h);
 }
 
+/* What the engine counts (metrics.h): here into the process's private slot. */
+static void
+test_metrics_counted(void)
+{
+	struct metrics_slot	 before = *metrics_own, *m = metrics_own;
+	struct harness		*h = harness_new(NULL);
+
+#define DELTA(field)	((long long)(m->field - before.field))
+	harness_start(h);
+	take(h);
+	CHECK(DELTA(replies[MR_CONNECT][0]) == 1);
+	feed(h, "EHLO client.example\r\nFOO bar\r\nX-\"}evil\r\n");
+	take(h);
+	CHECK(DELTA(commands[MV_EHLO]) == 1);
+	CHECK(DELTA(replies[MV_EHLO][0]) == 1);
+	CHECK(DELTA(commands[MV_OTHER]) == 2);
+	CHECK(DELTA(replies[MV_OTHER][3]) == 2);
+	h->answer[SEV_RCPT] = (struct verdict){ false, 550, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<no@b.example>\r\n");
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	feed(h, "RCPT TO:<b@b.example>\r\nDATA\r\nSubject: hi\r\n\r\nhello\r\n.\r\n");
+	CHECK_STR(strstr(take(h), "250 2.0.0"), "250 2.0.0 Message accepted\r\n");
+	CHECK(DELTA(commands[MV_MAIL]) == 1 && DELTA(commands[MV_RCPT]) == 2);
+	CHECK(DELTA(replies[MV_RCPT][0]) == 1 && DELTA(replies[MV_RCPT][3]) == 1);
+	CHECK(DELTA(replies[MV_DATA][1]) == 1);		/* 354 */
+	CHECK(DELTA(replies[MR_DATA_END][0]) == 1);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1 && DELTA(octets[MM_ACCEPTED]) == 22);
+	/* the policy rejects at the end; the engine fails a bare LF */
+	h->answer[SEV_DATA_END] = (struct verdict){ false, 554, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nabc\r\n.\r\n");
+	h->answer[SEV_DATA_END] = (struct verdict){ true, 0, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nab\ncd\r\n.\r\n");
+	take(h);
+	CHECK(DELTA(messages[MM_REJECTED]) == 1 && DELTA(octets[MM_REJECTED]) == 5);
+	CHECK(DELTA(messages[MM_FAILED]) == 1);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1);
+	CHECK(DELTA(replies[MR_DATA_END][3]) == 2);
+	/* a message cut by the client's leaving fails once */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nabc");
+	session_eof(h->s);
+	harness_free(h);
+	CHECK(DELTA(messages[MM_FAILED]) == 2);
+#undef DELTA
+}
+
 int
 main(void)
 {
@@ -1523,5 +1569,6 @@ main(void)
 	test_bdat_body();
 	test_bdat_pause();
 	test_lmtp();
+	test_metrics_counted();
 	return tap_done();
 }
