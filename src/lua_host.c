@@ -33,6 +33,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "lua_dns.h"
 #include "lua_redis.h"
 #include "lua_store.h"
 #include "busy.h"
@@ -615,6 +616,8 @@ load_protected(lua_State *L)
 		lua_pushlightuserdata(L, p->base);	/* smtp.store on Redis */
 		lua_pushcclosure(L, lredis_open, 1);
 		lua_setfield(L, -2, "redis");
+		ldns_push(L, p->base);			/* smtp.dns */
+		lua_setfield(L, -2, "dns");
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);

@@ -1,0 +1,13 @@
+/*
+ * lua_dns.h -- the DNS resolver of smtp.dns (lua_dns.c).
+ */
+#ifndef LUA_DNS_H
+#define LUA_DNS_H
+
+#include <event2/event.h>
+#include <lua.h>
+
+/* pushes platform.dns, a function bound to a new resolver on base */
+void	ldns_push(lua_State *L, struct event_base *base);
+
+#endif
