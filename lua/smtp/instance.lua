@@ -61,6 +61,11 @@ function M.new(platform)
   -- smtp.store.open(name[, opts]): shared state (smtp.store)
   smtp.store = require("smtp.store").new(platform, core, I)
 
+  -- smtp.all{f, ...}: functions that wait, run concurrently (smtp.all)
+  smtp.all = require("smtp.all").new(I)
+  -- smtp.dns.query, .mx, .ptr; smtp.dnsbl; connection.hostname (smtp.dns)
+  smtp.dns = require("smtp.dns").new(I)
+
   -- smtp.fs: what durable delivery needs and plain Lua lacks
   smtp.fs = {
     fsync = core.fsync,	-- fsync(path) -> true | nil, err (a file or a directory)
