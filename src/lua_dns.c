@@ -11,7 +11,8 @@
  * parsers (A, AAAA, MX, TXT, PTR) or, for other types, walked for the
  * records of the type asked (a CNAME's or NS's name expanded, anything
  * else as raw rdata) into a list of Lua tables; fn(records) or
- * fn(nil, err, rcode) runs later from the event loop, never during the
+ * fn(nil, err, rcode[, negative_ttl]) (RFC 2308: from the SOA of a
+ * name-error or no-data answer) runs later from the event loop, never during the
  * call (a lookup that fails at once returns nil, err, rcode instead).  The channel is made at the first lookup (loading a script never
  * resolves) and again only if opts change; the cache and per-lookup
  * deadlines are dns.lua's.
@@ -159,10 +160,71 @@ get16(const unsigned char *p)
 	return (unsigned)p[0] << 8 | p[1];
 }
 
+/* moves *p past the (possibly compressed) name there: 0, or -1 if malformed */
+static int
+skip_name(const unsigned char *abuf, int alen, int *p)
+{
+	char	*name;
+	long	 len;
+
+	if (*p >= alen || ares_expand_name(abuf + *p, abuf, alen, &name, &len) != ARES_SUCCESS)
+		return -1;
+	ares_free_string(name);
+	*p += (int)len;
+	return 0;
+}
+
+struct rr {
+	unsigned	 type, class, rdlen;
+	unsigned long	 ttl;
+	int		 rdata;		/* offset of the rdata in the message */
+};
+
+/* reads the record at *p and moves past it: 0, or -1 if malformed */
+static int
+next_rr(const unsigned char *abuf, int alen, int *p, struct rr *rr)
+{
+	const unsigned char *h;
+
+	if (skip_name(abuf, alen, p) == -1 || *p + 10 > alen)
+		return -1;
+	h = abuf + *p;
+	rr->type = get16(h);
+	rr->class = get16(h + 2);
+	rr->ttl = (unsigned long)h[4] << 24 | (unsigned long)h[5] << 16 |
+	    (unsigned long)h[6] << 8 | h[7];
+	rr->rdlen = get16(h + 8);
+	rr->rdata = *p + 10;
+	if (rr->rdata + (int)rr->rdlen > alen)
+		return -1;
+	*p = rr->rdata + (int)rr->rdlen;
+	return 0;
+}
+
+/* the offset of the answer section, or -1 */
+static int
+skip_question(const unsigned char *abuf, int alen)
+{
+	unsigned	 qd, i;
+	int		 p = 12;
+
+	if (alen < 12)
+		return -1;
+	qd = get16(abuf + 4);
+	for (i = 0; i < qd; i++) {
+		if (skip_name(abuf, alen, &p) == -1)
+			return -1;
+		p += 4;
+		if (p > alen)
+			return -1;
+	}
+	return p;
+}
+
 /*
- * Walks the answer section: for each record of qtype (class IN), fn(p, L,
- * rdata offset, rdlength, ttl, i).  The smallest TTL of those records in
- * *minttl.  -1 if the message is malformed.
+ * Walks the answer section: for each record of qtype (class IN), fn(L,
+ * abuf, alen, rdata offset, rdlength, ttl, i).  The smallest TTL of those
+ * records in *minttl.  -1 if the message is malformed.
  */
 typedef int (*rr_fn)(lua_State *, const unsigned char *, int, int, int, unsigned long, int);
 
@@ -170,53 +232,60 @@ static int
 walk_answers(lua_State *L, const unsigned char *abuf, int alen, int qtype, rr_fn fn,
     unsigned long *minttl)
 {
-	unsigned	 qd, an, i;
-	int		 p = 12, n = 0;
-	char		*name;
-	long		 len;
+	unsigned	 an, i;
+	int		 p, n = 0;
+	struct rr	 rr;
 
-	if (alen < 12)
+	if ((p = skip_question(abuf, alen)) == -1)
 		return -1;
-	qd = get16(abuf + 4);
 	an = get16(abuf + 6);
-	for (i = 0; i < qd; i++) {
-		if (ares_expand_name(abuf + p, abuf, alen, &name, &len) != ARES_SUCCESS)
-			return -1;
-		ares_free_string(name);
-		p += (int)len + 4;
-		if (p > alen)
-			return -1;
-	}
 	for (i = 0; i < an; i++) {
-		unsigned	type, class, rdlen;
-		unsigned long	ttl;
-
-		if (ares_expand_name(abuf + p, abuf, alen, &name, &len) != ARES_SUCCESS)
+		if (next_rr(abuf, alen, &p, &rr) == -1)
 			return -1;
-		ares_free_string(name);
-		p += (int)len;
-		if (p + 10 > alen)
-			return -1;
-		type = get16(abuf + p);
-		class = get16(abuf + p + 2);
-		ttl = (unsigned long)abuf[p + 4] << 24 | (unsigned long)abuf[p + 5] << 16 |
-		    (unsigned long)abuf[p + 6] << 8 | abuf[p + 7];
-		rdlen = get16(abuf + p + 8);
-		p += 10;
-		if (p + (int)rdlen > alen)
-			return -1;
-		if ((int)type == qtype && class == 1) {
-			if (ttl < *minttl)
-				*minttl = ttl;
-			if (fn != NULL && n < RECORDS_MAX) {
-				if (fn(L, abuf, alen, p, (int)rdlen, ttl, n + 1) == -1)
-					return -1;
-				n++;
-			}
+		if ((int)rr.type != qtype || rr.class != 1)
+			continue;
+		if (rr.ttl < *minttl)
+			*minttl = rr.ttl;
+		if (fn != NULL && n < RECORDS_MAX) {
+			if (fn(L, abuf, alen, rr.rdata, (int)rr.rdlen, rr.ttl, n + 1) == -1)
+				return -1;
+			n++;
 		}
-		p += (int)rdlen;
 	}
 	return 0;
+}
+
+/*
+ * How long a negative answer may be cached (RFC 2308 5): the smaller of
+ * the TTL of the SOA in the authority section and its MINIMUM; -1 if there
+ * is no SOA (or the message is malformed).
+ */
+static long
+negative_ttl(const unsigned char *abuf, int alen)
+{
+	unsigned	 an, ns, i;
+	int		 p, q;
+	struct rr	 rr;
+	unsigned long	 min;
+
+	if ((p = skip_question(abuf, alen)) == -1)
+		return -1;
+	an = get16(abuf + 6);
+	ns = get16(abuf + 8);
+	for (i = 0; i < an + ns; i++) {
+		if (next_rr(abuf, alen, &p, &rr) == -1)
+			return -1;
+		if (i < an || rr.type != 6)
+			continue;
+		q = rr.rdata;
+		if (skip_name(abuf, alen, &q) == -1 || skip_name(abuf, alen, &q) == -1 ||
+		    q + 20 > rr.rdata + (int)rr.rdlen)
+			return -1;
+		min = (unsigned long)abuf[q + 16] << 24 | (unsigned long)abuf[q + 17] << 16 |
+		    (unsigned long)abuf[q + 18] << 8 | abuf[q + 19];
+		return (long)(min < rr.ttl ? min : rr.ttl);
+	}
+	return -1;
 }
 
 static void
@@ -443,6 +512,32 @@ push_failure(lua_State *L, int status)
 	lua_pushnil(L);
 }
 
+/*
+ * Pushes what fn gets for a c-ares status and answer: records, nil, nil,
+ * nil; or nil, err, rcode, negative TTL | nil.  Always 4 values.
+ */
+void
+ldns_answer(lua_State *L, int status, const unsigned char *abuf, int alen, int qtype)
+{
+	long neg = -1;
+
+	if (status == ARES_SUCCESS)
+		status = abuf != NULL ? push_records(L, abuf, alen, qtype) : ARES_EBADRESP;
+	if (status == ARES_SUCCESS) {
+		lua_pushnil(L);
+		lua_pushnil(L);
+		lua_pushnil(L);
+		return;
+	}
+	push_failure(L, status);
+	if ((status == ARES_ENOTFOUND || status == ARES_ENODATA) && abuf != NULL)
+		neg = negative_ttl(abuf, alen);
+	if (neg >= 0)
+		lua_pushinteger(L, neg);
+	else
+		lua_pushnil(L);
+}
+
 static void
 on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 {
@@ -468,14 +563,9 @@ on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, q->fn_ref);
-	if (status == ARES_SUCCESS && abuf != NULL)
-		status = push_records(L, abuf, alen, q->qtype);
-	if (status == ARES_SUCCESS)
-		lua_pushnil(L), lua_pushnil(L);
-	else
-		push_failure(L, status);
+	ldns_answer(L, status, abuf, alen, q->qtype);
 	free(q);
-	if (lua_pcall(L, 3, 0, top + 1) != LUA_OK)
+	if (lua_pcall(L, 4, 0, top + 1) != LUA_OK)
 		log_warn(0, "lua: dns answer handler failed: %s", lua_tostring(L, -1));
 	lua_settop(L, top);
 	lcore_leave(L);

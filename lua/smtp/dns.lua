@@ -2,8 +2,8 @@
 -- .reverse; smtp.dnsbl; connection.hostname (docs/API.md, "DNS").
 --
 -- Owns the Lua API, its argument checks, the record types by name, the
--- per-worker cache (positive answers, for their smallest TTL, a bounded
--- number of entries), each lookup's deadline (a platform timer: the same
+-- per-worker cache (answers for their smallest TTL, a name error or no
+-- data for the SOA's negative TTL, RFC 2308; a bounded number of entries), each lookup's deadline (a platform timer: the same
 -- on the virtual clock of smtp.testing), the implicit MX of RFC 5321 5.1,
 -- DNSBL names (RFC 5782) and forward-confirmed reverse DNS.  The lookups
 -- themselves are platform.dns(name, qtype, opts, fn): c-ares in luasmtpd
@@ -20,6 +20,7 @@ for k, v in pairs(TYPES) do NAMES[v] = k end
 
 local DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_CACHE = 2, 1, 1000
 local MAX_TTL = 86400		-- a cached answer is kept at most this long
+local NEG_MAX = 10800		-- and a name error or no data (RFC 2308 5: "one to three hours")
 local FCRDNS_NAMES = 10		-- PTR names looked up forward for connection.hostname
 M.TYPES = TYPES
 
@@ -128,6 +129,7 @@ function M.new(I)
     return out
   end
 
+  -- a cached answer: records | false, err, rcode | nil (not cached)
   local function cache_get(key)
     local e = cache[key]
     if not e then return nil end
@@ -136,14 +138,18 @@ function M.new(I)
       cache[key], ncache = nil, ncache - 1
       return nil
     end
+    if e.err then return false, e.err, e.rcode end
     return copy(e.records, math.floor(left))
   end
 
-  local function cache_put(key, records)
+  -- keeps records for their smallest TTL, or a failure (records nil) for ttl
+  local function cache_put(key, records, ttl, err, rcode)
     local max = opt("dnsCacheSize", DEFAULT_CACHE)
     if max == 0 then return end
-    local ttl = MAX_TTL
-    for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
+    if records then
+      ttl = MAX_TTL
+      for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
+    end
     if ttl <= 0 then return end
     if ncache >= max then	-- the expired ones first, then any
       local t = now()
@@ -155,7 +161,8 @@ function M.new(I)
       end
     end
     if not cache[key] then ncache = ncache + 1 end
-    cache[key] = { expires = now() + ttl, records = copy(records, ttl) }
+    cache[key] = { expires = now() + ttl, records = records and copy(records, ttl),
+      err = err, rcode = rcode }
   end
 
   -- the lookup itself: records | nil, err, rcode
@@ -173,15 +180,16 @@ function M.new(I)
     end
     local key = qtype .. " " .. name:lower()
     if use_cache then
-      local hit = cache_get(key)
+      local hit, herr, hrcode = cache_get(key)
       if hit then return hit end
+      if hit == false then return nil, herr, hrcode end
     end
     local gen = task.gen
     local done, waiting, timer = false, false, nil
-    local records, err, rcode
-    local function finish(r, e, c)
+    local records, err, rcode, negttl
+    local function finish(r, e, c, n)
       if done then return end
-      done, records, err, rcode = true, r, e, c
+      done, records, err, rcode, negttl = true, r, e, c, n
       if timer then timer:cancel() ; timer = nil end
       if waiting and task.gen == gen and not task.dead and not task.dropped then
         waiting = false
@@ -197,7 +205,12 @@ function M.new(I)
         coroutine.yield()
       end
     end
-    if not records then return nil, err, rcode end
+    if not records then
+      if use_cache and negttl and (err == "nxdomain" or err == "nodata") then
+        cache_put(key, nil, math.min(negttl, NEG_MAX), err, rcode)
+      end
+      return nil, err, rcode
+    end
     local tname = NAMES[qtype]
     for _, r in ipairs(records) do
       r.type = tname or qtype

@@ -365,3 +365,22 @@ describe("the DNS server options", function()
       .. 'server.resolvers = {"127.0.0.1", "127.0.0.1:5353", "[::1]:53", "::1"}\nserver:listen(25)'))
   end)
 end)
+
+describe("the negative cache", function()
+  it("keeps a name error and no data for the SOA's negative TTL, a server failure not at all", function()
+    local h, out = harness(function(smtp)
+      return { smtp.dns.query("none.example", "A") }, { smtp.dns.query("mx.example", "A") },
+        { smtp.dns.query("bad.example", "A") }
+    end)
+    h.dns.negativeTtl = 30
+    h.dns:add("mx.example", "MX", "10 mx.example"):fail("bad.example", "servfail")
+    helo(h)
+    helo(h)
+    assert.same({ "none.example A", "mx.example A", "bad.example A", "bad.example A" }, h.dns.queries)
+    assert.same({ nil, "nxdomain", "NXDOMAIN" }, out.r[1])	-- the same from the cache
+    assert.same({ nil, "nodata", "NOERROR" }, out.r[2])
+    h.clock:advance(30)
+    helo(h)
+    assert.equal(7, #h.dns.queries)
+  end)
+end)

@@ -16,6 +16,8 @@
 --   h.dns:fail(name, "timeout" | "servfail" | "refused" | "nxdomain")
 --   h.dns:clear([name])                   forgets records, delays, failures
 --   h.dns.queries                         every lookup asked: "name TYPE"
+--   h.dns.negativeTtl                     seconds a name error or no data may be
+--                                         cached (the SOA's, RFC 2308); nil: none
 local dnsapi = require "smtp.dns"
 
 local TYPES = dnsapi.TYPES
@@ -142,18 +144,19 @@ function Fake:_answer(k, t)
   return nil, "nodata", "NOERROR"
 end
 
--- platform.dns(name, qtype, opts, fn) -> true; fn(records | nil, err, rcode)
+-- platform.dns(name, qtype, opts, fn) -> true; fn(records | nil, err, rcode[, negative ttl])
 -- at once, or after the name's delay on the clock; never for a timeout
 function Fake:_query(name, qtype, _, fn)
   self.queries[#self.queries + 1] = name .. " " .. (NAMES[qtype] or tostring(qtype))
   local k = key(name)
   local r, err, rcode = self:_answer(k, qtype)
   if r == "timeout" then return true end
+  local neg = (err == "nxdomain" or err == "nodata") and self.negativeTtl or nil
   local delay = self.delays[k]
   if delay and delay > 0 then
-    self.clock:timer(delay, function() fn(r, err, rcode) end)
+    self.clock:timer(delay, function() fn(r, err, rcode, neg) end)
   else
-    fn(r, err, rcode)
+    fn(r, err, rcode, neg)
   end
   return true
 end
