@@ -33,6 +33,7 @@
 #define DNS_MT		"luasmtpd.dns"
 #define RECORDS_MAX	256		/* records of one answer given to Lua */
 #define CONFIG_MAX	512
+#define RCVBUF		(4 << 20)	/* octets of UDP answers the kernel may queue */
 #define T_A		1
 #define T_NS		2
 #define T_CNAME		5
@@ -160,18 +161,33 @@ get16(const unsigned char *p)
 	return (unsigned)p[0] << 8 | p[1];
 }
 
-/* moves *p past the (possibly compressed) name there: 0, or -1 if malformed */
+/*
+ * Moves *p past the name there (labels, ending in a root label or a
+ * compression pointer, which is not followed): 0, or -1 if malformed.
+ */
 static int
 skip_name(const unsigned char *abuf, int alen, int *p)
 {
-	char	*name;
-	long	 len;
+	int q = *p;
 
-	if (*p >= alen || ares_expand_name(abuf + *p, abuf, alen, &name, &len) != ARES_SUCCESS)
-		return -1;
-	ares_free_string(name);
-	*p += (int)len;
-	return 0;
+	while (q < alen) {
+		unsigned l = abuf[q];
+
+		if (l == 0) {
+			*p = q + 1;
+			return 0;
+		}
+		if ((l & 0xc0) == 0xc0) {
+			if (q + 2 > alen)
+				return -1;
+			*p = q + 2;
+			return 0;
+		}
+		if ((l & 0xc0) != 0)
+			return -1;
+		q += 1 + (int)l;
+	}
+	return -1;
 }
 
 struct rr {
@@ -602,6 +618,13 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 	char			 config[CONFIG_MAX];
 	int			 rc, mask;
 
+	/* the same opts table as last time (dns.lua keeps one): nothing to do */
+	lua_getiuservalue(L, lua_upvalueindex(1), 1);
+	if (r->have_channel && lua_rawequal(L, -1, 3)) {
+		lua_pop(L, 1);
+		return 0;
+	}
+	lua_pop(L, 1);
 	lua_getfield(L, 3, "servers");
 	servers = lua_tostring(L, -1);
 	lua_getfield(L, 3, "timeout");
@@ -619,7 +642,7 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 		return -1;
 	}
 	if (r->have_channel && strcmp(config, r->config) == 0)
-		return 0;
+		goto same;
 	resolver_close(r);
 	memset(&o, 0, sizeof(o));
 	o.sock_state_cb = on_sock_state;
@@ -628,7 +651,17 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 	o.tries = (int)tries;
 	/* a SERVFAIL or REFUSED answer is the answer (not "unreachable") */
 	o.flags = ARES_FLAG_NOCHECKRESP;
-	mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_FLAGS;
+	/* one UDP socket per server, kept: no socket, connect, close per lookup */
+	o.flags |= ARES_FLAG_STAYOPEN;
+	/*
+	 * Room for a burst of answers (a thousand sessions' lookups answered at
+	 * once): the default buffer holds a few hundred datagrams, and an
+	 * answer dropped there is a lookup that times out.  The kernel caps it
+	 * at net.core.rmem_max.
+	 */
+	o.socket_receive_buffer_size = RCVBUF;
+	mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_FLAGS |
+	    ARES_OPT_SOCK_RCVBUF;
 	if ((rc = ares_init_options(&r->channel, &o, mask)) != ARES_SUCCESS) {
 		snprintf(err, errlen, "dns: %s", ares_strerror(rc));
 		return -1;
@@ -641,6 +674,9 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 		return -1;
 	}
 	snprintf(r->config, sizeof(r->config), "%s", config);
+same:
+	lua_pushvalue(L, 3);
+	lua_setiuservalue(L, lua_upvalueindex(1), 1);
 	return 0;
 }
 
@@ -704,7 +740,7 @@ ldns_push(lua_State *L, struct event_base *base)
 	struct resolver *r;
 
 	ares_library_init(ARES_LIB_INIT_ALL);
-	r = lua_newuserdatauv(L, sizeof(*r), 0);
+	r = lua_newuserdatauv(L, sizeof(*r), 1);	/* the opts the channel was made for */
 	memset(r, 0, sizeof(*r));
 	if (luaL_newmetatable(L, DNS_MT)) {
 		lua_pushcfunction(L, resolver_gc);

@@ -5,7 +5,9 @@
 -- per-worker cache (answers for their smallest TTL, a name error or no
 -- data for the SOA's negative TTL, RFC 2308; a bounded number of entries), each lookup's deadline (a platform timer: the same
 -- on the virtual clock of smtp.testing), the implicit MX of RFC 5321 5.1,
--- DNSBL names (RFC 5782) and forward-confirmed reverse DNS.  The lookups
+-- DNSBL names (RFC 5782) and forward-confirmed reverse DNS.  Several
+-- lookups may go out at once (a batch: smtp.dnsbl's zones, the implicit
+-- MX's A and AAAA) and are waited for together, under one deadline.  The lookups
 -- themselves are platform.dns(name, qtype, opts, fn): c-ares in luasmtpd
 -- (lua_dns.c), smtp.testing's fake resolver (smtp.testing.dns) in specs.
 -- A lookup yields its handler's coroutine until the answer or the deadline
@@ -108,14 +110,19 @@ function M.new(I)
     return v
   end
 
-  -- what platform.dns is told: the server options
+  -- what platform.dns is told: the server options, one table while they
+  -- stay the same (lua_dns.c then has nothing to compare)
+  local NONE = {}
+  local conf, c_res, c_timeout, c_retries
   local function config()
-    local resolvers = opt("resolvers")
-    return {
-      servers = resolvers and table.concat(resolvers, ",") or nil,
-      timeout = opt("dnsTimeout", DEFAULT_TIMEOUT),
-      tries = opt("dnsRetries", DEFAULT_RETRIES) + 1,
-    }
+    local s = I.server
+    local o = s and rawget(s, "_opts") or NONE
+    local res, timeout, retries = o.resolvers, o.dnsTimeout, o.dnsRetries
+    if conf and res == c_res and timeout == c_timeout and retries == c_retries then return conf end
+    c_res, c_timeout, c_retries = res, timeout, retries
+    conf = { servers = res and table.concat(res, ",") or nil, timeout = timeout or DEFAULT_TIMEOUT,
+      tries = (retries or DEFAULT_RETRIES) + 1 }
+    return conf
   end
 
   local function copy(records, left)
@@ -165,8 +172,28 @@ function M.new(I)
       err = err, rcode = rcode }
   end
 
-  -- the lookup itself: records | nil, err, rcode
-  local function lookup(name, qtype, timeout, use_cache, level)
+  -- the answer of q (records or a failure) kept and made final
+  local function settle(q, use_cache)
+    local records, qtype = q.records, q.qtype
+    if not records then
+      local err = q.err
+      if use_cache and q.neg and (err == "nxdomain" or err == "nodata") then
+        cache_put(q.key, nil, math.min(q.neg, NEG_MAX), err, q.rcode)
+      end
+      return
+    end
+    local tname = NAMES[qtype] or qtype
+    for _, r in ipairs(records) do
+      r.type = tname
+      if qtype == 52 then tlsa(r) end
+    end
+    if use_cache then cache_put(q.key, records) end
+  end
+
+  -- Looks up every q of qs at once ({name=, qtype=}: the name checked) and
+  -- waits for them all, or for the deadline: each gets records, or err and
+  -- rcode.  One timer for the batch; the cache answers what it can first.
+  local function lookup(qs, timeout, use_cache, level)
     local task = current_task()
     if not task then
       error("smtp.dns: lookups wait for an answer, so they run in handlers and 'start' "
@@ -176,48 +203,66 @@ function M.new(I)
       -- a check (luasmtpd --check, smtp.check's simulated client): timers
       -- that never fire, and no answer either
       if platform.timer then while true do coroutine.yield() end end
-      return nil, "no resolver: DNS runs in luasmtpd or smtp.testing"
+      for _, q in ipairs(qs) do q.err = "no resolver: DNS runs in luasmtpd or smtp.testing" end
+      return
     end
-    local key = qtype .. " " .. name:lower()
-    if use_cache then
-      local hit, herr, hrcode = cache_get(key)
-      if hit then return hit end
-      if hit == false then return nil, herr, hrcode end
-    end
-    local gen = task.gen
-    local done, waiting, timer = false, false, nil
-    local records, err, rcode, negttl
-    local function finish(r, e, c, n)
-      if done then return end
-      done, records, err, rcode, negttl = true, r, e, c, n
-      if timer then timer:cancel() ; timer = nil end
+    local gen, conf = task.gen, config()
+    local left, waiting, timer = 0, false, nil
+    local function wake()
       if waiting and task.gen == gen and not task.dead and not task.dropped then
         waiting = false
         resume(task, nil)
       end
     end
-    local ok, e, c = platform.dns(name, qtype, config(), finish)
-    if not ok then return nil, e, c end
-    if not done then
-      timer = platform.timer(timeout, function() timer = nil ; finish(nil, "timeout") end)
-      while not done do
+    for _, q in ipairs(qs) do
+      q.key = q.qtype .. " " .. q.name:lower()
+      local hit, herr, hrcode
+      if use_cache then hit, herr, hrcode = cache_get(q.key) end
+      if hit then
+        q.records, q.cached = hit, true
+      elseif hit == false then
+        q.err, q.rcode, q.cached = herr, hrcode, true
+      else
+        left = left + 1
+        local ok, e, c = platform.dns(q.name, q.qtype, conf, function(r, e2, c2, n)
+          if q.records or q.err then return end	-- the deadline came first
+          q.records, q.err, q.rcode, q.neg = r, e2, c2, n
+          left = left - 1
+          if left == 0 then wake() end
+        end)
+        if not ok then q.err, q.rcode, left = e, c, left - 1 end
+      end
+    end
+    if left > 0 then
+      timer = platform.timer(timeout, function()
+        timer = nil
+        for _, q in ipairs(qs) do
+          if not q.records and not q.err then q.err = "timeout" end
+        end
+        left = 0
+        wake()
+      end)
+      while left > 0 do
         waiting = true
         coroutine.yield()
       end
+      if timer then timer:cancel() end
     end
-    if not records then
-      if use_cache and negttl and (err == "nxdomain" or err == "nodata") then
-        cache_put(key, nil, math.min(negttl, NEG_MAX), err, rcode)
-      end
-      return nil, err, rcode
+    for _, q in ipairs(qs) do
+      if not q.cached then settle(q, use_cache) end
     end
-    local tname = NAMES[qtype]
-    for _, r in ipairs(records) do
-      r.type = tname or qtype
-      if qtype == 52 then tlsa(r) end
-    end
-    if use_cache then cache_put(key, records) end
-    return records
+  end
+
+  -- one lookup: records | nil, err, rcode
+  local function lookup1(name, qtype, timeout, use_cache, level)
+    local q = { name = name, qtype = qtype }
+    lookup({ q }, timeout, use_cache, level + 1)
+    if q.records then return q.records end
+    return nil, q.err, q.rcode
+  end
+
+  local function default_timeout()
+    return opt("dnsTimeout", DEFAULT_TIMEOUT) * (opt("dnsRetries", DEFAULT_RETRIES) + 1)
   end
 
   local function check_name(name, level)
@@ -240,12 +285,12 @@ function M.new(I)
     local t = qtype_of(qtype, 2)
     if opts ~= nil and type(opts) ~= "table" then error("smtp.dns.query: opts must be a table", 2) end
     opts = opts or {}
-    local timeout = opts.timeout or opt("dnsTimeout", DEFAULT_TIMEOUT) * (opt("dnsRetries", DEFAULT_RETRIES) + 1)
+    local timeout = opts.timeout or default_timeout()
     if type(timeout) ~= "number" or not (timeout > 0 and timeout <= 3600) then
       error("smtp.dns.query: timeout is a number of seconds in (0, 3600]", 2)
     end
     if not check_name(name, 2) then return nil, "bad name" end
-    return lookup(name, t, timeout, opts.cache ~= false, 2)
+    return lookup1(name, t, timeout, opts.cache ~= false, 2)
   end
   local query = api.query
 
@@ -265,12 +310,10 @@ function M.new(I)
       return recs
     end
     if err ~= "nodata" then return nil, err, rcode end
-    local a, aerr, arcode = query(domain, "A")
-    if not a then
-      local aaaa = query(domain, "AAAA")
-      if not aaaa then return nil, aerr == "nxdomain" and "nodata" or aerr, arcode end
-      a = aaaa
-    end
+    local qa, q6 = { name = domain, qtype = 1 }, { name = domain, qtype = 28 }
+    lookup({ qa, q6 }, default_timeout(), true, 2)
+    local a = qa.records or q6.records
+    if not a then return nil, qa.err == "nxdomain" and "nodata" or qa.err, qa.rcode end
     return { { preference = 0, exchange = domain, ttl = a[1].ttl, implicit = true, type = "MX" } }
   end
 
@@ -286,52 +329,54 @@ function M.new(I)
     return names
   end
 
-  -- smtp.dnsbl(ip, zones) -> listings, failures.  Every zone at once
-  -- (smtp.all).  A listing: { zone=, codes = {"127.0.0.2", ...}, reason = TXT | nil };
-  -- a failure: { zone=, err=, rcode= } (a timeout, a server failure, or an
+  -- smtp.dnsbl(ip, zones) -> listings, failures.  Every zone at once (one
+  -- batch of A lookups, then one of TXT for the zones that list ip).  A
+  -- listing: { zone=, codes = {"127.0.0.2", ...}, reason = TXT | nil }; a
+  -- failure: { zone=, err=, rcode= } (a timeout, a server failure, or an
   -- answer outside 127.0.0.0/8, which RFC 5782 makes an error).
   function smtp.dnsbl(ip, zones)
     if type(zones) ~= "table" then error("smtp.dnsbl: a list of zones expected", 2) end
+    local r = reverse(ip)
+    local qs = {}
     for i, z in ipairs(zones) do
       if type(z) ~= "string" or not check_name(z, 2) then
         error(("smtp.dnsbl: zone %d is not a domain name"):format(i), 2)
       end
+      if r then qs[i] = { name = r .. "." .. z, qtype = 1 } end
     end
-    local r = reverse(ip)
     if not r then return nil, "bad address" end
-    local fns = {}
-    for i, zone in ipairs(zones) do
-      fns[i] = function()
-        local name = r .. "." .. zone
-        local recs, err, rcode = query(name, "A")
-        if not recs then
-          if err == "nxdomain" or err == "nodata" then return nil end
-          return nil, { zone = zone, err = err, rcode = rcode }
-        end
-        local codes = {}
-        for _, rec in ipairs(recs) do
-          if not rec.address:match("^127%.") then
-            return nil, { zone = zone, err = "answer outside 127.0.0.0/8: " .. rec.address }
-          end
+    lookup(qs, default_timeout(), true, 2)
+    local listings, failures, txts, listed = {}, {}, {}, {}
+    for i, q in ipairs(qs) do
+      local zone = zones[i]
+      if q.records then
+        local codes, bad = {}, nil
+        for _, rec in ipairs(q.records) do
+          if not rec.address:match("^127%.") then bad = rec.address break end
           codes[#codes + 1] = rec.address
         end
-        table.sort(codes)
-        local txt = query(name, "TXT")
-        local reason
-        if txt then
-          local t = {}
-          for _, rec in ipairs(txt) do t[#t + 1] = rec.text end
-          reason = table.concat(t, " ")
+        if bad then
+          failures[#failures + 1] = { zone = zone, err = "answer outside 127.0.0.0/8: " .. bad }
+        else
+          table.sort(codes)
+          local l = { zone = zone, codes = codes }
+          listings[#listings + 1] = l
+          listed[#listed + 1] = l
+          txts[#txts + 1] = { name = q.name, qtype = 16 }
         end
-        return { zone = zone, codes = codes, reason = reason }
+      elseif q.err ~= "nxdomain" and q.err ~= "nodata" then
+        failures[#failures + 1] = { zone = zone, err = q.err, rcode = q.rcode }
       end
     end
-    local results = { smtp.all(fns) }
-    local listings, failures = {}, {}
-    for i = 1, #zones do
-      local res = results[i]
-      if res[1] then listings[#listings + 1] = res[1] end
-      if res[2] then failures[#failures + 1] = res[2] end
+    if #txts > 0 then
+      lookup(txts, default_timeout(), true, 2)
+      for i, q in ipairs(txts) do
+        if q.records then
+          local t = {}
+          for _, rec in ipairs(q.records) do t[#t + 1] = rec.text end
+          listed[i].reason = table.concat(t, " ")
+        end
+      end
     end
     return listings, failures
   end

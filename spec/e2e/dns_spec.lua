@@ -223,6 +223,11 @@ describe("smtp.dns against knotd #dns", function()
 local smtp = require "smtp"
 local server = smtp.createServer(function(c)
 	c:on("HELO", function(h)
+		if h.name == "warm.example" then	-- one lookup: the resolver and its socket exist
+			local _, err = smtp.dns.query("warm.silent.test", "A")
+			h.message = "warm " .. tostring(err)
+			return
+		end
 		local timeouts, fns = 0, {}
 		for i = 1, 100 do
 			fns[i] = function(n)
@@ -249,13 +254,23 @@ server:listen(2525)
 				worker = server:children()[1]
 				return worker
 			end, 10, "the worker")
-			local before = fds(worker)
 			local c = support.connect(server)
+			c:expect("^220 ")
+			c:cmd("HELO warm.example", "^250 .*warm timeout")
+			c:cmd("QUIT", "^221")
+			c:close()
+			local before
+			support.wait_until(function()	-- the session's socket closed
+				local n = fds(worker)
+				if n == before then return true end
+				before = n
+			end, 10, "the worker's descriptors to settle")
+			c = support.connect(server)
 			c:expect("^220 ")
 			c:cmd("HELO client.example", "^250 .*timeouts=1000")
 			c:cmd("QUIT", "^221")
 			c:close()
-			-- the session's own socket goes with QUIT; c-ares closes its sockets with its last lookup
+			-- the session's own socket goes with QUIT; the resolver keeps its one UDP socket
 			local ok2 = pcall(support.wait_until, function() return fds(worker) == before end, 10, "fds")
 			assert(ok2, ("descriptors of the worker: %d before, %d after"):format(before, fds(worker)))
 		end)
