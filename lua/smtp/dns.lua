@@ -100,7 +100,12 @@ end
 function M.new(I)
   local platform, current_task, resume, smtp = I.platform, I.current_task, I.resume, I.smtp
   local now = platform.now or os.time
+  -- the cache: key -> entry, and the keys in the order they were put (a
+  -- ring: the oldest is evicted first when full; an entry's seq is its
+  -- place, so a key put again or gone leaves a stale place, skipped, and
+  -- the ring is rebuilt when stale places make it twice the cache)
   local cache, ncache = {}, 0
+  local ring, rhead, rtail = {}, 1, 0
   local api = { TYPES = TYPES, reverse = reverse }
 
   local function opt(k, default)
@@ -158,19 +163,32 @@ function M.new(I)
       for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
     end
     if ttl <= 0 then return end
-    if ncache >= max then	-- the expired ones first, then any
-      local t = now()
-      for k, e in pairs(cache) do
-        if e.expires <= t then cache[k], ncache = nil, ncache - 1 end
-      end
-      while ncache >= max do
-        cache[next(cache)], ncache = nil, ncache - 1
-      end
+    local old = cache[key]
+    if old then cache[key], ncache = nil, ncache - 1 end
+    while ncache >= max and rhead <= rtail do	-- evict the oldest
+      local k = ring[rhead]
+      ring[rhead], rhead = nil, rhead + 1
+      local e = cache[k]
+      if e and e.seq == rhead - 1 then cache[k], ncache = nil, ncache - 1 end
     end
-    if not cache[key] then ncache = ncache + 1 end
+    if rtail - rhead + 1 >= 2 * max + 16 then	-- rebuild: the live places only
+      local live, n = {}, 0
+      for i = rhead, rtail do
+        local k = ring[i]
+        local e = cache[k]
+        if e and e.seq == i then n = n + 1 ; live[n] = k ; e.seq = n end
+      end
+      ring, rhead, rtail = live, 1, n
+    end
+    rtail = rtail + 1
+    ring[rtail] = key
+    ncache = ncache + 1
     cache[key] = { expires = now() + ttl, records = records and copy(records, ttl),
-      err = err, rcode = rcode }
+      err = err, rcode = rcode, seq = rtail }
   end
+
+  -- entries and places in the ring (for the specs)
+  function api._cache_size() return ncache, rtail - rhead + 1 end
 
   -- the answer of q (records or a failure) kept and made final
   local function settle(q, use_cache)

@@ -131,19 +131,26 @@ server:listen(25)
     assert.equal(30, out.r[1])
   end)
 
-  it("keeps at most dnsCacheSize answers, and none with 0", function()
+  it("keeps at most dnsCacheSize answers, the last ones, and none with 0", function()
+    local names
     local h = harness(function(smtp)
-      for i = 1, 5 do smtp.dns.query("n" .. i .. ".example", "A") end
+      for _, n in ipairs(names) do smtp.dns.query(n, "A") end
     end, [[
 local server = smtp.createServer(function(c) c:on("HELO", function() probe(smtp, c) end) end)
 server.dnsCacheSize = 2
 server:listen(25)
 ]])
     for i = 1, 5 do h.dns:add("n" .. i .. ".example", "A", "192.0.2." .. i) end
+    h.dns:add("zero.example", "A", "192.0.2.9", 0)
+    names = { "n1.example", "n2.example", "n3.example", "n4.example", "n5.example" }
     helo(h)
+    assert.equal(5, #h.dns.queries)
+    names = { "n5.example", "n4.example" }
     helo(h)
-    assert.is_true(#h.dns.queries >= 8)	-- at most 2 of the 5 came from the cache
-    assert.is_true(#h.dns.queries < 10)
+    assert.equal(5, #h.dns.queries)
+    names = { "n1.example", "zero.example", "zero.example" }
+    helo(h)
+    assert.equal(8, #h.dns.queries)
   end)
 
   it("refuses a lookup outside a handler and an unknown type", function()
@@ -382,5 +389,38 @@ describe("the negative cache", function()
     h.clock:advance(30)
     helo(h)
     assert.equal(7, #h.dns.queries)
+  end)
+end)
+
+describe("the cache's bounds", function()
+  it("keeps at most dnsCacheSize entries, the newest, with its bookkeeping bounded too", function()
+    local names = {}
+    local h = harness(function(smtp)
+      for _, n in ipairs(names) do smtp.dns.query(n, "A") end
+    end, [[
+local server = smtp.createServer(function(c) c:on("HELO", function() probe(smtp, c) end) end)
+server.dnsCacheSize = 50
+server:listen(25)
+]])
+    for i = 1, 1000 do
+      h.dns:add("n" .. i .. ".example", "A", "192.0.2.1", 10 + i % 7)
+    end
+    for round = 0, 9 do
+      names = {}
+      for i = 1, 100 do names[i] = "n" .. (round * 100 + i) .. ".example" end
+      helo(h)
+      h.clock:advance(3)	-- some expire, some are put again
+      local n, places = h.smtp.dns._cache_size()
+      assert.is_true(n <= 50, "entries " .. n)
+      assert.is_true(places <= 2 * 50 + 16, "places " .. places)
+    end
+    -- the newest are the ones kept
+    local asked = #h.dns.queries
+    names = { "n1000.example" }
+    helo(h)
+    assert.equal(asked, #h.dns.queries)
+    names = { "n1.example" }
+    helo(h)
+    assert.equal(asked + 1, #h.dns.queries)
   end)
 end)
