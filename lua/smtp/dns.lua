@@ -240,6 +240,8 @@ function M.new(I)
         q.records, q.cached = hit, true
       elseif hit == false then
         q.err, q.rcode, q.cached = herr, hrcode, true
+      elseif #q.name > 254 then	-- a DNSBL zone after 64 nibbles, say
+        q.err = "bad name"
       else
         left = left + 1
         local ok, e, c = platform.dns(q.name, q.qtype, conf, function(r, e2, c2, n)

@@ -424,3 +424,13 @@ server:listen(25)
     assert.equal(asked + 1, #h.dns.queries)
   end)
 end)
+
+describe("names too long", function()
+  it("are a bad name in a DNSBL failure, not a Lua error", function()
+    local zone = ("z"):rep(60) .. "." .. ("y"):rep(60) .. "." .. ("x"):rep(62) .. ".example"
+    local h, out = harness(function(smtp) return smtp.dnsbl("2001:db8::1", { zone, "ok.example" }) end)
+    helo(h)
+    assert.same({}, out.r[1])
+    assert.same({ { zone = zone, err = "bad name" } }, out.r[2])
+  end)
+end)
