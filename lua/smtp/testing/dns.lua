@@ -147,6 +147,8 @@ end
 -- platform.dns(name, qtype, opts, fn) -> true; fn(records | nil, err, rcode[, negative ttl])
 -- at once, or after the name's delay on the clock; never for a timeout
 function Fake:_query(name, qtype, _, fn)
+  -- as lua_dns.c's argument checks
+  if #name == 0 or #name > 255 or name:find("\0", 1, true) then error("bad argument #1 to 'dns' (bad name)", 2) end
   self.queries[#self.queries + 1] = name .. " " .. (NAMES[qtype] or tostring(qtype))
   local k = key(name)
   local r, err, rcode = self:_answer(k, qtype)
