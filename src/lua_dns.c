@@ -58,6 +58,7 @@ struct resolver {
 	struct dns_sock		*socks;
 	int			 closing;	/* in __gc: no more Lua */
 	int			 querying;	/* inside ares_query: answers wait */
+	int			 dispatching;	/* inside ares_process_fd: the channel stays */
 };
 
 struct dns_query {
@@ -86,8 +87,10 @@ on_socket(evutil_socket_t fd, short what, void *arg)
 {
 	struct resolver *r = arg;
 
+	r->dispatching = 1;
 	ares_process_fd(r->channel, (what & EV_READ) ? fd : ARES_SOCKET_BAD,
 	    (what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
+	r->dispatching = 0;
 	arm_timer(r);
 }
 
@@ -98,7 +101,9 @@ on_timer(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	r->dispatching = 1;
 	ares_process_fd(r->channel, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
+	r->dispatching = 0;
 	arm_timer(r);
 }
 
@@ -620,7 +625,11 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 
 	/* the same opts table as last time (dns.lua keeps one): nothing to do */
 	lua_getiuservalue(L, lua_upvalueindex(1), 1);
-	if (r->have_channel && lua_rawequal(L, -1, 3)) {
+	/*
+	 * ... or an answer's handler asks (inside ares_process_fd, which must
+	 * not see its channel destroyed): the channel as it is, for now
+	 */
+	if (r->have_channel && (lua_rawequal(L, -1, 3) || r->dispatching)) {
 		lua_pop(L, 1);
 		return 0;
 	}

@@ -150,8 +150,9 @@ local OPTIONS = {
       if type(v) ~= "table" or #v == 0 then return false, what end
       for k, s in pairs(v) do
         if not is_int(k) or type(s) ~= "string" then return false, what end
-        local ok = s:match("^%d+%.%d+%.%d+%.%d+$") or s:match("^%d+%.%d+%.%d+%.%d+:%d+$")
-          or s:match("^%[[%x:.]+%]:%d+$") or s:match("^[%x:.]*:[%x:.]*$")
+        local port = s:match("^%d+%.%d+%.%d+%.%d+:(%d+)$") or s:match("^%[[%x:.]+%]:(%d+)$")
+        local ok = s:match("^%d+%.%d+%.%d+%.%d+$") or port or s:match("^[%x:.]*:[%x:.]*$")
+        if port and (tonumber(port) < 1 or tonumber(port) > 65535) then ok = false end
         if not ok then return false, what .. " (got " .. string.format("%q", s) .. ")" end
       end
       return true

@@ -124,6 +124,15 @@ describe("smtp.dns against knotd #dns", function()
 				servfail = all(q("x.broken.test", "A")), refused = all(q("other.example", "A")),
 				implicit = smtp.dns.mx("implicit.mail.test"), nullmx = all(smtp.dns.mx("nullmx.mail.test")),
 				mxs = smtp.dns.mx("mail.test"),
+				-- the options change while an answer's handler runs (inside c-ares):
+				-- the channel stays for now, the next lookup outside makes the new one
+				again = (function()
+					server.dnsTimeout = 1.5
+					local r1 = q("mx2.mail.test", "A", { cache = false })
+					smtp.sleep(0)
+					local r2 = q("mx2.mail.test", "A", { cache = false })
+					return { r1 and r1[1].address, r2 and r2[1].address }
+				end)(),
 			}
 		]]) }
 		local ok, err = pcall(function()
@@ -153,6 +162,7 @@ describe("smtp.dns against knotd #dns", function()
 			assert.same({ { type = "MX", preference = 0, exchange = "implicit.mail.test", ttl = 300,
 				implicit = true } }, r.implicit)
 			assert.same({ [2] = "null MX", [3] = "NOERROR" }, r.nullmx)
+			assert.same({ "127.0.0.11", "127.0.0.11" }, r.again)
 		end)
 		server:stop()
 		server:cleanup()

@@ -362,6 +362,7 @@ end)
 describe("the DNS server options", function()
   it("refuse bad resolvers, timeouts, retries and cache sizes", function()
     for _, src in ipairs { 'server.resolvers = {"dns.example"}', "server.resolvers = {}",
+      'server.resolvers = {"127.0.0.1:65536"}', 'server.resolvers = {"[::1]:0"}',
       'server.resolvers = "127.0.0.1"', "server.dnsTimeout = 0", "server.dnsRetries = -1",
       "server.dnsCacheSize = 1.5" } do
       local ok, err = pcall(support.policy, "local server = smtp.createServer()\n" .. src .. "\nserver:listen(25)")
@@ -369,7 +370,7 @@ describe("the DNS server options", function()
       assert.matches("server%.%a+ must be", err)
     end
     assert(pcall(support.policy, "local server = smtp.createServer()\n"
-      .. 'server.resolvers = {"127.0.0.1", "127.0.0.1:5353", "[::1]:53", "::1"}\nserver:listen(25)'))
+      .. 'server.resolvers = {"127.0.0.1", "127.0.0.1:5353", "[::1]:53", "::1", "2001:db8::0"}\nserver:listen(25)'))
   end)
 end)
 
