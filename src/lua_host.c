@@ -33,6 +33,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "lua_dns.h"
 #include "lua_redis.h"
 #include "lua_tcp.h"
 #include "lua_store.h"
@@ -620,6 +621,8 @@ load_protected(lua_State *L)
 		lua_setfield(L, -2, "redis");
 		ltcp_push_connect(L, p->base);	/* smtp.tcp */
 		lua_setfield(L, -2, "tcp_connect");
+		ldns_push(L, p->base);			/* smtp.dns */
+		lua_setfield(L, -2, "dns");
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);

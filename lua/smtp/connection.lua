@@ -36,6 +36,8 @@ function M.install(I)
       if k == "sender" then return c._handle:sender() end
       if k == "recipients" then return c._handle:recipients() end
       if k == "helo" then return c._handle:helo() end
+      -- forward-confirmed reverse DNS, looked up at the first read (smtp.dns)
+      if k == "hostname" then return I.hostname_of(c) end
       -- live connections from this client (its IPv4 address or IPv6 /64), every
       -- worker's, this one included (connlimit.c); 1 where nothing counts (specs)
       if k == "clientConnections" then
@@ -53,8 +55,8 @@ function M.install(I)
       "localAddress", "localPort", "lmtp", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
-        sender = true, recipients = true, clientConnections = true },
-      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change" },
+        sender = true, recipients = true, clientConnections = true, hostname = true },
+      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_hostname" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }

@@ -150,6 +150,35 @@ local OPTIONS = {
     check = function(v) return is_int(v) and v >= 1 and v <= 65536, "an integer in [1, 65536]" end,
     to = function() end,
   },
+  -- smtp.dns (read by smtp.dns): the servers (default: /etc/resolv.conf's),
+  -- seconds per attempt, attempts after the first, cached answers per worker
+  resolvers = {
+    check = function(v)
+      local what = 'an array of "address" or "address:port" strings ("[v6]:port" for IPv6)'
+      if type(v) ~= "table" or #v == 0 then return false, what end
+      for k, s in pairs(v) do
+        if not is_int(k) or type(s) ~= "string" then return false, what end
+        local port = s:match("^%d+%.%d+%.%d+%.%d+:(%d+)$") or s:match("^%[[%x:.]+%]:(%d+)$")
+        local ok = s:match("^%d+%.%d+%.%d+%.%d+$") or port or s:match("^[%x:.]*:[%x:.]*$")
+        if port and (tonumber(port) < 1 or tonumber(port) > 65535) then ok = false end
+        if not ok then return false, what .. " (got " .. string.format("%q", s) .. ")" end
+      end
+      return true
+    end,
+    to = function() end,
+  },
+  dnsTimeout = {
+    check = function(v) return type(v) == "number" and v >= 0.01 and v <= 60, "a number of seconds in [0.01, 60]" end,
+    to = function() end,
+  },
+  dnsRetries = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 10, "an integer in [0, 10]" end,
+    to = function() end,
+  },
+  dnsCacheSize = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 1000000, "an integer in [0, 1000000] (0: no cache)" end,
+    to = function() end,
+  },
   blockedLimit = {
     check = function(v) return type(v) == "number" and v >= 1 and v <= 3600, "a number of seconds in [1, 3600]" end,
     to = function(cfg, v) cfg.blocked_limit_ms = math.floor(v * 1000 + 0.5) end,

@@ -101,7 +101,8 @@ local function alive(pid)
 	return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
 end
 
---[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name}
+--[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name,
+env = {NAME = "value"}}
 Writes the policy to DIR/policy.lua after replacing every "@OUT@" with DIR as
 a Lua string literal (the policy writes what it saw there), starts the
 binary with --listen 127.0.0.1:0 --ready-file DIR/ready --workers N (N is
@@ -138,6 +139,10 @@ function support.start(opts)
 	-- status; reading that second line never blocks once the server is gone.
 	-- wait's stderr goes nowhere: the shell reports a job a signal ended
 	-- ("Killed") there, and the status line says it already (128 + signal).
+	-- opts.env: variables set for the server (NAME = value)
+	local env = {}
+	for k, v in pairs(opts.env or {}) do env[#env + 1] = shquote(k .. "=" .. v) end
+	if #env > 0 then table.insert(argv, 1, "env " .. table.concat(env, " ")) end
 	local script = ("%s >%s 2>%s </dev/null & echo $!; wait $! 2>/dev/null; echo $?")
 		:format(table.concat(argv, " "), shquote(dir .. "/stdout"), shquote(dir .. "/stderr"))
 	local handle = assert(io.popen("exec sh -c " .. shquote(script), "r"))
@@ -288,9 +293,10 @@ local function show(s)
 	end))
 end
 
-function support.connect(server)
+function support.connect(server, from)
 	local tcp = assert(socket.tcp())
 	tcp:settimeout(IO_TIMEOUT)
+	if from then assert(tcp:bind(from, 0)) end	-- a source address (127.0.0.2)
 	local ok, err = tcp:connect(server.host, server.port)
 	assert(ok, ("connect %s:%s: %s"):format(server.host, server.port, tostring(err)))
 	return setmetatable({ tcp = tcp, server = server, log = {} }, Client)
