@@ -33,6 +33,7 @@
 
 #include "log.h"
 #include "lua_core.h"
+#include "lua_http.h"
 #include "lua_redis.h"
 #include "lua_store.h"
 #include "busy.h"
@@ -615,6 +616,7 @@ load_protected(lua_State *L)
 		lua_pushlightuserdata(L, p->base);	/* smtp.store on Redis */
 		lua_pushcclosure(L, lredis_open, 1);
 		lua_setfield(L, -2, "redis");
+		lhttp_install(L, p->base);	/* smtp.http */
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);
