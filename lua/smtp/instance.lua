@@ -61,6 +61,9 @@ function M.new(platform)
   -- smtp.store.open(name[, opts]): shared state (smtp.store)
   smtp.store = require("smtp.store").new(platform, core, I)
 
+  -- smtp.http.request{...}, smtp.http.stream{...}: HTTP from handlers (smtp.http)
+  smtp.http = require("smtp.http").new(platform, I)
+
   -- smtp.fs: what durable delivery needs and plain Lua lacks
   smtp.fs = {
     fsync = core.fsync,	-- fsync(path) -> true | nil, err (a file or a directory)
