@@ -103,7 +103,7 @@ function M.new(platform, I)
     end)
     if not handle then return nil, err end
     task.timer = handle	-- a dropped wait cancels it (smtp.tasks)
-    repeat coroutine.yield() until done
+    while not done do coroutine.yield() end
     if task.timer == handle then task.timer = nil end
     if not status then return nil, headers end
     return status, setmetatable(headers, HEADERS_MT), body

@@ -12,6 +12,7 @@ local core = require "smtp_core"
 local instance = require "smtp.instance"
 local output = require "smtp.testing.output"
 local Session = require "smtp.testing.session"
+local http_peer = require "smtp.testing.http"
 local log_lines, take_logs = output.log_lines, output.take_logs
 
 local testing = {}
@@ -181,11 +182,14 @@ function testing._load(source, chunkname, opts, dir)
   take_logs()
   local clock = Clock.new()
   local h = setmetatable({ clock = clock, sessions = {}, _log_start = #log_lines + 1 }, Harness)
+  h.http = http_peer.new(clock)	-- smtp.http's peer: h.http:route(...)
   local smtp = instance.new {
     core = core,
     now = function() return clock.t end,
     timer = function(seconds, fn) return clock:timer(seconds, fn) end,
     hostname = function() return opts.hostname or "mx.test.example" end,
+    http = function(req, fn) return h.http:_request(req, fn) end,
+    http_body = function(limit) return h.http:_body(limit) end,
   }
   local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts, dir))
   if not fn then error(err, 2) end
