@@ -493,7 +493,7 @@ fail(lua_State *L, const char *err)
 
 /*
  * platform.http(req, fn) -> handle | nil, err (upvalue: the context)
- * req: method, url, headers (name -> value), body (string or body buffer),
+ * req: method, url, headers (name -> value or list of values), body (string or body buffer),
  * timeout (s), max_body (octets), verify (boolean), host_header (string)
  */
 static int
@@ -618,14 +618,27 @@ lhttp_request(lua_State *L)
 	if (lua_getfield(L, 1, "headers") == LUA_TTABLE) {
 		lua_pushnil(L);
 		while (lua_next(L, -2) != 0) {
-			const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
+			const char	*k = lua_tostring(L, -2);
+			int		 bad = lua_type(L, -2) != LUA_TSTRING, i, n;
 
-			if (lua_type(L, -2) != LUA_TSTRING || v == NULL ||
-			    evhttp_add_header(out, k, v) == -1) {
+			/* a value, or a list of values: the header repeated */
+			n = lua_istable(L, -1) ? (int)luaL_len(L, -1) : 1;
+			for (i = 1; i <= n && !bad; i++) {
+				const char *v;
+
+				if (lua_istable(L, -1))
+					lua_geti(L, -1, i);
+				else
+					lua_pushvalue(L, -1);
+				v = lua_tostring(L, -1);
+				bad = v == NULL || evhttp_add_header(out, k, v) == -1;
+				lua_pop(L, 1);
+			}
+			if (bad) {
 				evhttp_request_free(r);
 				evhttp_uri_free(uri);
 				req_detach(q, 1);
-				return luaL_argerror(L, 1, "headers: name -> value, no CR or LF");
+				return luaL_argerror(L, 1, "headers: name -> value(s), no CR or LF");
 			}
 			has_len |= strcasecmp(k, "Content-Length") == 0;
 			has_host |= strcasecmp(k, "Host") == 0;

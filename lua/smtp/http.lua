@@ -56,9 +56,13 @@ local function check(opts, what, stream)
       if type(k) ~= "string" or not k:match("^[!#$%%&'*+%-.^_`|~%w]+$") then
         bad("header names must be HTTP tokens")
       end
-      if type(v) == "number" then v = tostring(v) end
-      if type(v) ~= "string" or v:find("[%z\r\n]") then
-        bad(("header %s: a string without CR, LF or NUL"):format(k))
+      local list = type(v) == "table" and v or { v }	-- a list: the header repeated
+      for i = 1, math.max(#list, 1) do
+        local one = list[i]
+        if type(one) == "number" then one = tostring(one) end
+        if type(one) ~= "string" or one:find("[%z\r\n]") then
+          bad(("header %s: a string (or a list of strings) without CR, LF or NUL"):format(k))
+        end
       end
     end
   end

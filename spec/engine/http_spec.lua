@@ -139,7 +139,7 @@ describe("smtp.http (fake peer)", function()
       end):listen(25)
     ]])
     local s = mail(h)
-    for which, why in pairs { scheme = "url must be an http", header = "header X%-A: a string without CR",
+    for which, why in pairs { scheme = "url must be an http", header = "header X%-A: a string %(or a list of strings%) without CR",
       method = "method must be one of", timeout = "timeout must be", unknown = "unknown option tiemout" } do
       s:send("RCPT TO:<" .. which .. "@example.org>"):expect("451 4.3.0 ")
       assert.matches(why, s:log())

@@ -12,8 +12,9 @@
 --     return 200, { ["content-type"] = "application/json" }, '{"action":"reject"}'
 --   end, { delay = 0.5 })
 --
--- A handler gets req = { method=, url=, path=, query=, headers=, body= }
--- (headers as sent, any case finds them) and returns status, headers, body;
+-- A handler gets req = { method=, url=, path=, query=, headers=, header_lists=, body= }
+-- (headers as sent, any case finds them, a repeated one joined by ", ";
+-- header_lists: lower-cased name -> list of values) and returns status, headers, body;
 -- nil, err for a failure (err as luasmtpd says it, e.g. "connection closed
 -- before the response"); or nothing: it never answers (the request times
 -- out).  A handler that raises fails the spec's clock:advance.
@@ -89,7 +90,15 @@ function Peer:_request(req, fn)
   local seen = { method = req.method, url = req.url, path = path ~= "" and path or "/",
     query = query ~= "" and query or nil, body = body or "",
     headers = setmetatable({}, HEADERS_MT) }
-  for k, v in pairs(req.headers or {}) do seen.headers[k] = tostring(v) end
+  for k, v in pairs(req.headers or {}) do	-- a list: the values joined, as a server reads them
+    seen.headers[k] = type(v) == "table" and table.concat(v, ", ") or tostring(v)
+  end
+  seen.header_lists = {}	-- every header as a list of its values
+  for k, v in pairs(req.headers or {}) do
+    local list = {}
+    for _, one in ipairs(type(v) == "table" and v or { v }) do list[#list + 1] = tostring(one) end
+    seen.header_lists[k:lower()] = list
+  end
   if not rawget(seen.headers, "Host") and not seen.headers.host then seen.headers.Host = host end
   self.requests[#self.requests + 1] = seen
 
