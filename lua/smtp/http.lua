@@ -79,12 +79,14 @@ local function check(opts, what, stream)
   end
   if opts.verify ~= nil and type(opts.verify) ~= "boolean" then bad("verify must be a boolean") end
   return { method = method, url = url, headers = headers, body = opts.body, timeout = timeout,
-    max_body = max_body, verify = opts.verify ~= false, max_inflight = M.MAX_IN_FLIGHT }, max_req
+    max_body = max_body, verify = opts.verify ~= false }, max_req
 end
 
 -- M.new(platform, I) -> the smtp.http table (I: the instance's tasks)
 function M.new(platform, I)
-  local http = {}
+  -- maxInFlight: requests in flight per worker (a Lua state) past which
+  -- another one fails at once with "too many requests in flight"
+  local http = { maxInFlight = M.MAX_IN_FLIGHT }
   local current_task, resume = I.current_task, I.resume
 
   local function no_loop(what)
@@ -99,6 +101,11 @@ function M.new(platform, I)
       error(("smtp.http.%s must be called from a handler or a 'start' listener"):format(what), 3)
     end
     if not platform.http or not I.loaded then no_loop(what) end
+    local limit = http.maxInFlight
+    if math.type(limit) ~= "integer" or limit < 0 then
+      error("smtp.http.maxInFlight must be an integer >= 0", 3)
+    end
+    req.max_inflight = limit
     local gen = task.gen
     local done, status, headers, body = false, nil, nil, nil
     local handle, err = platform.http(req, function(a, b, c)

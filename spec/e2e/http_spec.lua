@@ -109,9 +109,16 @@ local server = smtp.createServer(function(conn)
       local st, h, b = smtp.http.request { url = TLS .. "/", timeout = 10, verify = who == "tls" }
       return answer(st ~= nil, st and (st .. " " .. b) or h)
     end
-    -- burst-N: N requests at once to a socket that never accepts, 0.3 s each
-    local n = tonumber(who:match("^burst%-(%d+)$"))
+    if who == "leave" then	-- the client leaves while this waits
+      smtp.http.request { url = BASE .. "/hang", timeout = 60 }
+      return
+    end
+    -- burst-N: N requests at once to a socket that never accepts, 0.3 s
+    -- each; limit-N: the same, 50 at most in flight
+    local kind, n = who:match("^(%a+)%-(%d+)$")
+    n = tonumber(n)
     if not n then return end
+    smtp.http.maxInFlight = kind == "limit" and 50 or 1000
     local done, errs = 0, {}
     for _ = 1, n do
       smtp.setTimeout(function()
@@ -121,7 +128,8 @@ local server = smtp.createServer(function(conn)
       end, 0)
     end
     while done < n do smtp.sleep(0.05) end
-    answer(true, ("%d timeout"):format(errs.timeout or 0))
+    smtp.http.maxInFlight = 1000
+    answer(true, ("%d timeout, %d refused"):format(errs.timeout or 0, errs["too many requests in flight"] or 0))
   end)
   conn:on("DATA", function(message)
     local scan = smtp.http.stream { url = BASE .. "/scan", timeout = 10 }
@@ -227,10 +235,32 @@ describe("smtp.http in the server", function()
 		rcpt("burst-5@example.org")	-- the resolver and the listeners are made once
 		local before = fd_count(server.pid)
 		for _ = 1, 3 do
-			assert.equal("250 2.1.5 300 timeout", rcpt("burst-300@example.org"))
+			assert.equal("250 2.1.5 300 timeout, 0 refused", rcpt("burst-300@example.org"))
 		end
 		support.wait_until(function() return fd_count(server.pid) <= before end, 10,
 			"the descriptors to go back to " .. before)
+		assert.equal(before, fd_count(server.pid))
+	end)
+
+	it("past smtp.http.maxInFlight, requests fail at once", function()
+		-- the setTimeout functions start one after the other: 50 wait, 70 are refused
+		assert.equal("250 2.1.5 50 timeout, 70 refused", rcpt("limit-120@example.org"))
+	end)
+
+	it("a client that leaves cancels the request its handler waits for", function()
+		rcpt("burst-5@example.org")
+		local before = fd_count(server.pid)
+		local c = support.connect(server)
+		c:expect("^220")
+		c:cmd("EHLO client.example", "^250")
+		c:cmd("MAIL FROM:<a@example.net>", "^250")
+		c:send("RCPT TO:<leave@example.org>\r\n")
+		-- the request's connection is open (one more descriptor, besides the client's)
+		support.wait_until(function() return fd_count(server.pid) >= before + 2 end, 10,
+			"the request to be in flight")
+		c:close()
+		support.wait_until(function() return fd_count(server.pid) <= before end, 10,
+			"the request's connection to close")
 		assert.equal(before, fd_count(server.pid))
 	end)
 
