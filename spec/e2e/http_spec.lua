@@ -354,3 +354,20 @@ worker "normal" {
 		assert.matches("rspamd http://127%.0%.0%.1:%d+/checkv2: connection refused %(tempfail%)", server:stderr())
 	end)
 end)
+
+describe("luasmtpd --check", function()
+	it("passes a 'connection' listener that waits for a request (it never answers there)", function()
+		local dir = support.tmpdir()
+		finally(function() os.execute("rm -rf " .. shquote(dir)) end)
+		support.spit(dir .. "/policy.lua", [[
+local smtp = require "smtp"
+smtp.createServer(function(conn)
+  local status = smtp.http.request { url = "http://127.0.0.1:9/allow", timeout = 1 }
+  if status ~= 200 then conn:log("warn", "no answer") end
+end):listen(2525)
+]])
+		local ok, _, out = support.run(shquote(support.binary()) .. " --check " .. shquote(dir .. "/policy.lua"), 60)
+		assert.is_true(ok, out)
+		assert.matches("policy.lua: OK", out)
+	end)
+end)
