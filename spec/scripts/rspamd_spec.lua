@@ -102,6 +102,32 @@ describe("scripts/rspamd.lua", function()
       { "X-Spam-Action", "add header" }, { "X-Rspamd-Bar", "++++++" } }, seen.kept.headers)
   end)
 
+  it("sends User for an authenticated client", function()
+    h = testing.load_string([[
+      local smtp = require "smtp"
+      local create = smtp.createServer
+      smtp.createServer = function(fn)
+        return create(function(conn)
+          conn:on("AUTH", function(a) a.valid = a.username == "alice" end)
+          fn(conn)
+        end)
+      end
+      assert(loadfile("scripts/rspamd.lua", "t", _ENV))()
+    ]], { config = { auth_methods = require("smtp_core").AUTH.PLAIN, auth_without_tls = true } })
+    h.http:route("POST", URL, function() return 200, {}, answer end)
+    local s = h:connect()
+    s:expect(220)
+    s:send("EHLO client.example"):expect(250)
+    s:send("AUTH PLAIN AGFsaWNlAHNlY3JldA=="):expect(235)	-- \0alice\0secret
+    s:send("MAIL FROM:<alice@example.net>"):expect(250)
+    s:send("RCPT TO:<bob@example.org>"):expect(250)
+    s:send("DATA"):expect(354)
+    s:send("Subject: hi\r\n\r\nhello\r\n.")
+    h.clock:advance(0)
+    s:expect(250)
+    assert.equal("alice", h.http.requests[1].headers.User)
+  end)
+
   it("no action: accepted", function()
     load()
     send():expect(250)
