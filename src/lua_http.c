@@ -511,7 +511,7 @@ lhttp_request(lua_State *L)
 	enum evhttp_cmd_type	 type = EVHTTP_REQ_GET;
 	lua_Number		 timeout;
 	lua_Integer		 max_body, max_inflight;
-	char			 target[8192], hosthdr[300], err[256], num[32];
+	char			 target[8192], hosthdr[300], err[256], num[32], addr[256];
 	int			 port, https, verify, has_len = 0, has_host = 0;
 	SSL			*ssl = NULL;
 
@@ -550,6 +550,18 @@ lhttp_request(lua_State *L)
 	    (strcmp(scheme, "http") != 0 && strcmp(scheme, "https") != 0)) {
 		evhttp_uri_free(uri);
 		return fail(L, "bad url: http://host[:port]/path or https://...");
+	}
+	/* "[::1]": the brackets are the URL's, not the address's */
+	if (host[0] == '[') {
+		size_t n = strlen(host);
+
+		if (n < 3 || n - 2 >= sizeof(addr) || host[n - 1] != ']') {
+			evhttp_uri_free(uri);
+			return fail(L, "bad url");
+		}
+		memcpy(addr, host + 1, n - 2);
+		addr[n - 2] = '\0';
+		host = addr;
 	}
 	https = strcmp(scheme, "https") == 0;
 	port = evhttp_uri_get_port(uri);

@@ -1,7 +1,7 @@
 -- spec/e2e/http_spec.lua -- smtp.http in the real server against real
 -- peers on loopback, started here and stopped by PID: a Python HTTP server
--- (a webhook, a route that never answers, a streamed message's scanner, a
--- recorded rspamd /checkv2 exchange), the same over TLS with a self-signed
+-- (a webhook, also on ::1, a chunked response, a route that never answers,
+-- a streamed message's scanner, a recorded rspamd /checkv2 exchange), the same over TLS with a self-signed
 -- certificate, a socket that never accepts, and rspamd itself for
 -- scripts/rspamd.lua (GTUBE is rejected).  Timeouts fire and the client
 -- gets the policy's answer; after hundreds of timed-out requests the
@@ -32,17 +32,17 @@ local function spawn(cmd, log)
 	return pid
 end
 
-local function listening(port)
-	local c = socket.tcp()
+local function listening(port, host)
+	local c = host and socket.tcp6() or socket.tcp()
 	c:settimeout(1)
-	local ok = c:connect("127.0.0.1", port)
+	local ok = c:connect(host or "127.0.0.1", port)
 	c:close()
 	return ok
 end
 
 -- the peer: routes of a webhook, a scanner and rspamd, over http or https
 local PEER = [=[
-import http.server, json, ssl, sys, time, hashlib
+import http.server, json, socket, ssl, sys, time, hashlib
 GTUBE = b"XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
 # rspamd 3.4's answer to GTUBE, as recorded
 RECORDED = b'{"is_skipped":true,"score":15.0,"required_score":15.0,"action":"reject","symbols":{"GTUBE":{"name":"GTUBE","score":0.0,"metric_score":0.0}},"messages":{"smtp_message":"Gtube pattern"},"message-id":"undef","time_real":1.027694}'
@@ -64,6 +64,13 @@ class H(http.server.BaseHTTPRequestHandler):
         if self.path == "/hook":
             ok = body == ("to=" + self.headers.get("X-Rcpt", "")).encode()
             self.answer(200 if ok else 400, b"ok " + body)
+        elif self.path == "/chunked":
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in [b"abc", b"defgh", b"ij"]:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.write(b"0\r\n\r\n")
         elif self.path == "/scan":
             self.answer(200, ("%d %s" % (len(body), hashlib.sha256(body).hexdigest()[:16])).encode())
         elif self.path == "/checkv2":
@@ -74,7 +81,12 @@ class H(http.server.BaseHTTPRequestHandler):
                 self.answer(200, b'{"action":"no action","score":0.1,"required_score":15.0}', "application/json")
         else:
             self.answer(404, b"no")
-srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
+class V6(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+if sys.argv[1].startswith("v6:"):
+    srv = V6(("::1", int(sys.argv[1][3:])), H)
+else:
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H)
 srv.daemon_threads = True
 if len(sys.argv) > 2:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -85,7 +97,7 @@ srv.serve_forever()
 
 local POLICY = [=[
 local smtp = require "smtp"
-local BASE, TLS, HOLE, CLOSED = @BASE@, @TLS@, @HOLE@, @CLOSED@
+local BASE, TLS, HOLE, CLOSED, V6 = @BASE@, @TLS@, @HOLE@, @CLOSED@, @V6@
 
 local server = smtp.createServer(function(conn)
   conn:on("RCPT", function(rcpt)
@@ -99,6 +111,14 @@ local server = smtp.createServer(function(conn)
         headers = { ["X-Rcpt"] = rcpt.address }, body = "to=" .. rcpt.address, timeout = 10 }
       if not st then return answer(false, h) end
       return answer(st == 200, ("%d %s %s"):format(st, h["Content-Type"], b))
+    elseif who == "v6" then
+      local st, h, b = smtp.http.request { method = "POST", url = V6 .. "/hook",
+        headers = { ["X-Rcpt"] = rcpt.address }, body = "to=" .. rcpt.address, timeout = 10 }
+      return answer(st == 200, st and b or h)
+    elseif who == "chunked" or who == "chunkedbig" then
+      local st, h, b = smtp.http.request { method = "POST", url = BASE .. "/chunked", timeout = 10,
+        maxBody = who == "chunked" and 10 or 9 }
+      return answer(st == 200, st and (h["transfer-encoding"] .. " " .. b) or h)
     elseif who == "hang" then
       local st, err = smtp.http.request { url = BASE .. "/hang", timeout = 0.5 }
       return answer(st ~= nil, st or err)
@@ -153,27 +173,30 @@ local function fd_count(pid)
 end
 
 describe("smtp.http in the server", function()
-	local dir, peer_pid, tls_pid, hole, server
-	local port, tls_port
+	local dir, peer_pid, tls_pid, v6_pid, hole, server
+	local port, tls_port, v6_port
 
 	lazy_setup(function()
 		dir = support.tmpdir()
 		support.spit(dir .. "/peer.py", PEER)
 		assert(support.run(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 2 -subj /CN=localhost")
 			:format(shquote(dir .. "/key.pem"), shquote(dir .. "/cert.pem")), 60))
-		port, tls_port = support.free_port(), support.free_port()
+		port, tls_port, v6_port = support.free_port(), support.free_port(), support.free_port()
 		peer_pid = spawn(("%s %s %d"):format(PYTHON, shquote(dir .. "/peer.py"), port), dir .. "/peer.log")
 		tls_pid = spawn(("%s %s %d %s %s"):format(PYTHON, shquote(dir .. "/peer.py"), tls_port,
 			shquote(dir .. "/cert.pem"), shquote(dir .. "/key.pem")), dir .. "/peer.log")
-		support.wait_until(function() return listening(port) and listening(tls_port) end, 20, "the Python peers")
+		v6_pid = spawn(("%s %s v6:%d"):format(PYTHON, shquote(dir .. "/peer.py"), v6_port), dir .. "/peer.log")
+		support.wait_until(function() return listening(port) and listening(tls_port) and listening(v6_port, "::1") end,
+			20, "the Python peers")
 		hole = assert(socket.bind("127.0.0.1", 0))	-- listens, never accepts
 		local _, hole_port = hole:getsockname()
 		local closed = support.free_port()
-		local policy = POLICY:gsub("@(%u+)@", {
+		local policy = POLICY:gsub("@([%u%d]+)@", {
 			BASE = ("%q"):format("http://127.0.0.1:" .. port),
 			TLS = ("%q"):format("https://localhost:" .. tls_port),
 			HOLE = ("%q"):format("http://127.0.0.1:" .. hole_port),
 			CLOSED = ("%q"):format("http://127.0.0.1:" .. closed .. "/"),
+			V6 = ("%q"):format("http://[::1]:" .. v6_port),
 		})
 		server = support.start { policy = policy, workers = 0 }
 	end)
@@ -182,6 +205,7 @@ describe("smtp.http in the server", function()
 		if server then server:stop() ; server:cleanup() end
 		stop(peer_pid)
 		stop(tls_pid)
+		stop(v6_pid)
 		if hole then hole:close() end
 		if dir then os.execute("rm -rf " .. shquote(dir)) end
 	end)
@@ -199,6 +223,15 @@ describe("smtp.http in the server", function()
 
 	it("a webhook's status, headers and body decide", function()
 		assert.equal("250 2.1.5 200 text/plain ok to=hook@example.org", rcpt("hook@example.org"))
+	end)
+
+	it("an IPv6 literal in the URL", function()
+		assert.equal("250 2.1.5 ok to=v6@example.org", rcpt("v6@example.org"))
+	end)
+
+	it("a chunked response is read whole, and bounded by maxBody", function()
+		assert.equal("250 2.1.5 chunked abcdefghij", rcpt("chunked@example.org"))
+		assert.equal("451 4.3.0 response too large", rcpt("chunkedbig@example.org"))
 	end)
 
 	it("a peer that never answers: the request's timeout is the policy's answer", function()
