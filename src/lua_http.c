@@ -377,7 +377,7 @@ hbody_write(lua_State *L)
 	const char	*s = luaL_checklstring(L, 2, &len);
 
 	if (b->buf == NULL)
-		return luaL_error(L, "attempt to write to a sent body");
+		return luaL_error(L, "attempt to write to a sent or freed body");
 	if (len > b->limit - evbuffer_get_length(b->buf)) {
 		lua_pushnil(L);
 		lua_pushliteral(L, "request body too large");
@@ -399,6 +399,7 @@ hbody_size(lua_State *L)
 	return 1;
 }
 
+/* buffer:free(): what it holds goes now (a collection may come much later) */
 static int
 hbody_gc(lua_State *L)
 {
@@ -736,11 +737,13 @@ lhttp_install(lua_State *L, struct event_base *base)
 	}
 	lua_pop(L, 1);
 	if (luaL_newmetatable(L, HTTP_BODY_MT)) {
-		lua_createtable(L, 0, 2);
+		lua_createtable(L, 0, 3);
 		lua_pushcfunction(L, hbody_write);
 		lua_setfield(L, -2, "write");
 		lua_pushcfunction(L, hbody_size);
 		lua_setfield(L, -2, "size");
+		lua_pushcfunction(L, hbody_gc);
+		lua_setfield(L, -2, "free");
 		lua_setfield(L, -2, "__index");
 		lua_pushcfunction(L, hbody_gc);
 		lua_setfield(L, -2, "__gc");

@@ -148,7 +148,8 @@ function M.new(platform, I)
     local ok, err = self.body:write(chunk)
     if not ok then
       self.err = err
-      self.body = nil	-- what it held goes now
+      self.body:free()	-- what it held goes now, not at a collection
+      self.body = nil
       return nil, err
     end
     return true
@@ -171,6 +172,7 @@ function M.new(platform, I)
   -- stream:cancel(): what it buffered goes; finish() then returns nil, "stream is cancelled"
   function Stream:cancel()
     if self.state == "open" then
+      if self.body then self.body:free() end
       self.state, self.body = "cancelled", nil
       forget(self)
     end

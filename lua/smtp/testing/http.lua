@@ -32,7 +32,7 @@ end }
 
 -- M.new(clock) -> peer
 function M.new(clock)
-  return setmetatable({ clock = clock, routes = {}, requests = {}, inflight = 0 }, Peer)
+  return setmetatable({ clock = clock, routes = {}, requests = {}, inflight = 0, bodies = {} }, Peer)
 end
 
 -- peer:route(method, url, fn[, {delay=}]) -> peer; method "*" is any method;
@@ -48,6 +48,13 @@ end
 
 -- peer:pending() -> requests in flight (neither answered nor cancelled)
 function Peer:pending() return self.inflight end
+
+-- peer:buffered() -> octets that streams hold (written, not yet sent or freed)
+function Peer:buffered()
+  local n = 0
+  for _, b in ipairs(self.bodies) do if not b.sent then n = n + b.n end end
+  return n
+end
 
 function Peer:_find(method, url)
   local bare = url:match("^([^?#]*)")
@@ -67,6 +74,8 @@ function Peer:_body(limit)
     return true
   end
   function b.size() return b.n end
+  function b.free() b.chunks, b.n, b.freed = {}, 0, true end
+  self.bodies[#self.bodies + 1] = b
   return b
 end
 
@@ -86,7 +95,7 @@ function Peer:_request(req, fn)
   if not scheme then return nil, "bad url" end
   local path, query = rest:match("^([^?#]*)%??([^#]*)")
   local body = req.body
-  if type(body) == "table" then body = table.concat(body.chunks) end
+  if type(body) == "table" then body.sent = true ; body = table.concat(body.chunks) end
   local seen = { method = req.method, url = req.url, path = path ~= "" and path or "/",
     query = query ~= "" and query or nil, body = body or "",
     headers = setmetatable({}, HEADERS_MT) }
