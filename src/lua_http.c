@@ -69,7 +69,6 @@ struct hreq {
 	int			 sys_err;	/* errno then */
 	int			 dns_err;	/* EVUTIL_EAI_* of the host's lookup */
 	char			 tls_err[200];
-	double			 timeout;
 };
 
 struct hbody {
@@ -223,14 +222,13 @@ req_why(struct hreq *q, char *buf, size_t len)
 
 /* Calls fn with what the stack holds above top + 1 (the traceback). */
 static void
-req_deliver(struct hreq *q, lua_State *L, int top, int fn_ref)
+req_deliver(lua_State *L, int top, int fn_ref)
 {
 	int n = lua_gettop(L) - top - 1;
 
 	lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
 	lua_insert(L, top + 2);
-	(void)q;
 	if (lua_pcall(L, n, 0, top + 1) != LUA_OK)
 		log_warn(0, "lua: http response handler failed: %s", lua_tostring(L, -1));
 	lua_settop(L, top);
@@ -299,7 +297,7 @@ on_done(struct evhttp_request *r, void *arg)
 		lua_pushstring(L, req_why(q, why, sizeof(why)));
 	}
 	req_detach(q, 0);
-	req_deliver(q, L, top, fn_ref);
+	req_deliver(L, top, fn_ref);
 }
 
 static void
@@ -320,7 +318,7 @@ on_timeout(evutil_socket_t fd, short what, void *arg)
 	req_detach(q, 1);
 	lua_pushnil(L);
 	lua_pushliteral(L, "timeout");
-	req_deliver(q, L, top, fn_ref);
+	req_deliver(L, top, fn_ref);
 }
 
 /* handle:cancel(): no callback; the connection goes at once */
@@ -585,7 +583,6 @@ lhttp_request(lua_State *L)
 	memset(q, 0, sizeof(*q));
 	q->ctx = c;
 	q->fn_ref = q->self_ref = LUA_NOREF;
-	q->timeout = timeout;
 	luaL_setmetatable(L, HTTP_REQ_MT);
 	if ((q->timer = evtimer_new(c->base, on_timeout, q)) == NULL)
 		goto oom;
