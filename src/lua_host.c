@@ -34,6 +34,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_dns.h"
+#include "lua_http.h"
 #include "lua_redis.h"
 #include "lua_tcp.h"
 #include "lua_store.h"
@@ -623,6 +624,7 @@ load_protected(lua_State *L)
 		lua_setfield(L, -2, "tcp_connect");
 		ldns_push(L, p->base);			/* smtp.dns */
 		lua_setfield(L, -2, "dns");
+		lhttp_install(L, p->base);	/* smtp.http */
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);

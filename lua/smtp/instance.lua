@@ -67,6 +67,8 @@ function M.new(platform)
   smtp.all = require("smtp.all").new(I)
   -- smtp.dns.query, .mx, .ptr; smtp.dnsbl; connection.hostname (smtp.dns)
   smtp.dns = require("smtp.dns").new(I)
+  -- smtp.http.request{...}, smtp.http.stream{...}: HTTP from handlers (smtp.http)
+  smtp.http = require("smtp.http").new(platform, I)
 
   -- smtp.fs: what durable delivery needs and plain Lua lacks
   smtp.fs = {

@@ -14,6 +14,7 @@ local output = require "smtp.testing.output"
 local Session = require "smtp.testing.session"
 local fake_tcp = require "smtp.testing.tcp"
 local FakeDNS = require "smtp.testing.dns"
+local http_peer = require "smtp.testing.http"
 local log_lines, take_logs = output.log_lines, output.take_logs
 
 local testing = {}
@@ -196,6 +197,7 @@ function testing._load(source, chunkname, opts, dir)
   h.tcp = fake_tcp.new(clock)	-- fake TCP peers (smtp.testing.tcp)
   local fake_dns = FakeDNS.new(clock)	-- h.dns: smtp.dns's answers
   h.dns = fake_dns
+  h.http = http_peer.new(clock)	-- smtp.http's peer: h.http:route(...)
   local smtp = instance.new {
     core = core,
     now = function() return clock.t end,
@@ -203,6 +205,8 @@ function testing._load(source, chunkname, opts, dir)
     hostname = function() return opts.hostname or "mx.test.example" end,
     tcp_connect = function(...) return h.tcp:_connect(...) end,
     dns = function(...) return fake_dns:_query(...) end,
+    http = function(req, fn) return h.http:_request(req, fn) end,
+    http_body = function(limit) return h.http:_body(limit) end,
   }
   local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts, dir))
   if not fn then error(err, 2) end
