@@ -815,5 +815,7 @@ luaopen_smtp_store(lua_State *L)
 	lua_setfield(L, -2, "KEY_MAX");
 	lua_pushinteger(L, STORE_VALUE_MAX);
 	lua_setfield(L, -2, "VALUE_MAX");
+	lua_pushcfunction(L, lstore_redis);
+	lua_setfield(L, -2, "redis");
 	return 1;
 }

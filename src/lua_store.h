@@ -7,5 +7,7 @@
 #include <lua.h>
 
 int	luaopen_smtp_store(lua_State *L);
+/* smtp_store.redis: the blocking Redis client (lua_store_redis.c) */
+int	lstore_redis(lua_State *L);
 
 #endif

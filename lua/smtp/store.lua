@@ -17,7 +17,10 @@
 --   "memory"  smtp.testing (the default): in memory, on the platform's clock.
 -- A store opened with opts.redis is on a Redis server in "serve" mode
 -- (lua_redis.c's client, platform.redis: each call yields its handler until
--- Redis answers) and in memory otherwise: a check never connects.
+-- Redis answers), on the Redis of smtp.testing's opts.redis in "memory" mode
+-- when the harness gives one (platform.redis too, a blocking client: a call
+-- is answered before it returns) and in memory otherwise: a check never
+-- connects.
 local M = {}
 local type, mtype = type, math.type
 
@@ -192,7 +195,9 @@ local function send(self, level, ...)
     error(("store %s: a Redis store waits for Redis, so it is used from handlers and 'start' "
       .. "listeners only"):format(self.name), level)
   end
-  local sent, err = self.client:call(self.wake, task, task.gen, ...)
+  local client = self.client
+  if client.command then return client:command(...) end	-- blocking: smtp.testing's
+  local sent, err = client:call(self.wake, task, task.gen, ...)
   if not sent then return false, err end
   local w, ok, v, rerr
   repeat w, ok, v, rerr = coroutine.yield() until w == WAKE
@@ -431,7 +436,7 @@ function M.new(platform, core, I)
   -- opens db for real (nil, err if it cannot)
   local function activate(db)
     if db.redis then
-      if mode == "serve" and platform.redis then
+      if (mode == "serve" or mode == "memory") and platform.redis then
         local r = db.redis
         db.backend = new_redis(db.name, platform.redis(r.host, r.port, r.timeout, r.password, r.db), I)
       else
