@@ -30,11 +30,13 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/statfs.h>
+#include <sys/time.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -776,6 +778,162 @@ store_copy(lua_State *L)
 	if ((rc = mdb_env_copy2(s->env, path, MDB_CP_COMPACT)) != 0)
 		return store_fail(L, s, NULL, "copy", rc);
 	return 0;
+}
+
+/* ---- luasmtpd --store-dump ------------------------------------------------ */
+
+/* s[0..n) as text: C escapes for control octets, backslash, '"' and tab */
+static void
+dump_escaped(FILE *out, const char *s, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if (ch == '\\' || ch == '"')
+			fprintf(out, "\\%c", ch);
+		else if (ch == '\t')
+			fputs("\\t", out);
+		else if (ch == '\n')
+			fputs("\\n", out);
+		else if (ch < 0x20 || ch == 0x7f)
+			fprintf(out, "\\x%02x", ch);
+		else
+			fputc(ch, out);
+	}
+}
+
+/* one RESP bulk string */
+static void
+dump_bulk(FILE *out, const char *s, size_t n)
+{
+	fprintf(out, "$%zu\r\n", n);
+	fwrite(s, 1, n, out);
+	fputs("\r\n", out);
+}
+
+/* a number as the Redis backend writes it (store.lua's encode_number) */
+static void
+dump_number(char *buf, size_t len, const MDB_val *v)
+{
+	const char	*p = (const char *)v->mv_data + REC_HEAD;
+	lua_Integer	 i = 0;
+	lua_Number	 d = 0;
+
+	if (((const char *)v->mv_data)[8] == 'i') {
+		if (v->mv_size == REC_HEAD + sizeof(i))
+			memcpy(&i, p, sizeof(i));
+		snprintf(buf, len, LUA_INTEGER_FMT, i);
+		return;
+	}
+	if (v->mv_size == REC_HEAD + sizeof(d))
+		memcpy(&d, p, sizeof(d));
+	if (isinf(d)) {
+		snprintf(buf, len, "%s", d > 0 ? "inf" : "-inf");
+		return;
+	}
+	snprintf(buf, len, "%.17g", d);
+	if (strspn(buf, "-0123456789") == strlen(buf))
+		strncat(buf, ".0", len - strlen(buf) - 1);
+}
+
+int
+store_dump(const char *dir, const char *name, int redis, FILE *out, char *err, size_t errlen)
+{
+	char		 path[4096], num[64];
+	MDB_env		*env = NULL;
+	MDB_txn		*txn = NULL;
+	MDB_cursor	*cur = NULL;
+	MDB_dbi		 dbi;
+	MDB_val		 k, v;
+	struct timeval	 tv;
+	int64_t		 now, left;
+	size_t		 nlen = strlen(name);
+	int		 rc;
+
+	if (nlen == 0 || nlen > STORE_NAME_MAX || strspn(name, "abcdefghijklmnopqrstuvwxyz"
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-") != nlen || name[0] == '.' ||
+	    name[0] == '-') {
+		snprintf(err, errlen, "bad store name '%s' (1 to 64 letters, digits, '_', '-' "
+		    "or '.')", name);
+		return -1;
+	}
+	if ((size_t)snprintf(path, sizeof(path), "%s/%s.mdb", dir, name) >= sizeof(path)) {
+		snprintf(err, errlen, "state directory name too long");
+		return -1;
+	}
+	gettimeofday(&tv, NULL);
+	now = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+	if ((rc = mdb_env_create(&env)) != 0 ||
+	    (rc = mdb_env_open(env, path, MDB_RDONLY | MDB_NOSUBDIR, 0600)) != 0 ||
+	    (rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn)) != 0 ||
+	    (rc = mdb_dbi_open(txn, NULL, 0, &dbi)) != 0 ||
+	    (rc = mdb_cursor_open(txn, dbi, &cur)) != 0) {
+		snprintf(err, errlen, "store %s: cannot read %s: %s", name, path, mdb_strerror(rc));
+		goto fail;
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	    rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		char type;
+
+		if (!rec_live(&v, now))
+			continue;
+		type = ((const char *)v.mv_data)[8];
+		left = rec_expiry(&v) == 0 ? 0 : rec_expiry(&v) - now;
+		if (type != 's')
+			dump_number(num, sizeof(num), &v);
+		if (redis) {
+			fputs(left > 0 ? "*5\r\n" : "*3\r\n", out);
+			dump_bulk(out, "SET", 3);
+			fprintf(out, "$%zu\r\n%s:", nlen + 1 + k.mv_size, name);
+			fwrite(k.mv_data, 1, k.mv_size, out);
+			fputs("\r\n", out);
+			if (type == 's') {
+				fprintf(out, "$%zu\r\ns:", v.mv_size - REC_HEAD + 2);
+				fwrite((const char *)v.mv_data + REC_HEAD, 1, v.mv_size - REC_HEAD, out);
+				fputs("\r\n", out);
+			} else {
+				dump_bulk(out, num, strlen(num));
+			}
+			if (left > 0) {
+				dump_bulk(out, "PX", 2);
+				snprintf(num, sizeof(num), "%lld", (long long)left);
+				dump_bulk(out, num, strlen(num));
+			}
+			continue;
+		}
+		dump_escaped(out, k.mv_data, k.mv_size);
+		if (left > 0)
+			fprintf(out, "\t%.3f\t", (double)left / 1000);
+		else
+			fputs("\t-\t", out);
+		if (type == 's') {
+			fputc('"', out);
+			dump_escaped(out, (const char *)v.mv_data + REC_HEAD, v.mv_size - REC_HEAD);
+			fputs("\"\n", out);
+		} else {
+			fprintf(out, "%s\n", num);
+		}
+	}
+	if (rc != MDB_NOTFOUND) {
+		snprintf(err, errlen, "store %s: %s: %s", name, path, mdb_strerror(rc));
+		goto fail;
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	mdb_env_close(env);
+	if (fflush(out) == EOF || ferror(out)) {
+		snprintf(err, errlen, "store %s: cannot write the dump", name);
+		return -1;
+	}
+	return 0;
+fail:
+	if (cur != NULL)
+		mdb_cursor_close(cur);
+	if (txn != NULL)
+		mdb_txn_abort(txn);
+	if (env != NULL)
+		mdb_env_close(env);
+	return -1;
 }
 
 static const luaL_Reg store_methods[] = {
