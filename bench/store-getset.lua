@@ -10,11 +10,12 @@ local build = os.getenv("LUASMTPD_BUILD") or "build"
 package.cpath = build .. "/?.so;" .. package.cpath
 package.path = "lua/?.lua;" .. package.path
 local n = tonumber(arg[1]) or 200000
+local store, core = require "smtp.store", require "smtp_core"	-- before the temp dir
 local p = io.popen("mktemp -d " .. (arg[2] or "/dev/shm") .. "/store-getset.XXXXXX")
 local dir = p:read("l")
 p:close()
-local api = require("smtp.store").new({ store_mode = "serve", state_dir = dir,
-  now = function() return 1700000000 end }, require "smtp_core")
+local api = store.new({ store_mode = "serve", state_dir = dir,
+  now = function() return 1700000000 end }, core)
 local db = api.open("bench")
 assert(api._ready())
 local key = ("t:%s\0%s\0%s"):format("127.0.0.1", "sender@example.com", "rcpt@example.com")
