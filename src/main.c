@@ -28,6 +28,7 @@
 #include "log.h"
 #include "master.h"
 #include "host.h"
+#include "lua_store.h"
 #include "server.h"
 
 #define MAIN_LISTEN_MAX		MASTER_LISTEN_MAX
@@ -44,6 +45,8 @@ struct options {
 	const char	*state_dir;	/* smtp.store's files (NULL: the script's) */
 	const char	*metrics;	/* --metrics ADDR:PORT, or NULL */
 	int		 check;
+	const char	*store_dump;	/* --store-dump NAME: print it and exit */
+	int		 dump_redis;	/* --dump-format redis */
 };
 
 /* What the validating load found: the script's listen addresses, or an error. */
@@ -75,6 +78,10 @@ usage(FILE *f)
 	    "                           script's server.stateDir, else ./state)\n"
 	    "      --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics\n"
 	    "                           (summed over all workers; PORT alone: 127.0.0.1)\n"
+	    "      --store-dump NAME    print the keys of smtp.store NAME (in --state-dir,\n"
+	    "                           default ./state; no SCRIPT) and exit\n"
+	    "      --dump-format FMT    text (KEY TAB TTL TAB VALUE, the default) or redis\n"
+	    "                           (SET commands for redis-cli --pipe)\n"
 	    "      --version            print the version and exit\n"
 	    "  -h, --help               print this help and exit\n"
 	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
@@ -112,7 +119,7 @@ static int
 parse_options(int argc, char **argv, struct options *o)
 {
 	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
-	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS };
+	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS, OPT_DUMP, OPT_DUMP_FORMAT };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
@@ -123,6 +130,8 @@ parse_options(int argc, char **argv, struct options *o)
 		{ "user",	required_argument,	NULL, OPT_USER },
 		{ "state-dir",	required_argument,	NULL, OPT_STATE },
 		{ "metrics",	required_argument,	NULL, OPT_METRICS },
+		{ "store-dump",	required_argument,	NULL, OPT_DUMP },
+		{ "dump-format", required_argument,	NULL, OPT_DUMP_FORMAT },
 		{ "version",	no_argument,		NULL, OPT_VERSION },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 },
@@ -199,6 +208,17 @@ parse_options(int argc, char **argv, struct options *o)
 		case OPT_METRICS:
 			o->metrics = optarg;
 			break;
+		case OPT_DUMP:
+			o->store_dump = optarg;
+			break;
+		case OPT_DUMP_FORMAT:
+			if (strcmp(optarg, "text") != 0 && strcmp(optarg, "redis") != 0) {
+				fprintf(stderr, "luasmtpd: bad --dump-format '%s' (text or "
+				    "redis)\n", optarg);
+				return 2;
+			}
+			o->dump_redis = strcmp(optarg, "redis") == 0;
+			break;
 		case OPT_VERSION:
 			printf("luasmtpd %s\n", LUASMTPD_VERSION);
 			exit(0);
@@ -219,6 +239,8 @@ parse_options(int argc, char **argv, struct options *o)
 			return 2;
 		}
 	}
+	if (o->store_dump != NULL && argc == optind)
+		return 0;
 	if (argc - optind != 1) {
 		fprintf(stderr, "luasmtpd: %s\n", argc - optind == 0 ?
 		    "no SCRIPT given" : "only one SCRIPT may be given");
@@ -414,6 +436,14 @@ main(int argc, char **argv)
 
 	if ((rc = parse_options(argc, argv, &o)) != 0)
 		return rc;
+	if (o.store_dump != NULL) {
+		if (store_dump(o.state_dir != NULL ? o.state_dir : "./state", o.store_dump,
+		    o.dump_redis, stdout, err, sizeof(err)) == -1) {
+			fprintf(stderr, "luasmtpd: %s\n", err);
+			return 1;
+		}
+		return 0;
+	}
 	/* bad --listen is a usage error, found before the script runs */
 	for (size_t i = 0; i < o.nlisten; i++) {
 		if (listener_parse(o.listen[i], host, sizeof(host), &port, err,

@@ -180,6 +180,24 @@ local function script_env(smtp, opts, dir)
   return env
 end
 
+-- opts.redis "host:port": the script's Redis stores (smtp.store.open with
+-- opts.redis) are on that server, whatever address the script gives (its
+-- password and db are kept), through a blocking client: each call is
+-- answered before it returns, and its TTLs are Redis's (real time, not the
+-- virtual clock)
+function testing._redis(address)
+  local host, port = tostring(address):match("^%[(.+)%]:(%d+)$")
+  if not host then host, port = tostring(address):match("^([^:]+):(%d+)$") end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 then
+    error(("testing: opts.redis is \"host:port\" (got %s)"):format(tostring(address)), 4)
+  end
+  local smtp_store = require "smtp_store"
+  return function(_, _, timeout, password, db)
+    return smtp_store.redis(host, port, timeout, password, db)
+  end
+end
+
 -- testing.load_string(source[, chunkname][, opts]) -> harness
 function testing.load_string(source, chunkname, opts)
   if type(chunkname) == "table" then chunkname, opts = nil, chunkname end
@@ -207,6 +225,7 @@ function testing._load(source, chunkname, opts, dir)
     dns = function(...) return fake_dns:_query(...) end,
     http = function(req, fn) return h.http:_request(req, fn) end,
     http_body = function(limit) return h.http:_body(limit) end,
+    redis = opts.redis and testing._redis(opts.redis),
   }
   local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts, dir))
   if not fn then error(err, 2) end
@@ -231,7 +250,8 @@ end
 -- testing.load(path[, opts]) -> harness: opts.env (os.getenv overrides),
 -- opts.globals (names set in the script's environment), opts.args (the
 -- script's ...), opts.hostname (default for server.hostname), opts.log_level,
--- opts.config (engine config fields over the script's, e.g. auth_methods)
+-- opts.config (engine config fields over the script's, e.g. auth_methods),
+-- opts.redis ("host:port": the script's Redis stores on a real Redis)
 function testing.load(path, opts)
   local f, err = io.open(path, "rb")
   if not f then error(err, 2) end
