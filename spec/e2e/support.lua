@@ -479,6 +479,11 @@ function Server:envelope_log()
 	return table.concat(seen, "\n")
 end
 
+-- Next hops (spec/e2e/peers.lua, loaded when first used): Dovecot's LMTP
+-- and Postfix's smtp-sink on free loopback ports, stopped by PID.
+function support.dovecot_lmtp(opts) return require("spec.e2e.peers").dovecot_lmtp(opts) end
+function support.smtp_sink(dir) return require("spec.e2e.peers").smtp_sink(dir) end
+
 support.show = show
 support.Client = Client
 support.Server = Server
