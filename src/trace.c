@@ -5,9 +5,7 @@
  * message arrives with (RFC 5321 6.3).  No session, no I/O: session.c
  * calls these with what it knows.
  */
-#include <inttypes.h>
 #include <limits.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "trace.h"
@@ -28,22 +26,65 @@ trace_protocol(bool lmtp, bool esmtp, bool tls, bool auth)
 }
 
 /*
- * Copies a name the client chose into a token of the field: at most 255
- * octets, and an octet that would end the token or the field (space,
- * control, 8-bit, "()<>;,\"\\") becomes '?'.
+ * One clause of the field, built by appending (no printf: this runs once
+ * per message).  Bounded: what does not fit is cut.
+ */
+struct part {
+	char	buf[700];
+	size_t	len;
+};
+
+static void
+part_mem(struct part *p, const char *s, size_t n)
+{
+	if (n > sizeof(p->buf) - p->len)
+		n = sizeof(p->buf) - p->len;
+	memcpy(p->buf + p->len, s, n);
+	p->len += n;
+}
+
+static void
+part_str(struct part *p, const char *s)
+{
+	part_mem(p, s, strlen(s));
+}
+
+/*
+ * A name the client chose, as a token of the field: at most 255 octets,
+ * and an octet that would end the token or the field (space, control,
+ * 8-bit, "()<>;,\"\\") becomes '?'.
  */
 static void
-token_copy(char *dst, size_t size, const char *src)
+part_token(struct part *p, const char *s)
 {
-	size_t	i;
+	for (size_t i = 0; i < 255 && s[i] != '\0' && p->len < sizeof(p->buf); i++) {
+		unsigned char c = (unsigned char)s[i];
 
-	for (i = 0; i + 1 < size && i < 255 && src[i] != '\0'; i++) {
-		unsigned char c = (unsigned char)src[i];
-
-		dst[i] = c <= ' ' || c >= 0x7f || strchr("()<>;,\"\\", c) != NULL ?
+		p->buf[p->len++] = c <= ' ' || c >= 0x7f || strchr("()<>;,\"\\", c) != NULL ?
 		    '?' : (char)c;
 	}
-	dst[i] = '\0';
+}
+
+/* n as width decimal digits, zero-padded */
+static void
+part_num(struct part *p, unsigned n, int width)
+{
+	char d[10];
+
+	for (int i = width - 1; i >= 0; i--, n /= 10)
+		d[i] = (char)('0' + n % 10);
+	part_mem(p, d, (size_t)width);
+}
+
+static void
+part_hex64(struct part *p, uint64_t v)
+{
+	static const char	hex[] = "0123456789abcdef";
+	char			d[16];
+
+	for (int i = 15; i >= 0; i--, v >>= 4)
+		d[i] = hex[v & 15];
+	part_mem(p, d, sizeof(d));
 }
 
 /* A folded field being written: parts joined by a space, or CRLF TAB past the fold. */
@@ -54,9 +95,9 @@ struct field {
 };
 
 static void
-field_part(struct field *f, const char *part, bool first)
+field_part(struct field *f, const struct part *part, bool first)
 {
-	size_t	n = strlen(part);
+	size_t	n = part->len;
 
 	if (!first && f->line + 1 + n > TRACE_FOLD) {
 		if (f->len + 3 + n >= f->size) {
@@ -77,73 +118,94 @@ field_part(struct field *f, const char *part, bool first)
 		f->full = true;
 		return;
 	}
-	memcpy(f->buf + f->len, part, n);
+	memcpy(f->buf + f->len, part->buf, n);
 	f->len += n;
 	f->line += n;
-	f->buf[f->len] = '\0';
 }
 
 /* RFC 5322 3.3 date-time in UTC; no locale. */
 static void
-date_format(char *buf, size_t size, time_t when)
+part_date(struct part *p, time_t when)
 {
-	static const char *const days[] = { "Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat" };
-	static const char *const months[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun",
-	    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec" };
+	static const char days[] = "SunMonTueWedThuFriSat";
+	static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
 	struct tm tm;
 
 	if (gmtime_r(&when, &tm) == NULL)
 		memset(&tm, 0, sizeof(tm));
-	snprintf(buf, size, "%s, %02d %s %04d %02d:%02d:%02d +0000",
-	    days[tm.tm_wday % 7], tm.tm_mday, months[tm.tm_mon % 12],
-	    tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+	part_mem(p, days + 3 * (tm.tm_wday % 7), 3);
+	part_str(p, ", ");
+	part_num(p, (unsigned)tm.tm_mday, 2);
+	part_str(p, " ");
+	part_mem(p, months + 3 * (tm.tm_mon % 12), 3);
+	part_str(p, " ");
+	part_num(p, (unsigned)(tm.tm_year + 1900) % 10000, 4);
+	part_str(p, " ");
+	part_num(p, (unsigned)tm.tm_hour, 2);
+	part_str(p, ":");
+	part_num(p, (unsigned)tm.tm_min, 2);
+	part_str(p, ":");
+	part_num(p, (unsigned)tm.tm_sec, 2);
+	part_str(p, " +0000");
 }
 
 size_t
 trace_received(char *buf, size_t size, const struct trace_received *r)
 {
 	struct field	f = { buf, size, 0, 0, false };
-	char		helo[256], rev[256], part[700], date[64];
+	struct part	p;
 	bool		addr = r->addr != NULL && r->addr[0] != '\0' &&
 			    strcmp(r->addr, "unknown") != 0;
+	bool		rev = r->reverse != NULL && r->reverse[0] != '\0';
 
 	if (size == 0)
 		return 0;
 	buf[0] = '\0';
-	token_copy(helo, sizeof(helo), r->helo != NULL && r->helo[0] != '\0' ?
-	    r->helo : "unknown");
-	token_copy(rev, sizeof(rev), r->reverse != NULL ? r->reverse : "");
 	/* from HELO (reverse [addr]): RFC 5321 4.4 Extended-Domain and TCP-info */
-	if (addr)
-		snprintf(part, sizeof(part), "Received: from %s (%s%s[%s%.46s])", helo,
-		    rev, rev[0] != '\0' ? " " : "",
-		    strchr(r->addr, ':') != NULL ? "IPv6:" : "", r->addr);
-	else if (rev[0] != '\0')
-		snprintf(part, sizeof(part), "Received: from %s (%s)", helo, rev);
-	else
-		snprintf(part, sizeof(part), "Received: from %s", helo);
-	field_part(&f, part, true);
-	token_copy(helo, sizeof(helo), r->by != NULL && r->by[0] != '\0' ?
-	    r->by : "localhost");
-	snprintf(part, sizeof(part), "by %s (luasmtpd)", helo);
-	field_part(&f, part, false);
-	snprintf(part, sizeof(part), "with %s", r->protocol);
-	field_part(&f, part, false);
-	snprintf(part, sizeof(part), "id %016" PRIx64 "%s", r->id,
-	    r->rcpt != NULL ? "" : ";");
-	field_part(&f, part, false);
-	if (r->rcpt != NULL) {
-		size_t	i, n = 0;
-
-		/* a parsed path: no CR, LF or controls; bounded all the same */
-		n = (size_t)snprintf(part, sizeof(part), "for <");
-		for (i = 0; r->rcpt[i] != '\0' && n + 3 < sizeof(part); i++)
-			part[n++] = (unsigned char)r->rcpt[i] < ' ' ? '?' : r->rcpt[i];
-		memcpy(part + n, ">;", 3);
-		field_part(&f, part, false);
+	p.len = 0;
+	part_str(&p, "Received: from ");
+	part_token(&p, r->helo != NULL && r->helo[0] != '\0' ? r->helo : "unknown");
+	if (addr || rev) {
+		part_str(&p, " (");
+		if (rev)
+			part_token(&p, r->reverse);
+		if (addr) {
+			part_str(&p, rev ? " [" : "[");
+			if (strchr(r->addr, ':') != NULL)
+				part_str(&p, "IPv6:");
+			part_token(&p, r->addr);
+			part_str(&p, "]");
+		}
+		part_str(&p, ")");
 	}
-	date_format(date, sizeof(date), r->when);
-	field_part(&f, date, false);
+	field_part(&f, &p, true);
+	p.len = 0;
+	part_str(&p, "by ");
+	part_token(&p, r->by != NULL && r->by[0] != '\0' ? r->by : "localhost");
+	part_str(&p, " (luasmtpd)");
+	field_part(&f, &p, false);
+	p.len = 0;
+	part_str(&p, "with ");
+	part_str(&p, r->protocol);
+	field_part(&f, &p, false);
+	p.len = 0;
+	part_str(&p, "id ");
+	part_hex64(&p, r->id);
+	if (r->rcpt == NULL)
+		part_str(&p, ";");
+	field_part(&f, &p, false);
+	if (r->rcpt != NULL) {
+		/* a parsed path: no CR, LF or controls; bounded all the same */
+		p.len = 0;
+		part_str(&p, "for <");
+		for (size_t i = 0; r->rcpt[i] != '\0' && p.len + 2 < sizeof(p.buf); i++)
+			p.buf[p.len++] = (unsigned char)r->rcpt[i] < ' ' ? '?' : r->rcpt[i];
+		part_str(&p, ">;");
+		field_part(&f, &p, false);
+	}
+	p.len = 0;
+	part_date(&p, r->when);
+	field_part(&f, &p, false);
 	if (f.full || f.len + 3 > size)
 		return 0;
 	memcpy(buf + f.len, "\r\n", 3);
