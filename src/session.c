@@ -247,6 +247,7 @@ static void	arm_timer(struct session *);
 static void	envelope_clear(struct session *);
 static void	asked_forget(struct session *);
 static void	added_clear(struct session *);
+static void	trace_reset(struct session *);
 static uint64_t	clock_now(const struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
@@ -1487,7 +1488,7 @@ cmd_data(struct session *s, char *arg)
 		reply_error(s, 503, "5.5.1", "BODY=BINARYMIME requires BDAT");
 		return;
 	}
-	added_clear(s);
+	trace_reset(s);
 	ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 }
 
@@ -2002,6 +2003,14 @@ added_clear(struct session *s)
 	s->added_len = 0;
 }
 
+/* A new message is asked for: session_add_header() works again, from nothing. */
+static void
+trace_reset(struct session *s)
+{
+	added_clear(s);
+	s->trace_sent = false;
+}
+
 /*
  * Before the message's first octet: the Received field (cfg->received_header)
  * and the policy's added fields, in that order, and the first span p (NULL
@@ -2361,7 +2370,7 @@ cmd_bdat(struct session *s, char *arg)
 			return;
 		}
 		s->bdat_asked = true;	/* the message starts: the policy's 'DATA' */
-		added_clear(s);
+		trace_reset(s);
 		ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 		return;
 	}

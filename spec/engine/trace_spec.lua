@@ -207,6 +207,31 @@ describe("message:addHeader", function()
     assert.falsy(got.text:find("X-N" .. got.n .. ":", 1, true))
   end)
 
+  it("works for every message of a session, by DATA and by BDAT", function()
+    local texts = {}
+    local h = policy([[
+      local n = 0
+      smtp.createServer(function(c)
+        c:on("DATA", function(m)
+          n = n + 1
+          assert(m:addHeader("X-Message", tostring(n)))
+          local chunks = {}
+          m:on("data", function(chunk) chunks[#chunks + 1] = chunk end)
+          m:on("end", function() TEXTS[n] = table.concat(chunks) ; m:accept() end)
+        end)
+      end)
+    ]], { globals = { TEXTS = texts } })
+    local s = h:connect()
+    assert.is_true(s:sendmail { from = "a@example.net", to = "b@example.org", data = "one\r\n" }.ok)
+    assert.is_true(s:sendmail { from = "a@example.net", to = "b@example.org", data = "two\r\n" }.ok)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("RCPT TO:<b@example.org>"):expect(250)
+    s:bdat("three\r\n", true):expect(250)
+    assert.matches("\r\nX%-Message: 1\r\none\r\n$", texts[1])
+    assert.matches("\r\nX%-Message: 2\r\ntwo\r\n$", texts[2])
+    assert.matches("\r\nX%-Message: 3\r\nthree\r\n$", texts[3])
+  end)
+
   it("belongs to one message: a refused DATA drops what it added", function()
     local got = {}
     local h = policy([[
