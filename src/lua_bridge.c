@@ -25,7 +25,7 @@
 
 static const char *const abort_names[] = {
 	"disconnect", "too big", "bare newline", "line too long", "timeout",
-	"shutdown", "nul byte", "reset",
+	"shutdown", "nul byte", "reset", "too many hops",
 };
 
 /* ---- handles ----------------------------------------------------------- */

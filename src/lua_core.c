@@ -87,6 +87,10 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	if (lua_getfield(L, idx, "lmtp") != LUA_TNIL)
 		cfg->lmtp = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "received_header") != LUA_TNIL)
+		cfg->received_header = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	cfg->max_hops = (unsigned)opt_int(L, idx, "max_hops", cfg->max_hops, 0);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */
@@ -103,7 +107,10 @@ lcore_defaults(lua_State *L)
 	F(max_line); F(max_text_line); F(max_recipients); F(max_size);
 	F(max_bad_commands); F(timeout_command_ms); F(timeout_data_ms);
 	F(timeout_decision_ms); F(timeout_tls_ms); F(min_data_rate); F(max_session_ms);
+	F(max_hops);
 #undef F
+	lua_pushboolean(L, cfg.received_header);
+	lua_setfield(L, -2, "received_header");
 	return 1;
 }
 

@@ -761,6 +761,8 @@ host_session_config(const struct host *p, struct session_config *cfg)
 	cfg->auth_without_tls = false;
 	cfg->max_auth_failures = p->cfg.max_auth_failures;
 	cfg->accept_bare_lf = p->cfg.accept_bare_lf;
+	cfg->received_header = p->cfg.received_header;
+	cfg->max_hops = p->cfg.max_hops;
 }
 
 /* A listen's options over the server's (host_session_config). */

@@ -341,6 +341,46 @@ lsession_resume(lua_State *L)
 	return 0;
 }
 
+/*
+ * handle:addHeader(name, value) -> true | fail, why, bad: a header field
+ * prepended to the message's data (session_add_header); bad is true for a
+ * misuse (a bad name or value, too late), false for the size limit.
+ */
+static int
+lsession_add_header(lua_State *L)
+{
+	struct session	*s = check_session(L, 1);
+	size_t		 nlen, vlen;
+	const char	*name = luaL_checklstring(L, 2, &nlen);
+	const char	*value = luaL_checklstring(L, 3, &vlen);
+	const char	*why = NULL;
+	int		 rc;
+
+	if ((rc = session_add_header(s, name, nlen, value, vlen, &why)) == 0) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	luaL_pushfail(L);
+	lua_pushstring(L, why);
+	lua_pushboolean(L, rc == -1);
+	return 3;
+}
+
+/* handle:setReverseName(name | nil) -> true | fail: the client's name in the Received field */
+static int
+lsession_set_reverse_name(lua_State *L)
+{
+	struct session	*s = check_session(L, 1);
+	const char	*name = luaL_optstring(L, 2, NULL);
+
+	if (session_set_reverse_name(s, name) == -1) {
+		luaL_pushfail(L);
+		return 1;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* handle:destroy(): harness only; runs the closed hook */
 static int
 lsession_destroy(lua_State *L)
@@ -610,6 +650,8 @@ const luaL_Reg lcore_session_methods[] = {
 	{ "shutdown",	lsession_shutdown },
 	{ "pause",	lsession_pause },
 	{ "resume",	lsession_resume },
+	{ "addHeader",	lsession_add_header },
+	{ "setReverseName", lsession_set_reverse_name },
 	{ "destroy",	lsession_destroy },
 	{ "output",	lsession_output },
 	{ "io",		lsession_io },

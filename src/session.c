@@ -20,6 +20,7 @@
 #include "reply.h"
 #include "sasl.h"
 #include "session.h"
+#include "trace.h"
 
 enum state {
 	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
@@ -106,6 +107,13 @@ struct session {
 	uint64_t			 size;
 	bool				 failed;
 	enum session_abort		 fail_reason;
+
+	/* trace fields (trace.c): prepended to the data, Received fields counted */
+	char				*reverse;	/* the client's reverse name, if known */
+	char				*added;		/* session_add_header()'s fields */
+	size_t				 added_len;
+	bool				 trace_sent;	/* the data began: nothing more is prepended */
+	struct trace_hops		 hops;
 
 	/* BDAT (RFC 3030) */
 	bool				 chunking;	/* the message goes by BDAT: DATA is refused */
@@ -243,6 +251,8 @@ static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
 static void	envelope_clear(struct session *);
 static void	asked_forget(struct session *);
+static void	added_clear(struct session *);
+static void	trace_reset(struct session *);
 static uint64_t	clock_now(const struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
@@ -265,6 +275,8 @@ session_config_init(struct session_config *cfg)
 	cfg->timeout_decision_ms = 10 * 60 * 1000;
 	cfg->timeout_tls_ms = 30 * 1000;
 	cfg->min_data_rate = 500;
+	cfg->received_header = true;
+	cfg->max_hops = 100;
 	cfg->max_session_ms = 60 * 60 * 1000;
 	cfg->max_auth_failures = 3;
 }
@@ -336,6 +348,8 @@ session_destroy(struct session *s)
 	sasl_forget(s);
 	envelope_clear(s);
 	asked_forget(s);
+	free(s->added);
+	free(s->reverse);
 	free(s->helo);
 	free(s->rcpts);
 	free(s->user);
@@ -1485,6 +1499,7 @@ cmd_data(struct session *s, char *arg)
 		reply_error(s, 503, "5.5.1", "BODY=BINARYMIME requires BDAT");
 		return;
 	}
+	trace_reset(s);
 	ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 }
 
@@ -1988,6 +2003,8 @@ data_begin(struct session *s)
 	s->text_line_len = 0;
 	s->size = 0;
 	s->failed = false;
+	s->trace_sent = false;
+	trace_hops_init(&s->hops);
 }
 
 /* The message will not be delivered: tell the policy once, keep reading. */
@@ -1998,22 +2015,104 @@ data_fail(struct session *s, enum session_abort why)
 		return;
 	log_info(s->id, "message refused while receiving: %s",
 	    why == ABORT_TOO_BIG ? "too big" : why == ABORT_BARE_NEWLINE ?
-	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" : "line too long");
+	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" :
+	    why == ABORT_TOO_MANY_HOPS ? "too many hops" : "line too long");
 	message_abort(s, why);
 }
 
-/* Hands a span of unstuffed data to the policy, counting its size. */
+static void
+added_clear(struct session *s)
+{
+	free(s->added);
+	s->added = NULL;
+	s->added_len = 0;
+}
+
+/* A new message is asked for: session_add_header() works again, from nothing. */
+static void
+trace_reset(struct session *s)
+{
+	added_clear(s);
+	s->trace_sent = false;
+}
+
+/*
+ * Before the message's first octet: the Received field (cfg->received_header)
+ * and the policy's added fields, in that order, and the first span p (NULL
+ * for none) with them in one call when all fit TRACE_JOIN: one call less into
+ * the policy per message.  Not counted in the size: that is what the client
+ * sent (SIZE, maxSize).
+ */
+#define TRACE_JOIN	8192
+
+static void
+trace_emit(struct session *s, const char *p, size_t n)
+{
+	char	buf[TRACE_JOIN];
+	size_t	len = 0;
+
+	s->trace_sent = true;
+	if (s->hooks->data == NULL) {
+		added_clear(s);
+		return;
+	}
+	if (s->cfg->received_header) {
+		struct trace_received r = {
+			.helo = s->helo, .reverse = s->reverse,
+			.addr = s->peer.remote_addr, .by = s->cfg->hostname,
+			.protocol = trace_protocol(s->cfg->lmtp, s->esmtp,
+			    s->tls != NULL, s->user != NULL),
+			.id = s->id,
+			.rcpt = s->rcpt_count == 1 ? s->rcpts[0]->path.address : NULL,
+			.when = time(NULL),
+		};
+
+		len = trace_received(buf, TRACE_RECEIVED_MAX, &r);
+	}
+	if (len + s->added_len + n <= sizeof(buf)) {
+		if (s->added_len > 0)
+			memcpy(buf + len, s->added, s->added_len);
+		len += s->added_len;
+		if (n > 0)
+			memcpy(buf + len, p, n);
+		len += n;
+		if (len > 0)
+			s->hooks->data(s->hook_ctx, s, buf, len);
+	} else {
+		if (len > 0)
+			s->hooks->data(s->hook_ctx, s, buf, len);
+		if (s->added_len > 0)
+			s->hooks->data(s->hook_ctx, s, s->added, s->added_len);
+		if (n > 0)
+			s->hooks->data(s->hook_ctx, s, p, n);
+	}
+	added_clear(s);
+}
+
+/*
+ * Hands a span of unstuffed data to the policy, counting its size and, in
+ * the header section, the Received fields (cfg->max_hops).
+ */
 static void
 data_emit(struct session *s, const char *p, size_t n)
 {
 	if (n == 0 || s->failed)
 		return;
+	if (s->cfg->max_hops > 0 && !trace_hops_done(&s->hops)) {
+		trace_hops_feed(&s->hops, p, n);
+		if (s->hops.count > s->cfg->max_hops) {
+			data_fail(s, ABORT_TOO_MANY_HOPS);
+			return;
+		}
+	}
 	s->size += n;
 	if (s->cfg->max_size > 0 && s->size > s->cfg->max_size) {
 		data_fail(s, ABORT_TOO_BIG);
 		return;
 	}
-	if (s->hooks->data != NULL)
+	if (!s->trace_sent)
+		trace_emit(s, p, n);	/* the trace fields, and this span */
+	else if (s->hooks->data != NULL)
 		s->hooks->data(s->hook_ctx, s, p, n);
 }
 
@@ -2027,6 +2126,8 @@ data_end(struct session *s)
 
 	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
 	s->answering = MR_DATA_END;
+	if (!s->failed && !s->trace_sent)
+		trace_emit(s, NULL, 0);	/* an empty message */
 	if (!s->failed) {
 		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
 		return;
@@ -2050,6 +2151,9 @@ data_failed_reply(struct session *s)
 		break;
 	case ABORT_NUL:
 		reply(s, 550, "5.6.0", "Message contains a NUL octet (RFC 6152)");
+		break;
+	case ABORT_TOO_MANY_HOPS:	/* RFC 5321 6.3, RFC 3463 */
+		reply(s, 554, "5.4.6", "Too many hops");
 		break;
 	default:
 		reply(s, 550, "5.6.0",
@@ -2242,6 +2346,8 @@ bdat_begin(struct session *s, uint64_t size)
 		s->text_line_len = 0;
 		s->size = 0;
 		s->failed = false;
+		s->trace_sent = false;
+		trace_hops_init(&s->hops);
 	}
 	s->bdat_drop = false;
 	s->chunk_left = size;
@@ -2290,6 +2396,7 @@ cmd_bdat(struct session *s, char *arg)
 			return;
 		}
 		s->bdat_asked = true;	/* the message starts: the policy's 'DATA' */
+		trace_reset(s);
 		ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 		return;
 	}
@@ -2540,4 +2647,51 @@ session_recipient(const struct session *s, size_t i, unsigned *serial)
 	if (serial != NULL)
 		*serial = s->rcpts[i]->serial;
 	return &s->rcpts[i]->path;
+}
+
+int
+session_add_header(struct session *s, const char *name, size_t namelen,
+    const char *value, size_t valuelen, const char **why)
+{
+	int rc;
+
+	if ((s->pending != SEV_DATA && !in_message(s)) || s->trace_sent ||
+	    s->state == S_CLOSED) {
+		*why = "no message, or its data began";
+		return -1;
+	}
+	if (s->added == NULL && (s->added = malloc(TRACE_ADDED_MAX)) == NULL) {
+		*why = "out of memory";
+		return -2;
+	}
+	rc = trace_header_add(s->added, &s->added_len, TRACE_ADDED_MAX, name,
+	    namelen, value, valuelen, why);
+	return rc;
+}
+
+int
+session_set_reverse_name(struct session *s, const char *name)
+{
+	char	*copy = NULL;
+	size_t	 len = name != NULL ? strlen(name) : 0;
+
+	if (name != NULL) {
+		if (len == 0 || len > 253)
+			return -1;
+		for (size_t i = 0; i < len; i++)
+			if (!isalnum((unsigned char)name[i]) && name[i] != '-' &&
+			    name[i] != '.' && name[i] != '_')
+				return -1;
+		if ((copy = strdup(name)) == NULL)
+			return -1;
+	}
+	free(s->reverse);
+	s->reverse = copy;
+	return 0;
+}
+
+const char *
+session_reverse_name(const struct session *s)
+{
+	return s->reverse;
 }

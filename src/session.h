@@ -57,6 +57,8 @@ struct session_config {
 	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
 	bool		 accept_bare_lf;	/* DATA: a bare LF ends a line, read as CRLF */
 	bool		 lmtp;			/* RFC 2033: LHLO, a reply per recipient */
+	bool		 received_header;	/* prepend a Received field to the data (true) */
+	unsigned	 max_hops;		/* Received fields a message may bring (100); 0: any */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -125,6 +127,7 @@ enum session_abort {
 	ABORT_SHUTDOWN,		/* the server is stopping */
 	ABORT_NUL,		/* a NUL octet in the data: 550 after the final dot */
 	ABORT_RESET,		/* RSET, HELO/EHLO or STARTTLS between BDAT chunks */
+	ABORT_TOO_MANY_HOPS,	/* over max_hops Received fields: 554 after the final dot */
 };
 
 enum hook_result {
@@ -274,5 +277,19 @@ const struct smtp_path	*session_sender(const struct session *s, unsigned *serial
 size_t			 session_recipient_count(const struct session *s);
 const struct smtp_path	*session_recipient(const struct session *s, size_t i,
 			    unsigned *serial);
+
+/*
+ * Trace fields (trace.c).  The data hook's first octets are the Received
+ * field (cfg->received_header) and then the fields added here, in call
+ * order.  session_add_header() works while SEV_DATA is asked or the message
+ * is under way and no octet of it went to the hook: -1 otherwise or for a
+ * bad name or value (any CR, LF or control octet but HTAB), -2 past
+ * TRACE_ADDED_MAX octets; *why says which.  The value is folded.
+ */
+int	session_add_header(struct session *s, const char *name, size_t namelen,
+	    const char *value, size_t valuelen, const char **why);
+/* The client's reverse name for the Received field (a checked domain; NULL: none); -1 if bad. */
+int	session_set_reverse_name(struct session *s, const char *name);
+const char	*session_reverse_name(const struct session *s);
 
 #endif

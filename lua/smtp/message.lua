@@ -1,6 +1,6 @@
 -- smtp.message -- the Message object: one mail transaction's data.
 --
--- Owns the Message class (accept, reject, pause, resume, its events data,
+-- Owns the Message class (accept, reject, pause, resume, addHeader, its events data,
 -- end, accept, reject, abort) and a message's life: made at DATA, sealed
 -- once it will not be delivered (abort says why, once), finished at the
 -- final dot's reply or when the session ends.  Sender and recipients are
@@ -155,6 +155,20 @@ local function install_class(I)
     if self._daccept == UNDECIDED and self.connection.lmtp then self._each = each end
     if any then return decide_message(self, true, code or 0, text) end
     return decide_message(self, false, first[1], first[2] or nil)
+  end
+
+  -- message:addHeader(name, value) -> true | fail, why: a header field on top
+  -- of the message's data (after the Received field), from the 'DATA'
+  -- listener, before any octet of the data flowed.  A bad name, a CR, LF or
+  -- control character in the value, or a call once the data began raise;
+  -- past the engine's size bound (16 KiB for all of them) it returns fail.
+  function Message:addHeader(name, value)
+    if type(name) ~= "string" then error("header name must be a string", 2) end
+    if type(value) ~= "string" then error("header value must be a string", 2) end
+    local ok, why, bad = self.connection._handle:addHeader(name, value)
+    if ok then return true end
+    if bad then error("addHeader: " .. why, 2) end
+    return nil, why
   end
 
   function Message:pause() self.connection._handle:pause() end

@@ -104,6 +104,16 @@ local OPTIONS = {
     check = function(v) return v == "reject" or v == "accept", '"reject" or "accept"' end,
     to = function(cfg, v) cfg.accept_bare_lf = v == "accept" end,
   },
+  -- the Received field the engine prepends to the data (RFC 5321 4.4)
+  receivedHeader = {
+    check = function(v) return type(v) == "boolean", "a boolean" end,
+    to = function(cfg, v) cfg.received_header = v end,
+  },
+  -- Received fields a message may arrive with (RFC 5321 6.3); more: 554 5.4.6
+  maxHops = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 10000, "an integer in [0, 10000] (0: no limit)" end,
+    to = function(cfg, v) cfg.max_hops = v end,
+  },
   commandTimeout = ms("timeout_command_ms"),
   dataTimeout = ms("timeout_data_ms"),
   decisionTimeout = ms("timeout_decision_ms"),

@@ -444,15 +444,34 @@ smtp.createServer(function(conn)
 end):listen(2525)
 ]==]
 
--- The messages the RECORDER policy accepted: {from =, to = {...}, body =}, in order.
+-- The engine's Received field on top of data (server.receivedHeader), and
+-- the rest: the client's octets.  nil, data if there is none.
+function support.split_received(data)
+	local field, rest = data:match("^(Received: [^\r\n]*)(.*)$")
+	if not field then return nil, data end
+	while rest:match("^\r\n[ \t]") do	-- folded lines
+		local more
+		more, rest = rest:match("^(\r\n[ \t][^\r\n]*)(.*)$")
+		field = field .. more
+	end
+	field = field .. "\r\n"
+	rest = rest:sub(3)
+	if not field:find(" (luasmtpd) ", 1, true) then return nil, data end
+	return field, rest
+end
+
+-- The messages the RECORDER policy accepted: {from =, to = {...}, body =,
+-- received =}, in order; body is what the client sent, received the
+-- Received field the engine put on top of it.
 function Server:deliveries()
 	local list = {}
 	for _, name in ipairs(self:files("^msg%-")) do
 		local text = self:read(name)
-		local from, to, body = text:match("^FROM ([^\n]*)\nTO ([^\n]*)\n\n(.*)$")
+		local from, to, data = text:match("^FROM ([^\n]*)\nTO ([^\n]*)\n\n(.*)$")
+		local received, body = support.split_received(data or "")
 		local rcpts = {}
 		for a in (to or ""):gmatch("[^,]+") do rcpts[#rcpts + 1] = a end
-		list[#list + 1] = { from = from, to = rcpts, body = body, file = name }
+		list[#list + 1] = { from = from, to = rcpts, body = body, received = received, file = name }
 	end
 	return list
 end
@@ -465,6 +484,11 @@ function Server:envelope_log()
 	end
 	return table.concat(seen, "\n")
 end
+
+-- Next hops (spec/e2e/peers.lua, loaded when first used): Dovecot's LMTP
+-- and Postfix's smtp-sink on free loopback ports, stopped by PID.
+function support.dovecot_lmtp(opts) return require("spec.e2e.peers").dovecot_lmtp(opts) end
+function support.smtp_sink(dir) return require("spec.e2e.peers").smtp_sink(dir) end
 
 support.show = show
 support.Client = Client
