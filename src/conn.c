@@ -16,10 +16,17 @@
  * handshake is done.  Both kinds keep one buffer layer, so "output empty"
  * still means "handed to the kernel" for flow control and the last flush.
  *
+ * PROXY protocol (proxy.h): on a listener with {proxy = true} the conn
+ * first reads the header straight from the socket, peeking so that not one
+ * octet after it is taken, then starts as any other conn (plain, or the
+ * implicit TLS handshake) with the client's address as its peer.  A bad
+ * header, an EOF or the deadline closes it with a log line and no reply.
+ *
  * Deadlines: the engine's timer (io->timer) bounds everything a session
  * waits for; c->limit bounds what only the transport sees, from its start,
- * whatever the client sends: a handshake (tlsHandshakeTimeout) and the last
- * flush of a closing conn (CONN_CLOSE_SECS).  A conn that closes during a
+ * whatever the client sends: the PROXY header (proxyTimeout), a handshake
+ * (tlsHandshakeTimeout) and the last flush of a closing conn
+ * (CONN_CLOSE_SECS).  A conn that closes during a
  * STARTTLS switch or a handshake has no channel for a reply: freed at once.
  */
 #include <sys/types.h>
@@ -45,6 +52,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "proxy.h"
 #include "session.h"
 #include "tls.h"
 
@@ -53,10 +61,12 @@
 #define CONN_OUT_LOW	(16 * 1024)	/* ... and where it resumes */
 #define CONN_FEED_MIN	4096		/* contiguous bytes offered to the engine */
 #define CONN_CLOSE_SECS	10		/* bound on flushing a closing conn */
+#define CONN_TOO_MANY	"421 4.7.0 Too many connections\r\n"
 
 /* What c->limit is armed for. */
 enum conn_limit {
 	LIMIT_NONE,
+	LIMIT_PROXY,		/* the PROXY header's timeout from the accept */
 	LIMIT_HANDSHAKE,	/* cfg.timeout_tls_ms from the handshake's start */
 	LIMIT_CLOSE,		/* CONN_CLOSE_SECS from the close */
 };
@@ -93,6 +103,14 @@ struct conn {
 	bool			 eof;		/* the client closed its side */
 	bool			 closing;	/* io->close: flush, then free */
 	bool			 freeing;	/* in conn_free(): ignore the engine */
+	bool			 keyed;		/* counted by its peer's key, not in the total only */
+	bool			 uncounted;	/* not counted at all: no closed callback */
+	struct event		*proxy_ev;	/* reading the PROXY header (owns the socket) */
+	uint8_t			*pbuf;		/* the header so far */
+	size_t			 phave;
+	unsigned		 proxy_ms;
+	char			 via[PROXY_ADDR_MAX];	/* the proxy, once a header named the client */
+	uint16_t		 via_port;
 };
 
 static void	conn_io_write(void *, const char *, size_t);
@@ -117,6 +135,9 @@ static int	conn_tls_accept(struct conn *, struct event_base *, evutil_socket_t);
 static bool	conn_tls_switch(struct conn *);
 static void	conn_tls_done(struct conn *);
 static void	conn_tls_failed(struct conn *, short);
+static bool	conn_begin(struct conn *, struct event_base *, evutil_socket_t);
+static void	conn_proxy_cb(evutil_socket_t, short, void *);
+static void	conn_proxy_fail(struct conn *, const char *);
 
 static const struct session_io conn_io = {
 	.write = conn_io_write,
@@ -148,9 +169,11 @@ conn_tv(uint64_t ms)
 struct conn *
 conn_create(struct event_base *base, evutil_socket_t fd,
     const struct session_config *cfg, struct tls_ctx *tls, bool implicit_tls,
-    const struct session_hooks *hooks, void *hook_ctx, struct conn_list *list)
+    const struct proxy_listen *proxy, const struct session_hooks *hooks,
+    void *hook_ctx, struct conn_list *list)
 {
 	struct conn	*c;
+	struct timeval	 tv;
 	int		 one = 1;
 
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
@@ -164,6 +187,7 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 	c->implicit_tls = implicit_tls;
 	c->hooks = hooks;
 	c->hook_ctx = hook_ctx;
+	c->keyed = proxy == NULL || !proxy->on;	/* a proxy's conn: the total only */
 	if ((c->next = list->head) != NULL)
 		c->next->prev = c;
 	list->head = c;
@@ -183,11 +207,43 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		evutil_closesocket(fd);
 		goto fail;
 	}
+	if (proxy != NULL && proxy->on) {
+		/* the header first, from the socket itself; then conn_begin */
+		if ((c->pbuf = malloc(PROXY_HEADER_MAX)) == NULL ||
+		    (c->proxy_ev = event_new(base, fd, EV_READ | EV_PERSIST,
+		    conn_proxy_cb, c)) == NULL) {
+			evutil_closesocket(fd);
+			goto fail;
+		}
+		c->proxy_ms = proxy->timeout_ms;
+		c->limit_for = LIMIT_PROXY;
+		tv = conn_tv(proxy->timeout_ms);
+		evtimer_add(c->limit, &tv);
+		event_add(c->proxy_ev, NULL);
+		return c;
+	}
+	return conn_begin(c, base, fd) ? NULL : c;
+fail:
+	log_error(0, "connection from %s port %u: %s", c->peer.remote_addr,
+	    c->peer.remote_port, "out of memory");
+	c->why = "out of memory";
+	conn_free(c);
+	return NULL;
+}
+
+/*
+ * The socket is the client's from its first octet on: the implicit TLS
+ * handshake, or a bufferevent and the session.  Returns true if c was
+ * freed (a failure, or a session that closed at once).
+ */
+static bool
+conn_begin(struct conn *c, struct event_base *base, evutil_socket_t fd)
+{
 	if (c->implicit_tls) {
 		/* RFC 8314: the handshake first, the session on its success */
 		if (conn_tls_accept(c, base, fd) == -1)
 			goto fail;
-		return c;
+		return false;
 	}
 	if ((c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
 		evutil_closesocket(fd);
@@ -199,16 +255,100 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 	if (conn_start_session(c) == -1)
 		goto fail;
 	if (conn_settle(c))
-		return NULL;	/* rejected and flushed already */
+		return true;	/* rejected and flushed already */
 	if (!c->closing)
 		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-	return c;
+	return false;
 fail:
 	log_error(0, "connection from %s port %u: %s", c->peer.remote_addr,
 	    c->peer.remote_port, "out of memory");
 	c->why = "out of memory";
 	conn_free(c);
-	return NULL;
+	return true;
+}
+
+/*
+ * The PROXY header: peek at what arrived (after what was taken already),
+ * take exactly the header's octets once it is complete, or all of them
+ * while it is not (each of them is the header's then, and taking them
+ * keeps a level-triggered read event from firing again at once).
+ */
+static void
+conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn		*c = arg;
+	struct proxy_header	 h;
+	struct session_peer	 client;
+	const char		*why;
+	ssize_t			 n;
+	size_t			 take;
+	int			 r;
+
+	(void)what;
+	n = recv(fd, c->pbuf + c->phave, PROXY_HEADER_MAX - c->phave, MSG_PEEK);
+	if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0) {
+		conn_proxy_fail(c, n == 0 ? "the client closed the connection before "
+		    "its PROXY header" : strerror(errno));
+		return;
+	}
+	if ((r = proxy_parse(c->pbuf, c->phave + (size_t)n, &h, &why)) == -1) {
+		conn_proxy_fail(c, why);
+		return;
+	}
+	take = r == 0 ? (size_t)n : (size_t)r - c->phave;
+	if (recv(fd, c->pbuf + c->phave, take, 0) != (ssize_t)take) {
+		conn_proxy_fail(c, "cannot read the PROXY header");
+		return;
+	}
+	c->phave += take;
+	if (r == 0)
+		return;
+	event_free(c->proxy_ev);
+	c->proxy_ev = NULL;
+	free(c->pbuf);
+	c->pbuf = NULL;
+	evtimer_del(c->limit);
+	c->limit_for = LIMIT_NONE;
+	if (h.known) {
+		client = c->peer;
+		snprintf(client.remote_addr, sizeof(client.remote_addr), "%s", h.src_addr);
+		client.remote_port = h.src_port;
+		snprintf(client.local_addr, sizeof(client.local_addr), "%s", h.dst_addr);
+		client.local_port = h.dst_port;
+		snprintf(c->via, sizeof(c->via), "%s", c->peer.remote_addr);
+		c->via_port = c->peer.remote_port;
+		/* counted in the total only so far: now as this client */
+		if (c->list->proxied != NULL && !c->list->proxied(c->list->arg, &client)) {
+			(void)send(fd, CONN_TOO_MANY, sizeof(CONN_TOO_MANY) - 1,
+			    MSG_DONTWAIT | MSG_NOSIGNAL);
+			log_warn(0, "connection from %s port %u via proxy %s port %u "
+			    "refused: 421 too many connections", client.remote_addr,
+			    client.remote_port, c->via, c->via_port);
+			c->uncounted = true;
+			close(fd);
+			conn_free(c);
+			return;
+		}
+		c->keyed = c->list->proxied != NULL;
+		c->peer = client;
+	} else {
+		log_debug(0, "connection from %s port %u: PROXY v%d header without "
+		    "a client address (LOCAL or UNKNOWN): the proxy is the peer",
+		    c->peer.remote_addr, c->peer.remote_port, h.version);
+	}
+	(void)conn_begin(c, event_get_base(c->timer), fd);
+}
+
+/* No header, a bad one, or none in time: a log line, no reply (nothing to say it in). */
+static void
+conn_proxy_fail(struct conn *c, const char *why)
+{
+	log_info(0, "connection from %s port %u closed: %s (a PROXY protocol "
+	    "header was expected)", c->peer.remote_addr, c->peer.remote_port, why);
+	c->why = "bad PROXY header";
+	conn_free(c);
 }
 
 void
@@ -224,7 +364,8 @@ conn_destroy(struct conn *c)
 void
 conn_shutdown(struct conn *c)
 {
-	if (c != NULL && c->s == NULL && c->handshaking && !c->closing) {
+	if (c != NULL && c->s == NULL && (c->handshaking || c->proxy_ev != NULL) &&
+	    !c->closing) {
 		c->why = "server shutdown";	/* no session yet: nothing to say */
 		conn_free(c);
 		return;
@@ -469,9 +610,20 @@ conn_limit_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn	*c = arg;
 	unsigned	 ms = c->cfg.timeout_tls_ms;
-	char		 t[24];
+	char		 t[24], why[96];
 
 	(void)fd, (void)what;
+	if (c->limit_for == LIMIT_PROXY && c->proxy_ev != NULL) {
+		ms = c->proxy_ms;
+		if (ms % 1000 == 0)
+			snprintf(t, sizeof(t), "%u", ms / 1000);
+		else
+			snprintf(t, sizeof(t), "%u.%03u", ms / 1000, ms % 1000);
+		snprintf(why, sizeof(why), "no complete PROXY header within %s s "
+		    "(proxyTimeout)", t);
+		conn_proxy_fail(c, why);
+		return;
+	}
 	if (c->limit_for == LIMIT_HANDSHAKE && c->handshaking) {
 		if (ms % 1000 == 0)
 			snprintf(t, sizeof(t), "%u", ms / 1000);
@@ -626,6 +778,11 @@ conn_free(struct conn *c)
 		event_free(c->limit);
 	if (c->deferred != NULL)
 		event_free(c->deferred);
+	if (c->proxy_ev != NULL) {	/* still reading the header: the socket is ours */
+		evutil_closesocket(event_get_fd(c->proxy_ev));
+		event_free(c->proxy_ev);
+	}
+	free(c->pbuf);
 	if (c->bev != NULL && c->tls_up) {
 		SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
 
@@ -636,8 +793,8 @@ conn_free(struct conn *c)
 	}
 	if (c->bev != NULL)
 		bufferevent_free(c->bev);
-	if (c->list->closed != NULL)
-		c->list->closed(c->list->arg, &c->peer);
+	if (c->list->closed != NULL && !c->uncounted)
+		c->list->closed(c->list->arg, c->keyed ? &c->peer : NULL);
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
@@ -666,10 +823,16 @@ conn_start_session(struct conn *c)
 	if (c->s == NULL)
 		return -1;
 	c->id = session_id(c->s);
-	log_info(c->id, "connection from %s port %u to %s port %u%s",
-	    c->peer.remote_addr, c->peer.remote_port,
-	    c->peer.local_addr, c->peer.local_port,
-	    c->peer.tls != NULL ? " (implicit TLS)" : "");
+	if (c->via[0] != '\0')
+		log_info(c->id, "connection from %s port %u to %s port %u via proxy "
+		    "%s port %u%s", c->peer.remote_addr, c->peer.remote_port,
+		    c->peer.local_addr, c->peer.local_port, c->via, c->via_port,
+		    c->peer.tls != NULL ? " (implicit TLS)" : "");
+	else
+		log_info(c->id, "connection from %s port %u to %s port %u%s",
+		    c->peer.remote_addr, c->peer.remote_port,
+		    c->peer.local_addr, c->peer.local_port,
+		    c->peer.tls != NULL ? " (implicit TLS)" : "");
 	return 0;
 }
 

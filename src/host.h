@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy.h"
 #include "session.h"
 
 struct event_base;
@@ -24,6 +25,7 @@ struct host_listen {
 	uint16_t	port;
 	bool		tls;		/* opts.tls: implicit TLS (RFC 8314) */
 	bool		insecure_auth;	/* opts.insecureAuth: AUTH before TLS */
+	struct proxy_listen proxy;	/* opts.proxy, proxyFrom, proxyTimeout */
 };
 
 struct host;
@@ -67,6 +69,10 @@ void		 host_port_config(const struct host *p, uint16_t local_port,
  * NULL.  Owned by the host; connections hold their own reference.
  */
 struct tls_ctx	*host_tls(const struct host *p);
+
+/* The PROXY settings of local_port (its first server:listen), or none. */
+void		 host_port_proxy(const struct host *p, uint16_t local_port,
+		    struct proxy_listen *proxy);
 
 size_t		 host_listen_count(const struct host *p);
 const struct host_listen *host_listen_at(const struct host *p, size_t i);

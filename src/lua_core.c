@@ -23,6 +23,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_core_impl.h"
+#include "proxy.h"
 #include "session.h"
 
 #define CAPTURE_MAX	10000		/* harness: captured log lines held */
@@ -101,6 +102,16 @@ lcore_defaults(lua_State *L)
 	F(max_bad_commands); F(timeout_command_ms); F(timeout_data_ms);
 	F(timeout_decision_ms); F(timeout_tls_ms); F(min_data_rate); F(max_session_ms);
 #undef F
+	return 1;
+}
+
+/* smtp_core.network_ok(s) -> true if s is a network proxy.h takes ("10.0.0.0/8") */
+static int
+lcore_network_ok(lua_State *L)
+{
+	struct proxy_nets	nets = { 0 };
+
+	lua_pushboolean(L, proxy_nets_add(&nets, luaL_checkstring(L, 1)) == 0);
 	return 1;
 }
 
@@ -262,6 +273,7 @@ static const luaL_Reg core_funcs[] = {
 	{ "bridge",	 lcore_bridge },
 	{ "session",	 lcore_session },
 	{ "defaults",	 lcore_defaults },
+	{ "network_ok",	 lcore_network_ok },
 	{ "log",	 lcore_log },
 	{ "log_level",	 lcore_log_level },
 	{ "log_capture", lcore_log_capture },

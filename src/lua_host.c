@@ -83,6 +83,8 @@ struct ptimer {
 	int		 self_ref;	/* anchors the userdata while armed */
 };
 
+static int	host_read_proxy(lua_State *, struct proxy_listen *);
+
 /* ---- the platform: timers and the clock -------------------------------- */
 
 static int
@@ -529,9 +531,41 @@ read_policy(struct host *p, const char *script, char *err, size_t errlen)
 		p->listens[i].tls = lua_toboolean(L, -1);
 		lua_getfield(L, -4, "insecureAuth");
 		p->listens[i].insecure_auth = lua_toboolean(L, -1);
-		lua_pop(L, 5);	/* smtp._policy() refused a tls port without server.tls */
+		lua_pop(L, 4);	/* smtp._policy() refused a tls port without server.tls */
+		if (host_read_proxy(L, &p->listens[i].proxy) == -1) {
+			snprintf(err, errlen, "%s: listen on port %u: bad proxyFrom",
+			    script, p->listens[i].port);
+			return -1;
+		}
+		lua_pop(L, 1);
 	}
 	lua_settop(L, t);
+	return 0;
+}
+
+/* The listen entry on top: proxy, proxyFrom (checked by server:listen), proxyTimeout. */
+static int
+host_read_proxy(lua_State *L, struct proxy_listen *proxy)
+{
+	memset(proxy, 0, sizeof(*proxy));
+	proxy->timeout_ms = PROXY_TIMEOUT_DEFAULT_MS;
+	lua_getfield(L, -1, "proxy");
+	proxy->on = lua_toboolean(L, -1);
+	lua_getfield(L, -2, "proxyTimeout");
+	if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0)
+		proxy->timeout_ms = (unsigned)lua_tointeger(L, -1);
+	lua_pop(L, 2);
+	if (lua_getfield(L, -1, "proxyFrom") == LUA_TTABLE) {
+		for (lua_Integer j = 1; lua_rawgeti(L, -1, j) == LUA_TSTRING; j++) {
+			if (proxy_nets_add(&proxy->from, lua_tostring(L, -1)) == -1) {
+				lua_pop(L, 2);
+				return -1;
+			}
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
 	return 0;
 }
 
@@ -768,6 +802,18 @@ host_port_config(const struct host *p, uint16_t local_port,
 		cfg->starttls = p->tls != NULL && !pl->tls;	/* 465 is secure already */
 		cfg->auth_without_tls = pl->insecure_auth;
 		return;
+	}
+}
+
+void
+host_port_proxy(const struct host *p, uint16_t local_port, struct proxy_listen *proxy)
+{
+	memset(proxy, 0, sizeof(*proxy));
+	for (size_t i = 0; i < p->nlisten; i++) {
+		if (p->listens[i].port == local_port) {
+			*proxy = p->listens[i].proxy;
+			return;
+		}
 	}
 }
 

@@ -957,6 +957,7 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 		uint16_t port = host_listen_at(policy, i)->port;
 
 		host_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		host_port_proxy(policy, port, &sp.proxy);
 		if (server_set_port(srv, port, &sp) == -1) {
 			server_destroy(srv);
 			return NULL;
