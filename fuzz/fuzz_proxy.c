@@ -1,6 +1,7 @@
 /*
  * fuzz_proxy.c -- libFuzzer target for proxy.c: proxy_parse() on arbitrary
- * octets, and the trusted network lists on the same octets as text.
+ * octets, and the trusted network lists and XCLIENT's argument parser
+ * (xclient.c) on the same octets as text.
  *
  * Input: the octets a listener received first.  Checked: a result is -1
  * (with a reason), 0 (more needed: only while under the bound) or a length
@@ -16,6 +17,7 @@
 #include <string.h>
 
 #include "proxy.h"
+#include "xclient.h"
 
 #define REQUIRE(cond) do {						\
 	if (!(cond)) {							\
@@ -32,6 +34,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct proxy_header	 h, h2;
 	struct proxy_nets	 nets;
+	struct xclient		 x;
 	const char		*why;
 	uint8_t			*buf, a[16];
 	char			*text;
@@ -78,6 +81,19 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	}
 	(void)proxy_nets_add(&nets, "10.0.0.0/8");
 	(void)proxy_nets_match(&nets, text);
+	/* XCLIENT: what it accepts is bounded, printable, and numeric where it must be */
+	if (xclient_parse(text, &x, &why) == 0) {
+		REQUIRE(x.given != 0 && (x.unavailable & ~x.given) == 0);
+		REQUIRE(strlen(x.name) <= XCLIENT_VALUE_MAX && strlen(x.helo) <= XCLIENT_VALUE_MAX &&
+		    strlen(x.login) <= XCLIENT_VALUE_MAX);
+		REQUIRE(strchr(x.name, ' ') == NULL);
+		for (const char *p = x.helo; *p != '\0'; p++)
+			REQUIRE(*p >= 0x20 && *p <= 0x7e);
+		if ((x.given & ~x.unavailable) & XC_ADDR)
+			REQUIRE(inet_pton(AF_INET, x.addr, a) == 1 || inet_pton(AF_INET6, x.addr, a) == 1);
+	} else {
+		REQUIRE(why != NULL && why[0] != '\0');
+	}
 	free(text);
 	return 0;
 }

@@ -85,6 +85,15 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	if (lua_getfield(L, idx, "accept_bare_lf") != LUA_TNIL)
 		cfg->accept_bare_lf = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "xclient_from") == LUA_TTABLE) {
+		memset(&cfg->xclient_from, 0, sizeof(cfg->xclient_from));
+		for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
+			(void)proxy_nets_add(&cfg->xclient_from, lua_tostring(L, -1));
+			lua_pop(L, 1);	/* server.xclientFrom checked each one */
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */

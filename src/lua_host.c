@@ -785,6 +785,7 @@ host_session_config(const struct host *p, struct session_config *cfg)
 	cfg->auth_without_tls = false;
 	cfg->max_auth_failures = p->cfg.max_auth_failures;
 	cfg->accept_bare_lf = p->cfg.accept_bare_lf;
+	cfg->xclient_from = p->cfg.xclient_from;
 }
 
 void

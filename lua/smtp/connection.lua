@@ -49,7 +49,7 @@ function M.install(I)
       end
       return Connection[k]
     end,
-    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort",
+    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort", "remoteName",
       "localAddress", "localPort", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
@@ -78,7 +78,7 @@ function M.install(I)
     local c = setmetatable({
       _handle = handle, id = handle:id(),
       remoteAddress = peer.remoteAddress, remotePort = peer.remotePort,
-      localAddress = peer.localAddress, localPort = peer.localPort,
+      localAddress = peer.localAddress, localPort = peer.localPort, remoteName = peer.remoteName,
       server = I.server,
       _ask = false,	-- the ask in progress (ask())
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's

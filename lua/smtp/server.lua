@@ -198,6 +198,7 @@ end
 -- and I.bridge out, once the script made the server
 function M.install(I)
   network_ok = I.core.network_ok
+  options.network_ok = network_ok	-- xclientFrom's check; the same C function for all
   install_server(I)
   install_policy(I)
 end
