@@ -40,6 +40,7 @@
 #include "log.h"
 #include "master.h"
 #include "host.h"
+#include "notify.h"
 #include "server.h"
 #include "session.h"
 
@@ -147,6 +148,7 @@ write_ready_in_process(void *arg)
 
 	if (mc->ready_file != NULL && ready_commit(mc->ready_file, mc) == 0)
 		mc->ready_written = 1;
+	notify_ready(NULL);
 }
 
 int
@@ -567,9 +569,11 @@ master_reload(struct master *m)
 	bool			 changed;
 
 	log_info(0, "SIGHUP: reloading %s", mc->script);
+	notify_reloading();
 	if ((p = host_load(mc->script, NULL, err, sizeof(err))) == NULL) {
 		log_error(0, "reload failed: %s; generation %u keeps serving",
 		    err[0] ? err : "cannot load script", m->gen);
+		notify_ready("serving; the last reload failed (see the log)");
 		return;
 	}
 	if (mc->script_listen_used) {
@@ -607,6 +611,7 @@ master_progress(struct master *m)
 			return;
 		}
 		log_info(0, "ready: %u worker(s) accepting", m->mc->workers);
+		notify_ready(NULL);
 	}
 	if (m->next_gen != 0 && count_gen(m, m->next_gen, W_READY) == m->mc->workers) {
 		old = 0;
@@ -622,6 +627,7 @@ master_progress(struct master *m)
 		memset(m->slots, 0, m->mc->workers * sizeof(*m->slots));
 		log_info(0, "reload: generation %u serving; %zu old worker(s) draining",
 		    m->gen, old);
+		notify_ready(NULL);
 	}
 	if (m->hup_pending && m->ready && m->next_gen == 0) {
 		m->hup_pending = false;
@@ -720,6 +726,7 @@ master_stop(struct master *m, int sig, int rc)
 	size_t		 n = 0;
 
 	if (!m->stopping) {
+		notify_stopping();
 		m->stopping = true;
 		m->rc = rc;
 		m->kill_ms = now_ms() + ((int64_t)m->mc->grace + STOP_SLACK_SECS) * 1000;
@@ -742,8 +749,10 @@ master_abort_gen(struct master *m, unsigned gen)
 			(void)kill(w->pid, SIGTERM);
 		}
 	}
-	if (m->next_gen == gen)
+	if (m->next_gen == gen) {
 		m->next_gen = 0;
+		notify_ready("serving; the last reload failed (see the log)");
+	}
 }
 
 static size_t

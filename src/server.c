@@ -30,6 +30,7 @@
 #include "connlimit.h"
 #include "listener.h"
 #include "log.h"
+#include "notify.h"
 #include "server.h"
 
 #define SERVER_LISTENERS_MAX	32
@@ -361,6 +362,7 @@ server_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
 	log_info(0, "signal %s received", sig == SIGTERM ? "TERM" : "INT");
+	notify_stopping();	/* --workers 0: this is the main process */
 	server_stop(arg);
 }
 

@@ -101,7 +101,8 @@ local function alive(pid)
 	return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
 end
 
---[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name}
+--[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name,
+env = {NAME = value}}
 Writes the policy to DIR/policy.lua after replacing every "@OUT@" with DIR as
 a Lua string literal (the policy writes what it saw there), starts the
 binary with --listen 127.0.0.1:0 --ready-file DIR/ready --workers N (N is
@@ -119,6 +120,13 @@ function support.start(opts)
 
 	local argv = { shquote(support.binary()), "--listen", "127.0.0.1:0",
 		"--ready-file", shquote(dir .. "/ready") }
+	if opts.env then	-- { NAME = value }: the server's environment on top of ours
+		local names = {}
+		for k in pairs(opts.env) do names[#names + 1] = k end
+		table.sort(names)
+		for i = #names, 1, -1 do table.insert(argv, 1, shquote(names[i] .. "=" .. opts.env[names[i]])) end
+		table.insert(argv, 1, "env")
+	end
 	if opts.user then
 		assert(os.execute("chown " .. shquote(opts.user) .. " " .. shquote(dir)) == true,
 			"chown " .. opts.user)
