@@ -17,10 +17,13 @@
  * still means "handed to the kernel" for flow control and the last flush.
  *
  * PROXY protocol (proxy.h): on a listener with {proxy = true} the conn
- * first reads the header straight from the socket, peeking so that not one
- * octet after it is taken, then starts as any other conn (plain, or the
- * implicit TLS handshake) with the client's address as its peer.  A bad
- * header, an EOF or the deadline closes it with a log line and no reply.
+ * first reads the header, then starts its session (or the implicit TLS
+ * handshake) with the client's address as its peer.  A plain conn reads it
+ * through its bufferevent, as the session's input would be read (no extra
+ * system call: octets after the header stay in the buffer for the session);
+ * an implicit-TLS conn reads it straight from the socket, peeking so that
+ * not one octet of the ClientHello is taken.  A bad header, an EOF or the
+ * deadline closes the conn with a log line and no reply.
  *
  * Deadlines: the engine's timer (io->timer) bounds everything a session
  * waits for; c->limit bounds what only the transport sees, from its start,
@@ -105,7 +108,8 @@ struct conn {
 	bool			 freeing;	/* in conn_free(): ignore the engine */
 	bool			 keyed;		/* counted by its peer's key, not in the total only */
 	bool			 uncounted;	/* not counted at all: no closed callback */
-	struct event		*proxy_ev;	/* reading the PROXY header (owns the socket) */
+	bool			 proxying;	/* waiting for the PROXY header */
+	struct event		*proxy_ev;	/* implicit TLS: reading it from the socket (owns it) */
 	uint8_t			*pbuf;		/* the header so far */
 	size_t			 phave;
 	unsigned		 proxy_ms;
@@ -137,7 +141,10 @@ static void	conn_tls_done(struct conn *);
 static void	conn_tls_failed(struct conn *, short);
 static bool	conn_begin(struct conn *, struct event_base *, evutil_socket_t);
 static void	conn_proxy_cb(evutil_socket_t, short, void *);
+static void	conn_proxy_read(struct conn *);
+static void	conn_proxy_done(struct conn *, const struct proxy_header *, evutil_socket_t);
 static void	conn_proxy_fail(struct conn *, const char *);
+static int	conn_bev_new(struct conn *, struct event_base *, evutil_socket_t);
 
 static const struct session_io conn_io = {
 	.write = conn_io_write,
@@ -208,18 +215,25 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		goto fail;
 	}
 	if (proxy != NULL && proxy->on) {
-		/* the header first, from the socket itself; then conn_begin */
-		if ((c->pbuf = malloc(PROXY_HEADER_MAX)) == NULL ||
+		/* the header first; then conn_begin */
+		if (!c->implicit_tls) {
+			if (conn_bev_new(c, base, fd) == -1)
+				goto fail;
+		} else if ((c->pbuf = malloc(PROXY_HEADER_MAX)) == NULL ||
 		    (c->proxy_ev = event_new(base, fd, EV_READ | EV_PERSIST,
 		    conn_proxy_cb, c)) == NULL) {
 			evutil_closesocket(fd);
 			goto fail;
 		}
+		c->proxying = true;
 		c->proxy_ms = proxy->timeout_ms;
 		c->limit_for = LIMIT_PROXY;
 		tv = conn_tv(proxy->timeout_ms);
 		evtimer_add(c->limit, &tv);
-		event_add(c->proxy_ev, NULL);
+		if (c->bev != NULL)
+			bufferevent_enable(c->bev, EV_READ);
+		else
+			event_add(c->proxy_ev, NULL);
 		return c;
 	}
 	return conn_begin(c, base, fd) ? NULL : c;
@@ -231,10 +245,25 @@ fail:
 	return NULL;
 }
 
+/* The plain bufferevent over fd (taken, even on error). */
+static int
+conn_bev_new(struct conn *c, struct event_base *base, evutil_socket_t fd)
+{
+	if ((c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+		evutil_closesocket(fd);
+		return -1;
+	}
+	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
+	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	return 0;
+}
+
 /*
- * The socket is the client's from its first octet on: the implicit TLS
- * handshake, or a bufferevent and the session.  Returns true if c was
- * freed (a failure, or a session that closed at once).
+ * The socket is the client's from here on: the implicit TLS handshake, or
+ * the session on the plain bufferevent (made now, or kept from reading a
+ * PROXY header, with any octets after it still in its buffer).  Returns
+ * true if c was freed (a failure, or a session that closed at once).
  */
 static bool
 conn_begin(struct conn *c, struct event_base *base, evutil_socket_t fd)
@@ -245,13 +274,8 @@ conn_begin(struct conn *c, struct event_base *base, evutil_socket_t fd)
 			goto fail;
 		return false;
 	}
-	if ((c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
-		evutil_closesocket(fd);
+	if (c->bev == NULL && conn_bev_new(c, base, fd) == -1)
 		goto fail;
-	}
-	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
-	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
-	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
 	if (conn_start_session(c) == -1)
 		goto fail;
 	if (conn_settle(c))
@@ -278,7 +302,6 @@ conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn		*c = arg;
 	struct proxy_header	 h;
-	struct session_peer	 client;
 	const char		*why;
 	ssize_t			 n;
 	size_t			 take;
@@ -309,6 +332,48 @@ conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
 	c->proxy_ev = NULL;
 	free(c->pbuf);
 	c->pbuf = NULL;
+	conn_proxy_done(c, &h, fd);
+}
+
+/* A plain conn's PROXY header, from its bufferevent's input. */
+static void
+conn_proxy_read(struct conn *c)
+{
+	struct evbuffer		*in = bufferevent_get_input(c->bev);
+	struct proxy_header	 h;
+	const char		*why;
+	size_t			 len = evbuffer_get_length(in);
+	uint8_t			*p;
+	int			 r;
+
+	if (len > PROXY_HEADER_MAX)
+		len = PROXY_HEADER_MAX;
+	if ((p = evbuffer_pullup(in, (ev_ssize_t)len)) == NULL) {
+		conn_proxy_fail(c, "out of memory");
+		return;
+	}
+	if ((r = proxy_parse(p, len, &h, &why)) == -1) {
+		conn_proxy_fail(c, why);
+		return;
+	}
+	if (r == 0)
+		return;		/* more to come (within PROXY_HEADER_MAX) */
+	evbuffer_drain(in, (size_t)r);
+	conn_proxy_done(c, &h, bufferevent_getfd(c->bev));
+}
+
+/*
+ * The header is in: the client it names becomes the peer (counted as that
+ * client), and the conn begins.  A plain conn's octets after the header
+ * are the session's first input.
+ */
+static void
+conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t fd)
+{
+	const struct proxy_header	 h = *hp;
+	struct session_peer		 client;
+
+	c->proxying = false;
 	evtimer_del(c->limit);
 	c->limit_for = LIMIT_NONE;
 	if (h.known) {
@@ -327,7 +392,8 @@ conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
 			    "refused: 421 too many connections", client.remote_addr,
 			    client.remote_port, c->via, c->via_port);
 			c->uncounted = true;
-			close(fd);
+			if (c->bev == NULL)
+				close(fd);
 			conn_free(c);
 			return;
 		}
@@ -338,7 +404,12 @@ conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
 		    "a client address (LOCAL or UNKNOWN): the proxy is the peer",
 		    c->peer.remote_addr, c->peer.remote_port, h.version);
 	}
-	(void)conn_begin(c, event_get_base(c->timer), fd);
+	if (conn_begin(c, event_get_base(c->timer), fd) || c->bev == NULL || c->implicit_tls)
+		return;
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 && !c->held) {
+		conn_pump(c);	/* what came with the header */
+		(void)conn_settle(c);
+	}
 }
 
 /* No header, a bad one, or none in time: a log line, no reply (nothing to say it in). */
@@ -364,7 +435,7 @@ conn_destroy(struct conn *c)
 void
 conn_shutdown(struct conn *c)
 {
-	if (c != NULL && c->s == NULL && (c->handshaking || c->proxy_ev != NULL) &&
+	if (c != NULL && c->s == NULL && (c->handshaking || c->proxying) &&
 	    !c->closing) {
 		c->why = "server shutdown";	/* no session yet: nothing to say */
 		conn_free(c);
@@ -504,6 +575,10 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 	struct conn	*c = arg;
 
 	(void)bev;
+	if (c->proxying) {
+		conn_proxy_read(c);	/* may free c */
+		return;
+	}
 	if (c->held)		/* the engine waits: keep bytes until io->wake */
 		return;
 	conn_pump(c);
@@ -544,6 +619,12 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED) {
 		conn_tls_done(c);	/* may free c */
+		return;
+	}
+	if (c->proxying && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
+		conn_proxy_fail(c, (what & BEV_EVENT_EOF) ? "the client closed the "
+		    "connection before its PROXY header" :
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		return;
 	}
 	if (c->handshaking &&
@@ -613,7 +694,7 @@ conn_limit_cb(evutil_socket_t fd, short what, void *arg)
 	char		 t[24], why[96];
 
 	(void)fd, (void)what;
-	if (c->limit_for == LIMIT_PROXY && c->proxy_ev != NULL) {
+	if (c->limit_for == LIMIT_PROXY && c->proxying) {
 		ms = c->proxy_ms;
 		if (ms % 1000 == 0)
 			snprintf(t, sizeof(t), "%u", ms / 1000);

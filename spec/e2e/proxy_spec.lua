@@ -20,6 +20,8 @@ end)
 server:listen(@PROXIED@, "127.0.0.1", { proxy = true, proxyFrom = { "10.0.0.0/8", "127.0.0.1" },
 	proxyTimeout = 1 })
 server:listen(@UNTRUSTED@, "127.0.0.1", { proxy = true, proxyFrom = { "192.0.2.0/24" } })
+server:listen(@IMPLICIT@, "127.0.0.1", { tls = true, proxy = true, proxyFrom = { "127.0.0.1" } })
+server.tls = { cert = @CERT@, key = @KEY@ }
 ]==]
 
 local HAPROXY_CFG = [==[
@@ -37,10 +39,42 @@ frontend v2
 	bind 127.0.0.1:@V2@
 	bind [::1]:@V2@
 	default_backend v2
+frontend tls
+	bind 127.0.0.1:@V3@
+	default_backend tls
 backend v1
 	server smtp 127.0.0.1:@PROXIED@ send-proxy
 backend v2
 	server smtp 127.0.0.1:@PROXIED@ send-proxy-v2
+backend tls
+	server smtp 127.0.0.1:@IMPLICIT@ send-proxy-v2
+]==]
+
+-- Python's TLS client from 127.0.0.2 through HAProxy to the implicit-TLS port:
+-- prints the EHLO reply
+local TLS_CLIENT = [==[
+import socket, ssl, sys
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10,
+    source_address=("127.0.0.2", 0))
+port = raw.getsockname()[1]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(raw)
+f = s.makefile("rb")
+def reply():
+    out = []
+    while True:
+        line = f.readline().decode()
+        out.append(line.strip())
+        if line[3:4] != "-":
+            return " | ".join(out)
+print(reply())
+s.sendall(b"EHLO tls.example\r\n")
+print(reply())
+print("client port %d" % port)
+s.sendall(b"QUIT\r\n")
+print(reply())
 ]==]
 
 local function have_ipv6()
@@ -75,11 +109,18 @@ describe("e2e: PROXY protocol", function()
 
 	lazy_setup(function()
 		ports = { PROXIED = support.free_port(), UNTRUSTED = support.free_port(),
-			V1 = support.free_port(), V2 = support.free_port() }
+			IMPLICIT = support.free_port(), V1 = support.free_port(), V2 = support.free_port(),
+			V3 = support.free_port() }
+		dir = support.tmpdir()
+		local ok, _, out = support.run(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+			.. " -nodes -days 2 -subj /CN=mx.test -keyout %s/key.pem -out %s/cert.pem")
+			:format(support.shquote(dir), support.shquote(dir)), 30)
+		assert(ok, out)
+		ports.CERT, ports.KEY = ("%q"):format(dir .. "/cert.pem"), ("%q"):format(dir .. "/key.pem")
 		local function fill(s) return (s:gsub("@(%u+%d?)@", function(k) return tostring(ports[k]) end)) end
 		server = support.start { policy = fill(POLICY), args = {
-			"--listen", "127.0.0.1:" .. ports.PROXIED, "--listen", "127.0.0.1:" .. ports.UNTRUSTED } }
-		dir = support.tmpdir()
+			"--listen", "127.0.0.1:" .. ports.PROXIED, "--listen", "127.0.0.1:" .. ports.UNTRUSTED,
+			"--listen", "127.0.0.1:" .. ports.IMPLICIT } }
 		local cfg = fill(HAPROXY_CFG)
 		if not have_ipv6() then cfg = cfg:gsub("\tbind %[::1%][^\n]*\n", "") end
 		support.spit(dir .. "/haproxy.cfg", cfg)
@@ -142,6 +183,19 @@ describe("e2e: PROXY protocol", function()
 				:format(from:gsub("%.", "%%."), tonumber(myport)))
 		end)
 	end
+
+	it("reads the header before the TLS handshake on an implicit-TLS listener (send-proxy-v2)", function()
+		support.spit(dir .. "/tls_client.py", TLS_CLIENT)
+		local ok, _, out = support.run(("python3 %s %d"):format(support.shquote(dir .. "/tls_client.py"),
+			ports.V3), 60)
+		assert(ok, out)
+		assert.matches("^220 ", out)
+		local myport = assert(out:match("client port (%d+)"), out)
+		assert.matches(("client 127%%.0%%.0%%.2 port %s local 127%%.0%%.0%%.1 port %d"):format(myport,
+			ports.V3), out)
+		server:await_log("connection from 127%.0%.0%.2 port " .. myport .. " to [^\n]* via proxy "
+			.. "127%.0%.0%.1 port %d+ %(implicit TLS%)")
+	end)
 
 	it("closes a source outside proxyFrom with a log line", function()
 		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.UNTRUSTED)
