@@ -23,7 +23,7 @@ for tool in valgrind callgrind_annotate strace python3; do
 done
 tmp=$(mktemp -d /tmp/luasmtpd-proxy-server.XXXXXX)
 pid=
-trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; [ -n "${KEEP:-}" ] && cp "$tmp"/cg.* "$KEEP"/; rm -rf "$tmp"' EXIT
 cat >"$tmp/policy.lua" <<'LUA'
 local smtp = require "smtp"
 smtp.createServer()
@@ -68,7 +68,10 @@ run() {
 	for _ in $(seq 600); do [ -s "$tmp/ready" ] && break; sleep 0.1; done
 	[ -s "$tmp/ready" ] || { cat "$tmp/err.$mode" >&2; exit 1; }
 	python3 "$tmp/client.py" "$port" "$n" "$mode"
-	kill -TERM "$pid"; wait "$pid" || true; pid=
+	# strace's tracee is its child: stop the server, strace follows it out
+	[ "$2" = strace ] && kill -TERM "$(pgrep -P "$pid")" || kill -TERM "$pid"
+	wait "$pid" || true
+	pid=
 }
 for mode in plain proxy; do
 	run $mode callgrind

@@ -10,7 +10,7 @@
  * it slower, not wrong by much; bench/proxy.sh also counts instructions with
  * callgrind, which a loaded machine does not change.
  *
- *	cc -O2 -Isrc bench/proxy.c src/proxy.c -o proxy-bench && ./proxy-bench [N]
+ *	cc -O2 -Isrc bench/proxy.c src/proxy.c -o proxy-bench && ./proxy-bench [N [v1|v2|v6]]
  */
 #include <sys/socket.h>
 #include <arpa/inet.h>
@@ -94,14 +94,17 @@ int
 main(int argc, char **argv)
 {
 	long	 n = argc > 1 ? atol(argv[1]) : 1000000;
+	const char *only = argc > 2 ? argv[2] : "";
 	uint8_t	 b[PROXY_HEADER_MAX], body[512];
 	size_t	 len, off;
 	const char *v1 = "PROXY TCP4 192.0.2.1 198.51.100.2 56324 25\r\n";
 
-	run("v1 TCP4", (const uint8_t *)v1, strlen(v1), n);
+	if (!*only || strcmp(only, "v1") == 0)
+		run("v1 TCP4", (const uint8_t *)v1, strlen(v1), n);
 	memcpy(body, "\xc0\x00\x02\x01\xc6\x33\x64\x02\xdc\x04\x00\x19", 12);
 	len = v2(b, 0x11, body, 12);
-	run("v2 TCP4", b, len, n);
+	if (!*only || strcmp(only, "v2") == 0)
+		run("v2 TCP4", b, len, n);
 	/* TCP6 and the TLVs of send-proxy-v2-ssl-cn: ALPN, AUTHORITY, SSL, UNIQUE_ID */
 	memset(body, 0, sizeof(body));
 	inet_pton(AF_INET6, "2001:db8::7", body);
@@ -115,6 +118,7 @@ main(int argc, char **argv)
 	memcpy(body + off, "\x05\x00\x20", 3), off += 3;
 	memset(body + off, 'u', 32), off += 32;
 	len = v2(b, 0x21, body, off);
-	run("v2 TCP6 + 4 TLVs", b, len, n);
+	if (!*only || strcmp(only, "v6") == 0)
+		run("v2 TCP6 + 4 TLVs", b, len, n);
 	return 0;
 }

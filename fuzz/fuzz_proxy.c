@@ -60,8 +60,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		for (size_t i = (size_t)n > 64 ? (size_t)n - 64 : 0; i < (size_t)n; i++)
 			REQUIRE(proxy_parse(buf, i, &h2, &why) == 0);
 		if (h.known) {
+			char	again[PROXY_ADDR_MAX];
+
 			REQUIRE(h.family == AF_INET || h.family == AF_INET6);
 			REQUIRE(inet_pton(h.family, h.src_addr, a) == 1);
+			/* one spelling: what inet_ntop writes */
+			REQUIRE(inet_ntop(h.family, a, again, sizeof(again)) != NULL &&
+			    strcmp(again, h.src_addr) == 0);
 			REQUIRE(inet_pton(h.family, h.dst_addr, a) == 1);
 		}
 	}

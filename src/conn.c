@@ -377,12 +377,15 @@ conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t f
 	evtimer_del(c->limit);
 	c->limit_for = LIMIT_NONE;
 	if (h.known) {
+		/* same-size NUL-terminated arrays: copies, not printf (per connection) */
+		_Static_assert(sizeof(client.remote_addr) == sizeof(h.src_addr) &&
+		    sizeof(c->via) == sizeof(c->peer.remote_addr), "address sizes");
 		client = c->peer;
-		snprintf(client.remote_addr, sizeof(client.remote_addr), "%s", h.src_addr);
+		memcpy(client.remote_addr, h.src_addr, sizeof(client.remote_addr));
 		client.remote_port = h.src_port;
-		snprintf(client.local_addr, sizeof(client.local_addr), "%s", h.dst_addr);
+		memcpy(client.local_addr, h.dst_addr, sizeof(client.local_addr));
 		client.local_port = h.dst_port;
-		snprintf(c->via, sizeof(c->via), "%s", c->peer.remote_addr);
+		memcpy(c->via, c->peer.remote_addr, sizeof(c->via));
 		c->via_port = c->peer.remote_port;
 		/* counted in the total only so far: now as this client */
 		if (c->list->proxied != NULL && !c->list->proxied(c->list->arg, &client)) {

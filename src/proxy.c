@@ -24,6 +24,7 @@ static const char v1_sig[] = "PROXY ";
 static int	parse_v1(const uint8_t *, size_t, struct proxy_header *, const char **);
 static int	parse_v2(const uint8_t *, size_t, struct proxy_header *, const char **);
 static int	v1_port(const char *, uint16_t *);
+static void	ntop4(const uint8_t *, char *);
 
 static int
 fail(const char **why, const char *reason)
@@ -110,12 +111,34 @@ parse_v1(const uint8_t *buf, size_t len, struct proxy_header *h, const char **wh
 		return fail(why, "bad port in a PROXY v1 line");
 	/* the addresses as inet_ntop writes them: one spelling per address */
 	(void)inet_pton(af, f[2], a);
-	inet_ntop(af, a, h->src_addr, sizeof(h->src_addr));
+	if (af == AF_INET)
+		ntop4(a, h->src_addr);
+	else
+		inet_ntop(af, a, h->src_addr, sizeof(h->src_addr));
 	(void)inet_pton(af, f[3], a);
-	inet_ntop(af, a, h->dst_addr, sizeof(h->dst_addr));
+	if (af == AF_INET)
+		ntop4(a, h->dst_addr);
+	else
+		inet_ntop(af, a, h->dst_addr, sizeof(h->dst_addr));
 	h->family = af;
 	h->known = true;
 	return (int)end + 2;
+}
+
+/* inet_ntop for IPv4 without printf: a header is parsed per connection */
+static void
+ntop4(const uint8_t *a, char *out)
+{
+	for (int i = 0; i < 4; i++) {
+		unsigned v = a[i];
+
+		if (v >= 100)
+			*out++ = (char)('0' + v / 100);
+		if (v >= 10)
+			*out++ = (char)('0' + v / 10 % 10);
+		*out++ = (char)('0' + v % 10);
+		*out++ = i < 3 ? '.' : '\0';
+	}
 }
 
 /* 0 to 65535, no sign, no leading zero */
@@ -176,8 +199,8 @@ parse_v2(const uint8_t *buf, size_t len, struct proxy_header *h, const char **wh
 		if ((fam & 0x0f) != 1 || body < (alen = 12))
 			return fail(why, "PROXY v2 TCP4 address block too short");
 		h->family = AF_INET;
-		inet_ntop(AF_INET, buf + 16, h->src_addr, sizeof(h->src_addr));
-		inet_ntop(AF_INET, buf + 20, h->dst_addr, sizeof(h->dst_addr));
+		ntop4(buf + 16, h->src_addr);
+		ntop4(buf + 20, h->dst_addr);
 		h->src_port = (uint16_t)(buf[24] << 8 | buf[25]);
 		h->dst_port = (uint16_t)(buf[26] << 8 | buf[27]);
 		h->known = true;
@@ -272,22 +295,29 @@ prefix_equal(const uint8_t *a, const uint8_t *b, unsigned bits)
 bool
 proxy_nets_match(const struct proxy_nets *nets, const char *addr)
 {
-	static const uint8_t	 mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
-	uint8_t			 a[16];
-	int			 family;
+	uint8_t	a[16];
 
 	if (nets == NULL || nets->n == 0)
 		return false;
-	if (inet_pton(AF_INET, addr, a) == 1) {
-		family = 4;
-	} else if (inet_pton(AF_INET6, addr, a) == 1) {
-		family = 6;
-		if (memcmp(a, mapped, sizeof(mapped)) == 0) {
-			memmove(a, a + 12, 4);
-			family = 4;
-		}
-	} else {
+	if (inet_pton(AF_INET, addr, a) == 1)
+		return proxy_nets_match_bin(nets, 4, a);
+	if (inet_pton(AF_INET6, addr, a) == 1)
+		return proxy_nets_match_bin(nets, 6, a);
+	return false;
+}
+
+bool
+proxy_nets_match_bin(const struct proxy_nets *nets, int family, const uint8_t *addr)
+{
+	static const uint8_t	 mapped[12] = { 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff };
+	uint8_t			 a[16];
+
+	if (nets == NULL || nets->n == 0 || (family != 4 && family != 6))
 		return false;
+	memcpy(a, addr, family == 4 ? 4 : 16);
+	if (family == 6 && memcmp(a, mapped, sizeof(mapped)) == 0) {
+		memmove(a, a + 12, 4);
+		family = 4;
 	}
 	for (size_t i = 0; i < nets->n; i++)
 		if (nets->net[i].family == family &&

@@ -63,6 +63,9 @@ struct proxy_nets {
 int	proxy_nets_add(struct proxy_nets *nets, const char *cidr);
 /* Is the numeric address in one of the networks (an IPv4-mapped IPv6 address as IPv4)? */
 bool	proxy_nets_match(const struct proxy_nets *nets, const char *addr);
+/* The same for an address in network order: family 4 (4 octets) or 6 (16). */
+bool	proxy_nets_match_bin(const struct proxy_nets *nets, int family,
+	    const uint8_t *addr);
 
 /* A listener's PROXY settings: server:listen(port, host, {proxy = true, ...}). */
 struct proxy_listen {

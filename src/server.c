@@ -267,9 +267,16 @@ server_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int sale
 	sp = server_port_find(srv, sl->port);
 	if (sp->proxy.on) {
 		char	addr[64];
+		bool	trusted = false;
 
-		server_addr(sa, addr, sizeof(addr));
-		if (salen <= 0 || !proxy_nets_match(&sp->proxy.from, addr)) {
+		if (salen > 0 && sa->sa_family == AF_INET)
+			trusted = proxy_nets_match_bin(&sp->proxy.from, 4, (const uint8_t *)
+			    &((const struct sockaddr_in *)sa)->sin_addr);
+		else if (salen > 0 && sa->sa_family == AF_INET6)
+			trusted = proxy_nets_match_bin(&sp->proxy.from, 6, (const uint8_t *)
+			    &((const struct sockaddr_in6 *)sa)->sin6_addr);
+		if (!trusted) {
+			server_addr(sa, addr, sizeof(addr));
 			log_info(0, "connection from %s refused: not a trusted proxy "
 			    "(proxyFrom of port %u)", addr, sl->port);
 			evutil_closesocket(fd);

@@ -136,6 +136,13 @@ test_v2(void)
 	memcpy(b + n, "EHLO", 4);
 	CHECK_INT(proxy_parse(b, n + 4, &h, &why), (int)n);
 
+	/* every width of an IPv4 octet, formatted as inet_ntop does */
+	memcpy(body, "\x00\x0a\x64\xff\x09\x63\xc8\x01\x00\x00\x00\x00", 12);
+	n = v2(b, 0x21, 0x11, body, 12);
+	CHECK_INT(proxy_parse(b, n, &h, &why), (int)n);
+	CHECK_STR(h.src_addr, "0.10.100.255");
+	CHECK_STR(h.dst_addr, "9.99.200.1");
+
 	/* TCP6 */
 	memset(body, 0, 36);
 	inet_pton(AF_INET6, "2001:db8::7", body);
@@ -227,6 +234,11 @@ test_nets(void)
 	CHECK(!proxy_nets_match(&nets, "192.0.2.127"));
 	CHECK(!proxy_nets_match(&nets, "unknown"));
 	CHECK(!proxy_nets_match(NULL, "10.0.0.1"));
+	CHECK(proxy_nets_match_bin(&nets, 4, (const uint8_t *)"\x0a\x01\x02\x03"));
+	CHECK(!proxy_nets_match_bin(&nets, 4, (const uint8_t *)"\x0b\x01\x02\x03"));
+	CHECK(proxy_nets_match_bin(&nets, 6, (const uint8_t *)
+	    "\0\0\0\0\0\0\0\0\0\0\xff\xff\x0a\x01\x02\x03"));	/* mapped */
+	CHECK(!proxy_nets_match_bin(&nets, 5, (const uint8_t *)"\x0a\x01\x02\x03"));
 	CHECK_INT(proxy_nets_add(&nets, "10.0.0.0/33"), -1);
 	CHECK_INT(proxy_nets_add(&nets, "::/129"), -1);
 	CHECK_INT(proxy_nets_add(&nets, "10.0.0.0/"), -1);
