@@ -19,10 +19,10 @@
  * PROXY protocol (proxy.h): on a listener with {proxy = true} the conn
  * first reads the header, then starts its session (or the implicit TLS
  * handshake) with the client's address as its peer.  A plain conn reads it
- * through its bufferevent, as the session's input would be read (no extra
- * system call: octets after the header stay in the buffer for the session);
- * an implicit-TLS conn reads it straight from the socket, peeking so that
- * not one octet of the ClientHello is taken.  A bad header, an EOF or the
+ * through its bufferevent, as the session's input is read (one read of the
+ * header's segment; octets after the header stay in the buffer for the
+ * session); an implicit-TLS conn reads it straight from the socket,
+ * peeking so that not one octet of the ClientHello is taken.  A bad header, an EOF or the
  * deadline closes the conn with a log line and no reply.
  *
  * Deadlines: the engine's timer (io->timer) bounds everything a session
