@@ -596,7 +596,7 @@ lsession_recipients(lua_State *L)
 	return 1;
 }
 
-/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=} */
+/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=[, remoteName=]} */
 static int
 lsession_peer(lua_State *L)
 {
@@ -613,6 +613,10 @@ lsession_peer(lua_State *L)
 	lua_setfield(L, -2, "localAddress");
 	lua_pushinteger(L, p->local_port);
 	lua_setfield(L, -2, "localPort");
+	if (session_remote_name(check_session(L, 1)) != NULL) {	/* XCLIENT NAME */
+		lua_pushstring(L, session_remote_name(check_session(L, 1)));
+		lua_setfield(L, -2, "remoteName");
+	}
 	return 1;
 }
 

@@ -42,6 +42,7 @@
 #include "metrics.h"
 #include "metrics_http.h"
 #include "host.h"
+#include "notify.h"
 #include "server.h"
 #include "session.h"
 
@@ -151,6 +152,7 @@ write_ready_in_process(void *arg)
 
 	if (mc->ready_file != NULL && ready_commit(mc->ready_file, mc) == 0)
 		mc->ready_written = 1;
+	notify_ready(NULL);
 }
 
 int
@@ -601,10 +603,12 @@ master_reload(struct master *m)
 	bool			 changed;
 
 	log_info(0, "SIGHUP: reloading %s", mc->script);
+	notify_reloading();
 	if ((p = host_load(mc->script, NULL, err, sizeof(err))) == NULL) {
 		log_error(0, "reload failed: %s; generation %u keeps serving",
 		    err[0] ? err : "cannot load script", m->gen);
 		metrics_master_count(MX_RELOADS_FAILED);
+		notify_ready("serving; the last reload failed (see the log)");
 		return;
 	}
 	if (mc->script_listen_used) {
@@ -642,6 +646,7 @@ master_progress(struct master *m)
 			return;
 		}
 		log_info(0, "ready: %u worker(s) accepting", m->mc->workers);
+		notify_ready(NULL);
 	}
 	if (m->next_gen != 0 && count_gen(m, m->next_gen, W_READY) == m->mc->workers) {
 		old = 0;
@@ -658,6 +663,7 @@ master_progress(struct master *m)
 		metrics_master_count(MX_RELOADS_OK);
 		log_info(0, "reload: generation %u serving; %zu old worker(s) draining",
 		    m->gen, old);
+		notify_ready(NULL);
 	}
 	if (m->hup_pending && m->ready && m->next_gen == 0) {
 		m->hup_pending = false;
@@ -759,6 +765,7 @@ master_stop(struct master *m, int sig, int rc)
 	size_t		 n = 0;
 
 	if (!m->stopping) {
+		notify_stopping();
 		m->stopping = true;
 		m->rc = rc;
 		m->kill_ms = now_ms() + ((int64_t)m->mc->grace + STOP_SLACK_SECS) * 1000;
@@ -781,8 +788,10 @@ master_abort_gen(struct master *m, unsigned gen)
 			(void)kill(w->pid, SIGTERM);
 		}
 	}
-	if (m->next_gen == gen)
+	if (m->next_gen == gen) {
 		m->next_gen = 0;
+		notify_ready("serving; the last reload failed (see the log)");
+	}
 }
 
 static size_t
@@ -1011,6 +1020,7 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 
 		if (pl->host[0] == '/') {	/* a unix socket */
 			host_path_config(policy, pl->host, &sp.cfg, &sp.implicit_tls);
+			memset(&sp.proxy, 0, sizeof(sp.proxy));	/* no PROXY header on a unix socket */
 			if (server_set_path(srv, pl->host, &sp) == -1) {
 				server_destroy(srv);
 				return NULL;
@@ -1018,6 +1028,7 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 			continue;
 		}
 		host_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		host_port_proxy(policy, port, &sp.proxy);
 		if (server_set_port(srv, port, &sp) == -1) {
 			server_destroy(srv);
 			return NULL;

@@ -21,6 +21,7 @@
 #include "sasl.h"
 #include "session.h"
 #include "trace.h"
+#include "xclient.h"
 
 enum state {
 	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
@@ -86,6 +87,11 @@ struct session {
 	enum sasl_step			 sasl;
 	bool				 after_auth;	/* lines may be SASL responses: not logged */
 	unsigned			 auth_failures;
+
+	/* XCLIENT: allowed from the peer at connect time (cfg->xclient_from) */
+	bool				 xclient_ok;
+	unsigned			 xclients;	/* XCLIENT commands applied */
+	char				*remote_name;	/* its NAME; NULL: none, unavailable */
 
 	/* the envelope (session_helo, _sender, _recipient) and the transaction */
 	char				*helo;		/* told 250 for */
@@ -180,6 +186,7 @@ static void	cmd_starttls(struct session *, char *);
 static void	cmd_auth(struct session *, char *);
 static void	cmd_lhlo(struct session *, char *);
 static void	cmd_bdat(struct session *, char *);
+static void	cmd_xclient(struct session *, char *);
 
 static const struct command commands[] = {
 	{ "HELO",	ST_READY,	cmd_helo,	"Send QUIT" },
@@ -197,6 +204,7 @@ static const struct command commands[] = {
 	{ "AUTH",	ST(S_HELO),	cmd_auth,	"AUTH not allowed during a mail transaction" },
 	/* BDAT checks its state itself: a refused chunk is still read */
 	{ "BDAT",	ST_ANY,		cmd_bdat,	NULL },
+	{ "XCLIENT",	ST(S_GREETED) | ST(S_HELO), cmd_xclient, "MAIL transaction in progress" },
 	/* LMTP's (RFC 2033), after the verbs every SMTP session looks up */
 	{ "LHLO",	ST_READY,	cmd_lhlo,	"Send QUIT" },
 	/* known verbs this server does not offer */
@@ -321,6 +329,7 @@ session_create(const struct session_config *cfg,
 	s->born = clock_now(s);
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
+	s->xclient_ok = proxy_nets_match(&cfg->xclient_from, s->peer.remote_addr);
 	if (peer != NULL && peer->tls != NULL) {
 		if ((s->tls = malloc(sizeof(*s->tls))) == NULL) {
 			free(s);
@@ -353,6 +362,7 @@ session_destroy(struct session *s)
 	free(s->helo);
 	free(s->rcpts);
 	free(s->user);
+	free(s->remote_name);
 	free(s->tls);
 	free(s);
 }
@@ -1198,8 +1208,8 @@ auth_offered(const struct session *s)
 	    (s->tls != NULL || s->cfg->auth_without_tls);
 }
 
-#define EHLO_KEYWORDS_MAX	10
-#define EHLO_KEYWORD_LEN	32	/* "SIZE 18446744073709551615" */
+#define EHLO_KEYWORDS_MAX	11
+#define EHLO_KEYWORD_LEN	64	/* XCLIENT_KEYWORD; "SIZE 18446744073709551615" */
 
 /* The extension lines of this session's EHLO reply; returns how many. */
 static size_t
@@ -1233,6 +1243,8 @@ ehlo_keywords(const struct session *s, char kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_L
 		snprintf(kw[n++], EHLO_KEYWORD_LEN, "AUTH%s%s",
 		    s->cfg->auth_methods & AUTH_PLAIN ? " PLAIN" : "",
 		    s->cfg->auth_methods & AUTH_LOGIN ? " LOGIN" : "");
+	if (s->xclient_ok)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "%s", XCLIENT_KEYWORD);
 	return n;
 }
 
@@ -1610,6 +1622,75 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 	arm_timer(s);	/* commandTimeout for the first command over TLS */
 	if (s->io->wake != NULL)
 		s->io->wake(s->io_ctx);
+}
+
+/*
+ * XCLIENT (Postfix): a trusted proxy names the client it relays.  The
+ * whole argument is checked first, then applied; the session starts over
+ * as if the client had just connected (envelope, HELO and AUTH forgotten,
+ * HELO= and LOGIN= taken as told) and is greeted with 220 again.  The
+ * policy's 'connection' listeners do not run again: the outcome hook of
+ * SEV_CONNECT tells it the peer changed.
+ */
+static void
+cmd_xclient(struct session *s, char *arg)
+{
+	struct xclient	 x;
+	const char	*why;
+	char		*name = NULL, *helo = NULL, *login = NULL;
+
+	if (!s->xclient_ok) {
+		reply_error(s, 550, "5.7.0", "Error: insufficient authorization");
+		return;
+	}
+	if (xclient_parse(arg, &x, &why) == -1) {
+		reply_error(s, 501, "5.5.4", "%s", why);
+		return;
+	}
+	if (((x.given & ~x.unavailable & XC_NAME) && (name = strdup(x.name)) == NULL) ||
+	    ((x.given & ~x.unavailable & XC_HELO) && (helo = strdup(x.helo)) == NULL) ||
+	    ((x.given & ~x.unavailable & XC_LOGIN) && (login = strdup(x.login)) == NULL)) {
+		free(name);
+		free(helo);
+		reply(s, 451, "4.3.0", "Out of memory, try again later");
+		return;
+	}
+	if (x.given & XC_ADDR)
+		snprintf(s->peer.remote_addr, sizeof(s->peer.remote_addr), "%s",
+		    x.unavailable & XC_ADDR ? "unknown" : x.addr);
+	if (x.given & XC_PORT)
+		s->peer.remote_port = x.unavailable & XC_PORT ? 0 : x.port;
+	if (x.given & XC_DESTADDR)
+		snprintf(s->peer.local_addr, sizeof(s->peer.local_addr), "%s",
+		    x.unavailable & XC_DESTADDR ? "unknown" : x.destaddr);
+	if (x.given & XC_DESTPORT)
+		s->peer.local_port = x.unavailable & XC_DESTPORT ? 0 : x.destport;
+	if (x.given & XC_NAME) {
+		free(s->remote_name);
+		s->remote_name = name;
+	}
+	reset_transaction(s);
+	asked_forget(s);
+	sasl_forget(s);
+	s->auth_failures = 0;
+	if (x.given & XC_HELO) {
+		free(s->helo);
+		s->helo = helo;
+		s->helo_ext = (x.given & XC_PROTO) && x.esmtp;
+	}
+	if (x.given & XC_LOGIN) {
+		free(s->user);
+		s->user = login;
+	}
+	s->xclients++;
+	log_info(s->id, "XCLIENT: client %s port %u%s%s%s%s%s%s", s->peer.remote_addr,
+	    s->peer.remote_port, s->remote_name ? " name " : "",
+	    s->remote_name ? s->remote_name : "", s->helo ? " helo " : "",
+	    s->helo ? s->helo : "", s->user ? " login " : "", s->user ? s->user : "");
+	s->esmtp = false;
+	greet(s, 220, NULL, NULL);	/* the session starts over: S_GREETED */
+	if (s->hooks->outcome != NULL)
+		s->hooks->outcome(s->hook_ctx, s, SEV_CONNECT, 220);
 }
 
 /* Drops the credentials of an AUTH exchange, wiping them first. */
@@ -2613,6 +2694,18 @@ const char *
 session_user(const struct session *s)
 {
 	return s->user;
+}
+
+const char *
+session_remote_name(const struct session *s)
+{
+	return s->remote_name;
+}
+
+unsigned
+session_xclients(const struct session *s)
+{
+	return s->xclients;
 }
 
 const char *

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "proto.h"
+#include "proxy.h"
 
 /* ESMTP extensions; each can be switched off in session_config.extensions. */
 enum {
@@ -59,6 +60,7 @@ struct session_config {
 	bool		 lmtp;			/* RFC 2033: LHLO, a reply per recipient */
 	bool		 received_header;	/* prepend a Received field to the data (true) */
 	unsigned	 max_hops;		/* Received fields a message may bring (100); 0: any */
+	struct proxy_nets xclient_from;		/* peers that may send XCLIENT (none) */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -263,6 +265,14 @@ bool			 session_closing(const struct session *s);
 const struct session_tls *session_tls(const struct session *s);	/* NULL: plaintext */
 const char		*session_user(const struct session *s);	/* NULL: not authenticated */
 const char		*session_event_name(enum session_event ev);
+/*
+ * XCLIENT (offered to peers in cfg->xclient_from): how many were applied,
+ * and the NAME the last one gave (NULL: none, or unavailable).  The peer
+ * (session_peer) and the user are the ones XCLIENT named; after each one
+ * hooks->outcome(SEV_CONNECT, 220) runs again.
+ */
+unsigned		 session_xclients(const struct session *s);
+const char		*session_remote_name(const struct session *s);
 
 /*
  * The envelope: what the client was told 250 for, stored by the engine.

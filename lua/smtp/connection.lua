@@ -51,7 +51,7 @@ function M.install(I)
       end
       return Connection[k]
     end,
-    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort",
+    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort", "remoteName",
       "localAddress", "localPort", "lmtp", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
@@ -80,7 +80,7 @@ function M.install(I)
     local c = setmetatable({
       _handle = handle, id = handle:id(),
       remoteAddress = peer.remoteAddress, remotePort = peer.remotePort,
-      localAddress = peer.localAddress, localPort = peer.localPort,
+      localAddress = peer.localAddress, localPort = peer.localPort, remoteName = peer.remoteName,
       lmtp = peer.lmtp,	-- an LMTP listener's client (RFC 2033)
       server = I.server,
       _ask = false,	-- the ask in progress (ask())

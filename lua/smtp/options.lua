@@ -92,6 +92,20 @@ local OPTIONS = {
       cfg.tls_cert, cfg.tls_key, cfg.starttls = v.cert, v.key, true
     end,
   },
+  -- peers that may send XCLIENT (Postfix): an array of networks, offered in EHLO to them only
+  xclientFrom = {
+    check = function(v)
+      local what = 'an array of at most 16 networks ("10.0.0.0/8", "::1")'
+      if type(v) ~= "table" or #v > 16 then return false, what end
+      for k, n in pairs(v) do
+        if not is_int(k) or type(n) ~= "string" or not (M.network_ok or function() return true end)(n) then
+          return false, what
+        end
+      end
+      return true
+    end,
+    to = function(cfg, v) cfg.xclient_from = table.move(v, 1, #v, 1, {}) end,
+  },
   maxRecipients = int("max_recipients", 1, "an integer >= 1"),
   maxBadCommands = int("max_bad_commands", 1, "an integer >= 1"),
   maxLineLength = int("max_line", 512, "an integer >= 512 (octets, with CRLF)"),

@@ -120,6 +120,13 @@ function support.start(opts)
 
 	local argv = { shquote(support.binary()), "--listen", "127.0.0.1:0",
 		"--ready-file", shquote(dir .. "/ready") }
+	if opts.env then	-- { NAME = value }: the server's environment on top of ours
+		local names = {}
+		for k in pairs(opts.env) do names[#names + 1] = k end
+		table.sort(names)
+		for i = #names, 1, -1 do table.insert(argv, 1, shquote(names[i] .. "=" .. opts.env[names[i]])) end
+		table.insert(argv, 1, "env")
+	end
 	if opts.user then
 		assert(os.execute("chown " .. shquote(opts.user) .. " " .. shquote(dir)) == true,
 			"chown " .. opts.user)
