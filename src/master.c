@@ -118,7 +118,6 @@ static int	 ready_open(const char *path);
 static int	 ready_commit(const char *path, const struct master_config *mc);
 static void	 ready_discard(void);
 static void	 worker_signals(pid_t master, struct busy *busy, unsigned grace);
-static void	 tag_sink(void *, enum log_level, const char *);
 static int64_t	 now_ms(void);
 static void	 master_loop(struct master *);
 static void	 master_free(struct master *);
@@ -197,7 +196,7 @@ master_run(struct master_config *mc)
 	m.pid = getpid();
 	m.gen = 1;
 	snprintf(log_tag, sizeof(log_tag), "master[%ld]", (long)m.pid);
-	log_set_sink(tag_sink, NULL);
+	log_set_tag(log_tag);
 	if ((m.slots = calloc(mc->workers, sizeof(*m.slots))) == NULL) {
 		log_error(0, "out of memory");
 		master_free(&m);
@@ -232,7 +231,7 @@ master_run(struct master_config *mc)
 	log_info(0, "stopped");
 	master_free(&m);
 	connlimit_unmap();
-	log_set_sink(NULL, NULL);
+	log_set_tag(NULL);
 	return rc;
 fail:
 	for (size_t i = 0; i < mc->nfds; i++)
@@ -430,6 +429,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		master_free(m);
 		snprintf(log_tag, sizeof(log_tag), "worker%u[%ld]", slot,
 		    (long)getpid());
+		log_set_tag(log_tag);
 		(void)setpgid(0, 0);		/* a terminal's ^C reaches the master only */
 		worker_signals(master, busy, mc->grace);
 		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
@@ -892,7 +892,7 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 	int			 rc = 1;
 
 	if (log_tag[0] != '\0')
-		log_set_sink(tag_sink, NULL);
+		log_set_tag(log_tag);
 	if ((base = event_base_new()) == NULL) {
 		log_error(0, "cannot create the event loop");
 		goto done;
@@ -1057,19 +1057,6 @@ ready_discard(void)
 	if (ready_tmp[0] != '\0')
 		(void)unlink(ready_tmp);
 	ready_tmp[0] = '\0';
-}
-
-/* "STAMP LEVEL TEXT" becomes "STAMP LEVEL TAG TEXT". */
-static void
-tag_sink(void *arg, enum log_level level, const char *line)
-{
-	const size_t	head = 27;	/* "2026-11-28T16:24:24Z info  " */
-
-	(void)arg, (void)level;
-	if (strlen(line) >= head)
-		fprintf(stderr, "%.*s%s %s\n", (int)head, line, log_tag, line + head);
-	else
-		fprintf(stderr, "%s\n", line);
 }
 
 static int64_t

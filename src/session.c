@@ -19,6 +19,7 @@
 #include "reply.h"
 #include "sasl.h"
 #include "session.h"
+#include "summary.h"
 
 enum state {
 	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
@@ -117,6 +118,11 @@ struct session {
 	bool				 data_timed;	/* data_due is this message's */
 	bool				 data_idle;	/* data_due is the idle bound, not the rate's */
 	bool				 tls_timed;	/* tls_due is this STARTTLS's */
+
+	/* the summary lines (summary.h): what is being answered, and the counts */
+	struct summary			 sum;
+	const char			*doing;		/* the command or event a reply answers */
+	bool				 data_reply;	/* ... and it is DATA or the end of data */
 
 	/* the command line being assembled */
 	size_t				 line_len;
@@ -278,6 +284,7 @@ session_create(const struct session_config *cfg,
 		s->peer = *peer;
 	s->id = next_session_id();
 	s->born = clock_now(s);
+	s->sum.quiet = cfg->no_summary;
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
 	if (peer != NULL && peer->tls != NULL) {
@@ -307,6 +314,7 @@ session_destroy(struct session *s)
 	sasl_forget(s);
 	envelope_clear(s);
 	asked_forget(s);
+	summary_close(&s->sum, s, clock_now(s), s->born);
 	free(s->helo);
 	free(s->rcpts);
 	free(s->user);
@@ -480,6 +488,8 @@ session_expire(struct session *s)
 
 	log_info(s->id, "timeout: connection open for %s s (maxSessionTime)",
 	    secs(t, sizeof(t), s->cfg->max_session_ms));
+	s->doing = "timeout";
+	s->data_reply = false;
 	if (s->pending != NO_EVENT) {
 		if (s->hooks->cancel != NULL)
 			s->hooks->cancel(s->hook_ctx, s, s->pending);
@@ -563,6 +573,8 @@ session_timeout(struct session *s)
 	}
 	if (s->state == S_DATA)
 		message_abort(s, ABORT_TIMEOUT);
+	s->doing = "timeout";
+	s->data_reply = false;
 	reply(s, 421, "4.4.2", "%s Error: %s", s->cfg->hostname, text);
 }
 
@@ -578,6 +590,8 @@ session_shutdown(struct session *s)
 	}
 	if (s->state == S_DATA)
 		message_abort(s, ABORT_SHUTDOWN);
+	s->doing = "shutdown";
+	s->data_reply = false;
 	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
 }
 
@@ -617,12 +631,15 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 
 	if (s->state == S_CLOSED)
 		return;
+	summary_reply(&s->sum, s, s->doing, s->asked != NULL ? s->asked->path.address :
+	    NULL, code, enhanced, text, s->data_reply);
 	if (!(s->cfg->extensions & EXT_ENHANCEDSTATUSCODES))
 		enhanced = NULL;
 	if ((len = reply_format(buf, sizeof(buf), code, enhanced, text)) == 0)
 		len = reply_format(buf, sizeof(buf), 451, enhanced ? "4.3.0" : NULL,
 		    "Reply too long");
 	log_debug(s->id, "<<< %.*s", (int)(len - 2), buf);
+	s->sum.bytes_out += len;
 	s->io->write(s->io_ctx, buf, len);
 	if (code == 421)
 		session_close(s);
@@ -673,6 +690,7 @@ ask(struct session *s, enum session_event ev,
 {
 	struct verdict	v = { .accept = true };
 
+	s->doing = event_names[ev];
 	if (s->hooks->ask != NULL) {
 		s->pending = ev;
 		if (s->hooks->ask(s->hook_ctx, s, ev, args, &v) == HOOK_WAIT) {
@@ -811,12 +829,14 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 			envelope_clear(s);
 			s->sender = s->asked;
 			s->asked = NULL;
+			summary_mail(&s->sum, s, s->sender->path.address, clock_now(s));
 			enter_state(s, S_MAIL);
 		} else
 			reset_transaction(s);
 		reply_text(s, code, enhanced, text);
 		break;
 	case SEV_RCPT:
+		summary_rcpt(&s->sum, s->asked->path.address, code, enhanced);
 		if (accept) {
 			s->rcpts[s->rcpt_count++] = s->asked;
 			s->asked = NULL;
@@ -923,6 +943,7 @@ path_store(const struct smtp_path *path, unsigned serial)
 static void
 envelope_clear(struct session *s)
 {
+	summary_tx_end(&s->sum, s, clock_now(s));	/* its line, once */
 	free(s->sender);
 	s->sender = NULL;
 	for (size_t i = 0; i < s->rcpt_count; i++)
@@ -1260,6 +1281,7 @@ cmd_rcpt(struct session *s, char *arg)
 		return;
 	}
 	if (s->rcpt_count >= s->cfg->max_recipients) {
+		summary_rcpt(&s->sum, path.address, 452, "4.5.3");
 		reply(s, 452, "4.5.3", "Too many recipients");
 		return;
 	}
@@ -1273,6 +1295,7 @@ cmd_rcpt(struct session *s, char *arg)
 static void
 cmd_data(struct session *s, char *arg)
 {
+	s->data_reply = true;
 	if (!blank(arg)) {
 		reply_error(s, 501, "5.5.4", "Syntax: DATA");
 		return;
@@ -1678,6 +1701,8 @@ line_done(struct session *s)
 
 	s->line_len = 0;
 	s->line_open = false;	/* the next octet starts the next line's deadline */
+	s->doing = "line";
+	s->data_reply = false;
 	if (s->line_too_long || s->line_bad)
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
 	if (s->line_too_long) {
@@ -1692,6 +1717,7 @@ line_done(struct session *s)
 	}
 	s->line[len] = '\0';
 	if (s->sasl != SASL_NONE) {
+		s->doing = "AUTH";
 		log_debug(s->id, ">>> (SASL response)");	/* credentials: never logged */
 		sasl_response(s, s->line, len);
 		return;
@@ -1700,6 +1726,7 @@ line_done(struct session *s)
 	while (len > 0 && (s->line[len - 1] == ' ' || s->line[len - 1] == '\t'))
 		s->line[--len] = '\0';
 	c = command_find(s->line);
+	s->doing = c != NULL ? c->verb : "unknown";
 	log_command(s, s->line, c);
 	dispatch(s, s->line, c);
 }
@@ -1802,11 +1829,13 @@ static void
 data_end(struct session *s)
 {
 	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
+	summary_size(&s->sum, s->size);
+	s->data_reply = true;
 	if (!s->failed) {
 		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
 		return;
 	}
-	reset_transaction(s);
+	s->doing = event_names[SEV_DATA_END];
 	switch (s->fail_reason) {
 	case ABORT_TOO_BIG:
 		reply(s, 552, "5.3.4", "Message size exceeds fixed maximum message size");
@@ -1823,6 +1852,7 @@ data_end(struct session *s)
 		    "Message contains a bare CR or LF (RFC 5321 2.3.8)");
 		break;
 	}
+	reset_transaction(s);	/* after the reply: the transaction's line has it */
 }
 
 static void
@@ -1974,6 +2004,7 @@ session_feed(struct session *s, const char *buf, size_t len)
 		}
 	}
 	s->feeding = false;
+	s->sum.bytes_in += used;	/* what the engine read, discarded input not */
 	if (s->state == S_CLOSED)
 		return len;
 	if (s->state == S_TLS) {
@@ -2022,6 +2053,12 @@ session_resume(struct session *s)
 }
 
 /* --- accessors ---------------------------------------------------------- */
+
+void
+session_set_end(struct session *s, const char *why)
+{
+	s->sum.end = why;
+}
 
 uint64_t
 session_id(const struct session *s)

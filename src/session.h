@@ -53,6 +53,7 @@ struct session_config {
 	bool		 auth_without_tls;	/* allow AUTH on a plaintext session */
 	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
 	bool		 accept_bare_lf;	/* DATA: a bare LF ends a line, read as CRLF */
+	bool		 no_summary;		/* no summary lines (summary.h): a simulated client */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -227,6 +228,12 @@ int	session_decide(struct session *s, const struct verdict *v);
  * (RFC 3207 4.2: HELO, transaction and authentication are forgotten).
  */
 void	session_tls_started(struct session *s, const struct session_tls *tls);
+
+/*
+ * Why the transport ends the session (a string that outlives it), for the
+ * connection's summary line; call before session_destroy().
+ */
+void	session_set_end(struct session *s, const char *why);
 
 /* Flow control for message data (the policy reads slower than the client sends). */
 void	session_pause(struct session *s);
