@@ -5,6 +5,7 @@
  * are quoted and escaped, JSON strings escaped, invalid UTF-8 replaced.
  */
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <errno.h>
@@ -20,6 +21,7 @@
 
 #define SYSLOG_PATH	"/dev/log"
 #define SYSLOG_MAIL	(2 << 3)	/* facility mail (RFC 5424 6.2.1) */
+#define SYSLOG_WAIT_US	100000		/* a send waits for a busy syslog at most this */
 
 static enum log_level	 current_level = LOG_INFO;
 static enum log_format	 current_format = LOG_TEXT;
@@ -325,9 +327,12 @@ syslog_send(enum log_level level, time_t now, const char *line, size_t len)
 	iov[1].iov_len = len;
 	for (int tries = 0; tries < 2; tries++) {
 		if (syslog_fd == -1) {
+			struct timeval tv = { 0, SYSLOG_WAIT_US };
+
 			syslog_fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
 			if (syslog_fd == -1)
 				return;
+			(void)setsockopt(syslog_fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 			if (connect(syslog_fd, (struct sockaddr *)&syslog_addr,
 			    sizeof(syslog_addr)) == -1) {
 				close(syslog_fd);
@@ -335,8 +340,8 @@ syslog_send(enum log_level level, time_t now, const char *line, size_t len)
 				return;
 			}
 		}
-		/* never blocks the event loop: a full syslog loses the line */
-		if (sendmsg(syslog_fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL) != -1 ||
+		/* a burst waits for the daemon to read; a stuck one costs the line */
+		if (sendmsg(syslog_fd, &msg, MSG_NOSIGNAL) != -1 ||
 		    errno == EAGAIN || errno == EWOULDBLOCK)
 			return;
 		close(syslog_fd);	/* the daemon restarted: reconnect once */
@@ -492,6 +497,7 @@ rec_key(struct log_rec *r, const char *key)
 	size_t	k = strlen(key);
 	char	buf[64];
 
+	rec_close_list(r);
 	if (k > sizeof(buf) - 4)
 		return false;
 	if (r->json) {
@@ -587,15 +593,13 @@ log_rec_ms(struct log_rec *r, const char *key, uint64_t ms)
 void
 log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhanced)
 {
-	char	 item[1024], *p = item, *end = item + sizeof(item);
+	char	 item[1024], *p = item, *end = item + sizeof(item) - 48;
 	size_t	 len = strlen(address), used, elen = 0;
 
 	if (code < 100 || code > 999)
 		code = 0;
 	if (enhanced != NULL && (elen = strlen(enhanced)) >= 12)
 		elen = 0;
-	/* room for the tail: code, enhanced code, punctuation */
-	end -= 48;
 	if (r->json) {
 		static const char first[] = ",\"rcpts\":[{\"to\":\"", next[] = ",{\"to\":\"";
 
@@ -606,18 +610,11 @@ log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhan
 		p += json_escape(p, (size_t)(end - p), address, len, &used);
 		memcpy(p, "\",\"code\":", 9), p += 9;
 	} else {
-		memcpy(p, " to=", 4), p += 4;
-		/* in angle brackets, as in the dialogue: the null path shows as <> */
-		if (text_needs_quotes((const unsigned char *)address, len) && len > 0) {
-			*p++ = '"', *p++ = '<';
-			p += text_escape(p, (size_t)(end - p), address, len, &used);
-			*p++ = '>', *p++ = '"';
-		} else {
-			used = len < (size_t)(end - p) - 2 ? len : (size_t)(end - p) - 2;
-			*p++ = '<';
-			memcpy(p, address, used), p += used;
-			*p++ = '>';
-		}
+		/* "<ADDRESS>:CODE/ENHANCED", raw here, quoted as one value below */
+		used = len < (size_t)(end - p) ? len : (size_t)(end - p);
+		*p++ = '<';
+		memcpy(p, address, used), p += used;
+		*p++ = '>';
 		*p++ = ':';
 	}
 	*p++ = (char)('0' + code / 100);
@@ -632,11 +629,15 @@ log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhan
 		if (r->json)
 			*p++ = '"';
 	}
-	if (r->json)
-		*p++ = '}';
 	if (used < len)
 		r->cut = true;
-	if (rec_put(r, item, (size_t)(p - item)) && r->json)
+	if (!r->json) {
+		if (rec_key(r, "to"))
+			rec_value(r, item, (size_t)(p - item));
+		return;
+	}
+	*p++ = '}';
+	if (rec_put(r, item, (size_t)(p - item)))
 		r->in_list = true;
 }
 

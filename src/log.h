@@ -33,7 +33,8 @@ void		log_set_tag(const char *tag);
 /*
  * Lines go to the local syslog socket (path NULL: /dev/log) as facility
  * mail, ident luasmtpd, instead of stderr.  The socket is connected on the
- * first line and again after an error; a line that cannot be sent is lost.
+ * first line and again after an error; a line the daemon does not take
+ * within 0.1 s, or at all, is lost.
  * Returns 0, or -1 if path is too long for a socket address.
  */
 int		log_set_syslog(const char *path);
