@@ -448,6 +448,8 @@ log_msg(enum log_level level, uint64_t id, const char *fmt, ...)
 
 /* kept free at the end of a record: "]", ',"cut":true' */
 #define REC_RESERVE	16
+/* and for the fields after the recipients (size, code, result, duration) */
+#define REC_TAIL	160
 
 void
 log_rec_begin(struct log_rec *r, const char *event)
@@ -632,12 +634,21 @@ log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhan
 	if (used < len)
 		r->cut = true;
 	if (!r->json) {
-		if (rec_key(r, "to"))
+		size_t n = (size_t)(p - item);
+
+		/* a recipient is whole or left out (escaped: 4 octets an octet at most) */
+		if (text_needs_quotes((const unsigned char *)item, n))
+			n = 4 * n + 2;
+		if (rec_room(r) < REC_TAIL + 4 + n)
+			r->cut = true;
+		else if (rec_key(r, "to"))
 			rec_value(r, item, (size_t)(p - item));
 		return;
 	}
 	*p++ = '}';
-	if (rec_put(r, item, (size_t)(p - item)))
+	if (rec_room(r) < REC_TAIL + (size_t)(p - item))
+		r->cut = true;
+	else if (rec_put(r, item, (size_t)(p - item)))
 		r->in_list = true;
 }
 
