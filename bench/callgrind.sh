@@ -10,9 +10,13 @@
 # the same load is printed alongside as the reference.
 #
 #   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s]
+#                      [-l LEVEL] [-a 'SERVER ARGS']
 #
 # -k DIR keeps the callgrind outputs (DIR/luasmtpd.N.out ...) for
 # callgrind_annotate --inclusive=yes; -s skips smtp-sink's reference run.
+# -l sets the server's --log-level (warn: no line per message or connection;
+# info: the summary lines, what a production server logs), -a adds options
+# (-a '--log-format json').  The log goes to a file, as under a supervisor.
 #
 # Needs valgrind and smtp-source (bench/setup.sh installs postfix), and a
 # release build (bench/run.sh makes build-bench/luasmtpd).
@@ -23,14 +27,18 @@ n=2000
 rcpts=1
 keep=
 peers="luasmtpd smtp-sink"
-while getopts "b:n:r:k:s" o; do
+level=warn
+extra=
+while getopts "b:n:r:k:sl:a:" o; do
 	case $o in
 	b) bin=$OPTARG ;;
 	n) n=$OPTARG ;;
 	r) rcpts=$OPTARG ;;
 	k) keep=$OPTARG; mkdir -p "$keep" ;;
 	s) peers=luasmtpd ;;
-	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s]" >&2; exit 2 ;;
+	l) level=$OPTARG ;;
+	a) extra=$OPTARG ;;
+	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-l LEVEL] [-a ARGS]" >&2; exit 2 ;;
 	esac
 done
 for tool in valgrind callgrind_annotate smtp-source /usr/sbin/smtp-sink; do
@@ -49,7 +57,7 @@ count() {	# what messages
 	rm -f "$out" "$tmp/ready"
 	if [ "$what" = luasmtpd ]; then
 		valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --workers 0 \
-		    --log-level warn --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
+		    --log-level "$level" $extra --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
 		    "$BENCH/peers/luasmtpd/policy.lua" 2>"$tmp/server.log" &
 		pid=$!
 		for _ in $(seq 300); do [ -f "$tmp/ready" ] && break; sleep 0.1; done
