@@ -943,7 +943,8 @@ path_store(const struct smtp_path *path, unsigned serial)
 static void
 envelope_clear(struct session *s)
 {
-	summary_tx_end(&s->sum, s, clock_now(s));	/* its line, once */
+	if (s->sum.tx_open)
+		summary_tx_end(&s->sum, s, clock_now(s));	/* its line, once */
 	free(s->sender);
 	s->sender = NULL;
 	for (size_t i = 0; i < s->rcpt_count; i++)
