@@ -810,6 +810,7 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		if (accept) {
 			free(s->helo);
 			s->helo = s->asked_helo;
+			summary_client_changed(&s->sum);
 			s->asked_helo = NULL;
 			s->helo_ext = ev == SEV_EHLO;
 			s->esmtp = ev == SEV_EHLO;
@@ -1405,6 +1406,7 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 		return;
 	}
 	*s->tls = *tls;
+	summary_client_changed(&s->sum);	/* and HELO and user are forgotten */
 	s->peer.tls = s->tls;
 	log_info(s->id, "TLS started: %s %s", tls->version, tls->cipher);
 	/* RFC 3207 4.2: forget everything learnt from the client before TLS */
@@ -1590,6 +1592,7 @@ auth_decided(struct session *s, bool accept, int code, const char *enhanced,
 {
 	if (accept) {
 		s->user = s->sasl_user;
+		summary_client_changed(&s->sum);
 		s->sasl_user = NULL;
 		log_info(s->id, "authenticated as %s", s->user);
 	} else {

@@ -94,9 +94,24 @@ summary_mail(struct summary *sum, const struct session *s, const char *sender,
 	/* one buffer for the session's transactions, made at its first */
 	if (sum->tx == NULL && (sum->tx = malloc(sizeof(*sum->tx))) == NULL)
 		return;
-	log_rec_begin(sum->tx, "transaction");
-	rec_client(sum->tx, s);
+	if (sum->tx_head > 0 && sum->tx_json == (log_get_format() == LOG_JSON)) {
+		/* the same client as the last transaction's: its fields are there */
+		sum->tx->len = sum->tx_head;
+		sum->tx->cut = false;
+		sum->tx->in_list = false;
+	} else {
+		log_rec_begin(sum->tx, "transaction");
+		rec_client(sum->tx, s);
+		sum->tx_head = sum->tx->cut ? 0 : sum->tx->len;
+		sum->tx_json = sum->tx->json;
+	}
 	rec_path(sum->tx, "from", sender);
+}
+
+void
+summary_client_changed(struct summary *sum)
+{
+	sum->tx_head = 0;
 }
 
 void

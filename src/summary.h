@@ -22,6 +22,8 @@ struct session;
 
 struct summary {
 	struct log_rec	*tx;		/* the transaction line; NULL: not made yet */
+	size_t		 tx_head;	/* its event and client fields, kept for the next; 0: none */
+	bool		 tx_json;	/* ... in this format */
 	bool		 tx_open;	/* a sender was told 250; no end yet */
 	uint64_t	 tx_start;	/* ms, the session's clock */
 	uint64_t	 size;		/* the message's octets, once its data ended */
@@ -43,6 +45,8 @@ struct summary {
 void	summary_reply(struct summary *sum, const struct session *s,
 	    const char *command, const char *address, int code,
 	    const char *enhanced, const char *text, bool in_data);
+/* HELO, TLS or the user changed: the client fields are written anew. */
+void	summary_client_changed(struct summary *sum);
 /* A sender was told 250 at now: the transaction line starts. */
 void	summary_mail(struct summary *sum, const struct session *s,
 	    const char *sender, uint64_t now);
