@@ -363,6 +363,18 @@ print(n)
 		end)
 	end)
 
+	it("refuses a bad --log-format or --log with a usage error (exit 2)", function()
+		for _, args in ipairs({ { "--log-format", "xml", "text or json" },
+			{ "--log", "syslog:relative", "stderr, syslog or syslog:/PATH" },
+			{ "--log", "file", "stderr, syslog or syslog:/PATH" } }) do
+			local ok, code, out = support.run(("%s %s %s --check /dev/null"):format(
+				support.shquote(support.binary()), args[1], support.shquote(args[2])), 30)
+			assert.is_false(ok)
+			assert.equal(2, code, out)
+			assert.matches(args[3], out, 1, true)
+		end
+	end)
+
 	describe("to syslog", function()
 		-- The syslog daemon: Python on a unix datagram socket, reading as
 		-- fast as the lines come (a socket nobody reads holds 10 datagrams),
