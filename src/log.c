@@ -10,6 +10,8 @@
 #include <sys/un.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -30,6 +32,10 @@ static void		*sink_arg;
 static char		 tag[48];
 static bool		 to_syslog;
 static int		 syslog_fd = -1;
+static void		(*batch_fn)(void *);
+static void		*batch_arg;
+static char		 batch[PIPE_BUF];
+static size_t		 batch_len;
 static struct sockaddr_un syslog_addr;
 
 static const char *const level_names[] = { "error", "warn", "info", "debug" };
@@ -105,6 +111,26 @@ log_set_syslog(const char *path)
 	syslog_fd = -1;
 	to_syslog = true;
 	return 0;
+}
+
+void
+log_flush(void)
+{
+	if (batch_len > 0)
+		(void)!write(STDERR_FILENO, batch, batch_len);
+	batch_len = 0;
+}
+
+void
+log_set_batch(void (*schedule)(void *), void *arg)
+{
+	static bool	registered;
+
+	log_flush();
+	if (!registered && schedule != NULL && atexit(log_flush) == 0)
+		registered = true;
+	batch_fn = registered ? schedule : NULL;
+	batch_arg = arg;
 }
 
 void
@@ -363,6 +389,16 @@ log_out(enum log_level level, time_t now, char *line, size_t len, size_t skip)
 		syslog_send(level, now, line + skip, len - skip);
 	} else {
 		line[len] = '\n';	/* one write: lines of workers never mix */
+		if (batch_fn != NULL && level >= LOG_INFO && len < sizeof(batch)) {
+			if (batch_len + len + 1 > sizeof(batch))
+				log_flush();
+			if (batch_len == 0)
+				batch_fn(batch_arg);
+			memcpy(batch + batch_len, line, len + 1);
+			batch_len += len + 1;
+			return;
+		}
+		log_flush();		/* what waits was logged first */
 		(void)!write(STDERR_FILENO, line, len + 1);
 	}
 }

@@ -39,6 +39,17 @@ void		log_set_tag(const char *tag);
  */
 int		log_set_syslog(const char *path);
 
+/*
+ * Batching on stderr: info and debug lines wait in a buffer of PIPE_BUF
+ * octets (one write() stays atomic on a pipe) and leave together; the first
+ * line into an empty buffer calls schedule(arg), which arranges a
+ * log_flush() soon (the server: at the end of the event loop's turn).  A
+ * warn or error line flushes what waits, then goes at once.  schedule NULL
+ * flushes and stops batching; exit() flushes too.
+ */
+void		log_set_batch(void (*schedule)(void *), void *arg);
+void		log_flush(void);
+
 /* Where lines go; NULL restores stderr (or syslog).  The Lua test harness captures with it. */
 typedef void	(*log_sink_fn)(void *arg, enum log_level level, const char *line);
 void		log_set_sink(log_sink_fn fn, void *arg);

@@ -871,6 +871,20 @@ worker_signals(pid_t master, struct busy *busy, unsigned grace)
 	(void)sigaction(SIGALRM, &sa, NULL);
 }
 
+/* The loop's turn is over: the log lines it produced leave in one write. */
+static void
+log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	log_flush();
+}
+
+static void
+log_flush_soon(void *ev)
+{
+	event_active(ev, EV_TIMEOUT, 0);
+}
+
 /*
  * Loads the script on a fresh event base, accepts on fds (taken over) and
  * serves until stopped.  Once the loop runs: ready(ready_arg), or, with
@@ -882,6 +896,7 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
     void (*ready)(void *), void *ready_arg, struct busy *busy)
 {
 	struct event_base	*base = NULL;
+	struct event		*flush = NULL;
 	struct host		*policy = NULL;
 	struct server		*srv = NULL;
 	struct timeval		 now = { 0, 0 };
@@ -897,6 +912,9 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 		log_error(0, "cannot create the event loop");
 		goto done;
 	}
+	/* log lines leave once per turn of the loop, not one write() each */
+	if ((flush = event_new(base, -1, 0, log_flush_cb, NULL)) != NULL)
+		log_set_batch(log_flush_soon, flush);
 	if ((policy = host_load(script, base, err, sizeof(err))) == NULL) {
 		log_error(0, "%s", err[0] ? err : "cannot load script");
 		rc = WORKER_EXIT_LOAD;
@@ -930,6 +948,9 @@ done:
 		close(fds[i]);
 	server_destroy(srv);	/* connections first: they hold the policy's hooks */
 	host_destroy(policy);
+	log_set_batch(NULL, NULL);
+	if (flush != NULL)
+		event_free(flush);
 	if (base != NULL)
 		event_base_free(base);
 	return rc;
