@@ -2,14 +2,36 @@
  * test_log.c -- log.c: JSON escaping, UTF-8 checks, text quoting of record
  * values, records cut at the buffer's end, and the line shapes.
  */
+#include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "tap.h"
 
 static char	last[LOG_LINE_MAX + 1];
+static int	scheduled;
+
+static void
+schedule(void *arg)
+{
+	(void)arg;
+	scheduled++;
+}
+
+/* What stderr (a temporary file) holds now. */
+static const char *
+err_text(int fd)
+{
+	static char	buf[16384];
+	ssize_t		n = pread(fd, buf, sizeof(buf) - 1, 0);
+
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
 
 static void
 keep(void *arg, enum log_level level, const char *line)
@@ -167,5 +189,35 @@ main(void)
 		CHECK(log_parse_format("xml", &f) == -1);
 	}
 	log_set_sink(NULL, NULL);
+
+	/* batching on stderr: info lines wait for log_flush(), a warn line goes at once */
+	{
+		char	 path[] = "/tmp/test_log.XXXXXX";
+		int	 fd = mkstemp(path), saved = dup(STDERR_FILENO);
+
+		CHECK(fd != -1 && saved != -1 && dup2(fd, STDERR_FILENO) != -1);
+		unlink(path);
+		log_set_format(LOG_TEXT);
+		log_set_batch(schedule, NULL);
+		log_msg(LOG_INFO, 0, "one");
+		log_msg(LOG_INFO, 0, "two");
+		CHECK_INT(scheduled, 1);			/* once, for the first line */
+		CHECK_STR(err_text(fd), "");
+		log_flush();
+		CHECK(strstr(err_text(fd), "one\n") != NULL && strstr(err_text(fd), "two\n") != NULL);
+		log_msg(LOG_INFO, 0, "three");
+		log_msg(LOG_WARN, 0, "four");			/* flushes "three" first, then itself */
+		CHECK_INT(scheduled, 2);
+		CHECK(strstr(err_text(fd), "three\n") != NULL &&
+		    strstr(err_text(fd), "three\n") < strstr(err_text(fd), "four\n"));
+		for (int i = 0; i < 40; i++)			/* past PIPE_BUF: written as it fills */
+			log_msg(LOG_INFO, 0, "%0200d", i);
+		CHECK(strstr(err_text(fd), "0039\n") == NULL && strstr(err_text(fd), "0001\n") != NULL);
+		log_set_batch(NULL, NULL);			/* flushes */
+		CHECK(strstr(err_text(fd), "0039\n") != NULL);
+		dup2(saved, STDERR_FILENO);
+		close(saved);
+		close(fd);
+	}
 	return tap_done();
 }
