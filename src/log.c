@@ -573,22 +573,27 @@ rec_close_list(struct log_rec *r)
 static bool
 rec_key(struct log_rec *r, const char *key)
 {
-	size_t	k = strlen(key);
-	char	buf[64];
+	size_t	 k = strlen(key);
+	char	*p;
 
 	rec_close_list(r);
-	if (k > sizeof(buf) - 4)
+	if (rec_room(r) < k + 4) {
+		r->cut = true;
 		return false;
-	if (r->json) {
-		buf[0] = ',', buf[1] = '"';
-		memcpy(buf + 2, key, k);
-		buf[k + 2] = '"', buf[k + 3] = ':';
-	} else {
-		buf[0] = ' ';
-		memcpy(buf + 1, key, k);
-		buf[k + 1] = '=';
 	}
-	return rec_put(r, buf, k + (r->json ? 4 : 2));
+	p = r->buf + r->len;		/* in place: this runs for every field */
+	if (r->json) {
+		p[0] = ',', p[1] = '"';
+		memcpy(p + 2, key, k);
+		p[k + 2] = '"', p[k + 3] = ':';
+		r->len += k + 4;
+	} else {
+		p[0] = ' ';
+		memcpy(p + 1, key, k);
+		p[k + 1] = '=';
+		r->len += k + 2;
+	}
+	return true;
 }
 
 /*
@@ -641,6 +646,20 @@ log_rec_strn(struct log_rec *r, const char *key, const char *val, size_t len)
 		return;
 	if (rec_key(r, key))
 		rec_value(r, val, len);
+}
+
+void
+log_rec_word(struct log_rec *r, const char *key, const char *val)
+{
+	size_t	n;
+
+	if (val == NULL || (n = strlen(val)) == 0 || !rec_key(r, key))
+		return;
+	if (r->json)
+		rec_put(r, "\"", 1);
+	rec_put(r, val, n);
+	if (r->json)
+		rec_put(r, "\"", 1);
 }
 
 void

@@ -88,6 +88,8 @@ void	log_rec_begin(struct log_rec *r, const char *event);
 /* A string field; NULL: left out.  len: SIZE_MAX for strlen. */
 void	log_rec_str(struct log_rec *r, const char *key, const char *val);
 void	log_rec_strn(struct log_rec *r, const char *key, const char *val, size_t len);
+/* A value known to be printable ASCII without space, '"' or '\\' (the engine's own words): no checks. */
+void	log_rec_word(struct log_rec *r, const char *key, const char *val);
 void	log_rec_uint(struct log_rec *r, const char *key, uint64_t val);
 /* Milliseconds as seconds with 3 decimals: 1.234 (JSON: a number). */
 void	log_rec_ms(struct log_rec *r, const char *key, uint64_t ms);

@@ -153,9 +153,9 @@ summary_tx_end(struct summary *sum, const struct session *s, uint64_t now)
 	if (sum->data_code != 0) {
 		log_rec_uint(r, "code", (uint64_t)sum->data_code);
 		if (sum->data_enhanced[0] != '\0')
-			log_rec_str(r, "enhanced", sum->data_enhanced);
+			log_rec_word(r, "enhanced", sum->data_enhanced);	/* checked by reply.c */
 	}
-	log_rec_str(r, "result", result);
+	log_rec_word(r, "result", result);
 	log_rec_ms(r, "duration", now - sum->tx_start);
 	log_rec_emit(r, LOG_INFO, session_id(s));
 }

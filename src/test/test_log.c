@@ -110,11 +110,13 @@ main(void)
 	log_rec_rcpt(&r, "b@example.net", 250, "2.1.5");
 	log_rec_rcpt(&r, "\"x y\"@example.net", 550, NULL);
 	log_rec_rcpt(&r, "", 250, "2.1.5");
+	log_rec_word(&r, "result", "accepted");
+	log_rec_word(&r, "none", "");				/* left out */
 	log_rec_emit(&r, LOG_INFO, 0xa1);
 	CHECK_STR(body(), "[00000000000000a1] transaction helo=client.example "
 	    "end=\"session ended\" x=\"q\\\"b\\\\s\\n\\x01\\xff\xc3\xa9\" empty=\"\" "
 	    "size=1234 duration=0.005 long=61.234 to=<b@example.net>:250/2.1.5 "
-	    "to=\"<\\\"x y\\\"@example.net>:550\" to=<>:250/2.1.5");
+	    "to=\"<\\\"x y\\\"@example.net>:550\" to=<>:250/2.1.5 result=accepted");
 	CHECK(strncmp(last + 20, " info  ", 7) == 0);
 
 	/* JSON records: the same fields, typed; recipients an array */
@@ -125,12 +127,13 @@ main(void)
 	log_rec_rcpt(&r, "c\xff@example.net", 550, "5.1.1");
 	log_rec_uint(&r, "size", 7);
 	log_rec_ms(&r, "duration", 1500);
+	log_rec_word(&r, "result", "accepted");
 	log_rec_emit(&r, LOG_WARN, 0xa1);
 	CHECK(strncmp(last, "{\"time\":\"", 9) == 0);
 	CHECK_STR(strstr(last, "\",\"level\""), "\",\"level\":\"warn\",\"session\":\"00000000000000a1\","
 	    "\"event\":\"transaction\",\"helo\":\"c\\\"x\",\"rcpts\":[{\"to\":\"b@example.net\","
 	    "\"code\":250,\"enhanced\":\"2.1.5\"},{\"to\":\"c\\ufffd@example.net\",\"code\":550,"
-	    "\"enhanced\":\"5.1.1\"}],\"size\":7,\"duration\":1.500}");
+	    "\"enhanced\":\"5.1.1\"}],\"size\":7,\"duration\":1.500,\"result\":\"accepted\"}");
 	/* the array closes at the end too */
 	log_rec_begin(&r, "t");
 	log_rec_rcpt(&r, "b@x", 250, NULL);
