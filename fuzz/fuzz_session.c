@@ -576,12 +576,24 @@ chunk_size(struct harness *h, unsigned mode, size_t left)
 	return n < left ? n : left;
 }
 
+/* Every line is one line; a JSON one is printable UTF-8 between braces. */
 static void
 quiet_log(void *arg, enum log_level level, const char *line)
 {
+	size_t	len, n;
+
 	(void)arg;
 	(void)level;
 	REQUIRE(line != NULL);
+	len = strlen(line);
+	REQUIRE(memchr(line, '\n', len) == NULL && memchr(line, '\r', len) == NULL);
+	if (log_get_format() != LOG_JSON)
+		return;
+	REQUIRE(len >= 2 && line[0] == '{' && line[len - 1] == '}');
+	for (size_t i = 0; i < len; i += n) {
+		REQUIRE((unsigned char)line[i] >= 0x20);
+		REQUIRE((n = log_utf8_len((const unsigned char *)line + i, len - i)) != 0);
+	}
 }
 
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -607,6 +619,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < HEADER)
 		return 0;
 	log_set_level(LOG_DEBUG);		/* the log lines are code too */
+	log_set_format(size % 2 ? LOG_JSON : LOG_TEXT);	/* both, the input unchanged */
 	log_set_sink(quiet_log, NULL);
 	memset(&h, 0, sizeof(h));
 	configure(&cfg, data[0], data[1], data[3], data[4]);

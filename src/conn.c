@@ -841,6 +841,7 @@ conn_end_session(struct conn *c, const char *why)
 		c->why = why;
 	if (!c->closing && !c->eof)
 		session_eof(s);		/* the socket failed: abort the message */
+	session_set_end(s, c->why);
 	c->s = NULL;
 	c->freeing = true;	/* the engine's last calls are ignored */
 	session_destroy(s);
@@ -854,12 +855,9 @@ conn_free(struct conn *c)
 
 	c->freeing = true;
 	c->s = NULL;
+	if (s != NULL)		/* its summary line says why it ended */
+		session_set_end(s, c->why != NULL ? c->why : "done");
 	session_destroy(s);
-	if (c->id != 0)
-		log_info(c->id, "connection from %s port %u closed: %s, %llu bytes in",
-		    c->peer.remote_addr, c->peer.remote_port,
-		    c->why != NULL ? c->why : "done",
-		    (unsigned long long)c->bytes_in);
 	if (c->timer != NULL)
 		event_free(c->timer);
 	if (c->limit != NULL)

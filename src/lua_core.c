@@ -101,6 +101,9 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 		lua_pop(L, 1);
 	}
 	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "no_summary") != LUA_TNIL)
+		cfg->no_summary = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */

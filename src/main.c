@@ -103,11 +103,14 @@ static int
 parse_options(int argc, char **argv, struct options *o)
 {
 	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
-	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS, OPT_DUMP, OPT_DUMP_FORMAT };
+	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS, OPT_DUMP, OPT_DUMP_FORMAT,
+	    OPT_LOG_FORMAT, OPT_LOG_TO };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
 		{ "log-level",	required_argument,	NULL, OPT_LOG },
+		{ "log-format",	required_argument,	NULL, OPT_LOG_FORMAT },
+		{ "log",	required_argument,	NULL, OPT_LOG_TO },
 		{ "ready-file",	required_argument,	NULL, OPT_READY },
 		{ "grace",	required_argument,	NULL, OPT_GRACE },
 		{ "workers",	required_argument,	NULL, OPT_WORKERS },
@@ -121,6 +124,7 @@ parse_options(int argc, char **argv, struct options *o)
 		{ NULL,		0,			NULL, 0 },
 	};
 	enum log_level	 level;
+	enum log_format	 format;
 	unsigned long	 n;
 	char		*end;
 	int		 ch;
@@ -149,6 +153,25 @@ parse_options(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			log_set_level(level);
+			break;
+		case OPT_LOG_FORMAT:
+			if (log_parse_format(optarg, &format) == -1) {
+				fprintf(stderr, "luasmtpd: bad --log-format '%s' "
+				    "(text or json)\n", optarg);
+				return 2;
+			}
+			log_set_format(format);
+			break;
+		case OPT_LOG_TO:
+			if (strcmp(optarg, "stderr") == 0)
+				break;
+			if ((strcmp(optarg, "syslog") != 0 &&
+			    strncmp(optarg, "syslog:/", 8) != 0) ||
+			    log_set_syslog(optarg[6] == ':' ? optarg + 7 : NULL) == -1) {
+				fprintf(stderr, "luasmtpd: bad --log '%s' (stderr, syslog "
+				    "or syslog:/PATH of a socket)\n", optarg);
+				return 2;
+			}
 			break;
 		case OPT_READY:
 			o->ready_file = optarg;

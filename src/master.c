@@ -123,7 +123,6 @@ static int	 ready_open(const char *path);
 static int	 ready_commit(const char *path, const struct master_config *mc);
 static void	 ready_discard(void);
 static void	 worker_signals(pid_t master, struct busy *busy, unsigned grace);
-static void	 tag_sink(void *, enum log_level, const char *);
 static int64_t	 now_ms(void);
 static void	 master_loop(struct master *);
 static void	 master_free(struct master *);
@@ -212,7 +211,7 @@ master_run(struct master_config *mc)
 	m.pid = getpid();
 	m.gen = 1;
 	snprintf(log_tag, sizeof(log_tag), "master[%ld]", (long)m.pid);
-	log_set_sink(tag_sink, NULL);
+	log_set_tag(log_tag);
 	if ((m.slots = calloc(mc->workers, sizeof(*m.slots))) == NULL) {
 		log_error(0, "out of memory");
 		master_free(&m);
@@ -248,7 +247,7 @@ master_run(struct master_config *mc)
 	master_free(&m);
 	connlimit_unmap();
 	metrics_unmap();
-	log_set_sink(NULL, NULL);
+	log_set_tag(NULL);
 	return rc;
 fail:
 	for (size_t i = 0; i < mc->nfds; i++)
@@ -461,6 +460,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		master_free(m);
 		snprintf(log_tag, sizeof(log_tag), "worker%u[%ld]", slot,
 		    (long)getpid());
+		log_set_tag(log_tag);
 		(void)setpgid(0, 0);		/* a terminal's ^C reaches the master only */
 		worker_signals(master, busy, mc->grace);
 		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
@@ -919,6 +919,20 @@ worker_signals(pid_t master, struct busy *busy, unsigned grace)
 	(void)sigaction(SIGALRM, &sa, NULL);
 }
 
+/* The loop's turn is over: the log lines it produced leave in one write. */
+static void
+log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	log_flush();
+}
+
+static void
+log_flush_soon(void *ev)
+{
+	event_active(ev, EV_TIMEOUT, 0);
+}
+
 /*
  * Loads the script on a fresh event base, accepts on fds (taken over) and
  * serves until stopped.  Once the loop runs: ready(ready_arg), or, with
@@ -932,6 +946,7 @@ serve(const char *script, int *fds, size_t nfds, int metrics_fd, unsigned grace,
 {
 	struct metrics_http	*mh = NULL;
 	struct event_base	*base = NULL;
+	struct event		*flush = NULL;
 	struct host		*policy = NULL;
 	struct server		*srv = NULL;
 	struct timeval		 now = { 0, 0 };
@@ -942,11 +957,14 @@ serve(const char *script, int *fds, size_t nfds, int metrics_fd, unsigned grace,
 	int			 rc = 1;
 
 	if (log_tag[0] != '\0')
-		log_set_sink(tag_sink, NULL);
+		log_set_tag(log_tag);
 	if ((base = event_base_new()) == NULL) {
 		log_error(0, "cannot create the event loop");
 		goto done;
 	}
+	/* log lines leave once per turn of the loop, not one write() each */
+	if ((flush = event_new(base, -1, 0, log_flush_cb, NULL)) != NULL)
+		log_set_batch(log_flush_soon, flush);
 	if ((policy = host_load(script, base, err, sizeof(err))) == NULL) {
 		log_error(0, "%s", err[0] ? err : "cannot load script");
 		rc = WORKER_EXIT_LOAD;
@@ -991,6 +1009,9 @@ done:
 	metrics_http_destroy(mh);
 	server_destroy(srv);	/* connections first: they hold the policy's hooks */
 	host_destroy(policy);
+	log_set_batch(NULL, NULL);
+	if (flush != NULL)
+		event_free(flush);
 	if (base != NULL)
 		event_base_free(base);
 	return rc;
@@ -1129,19 +1150,6 @@ ready_discard(void)
 	if (ready_tmp[0] != '\0')
 		(void)unlink(ready_tmp);
 	ready_tmp[0] = '\0';
-}
-
-/* "STAMP LEVEL TEXT" becomes "STAMP LEVEL TAG TEXT". */
-static void
-tag_sink(void *arg, enum log_level level, const char *line)
-{
-	const size_t	head = 27;	/* "2026-11-28T16:24:24Z info  " */
-
-	(void)arg, (void)level;
-	if (strlen(line) >= head)
-		fprintf(stderr, "%.*s%s %s\n", (int)head, line, log_tag, line + head);
-	else
-		fprintf(stderr, "%s\n", line);
 }
 
 static int64_t

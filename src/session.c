@@ -22,6 +22,7 @@
 #include "session.h"
 #include "trace.h"
 #include "xclient.h"
+#include "summary.h"
 
 enum state {
 	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
@@ -144,6 +145,11 @@ struct session {
 	bool				 data_timed;	/* data_due is this message's */
 	bool				 data_idle;	/* data_due is the idle bound, not the rate's */
 	bool				 tls_timed;	/* tls_due is this STARTTLS's */
+
+	/* the summary lines (summary.h): what is being answered, and the counts */
+	struct summary			 sum;
+	const char			*doing;		/* the command or event a reply answers */
+	bool				 data_reply;	/* ... and it is DATA or the end of data */
 
 	/* the command line being assembled */
 	size_t				 line_len;
@@ -327,6 +333,7 @@ session_create(const struct session_config *cfg,
 		s->peer = *peer;
 	s->id = next_session_id();
 	s->born = clock_now(s);
+	s->sum.quiet = cfg->no_summary;
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
 	s->xclient_ok = proxy_nets_match(&cfg->xclient_from, s->peer.remote_addr);
@@ -357,6 +364,7 @@ session_destroy(struct session *s)
 	sasl_forget(s);
 	envelope_clear(s);
 	asked_forget(s);
+	summary_close(&s->sum, s, clock_now(s), s->born);
 	free(s->added);
 	free(s->reverse);
 	free(s->helo);
@@ -543,6 +551,8 @@ session_expire(struct session *s)
 
 	log_info(s->id, "timeout: connection open for %s s (maxSessionTime)",
 	    secs(t, sizeof(t), s->cfg->max_session_ms));
+	s->doing = "timeout";
+	s->data_reply = false;
 	if (s->pending != NO_EVENT) {
 		if (s->hooks->cancel != NULL)
 			s->hooks->cancel(s->hook_ctx, s, s->pending);
@@ -628,6 +638,8 @@ session_timeout(struct session *s)
 	}
 	if (in_message(s))
 		message_abort(s, ABORT_TIMEOUT);
+	s->doing = "timeout";
+	s->data_reply = false;
 	reply(s, 421, "4.4.2", "%s Error: %s", s->cfg->hostname, text);
 }
 
@@ -644,6 +656,8 @@ session_shutdown(struct session *s)
 	if (in_message(s))
 		message_abort(s, ABORT_SHUTDOWN);
 	s->answering = MV_OTHER;
+	s->doing = "shutdown";
+	s->data_reply = false;
 	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
 }
 
@@ -683,6 +697,8 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 
 	if (s->state == S_CLOSED)
 		return;
+	summary_reply(&s->sum, s, s->doing, s->asked != NULL ? s->asked->path.address :
+	    NULL, code, enhanced, text, s->data_reply);
 	if (!(s->cfg->extensions & EXT_ENHANCEDSTATUSCODES))
 		enhanced = NULL;
 	if ((len = reply_format(buf, sizeof(buf), code, enhanced, text)) == 0)
@@ -690,6 +706,7 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 		    "Reply too long");
 	log_debug(s->id, "<<< %.*s", (int)(len - 2), buf);
 	metrics_reply(s->answering, code);
+	s->sum.bytes_out += len;
 	s->io->write(s->io_ctx, buf, len);
 	if (code == 421)
 		session_close(s);
@@ -740,6 +757,7 @@ ask(struct session *s, enum session_event ev,
 {
 	struct verdict	v = { .accept = true };
 
+	s->doing = event_names[ev];
 	if (s->hooks->ask != NULL) {
 		s->pending = ev;
 		if (s->hooks->ask(s->hook_ctx, s, ev, args, &v) == HOOK_WAIT) {
@@ -878,6 +896,7 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		if (accept) {
 			free(s->helo);
 			s->helo = s->asked_helo;
+			summary_client_changed(&s->sum);
 			s->asked_helo = NULL;
 			s->helo_ext = ev == SEV_EHLO;
 			s->esmtp = ev == SEV_EHLO;
@@ -897,12 +916,14 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 			envelope_clear(s);
 			s->sender = s->asked;
 			s->asked = NULL;
+			summary_mail(&s->sum, s, s->sender->path.address, clock_now(s));
 			enter_state(s, S_MAIL);
 		} else
 			reset_transaction(s);
 		reply_text(s, code, enhanced, text);
 		break;
 	case SEV_RCPT:
+		summary_rcpt(&s->sum, s->asked->path.address, code, enhanced);
 		if (accept) {
 			s->rcpts[s->rcpt_count++] = s->asked;
 			s->asked = NULL;
@@ -1090,6 +1111,8 @@ path_store(const struct smtp_path *path, unsigned serial)
 static void
 envelope_clear(struct session *s)
 {
+	if (s->sum.tx_open)
+		summary_tx_end(&s->sum, s, clock_now(s));	/* its line, once */
 	free(s->sender);
 	s->sender = NULL;
 	for (size_t i = 0; i < s->rcpt_count; i++) {
@@ -1476,6 +1499,7 @@ cmd_rcpt(struct session *s, char *arg)
 		return;
 	}
 	if (s->rcpt_count >= s->cfg->max_recipients) {
+		summary_rcpt(&s->sum, path.address, 452, "4.5.3");
 		reply(s, 452, "4.5.3", "Too many recipients");
 		return;
 	}
@@ -1489,6 +1513,7 @@ cmd_rcpt(struct session *s, char *arg)
 static void
 cmd_data(struct session *s, char *arg)
 {
+	s->data_reply = true;
 	if (!blank(arg)) {
 		reply_error(s, 501, "5.5.4", "Syntax: DATA");
 		return;
@@ -1608,6 +1633,7 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 		return;
 	}
 	*s->tls = *tls;
+	summary_client_changed(&s->sum);	/* and HELO and user are forgotten */
 	s->peer.tls = s->tls;
 	log_info(s->id, "TLS started: %s %s", tls->version, tls->cipher);
 	/* RFC 3207 4.2: forget everything learnt from the client before TLS */
@@ -1863,6 +1889,7 @@ auth_decided(struct session *s, bool accept, int code, const char *enhanced,
 	metrics_count(accept ? M_AUTH_OK : M_AUTH_FAILED);
 	if (accept) {
 		s->user = s->sasl_user;
+		summary_client_changed(&s->sum);
 		s->sasl_user = NULL;
 		log_info(s->id, "authenticated as %s", s->user);
 	} else {
@@ -1991,6 +2018,8 @@ line_done(struct session *s)
 
 	s->line_len = 0;
 	s->line_open = false;	/* the next octet starts the next line's deadline */
+	s->doing = "line";
+	s->data_reply = false;
 	if (s->line_too_long || s->line_bad) {
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
 		command_count(s, NULL);
@@ -2007,6 +2036,7 @@ line_done(struct session *s)
 	}
 	s->line[len] = '\0';
 	if (s->sasl != SASL_NONE) {
+		s->doing = "AUTH";
 		log_debug(s->id, ">>> (SASL response)");	/* credentials: never logged */
 		sasl_response(s, s->line, len);
 		return;
@@ -2015,6 +2045,7 @@ line_done(struct session *s)
 	while (len > 0 && (s->line[len - 1] == ' ' || s->line[len - 1] == '\t'))
 		s->line[--len] = '\0';
 	c = command_find(s->line);
+	s->doing = c != NULL ? c->verb : "unknown";
 	log_command(s, s->line, c);
 	dispatch(s, s->line, c);
 }
@@ -2207,15 +2238,18 @@ data_end(struct session *s)
 
 	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
 	s->answering = MR_DATA_END;
+	summary_size(&s->sum, s->size);
+	s->data_reply = true;
 	if (!s->failed && !s->trace_sent)
 		trace_emit(s, NULL, 0);	/* an empty message */
 	if (!s->failed) {
 		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
 		return;
 	}
-	reset_transaction(s);
+	s->doing = event_names[SEV_DATA_END];
 	while (n-- > 0 && s->state != S_CLOSED)
 		data_failed_reply(s);
+	reset_transaction(s);	/* after the replies: the transaction's line has them */
 }
 
 /* The reply to a message that failed while it was received. */
@@ -2602,6 +2636,7 @@ session_feed(struct session *s, const char *buf, size_t len)
 		}
 	}
 	s->feeding = false;
+	s->sum.bytes_in += used;	/* what the engine read, discarded input not */
 	if (s->state == S_CLOSED)
 		return len;
 	if (s->state == S_TLS) {
@@ -2652,6 +2687,12 @@ session_resume(struct session *s)
 }
 
 /* --- accessors ---------------------------------------------------------- */
+
+void
+session_set_end(struct session *s, const char *why)
+{
+	s->sum.end = why;
+}
 
 uint64_t
 session_id(const struct session *s)

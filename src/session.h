@@ -61,6 +61,7 @@ struct session_config {
 	bool		 received_header;	/* prepend a Received field to the data (true) */
 	unsigned	 max_hops;		/* Received fields a message may bring (100); 0: any */
 	struct proxy_nets xclient_from;		/* peers that may send XCLIENT (none) */
+	bool		 no_summary;		/* no summary lines (summary.h): a simulated client */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -252,6 +253,12 @@ void	session_tls_started(struct session *s, const struct session_tls *tls);
 int	session_recipient_verdict(struct session *s, size_t i,
 	    const struct verdict *v);
 bool	session_lmtp(const struct session *s);
+
+/*
+ * Why the transport ends the session (a string that outlives it), for the
+ * connection's summary line; call before session_destroy().
+ */
+void	session_set_end(struct session *s, const char *why);
 
 /* Flow control for message data (the policy reads slower than the client sends). */
 void	session_pause(struct session *s);
