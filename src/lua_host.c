@@ -35,6 +35,7 @@
 #include "lua_core.h"
 #include "lua_redis.h"
 #include "lua_tcp.h"
+#include "lua_nexthop.h"
 #include "lua_store.h"
 #include "busy.h"
 #include "connlimit.h"
@@ -618,6 +619,7 @@ load_protected(lua_State *L)
 		lua_setfield(L, -2, "redis");
 		ltcp_push_connect(L, p->base);	/* smtp.tcp */
 		lua_setfield(L, -2, "tcp_connect");
+		lnexthop_push(L, p->base);	/* message:forward */
 	}
 	lua_setfield(L, -2, "smtp.platform");
 	lua_pop(L, 1);

@@ -54,7 +54,8 @@ function M.install(I)
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
         sender = true, recipients = true, clientConnections = true },
-      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change" },
+      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_proxy",
+        "_mail_obj" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }
@@ -83,6 +84,7 @@ function M.install(I)
       _ask = false,	-- the ask in progress (ask())
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's
       _on_change = update_mask,
+      _proxy = false, _mail_obj = false,	-- smtp.forward's connection:proxy
     }, ConnMeta)
     handle:attach(0, c)	-- the asks of kinds.asks get c from the handle
     return c
@@ -90,6 +92,9 @@ function M.install(I)
 
   -- connection:log(level, fmt, ...): a log line with this session's id
   function Connection:log(level, fmt, ...) log(level, self.id, fmt, ...) end
+
+  -- connection:proxy(target) -> true | nil, err (smtp.forward; a 'MAIL' listener)
+  function Connection:proxy(target) return I.proxy_connection(self, target) end
 
   I.new_connection = new_connection
 end

@@ -28,6 +28,7 @@ local function install_life(I)
   local function seal(m, reason)
     if m._sealed or m.accepted then return end
     m._sealed = reason
+    if m._forward then I.forward_abort(m) end	-- the next hop never completes it
     emit_detached(m.connection, "abort", take(m, "abort"), m, reason)
   end
 
@@ -77,7 +78,7 @@ local function install_class(I)
       hint = "locals of the 'DATA' listener or connection.data",
       class = Message,
       internal = { "_names", "_once", "_on_change", "_listeners", "_finished", "_failed",
-        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext" },
+        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext", "_forward" },
     }),
   }
 
@@ -97,6 +98,7 @@ local function install_class(I)
       accepted = false, size = 0, code = nil, _finished = false, _failed = false,
       _sealed = false, _cancelled = false,
       _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)
+      _forward = false,	-- smtp.forward's transaction while the message goes to a next hop
     }, MessageMeta)
   end
 
@@ -119,6 +121,9 @@ local function install_class(I)
     if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
     return decide_message(self, false, code or 0, text)
   end
+
+  -- message:forward(target) -> true | nil, err (smtp.forward)
+  function Message:forward(target) return I.forward_message(self, target) end
 
   function Message:pause() self.connection._handle:pause() end
   function Message:resume() self.connection._handle:resume() end
