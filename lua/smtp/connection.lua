@@ -71,6 +71,8 @@ function M.install(I)
         if canon == "DATA" then mask = mask | E.DATA_END end
       end
     end
+    -- connection:proxy: the next hop decides RCPT, DATA and the end of data
+    if conn._proxy then mask = mask | E.RCPT | E.DATA | E.DATA_END end
     conn._handle:attach(mask)
   end
 

@@ -293,6 +293,7 @@ function M.install(I)
     end
     fwd.rcpt_finish = function(rcpt) return proxy_rcpt(fwd, rcpt) end
     conn._proxy = fwd
+    conn._on_change(conn)	-- RCPT, DATA and its end now come to Lua
     return true
   end
 

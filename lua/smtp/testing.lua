@@ -13,6 +13,7 @@ local instance = require "smtp.instance"
 local output = require "smtp.testing.output"
 local Session = require "smtp.testing.session"
 local fake_tcp = require "smtp.testing.tcp"
+local fake_nexthop = require "smtp.testing.nexthop"
 local log_lines, take_logs = output.log_lines, output.take_logs
 
 local testing = {}
@@ -183,12 +184,14 @@ function testing._load(source, chunkname, opts, dir)
   local clock = Clock.new()
   local h = setmetatable({ clock = clock, sessions = {}, _log_start = #log_lines + 1 }, Harness)
   h.tcp = fake_tcp.new(clock)	-- fake TCP peers (smtp.testing.tcp)
+  h.nexthop = fake_nexthop.new(clock)	-- fake next hops (smtp.testing.nexthop)
   local smtp = instance.new {
     core = core,
     now = function() return clock.t end,
     timer = function(seconds, fn) return clock:timer(seconds, fn) end,
     hostname = function() return opts.hostname or "mx.test.example" end,
     tcp_connect = function(...) return h.tcp:_connect(...) end,
+    nexthop = function(t) return h.nexthop:_new(t) end,
   }
   local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts, dir))
   if not fn then error(err, 2) end
