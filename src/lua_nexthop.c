@@ -61,19 +61,21 @@ struct lnh {
 
 /* ---- the pool ------------------------------------------------------------- */
 
+/* the slot is free again; its connection (if any) ends */
 static void
 pool_drop(struct pooled *p, bool quit)
 {
-	if (p->nh == NULL)
-		return;
-	if (quit)
-		nexthop_quit(p->nh);
-	else
-		nexthop_destroy(p->nh);
+	if (p->nh != NULL) {
+		if (quit)
+			nexthop_quit(p->nh);
+		else
+			nexthop_destroy(p->nh);
+	}
 	p->nh = NULL;
 	free(p->key);
 	p->key = NULL;
-	event_free(p->idle);
+	if (p->idle != NULL)
+		event_free(p->idle);
 	p->idle = NULL;
 }
 
