@@ -667,9 +667,12 @@ nh_event(struct bufferevent *bev, short what, void *arg)
 		    (dns = bufferevent_socket_get_dns_error(nh->bev)) != 0)
 			snprintf(why, sizeof(why), "cannot resolve %s: %s", nh->host,
 			    evutil_gai_strerror(dns));
-		else if (!tlsclient_error(nh->bev, why, sizeof(why)))
+		else if (!tlsclient_error(nh->bev, why, sizeof(why))) {
 			snprintf(why, sizeof(why), "%s", err != 0 ?
 			    evutil_socket_error_to_string(err) : "connection lost");
+			if (why[0] >= 'A' && why[0] <= 'Z')	/* "connection refused" */
+				why[0] = (char)(why[0] - 'A' + 'a');
+		}
 		fail(nh, why);
 		return;
 	}
