@@ -434,13 +434,16 @@ lnh_shut(struct lnh *o, bool quit)
 }
 
 /*
- * nh:release(): the transaction is over; the connection goes back to the
- * pool (RSET first) when it is healthy and the pool wants it, else QUIT.
+ * nh:release([completed]): the transaction is over; the connection goes
+ * back to the pool when it is healthy and the pool wants it, else QUIT.
+ * completed: the next hop answered the final dot, so its transaction is
+ * over already (RFC 5321 4.1.1.4) and no RSET is needed; else RSET first.
  */
 static int
 lnh_release(lua_State *L)
 {
 	struct lnh	*o = luaL_checkudata(L, 1, NH_MT);
+	bool		 completed = lua_toboolean(L, 2);
 	struct parking	*pk;
 
 	lnh_forget(o);
@@ -449,13 +452,23 @@ lnh_release(lua_State *L)
 	if (o->nh == NULL)
 		return 0;
 	if (!nexthop_alive(o->nh) || o->ctx->idle_ms == 0 ||
-	    o->messages + 1 >= o->ctx->max_messages ||
-	    (pk = calloc(1, sizeof(*pk))) == NULL) {
+	    o->messages + 1 >= o->ctx->max_messages) {
+		lnh_shut(o, true);
+		return 0;
+	}
+	if (completed) {
+		nexthop_set_drain(o->nh, STREAM_HIGH / 2, NULL, NULL);
+		pool_put(o->ctx, o->nh, o->key, o->messages + 1);
+		o->nh = NULL;
+		return 0;
+	}
+	if ((pk = calloc(1, sizeof(*pk))) == NULL) {
 		lnh_shut(o, true);
 		return 0;
 	}
 	pk->ctx = o->ctx;
 	pk->messages = o->messages + 1;
+	nexthop_set_drain(o->nh, STREAM_HIGH / 2, NULL, NULL);
 	if ((pk->key = strdup(o->key)) == NULL ||
 	    nexthop_rset(o->nh, park_done, pk) == -1) {
 		free(pk->key);
@@ -540,10 +553,10 @@ opt_int(lua_State *L, int t, const char *k, lua_Integer dflt)
 }
 
 /*
- * platform.nexthop(target) -> nh: target (checked by forward.lua) host, port,
+ * platform.nexthop(target[, fresh]) -> nh: target (checked by forward.lua) host, port,
  * lmtp, tls ("none" | "opportunistic" | "require"), helo, timeout_ms, user,
  * password, auth_plaintext, cafile, servername, no_verify, key (the pool's).
- * A pooled connection for key when there is one (nh:reused()).
+ * A pooled connection for key when there is one (nh:reused()), unless fresh.
  */
 static int
 lnexthop_new(lua_State *L)
@@ -552,6 +565,7 @@ lnexthop_new(lua_State *L)
 	struct nexthop_target	 t;
 	const char		*tls, *key;
 	struct lnh		*o;
+	bool			 fresh = lua_toboolean(L, 2);
 
 	luaL_checktype(L, 1, LUA_TTABLE);
 	memset(&t, 0, sizeof(t));
@@ -589,7 +603,7 @@ lnexthop_new(lua_State *L)
 	lua_pop(L, 1);
 	if ((o->key = strdup(key != NULL ? key : t.host)) == NULL)
 		return luaL_error(L, "out of memory");
-	if ((o->nh = pool_take(ctx, o->key, &o->messages)) != NULL) {
+	if (!fresh && (o->nh = pool_take(ctx, o->key, &o->messages)) != NULL) {
 		o->reused = true;
 		nexthop_set_drain(o->nh, STREAM_HIGH / 2, stream_drained, o);
 		return 1;

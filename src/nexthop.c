@@ -19,6 +19,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -657,6 +660,11 @@ nh_event(struct bufferevent *bev, short what, void *arg)
 			nh->tls_on = true;
 			send_ehlo(nh, ST_EHLO2);
 		} else if (nh->step == ST_CONNECT) {
+			int one = 1;
+
+			/* a command or the final dot goes out at once, not behind Nagle */
+			setsockopt(bufferevent_getfd(nh->bev), IPPROTO_TCP, TCP_NODELAY, &one,
+			    sizeof(one));
 			nh->step = ST_GREETING;
 			arm(nh);
 		}

@@ -157,16 +157,30 @@ function M.install(I)
       conn._handle:sink(nil)
       if paused then conn._handle:resume() end
     elseif keep and not self.dead and not self.streaming then
-      self.nh:release()
+      self.nh:release(self.completed)
     else
       self.nh:close()
     end
     if conn._proxy == self then conn._proxy = false end
   end
 
-  -- opens the next hop and sends MAIL FROM for sender: nil | reply refusing
-  local function open_and_mail(fwd, sender, size)
-    if not fwd.nh:reused() then
+  -- opens the next hop and sends MAIL FROM for sender: nil | reply refusing.
+  -- A pooled connection that the next hop dropped meanwhile fails its first
+  -- step locally: once, a new connection is made instead.
+  local open_and_mail
+  local function retry_fresh(fwd, sender, size)
+    fwd.nh:close()
+    local nh, err = platform.nexthop(fwd.target, true)
+    if not nh then
+      return { code = 451, enhanced = "4.4.1", text = ("Next hop %s: %s"):format(fwd.name, err), ["local"] = true }
+    end
+    fwd.nh, fwd.dead = nh, false
+    return open_and_mail(fwd, sender, size)
+  end
+
+  function open_and_mail(fwd, sender, size)
+    local reused = fwd.nh:reused()
+    if not reused then
       local r = fwd:step("open")
       if math.floor(r.code / 100) ~= 2 then return r end
     end
@@ -182,6 +196,7 @@ function M.install(I)
       params[#params + 1] = "SMTPUTF8"
     end
     local r = fwd:step("mail", sender.address or "", table.concat(params, " "), size or 0)
+    if reused and r["local"] and r.code == 451 then return retry_fresh(fwd, sender, size) end
     if math.floor(r.code / 100) ~= 2 then return r end
     return nil
   end
@@ -194,7 +209,8 @@ function M.install(I)
     end
     local nh, err = platform.nexthop(t)
     if not nh then return nil, err end
-    return setmetatable({ nh = nh, conn = conn, name = name, lmtp = t.lmtp, dead = false,
+    return setmetatable({ nh = nh, conn = conn, name = name, lmtp = t.lmtp, dead = false, target = t,
+      completed = false,
       closed = false, streaming = false, sink = false, accepted = 0, refused = false }, Fwd)
   end
 
@@ -348,6 +364,7 @@ function M.install(I)
       log("info", conn.id, "forwarded to %s: %d %s%s", name, r.code,
         r.enhanced ~= "" and r.enhanced .. " " or "", (r.text:gsub("\n", " ")))
       self.streaming = false
+      self.completed = not r["local"]	-- the next hop's transaction is over: no RSET
       if self.sink then
         self.sink = false
         conn._handle:sink(nil)

@@ -13,6 +13,8 @@ dot included) go to PORTFILE.data.N.
   reject  the same, but 554 5.7.1 at the end of data
   slow    never answers the end of data (logs "closed" when dropped)
   close   closes the connection after 64 KiB of data, without a reply
+  oneshot a good server that hangs up after each message (a pooled
+          connection that is gone when next wanted)
 """
 import asyncio
 import os
@@ -73,6 +75,9 @@ async def serve(reader, writer):
                     writer.write(b"554 5.7.1 Content refused here\r\n")
                 else:
                     writer.write(b"250 2.0.0 Ok: stored %d\r\n" % count)
+                    if mode == "oneshot":
+                        await writer.drain()
+                        break
             else:
                 writer.write(b"250 2.0.0 Ok\r\n")
             await writer.drain()

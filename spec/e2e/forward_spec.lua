@@ -168,8 +168,26 @@ describe("e2e: message:forward to real next hops", function()
 		assert.equal("Subject: 2\r\n\r\n..\r\n.\r\n", peer.data(2))
 		local log = peer.log()
 		local _, connects = log:gsub("connect\n", "")
-		assert.equal(1, connects, log)	-- the pool: one connection, RSET between
-		assert.matches("dot\nRSET\nMAIL FROM", log)
+		assert.equal(1, connects, log)	-- the pool: one connection for both
+		assert.matches("dot\nMAIL FROM", log)	-- the reply ended the transaction: no RSET
+	end)
+
+	it("makes a new connection when the pooled one was closed by the next hop", function()
+		local peer = peer_start(dir, "oneshot")
+		finally(function() stop(peer.pid) end)
+		for i = 1, 2 do
+			local c = support.connect(server)
+			c:expect("^220 ")
+			c:cmd("EHLO client.example", "^250")
+			c:cmd("MAIL FROM:<a@client.example>", "^250")
+			c:cmd("RCPT TO:<p" .. peer.port .. "@example.org>", "^250")
+			c:cmd("DATA", "^354")
+			c:send("Subject: " .. i .. "\r\n\r\nhello\r\n.\r\n")
+			c:expect("^250 2%.0%.0 Ok: stored " .. i)
+			c:close()
+		end
+		local _, connects = peer.log():gsub("connect\n", "")
+		assert.equal(2, connects)
 	end)
 
 	it("answers 451 4.4.1 when the next hop is down", function()
