@@ -276,8 +276,11 @@ check_nh(lua_State *L, int fn_idx)
 static int
 push_dead(lua_State *L)
 {
+	struct lnh	*o = luaL_checkudata(L, 1, NH_MT);
+	const char	*why = o->nh != NULL ? nexthop_why(o->nh) : NULL;
+
 	lua_pushnil(L);
-	lua_pushliteral(L, "closed");
+	lua_pushstring(L, why != NULL ? why : "closed");
 	return 2;
 }
 

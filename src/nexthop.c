@@ -98,6 +98,7 @@ struct nexthop {
 	bool			 drain_wait;
 	bool			 local_pending;	/* r is a local reply due from the loop */
 	bool			*gone;		/* set by nexthop_destroy: a callback freed it */
+	char			 why[NEXTHOP_TEXT_MAX];	/* why it is dead */
 	size_t			 low;
 	void			(*drained)(void *);
 	void			*drained_arg;
@@ -149,10 +150,17 @@ fail(struct nexthop *nh, const char *why)
 	if (nh->step == ST_DEAD)
 		return;
 	nh->step = ST_DEAD;
+	snprintf(nh->why, sizeof(nh->why), "Next hop %s: %s (%s)", nh->name, why, step_names[was]);
 	evtimer_del(nh->timer);
 	if (nh->bev != NULL) {
 		bufferevent_free(nh->bev);
 		nh->bev = NULL;
+	}
+	if (nh->drain_wait) {
+		/* a writer that waits for the drain must not wait for ever */
+		nh->drain_wait = false;
+		if (nh->drained != NULL)
+			nh->drained(nh->drained_arg);
 	}
 	if (was == ST_QUIT) {
 		nexthop_destroy(nh);
@@ -164,7 +172,7 @@ fail(struct nexthop *nh, const char *why)
 	r.code = 451;
 	r.local = true;
 	snprintf(r.enhanced, sizeof(r.enhanced), "%s", was <= ST_GREETING ? "4.4.1" : "4.4.2");
-	snprintf(r.text, sizeof(r.text), "Next hop %s: %s (%s)", nh->name, why, step_names[was]);
+	snprintf(r.text, sizeof(r.text), "%s", nh->why);
 	left = was == ST_END && nh->lmtp && nh->end_left > 0 ? nh->end_left : 1;
 	r.count = left;
 	for (unsigned i = 0; i < left; i++) {
@@ -971,6 +979,12 @@ unsigned
 nexthop_accepted(const struct nexthop *nh)
 {
 	return nh->accepted;
+}
+
+const char *
+nexthop_why(const struct nexthop *nh)
+{
+	return nh->step == ST_DEAD && nh->why[0] != '\0' ? nh->why : NULL;
 }
 
 const char *

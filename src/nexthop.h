@@ -120,5 +120,6 @@ bool		 nexthop_alive(const struct nexthop *nh);	/* usable for another step */
 bool		 nexthop_tls_on(const struct nexthop *nh);
 unsigned	 nexthop_accepted(const struct nexthop *nh);	/* RCPTs with 2xx */
 const char	*nexthop_name(const struct nexthop *nh);	/* "host:port" for logs */
+const char	*nexthop_why(const struct nexthop *nh);	/* why it died ("Next hop h:p: ..."), or NULL */
 
 #endif

@@ -373,11 +373,13 @@ function M.install(I)
       m._forward = false
       decide_message(m, accept, code, text)
     end
-    local ok = self:step_cb("finish", done)
+    local ok, err = self:step_cb("finish", done)
     if not ok then
+      log("info", conn.id, "not forwarded: %s", err)
       self:close(false)
       m._forward = false
-      return false, 451, ("4.4.2 Next hop %s unavailable"):format(name)
+      if not err or not err:find("^Next hop ") then err = ("Next hop %s unavailable"):format(name) end
+      return false, 451, "4.4.2 " .. err
     end
     return WAIT
   end

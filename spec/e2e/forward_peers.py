@@ -13,6 +13,7 @@ dot included) go to PORTFILE.data.N.
   reject  the same, but 554 5.7.1 at the end of data
   slow    never answers the end of data (logs "closed" when dropped)
   close   closes the connection after 64 KiB of data, without a reply
+  stall   reads no data after its 354 until PORTFILE.go exists
   oneshot a good server that hangs up after each message (a pooled
           connection that is gone when next wanted)
 """
@@ -47,6 +48,11 @@ async def serve(reader, writer):
                 writer.write(b"354 go\r\n")
                 await writer.drain()
                 count += 1
+                if mode == "stall":	# reads no data until PORTFILE.go exists
+                    log.write("stalled\n")
+                    while not os.path.exists(portfile + ".go"):
+                        await asyncio.sleep(0.05)
+                    log.write("reading\n")
                 data = bytearray()
                 closed = False
                 while True:
