@@ -57,7 +57,9 @@ local function check_target(t, hostname, what)
     auth_plaintext = t.authWithoutTls or false, cafile = t.cafile, servername = t.servername,
     no_verify = t.verify == false,
     -- connections are pooled per everything that shapes them
+    -- (the password too: a connection authenticated with one is not another's)
     key = table.concat({ proto, t.host, port, tls, t.helo or "", auth and auth.user or "",
+      auth and auth.password or "", tostring(t.authWithoutTls),
       t.cafile or "", t.servername or "", tostring(t.verify) }, "|"),
   }, name
 end
@@ -182,7 +184,13 @@ function M.install(I)
     local reused = fwd.nh:reused()
     if not reused then
       local r = fwd:step("open")
-      if math.floor(r.code / 100) ~= 2 then return r end
+      if math.floor(r.code / 100) ~= 2 then
+        if r["local"] then return r end
+        -- a greeting, EHLO or AUTH refused: the session with the next hop is
+        -- ours to fix, never a reason to bounce the client's message
+        return { code = 451, enhanced = "4.4.0", ["local"] = true,
+          text = ("Next hop %s refused the session: %d %s"):format(fwd.name, r.code, (r.text:gsub("\n", " "))) }
+      end
     end
     local ext, tls_on = fwd.nh:ext()
     fwd.tls = tls_on
