@@ -334,6 +334,56 @@ lnh_rcpt(lua_State *L)
 	return started(L, o, nexthop_rcpt(o->nh, to, params, on_step, o), 4);
 }
 
+/* nh:envelope(from, params, size, {to, ...}, fn): MAIL and the RCPTs, one step */
+static int
+lnh_envelope(lua_State *L)
+{
+	struct lnh	*o = check_nh(L, 6);
+	const char	*from = luaL_checkstring(L, 2), *params = luaL_optstring(L, 3, "");
+	lua_Integer	 size = luaL_optinteger(L, 4, 0), n;
+	const char	**rcpts;
+	int		 rc;
+
+	luaL_checktype(L, 5, LUA_TTABLE);
+	n = luaL_len(L, 5);
+	luaL_argcheck(L, n >= 1 && n <= 100000, 5, "recipients expected");
+	if (o->nh == NULL)
+		return push_dead(L);
+	rcpts = lua_newuserdatauv(L, (size_t)n * sizeof(*rcpts), 0);	/* freed by the GC */
+	for (lua_Integer i = 1; i <= n; i++) {
+		lua_geti(L, 5, i);
+		rcpts[i - 1] = luaL_checkstring(L, -1);	/* the table keeps it */
+		lua_pop(L, 1);
+	}
+	rc = nexthop_envelope(o->nh, from, params, size > 0 ? (uint64_t)size : 0, rcpts, (size_t)n,
+	    on_step, o);
+	lua_pop(L, 1);
+	return started(L, o, rc, 6);
+}
+
+/* nh:results() -> {{code =, enhanced =, text =}, ...}: the last envelope's RCPT replies */
+static int
+lnh_results(lua_State *L)
+{
+	struct lnh	*o = luaL_checkudata(L, 1, NH_MT);
+	size_t		 n = o->nh != NULL ? nexthop_rcpt_results(o->nh) : 0;
+
+	lua_createtable(L, (int)n, 0);
+	for (size_t i = 0; i < n; i++) {
+		const struct nexthop_brief *b = nexthop_rcpt_result(o->nh, i);
+
+		lua_createtable(L, 0, 3);
+		lua_pushinteger(L, b->code);
+		lua_setfield(L, -2, "code");
+		lua_pushstring(L, b->enhanced);
+		lua_setfield(L, -2, "enhanced");
+		lua_pushstring(L, b->text);
+		lua_setfield(L, -2, "text");
+		lua_rawseti(L, -2, (lua_Integer)i + 1);
+	}
+	return 1;
+}
+
 /* nh:data(fn): 354 expected; then nh:stream(handle) */
 static int
 lnh_data(lua_State *L)
@@ -522,6 +572,8 @@ static const luaL_Reg lnh_methods[] = {
 	{ "open",	lnh_open },
 	{ "mail",	lnh_mail },
 	{ "rcpt",	lnh_rcpt },
+	{ "envelope",	lnh_envelope },
+	{ "results",	lnh_results },
 	{ "data",	lnh_data },
 	{ "write",	lnh_write },
 	{ "finish",	lnh_finish },

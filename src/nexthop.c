@@ -52,6 +52,8 @@ enum step {
 	ST_AUTH,
 	ST_MAIL,
 	ST_RCPT,
+	ST_ENV_MAIL,	/* the envelope step: MAIL's reply */
+	ST_ENV_RCPT,	/* ... then each RCPT's */
 	ST_DATA,	/* 354 */
 	ST_STREAM,	/* body flowing: no reply expected */
 	ST_END,		/* the final dot's reply(ies) */
@@ -62,7 +64,7 @@ enum step {
 
 static const char *const step_names[] = {
 	"idle", "connect", "greeting", "EHLO", "HELO", "STARTTLS", "TLS handshake",
-	"EHLO after STARTTLS", "AUTH", "MAIL", "RCPT", "DATA", "data", "end of data",
+	"EHLO after STARTTLS", "AUTH", "MAIL", "RCPT", "MAIL", "RCPT", "DATA", "data", "end of data",
 	"RSET", "QUIT", "closed",
 };
 
@@ -99,6 +101,12 @@ struct nexthop {
 	bool			 local_pending;	/* r is a local reply due from the loop */
 	bool			*gone;		/* set by nexthop_destroy: a callback freed it */
 	char			 why[NEXTHOP_TEXT_MAX];	/* why it is dead */
+	/* the envelope step */
+	char			**env_rcpts;
+	size_t			 env_n, env_sent, env_got;
+	struct nexthop_brief	*env_res;
+	struct nexthop_reply	 env_mail;	/* MAIL's reply */
+	bool			 env_pipelined;
 	size_t			 low;
 	void			(*drained)(void *);
 	void			*drained_arg;
@@ -362,6 +370,8 @@ reply_line(struct nexthop *nh, char *line, size_t len, const char **why)
 /* ---- the steps' progress ------------------------------------------------------ */
 
 static void	send_ehlo(struct nexthop *, enum step);
+static void	env_done(struct nexthop *);
+static void	env_send_rcpt(struct nexthop *);
 static void	send_auth(struct nexthop *);
 static void	after_ehlo(struct nexthop *);
 
@@ -445,6 +455,33 @@ send_auth(struct nexthop *nh)
 	OPENSSL_cleanse(plain, sizeof(plain));
 	send_line(nh, ST_AUTH, "AUTH PLAIN %s%s", b64, NULL);
 	OPENSSL_cleanse(b64, sizeof(b64));
+}
+
+/* the recipients' copies (their results stay) */
+static void
+env_free(struct nexthop *nh)
+{
+	if (nh->env_rcpts == NULL)
+		return;
+	for (size_t i = 0; i < nh->env_n; i++)
+		free(nh->env_rcpts[i]);
+	free(nh->env_rcpts);
+	nh->env_rcpts = NULL;
+	nh->env_sent = 0;
+}
+
+static void
+env_send_rcpt(struct nexthop *nh)
+{
+	send_line(nh, ST_ENV_RCPT, "RCPT TO:<%s>%s", nh->env_rcpts[nh->env_sent++], NULL);
+}
+
+/* the envelope step is over: MAIL's reply to the caller */
+static void
+env_done(struct nexthop *nh)
+{
+	env_free(nh);
+	deliver(nh, &nh->env_mail, true);
 }
 
 /* a complete reply for the step in flight */
@@ -538,6 +575,42 @@ on_reply(struct nexthop *nh)
 		nh->accepted = 0;
 		deliver(nh, &nh->r, true);
 		return;
+	case ST_ENV_MAIL:
+		nh->env_mail = nh->r;
+		nh->env_mail.count = 1;
+		if (cls != 2 && !nh->env_pipelined) {
+			env_done(nh);
+			return;
+		}
+		nh->step = ST_ENV_RCPT;
+		if (!nh->env_pipelined)
+			env_send_rcpt(nh);
+		else
+			arm(nh);
+		return;
+	case ST_ENV_RCPT: {
+		struct nexthop_brief *b = &nh->env_res[nh->env_got++];
+
+		b->code = c;
+		memcpy(b->enhanced, nh->r.enhanced, sizeof(b->enhanced));
+		size_t tl = strlen(nh->r.text);
+
+		if (tl >= sizeof(b->text))
+			tl = sizeof(b->text) - 1;	/* cut: a line of its, at most */
+		memcpy(b->text, nh->r.text, tl);
+		b->text[tl] = '\0';
+		if (cls == 2)
+			nh->accepted++;
+		if (nh->env_got >= nh->env_n) {
+			env_done(nh);
+			return;
+		}
+		if (!nh->env_pipelined)
+			env_send_rcpt(nh);
+		else
+			arm(nh);
+		return;
+	}
 	case ST_RSET:
 		nh->accepted = 0;
 		deliver(nh, &nh->r, true);
@@ -764,6 +837,8 @@ nexthop_destroy(struct nexthop *nh)
 	if (nh->timer != NULL)
 		event_free(nh->timer);
 	SSL_CTX_free(nh->ssl);
+	env_free(nh);
+	free(nh->env_res);
 	free(nh->host);
 	free(nh->helo);
 	if (nh->password != NULL)
@@ -858,6 +933,69 @@ nexthop_rcpt(struct nexthop *nh, const char *to, const char *params, nexthop_cb 
 	    params != NULL ? params : "");
 	send_line(nh, ST_RCPT, "RCPT TO:<%s>%s", to, all);
 	return 0;
+}
+
+int
+nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint64_t size,
+    const char *const *rcpts, size_t n, nexthop_cb *cb, void *arg)
+{
+	char				 extra[64] = "", all[1100];
+	struct nexthop_brief		*res;
+
+	if (n == 0 || nh->step != ST_IDLE || nh->bev == NULL || nh->cb != NULL)
+		return -1;
+	if ((res = calloc(n, sizeof(*res))) == NULL)
+		return -1;
+	env_free(nh);
+	free(nh->env_res);
+	nh->env_res = res;
+	nh->env_n = n;
+	if ((nh->env_rcpts = calloc(n, sizeof(*nh->env_rcpts))) == NULL) {
+		nh->env_n = 0;
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((nh->env_rcpts[i] = strdup(rcpts[i])) == NULL) {
+			env_free(nh);
+			return -1;
+		}
+	nh->env_got = 0;
+	nh->cb = cb;
+	nh->arg = arg;
+	nh->accepted = 0;
+	if (size > 0 && nh->size_limit > 0 && size > nh->size_limit) {
+		char text[200];
+
+		env_free(nh);
+		snprintf(text, sizeof(text), "Message size exceeds the next hop's limit of %llu octets",
+		    (unsigned long long)nh->size_limit);
+		local_reply(nh, 552, "5.3.4", text);
+		return 0;
+	}
+	if (size > 0 && (nh->ext & NH_EXT_SIZE))
+		snprintf(extra, sizeof(extra), " SIZE=%llu", (unsigned long long)size);
+	snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
+	    params != NULL ? params : "", extra);
+	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
+	send_line(nh, ST_ENV_MAIL, "MAIL FROM:<%s>%s", from, all);
+	if (nh->env_pipelined) {
+		while (nh->env_sent < nh->env_n)
+			env_send_rcpt(nh);
+		nh->step = ST_ENV_MAIL;
+	}
+	return 0;
+}
+
+const struct nexthop_brief *
+nexthop_rcpt_result(const struct nexthop *nh, size_t i)
+{
+	return nh->env_res != NULL && i < nh->env_n ? &nh->env_res[i] : NULL;
+}
+
+size_t
+nexthop_rcpt_results(const struct nexthop *nh)
+{
+	return nh->env_res != NULL ? nh->env_n : 0;
 }
 
 int

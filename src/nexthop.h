@@ -98,6 +98,14 @@ int	nexthop_mail(struct nexthop *nh, const char *from, const char *params,
 	    uint64_t size, nexthop_cb *cb, void *arg);
 int	nexthop_rcpt(struct nexthop *nh, const char *to, const char *params,
 	    nexthop_cb *cb, void *arg);
+/*
+ * MAIL and a RCPT for each of n recipients in one step: sent at once when
+ * the next hop offers PIPELINING, else one after the other.  cb gets MAIL's
+ * reply (a refused MAIL: no RCPT was sent, or their replies are ignored);
+ * each recipient's reply is then nexthop_rcpt_result(nh, i).
+ */
+int	nexthop_envelope(struct nexthop *nh, const char *from, const char *params,
+	    uint64_t size, const char *const *rcpts, size_t n, nexthop_cb *cb, void *arg);
 int	nexthop_data(struct nexthop *nh, nexthop_cb *cb, void *arg);
 int	nexthop_end(struct nexthop *nh, nexthop_cb *cb, void *arg);
 int	nexthop_rset(struct nexthop *nh, nexthop_cb *cb, void *arg);
@@ -113,6 +121,15 @@ long	nexthop_write(struct nexthop *nh, const char *buf, size_t len);
 /* drained(arg) once the output falls to low after nexthop_write passed it. */
 void	nexthop_set_drain(struct nexthop *nh, size_t low,
 	    void (*drained)(void *arg), void *arg);
+
+/* A recipient's reply in the last envelope step: code 0 if it was never sent. */
+struct nexthop_brief {
+	int	code;
+	char	enhanced[REPLY_ENHANCED_MAX];
+	char	text[256];
+};
+const struct nexthop_brief *nexthop_rcpt_result(const struct nexthop *nh, size_t i);
+size_t		 nexthop_rcpt_results(const struct nexthop *nh);
 
 unsigned	 nexthop_ext(const struct nexthop *nh);	/* NH_EXT_* */
 uint64_t	 nexthop_size_limit(const struct nexthop *nh);	/* 0: none */

@@ -170,17 +170,18 @@ function M.install(I)
   -- A pooled connection that the next hop dropped meanwhile fails its first
   -- step locally: once, a new connection is made instead.
   local open_and_mail
-  local function retry_fresh(fwd, sender, size)
+  local function retry_fresh(fwd, sender, size, rcpts)
     fwd.nh:close()
     local nh, err = platform.nexthop(fwd.target, true)
     if not nh then
       return { code = 451, enhanced = "4.4.1", text = ("Next hop %s: %s"):format(fwd.name, err), ["local"] = true }
     end
     fwd.nh, fwd.dead = nh, false
-    return open_and_mail(fwd, sender, size)
+    return open_and_mail(fwd, sender, size, rcpts)
   end
 
-  function open_and_mail(fwd, sender, size)
+  -- rcpts: addresses for an envelope step (MAIL and the RCPTs at once)
+  function open_and_mail(fwd, sender, size, rcpts)
     local reused = fwd.nh:reused()
     if not reused then
       local r = fwd:step("open")
@@ -203,8 +204,13 @@ function M.install(I)
       end
       params[#params + 1] = "SMTPUTF8"
     end
-    local r = fwd:step("mail", sender.address or "", table.concat(params, " "), size or 0)
-    if reused and r["local"] and r.code == 451 then return retry_fresh(fwd, sender, size) end
+    local r
+    if rcpts then
+      r = fwd:step("envelope", sender.address or "", table.concat(params, " "), size or 0, rcpts)
+    else
+      r = fwd:step("mail", sender.address or "", table.concat(params, " "), size or 0)
+    end
+    if reused and r["local"] and r.code == 451 then return retry_fresh(fwd, sender, size, rcpts) end
     if math.floor(r.code / 100) ~= 2 then return r end
     return nil
   end
@@ -249,14 +255,15 @@ function M.install(I)
       m:reject(code, text)
       return nil, ("%d %s"):format(r.code, r.text)
     end
-    local r = open_and_mail(fwd, m.sender, size_of(m.sender))
+    -- MAIL and every RCPT in one step (pipelined when the next hop offers it)
+    local rcpts, addrs = m.recipients, {}
+    for i, rcpt in ipairs(rcpts) do addrs[i] = rcpt.address end
+    local r = open_and_mail(fwd, m.sender, size_of(m.sender), addrs)
     if r then return refuse(r) end
     local temp, first
-    for _, rcpt in ipairs(m.recipients) do
-      local rr = fwd:step("rcpt", rcpt.address, "")
-      if rr["local"] then return refuse(rr) end
+    for i, rr in ipairs(fwd.nh:results()) do
       if math.floor(rr.code / 100) ~= 2 then
-        first = first or { rcpt = rcpt, r = rr }
+        first = first or { rcpt = rcpts[i], r = rr }
         if rr.code < 500 then temp = true end
       end
     end

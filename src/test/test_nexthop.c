@@ -419,9 +419,64 @@ test_auth_needs_tls(void)
 	run_free(&r);
 }
 
+/* MAIL and the RCPTs in one step: pipelined when offered, one by one else */
+static void
+test_envelope(bool pipelining)
+{
+	static const char *const piped[] = {
+		"220 x\r\n", "250-x\r\n250 PIPELINING\r\n", "250 2.1.0 ok\r\n",
+		"550 5.1.1 unknown\r\n", "250 2.1.5 ok\r\n", NULL,
+	};
+	static const char *const plain[] = {
+		"220 x\r\n", "250 x\r\n", "250 2.1.0 ok\r\n",
+		"550 5.1.1 unknown\r\n", "250 2.1.5 ok\r\n", NULL,
+	};
+	const char	*rcpts[] = { "nobody@x", "b@x" };
+	struct run	 r;
+
+	run_init(&r, pipelining ? piped : plain, &smtp_target);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 2, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 250);
+	CHECK_STR(r.last.enhanced, "2.1.0");
+	CHECK_INT((int)nexthop_rcpt_results(r.nh), 2);
+	CHECK_INT(nexthop_rcpt_result(r.nh, 0)->code, 550);
+	CHECK_STR(nexthop_rcpt_result(r.nh, 0)->text, "unknown");
+	CHECK_INT(nexthop_rcpt_result(r.nh, 1)->code, 250);
+	CHECK_INT((int)nexthop_accepted(r.nh), 1);
+	CHECK(strstr(r.peer.got, "MAIL FROM:<s@x>\nRCPT TO:<nobody@x>\nRCPT TO:<b@x>\n") != NULL);
+	CHECK(nexthop_alive(r.nh));
+	run_free(&r);
+}
+
+static void
+test_envelope_mail_refused(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250 x\r\n", "553 5.7.1 no\r\n", NULL,
+	};
+	const char	*rcpts[] = { "a@x" };
+	struct run	 r;
+
+	run_init(&r, script, &smtp_target);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 1, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 553);
+	CHECK_INT(nexthop_rcpt_result(r.nh, 0)->code, 0);	/* never sent */
+	CHECK(strstr(r.peer.got, "RCPT") == NULL);
+	run_free(&r);
+}
+
 int
 main(void)
 {
+	test_envelope(true);
+	test_envelope(false);
+	test_envelope_mail_refused();
 	test_transaction();
 	test_size_limit();
 	test_helo_fallback();

@@ -131,6 +131,30 @@ function Fake:rcpt(to, params, fn)
   return self:_answer("rcpt", fn, { r })
 end
 
+-- MAIL and the RCPTs in one step; nh:results() gives the RCPTs' replies
+function Fake:envelope(from, params, size, rcpts, fn)
+  self.results_ = {}
+  local done = false
+  local function after_mail(code, enh, text, loc)
+    if loc or code >= 300 then return fn(code, enh, text, loc, 1, 1) end
+    for i, to in ipairs(rcpts) do
+      self.peer.commands[#self.peer.commands + 1] = ("RCPT TO:<%s>"):format(to)
+      local r = self:_reply("rcpt", "250 2.1.5 Ok", to)
+      if r:sub(1, 1) == "2" then
+        self.tx.to[#self.tx.to + 1] = to
+        self.accepted[#self.accepted + 1] = to
+      end
+      local c, e, t = parse(r)
+      self.results_[i] = { code = c, enhanced = e, text = t }
+    end
+    return fn(code, enh, text, loc, 1, 1)
+  end
+  local ok, err = self:mail(from, params, size, function(...) if not done then done = true ; after_mail(...) end end)
+  return ok, err
+end
+
+function Fake:results() return self.results_ or {} end
+
 function Fake:data(fn)
   if self.dead then return nil, "closed" end
   self.peer.commands[#self.peer.commands + 1] = "DATA"
