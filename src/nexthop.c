@@ -1031,25 +1031,30 @@ long
 nexthop_write(struct nexthop *nh, const char *buf, size_t len)
 {
 	struct evbuffer	*out;
-	const char	*p = buf, *end = buf + len, *nl;
+	const char	*p = buf, *end = buf + len, *nl, *span;
 	size_t		 left;
 
 	if (nh->step != ST_STREAM || nh->bev == NULL)
 		return -1;
 	out = bufferevent_get_output(nh->bev);
+	/* whole spans between the dots to stuff: one copy each, not one per line */
+	span = p;
 	while (p < end) {
-		if (nh->bol && *p == '.')
-			evbuffer_add(out, ".", 1);	/* the stuffed dot */
-		nl = memchr(p, '\n', (size_t)(end - p));
-		if (nl == NULL) {
-			evbuffer_add(out, p, (size_t)(end - p));
+		if (nh->bol && *p == '.') {
+			if (p > span)
+				evbuffer_add(out, span, (size_t)(p - span));
+			evbuffer_add(out, ".", 1);	/* the stuffed dot; the line's own follows */
+			span = p;
+		}
+		if ((nl = memchr(p, '\n', (size_t)(end - p))) == NULL) {
 			nh->bol = false;
 			break;
 		}
-		evbuffer_add(out, p, (size_t)(nl + 1 - p));
 		nh->bol = true;
 		p = nl + 1;
 	}
+	if (end > span)
+		evbuffer_add(out, span, (size_t)(end - span));
 	left = evbuffer_get_length(out);
 	if (left > 0)
 		arm(nh);

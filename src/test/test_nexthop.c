@@ -471,9 +471,65 @@ test_envelope_mail_refused(void)
 	run_free(&r);
 }
 
+/* the reference: a "." at the start of a line doubled */
+static void
+stuff(const char *in, char *out)
+{
+	bool bol = true;
+
+	for (; *in != '\0'; in++) {
+		if (bol && *in == '.')
+			*out++ = '.';
+		*out++ = *in;
+		bol = *in == '\n';
+	}
+	*out = '\0';
+}
+
+/* a body cut in two at every octet: the stuffing is the same */
+static void
+test_stuffing_splits(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250 x\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n",
+		"250 done\r\n", NULL,
+	};
+	const char	*body = ".\r\n..\r\nab.\r\n.x\r\n\r\n...\r\n.";
+	char		 want[256];
+	size_t		 len = strlen(body);
+	int		 bad = 0;
+
+	stuff(body, want);
+	strcat(want, "\r\n.\r\n");	/* no final CRLF in the body: one is added */
+	for (size_t i = 0; i <= len; i++) {
+		struct run r;
+
+		run_init(&r, script, &smtp_target);
+		nexthop_open(r.nh, on_step, &r);
+		wait_step(&r);
+		nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
+		wait_step(&r);
+		nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
+		wait_step(&r);
+		nexthop_data(r.nh, on_step, &r);
+		wait_step(&r);
+		nexthop_write(r.nh, body, i);
+		nexthop_write(r.nh, body + i, len - i);
+		nexthop_end(r.nh, on_step, &r);
+		if (!wait_step(&r) || r.last.code != 250)
+			bad++;
+		r.peer.body[r.peer.body_len] = '\0';
+		if (strcmp(r.peer.body, want) != 0)
+			bad++;
+		run_free(&r);
+	}
+	CHECK_INT(bad, 0);
+}
+
 int
 main(void)
 {
+	test_stuffing_splits();
 	test_envelope(true);
 	test_envelope(false);
 	test_envelope_mail_refused();
