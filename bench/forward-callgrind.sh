@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# bench/forward.sh -- what forwarding costs the worker: instructions per
+# bench/forward-callgrind.sh -- what forwarding costs the worker: instructions per
 # message (valgrind --tool=callgrind) of a policy that accepts each message
 # itself and of one that hands it to smtp-sink with message:forward, in the
 # same run, and their ratio.  Instruction counts do not move with the load of
 # the machine; wall-clock rates do (bench/run.sh has those).
 #
-#   bench/forward.sh [-b BINARY] [-n MESSAGES] [-l LENGTH]
+#   bench/forward-callgrind.sh [-b BINARY] [-n MESSAGES] [-l LENGTH]
 #
 # Each figure is (total(N + 1) - total(1)) / N: a message without start-up
 # and shutdown.  Needs valgrind, smtp-source and smtp-sink (postfix).
@@ -23,7 +23,7 @@ while getopts "b:n:l:" o; do
 	esac
 done
 for tool in valgrind callgrind_annotate smtp-source smtp-sink; do
-	command -v "$tool" >/dev/null || { echo "forward.sh: $tool is missing" >&2; exit 1; }
+	command -v "$tool" >/dev/null || { echo "forward-callgrind.sh: $tool is missing" >&2; exit 1; }
 done
 tmp=$(mktemp -d /tmp/luasmtpd-forward.XXXXXX)
 sinkpid=
