@@ -9,10 +9,14 @@
 # the cost of a message without start-up and shutdown.  smtp-sink's figure for
 # the same load is printed alongside as the reference.
 #
-#   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s]
+#   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-S STORES]
 #
 # -k DIR keeps the callgrind outputs (DIR/luasmtpd.N.out ...) for
 # callgrind_annotate --inclusive=yes; -s skips smtp-sink's reference run.
+# -S lmdb,redis also runs bench/run.sh's store rows (policy-store.lua; LMDB
+# in a fresh --state-dir under /dev/shm, Redis on a private redis-server that
+# runs under callgrind too, its instructions counted with the server's as
+# run.sh counts its CPU time) and prints each as a ratio to plain luasmtpd.
 #
 # Needs valgrind and smtp-source (bench/setup.sh installs postfix), and a
 # release build (bench/run.sh makes build-bench/luasmtpd).
@@ -23,14 +27,16 @@ n=2000
 rcpts=1
 keep=
 peers="luasmtpd smtp-sink"
-while getopts "b:n:r:k:s" o; do
+stores=
+while getopts "b:n:r:k:sS:" o; do
 	case $o in
 	b) bin=$OPTARG ;;
 	n) n=$OPTARG ;;
 	r) rcpts=$OPTARG ;;
 	k) keep=$OPTARG; mkdir -p "$keep" ;;
 	s) peers=luasmtpd ;;
-	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s]" >&2; exit 2 ;;
+	S) stores=$OPTARG ;;
+	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-S lmdb,redis]" >&2; exit 2 ;;
 	esac
 done
 for tool in valgrind callgrind_annotate smtp-source /usr/sbin/smtp-sink; do
@@ -38,19 +44,43 @@ for tool in valgrind callgrind_annotate smtp-source /usr/sbin/smtp-sink; do
 done
 [ -x "$bin" ] || { echo "callgrind.sh: no $bin (build it, or -b BINARY)" >&2; exit 1; }
 tmp=$(mktemp -d /tmp/luasmtpd-callgrind.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+redis_pid=
+trap '[ -z "$redis_pid" ] || kill "$redis_pid" 2>/dev/null; rm -rf "$tmp"' EXIT
+for st in ${stores//,/ }; do
+	case $st in
+	lmdb) peers="$peers luasmtpd-lmdb" ;;
+	redis) peers="$peers luasmtpd-redis"
+		command -v redis-server >/dev/null || { echo "callgrind.sh: redis-server is missing" >&2; exit 1; } ;;
+	*) echo "callgrind.sh: -S takes lmdb and/or redis" >&2; exit 2 ;;
+	esac
+done
 
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+total() { callgrind_annotate "$1" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'; }
+
 # total instructions of one server run that received $1 messages
 count() {	# what messages
-	local what=$1 messages=$2 port pid out=$tmp/cg.out
+	local what=$1 messages=$2 port pid out=$tmp/cg.out rport= rout=$tmp/redis.out extra=0
+	local policy=policy.lua state=
 	port=$(free_port)
-	rm -f "$out" "$tmp/ready"
-	if [ "$what" = luasmtpd ]; then
+	rm -f "$out" "$rout" "$tmp/ready"
+	if [ "$what" = luasmtpd-redis ]; then
+		rport=$(free_port)
+		mkdir -p "$tmp/redis"
+		valgrind --tool=callgrind --callgrind-out-file="$rout" redis-server --bind 127.0.0.1 \
+		    --port "$rport" --dir "$tmp/redis" --save '' --appendonly no --daemonize no \
+		    >"$tmp/redis.log" 2>&1 &
+		redis_pid=$!
+		for _ in $(seq 300); do ss -ltn | grep -q ":$rport " && break; sleep 0.1; done
+	fi
+	if [ "${what#luasmtpd}" != "$what" ]; then
+		state=$(mktemp -d /dev/shm/luasmtpd-callgrind.XXXXXX)
+		[ "$what" = luasmtpd ] || policy=policy-store.lua
+		BENCH_STORE=${what#luasmtpd-} BENCH_REDIS=127.0.0.1:$rport \
 		valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --workers 0 \
 		    --log-level warn --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
-		    "$BENCH/peers/luasmtpd/policy.lua" 2>"$tmp/server.log" &
+		    --state-dir "$state" "$BENCH/peers/luasmtpd/$policy" 2>"$tmp/server.log" &
 		pid=$!
 		for _ in $(seq 300); do [ -f "$tmp/ready" ] && break; sleep 0.1; done
 	else
@@ -64,13 +94,27 @@ count() {	# what messages
 	    -f sender@example.com -t rcpt@example.com "127.0.0.1:$port"
 	kill "$pid"
 	wait "$pid" 2>/dev/null || true
+	[ -z "$state" ] || rm -rf "$state"
+	if [ -n "$redis_pid" ]; then
+		kill "$redis_pid"
+		wait "$redis_pid" 2>/dev/null || true
+		redis_pid=
+		extra=$(total "$rout")
+		[ -z "$keep" ] || cp "$rout" "$keep/redis-server.$messages.out"
+	fi
 	[ -z "$keep" ] || cp "$out" "$keep/$what.$messages.out"
-	callgrind_annotate "$out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }'
+	echo $(( $(total "$out") + extra ))
 }
 
+plain=
 for what in $peers; do
 	one=$(count "$what" 1)
 	all=$(count "$what" "$n")
-	printf '%-9s %8d instructions per message (%d messages, %d recipient(s) each)\n' \
-	    "$what" $(( (all - one) / (n - 1) )) "$n" "$rcpts"
+	per=$(( (all - one) / (n - 1) ))
+	[ "$what" != luasmtpd ] || plain=$per
+	ratio=
+	[ "${what#luasmtpd-}" = "$what" ] || [ -z "$plain" ] ||
+		ratio=$(awk -v a="$per" -v b="$plain" 'BEGIN { printf "  %.3fx plain luasmtpd", a / b }')
+	printf '%-14s %8d instructions per message (%d messages, %d recipient(s) each)%s\n' \
+	    "$what" "$per" "$n" "$rcpts" "$ratio"
 done

@@ -2,9 +2,11 @@
  * fuzz_path.c -- libFuzzer target for proto.c: proto_parse_path() on
  * arbitrary bytes with every flag combination, and proto_valid_helo().
  *
- * Input: one flag octet (PATH_* bits), then the line.  On success the
- * result must be within the RFC 5321 bounds, free of controls, consistent
- * with the flags, and parse again to the same address when re-sent.
+ * Input: one flag octet (PATH_* bits; 0x80: DSN's RCPT parameters, else
+ * MAIL's), then the line.  On success the result must be within the RFC
+ * 5321 bounds, free of controls, consistent with the flags, and parse again
+ * to the same address when re-sent.  DSN parameters that pass
+ * proto_dsn_params() are decoded to their documented shapes.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -23,6 +25,7 @@
 } while (0)
 
 static bool	clean(const char *s, bool allow_utf8);
+static void	check_dsn(struct smtp_path *p, bool rcpt);
 static void	check_path(const struct smtp_path *p, int flags,
 		    const char *line, size_t len);
 
@@ -102,6 +105,36 @@ check_path(const struct smtp_path *p, int flags, const char *line, size_t len)
 	}
 }
 
+/* After proto_dsn_params(): RET, NOTIFY, ENVID, ORCPT as documented. */
+static void
+check_dsn(struct smtp_path *p, bool rcpt)
+{
+	const struct smtp_param	*v;
+	const char		*why = NULL;
+
+	if (proto_dsn_params(p, rcpt, &why) == -1) {
+		REQUIRE(why != NULL && why[0] != '\0');
+		return;
+	}
+	if (!rcpt && (v = proto_param(p, "RET")) != NULL)
+		REQUIRE(strcmp(v->value, "FULL") == 0 || strcmp(v->value, "HDRS") == 0);
+	if (!rcpt && (v = proto_param(p, "ENVID")) != NULL) {
+		REQUIRE(v->value[0] != '\0' && strlen(v->value) <= DSN_ENVID_MAX);
+		for (const char *c = v->value; *c != '\0'; c++)
+			REQUIRE(*c >= 0x21 && *c <= 0x7e);
+	}
+	if (rcpt && (v = proto_param(p, "NOTIFY")) != NULL)
+		REQUIRE(strcmp(v->value, "NEVER") == 0 ||
+		    strspn(v->value, "SUCCESFAILUREDY,") == strlen(v->value));
+	if (rcpt && (v = proto_param(p, "ORCPT")) != NULL) {
+		const char *semi = strchr(v->value, ';');
+
+		REQUIRE(semi != NULL && semi != v->value && semi[1] != '\0');
+		for (const char *c = semi + 1; *c != '\0'; c++)
+			REQUIRE(*c >= 0x20 && *c <= 0x7e);
+	}
+}
+
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int
@@ -127,6 +160,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	rc = proto_parse_path(line, flags, &p, &why);
 	if (rc == 0) {
 		check_path(&p, flags, line, len + 1);
+		check_dsn(&p, (data[0] & 0x80) != 0);
 		/* the path re-sent without route or parameters means the same */
 		if ((again = malloc(strlen(p.address) + 3)) == NULL)
 			abort();

@@ -13,7 +13,10 @@
  *       0x40: bare LF accepted in DATA; 0x80: long generated reply texts
  *       (up to 40 lines of up to 600 octets) and, with [4] & 1, a 255-octet
  *       host name, to reach the reply builders' bounds
- *   [4..7] seed of the generator behind every other choice
+ *   [4..7] seed of the generator behind every other choice; [4] & 2: LMTP
+ *       (LHLO, a reply per recipient, the policy's per-recipient verdicts);
+ *       [4] & 4: no Received field; [4] & 8: the policy adds header fields
+ *       (session_add_header) at DATA, bad ones too
  *
  * What must hold: every reply line is "ddd" SP/"-" text CRLF, at most 512
  * octets, no NUL, no bare CR or LF, 2xx-5xx, one code per multi-line reply
@@ -25,15 +28,23 @@
  * aborted, and its size is what the data hook saw (never a NUL, and CRLF
  * line ends also when a bare LF is accepted); when the policy waits on
  * DATA_END, the input taken so far ends in CRLF "." CRLF (no smuggling);
- * closed comes once.
+ * closed comes once.  BDAT: the same, but a message may end mid-line and
+ * the input stops at the chunk's end; BODY=BINARYMIME data is not text.
+ * LMTP: a recipient verdict is taken only while DATA_END is asked, for a
+ * recipient that exists.  Trace fields: the data starts with the Received
+ * field trace_received() makes of the envelope (octet for octet but the
+ * date) and then the fields added at DATA, as trace_header_add() makes them
+ * (the same verdict for each call); they do not count in the size.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "log.h"
 #include "session.h"
+#include "trace.h"
 
 #define REQUIRE(cond) do {						\
 	if (!(cond)) {							\
@@ -68,6 +79,14 @@ struct harness {
 	size_t			 data_line;	/* octets of the current line */
 	int			 data_last;	/* last octet seen, or -1 */
 	bool			 end_waiting;	/* DATA_END answered HOOK_WAIT */
+	bool			 end_bdat;	/* ... for a BDAT LAST */
+	bool			 binary;	/* the last MAIL said BODY=BINARYMIME */
+	bool			 add_headers;	/* the policy adds fields at DATA */
+	char			 added[TRACE_ADDED_MAX];	/* what they should be */
+	size_t			 added_len;
+	bool			 trace_known;	/* expect holds this message's trace fields */
+	char			 expect[TRACE_RECEIVED_MAX + TRACE_ADDED_MAX];
+	size_t			 expect_len, expect_pos, date_at;	/* date: 31 octets, not compared */
 
 	/* the transport */
 	bool			 closed;
@@ -280,6 +299,12 @@ check_args(struct harness *h, enum session_event ev,
 		REQUIRE(strlen(a->path->address) + 2 <= SMTP_PATH_MAX);
 		REQUIRE(strpbrk(a->path->address, "\r\n") == NULL);
 		REQUIRE(a->path->nparams <= SMTP_PARAMS_MAX);
+		if (ev == SEV_MAIL) {
+			const struct smtp_param *body = proto_param(a->path, "BODY");
+
+			h->binary = body != NULL && body->value != NULL &&
+			    strcasecmp(body->value, "BINARYMIME") == 0;
+		}
 		break;
 	case SEV_AUTH:
 		REQUIRE(a->auth != NULL && a->auth->method != NULL &&
@@ -289,15 +314,98 @@ check_args(struct harness *h, enum session_event ev,
 	case SEV_DATA_END:
 		/* the message the policy saw is the message the engine accepts */
 		REQUIRE(h->in_data && !h->aborted);
+		/* the trace fields came first, all of them */
+		REQUIRE(h->trace_known || (!h->cfg->received_header && h->added_len == 0));
+		REQUIRE(!h->trace_known || h->expect_pos == h->expect_len);
 		REQUIRE(a->size == h->data_bytes);
 		REQUIRE(h->cfg->max_size == 0 || a->size <= h->cfg->max_size);
-		REQUIRE(h->data_last == -1 || (h->data_last == '\n' &&
-		    h->data_line == 0));
+		h->end_bdat = strcmp(session_state_name(h->s), "bdat") == 0;
+		REQUIRE(h->end_bdat || h->data_last == -1 ||
+		    (h->data_last == '\n' && h->data_line == 0));
+		REQUIRE(!h->end_bdat || h->binary || h->data_last != '\r');
 		h->in_data = false;
 		break;
 	default:
 		break;
 	}
+}
+
+/* LMTP: verdicts for some recipients, some that do not exist. */
+static void
+recipient_verdicts(struct harness *h, bool asked)
+{
+	size_t n = session_recipient_count(h->s);
+
+	while (chance(h, 50)) {
+		size_t		i = rnd(h) % (n + 2);
+		struct verdict	v = choose_verdict(h);
+		int		rc = session_recipient_verdict(h->s, i, &v);
+
+		REQUIRE(rc == ((asked && h->cfg->lmtp && i < n) ? 0 : -1));
+	}
+}
+
+/*
+ * At DATA: a few header fields, good and bad (CR, LF, controls, long words,
+ * bad names); each call must get what trace_header_add() says, and the
+ * good ones are what the data must start with after the Received field.
+ */
+static void
+add_headers(struct harness *h, struct session *s)
+{
+	static const char *const names[] = { "X-Fuzz", "X A", "X:B", "", "Received" };
+	char		 value[1200];
+	const char	*why, *why2;
+	unsigned	 n = rnd(h) % 4;
+
+	h->added_len = 0;	/* a new DATA starts afresh */
+	if (!h->add_headers || s == NULL)
+		return;
+	for (unsigned k = 0; k < n; k++) {
+		const char	*name = names[rnd(h) % 5];
+		size_t		 vlen = chance(h, 10) ? rnd(h) % sizeof(value) : rnd(h) % 200;
+		size_t		 len = h->added_len;
+		int		 rc, want;
+
+		for (size_t i = 0; i < vlen; i++)
+			value[i] = chance(h, 15) ? ' ' : chance(h, 2) ?
+			    (char)(rnd(h) % 0x20) : (char)(0x21 + rnd(h) % 0x5e);
+		want = trace_header_add(h->added, &len, sizeof(h->added), name,
+		    strlen(name), value, vlen, &why2);
+		rc = session_add_header(s, name, strlen(name), value, vlen, &why);
+		REQUIRE(rc == want);
+		if (rc == 0)
+			h->added_len = len;
+	}
+}
+
+/* The trace fields the data must start with: the Received field and the added ones. */
+static void
+trace_expect(struct harness *h, struct session *s)
+{
+	bool			 ext = false;
+	const char		*helo = session_helo(s, &ext);
+	const struct smtp_path	*rcpt = session_recipient_count(s) == 1 ?
+				    session_recipient(s, 0, NULL) : NULL;
+	struct trace_received	 r = {
+		.helo = helo, .reverse = session_reverse_name(s),
+		.addr = session_peer(s)->remote_addr, .by = h->cfg->hostname,
+		.protocol = trace_protocol(h->cfg->lmtp, ext, session_tls(s) != NULL,
+		    session_user(s) != NULL),
+		.id = session_id(s), .rcpt = rcpt != NULL ? rcpt->address : NULL,
+		.when = 0,
+	};
+	size_t			 n = 0;
+
+	if (h->cfg->received_header) {
+		n = trace_received(h->expect, TRACE_RECEIVED_MAX, &r);
+		REQUIRE(n > 33);
+		h->date_at = n - 33;	/* the date, then CRLF */
+	}
+	memcpy(h->expect + n, h->added, h->added_len);
+	h->expect_len = n + h->added_len;
+	h->expect_pos = 0;
+	h->trace_known = true;
 }
 
 static enum hook_result
@@ -312,6 +420,10 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	REQUIRE(session_event_name(ev) != NULL);
 	REQUIRE(h->s == NULL || h->s == s);	/* NULL: inside session_create */
 	check_args(h, ev, args);
+	if (ev == SEV_DATA)
+		add_headers(h, s);
+	if (ev == SEV_DATA_END)
+		recipient_verdicts(h, true);
 	if (chance(h, h->wait_pct)) {
 		h->pending = ev;
 		h->end_waiting = ev == SEV_DATA_END;
@@ -345,6 +457,7 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 		h->data_bytes = 0;
 		h->data_line = 0;
 		h->data_last = -1;
+		h->trace_known = false;
 	}
 }
 
@@ -354,9 +467,21 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 	struct harness	*h = ctx;
 	size_t		 i;
 
-	(void)s;
 	REQUIRE(h->in_data && !h->aborted);
 	REQUIRE(len > 0);
+	if (!h->trace_known)
+		trace_expect(h, s);
+	for (; len > 0 && h->expect_pos < h->expect_len; buf++, len--, h->expect_pos++) {
+		if (!h->cfg->received_header || h->expect_pos < h->date_at ||
+		    h->expect_pos >= h->date_at + 31)
+			REQUIRE(*buf == h->expect[h->expect_pos]);
+	}
+	if (len == 0)
+		return;
+	h->data_bytes += len;
+	REQUIRE(h->cfg->max_size == 0 || h->data_bytes <= h->cfg->max_size);
+	if (h->binary && strcmp(session_state_name(s), "bdat") == 0)
+		return;		/* BINARYMIME: octets, not text */
 	REQUIRE(memchr(buf, '\0', len) == NULL);	/* a NUL fails the message */
 	for (i = 0; i < len; i++) {
 		/* CRLF only: a CR is followed by LF, an LF follows a CR */
@@ -371,8 +496,6 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 			h->data_line++;
 		h->data_last = (unsigned char)buf[i];
 	}
-	h->data_bytes += len;
-	REQUIRE(h->cfg->max_size == 0 || h->data_bytes <= h->cfg->max_size);
 }
 
 static void
@@ -381,7 +504,7 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 	struct harness	*h = ctx;
 
 	(void)s;
-	REQUIRE(why <= ABORT_NUL);
+	REQUIRE(why <= ABORT_TOO_MANY_HOPS);
 	h->aborted = true;
 }
 
@@ -487,6 +610,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	log_set_sink(quiet_log, NULL);
 	memset(&h, 0, sizeof(h));
 	configure(&cfg, data[0], data[1], data[3], data[4]);
+	cfg.lmtp = (data[4] & 2) != 0;
+	cfg.received_header = (data[4] & 4) == 0;
+	h.add_headers = (data[4] & 8) != 0;
 	drv = data[2];
 	mode = drv & 0x03;
 	with_hooks = !(drv & 0x04);
@@ -517,7 +643,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (off = 0; off < len && !h.closed; ) {
 		/* answer a waiting ask before the next feed, most of the time */
 		if (h.pending != NO_EVENT && chance(&h, 80)) {
-			struct verdict v = choose_verdict(&h);
+			struct verdict v;
+
+			if (h.pending == SEV_DATA_END)
+				recipient_verdicts(&h, true);
+			else if (chance(&h, 5))
+				recipient_verdicts(&h, false);	/* refused: no DATA_END asked */
+			v = choose_verdict(&h);
 
 			h.pending = NO_EVENT;
 			REQUIRE(session_decide(h.s, &v) == 0);
@@ -551,7 +683,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		n = session_feed(h.s, in + off, want);
 		REQUIRE(n <= want);
 		off += n;
-		if (h.end_waiting && h.pending == SEV_DATA_END) {
+		if (h.end_waiting && h.pending == SEV_DATA_END && !h.end_bdat) {
 			/* the engine stops right after the final dot: CRLF "." CRLF */
 			REQUIRE(off >= 5 && memcmp(in + off - 5, "\r\n.\r\n", 5) == 0);
 		}

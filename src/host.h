@@ -14,16 +14,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy.h"
 #include "session.h"
 
 struct event_base;
 
 /* One server:listen(port[, host[, opts]]) call of the script. */
 struct host_listen {
-	char		host[256];	/* "" when the script gave none */
+	char		host[256];	/* "" when the script gave none; a unix socket's path
+					   (port 0) when it starts with "/" */
 	uint16_t	port;
 	bool		tls;		/* opts.tls: implicit TLS (RFC 8314) */
 	bool		insecure_auth;	/* opts.insecureAuth: AUTH before TLS */
+	bool		lmtp;		/* opts.lmtp: LMTP (RFC 2033), LHLO */
+	struct proxy_listen proxy;	/* opts.proxy, proxyFrom, proxyTimeout */
 };
 
 struct host;
@@ -67,6 +71,14 @@ void		 host_port_config(const struct host *p, uint16_t local_port,
  * NULL.  Owned by the host; connections hold their own reference.
  */
 struct tls_ctx	*host_tls(const struct host *p);
+
+/* The same for the unix socket the script listens on at path. */
+void		 host_path_config(const struct host *p, const char *path,
+		    struct session_config *cfg, bool *implicit_tls);
+
+/* The PROXY settings of local_port (its first server:listen), or none. */
+void		 host_port_proxy(const struct host *p, uint16_t local_port,
+		    struct proxy_listen *proxy);
 
 size_t		 host_listen_count(const struct host *p);
 const struct host_listen *host_listen_at(const struct host *p, size_t i);

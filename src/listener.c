@@ -10,10 +10,13 @@
  */
 #include <sys/types.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <netinet/in.h>
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +36,7 @@ struct listener {
 	listener_accept_fn	 cb;
 	void			*arg;
 	uint16_t		 port;
+	bool			 unix_socket;	/* name is "unix:PATH" */
 	char			 name[LISTENER_NAME_MAX];
 };
 
@@ -53,6 +57,16 @@ listener_parse(const char *spec, char *host, size_t hostlen, uint16_t *port,
 	if (spec == NULL || *spec == '\0') {
 		snprintf(err, errlen, "empty listen address");
 		return -1;
+	}
+	if (spec[0] == '/') {		/* a unix socket's path */
+		if (strlen(spec) >= LISTENER_PATH_MAX || strlen(spec) >= hostlen) {
+			snprintf(err, errlen, "bad listen address '%.64s...': path too long",
+			    spec);
+			return -1;
+		}
+		snprintf(host, hostlen, "%s", spec);
+		*port = 0;
+		return 0;
 	}
 	if (spec[0] == '[') {
 		if ((p = strchr(spec, ']')) == NULL || p[1] != ':') {
@@ -102,7 +116,12 @@ listener_format(const struct sockaddr *sa, char *buf, size_t len, uint16_t *port
 {
 	char	addr[INET6_ADDRSTRLEN] = "?";
 
-	if (sa->sa_family == AF_INET6) {
+	if (sa->sa_family == AF_UNIX) {
+		const struct sockaddr_un *sun = (const struct sockaddr_un *)sa;
+
+		*port = 0;
+		snprintf(buf, len, "unix:%.*s", (int)sizeof(sun->sun_path), sun->sun_path);
+	} else if (sa->sa_family == AF_INET6) {
 		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
 
 		inet_ntop(AF_INET6, &sin6->sin6_addr, addr, sizeof(addr));
@@ -117,6 +136,40 @@ listener_format(const struct sockaddr *sa, char *buf, size_t len, uint16_t *port
 	}
 }
 
+/*
+ * A unix socket at path, mode 0666 (who may connect is the directory's
+ * business, as with Postfix's private/).  A stale socket file from an
+ * earlier run is removed first; any other file there is an error.
+ */
+static evutil_socket_t
+listener_bind_unix(const char *path, char *name, size_t namelen, char *err,
+    size_t errlen)
+{
+	struct sockaddr_un	sun;
+	struct stat		st;
+	evutil_socket_t		fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(path) >= sizeof(sun.sun_path)) {
+		snprintf(err, errlen, "cannot listen on unix:%.64s...: path too long", path);
+		return -1;
+	}
+	memcpy(sun.sun_path, path, strlen(path) + 1);
+	if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+		(void)unlink(path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd == -1 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) == -1 ||
+	    chmod(path, 0666) == -1 || listen(fd, LISTENER_BACKLOG) == -1) {
+		snprintf(err, errlen, "cannot listen on unix:%s: %s", path, strerror(errno));
+		if (fd != -1)
+			close(fd);
+		return -1;
+	}
+	snprintf(name, namelen, "unix:%s", path);
+	return fd;
+}
+
 evutil_socket_t
 listener_bind(const char *host, uint16_t port, char *name, size_t namelen,
     char *err, size_t errlen)
@@ -129,6 +182,8 @@ listener_bind(const char *host, uint16_t port, char *name, size_t namelen,
 	uint16_t		 bound;
 	int			 rc, one = 1;
 
+	if (host != NULL && host[0] == '/')
+		return listener_bind_unix(host, name, namelen, err, errlen);
 	if (host == NULL || *host == '\0')
 		host = LISTENER_DEFAULT_HOST;
 	snprintf(shown, sizeof(shown), strchr(host, ':') ? "[%s]:%u" : "%s:%u",
@@ -163,6 +218,70 @@ listener_bind(const char *host, uint16_t port, char *name, size_t namelen,
 	return fd;
 }
 
+int
+listener_inherited(int fd, char *name, size_t namelen, char *err, size_t errlen)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen = sizeof(ss), len;
+	int			 type = 0, listening = 0;
+	uint16_t		 port;
+
+	len = sizeof(type);
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == -1 ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1) {
+		snprintf(err, errlen, "socket %d from systemd: %s", fd, strerror(errno));
+		return -1;
+	}
+	len = sizeof(listening);
+	if (type != SOCK_STREAM ||
+	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == -1 ||
+	    !listening) {
+		snprintf(err, errlen, "socket %d from systemd is not a listening TCP "
+		    "socket (ListenStream= with an address and port)", fd);
+		return -1;
+	}
+	listener_format((struct sockaddr *)&ss, name, namelen, &port);
+	return 0;
+}
+
+int
+listener_matches(int fd, const char *host, uint16_t port)
+{
+	struct addrinfo		 hints, *res = NULL;
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen = sizeof(ss);
+	char			 portstr[8];
+	int			 match = 0;
+
+	if (port == 0 || getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1)
+		return 0;
+	if (host == NULL || *host == '\0')
+		host = LISTENER_DEFAULT_HOST;
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if (getaddrinfo(host, portstr, &hints, &res) != 0)
+		return 0;
+	if (res->ai_family == ss.ss_family && res->ai_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)res->ai_addr;
+		const struct sockaddr_in *b = (const struct sockaddr_in *)&ss;
+
+		match = a->sin_port == b->sin_port &&
+		    a->sin_addr.s_addr == b->sin_addr.s_addr;
+	} else if (res->ai_family == ss.ss_family && res->ai_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)res->ai_addr;
+		const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&ss;
+
+		match = a->sin6_port == b->sin6_port &&
+		    memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+	}
+	freeaddrinfo(res);
+	return match;
+}
+
 struct listener *
 listener_adopt(struct event_base *base, evutil_socket_t fd,
     listener_accept_fn cb, void *arg, char *err, size_t errlen)
@@ -184,6 +303,7 @@ listener_adopt(struct event_base *base, evutil_socket_t fd,
 		goto fail;
 	}
 	listener_format((struct sockaddr *)&ss, l->name, sizeof(l->name), &l->port);
+	l->unix_socket = ss.ss_family == AF_UNIX;
 	if ((l->pause = evtimer_new(base, listener_resume_cb, l)) == NULL ||
 	    (l->evl = evconnlistener_new(base, listener_accept_cb, l,
 	    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd)) == NULL) {
@@ -222,6 +342,12 @@ uint16_t
 listener_port(const struct listener *l)
 {
 	return l->port;
+}
+
+const char *
+listener_path(const struct listener *l)
+{
+	return l->unix_socket ? l->name + strlen("unix:") : NULL;
 }
 
 static void

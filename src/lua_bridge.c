@@ -20,11 +20,12 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_core_impl.h"
+#include "metrics.h"
 #include "session.h"
 
 static const char *const abort_names[] = {
 	"disconnect", "too big", "bare newline", "line too long", "timeout",
-	"shutdown", "nul byte",
+	"shutdown", "nul byte", "reset", "too many hops",
 };
 
 /* ---- handles ----------------------------------------------------------- */
@@ -394,6 +395,7 @@ hcall(struct hcall *c)
 	lcore_enter(id, c->kind == HK_ASK ? session_event_name(c->ev) :
 	    c->kind == HK_CLOSED ? "close" : hkind_names[c->kind]);
 	if (lua_pcall(L, c->handle != 0 ? 2 : 1, 0, top + 1) != LUA_OK) {
+		metrics_count(M_HANDLER_ERRORS);
 		log_warn(id, "lua: %s failed: %s", hkind_names[c->kind],
 		    lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object)");
 		lua_settop(L, top);
@@ -445,6 +447,37 @@ hcall_with(struct hcall *c)
 	r = hcall(c);
 	lua_pop(c->b->L, 1);
 	return r;
+}
+
+/*
+ * The connection object's copies of the peer (remoteAddress, ...) become
+ * what session_peer() says now, and remoteName XCLIENT's NAME.
+ */
+static void
+conn_peer_refresh(struct lbridge *b, struct session *s)
+{
+	const struct session_peer	*p = session_peer(s);
+	lua_State			*L = b->L;
+
+	if (push_attached(b, s) == NULL)
+		return;
+	if (lua_getiuservalue(L, -1, UV_CONN) == LUA_TTABLE) {
+		lua_pushstring(L, p->remote_addr);
+		lua_setfield(L, -2, "remoteAddress");
+		lua_pushinteger(L, p->remote_port);
+		lua_setfield(L, -2, "remotePort");
+		lua_pushstring(L, p->local_addr);
+		lua_setfield(L, -2, "localAddress");
+		lua_pushinteger(L, p->local_port);
+		lua_setfield(L, -2, "localPort");
+		lua_pushliteral(L, "remoteName");
+		if (session_remote_name(s) != NULL)
+			lua_pushstring(L, session_remote_name(s));
+		else
+			lua_pushnil(L);
+		lua_rawset(L, -3);
+	}
+	lua_pop(L, 2);
 }
 
 static enum hook_result
@@ -523,6 +556,10 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 	struct lsession	*ls;
 	struct hcall	 c = { .b = b, .s = s, .kind = HK_OUTCOME, .ev = ev, .code = code };
 
+	if (ev == SEV_CONNECT && session_xclients(s) > 0) {
+		conn_peer_refresh(b, s);	/* XCLIENT named another client */
+		return;
+	}
 	if ((ev == SEV_MAIL || ev == SEV_RCPT) && code >= 400) {
 		if (lua_checkstack(b->L, 4) && (ls = push_handle(b, b->L, s)) != NULL) {
 			paths_drop(b->L, -1, ls->ask_serial);

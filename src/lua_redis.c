@@ -16,10 +16,18 @@
  * backoff (0.1 s, doubling to 2 s, reset by a connect that works)
  * reconnects.  Nothing connects before the first call, so loading a script
  * (--check, the master's validating load) never does.
+ *
+ * Redis answers in order, so the commands in flight are a queue, and one
+ * timer per client watches the oldest one's deadline (re-armed only when
+ * it fires early): a command costs no timer of its own.  The callback is
+ * the same function for every call of a store, with its context and a
+ * number passed back, so a call allocates no closure either.
  */
+#include <sys/queue.h>
+#include <sys/time.h>
+
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #include <event2/event.h>
 #include <hiredis/async.h>
@@ -53,13 +61,18 @@ struct rclient {
 	double			 retry_at;	/* no connect before this time */
 	char			 why[160];	/* why the last connection ended */
 	int			 closing;	/* in __gc: no more Lua */
+	struct event		*timer;		/* the oldest command's deadline */
+	TAILQ_HEAD(, rreq)	 queue;		/* commands in flight, oldest first */
 };
 
 struct rreq {
 	struct rclient	*c;
 	int		 fn_ref;	/* LUA_NOREF: internal (AUTH, SELECT) */
-	struct event	*timer;
+	int		 ctx_ref;	/* fn's first argument */
+	lua_Integer	 n;		/* fn's second argument */
+	double		 deadline;
 	int		 timed_out;	/* fn was told already */
+	TAILQ_ENTRY(rreq) entry;
 };
 
 static double
@@ -80,30 +93,36 @@ traceback(lua_State *L)
 	return 1;
 }
 
-/* Runs fn_ref(ok, value[, flag]) (the values pushed by push) and unrefs it. */
+/* Runs fn(ctx, n, ok, value[, flag]) of q and unrefs fn and ctx. */
 static void
-deliver(struct rclient *c, int fn_ref, int ok, const redisReply *r, const char *err)
+deliver(struct rclient *c, struct rreq *q, int ok, const redisReply *r, const char *err)
 {
 	lua_State	*L = c->L;
-	int		 top = lua_gettop(L), n = 2;
+	int		 top = lua_gettop(L), n = 4;
+	int		 fn_ref = q->fn_ref, ctx_ref = q->ctx_ref;
 
 	if (fn_ref == LUA_NOREF)
 		return;
+	q->fn_ref = q->ctx_ref = LUA_NOREF;
 	if (c->closing) {
 		luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, ctx_ref);
 		return;
 	}
 	lcore_enter(0, "redis");
 	lua_pushcfunction(L, traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, ctx_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, ctx_ref);
+	lua_pushinteger(L, q->n);
 	lua_pushboolean(L, ok);
 	if (r == NULL) {
 		lua_pushstring(L, err);
 	} else if (r->type == REDIS_REPLY_ERROR) {
 		lua_pushlstring(L, r->str, r->len);
 		lua_pushboolean(L, 1);
-		n = 3;
+		n = 5;
 	} else if (r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS) {
 		lua_pushlstring(L, r->str, r->len);
 	} else if (r->type == REDIS_REPLY_INTEGER) {
@@ -120,8 +139,7 @@ deliver(struct rclient *c, int fn_ref, int ok, const redisReply *r, const char *
 static void
 req_free(struct rreq *q)
 {
-	if (q->timer != NULL)
-		event_free(q->timer);
+	TAILQ_REMOVE(&q->c->queue, q, entry);
 	free(q);
 }
 
@@ -149,20 +167,18 @@ on_reply(redisAsyncContext *ac, void *reply, void *priv)
 		req_free(q);
 		return;
 	}
-	if (q->timer != NULL)
-		evtimer_del(q->timer);
 	if (r == NULL) {
 		/* the connection is going: a call the reply's handler makes must not use it */
 		if (ac == c->ac)
 			lost(c, ac->errstr[0] != '\0' ? ac->errstr : "connection lost");
 		snprintf(err, sizeof(err), "redis %s:%d: %s", c->host, c->port,
 		    c->why[0] != '\0' ? c->why : "connection lost");
-		deliver(c, q->fn_ref, 0, NULL, err);
+		deliver(c, q, 0, NULL, err);
 	} else if (q->fn_ref == LUA_NOREF) {
 		if (r->type == REDIS_REPLY_ERROR)
 			log_warn(0, "redis %s:%d: %.*s", c->host, c->port, (int)r->len, r->str);
 	} else {
-		deliver(c, q->fn_ref, r->type != REDIS_REPLY_ERROR, r, NULL);
+		deliver(c, q, r->type != REDIS_REPLY_ERROR, r, NULL);
 	}
 	req_free(q);
 }
@@ -206,43 +222,74 @@ drop(struct rclient *c, const char *why)
 }
 
 static void
-on_timeout(evutil_socket_t fd, short what, void *arg)
+timer_arm(struct rclient *c, double seconds)
 {
-	struct rreq	*q = arg;
-	struct rclient	*c = q->c;
-	int		 fn_ref = q->fn_ref;
+	struct timeval tv;
+
+	if (seconds < 0)
+		seconds = 0;
+	tv.tv_sec = (time_t)seconds;
+	tv.tv_usec = (suseconds_t)((seconds - (double)tv.tv_sec) * 1e6);
+	evtimer_add(c->timer, &tv);
+}
+
+/* the oldest command in flight that was not answered yet, or NULL */
+static struct rreq *
+oldest(struct rclient *c)
+{
+	struct rreq *q;
+
+	TAILQ_FOREACH(q, &c->queue, entry)
+		if (!q->timed_out)
+			return q;
+	return NULL;
+}
+
+/* the deadline timer: the oldest command's has passed, or it is re-armed for it */
+static void
+on_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct rclient	*c = arg;
+	struct rreq	*q = oldest(c), told;
+	double		 now = now_s();
 	char		 err[512];
 
 	(void)fd;
 	(void)what;
-	q->timed_out = 1;	/* freed by on_reply, when hiredis lets it go */
-	q->fn_ref = LUA_NOREF;
+	if (q == NULL)
+		return;
+	if (q->deadline > now) {
+		timer_arm(c, q->deadline - now);
+		return;
+	}
+	q->timed_out = 1;	/* freed by on_reply, when hiredis lets it go (in drop) */
+	told = *q;
+	q->fn_ref = q->ctx_ref = LUA_NOREF;
 	snprintf(err, sizeof(err), "redis %s:%d: timeout (%g s)", c->host, c->port, c->timeout);
 	drop(c, "timeout");
-	deliver(c, fn_ref, 0, NULL, err);
+	deliver(c, &told, 0, NULL, err);
 }
 
 static int
-send_argv(struct rclient *c, int fn_ref, int argc, const char **argv, const size_t *lens)
+send_argv(struct rclient *c, int fn_ref, int ctx_ref, lua_Integer n, int argc,
+    const char **argv, const size_t *lens)
 {
-	struct rreq	*q;
-	struct timeval	 tv;
+	struct rreq *q;
 
 	if ((q = calloc(1, sizeof(*q))) == NULL)
 		return -1;
 	q->c = c;
 	q->fn_ref = fn_ref;
-	if ((q->timer = evtimer_new(c->base, on_timeout, q)) == NULL) {
+	q->ctx_ref = ctx_ref;
+	q->n = n;
+	q->deadline = now_s() + c->timeout;
+	if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens) != REDIS_OK) {
 		free(q);
 		return -1;
 	}
-	if (redisAsyncCommandArgv(c->ac, on_reply, q, argc, argv, lens) != REDIS_OK) {
-		req_free(q);
-		return -1;
-	}
-	tv.tv_sec = (time_t)c->timeout;
-	tv.tv_usec = (suseconds_t)((c->timeout - (double)tv.tv_sec) * 1e6);
-	evtimer_add(q->timer, &tv);
+	TAILQ_INSERT_TAIL(&c->queue, q, entry);
+	if (!evtimer_pending(c->timer, NULL))
+		timer_arm(c, c->timeout);
 	return 0;
 }
 
@@ -277,7 +324,7 @@ ensure(struct rclient *c, char *err, size_t errlen)
 		const char	*argv[2] = { "AUTH", c->password };
 		size_t		 lens[2] = { 4, strlen(c->password) };
 
-		send_argv(c, LUA_NOREF, 2, argv, lens);
+		send_argv(c, LUA_NOREF, LUA_NOREF, 0, 2, argv, lens);
 	}
 	if (c->db != 0) {
 		char		 num[16];
@@ -285,25 +332,26 @@ ensure(struct rclient *c, char *err, size_t errlen)
 		size_t		 lens[2] = { 6, 0 };
 
 		lens[1] = (size_t)snprintf(num, sizeof(num), "%d", c->db);
-		send_argv(c, LUA_NOREF, 2, argv, lens);
+		send_argv(c, LUA_NOREF, LUA_NOREF, 0, 2, argv, lens);
 	}
 	return 0;
 }
 
-/* client:call(fn, arg...) -> true | nil, err */
+/* client:call(fn, ctx, n, arg...) -> true | nil, err; fn(ctx, n, ok, value[, flag]) later */
 static int
 rclient_call(lua_State *L)
 {
 	struct rclient	*c = luaL_checkudata(L, 1, REDIS_MT);
-	int		 argc = lua_gettop(L) - 2, i, ref;
+	int		 argc = lua_gettop(L) - 4, i, ref, ctx;
+	lua_Integer	 n = luaL_checkinteger(L, 4);
 	const char	*argv[8];
 	size_t		 lens[8];
 	char		 err[512];
 
 	luaL_checktype(L, 2, LUA_TFUNCTION);
-	luaL_argcheck(L, argc >= 1 && argc <= 8, 3, "1 to 8 command words");
+	luaL_argcheck(L, argc >= 1 && argc <= 8, 5, "1 to 8 command words");
 	for (i = 0; i < argc; i++)
-		argv[i] = luaL_checklstring(L, 3 + i, &lens[i]);
+		argv[i] = luaL_checklstring(L, 5 + i, &lens[i]);
 	if (ensure(c, err, sizeof(err)) == -1) {
 		lua_pushnil(L);
 		lua_pushstring(L, err);
@@ -311,8 +359,11 @@ rclient_call(lua_State *L)
 	}
 	lua_pushvalue(L, 2);
 	ref = luaL_ref(L, LUA_REGISTRYINDEX);
-	if (send_argv(c, ref, argc, argv, lens) == -1) {
+	lua_pushvalue(L, 3);
+	ctx = luaL_ref(L, LUA_REGISTRYINDEX);	/* the words stay on the stack: argv */
+	if (send_argv(c, ref, ctx, n, argc, argv, lens) == -1) {
 		luaL_unref(L, LUA_REGISTRYINDEX, ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, ctx);
 		lua_pushnil(L);
 		lua_pushfstring(L, "redis %s:%d: cannot send a command", c->host, c->port);
 		return 2;
@@ -328,6 +379,9 @@ rclient_gc(lua_State *L)
 
 	c->closing = 1;
 	drop(c, "closed");
+	if (c->timer != NULL)
+		event_free(c->timer);
+	c->timer = NULL;
 	free(c->password);
 	c->password = NULL;
 	return 0;
@@ -361,6 +415,9 @@ lredis_open(lua_State *L)
 	}
 	lua_setmetatable(L, -2);
 	c->base = base;
+	TAILQ_INIT(&c->queue);
+	if ((c->timer = evtimer_new(base, on_timer, c)) == NULL)
+		return luaL_error(L, "out of memory");
 	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
 	c->L = lua_tothread(L, -1);
 	lua_pop(L, 1);

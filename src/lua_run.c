@@ -28,6 +28,7 @@
 #include "busy.h"
 #include "lua_core.h"
 #include "lua_core_impl.h"
+#include "metrics.h"
 
 #define RUN_PERIOD		1000	/* harness: instructions between two checks */
 #define LIMITS_MAGIC		0x6c6d7473u
@@ -89,6 +90,8 @@ static volatile sig_atomic_t	 wd_on;		/* the watchdog arms the budgets */
 static unsigned			 wd_tick_us = 10000;
 static struct busy		*busy_rec;	/* the worker's record, or NULL */
 static unsigned			 depth;		/* calls into Lua from C in progress */
+static const char		*enter_what;	/* the outermost call's event ... */
+static struct timespec		 enter_ts;	/* ... and when it began */
 static int			 gc_due;	/* a run ran out of memory: collect at the end */
 
 static void	run_hook(lua_State *, lua_Debug *);
@@ -303,8 +306,11 @@ co_resume(lua_State *L, lua_State *co, const struct lcore_limits *lim, int n, in
 	atomic_signal_fence(memory_order_seq_cst);
 	if (lua_gethook(co) == run_hook)
 		lua_sethook(co, NULL, 0, 0);
-	if (st != LUA_OK && st != LUA_YIELD)
+	if (st != LUA_OK && st != LUA_YIELD) {
+		if (r.over != OVER_NONE || r.refused != OVER_NONE)
+			metrics_count(M_BUDGET_STOPS);
 		run_failed(co, &r);
+	}
 	return st;
 }
 
@@ -548,17 +554,29 @@ lcore_busy_attach(struct busy *b)
 void
 lcore_enter(uint64_t id, const char *what)
 {
-	if (depth++ == 0 && busy_rec != NULL)
+	if (depth++ > 0)
+		return;
+	if (busy_rec != NULL)
 		busy_enter(busy_rec, id, what);
+	enter_what = what;
+	clock_gettime(CLOCK_MONOTONIC, &enter_ts);
 }
 
 void
 lcore_leave(lua_State *L)
 {
+	struct timespec	 now;
+	void		*ud;
+
 	if (depth > 0 && --depth > 0)
 		return;
 	if (busy_rec != NULL)
 		busy_leave(busy_rec);
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	metrics_handler_time(metrics_handler(enter_what), (uint64_t)
+	    ((now.tv_sec - enter_ts.tv_sec) * 1000000000LL + now.tv_nsec - enter_ts.tv_nsec));
+	if (lua_getallocf(L, &ud) == lcore_alloc)
+		metrics_own->lua_bytes = (int64_t)((struct lcore_heap *)ud)->total;
 	if (gc_due) {
 		gc_due = 0;
 		lua_gc(L, LUA_GCCOLLECT, 0);
@@ -668,6 +686,7 @@ lcore_call(lua_State *L)
 		lua_pop(co, nres);	/* what the wait yielded: no one reads it */
 		return 0;
 	}
+	metrics_count(M_HANDLER_ERRORS);
 	lua_pushboolean(L, 0);
 	lua_xmove(co, L, 1);		/* the error object */
 	return 2;

@@ -249,6 +249,34 @@ lsession_decide(lua_State *L)
 	return 1;
 }
 
+/*
+ * handle:recipientVerdict(i, accept, code, text) -> true | nil, reason: LMTP's
+ * reply for recipient i (1-based, RCPT order) of the message being decided
+ */
+static int
+lsession_recipient_verdict(lua_State *L)
+{
+	struct lsession	*ls = check_handle(L, 1);
+	lua_Integer	 i = luaL_checkinteger(L, 2);
+	struct verdict	 v;
+
+	if (ls->s == NULL) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "session closed");
+		return 2;
+	}
+	v.accept = lua_toboolean(L, 3);
+	v.code = (int)luaL_optinteger(L, 4, 0);
+	v.text = luaL_optstring(L, 5, NULL);
+	if (i < 1 || session_recipient_verdict(ls->s, (size_t)(i - 1), &v) == -1) {
+		luaL_pushfail(L);
+		lua_pushliteral(L, "no LMTP message is being decided");
+		return 2;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 /* handle:feed(bytes) -> octets consumed */
 static int
 lsession_feed(lua_State *L)
@@ -333,6 +361,46 @@ lsession_resume(lua_State *L)
 		LEAVE(ls->b);
 	}
 	return 0;
+}
+
+/*
+ * handle:addHeader(name, value) -> true | fail, why, bad: a header field
+ * prepended to the message's data (session_add_header); bad is true for a
+ * misuse (a bad name or value, too late), false for the size limit.
+ */
+static int
+lsession_add_header(lua_State *L)
+{
+	struct session	*s = check_session(L, 1);
+	size_t		 nlen, vlen;
+	const char	*name = luaL_checklstring(L, 2, &nlen);
+	const char	*value = luaL_checklstring(L, 3, &vlen);
+	const char	*why = NULL;
+	int		 rc;
+
+	if ((rc = session_add_header(s, name, nlen, value, vlen, &why)) == 0) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	luaL_pushfail(L);
+	lua_pushstring(L, why);
+	lua_pushboolean(L, rc == -1);
+	return 3;
+}
+
+/* handle:setReverseName(name | nil) -> true | fail: the client's name in the Received field */
+static int
+lsession_set_reverse_name(lua_State *L)
+{
+	struct session	*s = check_session(L, 1);
+	const char	*name = luaL_optstring(L, 2, NULL);
+
+	if (session_set_reverse_name(s, name) == -1) {
+		luaL_pushfail(L);
+		return 1;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* handle:destroy(): harness only; runs the closed hook */
@@ -550,13 +618,15 @@ lsession_recipients(lua_State *L)
 	return 1;
 }
 
-/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=} */
+/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=[, remoteName=]} */
 static int
 lsession_peer(lua_State *L)
 {
 	const struct session_peer *p = session_peer(check_session(L, 1));
 
-	lua_createtable(L, 0, 4);
+	lua_createtable(L, 0, 5);
+	lua_pushboolean(L, session_lmtp(check_session(L, 1)));
+	lua_setfield(L, -2, "lmtp");
 	lua_pushstring(L, p->remote_addr);
 	lua_setfield(L, -2, "remoteAddress");
 	lua_pushinteger(L, p->remote_port);
@@ -565,6 +635,10 @@ lsession_peer(lua_State *L)
 	lua_setfield(L, -2, "localAddress");
 	lua_pushinteger(L, p->local_port);
 	lua_setfield(L, -2, "localPort");
+	if (session_remote_name(check_session(L, 1)) != NULL) {	/* XCLIENT NAME */
+		lua_pushstring(L, session_remote_name(check_session(L, 1)));
+		lua_setfield(L, -2, "remoteName");
+	}
 	return 1;
 }
 
@@ -595,6 +669,7 @@ lcore_session_tostring(lua_State *L)
 
 const luaL_Reg lcore_session_methods[] = {
 	{ "decide",	lsession_decide },
+	{ "recipientVerdict", lsession_recipient_verdict },
 	{ "feed",	lsession_feed },
 	{ "eof",	lsession_eof },
 	{ "timeout",	lsession_timeout },
@@ -602,6 +677,8 @@ const luaL_Reg lcore_session_methods[] = {
 	{ "pause",	lsession_pause },
 	{ "resume",	lsession_resume },
 	{ "sink",	lsession_sink },
+	{ "addHeader",	lsession_add_header },
+	{ "setReverseName", lsession_set_reverse_name },
 	{ "destroy",	lsession_destroy },
 	{ "output",	lsession_output },
 	{ "io",		lsession_io },

@@ -5,7 +5,10 @@
  * (host.h; --check stops here) and to learn where it listens, binds the
  * listeners (from --listen, else the script's server:listen, else
  * 127.0.0.1:2525) and hands the sockets to master.c, which drops
- * privileges, forks the workers and runs until a signal stops it.  With
+ * privileges, forks the workers and runs until a signal stops it.  Under
+ * systemd's socket activation (LISTEN_FDS) it binds nothing: the sockets
+ * systemd passed are the listeners, matched to the listen addresses by
+ * their bound address for the log (use_activated).  With
  * --user the validating load runs in a child process that has dropped
  * privileges already: the script (and what it requires) never runs as
  * root, while the parent still binds privileged ports.  Exit status: 0
@@ -24,10 +27,15 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "listener.h"
 #include "log.h"
 #include "master.h"
 #include "host.h"
+#include "lua_store.h"
+#include "notify.h"
+#include "options_usage.h"
 #include "server.h"
 
 #define MAIN_LISTEN_MAX		MASTER_LISTEN_MAX
@@ -42,7 +50,10 @@ struct options {
 	long		 workers;	/* -1: one per online core */
 	const char	*user;
 	const char	*state_dir;	/* smtp.store's files (NULL: the script's) */
+	const char	*metrics;	/* --metrics ADDR:PORT, or NULL */
 	int		 check;
+	const char	*store_dump;	/* --store-dump NAME: print it and exit */
+	int		 dump_redis;	/* --dump-format redis */
 };
 
 /* What the validating load found: the script's listen addresses, or an error. */
@@ -53,30 +64,13 @@ struct loaded {
 	struct host_listen	listen[MAIN_LISTEN_MAX];
 };
 
+/* The option list is README.md's (docs/gen-options.py): so is the man page. */
 static void
 usage(FILE *f)
 {
-	fprintf(f,
-	    "usage: luasmtpd [options] SCRIPT\n"
-	    "  -l, --listen ADDR:PORT   listen here (repeatable; overrides the script)\n"
-	    "                           ADDR:PORT, [IPv6]:PORT or PORT (127.0.0.1)\n"
-	    "      --check              load and validate SCRIPT (its 'connection' listeners\n"
-	    "                           run once for a simulated client), then exit\n"
-	    "      --log-level LEVEL    error, warn, info (default) or debug\n"
-	    "      --ready-file PATH    once listening, write one ADDR:PORT line per listener\n"
-	    "                           (removed again on exit)\n"
-	    "      --grace SECONDS      on SIGTERM/SIGINT, time sessions get to finish (%d)\n"
-	    "      --workers N          worker processes (default: one per online core);\n"
-	    "                           0 serves in one process (no restart, no reload)\n"
-	    "      --user NAME          run the script as this user (and its groups): only\n"
-	    "                           binding is done as root; refuse to run if that fails\n"
-	    "      --state-dir DIR      where smtp.store keeps its files (default: the\n"
-	    "                           script's server.stateDir, else ./state)\n"
-	    "      --version            print the version and exit\n"
-	    "  -h, --help               print this help and exit\n"
+	fputs(OPTIONS_USAGE
 	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
-	    "finish their sessions), SIGTERM or SIGINT stops.\n",
-	    SERVER_GRACE_DEFAULT);
+	    "finish their sessions), SIGTERM or SIGINT stops.  See luasmtpd(8).\n", f);
 }
 
 /*
@@ -109,7 +103,7 @@ static int
 parse_options(int argc, char **argv, struct options *o)
 {
 	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
-	    OPT_WORKERS, OPT_USER, OPT_STATE };
+	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS, OPT_DUMP, OPT_DUMP_FORMAT };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
@@ -119,6 +113,9 @@ parse_options(int argc, char **argv, struct options *o)
 		{ "workers",	required_argument,	NULL, OPT_WORKERS },
 		{ "user",	required_argument,	NULL, OPT_USER },
 		{ "state-dir",	required_argument,	NULL, OPT_STATE },
+		{ "metrics",	required_argument,	NULL, OPT_METRICS },
+		{ "store-dump",	required_argument,	NULL, OPT_DUMP },
+		{ "dump-format", required_argument,	NULL, OPT_DUMP_FORMAT },
 		{ "version",	no_argument,		NULL, OPT_VERSION },
 		{ "help",	no_argument,		NULL, 'h' },
 		{ NULL,		0,			NULL, 0 },
@@ -192,6 +189,20 @@ parse_options(int argc, char **argv, struct options *o)
 			}
 			o->state_dir = optarg;
 			break;
+		case OPT_METRICS:
+			o->metrics = optarg;
+			break;
+		case OPT_DUMP:
+			o->store_dump = optarg;
+			break;
+		case OPT_DUMP_FORMAT:
+			if (strcmp(optarg, "text") != 0 && strcmp(optarg, "redis") != 0) {
+				fprintf(stderr, "luasmtpd: bad --dump-format '%s' (text or "
+				    "redis)\n", optarg);
+				return 2;
+			}
+			o->dump_redis = strcmp(optarg, "redis") == 0;
+			break;
 		case OPT_VERSION:
 			printf("luasmtpd %s\n", LUASMTPD_VERSION);
 			exit(0);
@@ -212,6 +223,8 @@ parse_options(int argc, char **argv, struct options *o)
 			return 2;
 		}
 	}
+	if (o->store_dump != NULL && argc == optind)
+		return 0;
 	if (argc - optind != 1) {
 		fprintf(stderr, "luasmtpd: %s\n", argc - optind == 0 ?
 		    "no SCRIPT given" : "only one SCRIPT may be given");
@@ -330,6 +343,104 @@ load_script(const struct options *o, struct loaded *ld)
 	return 0;
 }
 
+/*
+ * The sockets systemd passed (LISTEN_FDS for our LISTEN_PID), from fd 3 on;
+ * sd_listen_fds(1) unsets the variables, so no child takes them for its own.
+ * Returns how many, or -1 (printed).
+ */
+static int
+activated_take(void)
+{
+	int	n = sd_listen_fds(1);
+
+	if (n < 0) {
+		fprintf(stderr, "luasmtpd: socket activation: %s\n", strerror(-n));
+		return -1;
+	}
+	if (n > MASTER_LISTEN_MAX) {
+		fprintf(stderr, "luasmtpd: socket activation: %d sockets (at most %d)\n",
+		    n, MASTER_LISTEN_MAX);
+		return -1;
+	}
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i, fl = fcntl(fd, F_GETFL);
+
+		/* accepting never blocks a worker's loop; not for os.execute's children */
+		if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1 ||
+		    fcntl(fd, F_SETFD, FD_CLOEXEC) == -1) {
+			fprintf(stderr, "luasmtpd: socket activation: fd %d: %s\n", fd,
+			    strerror(errno));
+			return -1;
+		}
+	}
+	return n;
+}
+
+/*
+ * Socket activation: every socket systemd passed is served, and nothing is
+ * bound here.  Each listen address (--listen, else the script's) is matched
+ * to a passed socket by its bound address and port, for the log: one that
+ * no socket matches is not served (a warning says so; add it to the
+ * .socket unit); a socket that matches no listen address is served with
+ * the settings of its port (the script's options for a port it does not
+ * name), like a --listen address.
+ */
+static int
+use_activated(struct master_config *mc, const struct options *o,
+    const struct loaded *ld, int nact)
+{
+	char		 host[256], err[512];
+	uint16_t	 port;
+	size_t		 i, j, n;
+	bool		 named[MASTER_LISTEN_MAX] = { false };
+
+	for (i = 0; i < (size_t)nact; i++) {
+		int fd = SD_LISTEN_FDS_START + (int)i;
+
+		if (listener_inherited(fd, mc->names[mc->nfds], sizeof(mc->names[0]),
+		    err, sizeof(err)) == -1) {
+			fprintf(stderr, "luasmtpd: %s\n", err);
+			return -1;
+		}
+		mc->fds[mc->nfds++] = fd;
+	}
+	if (o->nlisten == 0 && ld->nlisten > 0) {
+		if (ld->nlisten > MASTER_LISTEN_MAX) {
+			fprintf(stderr, "luasmtpd: too many listen addresses (at most %d)\n",
+			    MASTER_LISTEN_MAX);
+			return -1;
+		}
+		mc->script_listen_used = 1;
+		for (i = 0; i < ld->nlisten; i++)
+			mc->script_listen[mc->nscript_listen++] = ld->listen[i];
+	}
+	n = o->nlisten > 0 ? o->nlisten : ld->nlisten;
+	for (i = 0; i < n; i++) {
+		if (o->nlisten > 0) {
+			if (listener_parse(o->listen[i], host, sizeof(host), &port, err,
+			    sizeof(err)) == -1)
+				continue;	/* checked before: cannot happen */
+		} else {
+			snprintf(host, sizeof(host), "%s", ld->listen[i].host);
+			port = ld->listen[i].port;
+		}
+		for (j = 0; j < mc->nfds && !listener_matches(mc->fds[j], host, port); j++)
+			;
+		if (j == mc->nfds) {
+			log_warn(0, "%s%s%s:%u is not served: systemd passed no socket bound "
+			    "to it (with socket activation luasmtpd binds nothing itself)",
+			    strchr(host, ':') ? "[" : "", host[0] ? host : LISTENER_DEFAULT_HOST,
+			    strchr(host, ':') ? "]" : "", port);
+			continue;
+		}
+		named[j] = true;
+	}
+	for (j = 0; j < mc->nfds; j++)
+		log_info(0, "listening on %s (socket from systemd%s)", mc->names[j],
+		    named[j] ? "" : "; no listen address names it: the settings of its port");
+	return 0;
+}
+
 /* Binds --listen addresses, else the script's, else the default. */
 static int
 bind_listeners(struct master_config *mc, const struct options *o,
@@ -369,6 +480,23 @@ bind_listeners(struct master_config *mc, const struct options *o,
 	return 0;
 }
 
+/* Binds --metrics (before --user, as the listeners). */
+static int
+bind_metrics(struct master_config *mc, const char *spec)
+{
+	char		host[256], name[LISTENER_NAME_MAX], err[512];
+	uint16_t	port;
+
+	if (listener_parse(spec, host, sizeof(host), &port, err, sizeof(err)) == -1 ||
+	    (mc->metrics_fd = listener_bind(host, port, name, sizeof(name), err,
+	    sizeof(err))) == -1) {
+		fprintf(stderr, "luasmtpd: --metrics: %s\n", err);
+		return -1;
+	}
+	log_info(0, "metrics on http://%s/metrics", name);
+	return 0;
+}
+
 static unsigned
 online_cores(void)
 {
@@ -386,10 +514,18 @@ main(int argc, char **argv)
 	struct host		*policy = NULL;
 	char			 err[1024], host[256];
 	uint16_t		 port;
-	int			 rc;
+	int			 rc, nact;
 
 	if ((rc = parse_options(argc, argv, &o)) != 0)
 		return rc;
+	if (o.store_dump != NULL) {
+		if (store_dump(o.state_dir != NULL ? o.state_dir : "./state", o.store_dump,
+		    o.dump_redis, stdout, err, sizeof(err)) == -1) {
+			fprintf(stderr, "luasmtpd: %s\n", err);
+			return 1;
+		}
+		return 0;
+	}
 	/* bad --listen is a usage error, found before the script runs */
 	for (size_t i = 0; i < o.nlisten; i++) {
 		if (listener_parse(o.listen[i], host, sizeof(host), &port, err,
@@ -397,6 +533,11 @@ main(int argc, char **argv)
 			fprintf(stderr, "luasmtpd: %s\n", err);
 			return 2;
 		}
+	}
+	if (o.metrics != NULL && listener_parse(o.metrics, host, sizeof(host), &port,
+	    err, sizeof(err)) == -1) {
+		fprintf(stderr, "luasmtpd: --metrics: %s\n", err);
+		return 2;
 	}
 	if (access(o.script, R_OK) == -1) {
 		fprintf(stderr, "luasmtpd: cannot read %s: %s\n", o.script,
@@ -430,7 +571,13 @@ main(int argc, char **argv)
 	mc.user = o.user;
 	mc.grace = o.grace;
 	mc.workers = o.workers < 0 ? online_cores() : (unsigned)o.workers;
-	if (bind_listeners(&mc, &o, &ld) == -1) {
+	mc.metrics_fd = -1;
+	notify_init();		/* this process speaks to systemd, its workers do not */
+	if ((nact = activated_take()) == -1)
+		return 1;
+	if ((nact > 0 ? use_activated(&mc, &o, &ld, nact) == -1 :
+	    bind_listeners(&mc, &o, &ld) == -1) ||
+	    (o.metrics != NULL && bind_metrics(&mc, o.metrics) == -1)) {
 		for (size_t i = 0; i < mc.nfds; i++)
 			close(mc.fds[i]);
 		return 1;

@@ -39,7 +39,10 @@
 #include "connlimit.h"
 #include "log.h"
 #include "master.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "host.h"
+#include "notify.h"
 #include "server.h"
 #include "session.h"
 
@@ -68,6 +71,7 @@ struct worker {
 	int64_t			 started_ms;
 	struct busy		*busy;		/* shared with the worker */
 	int			 climit;	/* its connlimit slot, or -1 */
+	int			 mslot;		/* its metrics slot, or -1 */
 	uint32_t		 warned_seq;	/* the stay in Lua already logged */
 	bool			 blocked;	/* killed for blocking: replaced */
 };
@@ -110,8 +114,9 @@ static struct busy		*worker_busy;
 static unsigned			 worker_grace;
 static volatile sig_atomic_t	 orphan_secs;	/* since the master died; 0: it lives */
 
-static int	 serve(const char *script, int *fds, size_t nfds, unsigned grace,
-		    void (*ready)(void *), void *ready_arg, struct busy *busy);
+static int	 serve(const char *script, int *fds, size_t nfds, int metrics_fd,
+		    unsigned grace, void (*ready)(void *), void *ready_arg,
+		    struct busy *busy);
 static struct server *serve_server(struct event_base *, struct host *,
 		    unsigned grace);
 static int	 ready_open(const char *path);
@@ -147,6 +152,7 @@ write_ready_in_process(void *arg)
 
 	if (mc->ready_file != NULL && ready_commit(mc->ready_file, mc) == 0)
 		mc->ready_written = 1;
+	notify_ready(NULL);
 }
 
 int
@@ -176,18 +182,27 @@ master_run(struct master_config *mc)
 		log_error(0, "cannot map the connection counters: %s", strerror(errno));
 		goto fail;
 	}
+	/* the metrics: the same slots, and the sums of the workers gone */
+	if (metrics_map(mc->workers == 0 ? 1 : 4 * mc->workers + 2) == -1) {
+		log_error(0, "cannot map the metrics: %s", strerror(errno));
+		connlimit_unmap();
+		goto fail;
+	}
 	if (mc->workers == 0) {	/* one process: serve here, as without a master */
 		connlimit_attach(connlimit_slot_take());
+		metrics_attach(metrics_slot_take(0));
 		log_info(0, "luasmtpd %s ready (policy %s, no worker processes)",
 		    LUASMTPD_VERSION, mc->script);
 		signal(SIGHUP, SIG_IGN);
-		rc = serve(mc->script, mc->fds, mc->nfds, mc->grace,
+		rc = serve(mc->script, mc->fds, mc->nfds, mc->metrics_fd, mc->grace,
 		    write_ready_in_process, mc, NULL);
 		mc->nfds = 0;
+		mc->metrics_fd = -1;
 		if (mc->ready_written)
 			(void)unlink(mc->ready_file);
 		ready_discard();
 		connlimit_unmap();
+		metrics_unmap();
 		log_info(0, "stopped");
 		return rc;
 	}
@@ -232,12 +247,16 @@ master_run(struct master_config *mc)
 	log_info(0, "stopped");
 	master_free(&m);
 	connlimit_unmap();
+	metrics_unmap();
 	log_set_sink(NULL, NULL);
 	return rc;
 fail:
 	for (size_t i = 0; i < mc->nfds; i++)
 		close(mc->fds[i]);
 	mc->nfds = 0;
+	if (mc->metrics_fd != -1)
+		close(mc->metrics_fd);
+	mc->metrics_fd = -1;
 	return 1;
 }
 
@@ -269,6 +288,9 @@ master_close_listeners(struct master *m)
 		if (m->mc->fds[i] != -1)
 			close(m->mc->fds[i]);
 	m->mc->nfds = 0;
+	if (m->mc->metrics_fd != -1)
+		close(m->mc->metrics_fd);
+	m->mc->metrics_fd = -1;
 }
 
 static void
@@ -361,6 +383,7 @@ master_spawn_gen(struct master *m, unsigned gen)
 			if (gen == m->next_gen) {
 				log_error(0, "reload failed; generation %u keeps serving",
 				    m->gen);
+				metrics_master_count(MX_RELOADS_FAILED);
 				master_abort_gen(m, gen);
 			} else {
 				master_stop(m, SIGTERM, 1);
@@ -392,9 +415,13 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 	if ((w->climit = connlimit_slot_take()) == -1)
 		log_warn(0, "worker%u: no free connection counter slot; its own "
 		    "connections are not seen by the other workers", slot);
+	if ((w->mslot = metrics_slot_take(slot)) == -1)
+		log_warn(0, "worker%u: no free metrics slot; its counts are not "
+		    "in the metrics", slot);
 	if (pipe2(p, O_CLOEXEC) == -1) {
 		log_error(0, "cannot start worker%u: %s", slot, strerror(errno));
 		connlimit_slot_free(w->climit);
+		metrics_slot_retire(w->mslot);
 		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 		return -1;
@@ -405,6 +432,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		close(p[0]);
 		close(p[1]);
 		connlimit_slot_free(w->climit);
+		metrics_slot_retire(w->mslot);
 		munmap(w->busy, sizeof(*w->busy));
 		free(w);
 		return -1;
@@ -413,11 +441,13 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		struct master_config	*mc = m->mc;
 		int			 fds[MASTER_LISTEN_MAX];
 		size_t			 nfds = mc->nfds;
+		int			 metrics_fd = mc->metrics_fd;
 		pid_t			 master = m->pid;
 		struct busy		*busy = w->busy;	/* its own; the others' go */
 		int			 rc;
 
 		connlimit_attach(w->climit);
+		metrics_attach(w->mslot);
 		free(w);
 		close(p[0]);
 		if (ready_fd != -1)
@@ -426,6 +456,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		/* what the worker keeps: the listening sockets and its pipe end */
 		memcpy(fds, mc->fds, nfds * sizeof(fds[0]));
 		mc->nfds = 0;
+		mc->metrics_fd = -1;
 		m->child = true;	/* every caller unwinds to master_run() */
 		master_free(m);
 		snprintf(log_tag, sizeof(log_tag), "worker%u[%ld]", slot,
@@ -437,10 +468,13 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 			m->rc = 0;		/* the master is already gone */
 			for (size_t i = 0; i < nfds; i++)
 				close(fds[i]);
+			if (metrics_fd != -1)
+				close(metrics_fd);
 			close(p[1]);
 			return 1;
 		}
-		rc = serve(mc->script, fds, nfds, mc->grace, NULL, &p[1], busy);
+		rc = serve(mc->script, fds, nfds, metrics_fd, mc->grace, NULL, &p[1],
+		    busy);
 		if (p[1] != -1)
 			close(p[1]);
 		m->rc = rc;
@@ -474,6 +508,7 @@ master_reap(struct master *m)
 		*wp = w->next;
 		master_exited(m, w, status);
 		connlimit_slot_free(w->climit);	/* what it held died with it */
+		metrics_slot_retire(w->mslot);	/* what it counted stays counted */
 		if (w->ready_fd != -1)
 			close(w->ready_fd);
 		munmap(w->busy, sizeof(*w->busy));
@@ -496,6 +531,7 @@ master_exited(struct master *m, struct worker *w, int status)
 	if (w->gen == m->next_gen) {	/* a reload whose worker failed */
 		log_error(0, "reload failed: worker%u[%ld] %s before accepting; "
 		    "generation %u keeps serving", w->slot, (long)w->pid, how, m->gen);
+		metrics_master_count(MX_RELOADS_FAILED);
 		master_abort_gen(m, m->next_gen);
 		return;
 	}
@@ -567,9 +603,12 @@ master_reload(struct master *m)
 	bool			 changed;
 
 	log_info(0, "SIGHUP: reloading %s", mc->script);
+	notify_reloading();
 	if ((p = host_load(mc->script, NULL, err, sizeof(err))) == NULL) {
 		log_error(0, "reload failed: %s; generation %u keeps serving",
 		    err[0] ? err : "cannot load script", m->gen);
+		metrics_master_count(MX_RELOADS_FAILED);
+		notify_ready("serving; the last reload failed (see the log)");
 		return;
 	}
 	if (mc->script_listen_used) {
@@ -607,6 +646,7 @@ master_progress(struct master *m)
 			return;
 		}
 		log_info(0, "ready: %u worker(s) accepting", m->mc->workers);
+		notify_ready(NULL);
 	}
 	if (m->next_gen != 0 && count_gen(m, m->next_gen, W_READY) == m->mc->workers) {
 		old = 0;
@@ -620,8 +660,10 @@ master_progress(struct master *m)
 		m->gen = m->next_gen;
 		m->next_gen = 0;
 		memset(m->slots, 0, m->mc->workers * sizeof(*m->slots));
+		metrics_master_count(MX_RELOADS_OK);
 		log_info(0, "reload: generation %u serving; %zu old worker(s) draining",
 		    m->gen, old);
+		notify_ready(NULL);
 	}
 	if (m->hup_pending && m->ready && m->next_gen == 0) {
 		m->hup_pending = false;
@@ -663,6 +705,9 @@ master_timers(struct master *m, int64_t now)
 				return;		/* the child */
 			case -1:
 				master_backoff(m, i, 0);
+				break;
+			default:
+				metrics_master_count(MX_RESTARTS);
 				break;
 			}
 		}
@@ -720,6 +765,7 @@ master_stop(struct master *m, int sig, int rc)
 	size_t		 n = 0;
 
 	if (!m->stopping) {
+		notify_stopping();
 		m->stopping = true;
 		m->rc = rc;
 		m->kill_ms = now_ms() + ((int64_t)m->mc->grace + STOP_SLACK_SECS) * 1000;
@@ -742,8 +788,10 @@ master_abort_gen(struct master *m, unsigned gen)
 			(void)kill(w->pid, SIGTERM);
 		}
 	}
-	if (m->next_gen == gen)
+	if (m->next_gen == gen) {
 		m->next_gen = 0;
+		notify_ready("serving; the last reload failed (see the log)");
+	}
 }
 
 static size_t
@@ -875,12 +923,14 @@ worker_signals(pid_t master, struct busy *busy, unsigned grace)
  * Loads the script on a fresh event base, accepts on fds (taken over) and
  * serves until stopped.  Once the loop runs: ready(ready_arg), or, with
  * ready NULL, one byte to the pipe *ready_arg.  busy, if given, is the
- * record the master watches.  Returns the exit status.
+ * record the master watches.  metrics_fd (taken over; -1: none) is the
+ * --metrics socket, served on the same loop.  Returns the exit status.
  */
 static int
-serve(const char *script, int *fds, size_t nfds, unsigned grace,
+serve(const char *script, int *fds, size_t nfds, int metrics_fd, unsigned grace,
     void (*ready)(void *), void *ready_arg, struct busy *busy)
 {
+	struct metrics_http	*mh = NULL;
 	struct event_base	*base = NULL;
 	struct host		*policy = NULL;
 	struct server		*srv = NULL;
@@ -916,6 +966,14 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 			i++;
 			goto done;
 		}
+	if (metrics_fd != -1) {
+		mh = metrics_http_create(base, metrics_fd);
+		metrics_fd = -1;	/* the endpoint's now, even on error */
+		if (mh == NULL) {
+			log_error(0, "cannot serve --metrics");
+			goto done;
+		}
+	}
 	if (event_base_once(base, -1, EV_TIMEOUT, ready != NULL ?
 	    in_process_ready_cb : worker_ready_cb, ready != NULL ? (void *)cb :
 	    ready_arg, &now) == -1) {
@@ -928,6 +986,9 @@ serve(const char *script, int *fds, size_t nfds, unsigned grace,
 done:
 	for (; i < nfds; i++)
 		close(fds[i]);
+	if (metrics_fd != -1)
+		close(metrics_fd);
+	metrics_http_destroy(mh);
 	server_destroy(srv);	/* connections first: they hold the policy's hooks */
 	host_destroy(policy);
 	if (base != NULL)
@@ -954,9 +1015,20 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 	if ((srv = server_create(base, &sp, hooks, hook_ctx, grace)) == NULL)
 		return NULL;
 	for (size_t i = 0; i < host_listen_count(policy); i++) {
-		uint16_t port = host_listen_at(policy, i)->port;
+		const struct host_listen *pl = host_listen_at(policy, i);
+		uint16_t port = pl->port;
 
+		if (pl->host[0] == '/') {	/* a unix socket */
+			host_path_config(policy, pl->host, &sp.cfg, &sp.implicit_tls);
+			memset(&sp.proxy, 0, sizeof(sp.proxy));	/* no PROXY header on a unix socket */
+			if (server_set_path(srv, pl->host, &sp) == -1) {
+				server_destroy(srv);
+				return NULL;
+			}
+			continue;
+		}
 		host_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		host_port_proxy(policy, port, &sp.proxy);
 		if (server_set_port(srv, port, &sp) == -1) {
 			server_destroy(srv);
 			return NULL;

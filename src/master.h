@@ -55,6 +55,7 @@ struct master_config {
 	int			 fds[MASTER_LISTEN_MAX];
 	char			 names[MASTER_LISTEN_MAX][LISTENER_NAME_MAX];
 	size_t			 nfds;
+	int			 metrics_fd;	/* --metrics, bound; -1: none (master_run owns it) */
 	/* the script's own listen addresses when they were used (no --listen):
 	 * a reload that changes them is reported, not applied */
 	struct host_listen	 script_listen[MASTER_LISTEN_MAX];

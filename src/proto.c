@@ -436,6 +436,121 @@ params:
 	return 0;
 }
 
+static int
+hex_digit(int c)
+{
+	return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+long
+proto_xtext_decode(char *s, bool allow_space)
+{
+	char	*in = s, *out = s;
+	int	 hi, lo, c;
+
+	while (*in != '\0') {
+		c = (unsigned char)*in;
+		if (c == '+') {
+			if ((hi = hex_digit(in[1])) < 0 || (lo = hex_digit(in[2])) < 0)
+				return -1;
+			c = hi * 16 + lo;
+			in += 3;
+		} else if (c < 0x21 || c > 0x7e || c == '=') {
+			return -1;
+		} else
+			in++;
+		if ((c < 0x21 || c > 0x7e) && !(c == ' ' && allow_space))
+			return -1;	/* a NUL, a control, non-ASCII */
+		*out++ = (char)c;
+	}
+	*out = '\0';
+	return out - s;
+}
+
+static void
+upcase(char *s)
+{
+	for (; *s != '\0'; s++)
+		if (*s >= 'a' && *s <= 'z')
+			*s = (char)(*s - 'a' + 'A');
+}
+
+/* NOTIFY = "NEVER" / 1#("SUCCESS" / "FAILURE" / "DELAY"), each once */
+static bool
+dsn_notify_ok(char *v)
+{
+	static const char *const words[] = { "SUCCESS", "FAILURE", "DELAY" };
+	unsigned	 seen = 0;
+	char		*p = v;
+
+	upcase(v);
+	if (strcmp(v, "NEVER") == 0)
+		return true;
+	for (;;) {
+		size_t	n = strcspn(p, ",");
+		size_t	i;
+
+		for (i = 0; i < 3; i++)
+			if (strlen(words[i]) == n && strncmp(p, words[i], n) == 0)
+				break;
+		if (i == 3 || (seen & (1u << i)))
+			return false;
+		seen |= 1u << i;
+		if (p[n] == '\0')
+			return true;
+		p += n + 1;
+	}
+}
+
+/* ORCPT = addr-type ";" xtext; addr-type is an atom (RFC 3461 4.2) */
+static bool
+dsn_orcpt_ok(char *v)
+{
+	char	*semi = strchr(v, ';'), *p;
+
+	if (strlen(v) > DSN_ORCPT_MAX || semi == NULL || semi == v)
+		return false;
+	for (p = v; p < semi; p++)
+		if (!is_atext((unsigned char)*p))
+			return false;
+	*semi = '\0';
+	upcase(v);
+	*semi = ';';
+	return proto_xtext_decode(semi + 1, true) > 0;
+}
+
+int
+proto_dsn_params(struct smtp_path *p, bool rcpt, const char **why)
+{
+	for (size_t i = 0; i < p->nparams; i++) {
+		const char	*key = p->params[i].key;
+		char		*v = (char *)p->params[i].value;	/* in the line */
+
+		if (!rcpt && strcasecmp(key, "RET") == 0) {
+			*why = "bad RET value (FULL or HDRS)";
+			if (v == NULL)
+				return -1;
+			upcase(v);
+			if (strcmp(v, "FULL") != 0 && strcmp(v, "HDRS") != 0)
+				return -1;
+		} else if (!rcpt && strcasecmp(key, "ENVID") == 0) {
+			*why = "bad ENVID value (xtext, at most 100 characters)";
+			if (v == NULL || strlen(v) > DSN_ENVID_MAX ||
+			    proto_xtext_decode(v, false) <= 0)
+				return -1;
+		} else if (rcpt && strcasecmp(key, "NOTIFY") == 0) {
+			*why = "bad NOTIFY value (NEVER, or SUCCESS, FAILURE, DELAY)";
+			if (v == NULL || !dsn_notify_ok(v))
+				return -1;
+		} else if (rcpt && strcasecmp(key, "ORCPT") == 0) {
+			*why = "bad ORCPT value (addr-type;xtext)";
+			if (v == NULL || !dsn_orcpt_ok(v))
+				return -1;
+		}
+	}
+	return 0;
+}
+
 const struct smtp_param *
 proto_param(const struct smtp_path *p, const char *key)
 {

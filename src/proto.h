@@ -48,6 +48,26 @@ enum {
 int	proto_parse_path(char *line, int flags, struct smtp_path *out,
 	    const char **why);
 
+#define DSN_ENVID_MAX	100	/* RFC 3461 4.4: the xtext, in characters */
+#define DSN_ORCPT_MAX	500	/* RFC 3461 4.2: the whole value */
+
+/*
+ * Decodes xtext (RFC 3461 4: "+" and two upper-case hex digits, else
+ * "!".."~" but "+" and "=") in place.  The result must be printable ASCII:
+ * 0x21..0x7E, and space too when allow_space.  Returns its length, or -1.
+ */
+long	proto_xtext_decode(char *s, bool allow_space);
+
+/*
+ * Checks and decodes the DSN parameters (RFC 3461) among p's, in place:
+ * MAIL's RET (FULL or HDRS) and ENVID (xtext, decoded), RCPT's NOTIFY (NEVER,
+ * or a list of SUCCESS, FAILURE, DELAY) and ORCPT (addr-type ";" xtext:
+ * "rfc822;bob@example.org", the address decoded).  RET, NOTIFY and ORCPT's
+ * type come out upper-cased.  Other parameters are left alone.  Returns 0,
+ * or -1 with *why set for a 501.
+ */
+int	proto_dsn_params(struct smtp_path *p, bool rcpt, const char **why);
+
 /* Finds a parameter by keyword (case-insensitive); NULL if absent. */
 const struct smtp_param *proto_param(const struct smtp_path *p, const char *key);
 

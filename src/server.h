@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy.h"
 #include "session.h"
 
 #define SERVER_GRACE_DEFAULT	30	/* seconds */
@@ -45,6 +46,7 @@ struct server_port {
 	struct session_config	 cfg;
 	struct tls_ctx		*tls;		/* NULL: no TLS */
 	bool			 implicit_tls;	/* handshake before the greeting (RFC 8314) */
+	struct proxy_listen	 proxy;		/* a PROXY header first, from proxy.from only */
 };
 
 /*
@@ -63,6 +65,9 @@ void		 server_destroy(struct server *srv);	/* NULL is a no-op */
  * when out of memory.
  */
 int		 server_set_port(struct server *srv, uint16_t port,
+		    const struct server_port *sp);
+/* The same for the clients of the unix socket at path. */
+int		 server_set_path(struct server *srv, const char *path,
 		    const struct server_port *sp);
 
 /* Accepts on fd, a socket listener_bind() bound (the server owns it now). */

@@ -15,10 +15,13 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "proto.h"
 #include "reply.h"
 #include "sasl.h"
 #include "session.h"
+#include "trace.h"
+#include "xclient.h"
 
 enum state {
 	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
@@ -28,13 +31,14 @@ enum state {
 	S_MAIL,		/* sender accepted */
 	S_RCPT,		/* at least one recipient accepted */
 	S_DATA,		/* reading message data */
+	S_BDAT,		/* reading a BDAT chunk (or dropping a refused one) */
 	S_TLS,		/* STARTTLS said 220: input is discarded until the handshake */
 	S_CLOSED,	/* close requested: nothing more is read or written */
 };
 
 static const char *const state_names[] = {
 	"connect", "refused", "greeted", "helo", "mail", "rcpt", "data",
-	"starttls", "closed",
+	"bdat", "starttls", "closed",
 };
 
 #define ST(s)		(1u << (s))
@@ -74,6 +78,7 @@ struct session {
 	bool				 feeding;	/* inside session_feed() */
 	bool				 esmtp;		/* the client said EHLO */
 	unsigned			 bad_commands;
+	unsigned			 answering;	/* what replies answer: metrics_reply() */
 
 	/* TLS and authentication */
 	struct session_tls		*tls;		/* NULL: plaintext */
@@ -82,6 +87,11 @@ struct session {
 	enum sasl_step			 sasl;
 	bool				 after_auth;	/* lines may be SASL responses: not logged */
 	unsigned			 auth_failures;
+
+	/* XCLIENT: allowed from the peer at connect time (cfg->xclient_from) */
+	bool				 xclient_ok;
+	unsigned			 xclients;	/* XCLIENT commands applied */
+	char				*remote_name;	/* its NAME; NULL: none, unavailable */
 
 	/* the envelope (session_helo, _sender, _recipient) and the transaction */
 	char				*helo;		/* told 250 for */
@@ -103,6 +113,23 @@ struct session {
 	uint64_t			 size;
 	bool				 failed;
 	enum session_abort		 fail_reason;
+
+	/* trace fields (trace.c): prepended to the data, Received fields counted */
+	char				*reverse;	/* the client's reverse name, if known */
+	char				*added;		/* session_add_header()'s fields */
+	size_t				 added_len;
+	bool				 trace_sent;	/* the data began: nothing more is prepended */
+	struct trace_hops		 hops;
+
+	/* BDAT (RFC 3030) */
+	bool				 chunking;	/* the message goes by BDAT: DATA is refused */
+	bool				 binary;	/* MAIL said BODY=BINARYMIME: DATA is refused */
+	bool				 bdat_asked;	/* the DATA ask is a first BDAT's */
+	bool				 bdat_last;	/* the chunk ends the message */
+	bool				 bdat_drop;	/* the chunk is read and dropped */
+	enum state			 bdat_back;	/* the state after a dropped chunk */
+	uint64_t			 chunk_size;
+	uint64_t			 chunk_left;	/* octets of the chunk still to read */
 
 	/* deadlines, in ms on io->now's clock (arm_timer) */
 	uint64_t			 born;		/* session_create: max_session_ms */
@@ -129,6 +156,10 @@ struct session {
 /* A path the engine keeps: the parser's fields, its strings in buf. */
 struct stored_path {
 	unsigned		serial;
+	bool			decided;	/* LMTP: this recipient's own verdict */
+	bool			accept;
+	int			code;
+	char			*text;		/* NULL: the default */
 	struct smtp_path	path;
 	char			buf[];
 };
@@ -153,6 +184,9 @@ static void	cmd_expn(struct session *, char *);
 static void	cmd_help(struct session *, char *);
 static void	cmd_starttls(struct session *, char *);
 static void	cmd_auth(struct session *, char *);
+static void	cmd_lhlo(struct session *, char *);
+static void	cmd_bdat(struct session *, char *);
+static void	cmd_xclient(struct session *, char *);
 
 static const struct command commands[] = {
 	{ "HELO",	ST_READY,	cmd_helo,	"Send QUIT" },
@@ -168,8 +202,12 @@ static const struct command commands[] = {
 	{ "HELP",	ST_READY,	cmd_help,	"Send QUIT" },
 	{ "STARTTLS",	ST_READY,	cmd_starttls,	"Send QUIT" },
 	{ "AUTH",	ST(S_HELO),	cmd_auth,	"AUTH not allowed during a mail transaction" },
+	/* BDAT checks its state itself: a refused chunk is still read */
+	{ "BDAT",	ST_ANY,		cmd_bdat,	NULL },
+	{ "XCLIENT",	ST(S_GREETED) | ST(S_HELO), cmd_xclient, "MAIL transaction in progress" },
+	/* LMTP's (RFC 2033), after the verbs every SMTP session looks up */
+	{ "LHLO",	ST_READY,	cmd_lhlo,	"Send QUIT" },
 	/* known verbs this server does not offer */
-	{ "BDAT",	ST_ANY,		NULL,		NULL },
 	{ "ETRN",	ST_ANY,		NULL,		NULL },
 	{ "TURN",	ST_ANY,		NULL,		NULL },
 	{ NULL,		0,		NULL,		NULL },
@@ -202,6 +240,9 @@ static const struct event_reply event_replies[SEV_COUNT] = {
 			    535, "5.7.8", "Authentication credentials invalid" },
 };
 
+/* metrics.h's verb of each entry of commands[], plus one; 0: not looked up yet */
+static unsigned char	command_verbs[sizeof(commands) / sizeof(commands[0])];
+
 static const char *const event_names[SEV_COUNT] = {
 	"CONNECT", "HELO", "EHLO", "MAIL", "RCPT", "DATA", "DATA_END", "RSET",
 	"QUIT", "VRFY", "EXPN", "AUTH",
@@ -211,10 +252,15 @@ static void	reply(struct session *, int, const char *, const char *, ...)
 		    __attribute__((format(printf, 4, 5)));
 static void	session_close(struct session *);
 static void	message_abort(struct session *, enum session_abort);
+static bool	in_message(const struct session *);
+static void	recipient_verdicts_clear(struct session *);
+static void	bdat_chunk_done(struct session *);
 static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
 static void	envelope_clear(struct session *);
 static void	asked_forget(struct session *);
+static void	added_clear(struct session *);
+static void	trace_reset(struct session *);
 static uint64_t	clock_now(const struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
@@ -237,6 +283,8 @@ session_config_init(struct session_config *cfg)
 	cfg->timeout_decision_ms = 10 * 60 * 1000;
 	cfg->timeout_tls_ms = 30 * 1000;
 	cfg->min_data_rate = 500;
+	cfg->received_header = true;
+	cfg->max_hops = 100;
 	cfg->max_session_ms = 60 * 60 * 1000;
 	cfg->max_auth_failures = 3;
 }
@@ -272,6 +320,7 @@ session_create(const struct session_config *cfg,
 	s->cfg = cfg;
 	s->hooks = hooks != NULL ? hooks : &no_hooks;
 	s->hook_ctx = hook_ctx;
+	s->answering = MR_CONNECT;
 	s->io = io;
 	s->io_ctx = io_ctx;
 	if (peer != NULL)
@@ -280,6 +329,7 @@ session_create(const struct session_config *cfg,
 	s->born = clock_now(s);
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
+	s->xclient_ok = proxy_nets_match(&cfg->xclient_from, s->peer.remote_addr);
 	if (peer != NULL && peer->tls != NULL) {
 		if ((s->tls = malloc(sizeof(*s->tls))) == NULL) {
 			free(s);
@@ -300,18 +350,29 @@ session_destroy(struct session *s)
 		return;
 	if (s->pending != NO_EVENT && s->hooks->cancel != NULL)
 		s->hooks->cancel(s->hook_ctx, s, s->pending);
-	if (s->state == S_DATA)		/* also while DATA_END is pending */
+	if (in_message(s))		/* also while DATA_END is pending */
 		message_abort(s, ABORT_DISCONNECT);
 	if (s->hooks->closed != NULL)
 		s->hooks->closed(s->hook_ctx, s);
 	sasl_forget(s);
 	envelope_clear(s);
 	asked_forget(s);
+	free(s->added);
+	free(s->reverse);
 	free(s->helo);
 	free(s->rcpts);
 	free(s->user);
+	free(s->remote_name);
 	free(s->tls);
 	free(s);
+}
+
+/* Is a message under way: DATA's text, a chunk, or between BDAT chunks? */
+static bool
+in_message(const struct session *s)
+{
+	return s->state == S_DATA || (s->state == S_BDAT && !s->bdat_drop) ||
+	    s->chunking;
 }
 
 /* The message in progress will not be delivered: tell the policy, once. */
@@ -322,6 +383,7 @@ message_abort(struct session *s, enum session_abort why)
 		return;
 	s->failed = true;
 	s->fail_reason = why;
+	metrics_message(MM_FAILED, s->size);
 	if (s->hooks->abort != NULL)
 		s->hooks->abort(s->hook_ctx, s, why);
 }
@@ -370,7 +432,7 @@ secs(char *buf, size_t len, unsigned ms)
 static void
 data_clock(struct session *s, uint64_t now)
 {
-	if (s->state != S_DATA) {
+	if (s->state != S_DATA && s->state != S_BDAT) {
 		s->data_timed = false;
 		return;
 	}
@@ -430,6 +492,7 @@ current_due(const struct session *s, uint64_t *due)
 		*due = s->tls_due;
 		return DUE_TLS;
 	case S_DATA:
+	case S_BDAT:
 		*due = s->data_due;
 		return DUE_DATA;
 	default:
@@ -454,7 +517,7 @@ arm_timer(struct session *s)
 		s->tls_timed = true;
 		s->tls_due = now + (s->cfg->timeout_tls_ms < s->cfg->timeout_command_ms ?
 		    s->cfg->timeout_tls_ms : s->cfg->timeout_command_ms);
-	} else if (s->state != S_DATA && s->state != S_TLS) {
+	} else if (s->state != S_DATA && s->state != S_BDAT && s->state != S_TLS) {
 		if (s->line_len == 0 && !s->line_cr) {
 			s->line_open = false;		/* between lines: idle */
 			s->cmd_due = now + s->cfg->timeout_command_ms;
@@ -485,7 +548,7 @@ session_expire(struct session *s)
 			s->hooks->cancel(s->hook_ctx, s, s->pending);
 		s->pending = NO_EVENT;
 	}
-	if (s->state == S_DATA)
+	if (in_message(s))
 		message_abort(s, ABORT_TIMEOUT);
 	if (s->state == S_TLS)
 		session_close(s);	/* the client expects a handshake: no reply */
@@ -504,6 +567,7 @@ session_timeout(struct session *s)
 
 	if ((kind = current_due(s, &due)) == DUE_NONE)
 		return;
+	s->answering = MV_OTHER;
 	if (s->cfg->max_session_ms > 0 && s->born + s->cfg->max_session_ms <= due) {
 		session_expire(s);
 		return;
@@ -517,6 +581,7 @@ session_timeout(struct session *s)
 		s->pending = NO_EVENT;
 		if (s->hooks->cancel != NULL)
 			s->hooks->cancel(s->hook_ctx, s, ev);
+		recipient_verdicts_clear(s);
 		apply_verdict(s, ev, &(struct verdict){ false, 451,
 		    "4.3.0 Timed out waiting for a policy decision" });
 		arm_timer(s);
@@ -561,7 +626,7 @@ session_timeout(struct session *s)
 	case DUE_NONE:
 		return;
 	}
-	if (s->state == S_DATA)
+	if (in_message(s))
 		message_abort(s, ABORT_TIMEOUT);
 	reply(s, 421, "4.4.2", "%s Error: %s", s->cfg->hostname, text);
 }
@@ -576,8 +641,9 @@ session_shutdown(struct session *s)
 			s->hooks->cancel(s->hook_ctx, s, s->pending);
 		s->pending = NO_EVENT;
 	}
-	if (s->state == S_DATA)
+	if (in_message(s))
 		message_abort(s, ABORT_SHUTDOWN);
+	s->answering = MV_OTHER;
 	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
 }
 
@@ -589,7 +655,7 @@ session_eof(struct session *s)
 	log_debug(s->id, "client closed the connection in state %s",
 	    state_names[s->state]);
 	/* session_destroy() cancels the ask and aborts the message */
-	if (s->state != S_DATA)
+	if (s->state != S_DATA && s->state != S_BDAT)
 		s->state = S_CLOSED;
 }
 
@@ -623,6 +689,7 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 		len = reply_format(buf, sizeof(buf), 451, enhanced ? "4.3.0" : NULL,
 		    "Reply too long");
 	log_debug(s->id, "<<< %.*s", (int)(len - 2), buf);
+	metrics_reply(s->answering, code);
 	s->io->write(s->io_ctx, buf, len);
 	if (code == 421)
 		session_close(s);
@@ -729,14 +796,15 @@ static void	auth_decided(struct session *, bool, int, const char *,
 		    const char *);
 
 /*
- * Turns a verdict into the reply and the state change.  An invalid verdict
- * (a 2xx rejection, a bad text) becomes 451 4.3.0, and the reason is logged.
+ * The reply a verdict gives: code, enhanced code and text, defaults filled
+ * in.  An invalid verdict (a 2xx rejection, a bad text) becomes 451 4.3.0,
+ * and the reason is logged.  Returns whether it accepts.
  */
-static void
-apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
+static bool
+verdict_reply(struct session *s, enum session_event ev, const struct verdict *v,
+    int *codep, char enhanced[REPLY_ENHANCED_MAX], const char **textp)
 {
 	const struct event_reply	*d = &event_replies[ev];
-	char				 enhanced[REPLY_ENHANCED_MAX];
 	const char			*text, *bad_text = "";
 	bool				 accept = v->accept;
 	int				 code = v->code;
@@ -765,7 +833,7 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		const char *def = accept ? d->ok_enhanced : d->no_enhanced;
 
 		if (def != NULL) {
-			size_t n = strnlen(def, sizeof(enhanced) - 1);
+			size_t n = strnlen(def, REPLY_ENHANCED_MAX - 1);
 
 			/* the default's subject and detail, in the reply's class
 			 * (a copy by hand: snprintf cost ~570 instructions a reply) */
@@ -781,6 +849,24 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		strcpy(enhanced, d->ok_enhanced);
 		text = d->ok_text;
 	}
+	*codep = code;
+	*textp = text;
+	return accept;
+}
+
+static void	lmtp_replies(struct session *, int, const char *, const char *);
+static void	bdat_begin(struct session *, uint64_t);
+static void	bdat_drop(struct session *, uint64_t);
+
+/* Turns a verdict into the reply and the state change (verdict_reply). */
+static void
+apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
+{
+	char		 enhanced[REPLY_ENHANCED_MAX];
+	const char	*text;
+	int		 code;
+	bool		 accept = verdict_reply(s, ev, v, &code, enhanced, &text);
+	bool		 bdat = false;
 
 	switch (ev) {
 	case SEV_CONNECT:
@@ -825,16 +911,29 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		reply_text(s, code, enhanced, text);
 		break;
 	case SEV_DATA:
+		if (s->bdat_asked) {
+			/* BDAT: no 354; the chunk is read (or dropped) after the outcome */
+			s->bdat_asked = false;
+			bdat = true;
+			if (!accept)
+				reply_text(s, code, enhanced, text);
+			break;
+		}
 		if (accept)
 			data_begin(s);
 		reply_text(s, code, accept ? NULL : enhanced, text);
 		break;
 	case SEV_DATA_END:
+		metrics_message(accept ? MM_ACCEPTED : MM_REJECTED, s->size);
 		/* the envelope is forgotten after the outcome: its listeners see it */
 		s->smtputf8 = false;
 		s->rcpt_tried = false;
+		s->chunking = s->binary = false;
 		enter_state(s, S_HELO);
-		reply_text(s, code, enhanced, text);
+		if (s->cfg->lmtp)
+			lmtp_replies(s, code, enhanced, text);
+		else
+			reply_text(s, code, enhanced, text);
 		break;
 	case SEV_RSET:
 		reset_transaction(s);
@@ -861,6 +960,72 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		s->hooks->outcome(s->hook_ctx, s, ev, code);
 	if (ev == SEV_DATA_END)
 		envelope_clear(s);
+	if (bdat && s->state != S_CLOSED) {
+		if (accept)
+			bdat_begin(s, s->chunk_size);
+		else
+			bdat_drop(s, s->chunk_size);
+	}
+}
+
+/*
+ * LMTP (RFC 2033 4.2): a reply per recipient told 250, in RCPT order: its
+ * own verdict (session_recipient_verdict), else the message's.
+ */
+static void
+lmtp_replies(struct session *s, int code, const char *enhanced, const char *text)
+{
+	for (size_t i = 0; i < s->rcpt_count && s->state != S_CLOSED; i++) {
+		struct stored_path	*r = s->rcpts[i];
+		char			 e[REPLY_ENHANCED_MAX];
+		const char		*t;
+		int			 c;
+
+		if (!r->decided) {
+			reply_text(s, code, enhanced, text);
+			continue;
+		}
+		verdict_reply(s, SEV_DATA_END, &(struct verdict){ r->accept, r->code,
+		    r->text }, &c, e, &t);
+		reply_text(s, c, e, t);
+	}
+}
+
+int
+session_recipient_verdict(struct session *s, size_t i, const struct verdict *v)
+{
+	struct stored_path	*r;
+	char			*text = NULL;
+
+	if (!s->cfg->lmtp || s->pending != SEV_DATA_END || i >= s->rcpt_count)
+		return -1;
+	if (v->text != NULL && (text = strndup(v->text,
+	    REPLY_LINE_MAX * REPLY_LINES_MAX)) == NULL)
+		return -1;
+	r = s->rcpts[i];
+	free(r->text);
+	r->decided = true;
+	r->accept = v->accept;
+	r->code = v->code;
+	r->text = text;
+	return 0;
+}
+
+/* A verdict that is not the policy's (a timeout): for every recipient. */
+static void
+recipient_verdicts_clear(struct session *s)
+{
+	for (size_t i = 0; i < s->rcpt_count; i++) {
+		free(s->rcpts[i]->text);
+		s->rcpts[i]->text = NULL;
+		s->rcpts[i]->decided = false;
+	}
+}
+
+bool
+session_lmtp(const struct session *s)
+{
+	return s->cfg->lmtp;
 }
 
 /* --- state ------------------------------------------------------------- */
@@ -904,6 +1069,8 @@ path_store(const struct smtp_path *path, unsigned serial)
 	if ((sp = malloc(sizeof(*sp) + len)) == NULL)
 		return NULL;
 	sp->serial = serial;
+	sp->decided = false;
+	sp->text = NULL;
 	memset(&sp->path, 0, sizeof(sp->path));
 	p = sp->buf;
 	sp->path.address = stash(&p, path->address);
@@ -925,8 +1092,10 @@ envelope_clear(struct session *s)
 {
 	free(s->sender);
 	s->sender = NULL;
-	for (size_t i = 0; i < s->rcpt_count; i++)
+	for (size_t i = 0; i < s->rcpt_count; i++) {
+		free(s->rcpts[i]->text);
 		free(s->rcpts[i]);
+	}
 	s->rcpt_count = 0;
 }
 
@@ -968,10 +1137,14 @@ nomem:
 static void
 reset_transaction(struct session *s)
 {
+	if (s->chunking)	/* between BDAT chunks: that message is over */
+		message_abort(s, ABORT_RESET);
 	s->smtputf8 = false;
 	s->rcpt_tried = false;
+	s->chunking = s->binary = false;
 	envelope_clear(s);
-	if (s->state == S_MAIL || s->state == S_RCPT || s->state == S_DATA)
+	if (s->state == S_MAIL || s->state == S_RCPT || s->state == S_DATA ||
+	    s->state == S_BDAT)
 		enter_state(s, S_HELO);
 }
 
@@ -1016,7 +1189,8 @@ greet(struct session *s, int code, const char *enhanced, const char *text)
 	/* text_fits() made sure the host name and the text fit */
 	if (code == 220) {
 		enter_state(s, S_GREETED);
-		text_add(&t, "%s %s", s->cfg->hostname, text != NULL ? text : "ESMTP");
+		text_add(&t, "%s %s", s->cfg->hostname, text != NULL ? text :
+		    s->cfg->lmtp ? "LMTP" : "ESMTP");
 		reply_text(s, 220, NULL, t.buf);
 		return;
 	}
@@ -1034,8 +1208,8 @@ auth_offered(const struct session *s)
 	    (s->tls != NULL || s->cfg->auth_without_tls);
 }
 
-#define EHLO_KEYWORDS_MAX	7
-#define EHLO_KEYWORD_LEN	32	/* "SIZE 18446744073709551615" */
+#define EHLO_KEYWORDS_MAX	11
+#define EHLO_KEYWORD_LEN	64	/* XCLIENT_KEYWORD; "SIZE 18446744073709551615" */
 
 /* The extension lines of this session's EHLO reply; returns how many. */
 static size_t
@@ -1052,6 +1226,13 @@ ehlo_keywords(const struct session *s, char kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_L
 		snprintf(kw[n++], EHLO_KEYWORD_LEN, "SIZE");
 	if (ext & EXT_8BITMIME)
 		snprintf(kw[n++], EHLO_KEYWORD_LEN, "8BITMIME");
+	/* constant keywords: strcpy, not snprintf (~500 instructions each) */
+	if ((ext & EXT_CHUNKING) && (ext & EXT_BINARYMIME))
+		strcpy(kw[n++], "BINARYMIME");
+	if (ext & EXT_CHUNKING)
+		strcpy(kw[n++], "CHUNKING");
+	if (ext & EXT_DSN)
+		strcpy(kw[n++], "DSN");
 	if (ext & EXT_ENHANCEDSTATUSCODES)
 		snprintf(kw[n++], EHLO_KEYWORD_LEN, "ENHANCEDSTATUSCODES");
 	if (ext & EXT_SMTPUTF8)
@@ -1062,6 +1243,8 @@ ehlo_keywords(const struct session *s, char kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_L
 		snprintf(kw[n++], EHLO_KEYWORD_LEN, "AUTH%s%s",
 		    s->cfg->auth_methods & AUTH_PLAIN ? " PLAIN" : "",
 		    s->cfg->auth_methods & AUTH_LOGIN ? " LOGIN" : "");
+	if (s->xclient_ok)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "%s", XCLIENT_KEYWORD);
 	return n;
 }
 
@@ -1113,7 +1296,7 @@ helo_or_ehlo(struct session *s, char *arg, enum session_event ev)
 {
 	if (blank(arg)) {
 		reply_error(s, 501, "5.5.4", "Syntax: %s hostname",
-		    ev == SEV_EHLO ? "EHLO" : "HELO");
+		    s->cfg->lmtp ? "LHLO" : ev == SEV_EHLO ? "EHLO" : "HELO");
 		return;
 	}
 	if (!proto_valid_helo(arg, (s->cfg->extensions & EXT_SMTPUTF8) != 0)) {
@@ -1138,6 +1321,13 @@ cmd_helo(struct session *s, char *arg)
 
 static void
 cmd_ehlo(struct session *s, char *arg)
+{
+	helo_or_ehlo(s, arg, SEV_EHLO);
+}
+
+/* LMTP's EHLO (RFC 2033 4.1): the policy hears an EHLO (connection.lmtp). */
+static void
+cmd_lhlo(struct session *s, char *arg)
 {
 	helo_or_ehlo(s, arg, SEV_EHLO);
 }
@@ -1175,12 +1365,18 @@ mail_params_ok(struct session *s, const struct smtp_path *path)
 				    "Message size exceeds fixed limit");
 				return false;
 			}
-		} else if (strcasecmp(p->key, "BODY") == 0 && (ext & EXT_8BITMIME)) {
+		} else if (strcasecmp(p->key, "BODY") == 0 &&
+		    (ext & (EXT_8BITMIME | EXT_BINARYMIME))) {
+			bool binary = (ext & EXT_BINARYMIME) && (ext & EXT_CHUNKING) &&
+			    p->value != NULL && strcasecmp(p->value, "BINARYMIME") == 0;
+
 			if (p->value == NULL || (strcasecmp(p->value, "7BIT") != 0 &&
-			    strcasecmp(p->value, "8BITMIME") != 0)) {
+			    !((ext & EXT_8BITMIME) &&
+			    strcasecmp(p->value, "8BITMIME") == 0) && !binary)) {
 				reply_error(s, 501, "5.5.4", "Bad BODY value");
 				return false;
 			}
+			s->binary = binary;
 		} else if (strcasecmp(p->key, "AUTH") == 0 &&
 		    s->cfg->auth_methods != 0) {
 			/* RFC 4954 5: accepted; the identity is not trusted */
@@ -1188,6 +1384,9 @@ mail_params_ok(struct session *s, const struct smtp_path *path)
 				reply_error(s, 501, "5.5.4", "Bad AUTH value");
 				return false;
 			}
+		} else if ((strcasecmp(p->key, "RET") == 0 ||
+		    strcasecmp(p->key, "ENVID") == 0) && (ext & EXT_DSN)) {
+			continue;	/* proto_dsn_params() checked it */
 		} else if (strcasecmp(p->key, "SMTPUTF8") == 0 &&
 		    (ext & EXT_SMTPUTF8)) {
 			if (p->value != NULL) {
@@ -1222,9 +1421,14 @@ cmd_mail(struct session *s, char *arg)
 		reply_error(s, 501, "5.1.7", "Bad sender address syntax: %s", why);
 		return;
 	}
-	s->smtputf8 = false;
+	if ((s->cfg->extensions & EXT_DSN) && s->esmtp &&
+	    proto_dsn_params(&path, false, &why) == -1) {
+		reply_error(s, 501, "5.5.4", "Syntax: %s", why);
+		return;
+	}
+	s->smtputf8 = s->binary = false;
 	if (!mail_params_ok(s, &path)) {
-		s->smtputf8 = false;
+		s->smtputf8 = s->binary = false;
 		return;
 	}
 	if (path.utf8 && !s->smtputf8) {
@@ -1254,9 +1458,21 @@ cmd_rcpt(struct session *s, char *arg)
 		reply_error(s, 501, "5.1.3", "Bad recipient address syntax: %s", why);
 		return;
 	}
-	if (path.nparams > 0) {
-		reply_error(s, 555, "5.5.4", "Unsupported parameter %.64s",
-		    path.params[0].key);
+	for (size_t i = 0; i < path.nparams; i++) {
+		const char *key = path.params[i].key;
+
+		if (!s->esmtp || !(s->cfg->extensions & EXT_DSN) ||
+		    (strcasecmp(key, "NOTIFY") != 0 && strcasecmp(key, "ORCPT") != 0)) {
+			reply_error(s, 555, "5.5.4", "Unsupported parameter %.64s", key);
+			return;
+		}
+	}
+	if (path.nparams > 0 && proto_dsn_params(&path, true, &why) == -1) {
+		reply_error(s, 501, "5.5.4", "Syntax: %s", why);
+		return;
+	}
+	if (s->chunking) {	/* the message's recipients were fixed at its first chunk */
+		reply_error(s, 503, "5.5.1", "RCPT not allowed after BDAT");
 		return;
 	}
 	if (s->rcpt_count >= s->cfg->max_recipients) {
@@ -1279,12 +1495,23 @@ cmd_data(struct session *s, char *arg)
 	}
 	if (s->state == S_MAIL) {
 		/* RFC 2920 3.1: a pipelined DATA after refused recipients */
-		if (s->rcpt_tried)
+		if (s->rcpt_tried && !s->cfg->lmtp)
 			reply(s, 554, "5.5.1", "No valid recipients");
+		else if (s->rcpt_tried)		/* RFC 2033 4.2 */
+			reply_error(s, 503, "5.5.1", "No valid recipients");
 		else
 			reply_error(s, 503, "5.5.1", "Need RCPT before DATA");
 		return;
 	}
+	if (s->chunking) {		/* RFC 3030 2 */
+		reply_error(s, 503, "5.5.1", "DATA not allowed after BDAT");
+		return;
+	}
+	if (s->binary) {		/* RFC 3030 3 */
+		reply_error(s, 503, "5.5.1", "BODY=BINARYMIME requires BDAT");
+		return;
+	}
+	trace_reset(s);
 	ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 }
 
@@ -1395,6 +1622,75 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 	arm_timer(s);	/* commandTimeout for the first command over TLS */
 	if (s->io->wake != NULL)
 		s->io->wake(s->io_ctx);
+}
+
+/*
+ * XCLIENT (Postfix): a trusted proxy names the client it relays.  The
+ * whole argument is checked first, then applied; the session starts over
+ * as if the client had just connected (envelope, HELO and AUTH forgotten,
+ * HELO= and LOGIN= taken as told) and is greeted with 220 again.  The
+ * policy's 'connection' listeners do not run again: the outcome hook of
+ * SEV_CONNECT tells it the peer changed.
+ */
+static void
+cmd_xclient(struct session *s, char *arg)
+{
+	struct xclient	 x;
+	const char	*why;
+	char		*name = NULL, *helo = NULL, *login = NULL;
+
+	if (!s->xclient_ok) {
+		reply_error(s, 550, "5.7.0", "Error: insufficient authorization");
+		return;
+	}
+	if (xclient_parse(arg, &x, &why) == -1) {
+		reply_error(s, 501, "5.5.4", "%s", why);
+		return;
+	}
+	if (((x.given & ~x.unavailable & XC_NAME) && (name = strdup(x.name)) == NULL) ||
+	    ((x.given & ~x.unavailable & XC_HELO) && (helo = strdup(x.helo)) == NULL) ||
+	    ((x.given & ~x.unavailable & XC_LOGIN) && (login = strdup(x.login)) == NULL)) {
+		free(name);
+		free(helo);
+		reply(s, 451, "4.3.0", "Out of memory, try again later");
+		return;
+	}
+	if (x.given & XC_ADDR)
+		snprintf(s->peer.remote_addr, sizeof(s->peer.remote_addr), "%s",
+		    x.unavailable & XC_ADDR ? "unknown" : x.addr);
+	if (x.given & XC_PORT)
+		s->peer.remote_port = x.unavailable & XC_PORT ? 0 : x.port;
+	if (x.given & XC_DESTADDR)
+		snprintf(s->peer.local_addr, sizeof(s->peer.local_addr), "%s",
+		    x.unavailable & XC_DESTADDR ? "unknown" : x.destaddr);
+	if (x.given & XC_DESTPORT)
+		s->peer.local_port = x.unavailable & XC_DESTPORT ? 0 : x.destport;
+	if (x.given & XC_NAME) {
+		free(s->remote_name);
+		s->remote_name = name;
+	}
+	reset_transaction(s);
+	asked_forget(s);
+	sasl_forget(s);
+	s->auth_failures = 0;
+	if (x.given & XC_HELO) {
+		free(s->helo);
+		s->helo = helo;
+		s->helo_ext = (x.given & XC_PROTO) && x.esmtp;
+	}
+	if (x.given & XC_LOGIN) {
+		free(s->user);
+		s->user = login;
+	}
+	s->xclients++;
+	log_info(s->id, "XCLIENT: client %s port %u%s%s%s%s%s%s", s->peer.remote_addr,
+	    s->peer.remote_port, s->remote_name ? " name " : "",
+	    s->remote_name ? s->remote_name : "", s->helo ? " helo " : "",
+	    s->helo ? s->helo : "", s->user ? " login " : "", s->user ? s->user : "");
+	s->esmtp = false;
+	greet(s, 220, NULL, NULL);	/* the session starts over: S_GREETED */
+	if (s->hooks->outcome != NULL)
+		s->hooks->outcome(s->hook_ctx, s, SEV_CONNECT, 220);
 }
 
 /* Drops the credentials of an AUTH exchange, wiping them first. */
@@ -1564,6 +1860,7 @@ static void
 auth_decided(struct session *s, bool accept, int code, const char *enhanced,
     const char *text)
 {
+	metrics_count(accept ? M_AUTH_OK : M_AUTH_FAILED);
 	if (accept) {
 		s->user = s->sasl_user;
 		s->sasl_user = NULL;
@@ -1629,6 +1926,16 @@ log_command(struct session *s, const char *line, const struct command *c)
 	}
 }
 
+/* Counts a command line (metrics.h) and makes its verb what the replies answer. */
+static void
+command_count(struct session *s, const struct command *c)
+{
+	if (c != NULL && command_verbs[c - commands] == 0)
+		command_verbs[c - commands] = (unsigned char)(metrics_verb(c->verb) + 1);
+	s->answering = c != NULL ? command_verbs[c - commands] - 1u : MV_OTHER;
+	metrics_command((enum metrics_verb)s->answering);
+}
+
 /* Splits "VERB[ SP arg]" and checks the verb's state; c is its command. */
 static void
 dispatch(struct session *s, char *line, const struct command *c)
@@ -1640,8 +1947,13 @@ dispatch(struct session *s, char *line, const struct command *c)
 		while (*arg == ' ')
 			arg++;
 	}
-	if (c == NULL) {
+	command_count(s, c);
+	if (c == NULL || (c->handler == cmd_lhlo && !s->cfg->lmtp)) {
 		reply_error(s, 500, "5.5.2", "Command unrecognized");
+		return;
+	}
+	if (s->cfg->lmtp && (c->handler == cmd_helo || c->handler == cmd_ehlo)) {
+		reply_error(s, 500, "5.5.1", "This is LMTP: send LHLO");
 		return;
 	}
 	if (c->handler == NULL ||
@@ -1656,7 +1968,8 @@ dispatch(struct session *s, char *line, const struct command *c)
 		else if (s->state == S_GREETED && c->handler == cmd_auth)
 			reply_error(s, 503, "5.5.1", "Send EHLO first");
 		else if (s->state == S_GREETED && c->out_of_sequence == NULL)
-			reply_error(s, 503, "5.5.1", "Send HELO/EHLO first");
+			reply_error(s, 503, "5.5.1", "Send %s first",
+			    s->cfg->lmtp ? "LHLO" : "HELO/EHLO");
 		else if (c->handler == cmd_mail)
 			reply_error(s, 503, "5.5.1", "Nested MAIL command");
 		else
@@ -1678,8 +1991,10 @@ line_done(struct session *s)
 
 	s->line_len = 0;
 	s->line_open = false;	/* the next octet starts the next line's deadline */
-	if (s->line_too_long || s->line_bad)
+	if (s->line_too_long || s->line_bad) {
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
+		command_count(s, NULL);
+	}
 	if (s->line_too_long) {
 		s->line_too_long = s->line_bad = false;
 		reply_error(s, 500, "5.5.2", "Line too long");
@@ -1716,7 +2031,7 @@ command_feed(struct session *s, const char *buf, size_t len)
 	size_t	i = 0;
 
 	while (i < len && s->pending == NO_EVENT && s->state != S_CLOSED &&
-	    s->state != S_DATA && s->state != S_TLS) {
+	    s->state != S_DATA && s->state != S_BDAT && s->state != S_TLS) {
 		const char	*lf;
 		size_t		 end, n;
 		bool		 complete = false;
@@ -1769,6 +2084,8 @@ data_begin(struct session *s)
 	s->text_line_len = 0;
 	s->size = 0;
 	s->failed = false;
+	s->trace_sent = false;
+	trace_hops_init(&s->hops);
 }
 
 /* The message will not be delivered: tell the policy once, keep reading. */
@@ -1779,34 +2096,132 @@ data_fail(struct session *s, enum session_abort why)
 		return;
 	log_info(s->id, "message refused while receiving: %s",
 	    why == ABORT_TOO_BIG ? "too big" : why == ABORT_BARE_NEWLINE ?
-	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" : "line too long");
+	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" :
+	    why == ABORT_TOO_MANY_HOPS ? "too many hops" : "line too long");
 	message_abort(s, why);
 }
 
-/* Hands a span of unstuffed data to the policy, counting its size. */
+static void
+added_clear(struct session *s)
+{
+	free(s->added);
+	s->added = NULL;
+	s->added_len = 0;
+}
+
+/* A new message is asked for: session_add_header() works again, from nothing. */
+static void
+trace_reset(struct session *s)
+{
+	added_clear(s);
+	s->trace_sent = false;
+}
+
+/*
+ * Before the message's first octet: the Received field (cfg->received_header)
+ * and the policy's added fields, in that order, and the first span p (NULL
+ * for none) with them in one call when all fit TRACE_JOIN: one call less into
+ * the policy per message.  Not counted in the size: that is what the client
+ * sent (SIZE, maxSize).
+ */
+#define TRACE_JOIN	8192
+
+static void
+trace_emit(struct session *s, const char *p, size_t n)
+{
+	char	buf[TRACE_JOIN];
+	size_t	len = 0;
+
+	s->trace_sent = true;
+	if (s->hooks->data == NULL) {
+		added_clear(s);
+		return;
+	}
+	if (s->cfg->received_header) {
+		struct trace_received r = {
+			.helo = s->helo, .reverse = s->reverse,
+			.addr = s->peer.remote_addr, .by = s->cfg->hostname,
+			.protocol = trace_protocol(s->cfg->lmtp, s->esmtp,
+			    s->tls != NULL, s->user != NULL),
+			.id = s->id,
+			.rcpt = s->rcpt_count == 1 ? s->rcpts[0]->path.address : NULL,
+			.when = time(NULL),
+		};
+
+		len = trace_received(buf, TRACE_RECEIVED_MAX, &r);
+	}
+	if (len + s->added_len + n <= sizeof(buf)) {
+		if (s->added_len > 0)
+			memcpy(buf + len, s->added, s->added_len);
+		len += s->added_len;
+		if (n > 0)
+			memcpy(buf + len, p, n);
+		len += n;
+		if (len > 0)
+			s->hooks->data(s->hook_ctx, s, buf, len);
+	} else {
+		if (len > 0)
+			s->hooks->data(s->hook_ctx, s, buf, len);
+		if (s->added_len > 0)
+			s->hooks->data(s->hook_ctx, s, s->added, s->added_len);
+		if (n > 0)
+			s->hooks->data(s->hook_ctx, s, p, n);
+	}
+	added_clear(s);
+}
+
+/*
+ * Hands a span of unstuffed data to the policy, counting its size and, in
+ * the header section, the Received fields (cfg->max_hops).
+ */
 static void
 data_emit(struct session *s, const char *p, size_t n)
 {
 	if (n == 0 || s->failed)
 		return;
+	if (s->cfg->max_hops > 0 && !trace_hops_done(&s->hops)) {
+		trace_hops_feed(&s->hops, p, n);
+		if (s->hops.count > s->cfg->max_hops) {
+			data_fail(s, ABORT_TOO_MANY_HOPS);
+			return;
+		}
+	}
 	s->size += n;
 	if (s->cfg->max_size > 0 && s->size > s->cfg->max_size) {
 		data_fail(s, ABORT_TOO_BIG);
 		return;
 	}
-	if (s->hooks->data != NULL)
+	if (!s->trace_sent)
+		trace_emit(s, p, n);	/* the trace fields, and this span */
+	else if (s->hooks->data != NULL)
 		s->hooks->data(s->hook_ctx, s, p, n);
 }
+
+static void	data_failed_reply(struct session *);
 
 static void
 data_end(struct session *s)
 {
+	/* LMTP: as many replies as recipients (RFC 2033 4.2) */
+	size_t n = s->cfg->lmtp && s->rcpt_count > 0 ? s->rcpt_count : 1;
+
 	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
+	s->answering = MR_DATA_END;
+	if (!s->failed && !s->trace_sent)
+		trace_emit(s, NULL, 0);	/* an empty message */
 	if (!s->failed) {
 		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
 		return;
 	}
 	reset_transaction(s);
+	while (n-- > 0 && s->state != S_CLOSED)
+		data_failed_reply(s);
+}
+
+/* The reply to a message that failed while it was received. */
+static void
+data_failed_reply(struct session *s)
+{
 	switch (s->fail_reason) {
 	case ABORT_TOO_BIG:
 		reply(s, 552, "5.3.4", "Message size exceeds fixed maximum message size");
@@ -1817,6 +2232,9 @@ data_end(struct session *s)
 		break;
 	case ABORT_NUL:
 		reply(s, 550, "5.6.0", "Message contains a NUL octet (RFC 6152)");
+		break;
+	case ABORT_TOO_MANY_HOPS:	/* RFC 5321 6.3, RFC 3463 */
+		reply(s, 554, "5.4.6", "Too many hops");
 		break;
 	default:
 		reply(s, 550, "5.6.0",
@@ -1949,6 +2367,211 @@ data_feed(struct session *s, const char *buf, size_t len)
 	return (size_t)(p - buf);
 }
 
+/* --- BDAT (RFC 3030) ---------------------------------------------------- */
+
+/*
+ * "size [LAST]": size has 1 to 20 digits and fits in 64 bits.  Returns -1
+ * for anything else.
+ */
+static int
+bdat_parse(const char *arg, uint64_t *size, bool *last)
+{
+	const char	*p = arg;
+	uint64_t	 v = 0;
+	size_t		 n = 0;
+
+	if (arg == NULL)
+		return -1;
+	for (; *p >= '0' && *p <= '9'; p++, n++) {
+		unsigned d = (unsigned)(*p - '0');
+
+		if (n == 20 || v > (UINT64_MAX - d) / 10)
+			return -1;
+		v = v * 10 + d;
+	}
+	if (n == 0 || (*p != '\0' && *p != ' '))
+		return -1;
+	while (*p == ' ')
+		p++;
+	*last = false;
+	if (strcasecmp(p, "LAST") == 0)
+		*last = true;
+	else if (*p != '\0')
+		return -1;
+	*size = v;
+	return 0;
+}
+
+/*
+ * A refused BDAT: its chunk is still read, and dropped, so the next command
+ * is found (RFC 3030 2: refused chunks already pipelined are discarded).
+ */
+static void
+bdat_drop(struct session *s, uint64_t size)
+{
+	if (s->state == S_CLOSED || size == 0)
+		return;
+	s->bdat_drop = true;
+	s->bdat_back = s->state;
+	s->chunk_left = size;
+	enter_state(s, S_BDAT);
+}
+
+/* A chunk of the message (the first one's DATA ask said yes). */
+static void
+bdat_begin(struct session *s, uint64_t size)
+{
+	if (!s->chunking) {		/* the message's first chunk */
+		s->chunking = true;
+		s->ds = DS_TEXT;
+		s->text_line_len = 0;
+		s->size = 0;
+		s->failed = false;
+		s->trace_sent = false;
+		trace_hops_init(&s->hops);
+	}
+	s->bdat_drop = false;
+	s->chunk_left = size;
+	/* the running total over maxSize: no octet of it reaches the policy */
+	if (s->cfg->max_size > 0 && !s->failed &&
+	    (s->size > s->cfg->max_size || size > s->cfg->max_size - s->size))
+		data_fail(s, ABORT_TOO_BIG);
+	enter_state(s, S_BDAT);
+	if (size == 0)
+		bdat_chunk_done(s);
+}
+
+/*
+ * BDAT size [LAST].  The chunk's octets follow the line and are always read,
+ * byte-exact, whatever the reply.  A size that cannot be read leaves no way
+ * to find the next command: 501, then 421.
+ */
+static void
+cmd_bdat(struct session *s, char *arg)
+{
+	uint64_t	size;
+	bool		last;
+
+	if (bdat_parse(arg, &size, &last) == -1) {
+		reply(s, 501, "5.5.4", "Syntax: BDAT size [LAST]");
+		reply(s, 421, "4.5.4", "%s Error: cannot find the end of the chunk",
+		    s->cfg->hostname);
+		return;
+	}
+	if (!(s->cfg->extensions & EXT_CHUNKING))
+		reply_error(s, 502, "5.5.1", "Command not implemented");
+	else if (s->state == S_REFUSED)
+		reply_error(s, 503, "5.5.1", "Bad sequence of commands: send QUIT");
+	else if (s->state == S_GREETED)
+		reply_error(s, 503, "5.5.1", "Send %s first",
+		    s->cfg->lmtp ? "LHLO" : "HELO/EHLO");
+	else if (s->state == S_MAIL && s->rcpt_tried && !s->cfg->lmtp)
+		reply(s, 554, "5.5.1", "No valid recipients");
+	else if (s->state != S_RCPT)
+		reply_error(s, 503, "5.5.1", "Need MAIL and RCPT before BDAT");
+	else {
+		s->chunk_size = size;
+		s->bdat_last = last;
+		if (s->chunking) {
+			bdat_begin(s, size);
+			return;
+		}
+		s->bdat_asked = true;	/* the message starts: the policy's 'DATA' */
+		trace_reset(s);
+		ask(s, SEV_DATA, &(struct session_event_args){ 0 });
+		return;
+	}
+	bdat_drop(s, size);
+}
+
+/*
+ * A chunk of a 7BIT or 8BITMIME message gets the rules DATA's text gets
+ * (RFC 3030 changes the framing, not the content): no NUL, no bare CR or LF
+ * (under accept_bare_lf a bare LF ends a line and is passed on as CRLF), lines
+ * within max_text_line; a CRLF may straddle two chunks.  BINARYMIME octets
+ * pass as they are.  Nothing marks an end: the chunk's size does.
+ */
+static void
+bdat_scan(struct session *s, const char *buf, size_t len)
+{
+	const char *p = buf, *end = buf + len, *span = buf;
+
+	if (s->binary) {
+		data_emit(s, buf, len);
+		return;
+	}
+	while (p < end) {
+		const char *lf, *stop, *cr, *q;
+
+		if (s->ds == DS_CR) {
+			s->ds = DS_TEXT;
+			if (*p == '\n') {
+				p++;
+				s->text_line_len = 0;
+				continue;
+			}
+			data_fail(s, ABORT_BARE_NEWLINE);
+		}
+		lf = memchr(p, '\n', (size_t)(end - p));
+		stop = lf != NULL ? lf : end;
+		cr = memchr(p, '\r', (size_t)(stop - p));
+		q = cr != NULL ? cr : stop;
+		if (memchr(p, '\0', (size_t)(q - p)) != NULL)
+			data_fail(s, ABORT_NUL);
+		text_line_grow(s, (size_t)(q - p));
+		p = q;
+		if (p == end)
+			break;
+		if (*p == '\r') {
+			p++;
+			s->ds = DS_CR;
+		} else if (s->cfg->accept_bare_lf) {
+			data_emit(s, span, (size_t)(p - span));
+			data_emit(s, "\r\n", 2);
+			span = ++p;
+			s->text_line_len = 0;
+		} else {
+			data_fail(s, ABORT_BARE_NEWLINE);
+			p++;
+		}
+	}
+	data_emit(s, span, (size_t)(p - span));
+}
+
+/* Reads (or drops) what is left of the chunk; returns the octets taken. */
+static size_t
+bdat_feed(struct session *s, const char *buf, size_t len)
+{
+	size_t n = (uint64_t)len < s->chunk_left ? len : (size_t)s->chunk_left;
+
+	if (!s->bdat_drop)
+		bdat_scan(s, buf, n);
+	s->chunk_left -= n;
+	if (s->chunk_left == 0 && !s->paused)
+		bdat_chunk_done(s);
+	return n;
+}
+
+/* All of a chunk is in: 250 for one, the message's verdict for the LAST. */
+static void
+bdat_chunk_done(struct session *s)
+{
+	if (s->bdat_drop) {
+		s->bdat_drop = false;
+		enter_state(s, s->bdat_back);
+		return;
+	}
+	if (s->bdat_last && s->ds == DS_CR && !s->binary)
+		data_fail(s, ABORT_BARE_NEWLINE);	/* a CR ends the message */
+	if (s->bdat_last || s->failed) {
+		/* a failed chunk ends the transaction (RFC 3030 2) */
+		data_end(s);
+		return;
+	}
+	enter_state(s, S_RCPT);
+	reply(s, 250, "2.0.0", "%" PRIu64 " octets received", s->chunk_size);
+}
+
 /* --- input -------------------------------------------------------------- */
 
 size_t
@@ -1961,11 +2584,16 @@ session_feed(struct session *s, const char *buf, size_t len)
 	s->feeding = true;
 	while (used < len && s->pending == NO_EVENT && !s->paused &&
 	    s->state != S_CLOSED && s->state != S_TLS) {
-		if (s->state == S_DATA) {
+		if (s->state == S_DATA || s->state == S_BDAT) {
 			size_t n;
 
 			data_clock(s, clock_now(s));
-			n = data_feed(s, buf + used, len - used);
+			if (s->state == S_DATA)
+				n = data_feed(s, buf + used, len - used);
+			else if (s->chunk_left == 0)	/* a pause held the chunk's end */
+				n = 0, bdat_chunk_done(s);
+			else
+				n = bdat_feed(s, buf + used, len - used);
 			data_progress(s, n);
 			used += n;
 		} else {
@@ -2016,8 +2644,10 @@ session_resume(struct session *s)
 			s->data_idle = true;
 		}
 	}
+	if (!s->feeding && s->state == S_BDAT && s->chunk_left == 0)
+		bdat_chunk_done(s);	/* the chunk ended during the pause */
 	arm_timer(s);
-	if (!s->feeding && s->io->wake != NULL)
+	if (!s->feeding && s->io->wake != NULL && s->state != S_CLOSED)
 		s->io->wake(s->io_ctx);
 }
 
@@ -2067,6 +2697,18 @@ session_user(const struct session *s)
 }
 
 const char *
+session_remote_name(const struct session *s)
+{
+	return s->remote_name;
+}
+
+unsigned
+session_xclients(const struct session *s)
+{
+	return s->xclients;
+}
+
+const char *
 session_helo(const struct session *s, bool *extended)
 {
 	if (extended != NULL)
@@ -2098,4 +2740,51 @@ session_recipient(const struct session *s, size_t i, unsigned *serial)
 	if (serial != NULL)
 		*serial = s->rcpts[i]->serial;
 	return &s->rcpts[i]->path;
+}
+
+int
+session_add_header(struct session *s, const char *name, size_t namelen,
+    const char *value, size_t valuelen, const char **why)
+{
+	int rc;
+
+	if ((s->pending != SEV_DATA && !in_message(s)) || s->trace_sent ||
+	    s->state == S_CLOSED) {
+		*why = "no message, or its data began";
+		return -1;
+	}
+	if (s->added == NULL && (s->added = malloc(TRACE_ADDED_MAX)) == NULL) {
+		*why = "out of memory";
+		return -2;
+	}
+	rc = trace_header_add(s->added, &s->added_len, TRACE_ADDED_MAX, name,
+	    namelen, value, valuelen, why);
+	return rc;
+}
+
+int
+session_set_reverse_name(struct session *s, const char *name)
+{
+	char	*copy = NULL;
+	size_t	 len = name != NULL ? strlen(name) : 0;
+
+	if (name != NULL) {
+		if (len == 0 || len > 253)
+			return -1;
+		for (size_t i = 0; i < len; i++)
+			if (!isalnum((unsigned char)name[i]) && name[i] != '-' &&
+			    name[i] != '.' && name[i] != '_')
+				return -1;
+		if ((copy = strdup(name)) == NULL)
+			return -1;
+	}
+	free(s->reverse);
+	s->reverse = copy;
+	return 0;
+}
+
+const char *
+session_reverse_name(const struct session *s)
+{
+	return s->reverse;
 }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "proto.h"
+#include "proxy.h"
 
 /* ESMTP extensions; each can be switched off in session_config.extensions. */
 enum {
@@ -24,7 +25,10 @@ enum {
 	EXT_8BITMIME		= 1 << 2,	/* RFC 6152 */
 	EXT_ENHANCEDSTATUSCODES	= 1 << 3,	/* RFC 2034 */
 	EXT_SMTPUTF8		= 1 << 4,	/* RFC 6531 */
-	EXT_ALL			= (1 << 5) - 1,
+	EXT_CHUNKING		= 1 << 5,	/* RFC 3030: BDAT */
+	EXT_BINARYMIME		= 1 << 6,	/* RFC 3030: BODY=BINARYMIME (needs CHUNKING) */
+	EXT_DSN			= 1 << 7,	/* RFC 3461: RET, ENVID, NOTIFY, ORCPT */
+	EXT_ALL			= (1 << 8) - 1,
 };
 
 /* SASL mechanisms for AUTH (RFC 4954); none by default. */
@@ -53,6 +57,10 @@ struct session_config {
 	bool		 auth_without_tls;	/* allow AUTH on a plaintext session */
 	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
 	bool		 accept_bare_lf;	/* DATA: a bare LF ends a line, read as CRLF */
+	bool		 lmtp;			/* RFC 2033: LHLO, a reply per recipient */
+	bool		 received_header;	/* prepend a Received field to the data (true) */
+	unsigned	 max_hops;		/* Received fields a message may bring (100); 0: any */
+	struct proxy_nets xclient_from;		/* peers that may send XCLIENT (none) */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -67,11 +75,11 @@ void	session_config_init(struct session_config *cfg);
 enum session_event {
 	SEV_CONNECT,	/* before the greeting */
 	SEV_HELO,	/* args.arg = the name */
-	SEV_EHLO,	/* args.arg = the name */
+	SEV_EHLO,	/* args.arg = the name (LMTP: the LHLO) */
 	SEV_MAIL,	/* args.path = the reverse-path and its parameters */
 	SEV_RCPT,	/* args.path = the forward-path and its parameters */
-	SEV_DATA,	/* the DATA command: accept gives 354 */
-	SEV_DATA_END,	/* the final dot: args.size = octets; accept gives 250 */
+	SEV_DATA,	/* DATA, or a transaction's first BDAT: accept gives 354 (BDAT: nothing, the chunk is read) */
+	SEV_DATA_END,	/* the final dot or BDAT LAST's chunk: args.size = octets; accept gives 250 */
 	SEV_RSET,	/* only the reply text can be chosen */
 	SEV_QUIT,	/* only the reply text can be chosen */
 	SEV_VRFY,	/* args.arg = the argument */
@@ -120,6 +128,8 @@ enum session_abort {
 	ABORT_TIMEOUT,		/* the client stopped sending data */
 	ABORT_SHUTDOWN,		/* the server is stopping */
 	ABORT_NUL,		/* a NUL octet in the data: 550 after the final dot */
+	ABORT_RESET,		/* RSET, HELO/EHLO or STARTTLS between BDAT chunks */
+	ABORT_TOO_MANY_HOPS,	/* over max_hops Received fields: 554 after the final dot */
 };
 
 enum hook_result {
@@ -140,7 +150,11 @@ struct session_hooks {
 	/* What the client was told, after every ask: the engine's reply code. */
 	void	(*outcome)(void *ctx, struct session *s, enum session_event ev,
 	    int code);
-	/* Message data, dot-unstuffed, CRLF kept, the final "." excluded. */
+	/*
+	 * Message data, dot-unstuffed, CRLF kept, the final "." excluded; BDAT
+	 * chunks as sent (a bare LF read as CRLF under accept_bare_lf, except
+	 * for BODY=BINARYMIME, whose octets are never changed).
+	 */
 	void	(*data)(void *ctx, struct session *s, const char *buf, size_t len);
 	/* The message in progress will not be delivered; no DATA_END ask follows. */
 	void	(*abort)(void *ctx, struct session *s, enum session_abort why);
@@ -228,6 +242,17 @@ int	session_decide(struct session *s, const struct verdict *v);
  */
 void	session_tls_started(struct session *s, const struct session_tls *tls);
 
+/*
+ * LMTP (cfg->lmtp): the verdict for recipient i (in RCPT order) of the
+ * message whose end is being asked (SEV_DATA_END outstanding or being
+ * asked).  The DATA_END verdict answers the recipients without one.  The
+ * engine copies v.  Returns -1 outside LMTP, with no such recipient or no
+ * end of message asked.
+ */
+int	session_recipient_verdict(struct session *s, size_t i,
+	    const struct verdict *v);
+bool	session_lmtp(const struct session *s);
+
 /* Flow control for message data (the policy reads slower than the client sends). */
 void	session_pause(struct session *s);
 void	session_resume(struct session *s);
@@ -240,6 +265,14 @@ bool			 session_closing(const struct session *s);
 const struct session_tls *session_tls(const struct session *s);	/* NULL: plaintext */
 const char		*session_user(const struct session *s);	/* NULL: not authenticated */
 const char		*session_event_name(enum session_event ev);
+/*
+ * XCLIENT (offered to peers in cfg->xclient_from): how many were applied,
+ * and the NAME the last one gave (NULL: none, or unavailable).  The peer
+ * (session_peer) and the user are the ones XCLIENT named; after each one
+ * hooks->outcome(SEV_CONNECT, 220) runs again.
+ */
+unsigned		 session_xclients(const struct session *s);
+const char		*session_remote_name(const struct session *s);
 
 /*
  * The envelope: what the client was told 250 for, stored by the engine.
@@ -254,5 +287,19 @@ const struct smtp_path	*session_sender(const struct session *s, unsigned *serial
 size_t			 session_recipient_count(const struct session *s);
 const struct smtp_path	*session_recipient(const struct session *s, size_t i,
 			    unsigned *serial);
+
+/*
+ * Trace fields (trace.c).  The data hook's first octets are the Received
+ * field (cfg->received_header) and then the fields added here, in call
+ * order.  session_add_header() works while SEV_DATA is asked or the message
+ * is under way and no octet of it went to the hook: -1 otherwise or for a
+ * bad name or value (any CR, LF or control octet but HTAB), -2 past
+ * TRACE_ADDED_MAX octets; *why says which.  The value is folded.
+ */
+int	session_add_header(struct session *s, const char *name, size_t namelen,
+	    const char *value, size_t valuelen, const char **why);
+/* The client's reverse name for the Received field (a checked domain; NULL: none); -1 if bad. */
+int	session_set_reverse_name(struct session *s, const char *name);
+const char	*session_reverse_name(const struct session *s);
 
 #endif

@@ -59,6 +59,18 @@ local function data_verdict(m)
   return true, 0, nil
 end
 
+-- LMTP: message:settle()'s verdicts per recipient go to the engine just
+-- before the message's (which answers the others).
+local function push_each(m)
+  local each = m._each
+  if not each then return end
+  local handle = m.connection._handle
+  for i = 1, #each do
+    local e = each[i]
+    if e then handle:recipientVerdict(i, false, e[1], e[2] or nil) end
+  end
+end
+
 -- The final dot's verdict: the message's decision, or WAIT for one.
 local function data_end_verdict(m)
   if m._failed then error(m._failed, 0) end
@@ -66,6 +78,7 @@ local function data_end_verdict(m)
   if fwd and m._daccept ~= false then return fwd:end_verdict(m) end
   local accept = m._daccept
   if accept == UNDECIDED then return WAIT end
+  push_each(m)
   return accept, m._dcode, m._dtext
 end
 
@@ -196,5 +209,5 @@ end
 
 M.UNDECIDED, M.data_verdict, M.data_end_verdict = UNDECIDED, data_verdict, data_end_verdict
 M.WAIT, M.verdict_of = WAIT, verdict_of
-M.cancel_ask = cancel_ask
+M.cancel_ask, M.push_each = cancel_ask, push_each
 return M

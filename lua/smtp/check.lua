@@ -13,7 +13,8 @@
 --    name in connection:on, a typo) fails here, with its file and line,
 --    instead of answering every client 421.  Only they run: no command is
 --    sent, so no other handler runs; timers they start never fire (a
---    listener that waits is checked up to its wait); the session is never
+--    listener that waits is checked up to its wait, and so do smtp.http's
+--    requests); the session is never
 --    closed, so no 'close' listener runs (it goes with the Lua state).  What
 --    they do themselves (open a file, a socket) happens, in the master.
 local core = require "smtp_core"
@@ -23,6 +24,14 @@ local PEER = { remoteAddress = "192.0.2.1", remotePort = 49152, localAddress = "
 
 local function inert_timer()
   return { cancel = function() end }
+end
+
+-- smtp.http while checking: a request that never answers, a body that takes all
+local function inert_http()
+  return { cancel = function() end }
+end
+local function inert_body()
+  return { write = function() return true end, size = function() return 0 end }
 end
 
 local function check_auth(policy, script)
@@ -46,7 +55,8 @@ local function check_connection(policy, script)
   if type(platform) ~= "table" then return true end	-- not luasmtpd's instance
   local failure
   local saved_timer, saved_failed = platform.timer, platform.handler_failed
-  platform.timer = inert_timer
+  local saved_http, saved_body = platform.http, platform.http_body
+  platform.timer, platform.http, platform.http_body = inert_timer, inert_http, inert_body
   platform.handler_failed = function(name, err)
     if name == "CONNECT" and not failure then failure = err end
   end
@@ -55,6 +65,7 @@ local function check_connection(policy, script)
   for k, v in pairs(PEER) do peer[k] = v end
   local ok, err = pcall(core.session, policy.bridge, policy.config, peer)
   platform.timer, platform.handler_failed = saved_timer, saved_failed
+  platform.http, platform.http_body = saved_http, saved_body
   if not ok then return nil, "the check of the 'connection' listener failed: " .. tostring(err) end
   if failure then
     local msg = first_line(failure)

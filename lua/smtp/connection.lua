@@ -36,6 +36,8 @@ function M.install(I)
       if k == "sender" then return c._handle:sender() end
       if k == "recipients" then return c._handle:recipients() end
       if k == "helo" then return c._handle:helo() end
+      -- forward-confirmed reverse DNS, looked up at the first read (smtp.dns)
+      if k == "hostname" then return I.hostname_of(c) end
       -- live connections from this client (its IPv4 address or IPv6 /64), every
       -- worker's, this one included (connlimit.c); 1 where nothing counts (specs)
       if k == "clientConnections" then
@@ -49,13 +51,13 @@ function M.install(I)
       end
       return Connection[k]
     end,
-    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort",
-      "localAddress", "localPort", "server", "currentMessage", "closed", "data"), {
+    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort", "remoteName",
+      "localAddress", "localPort", "lmtp", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
-        sender = true, recipients = true, clientConnections = true },
-      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_proxy",
-        "_mail_obj" },
+        sender = true, recipients = true, clientConnections = true, hostname = true },
+      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_hostname",
+        "_proxy", "_mail_obj" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }
@@ -81,7 +83,8 @@ function M.install(I)
     local c = setmetatable({
       _handle = handle, id = handle:id(),
       remoteAddress = peer.remoteAddress, remotePort = peer.remotePort,
-      localAddress = peer.localAddress, localPort = peer.localPort,
+      localAddress = peer.localAddress, localPort = peer.localPort, remoteName = peer.remoteName,
+      lmtp = peer.lmtp,	-- an LMTP listener's client (RFC 2033)
       server = I.server,
       _ask = false,	-- the ask in progress (ask())
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's

@@ -197,6 +197,10 @@ function M.install(I)
     fwd.tls = tls_on
     local params = {}
     local p = sender.params or {}
+    if p.BODY and p.BODY:upper() == "BINARYMIME" then
+      -- BDAT's binary octets cannot be said with DATA: the client must send text
+      return { code = 554, enhanced = "5.6.1", text = "The next hop takes no BINARYMIME" }
+    end
     if p.BODY and ext["8BITMIME"] then params[#params + 1] = "BODY=" .. p.BODY end
     if sender.utf8 then
       if not ext.SMTPUTF8 then

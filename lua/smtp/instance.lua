@@ -63,6 +63,12 @@ function M.new(platform)
 
   -- smtp.tcp.connect(host, port[, opts]): sockets for handlers (smtp.tcp)
   smtp.tcp = require("smtp.tcp").new(platform, I)
+  -- smtp.all{f, ...}: functions that wait, run concurrently (smtp.all)
+  smtp.all = require("smtp.all").new(I)
+  -- smtp.dns.query, .mx, .ptr; smtp.dnsbl; connection.hostname (smtp.dns)
+  smtp.dns = require("smtp.dns").new(I)
+  -- smtp.http.request{...}, smtp.http.stream{...}: HTTP from handlers (smtp.http)
+  smtp.http = require("smtp.http").new(platform, I)
 
   -- smtp.fs: what durable delivery needs and plain Lua lacks
   smtp.fs = {

@@ -1,6 +1,6 @@
 -- smtp.message -- the Message object: one mail transaction's data.
 --
--- Owns the Message class (accept, reject, pause, resume, its events data,
+-- Owns the Message class (accept, reject, pause, resume, addHeader, its events data,
 -- end, accept, reject, abort) and a message's life: made at DATA, sealed
 -- once it will not be delivered (abort says why, once), finished at the
 -- final dot's reply or when the session ends.  Sender and recipients are
@@ -11,6 +11,7 @@ local objects = require "smtp.objects"
 local is_int = require("smtp.options").is_int
 local take, strict, fields = Emitter.take, objects.strict, objects.fields
 local UNDECIDED = require("smtp.ask").UNDECIDED	-- a message's _daccept before a decision
+local push_each = require("smtp.ask").push_each
 local rawget, rawset = rawget, rawset
 
 local MESSAGE_EVENTS = { data = "data", ["end"] = "end", accept = "accept", reject = "reject",
@@ -39,6 +40,7 @@ local function install_life(I)
     local conn = m.connection
     local a = conn._ask
     if a and a.name == "DATA_END" and a.obj == m and a.waiting then
+      push_each(m)
       settle(conn, a, accept, code, text)
     end
     return true
@@ -78,7 +80,7 @@ local function install_class(I)
       hint = "locals of the 'DATA' listener or connection.data",
       class = Message,
       internal = { "_names", "_once", "_on_change", "_listeners", "_finished", "_failed",
-        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext", "_forward" },
+        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext", "_each", "_forward" },
     }),
   }
 
@@ -99,6 +101,7 @@ local function install_class(I)
       _sealed = false, _cancelled = false,
       _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)
       _forward = false,	-- smtp.forward's transaction while the message goes to a next hop
+      _each = false,	-- settle(): per recipient, false or { code, text } for a refused one
     }, MessageMeta)
   end
 
@@ -124,6 +127,53 @@ local function install_class(I)
 
   -- message:forward(target) -> true | nil, err (smtp.forward)
   function Message:forward(target) return I.forward_message(self, target) end
+  -- message:settle([code][, text]) -> true | false, "already decided": a
+  -- verdict per recipient (LMTP, RFC 2033): each recipient object with
+  -- valid = false is refused with its code (4xx/5xx, default 550) and
+  -- message; the others are accepted with code and text (default 250).  The
+  -- message counts as accepted if any recipient is.  Over SMTP there is one
+  -- reply: the message's (accepted if any recipient is still valid).
+  function Message:settle(code, text)
+    if type(code) == "string" and text == nil then code, text = nil, code end
+    if code ~= nil and (not is_int(code) or code < 200 or code > 299) then
+      error("settle code must be 2xx, got " .. tostring(code), 2)
+    end
+    if text ~= nil and type(text) ~= "string" then error("text must be a string", 2) end
+    local each, any, first = {}, false, nil
+    for i, r in ipairs(self.recipients) do
+      if r.valid == false then
+        local c, t = r.code, r.message
+        if c ~= nil and (not is_int(c) or c < 400 or c > 599) then
+          error("recipient " .. i .. ": code must be 4xx or 5xx, got " .. tostring(c), 2)
+        end
+        if t ~= nil and type(t) ~= "string" then
+          error("recipient " .. i .. ": message must be a string", 2)
+        end
+        each[i] = { c or 0, t or false }
+        first = first or each[i]
+      else
+        each[i] = false
+        any = true
+      end
+    end
+    if self._daccept == UNDECIDED and self.connection.lmtp then self._each = each end
+    if any then return decide_message(self, true, code or 0, text) end
+    return decide_message(self, false, first[1], first[2] or nil)
+  end
+
+  -- message:addHeader(name, value) -> true | fail, why: a header field on top
+  -- of the message's data (after the Received field), from the 'DATA'
+  -- listener, before any octet of the data flowed.  A bad name, a CR, LF or
+  -- control character in the value, or a call once the data began raise;
+  -- past the engine's size bound (16 KiB for all of them) it returns fail.
+  function Message:addHeader(name, value)
+    if type(name) ~= "string" then error("header name must be a string", 2) end
+    if type(value) ~= "string" then error("header value must be a string", 2) end
+    local ok, why, bad = self.connection._handle:addHeader(name, value)
+    if ok then return true end
+    if bad then error("addHeader: " .. why, 2) end
+    return nil, why
+  end
 
   function Message:pause() self.connection._handle:pause() end
   function Message:resume() self.connection._handle:resume() end

@@ -52,6 +52,9 @@ local OPTIONS = {
   enhancedStatusCodes = ext("ENHANCEDSTATUSCODES"),
   eightBitMime = ext("8BITMIME"),
   smtputf8 = ext("SMTPUTF8"),
+  chunking = ext("CHUNKING"),		-- BDAT (RFC 3030)
+  binaryMime = ext("BINARYMIME"),	-- BODY=BINARYMIME, with chunking (RFC 3030)
+  dsn = ext("DSN"),			-- RET, ENVID, NOTIFY, ORCPT (RFC 3461)
   -- SASL mechanisms offered (RFC 4954); the engine runs them, Lua sees 'AUTH'
   authMethods = {
     check = function(v)
@@ -89,6 +92,20 @@ local OPTIONS = {
       cfg.tls_cert, cfg.tls_key, cfg.starttls = v.cert, v.key, true
     end,
   },
+  -- peers that may send XCLIENT (Postfix): an array of networks, offered in EHLO to them only
+  xclientFrom = {
+    check = function(v)
+      local what = 'an array of at most 16 networks ("10.0.0.0/8", "::1")'
+      if type(v) ~= "table" or #v > 16 then return false, what end
+      for k, n in pairs(v) do
+        if not is_int(k) or type(n) ~= "string" or not (M.network_ok or function() return true end)(n) then
+          return false, what
+        end
+      end
+      return true
+    end,
+    to = function(cfg, v) cfg.xclient_from = table.move(v, 1, #v, 1, {}) end,
+  },
   maxRecipients = int("max_recipients", 1, "an integer >= 1"),
   maxBadCommands = int("max_bad_commands", 1, "an integer >= 1"),
   maxLineLength = int("max_line", 512, "an integer >= 512 (octets, with CRLF)"),
@@ -100,6 +117,16 @@ local OPTIONS = {
   bareLineFeed = {
     check = function(v) return v == "reject" or v == "accept", '"reject" or "accept"' end,
     to = function(cfg, v) cfg.accept_bare_lf = v == "accept" end,
+  },
+  -- the Received field the engine prepends to the data (RFC 5321 4.4)
+  receivedHeader = {
+    check = function(v) return type(v) == "boolean", "a boolean" end,
+    to = function(cfg, v) cfg.received_header = v end,
+  },
+  -- Received fields a message may arrive with (RFC 5321 6.3); more: 554 5.4.6
+  maxHops = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 10000, "an integer in [0, 10000] (0: no limit)" end,
+    to = function(cfg, v) cfg.max_hops = v end,
   },
   commandTimeout = ms("timeout_command_ms"),
   dataTimeout = ms("timeout_data_ms"),
@@ -163,6 +190,35 @@ local OPTIONS = {
       end
       return true
     end,
+    to = function() end,
+  },
+  -- smtp.dns (read by smtp.dns): the servers (default: /etc/resolv.conf's),
+  -- seconds per attempt, attempts after the first, cached answers per worker
+  resolvers = {
+    check = function(v)
+      local what = 'an array of "address" or "address:port" strings ("[v6]:port" for IPv6)'
+      if type(v) ~= "table" or #v == 0 then return false, what end
+      for k, s in pairs(v) do
+        if not is_int(k) or type(s) ~= "string" then return false, what end
+        local port = s:match("^%d+%.%d+%.%d+%.%d+:(%d+)$") or s:match("^%[[%x:.]+%]:(%d+)$")
+        local ok = s:match("^%d+%.%d+%.%d+%.%d+$") or port or s:match("^[%x:.]*:[%x:.]*$")
+        if port and (tonumber(port) < 1 or tonumber(port) > 65535) then ok = false end
+        if not ok then return false, what .. " (got " .. string.format("%q", s) .. ")" end
+      end
+      return true
+    end,
+    to = function() end,
+  },
+  dnsTimeout = {
+    check = function(v) return type(v) == "number" and v >= 0.01 and v <= 60, "a number of seconds in [0.01, 60]" end,
+    to = function() end,
+  },
+  dnsRetries = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 10, "an integer in [0, 10]" end,
+    to = function() end,
+  },
+  dnsCacheSize = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 1000000, "an integer in [0, 1000000] (0: no cache)" end,
     to = function() end,
   },
   blockedLimit = {

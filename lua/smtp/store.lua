@@ -17,8 +17,12 @@
 --   "memory"  smtp.testing (the default): in memory, on the platform's clock.
 -- A store opened with opts.redis is on a Redis server in "serve" mode
 -- (lua_redis.c's client, platform.redis: each call yields its handler until
--- Redis answers) and in memory otherwise: a check never connects.
+-- Redis answers), on the Redis of smtp.testing's opts.redis in "memory" mode
+-- when the harness gives one (platform.redis too, a blocking client: a call
+-- is answered before it returns) and in memory otherwise: a check never
+-- connects.
 local M = {}
+local type, mtype = type, math.type
 
 local DEFAULT_MAX_SIZE = 64 * 1024 * 1024
 local KEY_MAX, VALUE_MAX = 511, 65536	-- as lua_store.c
@@ -117,12 +121,17 @@ end
 -- their decimal text (an integer as %d, a float always with a point or an
 -- exponent), so INCRBY and INCRBYFLOAT work on them and they come back with
 -- their type.  Every call is one command, so it is atomic on the server.
+-- A call passes lua_redis.c the store's one wake function and its task, so
+-- it allocates no closure; the answer resumes the task with WAKE first (any
+-- other resume of it is not the answer, and it waits on).
 
 local Redis = {}
 Redis.__index = Redis
 
--- incr: INCRBY (INCRBYFLOAT for a float, or a value that is one), then the
--- expiry only on a key this call created, in one script
+-- incr with a ttl, or by a float, or of a value INCRBY refuses (a float,
+-- an overflow): INCRBY (INCRBYFLOAT for a float, or a value that is one),
+-- then the expiry only on a key this call created, in one script, sent as
+-- EVALSHA (EVAL when the server does not have it yet)
 local INCR_SCRIPT = [[
 local new = redis.call('EXISTS', KEYS[1]) == 0
 local r
@@ -135,6 +144,10 @@ end
 if new and ARGV[3] ~= '' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
 return r
 ]]
+local INCR_SHA = "b5b8d5846c46b5c46dc8eb3746e38196794feeed"	-- SHA-1 of INCR_SCRIPT (store_spec checks it)
+M._INCR_SCRIPT, M._INCR_SHA = INCR_SCRIPT, INCR_SHA
+
+local WAKE = {}
 
 local function encode_number(v)
   if math.type(v) == "integer" then return ("%d"):format(v) end
@@ -163,29 +176,43 @@ local function px(ttl)
 end
 
 local function new_redis(name, client, I)
-  return setmetatable({ name = name, client = client, I = I, prefix = name .. ":" }, Redis)
+  local resume = I.resume
+  -- lua_redis.c calls it with the task and its generation at the call
+  local function wake(task, gen, ok, v, rerr)
+    if task.gen == gen and not task.dead and not task.dropped then
+      resume(task, nil, WAKE, ok, v, rerr)
+    end
+  end
+  return setmetatable({ name = name, client = client, I = I, prefix = name .. ":",
+    wake = wake }, Redis)
 end
 
--- sends one command and waits for it: the reply, or nil, err (no answer);
--- an error reply of Redis is a Lua error
-function Redis:_call(...)
-  local I = self.I
-  local task = I.current_task()
+-- sends one command and waits for it: true, reply | false, err (no answer)
+-- | false, Redis's error, true (an error reply); level: the API's caller
+local function send(self, level, ...)
+  local task = self.I.current_task()
   if not task then
     error(("store %s: a Redis store waits for Redis, so it is used from handlers and 'start' "
-      .. "listeners only"):format(self.name), 4)
+      .. "listeners only"):format(self.name), level)
   end
-  local gen = task.gen
-  local done, ok, v, rerr = false, nil, nil, nil
-  local sent, err = self.client:call(function(a, b, c)
-    done, ok, v, rerr = true, a, b, c
-    if task.gen == gen and not task.dead and not task.dropped then I.resume(task, nil) end
-  end, ...)
-  if not sent then return nil, err end
-  repeat coroutine.yield() until done
+  local client = self.client
+  if client.command then return client:command(...) end	-- blocking: smtp.testing's
+  local sent, err = client:call(self.wake, task, task.gen, ...)
+  if not sent then return false, err end
+  local w, ok, v, rerr
+  repeat w, ok, v, rerr = coroutine.yield() until w == WAKE
+  return ok, v, rerr
+end
+
+-- the reply, or nil, err (no answer); an error reply of Redis is a Lua error
+local function answer(self, ok, v, rerr)
   if ok then return v, nil end
   if rerr then error(("store %s: redis: %s"):format(self.name, v), 0) end
   return nil, v
+end
+
+function Redis:_call(...)
+  return answer(self, send(self, 5, ...))
 end
 
 function Redis:get(key)
@@ -209,9 +236,19 @@ function Redis:set(key, value, ttl, _, only_if_absent)
 end
 
 function Redis:incr(key, by, ttl)
-  local float = math.type(by) == "float"
-  local r, err = self:_call("EVAL", INCR_SCRIPT, "1", self.prefix .. key, encode_number(by),
-    float and "f" or "i", ttl and px(ttl) or "")
+  local k = self.prefix .. key
+  local integer = math.type(by) == "integer"
+  local ok, v, rerr
+  if integer and not ttl then	-- the common case: one plain command
+    ok, v, rerr = send(self, 4, "INCRBY", k, tostring(by))
+    if ok or not rerr then return answer(self, ok, v, rerr) end
+  end
+  local n, kind, ms = encode_number(by), integer and "i" or "f", ttl and px(ttl) or ""
+  ok, v, rerr = send(self, 4, "EVALSHA", INCR_SHA, "1", k, n, kind, ms)
+  if not ok and rerr and v:find("^NOSCRIPT") then
+    ok, v, rerr = send(self, 4, "EVAL", INCR_SCRIPT, "1", k, n, kind, ms)
+  end
+  local r, err = answer(self, ok, v, rerr)
   if err then return nil, err end
   if type(r) == "string" then return (tonumber(r) or 0) + 0.0 end
   return r
@@ -399,7 +436,7 @@ function M.new(platform, core, I)
   -- opens db for real (nil, err if it cannot)
   local function activate(db)
     if db.redis then
-      if mode == "serve" and platform.redis then
+      if (mode == "serve" or mode == "memory") and platform.redis then
         local r = db.redis
         db.backend = new_redis(db.name, platform.redis(r.host, r.port, r.timeout, r.password, r.db), I)
       else
@@ -415,6 +452,8 @@ function M.new(platform, core, I)
       local ok, b = pcall(open_file, db)
       if not ok then return nil, b end
       db.backend = b
+      -- the hot calls straight to C, which checks their arguments as Store's do
+      db.get, db.set = b:bind(now)
       if not sweeping and platform.timer then
         sweeping = true
         platform.timer(SWEEP_EVERY, sweep_all)

@@ -14,6 +14,8 @@ local output = require "smtp.testing.output"
 local Session = require "smtp.testing.session"
 local fake_tcp = require "smtp.testing.tcp"
 local fake_nexthop = require "smtp.testing.nexthop"
+local FakeDNS = require "smtp.testing.dns"
+local http_peer = require "smtp.testing.http"
 local log_lines, take_logs = output.log_lines, output.take_logs
 
 local testing = {}
@@ -92,12 +94,22 @@ Harness.__index = Harness
 
 -- h:connect{remoteAddress=, remotePort=, localAddress=, localPort=, tls=} -> session
 -- (address/port are accepted as short names of remoteAddress/remotePort;
--- tls = true or {version=, cipher=, peerSubject=}: an implicit-TLS client)
+-- tls = true or {version=, cipher=, peerSubject=}: an implicit-TLS client;
+-- socket = "/path": a client of the script's unix socket listener there)
 function Harness:connect(peer)
   peer = peer or {}
   local s = setmetatable({ harness = self, _in = "", _outbuf = "", _partial = {},
     queue = {}, log_transcript = {}, _timer_seq = 0 }, Session)
-  s.handle = core.session(self.policy.bridge, self.policy.config, {
+  -- a listener of the script on the local port: its lmtp option (as luasmtpd's)
+  local config = self.policy.config
+  for _, l in ipairs(self.listening or {}) do
+    if (peer.socket and l.path == peer.socket) or
+        (not peer.socket and not l.path and l.port == (peer.localPort or 25)) then
+      if l.lmtp then config = setmetatable({ lmtp = true }, { __index = config }) end
+      break
+    end
+  end
+  s.handle = core.session(self.policy.bridge, config, {
     remoteAddress = peer.remoteAddress or peer.address or "192.0.2.1",
     remotePort = peer.remotePort or peer.port or 49152,
     localAddress = peer.localAddress or "127.0.0.1",
@@ -169,6 +181,24 @@ local function script_env(smtp, opts, dir)
   return env
 end
 
+-- opts.redis "host:port": the script's Redis stores (smtp.store.open with
+-- opts.redis) are on that server, whatever address the script gives (its
+-- password and db are kept), through a blocking client: each call is
+-- answered before it returns, and its TTLs are Redis's (real time, not the
+-- virtual clock)
+function testing._redis(address)
+  local host, port = tostring(address):match("^%[(.+)%]:(%d+)$")
+  if not host then host, port = tostring(address):match("^([^:]+):(%d+)$") end
+  port = tonumber(port)
+  if not host or not port or port < 1 or port > 65535 then
+    error(("testing: opts.redis is \"host:port\" (got %s)"):format(tostring(address)), 4)
+  end
+  local smtp_store = require "smtp_store"
+  return function(_, _, timeout, password, db)
+    return smtp_store.redis(host, port, timeout, password, db)
+  end
+end
+
 -- testing.load_string(source[, chunkname][, opts]) -> harness
 function testing.load_string(source, chunkname, opts)
   if type(chunkname) == "table" then chunkname, opts = nil, chunkname end
@@ -185,6 +215,9 @@ function testing._load(source, chunkname, opts, dir)
   local h = setmetatable({ clock = clock, sessions = {}, _log_start = #log_lines + 1 }, Harness)
   h.tcp = fake_tcp.new(clock)	-- fake TCP peers (smtp.testing.tcp)
   h.nexthop = fake_nexthop.new(clock)	-- fake next hops (smtp.testing.nexthop)
+  local fake_dns = FakeDNS.new(clock)	-- h.dns: smtp.dns's answers
+  h.dns = fake_dns
+  h.http = http_peer.new(clock)	-- smtp.http's peer: h.http:route(...)
   local smtp = instance.new {
     core = core,
     now = function() return clock.t end,
@@ -192,6 +225,10 @@ function testing._load(source, chunkname, opts, dir)
     hostname = function() return opts.hostname or "mx.test.example" end,
     tcp_connect = function(...) return h.tcp:_connect(...) end,
     nexthop = function(t) return h.nexthop:_new(t) end,
+    dns = function(...) return fake_dns:_query(...) end,
+    http = function(req, fn) return h.http:_request(req, fn) end,
+    http_body = function(limit) return h.http:_body(limit) end,
+    redis = opts.redis and testing._redis(opts.redis),
   }
   local fn, err = load(source, chunkname or "=(policy)", "t", script_env(smtp, opts, dir))
   if not fn then error(err, 2) end
@@ -216,7 +253,8 @@ end
 -- testing.load(path[, opts]) -> harness: opts.env (os.getenv overrides),
 -- opts.globals (names set in the script's environment), opts.args (the
 -- script's ...), opts.hostname (default for server.hostname), opts.log_level,
--- opts.config (engine config fields over the script's, e.g. auth_methods)
+-- opts.config (engine config fields over the script's, e.g. auth_methods),
+-- opts.redis ("host:port": the script's Redis stores on a real Redis)
 function testing.load(path, opts)
   local f, err = io.open(path, "rb")
   if not f then error(err, 2) end

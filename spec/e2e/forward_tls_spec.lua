@@ -85,7 +85,11 @@ describe("e2e: message:forward over STARTTLS with AUTH", function()
 		assert.matches("^250 2%.0%.0 Stored over TLS", send("ok"))
 		local files = nexthop:files("^msg%-")
 		assert.equal(1, #files)
-		assert.equal("TLS true USER relay\nSubject: tls\r\n\r\nover TLS\r\n", nexthop:read(files[1]))
+		local got = nexthop:read(files[1])	-- each server's Received field on top, the front's first
+		assert.matches("^TLS true USER relay\nReceived: ", got)
+		assert.equal("Subject: tls\r\n\r\nover TLS\r\n", got:match("\r\n(Subject:.*)$"))
+		local _, n = got:gsub("Received: ", "")
+		assert.equal(2, n)
 	end)
 
 	it("refuses a certificate for another name: 451", function()

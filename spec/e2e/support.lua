@@ -101,7 +101,8 @@ local function alive(pid)
 	return os.execute(("kill -0 %d 2>/dev/null"):format(pid)) == true
 end
 
---[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name}
+--[[ support.start{policy = "lua source", args = {...}, grace = seconds, workers = n, user = name,
+env = {NAME = "value"}}
 Writes the policy to DIR/policy.lua after replacing every "@OUT@" with DIR as
 a Lua string literal (the policy writes what it saw there), starts the
 binary with --listen 127.0.0.1:0 --ready-file DIR/ready --workers N (N is
@@ -119,6 +120,13 @@ function support.start(opts)
 
 	local argv = { shquote(support.binary()), "--listen", "127.0.0.1:0",
 		"--ready-file", shquote(dir .. "/ready") }
+	if opts.env then	-- { NAME = value }: the server's environment on top of ours
+		local names = {}
+		for k in pairs(opts.env) do names[#names + 1] = k end
+		table.sort(names)
+		for i = #names, 1, -1 do table.insert(argv, 1, shquote(names[i] .. "=" .. opts.env[names[i]])) end
+		table.insert(argv, 1, "env")
+	end
 	if opts.user then
 		assert(os.execute("chown " .. shquote(opts.user) .. " " .. shquote(dir)) == true,
 			"chown " .. opts.user)
@@ -138,6 +146,10 @@ function support.start(opts)
 	-- status; reading that second line never blocks once the server is gone.
 	-- wait's stderr goes nowhere: the shell reports a job a signal ended
 	-- ("Killed") there, and the status line says it already (128 + signal).
+	-- opts.env: variables set for the server (NAME = value)
+	local env = {}
+	for k, v in pairs(opts.env or {}) do env[#env + 1] = shquote(k .. "=" .. v) end
+	if #env > 0 then table.insert(argv, 1, "env " .. table.concat(env, " ")) end
 	local script = ("%s >%s 2>%s </dev/null & echo $!; wait $! 2>/dev/null; echo $?")
 		:format(table.concat(argv, " "), shquote(dir .. "/stdout"), shquote(dir .. "/stderr"))
 	local handle = assert(io.popen("exec sh -c " .. shquote(script), "r"))
@@ -288,9 +300,10 @@ local function show(s)
 	end))
 end
 
-function support.connect(server)
+function support.connect(server, from)
 	local tcp = assert(socket.tcp())
 	tcp:settimeout(IO_TIMEOUT)
+	if from then assert(tcp:bind(from, 0)) end	-- a source address (127.0.0.2)
 	local ok, err = tcp:connect(server.host, server.port)
 	assert(ok, ("connect %s:%s: %s"):format(server.host, server.port, tostring(err)))
 	return setmetatable({ tcp = tcp, server = server, log = {} }, Client)
@@ -438,15 +451,34 @@ smtp.createServer(function(conn)
 end):listen(2525)
 ]==]
 
--- The messages the RECORDER policy accepted: {from =, to = {...}, body =}, in order.
+-- The engine's Received field on top of data (server.receivedHeader), and
+-- the rest: the client's octets.  nil, data if there is none.
+function support.split_received(data)
+	local field, rest = data:match("^(Received: [^\r\n]*)(.*)$")
+	if not field then return nil, data end
+	while rest:match("^\r\n[ \t]") do	-- folded lines
+		local more
+		more, rest = rest:match("^(\r\n[ \t][^\r\n]*)(.*)$")
+		field = field .. more
+	end
+	field = field .. "\r\n"
+	rest = rest:sub(3)
+	if not field:find(" (luasmtpd) ", 1, true) then return nil, data end
+	return field, rest
+end
+
+-- The messages the RECORDER policy accepted: {from =, to = {...}, body =,
+-- received =}, in order; body is what the client sent, received the
+-- Received field the engine put on top of it.
 function Server:deliveries()
 	local list = {}
 	for _, name in ipairs(self:files("^msg%-")) do
 		local text = self:read(name)
-		local from, to, body = text:match("^FROM ([^\n]*)\nTO ([^\n]*)\n\n(.*)$")
+		local from, to, data = text:match("^FROM ([^\n]*)\nTO ([^\n]*)\n\n(.*)$")
+		local received, body = support.split_received(data or "")
 		local rcpts = {}
 		for a in (to or ""):gmatch("[^,]+") do rcpts[#rcpts + 1] = a end
-		list[#list + 1] = { from = from, to = rcpts, body = body, file = name }
+		list[#list + 1] = { from = from, to = rcpts, body = body, received = received, file = name }
 	end
 	return list
 end
@@ -459,6 +491,11 @@ function Server:envelope_log()
 	end
 	return table.concat(seen, "\n")
 end
+
+-- Next hops (spec/e2e/peers.lua, loaded when first used): Dovecot's LMTP
+-- and Postfix's smtp-sink on free loopback ports, stopped by PID.
+function support.dovecot_lmtp(opts) return require("spec.e2e.peers").dovecot_lmtp(opts) end
+function support.smtp_sink(dir) return require("spec.e2e.peers").smtp_sink(dir) end
 
 support.show = show
 support.Client = Client

@@ -57,7 +57,11 @@ describe("message:forward (fake next hop)", function()
     assert.equal(1, #peer.messages)
     assert.equal("a@example.net", peer.messages[1].from)
     assert.same({ "b@example.org", "c@example.org" }, peer.messages[1].to)
-    assert.equal(body, peer.messages[1].body)
+    -- the engine's trace field on top (server.receivedHeader), then the client's octets
+    local got = peer.messages[1].body
+    assert.matches("^Received: from c%.example %(%[192%.0%.2%.1%]%) by mx%.test%.example", got)
+    assert.equal(body, got:sub(-#body))
+    assert.equal(1, select(2, got:gsub("\nReceived: ", "")) + (got:find("^Received: ") and 1 or 0))
     assert.matches("forwarded to hub.example:2525: 250 2.0.0 Ok: queued as ABC", h:log(), 1, true)
   end)
 

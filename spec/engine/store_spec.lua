@@ -228,6 +228,33 @@ describe("smtp.store with LMDB", function()
     assert.equal(2 * n, s:get("n", os.time()))
     s:close()
   end)
+
+  it("on tmpfs reserves maxSize at open (writes go through the map); the data survives a reopen", function()
+    local p = io.popen("stat -f -c %T /dev/shm 2>/dev/null")
+    local fs = p:read("l")
+    p:close()
+    if fs ~= "tmpfs" then pending("no tmpfs at /dev/shm") return end
+    local shm = io.popen("mktemp -d /dev/shm/store_spec.XXXXXX"):read("l")
+    local path = shm .. "/w.mdb"
+    local ok, err = pcall(function()
+      local s = require("smtp_store").open(path, 1 << 20, "w")
+      s:set("k", "v", nil, os.time(), false)
+      s:close()
+      local f = assert(io.open(path, "rb"))
+      local size = f:seek("end")
+      f:close()
+      assert.equal(1 << 20, size)	-- the whole map, reserved
+      p = io.popen("du -k " .. path)
+      local kib = tonumber(p:read("l"):match("^(%d+)"))
+      p:close()
+      assert.is_true(kib >= 1024, kib .. " KiB allocated")
+      s = require("smtp_store").open(path, 1 << 20, "w")
+      assert.equal("v", s:get("k", os.time()))
+      s:close()
+    end)
+    rm_rf(shm)
+    assert(ok, err)
+  end)
 end)
 
 describe("smtp.store under smtp.testing", function()
@@ -271,8 +298,8 @@ describe("smtp.store with opts.redis", function()
     local current = nil
     local I = {
       current_task = function() return current end,
-      resume = function(task)
-        local ok, err = coroutine.resume(task.co)
+      resume = function(task, _, ...)
+        local ok, err = coroutine.resume(task.co, ...)
         if not ok then task.err = err end
       end,
     }
@@ -282,11 +309,12 @@ describe("smtp.store with opts.redis", function()
       redis = function(host, port, timeout, password, db)
         client_calls.opened = { host, port, timeout, password, db }
         return {
-          call = function(_, fn, ...)
+          call = function(_, fn, ctx, gen, ...)
             client_calls[#client_calls + 1] = table.concat({ ... }, " ")
             local answer = client_calls.answer
             if answer == "down" then return nil, "redis 127.0.0.1:6379: Connection refused" end
-            client_calls.pending = function() fn(table.unpack(answer)) end
+            if type(answer) == "function" then answer = answer(...) end
+            client_calls.pending = function() fn(ctx, gen, table.unpack(answer)) end
             return true
           end,
         }
@@ -299,10 +327,11 @@ describe("smtp.store with opts.redis", function()
       task.co = coroutine.create(function() results = table.pack(fn()) end)
       current = task
       local ok, err = coroutine.resume(task.co)
-      if ok and client_calls.pending then
+      while ok and client_calls.pending and not err do
         local p = client_calls.pending
         client_calls.pending = nil
         p()
+        err = task.err
       end
       current = nil
       err = err or task.err
@@ -359,7 +388,7 @@ describe("smtp.store with opts.redis", function()
     calls.answer = { true, 3 }
     local n = run(function() return db:incr("c", 1, 60) end)
     assert.equal("integer", math.type(n))
-    assert.matches("^EVAL .* 1 lim:c 1 i 60000$", calls[4])
+    assert.equal("EVALSHA " .. store._INCR_SHA .. " 1 lim:c 1 i 60000", calls[4])
     calls.answer = { true, -1 }
     assert.equal(math.huge, run(function() return db:ttl("k") end))
     -- no answer: nil, err for the policy to decide
@@ -375,6 +404,45 @@ describe("smtp.store with opts.redis", function()
     calls.answer = { false, "ERR value is not a valid float", true }
     assert.has_error(function() run(function() return db:incr("s") end) end,
       "store lim: redis: ERR value is not a valid float")
+  end)
+
+  it("incr: INCRBY without a ttl, the script by EVALSHA otherwise, EVAL when Redis lacks it", function()
+    local calls = {}
+    local api, run = api_with("serve", calls)
+    local db = api.open("n", { redis = "127.0.0.1:6379" })
+    assert(api._ready())
+    calls.answer = { true, 5 }
+    assert.equal(5, run(function() return db:incr("c", 2) end))
+    assert.equal("INCRBY n:c 2", calls[1])
+    -- INCRBY refuses a float value: the script does INCRBYFLOAT
+    calls.answer = function(cmd)
+      if cmd == "INCRBY" then return { false, "ERR value is not an integer or out of range", true } end
+      return { true, "3.5" }
+    end
+    assert.equal(3.5, run(function() return db:incr("f", 2) end))
+    assert.equal("INCRBY n:f 2", calls[2])
+    assert.equal("EVALSHA " .. store._INCR_SHA .. " 1 n:f 2 i ", calls[3])
+    -- a server without the script (new, or restarted): EVAL, which loads it
+    calls.answer = function(cmd)
+      if cmd == "EVALSHA" then return { false, "NOSCRIPT No matching script.", true } end
+      return { true, 1 }
+    end
+    assert.equal(1, run(function() return db:incr("t", 1, 10) end))
+    assert.equal("EVALSHA " .. store._INCR_SHA .. " 1 n:t 1 i 10000", calls[4])
+    assert.equal("EVAL " .. store._INCR_SCRIPT .. " 1 n:t 1 i 10000", calls[5])
+    assert.equal(5, #calls)
+  end)
+
+  it("the script's SHA-1 is INCR_SCRIPT's (else every incr with a ttl costs two round trips)", function()
+    local path = os.tmpname()
+    local f = assert(io.open(path, "wb"))
+    f:write(store._INCR_SCRIPT)
+    f:close()
+    local p = assert(io.popen("sha1sum " .. path))
+    local sum = p:read("l"):match("^%x+")
+    p:close()
+    os.remove(path)
+    assert.equal(sum, store._INCR_SHA)
   end)
 
   it("is refused outside a handler with a clear error", function()

@@ -35,7 +35,9 @@ describe("scripts/relay.lua", function()
     assert.equal(250, r.code)
     assert.matches("Ok: queued as 7F", r.text, 1, true)
     assert.same({ "bob@Example.ORG" }, hub.messages[1].to)
-    assert.equal("Subject: hi\r\n\r\nhello\r\n", hub.messages[1].body)
+    local got = hub.messages[1].body	-- our Received field on top, for the one recipient
+    assert.matches("^Received: from client%.example .- for <bob@Example%.ORG>;", got)
+    assert.equal("Subject: hi\r\n\r\nhello\r\n", got:match("\r\n(Subject:.*)$"))
   end)
 
   it("tells the client to retry when the smarthost is down", function()

@@ -542,6 +542,88 @@ test_skip_prefix(void)
 	CHECK(proto_skip_prefix(NULL, "QUIT") == NULL);
 }
 
+/* DSN parameters (RFC 3461): parsed by proto_parse_path, then checked and decoded. */
+static int
+dsn(const char *in, bool rcpt, struct smtp_path *p, char *line, size_t cap)
+{
+	const char *why;
+
+	snprintf(line, cap, "%s", in);
+	if (proto_parse_path(line, 0, p, &why) == -1)
+		return -2;
+	return proto_dsn_params(p, rcpt, &why);
+}
+
+static void
+test_dsn(void)
+{
+	static const struct { const char *in; bool rcpt; int rc; const char *key, *value; } cases[] = {
+		{ "<a@b.example> RET=full", false, 0, "RET", "FULL" },
+		{ "<a@b.example> RET=HDRS", false, 0, "RET", "HDRS" },
+		{ "<a@b.example> RET=BODY", false, -1, NULL, NULL },
+		{ "<a@b.example> RET", false, -1, NULL, NULL },
+		{ "<a@b.example> ENVID=QQ+2B314+3D+20x", false, -1, NULL, NULL },	/* space */
+		{ "<a@b.example> ENVID=QQ+2B314+3Dx", false, 0, "ENVID", "QQ+314=x" },
+		{ "<a@b.example> ENVID=+2b", false, -1, NULL, NULL },	/* lower-case hex */
+		{ "<a@b.example> ENVID=+2", false, -1, NULL, NULL },
+		{ "<a@b.example> ENVID=+00", false, -1, NULL, NULL },	/* NUL */
+		{ "<a@b.example> ENVID=+0A", false, -1, NULL, NULL },
+		{ "<a@b.example> ENVID=+7F", false, -1, NULL, NULL },
+		{ "<a@b.example> ENVID=+C3+A9", false, -1, NULL, NULL },	/* non-ASCII */
+		{ "<a@b.example> NOTIFY=NEVER", false, 0, "NOTIFY", "NEVER" },	/* not MAIL's: left */
+		{ "<a@b.example> NOTIFY=never", true, 0, "NOTIFY", "NEVER" },
+		{ "<a@b.example> NOTIFY=success,Failure,DELAY", true, 0, "NOTIFY", "SUCCESS,FAILURE,DELAY" },
+		{ "<a@b.example> NOTIFY=DELAY", true, 0, "NOTIFY", "DELAY" },
+		{ "<a@b.example> NOTIFY=NEVER,SUCCESS", true, -1, NULL, NULL },
+		{ "<a@b.example> NOTIFY=SUCCESS,SUCCESS", true, -1, NULL, NULL },
+		{ "<a@b.example> NOTIFY=SUCCESS,", true, -1, NULL, NULL },
+		{ "<a@b.example> NOTIFY=,SUCCESS", true, -1, NULL, NULL },
+		{ "<a@b.example> NOTIFY=SOMETIMES", true, -1, NULL, NULL },
+		{ "<a@b.example> ORCPT=rfc822;bob+2Bx@b.example", true, 0, "ORCPT", "RFC822;bob+x@b.example" },
+		{ "<a@b.example> ORCPT=rfc822;+22a+20b+22@b.example", true, 0, "ORCPT", "RFC822;\"a b\"@b.example" },
+		{ "<a@b.example> ORCPT=rfc822;", true, -1, NULL, NULL },
+		{ "<a@b.example> ORCPT=;a@b.example", true, -1, NULL, NULL },
+		{ "<a@b.example> ORCPT=a@b.example", true, -1, NULL, NULL },
+		{ "<a@b.example> ORCPT=rf(c;a@b.example", true, -1, NULL, NULL },
+		{ "<a@b.example> ORCPT=rfc822;a+0D+0A@b.example", true, -1, NULL, NULL },
+	};
+	char			line[1200], big[1200], in[1200];
+	struct smtp_path	p;
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int rc = dsn(cases[i].in, cases[i].rcpt, &p, line, sizeof(line));
+
+		if (!CHECK(rc == cases[i].rc))
+			printf("# case %zu: %s -> %d\n", i, cases[i].in, rc);
+		if (rc == 0 && cases[i].key != NULL) {
+			const struct smtp_param *sp = proto_param(&p, cases[i].key);
+
+			CHECK(sp != NULL && sp->value != NULL &&
+			    strcmp(sp->value, cases[i].value) == 0);
+		}
+	}
+	/* bounds: ENVID 100 characters of xtext, ORCPT 500 */
+	memset(big, 'e', 100);
+	snprintf(in, sizeof(in), "<a@b.example> ENVID=%.100s", big);
+	CHECK(dsn(in, false, &p, line, sizeof(line)) == 0);
+	snprintf(in, sizeof(in), "<a@b.example> ENVID=%.100sf", big);
+	CHECK(dsn(in, false, &p, line, sizeof(line)) == -1);
+	memset(big, 'o', 493);
+	snprintf(in, sizeof(in), "<a@b.example> ORCPT=rfc822;%.493s", big);
+	CHECK(dsn(in, true, &p, line, sizeof(line)) == 0);
+	snprintf(in, sizeof(in), "<a@b.example> ORCPT=rfc822;%.493so", big);
+	CHECK(dsn(in, true, &p, line, sizeof(line)) == -1);
+	/* xtext on its own */
+	snprintf(line, sizeof(line), "%s", "a+2Bb");
+	CHECK(proto_xtext_decode(line, false) == 3 && strcmp(line, "a+b") == 0);
+	snprintf(line, sizeof(line), "%s", "a=b");
+	CHECK(proto_xtext_decode(line, false) == -1);
+	snprintf(line, sizeof(line), "%s", "+20");
+	CHECK(proto_xtext_decode(line, false) == -1);
+	snprintf(line, sizeof(line), "%s", "+20");
+	CHECK(proto_xtext_decode(line, true) == 1);
+}
+
 int
 main(void)
 {
@@ -551,5 +633,6 @@ main(void)
 	test_in_place();
 	test_helo();
 	test_skip_prefix();
+	test_dsn();
 	return tap_done();
 }

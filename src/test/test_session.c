@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "reply.h"
 #include "session.h"
 #include "tap.h"
@@ -33,6 +34,8 @@ struct harness {
 	unsigned		 timer_ms;
 	char			 mail_from[300];
 	unsigned		 serial;	/* of the last MAIL/RCPT asked */
+	const char		*add_name, *add_value;	/* session_add_header at SEV_DATA */
+	int			 add_rc;
 };
 
 static void
@@ -82,7 +85,6 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 {
 	struct harness *h = ctx;
 
-	(void)s;
 	h->asked[ev]++;
 	if (ev == SEV_MAIL)
 		snprintf(h->mail_from, sizeof(h->mail_from), "%s", a->path->address);
@@ -92,6 +94,12 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 		snprintf(h->auth_user, sizeof(h->auth_user), "%s", a->auth->username);
 		snprintf(h->auth_pass, sizeof(h->auth_pass), "%s", a->auth->password);
 		snprintf(h->auth_method, sizeof(h->auth_method), "%s", a->auth->method);
+	}
+	if (ev == SEV_DATA && h->add_name != NULL) {
+		const char *why;
+
+		h->add_rc = session_add_header(s, h->add_name, strlen(h->add_name),
+		    h->add_value, strlen(h->add_value), &why);
 	}
 	if (h->wait[ev])
 		return HOOK_WAIT;
@@ -148,6 +156,7 @@ harness_new(void (*configure)(struct session_config *))
 
 	session_config_init(&h->cfg);
 	h->cfg.hostname = "test.example";
+	h->cfg.received_header = false;	/* the data as sent; test_trace turns it on */
 	for (int ev = 0; ev < SEV_COUNT; ev++)
 		h->answer[ev].accept = true;
 	if (configure != NULL)
@@ -229,6 +238,8 @@ started_with_ehlo(void (*configure)(struct session_config *))
 
 /* --- tests -------------------------------------------------------------- */
 
+static void	in_transaction(struct harness *);
+
 static void
 test_greeting_and_ehlo(void)
 {
@@ -239,7 +250,8 @@ test_greeting_and_ehlo(void)
 	CHECK(h->asked[SEV_CONNECT] == 1);
 	feed(h, "EHLO client.example\r\n");
 	CHECK_STR(take(h), "250-test.example\r\n250-PIPELINING\r\n250-SIZE\r\n"
-	    "250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
+	    "250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250-DSN\r\n"
+	    "250-ENHANCEDSTATUSCODES\r\n250 SMTPUTF8\r\n");
 	feed(h, "HELO client.example\r\n");
 	CHECK_STR(take(h), "250 test.example\r\n");
 	feed(h, "noop\r\n");
@@ -854,14 +866,14 @@ test_long_policy_texts(void)
 	CHECK(strlen(r) > 4096);
 	CHECK(session_user(h->s) == NULL && h->outcome[SEV_EHLO] == 250);
 
-	/* 25 lines and 7 extensions fill the 32 lines a reply may have */
-	h->answer[SEV_EHLO].text = text_lines(text, 25, 400);
+	/* 22 lines and 10 extensions fill the 32 lines a reply may have */
+	h->answer[SEV_EHLO].text = text_lines(text, 22, 400);
 	feed(h, "EHLO client.example\r\n");
 	r = take(h);
 	CHECK(reply_wellformed(r, REPLY_LINES_MAX));
 	CHECK(strstr(r, "250 AUTH PLAIN LOGIN\r\n") != NULL);
 	/* one more line, or a text as long as reply_valid_text() allows: 451 */
-	h->answer[SEV_EHLO].text = text_lines(text, 26, 10);
+	h->answer[SEV_EHLO].text = text_lines(text, 23, 10);
 	feed(h, "EHLO client.example\r\n");
 	CHECK_STR(take(h), "451 " SESSION_POLICY_ERROR "\r\n");
 	h->answer[SEV_EHLO].text = text_lines(text, REPLY_LINES_MAX, REPLY_LINE_MAX - 16);
@@ -1183,6 +1195,480 @@ test_envelope(void)
 	harness_free(h);
 }
 
+/* --- BDAT (RFC 3030) and LMTP (RFC 2033) ---------------------------------- */
+
+static void
+in_transaction(struct harness *h)
+{
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n");
+	take(h);
+}
+
+static void
+test_bdat(void)
+{
+	struct harness	*h = started_with_ehlo(NULL);
+	const char	*all = "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "BDAT 5\r\nhel\r\nBDAT 10 LAST\r\nlo\r\n.\r\nx\r\nNOOP\r\n";
+
+	/* pipelined chunks; no dot-stuffing, no end-of-data scanning */
+	in_transaction(h);
+	feed(h, "BDAT 5\r\nhel\r\n");
+	CHECK_STR(take(h), "250 2.0.0 5 octets received\r\n");
+	CHECK(h->asked[SEV_DATA] == 1 && h->asked[SEV_DATA_END] == 0);
+	feed(h, "BDAT 10 LAST\r\nlo\r\n.\r\nx\r\nNOOP\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n250 2.0.0 Ok\r\n");
+	CHECK(h->data_len == 15 && memcmp(h->data, "hel\r\nlo\r\n.\r\nx\r\n", 15) == 0);
+	CHECK(h->asked[SEV_DATA] == 1 && h->asked[SEV_DATA_END] == 1);
+	CHECK(h->outcome[SEV_DATA_END] == 250);
+	harness_free(h);
+
+	/* the same dialogue, split at every octet */
+	h = started_with_ehlo(NULL);
+	for (size_t i = 0; all[i] != '\0'; i++)
+		feed_len(h, all + i, 1);
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "250 2.0.0 5 octets received\r\n250 2.0.0 Message accepted\r\n"
+	    "250 2.0.0 Ok\r\n");
+	CHECK(h->data_len == 15 && memcmp(h->data, "hel\r\nlo\r\n.\r\nx\r\n", 15) == 0);
+	harness_free(h);
+
+	/* BDAT 0 LAST ends the message; a CRLF may straddle two chunks */
+	h = started_with_ehlo(NULL);
+	in_transaction(h);
+	feed(h, "BDAT 3\r\nab\rBDAT 3\r\n\ncdBDAT 0 LAST\r\n");
+	CHECK_STR(take(h), "250 2.0.0 3 octets received\r\n250 2.0.0 3 octets received\r\n"
+	    "250 2.0.0 Message accepted\r\n");
+	CHECK(h->data_len == 6 && memcmp(h->data, "ab\r\ncd", 6) == 0);
+	harness_free(h);
+}
+
+static void
+test_bdat_sequence(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	/* refused BDATs: their octets are read and dropped, never commands */
+	feed(h, "BDAT 12\r\nQUIT\r\nQUIT\r\nNOOP\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Need MAIL and RCPT before BDAT\r\n250 2.0.0 Ok\r\n");
+	CHECK(!h->closed && h->aborts == 0);
+	feed(h, "MAIL FROM:<a@a.example>\r\nBDAT 6 LAST\r\nQUIT\r\nNOOP\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n"
+	    "503 5.5.1 Need MAIL and RCPT before BDAT\r\n250 2.0.0 Ok\r\n");
+	CHECK(h->asked[SEV_DATA] == 0);
+	/* DATA, RCPT after BDAT; RSET ends the message (abort) */
+	feed(h, "RCPT TO:<b@b.example>\r\nBDAT 2\r\nabDATA\r\nRCPT TO:<c@b.example>\r\n");
+	CHECK_STR(take(h), "250 2.1.5 Recipient ok\r\n250 2.0.0 2 octets received\r\n"
+	    "503 5.5.1 DATA not allowed after BDAT\r\n503 5.5.1 RCPT not allowed after BDAT\r\n");
+	feed(h, "RSET\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Ok\r\n");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_RESET);
+	/* the 'DATA' event refuses the first chunk: dropped, the transaction goes on */
+	in_transaction(h);
+	h->answer[SEV_DATA] = (struct verdict){ false, 554, "5.7.1 not now" };
+	feed(h, "BDAT 6\r\nQUIT\r\n");
+	CHECK_STR(take(h), "554 5.7.1 not now\r\n");
+	h->answer[SEV_DATA] = (struct verdict){ true, 0, NULL };
+	feed(h, "BDAT 4 LAST\r\nok\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	CHECK(h->data_len == 6 && memcmp(h->data, "abok\r\n", 6) == 0);
+	/* a verdict that waits holds the pipelined commands */
+	in_transaction(h);
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "BDAT 4 LAST\r\nhi\r\nNOOP\r\n");
+	CHECK_STR(take(h), "");
+	session_decide(h->s, &(struct verdict){ false, 452, "4.2.2 full" });
+	CHECK_STR(take(h), "452 4.2.2 full\r\n250 2.0.0 Ok\r\n");
+	h->wait[SEV_DATA_END] = false;
+	harness_free(h);
+
+	/* a disconnect between chunks aborts the message */
+	h = started_with_ehlo(NULL);
+	in_transaction(h);
+	feed(h, "BDAT 2\r\nab");
+	session_eof(h->s);
+	session_destroy(h->s);
+	h->s = NULL;
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_DISCONNECT);
+	harness_free(h);
+}
+
+static void
+test_bdat_limits(void)
+{
+	struct harness *h;
+
+	/* 7BIT text by BDAT: a bare LF fails it; the chunk is still read to its end */
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_ALL;
+	in_transaction(h);
+	feed(h, "BDAT 600\r\n");
+	for (int i = 0; i < 59; i++)
+		feed(h, "012345678\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_BARE_NEWLINE);
+	feed(h, "012345678\nBDAT 1 LAST\r\nxNOOP\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n"
+	    "503 5.5.1 Need MAIL and RCPT before BDAT\r\n250 2.0.0 Ok\r\n");
+	harness_free(h);
+
+	/* the running total over maxSize: 552 after the chunk, read to its end */
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_ALL;
+	in_transaction(h);
+	feed(h, "BDAT 600\r\n");
+	for (int i = 0; i < 60; i++)
+		feed(h, "01234567\r\n");
+	CHECK_STR(take(h), "250 2.0.0 600 octets received\r\n");
+	feed(h, "BDAT 401 LAST\r\n");
+	CHECK(h->aborts == 1 && h->last_abort == ABORT_TOO_BIG);
+	for (int i = 0; i < 40; i++)
+		feed(h, "01234567\r\n");
+	CHECK_STR(take(h), "");
+	feed(h, "xNOOP\r\n");
+	CHECK_STR(take(h), "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+	    "250 2.0.0 Ok\r\n");
+	CHECK(h->data_len == 600 && h->asked[SEV_DATA_END] == 0);
+	/* at the limit exactly: accepted */
+	in_transaction(h);
+	feed(h, "BDAT 1000 LAST\r\n");
+	for (int i = 0; i < 100; i++)
+		feed(h, "01234567\r\n");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	/* a failed chunk that is not the LAST ends the transaction; the rest is refused */
+	in_transaction(h);
+	feed(h, "BDAT 1001\r\n");
+	for (int i = 0; i < 100; i++)
+		feed(h, "01234567\r\n");
+	feed(h, "xBDAT 3 LAST\r\nab\n");
+	CHECK_STR(take(h), "552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+	    "503 5.5.1 Need MAIL and RCPT before BDAT\r\n");
+	harness_free(h);
+
+	/* the size field: 20 digits at most, 64 bits */
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT 18446744073709551615\r\nNOOP\r\n");
+	CHECK_STR(take(h), "503 5.5.1 Need MAIL and RCPT before BDAT\r\n");	/* NOOP is chunk */
+	CHECK(!h->closed);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT 18446744073709551616\r\nNOOP\r\n");
+	CHECK_STR(take(h), "501 5.5.4 Syntax: BDAT size [LAST]\r\n"
+	    "421 4.5.4 test.example Error: cannot find the end of the chunk\r\n");
+	CHECK(h->closed);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT 12 LAT\r\n");
+	CHECK(strncmp(take(h), "501 5.5.4 Syntax: BDAT", 22) == 0 && h->closed);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "BDAT -1\r\n");
+	CHECK(strncmp(take(h), "501 5.5.4 Syntax: BDAT", 22) == 0 && h->closed);
+	harness_free(h);
+}
+
+static void
+test_bdat_body(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	/* BINARYMIME: octets as they are; DATA refused */
+	feed(h, "MAIL FROM:<a@a.example> BODY=BINARYMIME\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "503 5.5.1 BODY=BINARYMIME requires BDAT\r\n");
+	FEED_LIT(h, "BDAT 7 LAST\r\n\0\n\r.\r\n\r");
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n");
+	CHECK(h->data_len == 7 && memcmp(h->data, "\0\n\r.\r\n\r", 7) == 0);
+	/* the next transaction is 7BIT again: NUL and bare CR refused */
+	h->data_len = 0;
+	in_transaction(h);
+	FEED_LIT(h, "BDAT 4 LAST\r\na\0\r\n");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a NUL octet (RFC 6152)\r\n");
+	in_transaction(h);
+	feed(h, "BDAT 3 LAST\r\nab\r");
+	CHECK_STR(take(h), "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	harness_free(h);
+
+	/* BINARYMIME without CHUNKING is not offered */
+	h = started_with_ehlo(only_size_limit);
+	h->cfg.extensions = EXT_8BITMIME | EXT_BINARYMIME;
+	feed(h, "MAIL FROM:<a@a.example> BODY=BINARYMIME\r\n");
+	CHECK_STR(take(h), "501 Bad BODY value\r\n");
+	feed(h, "BDAT 0 LAST\r\n");
+	CHECK_STR(take(h), "502 Command not implemented\r\n");
+	harness_free(h);
+}
+
+/* The policy pauses a chunk; the chunk's reply waits for the resume. */
+static void
+test_bdat_pause(void)
+{
+	struct harness *h = started_with_ehlo(NULL);
+
+	in_transaction(h);
+	h->pause_on_data = true;
+	feed(h, "BDAT 4\r\nab\r\nBDAT 3 LAST\r\ncd\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->data_len == 4 && h->held_len == strlen("BDAT 3 LAST\r\ncd\n"));
+	h->pause_on_data = false;
+	session_resume(h->s);
+	/* the first chunk's 250, then the second's octets: a bare LF fails it */
+	CHECK_STR(take(h), "250 2.0.0 4 octets received\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	CHECK(h->held_len == 0 && h->aborts == 1);
+	/* a pause at the LAST chunk's end holds its verdict until the resume */
+	in_transaction(h);
+	h->pause_on_data = true;
+	feed(h, "BDAT 4 LAST\r\nef\r\nNOOP\r\n");
+	CHECK_STR(take(h), "");
+	CHECK(h->asked[SEV_DATA_END] == 0);
+	h->pause_on_data = false;
+	session_resume(h->s);
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n250 2.0.0 Ok\r\n");
+	harness_free(h);
+}
+
+static void
+lmtp_on(struct session_config *cfg)
+{
+	cfg->lmtp = true;
+}
+
+static void
+test_lmtp(void)
+{
+	struct harness *h = harness_new(lmtp_on);
+
+	harness_start(h);
+	CHECK_STR(take(h), "220 test.example LMTP\r\n");
+	feed(h, "EHLO c.example\r\nHELO c.example\r\nMAIL FROM:<a@a.example>\r\n");
+	CHECK_STR(take(h), "500 5.5.1 This is LMTP: send LHLO\r\n"
+	    "500 5.5.1 This is LMTP: send LHLO\r\n503 5.5.1 Send LHLO first\r\n");
+	feed(h, "LHLO c.example\r\n");
+	CHECK(strncmp(take(h), "250-test.example\r\n250-PIPELINING", 32) == 0);
+	CHECK(h->asked[SEV_EHLO] == 1);
+	/* one reply per accepted recipient, in RCPT order */
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "RCPT TO:<d@b.example>\r\n");
+	take(h);
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "DATA\r\nhi\r\n.\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n");
+	CHECK(session_recipient_verdict(h->s, 3, &(struct verdict){ true, 0, NULL }) == -1);
+	CHECK(session_recipient_verdict(h->s, 1, &(struct verdict){ false, 552,
+	    "5.2.2 over quota" }) == 0);
+	CHECK(session_recipient_verdict(h->s, 2, &(struct verdict){ false, 250,
+	    "bad" }) == 0);		/* invalid: 451 for that one */
+	session_decide(h->s, &(struct verdict){ true, 0, NULL });
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n552 5.2.2 over quota\r\n"
+	    "451 4.3.0 Local error in policy, try again later\r\n");
+	/* the next message: no verdict of the last one is left; BDAT too */
+	h->wait[SEV_DATA_END] = false;
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "BDAT 4 LAST\r\nhi\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "250 2.1.5 Recipient ok\r\n250 2.0.0 Message accepted\r\n250 2.0.0 Message accepted\r\n");
+	/* a message that fails while received: the failure for each */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "DATA\r\nbare\nLF\r\n.\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n250 2.1.5 Recipient ok\r\n"
+	    "250 2.1.5 Recipient ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n"
+	    "550 5.6.0 Message contains a bare CR or LF (RFC 5321 2.3.8)\r\n");
+	/* no accepted recipient: DATA is 503 (RFC 2033 4.2) */
+	h->answer[SEV_RCPT] = (struct verdict){ false, 0, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\n");
+	CHECK_STR(take(h), "250 2.1.0 Sender ok\r\n550 5.7.1 Recipient address rejected\r\n"
+	    "503 5.5.1 No valid recipients\r\n");
+	/* a decision timeout answers every recipient 451, whatever was set */
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "RCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\nBDAT 2 LAST\r\nab");
+	take(h);
+	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ false, 552, NULL }) == 0);
+	session_timeout(h->s);
+	CHECK_STR(take(h), "451 4.3.0 Timed out waiting for a policy decision\r\n"
+	    "451 4.3.0 Timed out waiting for a policy decision\r\n");
+	h->wait[SEV_DATA_END] = false;
+	/* outside LMTP there are no recipient verdicts, and no LHLO */
+	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ true, 0, NULL }) == -1);
+	harness_free(h);
+	h = started_with_ehlo(NULL);
+	feed(h, "LHLO c.example\r\n");
+	CHECK_STR(take(h), "500 5.5.2 Command unrecognized\r\n");
+	harness_free(h);
+}
+
+/* What the engine counts (metrics.h): here into the process's private slot. */
+static void
+test_metrics_counted(void)
+{
+	struct metrics_slot	 before = *metrics_own, *m = metrics_own;
+	struct harness		*h = harness_new(NULL);
+
+#define DELTA(field)	((long long)(m->field - before.field))
+	harness_start(h);
+	take(h);
+	CHECK(DELTA(replies[MR_CONNECT][0]) == 1);
+	feed(h, "EHLO client.example\r\nFOO bar\r\nX-\"}evil\r\n");
+	take(h);
+	CHECK(DELTA(commands[MV_EHLO]) == 1);
+	CHECK(DELTA(replies[MV_EHLO][0]) == 1);
+	CHECK(DELTA(commands[MV_OTHER]) == 2);
+	CHECK(DELTA(replies[MV_OTHER][3]) == 2);
+	h->answer[SEV_RCPT] = (struct verdict){ false, 550, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<no@b.example>\r\n");
+	h->answer[SEV_RCPT] = (struct verdict){ true, 0, NULL };
+	feed(h, "RCPT TO:<b@b.example>\r\nDATA\r\nSubject: hi\r\n\r\nhello\r\n.\r\n");
+	CHECK_STR(strstr(take(h), "250 2.0.0"), "250 2.0.0 Message accepted\r\n");
+	CHECK(DELTA(commands[MV_MAIL]) == 1 && DELTA(commands[MV_RCPT]) == 2);
+	CHECK(DELTA(replies[MV_RCPT][0]) == 1 && DELTA(replies[MV_RCPT][3]) == 1);
+	CHECK(DELTA(replies[MV_DATA][1]) == 1);		/* 354 */
+	CHECK(DELTA(replies[MR_DATA_END][0]) == 1);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1 && DELTA(octets[MM_ACCEPTED]) == 22);
+	/* the policy rejects at the end; the engine fails a bare LF */
+	h->answer[SEV_DATA_END] = (struct verdict){ false, 554, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nabc\r\n.\r\n");
+	h->answer[SEV_DATA_END] = (struct verdict){ true, 0, NULL };
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nab\ncd\r\n.\r\n");
+	take(h);
+	CHECK(DELTA(messages[MM_REJECTED]) == 1 && DELTA(octets[MM_REJECTED]) == 5);
+	CHECK(DELTA(messages[MM_FAILED]) == 1);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1);
+	CHECK(DELTA(replies[MR_DATA_END][3]) == 2);
+	/* a message cut by the client's leaving fails once */
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nDATA\r\nabc");
+	session_eof(h->s);
+	harness_free(h);
+	CHECK(DELTA(messages[MM_FAILED]) == 2);
+#undef DELTA
+}
+
+static void
+with_received(struct session_config *cfg)
+{
+	cfg->received_header = true;
+}
+
+/* The data starts with "Received: from client.example", ends with tail; no other Received. */
+static bool
+data_is(struct harness *h, const char *middle, const char *tail)
+{
+	size_t	 tl = strlen(tail);
+	char	*end;
+
+	h->data[h->data_len] = '\0';
+	if (strncmp(h->data, "Received: from client.example ", 30) != 0 ||
+	    h->data_len < tl || strcmp(h->data + h->data_len - tl, tail) != 0)
+		return false;
+	if ((end = strstr(h->data, " +0000\r\n")) == NULL)
+		return false;
+	if (middle != NULL && strstr(h->data, middle) == NULL)
+		return false;
+	return strstr(end, "Received:") == NULL;
+}
+
+static void
+test_trace(void)
+{
+	struct harness	*h = started_with_ehlo(with_received);
+	const char	*why;
+
+	/* DATA: the Received field first, the client's data after it */
+	in_transaction(h);
+	feed(h, "DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(data_is(h, " by test.example (luasmtpd) with ESMTP\r\n\tid ", "\r\nSubject: hi\r\n\r\nbody\r\n"));
+	CHECK(strstr(h->data, "for <b@b.example>;") != NULL);
+	CHECK(strstr(h->data, "(unknown") == NULL && strstr(h->data, "[unknown") == NULL);
+	/* not counted in the size: the client's octets are */
+	CHECK(session_add_header(h->s, "X-A", 3, "b", 1, &why) == -1);	/* no message */
+	harness_free(h);
+
+	/* BDAT, two recipients (no "for"), added fields after the Received one */
+	h = started_with_ehlo(with_received);
+	h->add_name = "X-Spam";
+	h->add_value = "no";
+	CHECK(session_set_reverse_name(h->s, "bad name") == -1);
+	CHECK(session_set_reverse_name(h->s, "host.client.example") == 0);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n");
+	take(h);
+	feed(h, "BDAT 4\r\nab\r\nBDAT 2 LAST\r\ncd");
+	CHECK_STR(take(h), "250 2.0.0 4 octets received\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(h->add_rc == 0);
+	CHECK(data_is(h, "(host.client.example)", "X-Spam: no\r\nab\r\ncd"));
+	CHECK(strstr(h->data, " for ") == NULL);
+	/* too late once the data flowed; a later message starts afresh */
+	CHECK(session_add_header(h->s, "X-A", 3, "b", 1, &why) == -1);
+	h->data_len = 0;
+	h->add_value = "bad\r\nX-Injected: yes";
+	in_transaction(h);
+	feed(h, "DATA\r\nx\r\n.\r\n");
+	take(h);
+	CHECK(h->add_rc == -1);
+	CHECK(data_is(h, NULL, "\r\nx\r\n") && strstr(h->data, "Injected") == NULL);
+	/* an empty message still gets its Received field */
+	h->add_name = NULL;
+	h->data_len = 0;
+	in_transaction(h);
+	feed(h, "DATA\r\n.\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(data_is(h, NULL, " +0000\r\n"));
+	harness_free(h);
+}
+
+/* n Received fields then a body, the DATA text of one message */
+static char *
+hops_message(int n)
+{
+	char	*m = malloc((size_t)n * 40 + 64), *p = m;
+
+	for (int i = 0; i < n; i++)
+		p += sprintf(p, i % 2 ? "received:\tby x%d\r\n\tfolded\r\n" :
+		    "Received: by x%d\r\n", i);
+	strcpy(p, "Subject: s\r\n\r\nReceived: in the body\r\n.\r\n");
+	return m;
+}
+
+static void
+test_hops(void)
+{
+	char	*ok = hops_message(100), *over = hops_message(101);
+	bool	 all_ok = true, all_over = true;
+
+	/* split in two at every offset: 100 pass, 101 is 554 5.4.6 */
+	for (size_t cut = 0; cut <= strlen(over); cut++) {
+		struct harness *h;
+
+		h = started_with_ehlo(NULL);
+		in_transaction(h);
+		feed(h, "DATA\r\n");
+		take(h);
+		if (cut <= strlen(ok)) {
+			feed_len(h, ok, cut);
+			feed(h, ok + cut);
+			all_ok &= strcmp(take(h), "250 2.0.0 Message accepted\r\n") == 0 &&
+			    h->aborts == 0;
+		}
+		harness_free(h);
+		h = started_with_ehlo(NULL);
+		in_transaction(h);
+		feed(h, "DATA\r\n");
+		take(h);
+		feed_len(h, over, cut);
+		feed(h, over + cut);
+		all_over &= strcmp(take(h), "554 5.4.6 Too many hops\r\n") == 0 &&
+		    h->aborts == 1 && h->last_abort == ABORT_TOO_MANY_HOPS &&
+		    h->asked[SEV_DATA_END] == 0;
+		harness_free(h);
+	}
+	CHECK(all_ok);
+	CHECK(all_over);
+	free(ok);
+	free(over);
+}
+
 int
 main(void)
 {
@@ -1211,5 +1697,14 @@ main(void)
 	test_auth_sequence();
 	test_auth_never_logged();
 	test_envelope();
+	test_bdat();
+	test_bdat_sequence();
+	test_bdat_limits();
+	test_bdat_body();
+	test_bdat_pause();
+	test_lmtp();
+	test_metrics_counted();
+	test_trace();
+	test_hops();
 	return tap_done();
 }

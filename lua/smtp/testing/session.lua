@@ -115,6 +115,15 @@ function Session:send_raw(bytes)
   return self:_pump()
 end
 
+-- s:bdat(octets[, last][, size]) -> s: "BDAT n[ LAST]" and the chunk's
+-- octets in one write (RFC 3030); size, when given, is what the command
+-- says instead of #octets (a client that sends less, or more)
+function Session:bdat(octets, last, size)
+  assert(type(octets) == "string", "bdat: a string expected")
+  return self:send_raw(string.format("BDAT %d%s\r\n", size or #octets,
+    last and " LAST" or "") .. octets)
+end
+
 -- s:pipeline{line, ...} -> s: several commands in one write (RFC 2920)
 function Session:pipeline(lines)
   local parts = {}

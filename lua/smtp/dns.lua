@@ -1,0 +1,429 @@
+-- smtp.dns -- DNS lookups from handlers: smtp.dns.query, .mx, .ptr,
+-- .reverse; smtp.dnsbl; connection.hostname (docs/API.md, "DNS").
+--
+-- Owns the Lua API, its argument checks, the record types by name, the
+-- per-worker cache (answers for their smallest TTL, a name error or no
+-- data for the SOA's negative TTL, RFC 2308; a bounded number of entries), each lookup's deadline (a platform timer: the same
+-- on the virtual clock of smtp.testing), the implicit MX of RFC 5321 5.1,
+-- DNSBL names (RFC 5782) and forward-confirmed reverse DNS.  Several
+-- lookups may go out at once (a batch: smtp.dnsbl's zones, the implicit
+-- MX's A and AAAA) and are waited for together, under one deadline.  The lookups
+-- themselves are platform.dns(name, qtype, opts, fn): c-ares in luasmtpd
+-- (lua_dns.c), smtp.testing's fake resolver (smtp.testing.dns) in specs.
+-- A lookup yields its handler's coroutine until the answer or the deadline
+-- resumes it; other sessions go on.
+
+local M = {}
+
+local TYPES = { A = 1, NS = 2, CNAME = 5, SOA = 6, PTR = 12, MX = 15, TXT = 16,
+  AAAA = 28, SRV = 33, TLSA = 52, CAA = 257 }
+local NAMES = {}
+for k, v in pairs(TYPES) do NAMES[v] = k end
+
+local DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_CACHE = 2, 1, 1000
+local MAX_TTL = 86400		-- a cached answer is kept at most this long
+local NEG_MAX = 10800		-- and a name error or no data (RFC 2308 5: "one to three hours")
+local FCRDNS_NAMES = 10		-- PTR names looked up forward for connection.hostname
+M.TYPES = TYPES
+
+-- ---- names -------------------------------------------------------------------
+
+-- the 16 octets of an IPv6 address as 32 hex nibbles, or nil
+local function ipv6_nibbles(ip)
+  if ip:find("[^%x:%.]") then return nil end
+  local head, tail = ip, nil
+  local dc = ip:find("::", 1, true)
+  if dc then head, tail = ip:sub(1, dc - 1), ip:sub(dc + 2) end
+  local function groups(s)
+    local g = {}
+    if s == "" then return g end
+    for part in (s .. ":"):gmatch("([^:]*):") do
+      if part:find("%.") then	-- an IPv4 tail
+        local a, b, c, d = part:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+        if not a then return nil end
+        a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+        if a > 255 or b > 255 or c > 255 or d > 255 then return nil end
+        g[#g + 1] = ("%02x%02x"):format(a, b)
+        g[#g + 1] = ("%02x%02x"):format(c, d)
+      else
+        if #part == 0 or #part > 4 then return nil end
+        g[#g + 1] = ("%04x"):format(tonumber(part, 16))
+      end
+    end
+    return g
+  end
+  local h, t = groups(head), {}
+  if tail then t = groups(tail) end
+  if not h or not t then return nil end
+  local missing = 8 - #h - #t
+  if (dc and missing < 1) or (not dc and missing ~= 0) then return nil end
+  for _ = 1, missing do h[#h + 1] = "0000" end
+  for _, g in ipairs(t) do h[#h + 1] = g end
+  return table.concat(h)
+end
+
+-- dns.reverse(ip) -> "4.3.2.1" (IPv4) or 32 nibbles (IPv6), without a
+-- suffix; nil, "bad address"
+local function reverse(ip)
+  if type(ip) ~= "string" then return nil, "bad address" end
+  local a, b, c, d = ip:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if a then
+    if tonumber(a) > 255 or tonumber(b) > 255 or tonumber(c) > 255 or tonumber(d) > 255 then
+      return nil, "bad address"
+    end
+    return ("%d.%d.%d.%d"):format(d, c, b, a)
+  end
+  local hex = ip:find(":", 1, true) and ipv6_nibbles(ip:lower())
+  if not hex then return nil, "bad address" end
+  return hex:reverse():gsub(".", "%0."):sub(1, -2)
+end
+M.reverse = reverse
+
+-- an address in one spelling, for comparison
+local function canonical(ip)
+  if ip:find(":", 1, true) then return ipv6_nibbles(ip:lower()) end
+  return ip
+end
+
+-- TLSA rdata (RFC 6698 2.1): usage, selector, matchingType, data, hex
+local function tlsa(r)
+  local d = r.data
+  if #d < 3 then return end
+  r.usage, r.selector, r.matchingType = d:byte(1), d:byte(2), d:byte(3)
+  r.data = d:sub(4)
+  r.hex = r.data:gsub(".", function(c) return ("%02x"):format(c:byte()) end)
+end
+
+-- ---- the API -------------------------------------------------------------------
+
+-- M.new(I) -> the smtp.dns table; also sets I.smtp.dnsbl and I.hostname_of
+function M.new(I)
+  local platform, current_task, resume, smtp = I.platform, I.current_task, I.resume, I.smtp
+  local now = platform.now or os.time
+  -- the cache: key -> entry, and the keys in the order they were put (a
+  -- ring: the oldest is evicted first when full; an entry's seq is its
+  -- place, so a key put again or gone leaves a stale place, skipped, and
+  -- the ring is rebuilt when stale places make it twice the cache)
+  local cache, ncache = {}, 0
+  local ring, rhead, rtail = {}, 1, 0
+  local api = { TYPES = TYPES, reverse = reverse }
+
+  local function opt(k, default)
+    local s = I.server
+    local v = s and rawget(s, "_opts")[k]
+    if v == nil or v == false then return default end
+    return v
+  end
+
+  -- what platform.dns is told: the server options, one table while they
+  -- stay the same (lua_dns.c then has nothing to compare)
+  local NONE = {}
+  local conf, c_res, c_timeout, c_retries
+  local function config()
+    local s = I.server
+    local o = s and rawget(s, "_opts") or NONE
+    local res, timeout, retries = o.resolvers, o.dnsTimeout, o.dnsRetries
+    if conf and res == c_res and timeout == c_timeout and retries == c_retries then return conf end
+    c_res, c_timeout, c_retries = res, timeout, retries
+    conf = { servers = res and table.concat(res, ",") or nil, timeout = timeout or DEFAULT_TIMEOUT,
+      tries = (retries or DEFAULT_RETRIES) + 1 }
+    return conf
+  end
+
+  local function copy(records, left)
+    local out = {}
+    for i, r in ipairs(records) do
+      local c = {}
+      for k, v in pairs(r) do c[k] = v end
+      c.ttl = left
+      out[i] = c
+    end
+    return out
+  end
+
+  -- a cached answer: records | false, err, rcode | nil (not cached)
+  local function cache_get(key)
+    local e = cache[key]
+    if not e then return nil end
+    local left = e.expires - now()
+    if left <= 0 then
+      cache[key], ncache = nil, ncache - 1
+      return nil
+    end
+    if e.err then return false, e.err, e.rcode end
+    return copy(e.records, math.floor(left))
+  end
+
+  -- keeps records for their smallest TTL, or a failure (records nil) for ttl
+  local function cache_put(key, records, ttl, err, rcode)
+    local max = opt("dnsCacheSize", DEFAULT_CACHE)
+    if max == 0 then return end
+    if records then
+      ttl = MAX_TTL
+      for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
+    end
+    if ttl <= 0 then return end
+    local old = cache[key]
+    if old then cache[key], ncache = nil, ncache - 1 end
+    while ncache >= max and rhead <= rtail do	-- evict the oldest
+      local k = ring[rhead]
+      ring[rhead], rhead = nil, rhead + 1
+      local e = cache[k]
+      if e and e.seq == rhead - 1 then cache[k], ncache = nil, ncache - 1 end
+    end
+    if rtail - rhead + 1 >= 2 * max + 16 then	-- rebuild: the live places only
+      local live, n = {}, 0
+      for i = rhead, rtail do
+        local k = ring[i]
+        local e = cache[k]
+        if e and e.seq == i then n = n + 1 ; live[n] = k ; e.seq = n end
+      end
+      ring, rhead, rtail = live, 1, n
+    end
+    rtail = rtail + 1
+    ring[rtail] = key
+    ncache = ncache + 1
+    cache[key] = { expires = now() + ttl, records = records and copy(records, ttl),
+      err = err, rcode = rcode, seq = rtail }
+  end
+
+  -- entries and places in the ring (for the specs)
+  function api._cache_size() return ncache, rtail - rhead + 1 end
+
+  -- the answer of q (records or a failure) kept and made final
+  local function settle(q, use_cache)
+    local records, qtype = q.records, q.qtype
+    if not records then
+      local err = q.err
+      if use_cache and q.neg and (err == "nxdomain" or err == "nodata") then
+        cache_put(q.key, nil, math.min(q.neg, NEG_MAX), err, q.rcode)
+      end
+      return
+    end
+    local tname = NAMES[qtype] or qtype
+    for _, r in ipairs(records) do
+      r.type = tname
+      if qtype == 52 then tlsa(r) end
+    end
+    if use_cache then cache_put(q.key, records) end
+  end
+
+  -- Looks up every q of qs at once ({name=, qtype=}: the name checked) and
+  -- waits for them all, or for the deadline: each gets records, or err and
+  -- rcode.  One timer for the batch; the cache answers what it can first.
+  local function lookup(qs, timeout, use_cache, level)
+    local task = current_task()
+    if not task then
+      error("smtp.dns: lookups wait for an answer, so they run in handlers and 'start' "
+        .. "listeners only", level + 1)
+    end
+    if not platform.dns then
+      -- a check (luasmtpd --check, smtp.check's simulated client): timers
+      -- that never fire, and no answer either
+      if platform.timer then while true do coroutine.yield() end end
+      for _, q in ipairs(qs) do q.err = "no resolver: DNS runs in luasmtpd or smtp.testing" end
+      return
+    end
+    local gen, conf = task.gen, config()
+    local left, waiting, timer = 0, false, nil
+    local function wake()
+      if waiting and task.gen == gen and not task.dead and not task.dropped then
+        waiting = false
+        resume(task, nil)
+      end
+    end
+    for _, q in ipairs(qs) do
+      q.key = q.qtype .. " " .. q.name:lower()
+      local hit, herr, hrcode
+      if use_cache then hit, herr, hrcode = cache_get(q.key) end
+      if hit then
+        q.records, q.cached = hit, true
+      elseif hit == false then
+        q.err, q.rcode, q.cached = herr, hrcode, true
+      elseif #q.name > 254 then	-- a DNSBL zone after 64 nibbles, say
+        q.err = "bad name"
+      else
+        left = left + 1
+        local ok, e, c = platform.dns(q.name, q.qtype, conf, function(r, e2, c2, n)
+          if q.records or q.err then return end	-- the deadline came first
+          q.records, q.err, q.rcode, q.neg = r, e2, c2, n
+          left = left - 1
+          if left == 0 then wake() end
+        end)
+        if not ok then q.err, q.rcode, left = e, c, left - 1 end
+      end
+    end
+    if left > 0 then
+      timer = platform.timer(timeout, function()
+        timer = nil
+        for _, q in ipairs(qs) do
+          if not q.records and not q.err then q.err = "timeout" end
+        end
+        left = 0
+        wake()
+      end)
+      while left > 0 do
+        waiting = true
+        coroutine.yield()
+      end
+      if timer then timer:cancel() end
+    end
+    for _, q in ipairs(qs) do
+      if not q.cached then settle(q, use_cache) end
+    end
+  end
+
+  -- one lookup: records | nil, err, rcode
+  local function lookup1(name, qtype, timeout, use_cache, level)
+    local q = { name = name, qtype = qtype }
+    lookup({ q }, timeout, use_cache, level + 1)
+    if q.records then return q.records end
+    return nil, q.err, q.rcode
+  end
+
+  local function default_timeout()
+    return opt("dnsTimeout", DEFAULT_TIMEOUT) * (opt("dnsRetries", DEFAULT_RETRIES) + 1)
+  end
+
+  local function check_name(name, level)
+    if type(name) ~= "string" then error("smtp.dns: a name (string) expected", level + 1) end
+    if #name == 0 or #name > 254 or name:find("[%c%s]") then return false end
+    return true
+  end
+
+  local function qtype_of(t, level)
+    if math.type(t) == "integer" and t > 0 and t < 65536 then return t end
+    local n = type(t) == "string" and TYPES[t:upper()]
+    if not n then error(("smtp.dns: unknown record type %s"):format(tostring(t)), level + 1) end
+    return n
+  end
+
+  -- smtp.dns.query(name, type[, opts]) -> records | nil, err, rcode
+  -- opts.timeout: seconds in all (default dnsTimeout x (dnsRetries + 1));
+  -- opts.cache = false: ask even if the answer is cached
+  function api.query(name, qtype, opts)
+    local t = qtype_of(qtype, 2)
+    if opts ~= nil and type(opts) ~= "table" then error("smtp.dns.query: opts must be a table", 2) end
+    opts = opts or {}
+    local timeout = opts.timeout or default_timeout()
+    if type(timeout) ~= "number" or not (timeout > 0 and timeout <= 3600) then
+      error("smtp.dns.query: timeout is a number of seconds in (0, 3600]", 2)
+    end
+    if not check_name(name, 2) then return nil, "bad name" end
+    return lookup1(name, t, timeout, opts.cache ~= false, 2)
+  end
+  local query = api.query
+
+  -- smtp.dns.mx(domain) -> { {preference=, exchange=, ttl=}... } by
+  -- preference | nil, err, rcode.  No MX but an address: the domain itself
+  -- (RFC 5321 5.1, implicit = true); a null MX (RFC 7505): nil, "null MX".
+  function api.mx(domain)
+    local recs, err, rcode = query(domain, "MX")
+    if recs then
+      if #recs == 1 and (recs[1].exchange == "" or recs[1].exchange == ".") then
+        return nil, "null MX", "NOERROR"
+      end
+      table.sort(recs, function(a, b)
+        if a.preference ~= b.preference then return a.preference < b.preference end
+        return a.exchange < b.exchange
+      end)
+      return recs
+    end
+    if err ~= "nodata" then return nil, err, rcode end
+    local qa, q6 = { name = domain, qtype = 1 }, { name = domain, qtype = 28 }
+    lookup({ qa, q6 }, default_timeout(), true, 2)
+    local a = qa.records or q6.records
+    if not a then return nil, qa.err == "nxdomain" and "nodata" or qa.err, qa.rcode end
+    return { { preference = 0, exchange = domain, ttl = a[1].ttl, implicit = true, type = "MX" } }
+  end
+
+  -- smtp.dns.ptr(ip) -> { "name", ... } | nil, err, rcode
+  function api.ptr(ip)
+    local r, rerr = reverse(ip)
+    if not r then return nil, rerr end
+    local suffix = ip:find(":", 1, true) and ".ip6.arpa" or ".in-addr.arpa"
+    local recs, err, rcode = query(r .. suffix, "PTR")
+    if not recs then return nil, err, rcode end
+    local names = {}
+    for i, rec in ipairs(recs) do names[i] = rec.name end
+    return names
+  end
+
+  -- smtp.dnsbl(ip, zones) -> listings, failures.  Every zone at once (one
+  -- batch of A lookups, then one of TXT for the zones that list ip).  A
+  -- listing: { zone=, codes = {"127.0.0.2", ...}, reason = TXT | nil }; a
+  -- failure: { zone=, err=, rcode= } (a timeout, a server failure, or an
+  -- answer outside 127.0.0.0/8, which RFC 5782 makes an error).
+  function smtp.dnsbl(ip, zones)
+    if type(zones) ~= "table" then error("smtp.dnsbl: a list of zones expected", 2) end
+    local r = reverse(ip)
+    local qs = {}
+    for i, z in ipairs(zones) do
+      if type(z) ~= "string" or not check_name(z, 2) then
+        error(("smtp.dnsbl: zone %d is not a domain name"):format(i), 2)
+      end
+      if r then qs[i] = { name = r .. "." .. z, qtype = 1 } end
+    end
+    if not r then return nil, "bad address" end
+    lookup(qs, default_timeout(), true, 2)
+    local listings, failures, txts, listed = {}, {}, {}, {}
+    for i, q in ipairs(qs) do
+      local zone = zones[i]
+      if q.records then
+        local codes, bad = {}, nil
+        for _, rec in ipairs(q.records) do
+          if not rec.address:match("^127%.") then bad = rec.address break end
+          codes[#codes + 1] = rec.address
+        end
+        if bad then
+          failures[#failures + 1] = { zone = zone, err = "answer outside 127.0.0.0/8: " .. bad }
+        else
+          table.sort(codes)
+          local l = { zone = zone, codes = codes }
+          listings[#listings + 1] = l
+          listed[#listed + 1] = l
+          txts[#txts + 1] = { name = q.name, qtype = 16 }
+        end
+      elseif q.err ~= "nxdomain" and q.err ~= "nodata" then
+        failures[#failures + 1] = { zone = zone, err = q.err, rcode = q.rcode }
+      end
+    end
+    if #txts > 0 then
+      lookup(txts, default_timeout(), true, 2)
+      for i, q in ipairs(txts) do
+        if q.records then
+          local t = {}
+          for _, rec in ipairs(q.records) do t[#t + 1] = rec.text end
+          listed[i].reason = table.concat(t, " ")
+        end
+      end
+    end
+    return listings, failures
+  end
+
+  -- connection.hostname: the PTR name of the client whose A or AAAA
+  -- records include its address (the first of at most FCRDNS_NAMES), or nil
+  function I.hostname_of(conn)
+    local known = rawget(conn, "_hostname")
+    if known ~= nil then return known or nil end
+    local ip = conn.remoteAddress
+    local found = false
+    local names = ip and api.ptr(ip)
+    if names then
+      local want, qt = canonical(ip), ip:find(":", 1, true) and "AAAA" or "A"
+      for i = 1, math.min(#names, FCRDNS_NAMES) do
+        local addrs = query(names[i], qt)
+        for _, a in ipairs(addrs or {}) do
+          if canonical(a.address) == want then found = names[i] break end
+        end
+        if found then break end
+      end
+    end
+    rawset(conn, "_hostname", found)
+    return found or nil
+  end
+
+  return api
+end
+
+return M
