@@ -585,6 +585,8 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 
 	if ((ls = push_attached(ctx, s)) == NULL)
 		return;
+	if (ls->sink != NULL)
+		ls->sink->data(ls->sink, s, buf, len);	/* forwarding: C, no Lua */
 	if (ls->mask & EVBIT(SEV_DATA))
 		hcall_with(&c);
 	else
@@ -623,6 +625,12 @@ hook_closed(void *ctx, struct session *s)
 	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL)
 		return;
 	lua_pop(b->L, 1);
+	if (ls->sink != NULL) {
+		struct lcore_sink *k = ls->sink;
+
+		ls->sink = NULL;
+		k->detach(k, s);
+	}
 	if (ls->attached && !ls->finalizing)
 		hcall(&c);
 	ls->s = NULL;			/* the handle goes weak */

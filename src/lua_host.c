@@ -37,6 +37,7 @@
 #include "lua_http.h"
 #include "lua_redis.h"
 #include "lua_tcp.h"
+#include "lua_nexthop.h"
 #include "lua_store.h"
 #include "busy.h"
 #include "connlimit.h"
@@ -656,6 +657,7 @@ load_protected(lua_State *L)
 		lua_setfield(L, -2, "redis");
 		ltcp_push_connect(L, p->base);	/* smtp.tcp */
 		lua_setfield(L, -2, "tcp_connect");
+		lnexthop_push(L, p->base);	/* message:forward */
 		ldns_push(L, p->base);			/* smtp.dns */
 		lua_setfield(L, -2, "dns");
 		lhttp_install(L, p->base);	/* smtp.http */

@@ -328,6 +328,28 @@ lsession_pause(lua_State *L)
 	return 0;
 }
 
+/* handle:sink(obj | nil): message data to a C consumer (struct lcore_sink) */
+static int
+lsession_sink(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	if (lua_isnoneornil(L, 2)) {
+		ls->sink = NULL;
+		lua_pushnil(L);
+		lua_setiuservalue(L, 1, UV_SINK);
+		return 0;
+	}
+	luaL_checktype(L, 2, LUA_TUSERDATA);
+	if (luaL_getmetafield(L, 2, "__lcore_sink") != LUA_TBOOLEAN || !lua_toboolean(L, -1))
+		return luaL_argerror(L, 2, "not a data sink");
+	lua_pop(L, 1);
+	lua_pushvalue(L, 2);
+	lua_setiuservalue(L, 1, UV_SINK);
+	ls->sink = lua_touserdata(L, 2);
+	return 0;
+}
+
 static int
 lsession_resume(lua_State *L)
 {
@@ -654,6 +676,7 @@ const luaL_Reg lcore_session_methods[] = {
 	{ "shutdown",	lsession_shutdown },
 	{ "pause",	lsession_pause },
 	{ "resume",	lsession_resume },
+	{ "sink",	lsession_sink },
 	{ "addHeader",	lsession_add_header },
 	{ "setReverseName", lsession_set_reverse_name },
 	{ "destroy",	lsession_destroy },

@@ -174,6 +174,24 @@ local OPTIONS = {
     check = function(v) return is_int(v) and v >= 1 and v <= 65536, "an integer in [1, 65536]" end,
     to = function() end,
   },
+  -- next-hop connections kept per worker between messages (lua/smtp/forward.lua)
+  forwardPool = {
+    check = function(v)
+      local why = "a table {idle = seconds in [0, 3600], maxMessages = integer >= 1, maxPerTarget = integer >= 1}"
+      if type(v) ~= "table" then return false, why end
+      for k, x in pairs(v) do
+        if k == "idle" then
+          if type(x) ~= "number" or x < 0 or x > 3600 then return false, why end
+        elseif k == "maxMessages" or k == "maxPerTarget" then
+          if not is_int(x) or x < 1 or x > 1000000 then return false, why end
+        else
+          return false, why
+        end
+      end
+      return true
+    end,
+    to = function() end,
+  },
   -- smtp.dns (read by smtp.dns): the servers (default: /etc/resolv.conf's),
   -- seconds per attempt, attempts after the first, cached answers per worker
   resolvers = {

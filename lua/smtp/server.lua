@@ -166,6 +166,8 @@ local function install_policy(I)
     local server = I.server
     if started or not server then return end
     started = true
+    local pool = rawget(server, "_opts").forwardPool
+    if pool then I.forward_pool(pool) end
     local function failed(err)
       log("error", nil, "handler start failed: %s (serving goes on without it)", err)
     end
