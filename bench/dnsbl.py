@@ -88,8 +88,9 @@ class Knot:
             self.proc.kill()
 
 
-def policy(tmp, name, zones, resolver, cache, extra=""):
-    """the bench policy, plus a DNSBL check of zones (none: the plain path)"""
+def policy(tmp, name, zones, resolver, cache, extra="", check=None):
+    """the bench policy, plus a DNSBL check of zones (none: the plain path),
+    or the code check before the greeting"""
     with open(os.path.join(BENCH, "peers", "luasmtpd", "policy.lua")) as f:
         src = f.read()
     if zones:
@@ -97,8 +98,10 @@ def policy(tmp, name, zones, resolver, cache, extra=""):
                  "  if listed and listed[1] then conn.valid, conn.code = false, 554 return end\n"
                  "  if failures and failures[1] then conn.valid, conn.code = false, 421 return end\n"
                  % ", ".join('"%s"' % z for z in zones))
+    if check:
         src = src.replace("local server = smtp.createServer(function(conn)\n",
                           "local server = smtp.createServer(function(conn)\n" + check)
+    if zones:
         src += 'server.resolvers = { "127.0.0.1:%d" }\nserver.dnsCacheSize = %d\n' % (resolver, cache)
     src += extra
     path = os.path.join(tmp, name + ".lua")
@@ -188,25 +191,33 @@ def cpu_per_connection(args, tmp, knot):
 
 
 def callgrind(args, tmp, knot):
-    def total(script, n):
+    def total(script, n, label):
         out = os.path.join(tmp, "cg.out")
         srv = Server(args.binary, tmp, script, ["valgrind", "--tool=callgrind", "--callgrind-out-file=" + out])
         try:
             source(srv.port, n, 4)
         finally:
             srv.stop()
+        if args.keep:
+            shutil.copy(out, os.path.join(args.keep, "%s.%d.out" % (label, n)))
         for line in open(out):
             if line.startswith("summary:") or line.startswith("totals:"):
                 return int(line.split()[1])
         raise SystemExit("no totals in " + out)
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
     n = args.callgrind_n
     res = {}
-    for label, zones in (("plain", None), ("dnsbl", ZONES)):
-        script = policy(tmp, "cg", zones, knot.port, 0)
-        res[label] = (total(script, n) - total(script, 1)) / (n - 1)
+    # "wait": a connection listener that waits once (smtp.sleep(0)), what any
+    # handler that waits costs on top of the plain path
+    wait = ("  smtp.sleep(0)\n", None)
+    for label, zones, check in (("plain", None, None), ("wait", None, wait[0]), ("dnsbl", ZONES, None)):
+        script = policy(tmp, "cg", zones, knot.port, 0, check=check)
+        res[label] = (total(script, n, label) - total(script, 1, label)) / (n - 1)
     print("callgrind, instructions per connection (%d connections, cache miss):" % n)
-    print("  plain %.0f, dnsbl 3 zones %.0f: +%.0f instructions (x%.2f)" % (
-        res["plain"], res["dnsbl"], res["dnsbl"] - res["plain"], res["dnsbl"] / res["plain"]))
+    print("  plain %.0f; a handler that waits once (smtp.sleep(0)) %.0f: +%.0f; dnsbl 3 zones %.0f: +%.0f "
+          "instructions (x%.2f)" % (res["plain"], res["wait"], res["wait"] - res["plain"], res["dnsbl"],
+                                    res["dnsbl"] - res["plain"], res["dnsbl"] / res["plain"]))
 
 
 class SlowDNS(asyncio.DatagramProtocol):
@@ -296,6 +307,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=1000)
     ap.add_argument("--callgrind", action="store_true")
     ap.add_argument("--callgrind-n", type=int, default=300)
+    ap.add_argument("--callgrind-keep", dest="keep", metavar="DIR",
+                    help="keep the callgrind outputs there (LABEL.N.out), for callgrind_annotate")
     ap.add_argument("--skip-cpu", action="store_true")
     args = ap.parse_args()
     for tool in ("knotd", "smtp-source", "dig"):
