@@ -17,8 +17,9 @@ local M = {}
 
 local TYPES = { A = 1, NS = 2, CNAME = 5, SOA = 6, PTR = 12, MX = 15, TXT = 16,
   AAAA = 28, SRV = 33, TLSA = 52, CAA = 257 }
-local NAMES = {}
-for k, v in pairs(TYPES) do NAMES[v] = k end
+local NAMES, KEYS = {}, {}	-- type number -> name; -> its cache keys' prefix
+for k, v in pairs(TYPES) do NAMES[v], KEYS[v] = k, v .. " " end
+local byte, lower = string.byte, string.lower
 
 local DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_CACHE = 2, 1, 1000
 local MAX_TTL = 86400		-- a cached answer is kept at most this long
@@ -71,7 +72,11 @@ local function reverse(ip)
     if tonumber(a) > 255 or tonumber(b) > 255 or tonumber(c) > 255 or tonumber(d) > 255 then
       return nil, "bad address"
     end
-    return ("%d.%d.%d.%d"):format(d, c, b, a)
+    if (#a > 1 and byte(a) == 48) or (#b > 1 and byte(b) == 48) or (#c > 1 and byte(c) == 48)
+        or (#d > 1 and byte(d) == 48) then
+      return ("%d.%d.%d.%d"):format(d, c, b, a)	-- leading zeros dropped
+    end
+    return d .. "." .. c .. "." .. b .. "." .. a
   end
   local hex = ip:find(":", 1, true) and ipv6_nibbles(ip:lower())
   if not hex then return nil, "bad address" end
@@ -154,10 +159,18 @@ function M.new(I)
     return copy(e.records, math.floor(left))
   end
 
-  -- keeps records for their smallest TTL, or a failure (records nil) for ttl
-  local function cache_put(key, records, ttl, err, rcode)
+  -- a lookup's cache key: its type and its name in lower case
+  local function key_of(q)
+    local key = (KEYS[q.qtype] or q.qtype .. " ") .. lower(q.name)
+    q.key = key
+    return key
+  end
+
+  -- keeps q's records for their smallest TTL, or a failure (records nil) for ttl
+  local function cache_put(q, records, ttl, err, rcode)
     local max = opt("dnsCacheSize", DEFAULT_CACHE)
     if max == 0 then return end
+    local key = q.key or key_of(q)
     if records then
       ttl = MAX_TTL
       for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
@@ -196,89 +209,115 @@ function M.new(I)
     if not records then
       local err = q.err
       if use_cache and q.neg and (err == "nxdomain" or err == "nodata") then
-        cache_put(q.key, nil, math.min(q.neg, NEG_MAX), err, q.rcode)
+        cache_put(q, nil, math.min(q.neg, NEG_MAX), err, q.rcode or nil)
       end
       return
     end
     local tname = NAMES[qtype] or qtype
-    for _, r in ipairs(records) do
+    for i = 1, #records do
+      local r = records[i]
       r.type = tname
       if qtype == 52 then tlsa(r) end
     end
-    if use_cache then cache_put(q.key, records) end
+    if use_cache then cache_put(q, records) end
   end
 
-  -- Looks up every q of qs at once ({name=, qtype=}: the name checked) and
-  -- waits for them all, or for the deadline: each gets records, or err and
-  -- rcode.  One timer for the batch; the cache answers what it can first.
+  -- A lookup: the name (checked) and type, then its answer: records, or
+  -- err and rcode (false when none), neg (the negative TTL of a name
+  -- error or no data); key (its cache key) once made, cached when the
+  -- answer came from the cache.  Every field is made here: the table does
+  -- not grow as the answer comes.
+  local function newq(name, qtype)
+    return { name = name, qtype = qtype, key = false, records = false, err = false,
+      rcode = false, neg = false, cached = false }
+  end
+
+  -- The handler waiting for a batch b: resumed once every lookup is
+  -- answered (or the deadline came), if it still waits for them.
+  local function batch_wake(b)
+    local task = b.task
+    if b.waiting and task.gen == b.gen and not task.dead and not task.dropped then
+      b.waiting = false
+      resume(task, nil)
+    end
+  end
+
+  -- Looks up every q of qs at once (newq's) and waits for them all, or for
+  -- the deadline: each gets records, or err and rcode.  One table, one
+  -- function and one timer for the batch: the function takes each answer
+  -- (fn(records | nil, err, rcode, neg, i), the i-th lookup's) and, called
+  -- by the timer with no i, the deadline.  The cache answers what it can
+  -- first (while it holds anything).
   local function lookup(qs, timeout, use_cache, level)
     local task = current_task()
     if not task then
       error("smtp.dns: lookups wait for an answer, so they run in handlers and 'start' "
         .. "listeners only", level + 1)
     end
+    local n = #qs
     if not platform.dns then
       -- a check (luasmtpd --check, smtp.check's simulated client): timers
       -- that never fire, and no answer either
       if platform.timer then while true do coroutine.yield() end end
-      for _, q in ipairs(qs) do q.err = "no resolver: DNS runs in luasmtpd or smtp.testing" end
+      for i = 1, n do qs[i].err = "no resolver: DNS runs in luasmtpd or smtp.testing" end
       return
     end
-    local gen, conf = task.gen, config()
-    local left, waiting, timer = 0, false, nil
-    local function wake()
-      if waiting and task.gen == gen and not task.dead and not task.dropped then
-        waiting = false
-        resume(task, nil)
+    local conf = config()
+    local b = { task = task, gen = task.gen, left = 0, waiting = false, timer = false }
+    local function answered(r, e, c, neg, i)
+      if i == nil then	-- the deadline
+        b.timer = false
+        for j = 1, n do
+          local q = qs[j]
+          if not q.records and not q.err then q.err = "timeout" end
+        end
+        b.left = 0
+        return batch_wake(b)
       end
+      local q = qs[i]
+      if q.records or q.err then return end	-- the deadline came first
+      q.records, q.err, q.rcode, q.neg = r or false, e or false, c or false, neg or false
+      local left = b.left - 1
+      b.left = left
+      if left == 0 then batch_wake(b) end
     end
-    for _, q in ipairs(qs) do
-      q.key = q.qtype .. " " .. q.name:lower()
+    local cached = use_cache and ncache > 0
+    for i = 1, n do
+      local q = qs[i]
       local hit, herr, hrcode
-      if use_cache then hit, herr, hrcode = cache_get(q.key) end
+      if cached then hit, herr, hrcode = cache_get(q.key or key_of(q)) end
       if hit then
         q.records, q.cached = hit, true
       elseif hit == false then
-        q.err, q.rcode, q.cached = herr, hrcode, true
+        q.err, q.rcode, q.cached = herr, hrcode or false, true
       elseif #q.name > 254 then	-- a DNSBL zone after 64 nibbles, say
         q.err = "bad name"
       else
-        left = left + 1
-        local ok, e, c = platform.dns(q.name, q.qtype, conf, function(r, e2, c2, n)
-          if q.records or q.err then return end	-- the deadline came first
-          q.records, q.err, q.rcode, q.neg = r, e2, c2, n
-          left = left - 1
-          if left == 0 then wake() end
-        end)
-        if not ok then q.err, q.rcode, left = e, c, left - 1 end
+        b.left = b.left + 1
+        local ok, e, c = platform.dns(q.name, q.qtype, conf, answered, i)
+        if not ok then q.err, q.rcode, b.left = e, c or false, b.left - 1 end
       end
     end
-    if left > 0 then
-      timer = platform.timer(timeout, function()
-        timer = nil
-        for _, q in ipairs(qs) do
-          if not q.records and not q.err then q.err = "timeout" end
-        end
-        left = 0
-        wake()
-      end)
-      while left > 0 do
-        waiting = true
+    if b.left > 0 then
+      b.timer = platform.timer(timeout, answered)
+      while b.left > 0 do
+        b.waiting = true
         coroutine.yield()
       end
-      if timer then timer:cancel() end
+      if b.timer then b.timer:cancel() end
     end
-    for _, q in ipairs(qs) do
+    for i = 1, n do
+      local q = qs[i]
       if not q.cached then settle(q, use_cache) end
     end
   end
 
   -- one lookup: records | nil, err, rcode
   local function lookup1(name, qtype, timeout, use_cache, level)
-    local q = { name = name, qtype = qtype }
+    local q = newq(name, qtype)
     lookup({ q }, timeout, use_cache, level + 1)
     if q.records then return q.records end
-    return nil, q.err, q.rcode
+    return nil, q.err or nil, q.rcode or nil
   end
 
   local function default_timeout()
@@ -330,10 +369,10 @@ function M.new(I)
       return recs
     end
     if err ~= "nodata" then return nil, err, rcode end
-    local qa, q6 = { name = domain, qtype = 1 }, { name = domain, qtype = 28 }
+    local qa, q6 = newq(domain, 1), newq(domain, 28)
     lookup({ qa, q6 }, default_timeout(), true, 2)
     local a = qa.records or q6.records
-    if not a then return nil, qa.err == "nxdomain" and "nodata" or qa.err, qa.rcode end
+    if not a then return nil, qa.err == "nxdomain" and "nodata" or qa.err or nil, qa.rcode or nil end
     return { { preference = 0, exchange = domain, ttl = a[1].ttl, implicit = true, type = "MX" } }
   end
 
@@ -354,26 +393,37 @@ function M.new(I)
   -- listing: { zone=, codes = {"127.0.0.2", ...}, reason = TXT | nil }; a
   -- failure: { zone=, err=, rcode= } (a timeout, a server failure, or an
   -- answer outside 127.0.0.0/8, which RFC 5782 makes an error).
+  local zones_ok, nzones_ok = {}, 0	-- zone names checked already (a policy has a few)
   function smtp.dnsbl(ip, zones)
     if type(zones) ~= "table" then error("smtp.dnsbl: a list of zones expected", 2) end
     local r = reverse(ip)
     local qs = {}
-    for i, z in ipairs(zones) do
-      if type(z) ~= "string" or not check_name(z, 2) then
-        error(("smtp.dnsbl: zone %d is not a domain name"):format(i), 2)
+    local i, z = 1, zones[1]
+    while z ~= nil do
+      if not zones_ok[z] then
+        if type(z) ~= "string" or not check_name(z, 2) then
+          error(("smtp.dnsbl: zone %d is not a domain name"):format(i), 2)
+        end
+        if nzones_ok >= 256 then zones_ok, nzones_ok = {}, 0 end
+        zones_ok[z], nzones_ok = true, nzones_ok + 1
       end
-      if r then qs[i] = { name = r .. "." .. z, qtype = 1 } end
+      if r then qs[i] = newq(r .. "." .. z, 1) end
+      i = i + 1
+      z = zones[i]
     end
     if not r then return nil, "bad address" end
     lookup(qs, default_timeout(), true, 2)
-    local listings, failures, txts, listed = {}, {}, {}, {}
-    for i, q in ipairs(qs) do
-      local zone = zones[i]
-      if q.records then
+    local listings, failures, txts, listed = {}, {}, nil, nil
+    for j = 1, #qs do
+      local q = qs[j]
+      local zone = zones[j]
+      local records = q.records
+      if records then
         local codes, bad = {}, nil
-        for _, rec in ipairs(q.records) do
-          if not rec.address:match("^127%.") then bad = rec.address break end
-          codes[#codes + 1] = rec.address
+        for k = 1, #records do
+          local address = records[k].address
+          if not address:match("^127%.") then bad = address break end
+          codes[#codes + 1] = address
         end
         if bad then
           failures[#failures + 1] = { zone = zone, err = "answer outside 127.0.0.0/8: " .. bad }
@@ -381,20 +431,22 @@ function M.new(I)
           table.sort(codes)
           local l = { zone = zone, codes = codes }
           listings[#listings + 1] = l
+          if not txts then txts, listed = {}, {} end
           listed[#listed + 1] = l
-          txts[#txts + 1] = { name = q.name, qtype = 16 }
+          txts[#txts + 1] = newq(q.name, 16)
         end
       elseif q.err ~= "nxdomain" and q.err ~= "nodata" then
-        failures[#failures + 1] = { zone = zone, err = q.err, rcode = q.rcode }
+        failures[#failures + 1] = { zone = zone, err = q.err, rcode = q.rcode or nil }
       end
     end
-    if #txts > 0 then
+    if txts then
       lookup(txts, default_timeout(), true, 2)
-      for i, q in ipairs(txts) do
-        if q.records then
+      for j = 1, #txts do
+        local records = txts[j].records
+        if records then
           local t = {}
-          for _, rec in ipairs(q.records) do t[#t + 1] = rec.text end
-          listed[i].reason = table.concat(t, " ")
+          for k = 1, #records do t[k] = records[k].text end
+          listed[j].reason = table.concat(t, " ")
         end
       end
     end
