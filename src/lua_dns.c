@@ -525,33 +525,35 @@ push_records(lua_State *L, const unsigned char *abuf, int alen, int qtype)
 	return ARES_SUCCESS;
 }
 
+/* what a failure's status is to Lua: err, rcode (NULL: none) */
+static const struct {
+	int		 status;
+	const char	*err, *rcode;
+} failures[] = {
+	{ ARES_ENOTFOUND,	"nxdomain",	"NXDOMAIN" },
+	{ ARES_ENODATA,		"nodata",	"NOERROR" },
+	{ ARES_ESERVFAIL,	"servfail",	"SERVFAIL" },
+	{ ARES_EREFUSED,	"refused",	"REFUSED" },
+	{ ARES_EFORMERR,	"formerr",	"FORMERR" },
+	{ ARES_ENOTIMP,		"notimp",	"NOTIMP" },
+	{ ARES_ETIMEOUT,	"timeout",	NULL },
+	{ ARES_ECONNREFUSED,	"unreachable",	NULL },
+	{ ARES_EBADRESP,	"bad answer",	NULL },
+	{ ARES_EBADNAME,	"bad name",	NULL },
+};
+
 /* pushes nil, err, rcode for a c-ares status */
 static void
 push_failure(lua_State *L, int status)
 {
-	static const struct {
-		int		 status;
-		const char	*err, *rcode;
-	} map[] = {
-		{ ARES_ENOTFOUND,	"nxdomain",	"NXDOMAIN" },
-		{ ARES_ENODATA,		"nodata",	"NOERROR" },
-		{ ARES_ESERVFAIL,	"servfail",	"SERVFAIL" },
-		{ ARES_EREFUSED,	"refused",	"REFUSED" },
-		{ ARES_EFORMERR,	"formerr",	"FORMERR" },
-		{ ARES_ENOTIMP,		"notimp",	"NOTIMP" },
-		{ ARES_ETIMEOUT,	"timeout",	NULL },
-		{ ARES_ECONNREFUSED,	"unreachable",	NULL },
-		{ ARES_EBADRESP,	"bad answer",	NULL },
-		{ ARES_EBADNAME,	"bad name",	NULL },
-	};
 	size_t i;
 
 	lua_pushnil(L);
-	for (i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
-		if (map[i].status == status) {
-			lua_pushstring(L, map[i].err);
-			if (map[i].rcode != NULL)
-				lua_pushstring(L, map[i].rcode);
+	for (i = 0; i < sizeof(failures) / sizeof(failures[0]); i++) {
+		if (failures[i].status == status) {
+			lua_pushstring(L, failures[i].err);
+			if (failures[i].rcode != NULL)
+				lua_pushstring(L, failures[i].rcode);
 			else
 				lua_pushnil(L);
 			return;
@@ -559,6 +561,28 @@ push_failure(lua_State *L, int status)
 	}
 	lua_pushstring(L, ares_strerror(status));
 	lua_pushnil(L);
+}
+
+/*
+ * Keeps the strings of push_failure alive in L (the user values of the
+ * resolver at the top of the stack): pushing one then finds it, rather
+ * than making it again for every answer.
+ */
+static void
+anchor_failures(lua_State *L)
+{
+	size_t i, n = sizeof(failures) / sizeof(failures[0]);
+
+	lua_createtable(L, (int)(2 * n), 0);
+	for (i = 0; i < n; i++) {
+		lua_pushstring(L, failures[i].err);
+		lua_rawseti(L, -2, (lua_Integer)(2 * i + 1));
+		if (failures[i].rcode != NULL) {
+			lua_pushstring(L, failures[i].rcode);
+			lua_rawseti(L, -2, (lua_Integer)(2 * i + 2));
+		}
+	}
+	lua_setiuservalue(L, -2, 2);
 }
 
 /*
@@ -788,13 +812,15 @@ ldns_push(lua_State *L, struct event_base *base)
 	struct resolver *r;
 
 	ares_library_init(ARES_LIB_INIT_ALL);
-	r = lua_newuserdatauv(L, sizeof(*r), 1);	/* the opts the channel was made for */
+	/* user values: the opts the channel was made for, push_failure's strings */
+	r = lua_newuserdatauv(L, sizeof(*r), 2);
 	memset(r, 0, sizeof(*r));
 	if (luaL_newmetatable(L, DNS_MT)) {
 		lua_pushcfunction(L, resolver_gc);
 		lua_setfield(L, -2, "__gc");
 	}
 	lua_setmetatable(L, -2);
+	anchor_failures(L);
 	r->base = base;
 	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
 	r->L = lua_tothread(L, -1);

@@ -157,7 +157,7 @@ ptimer_cancel(lua_State *L)
 	return 0;
 }
 
-/* platform.timer(seconds, fn) -> handle (upvalue: the host) */
+/* platform.timer(seconds, fn) -> handle (upvalues: the host, the handles' metatable) */
 static int
 platform_timer(lua_State *L)
 {
@@ -170,7 +170,8 @@ platform_timer(lua_State *L)
 	luaL_argcheck(L, secs >= 0 && secs <= 365 * 86400.0, 1, "out of range");
 	t = lua_newuserdatauv(L, PTIMER_EVOFF + event_get_struct_event_size(), 1);
 	t->p = p;
-	luaL_setmetatable(L, POLICY_TIMER_MT);
+	lua_pushvalue(L, lua_upvalueindex(2));
+	lua_setmetatable(L, -2);
 	if (event_assign(PTIMER_EV(t), p->base, -1, 0, ptimer_fire, t) == -1)
 		return luaL_error(L, "cannot make a timer");
 	lua_pushvalue(L, 2);
@@ -609,7 +610,8 @@ load_protected(lua_State *L)
 	}
 	if (p->base != NULL) {
 		lua_pushlightuserdata(L, p);
-		lua_pushcclosure(L, platform_timer, 1);
+		luaL_getmetatable(L, POLICY_TIMER_MT);
+		lua_pushcclosure(L, platform_timer, 2);
 		lua_setfield(L, -2, "timer");
 		lua_pushlightuserdata(L, p->base);	/* smtp.store on Redis */
 		lua_pushcclosure(L, lredis_open, 1);

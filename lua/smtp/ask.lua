@@ -179,12 +179,12 @@ local function install_ask(I)
         ask_failed(conn, name, err)
         return true, false, FAIL_CODE, FAIL_TEXT
       elseif ok == nil then
-        -- the ask and the chain of its listeners in one table, every
-        -- field made here (no rehash as it goes)
-        local a = { name = name, obj = obj, finish = finish or false, waiting = false,
-          settled = false, cancelled = false, cancel = cancel_chain,
-          conn = conn, fns = fns, i = i, arg = obj, done = chain_done, step = false,
-          current = false }
+        -- the ask and the chain of its listeners in one table, made
+        -- with room for every field (no rehash as it goes; waiting and
+        -- cancelled, set on rare paths only, start as nil)
+        local a = { name = name, obj = obj, finish = finish or false, settled = false,
+          cancel = cancel_chain, conn = conn, fns = fns, i = i, arg = obj, done = chain_done,
+          step = false, current = false }
         conn._ask = a
         run_chain(a, task)
         return false

@@ -20,6 +20,11 @@ local TYPES = { A = 1, NS = 2, CNAME = 5, SOA = 6, PTR = 12, MX = 15, TXT = 16,
 local NAMES, KEYS = {}, {}	-- type number -> name; -> its cache keys' prefix
 for k, v in pairs(TYPES) do NAMES[v], KEYS[v] = k, v .. " " end
 local byte, lower = string.byte, string.lower
+-- the fields of a lookup (newq) and of a batch of them (lookup)
+local NAME <const>, QTYPE <const>, KEY <const>, RECORDS <const> = 1, 2, 3, 4
+local ERR <const>, RCODE <const>, NEG <const>, CACHED <const> = 5, 6, 7, 8
+local B_TASK <const>, B_GEN <const>, B_LEFT <const>, B_WAITING <const> = 1, 2, 3, 4
+local B_TIMER <const>, B_QS <const> = 5, 6
 
 local DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_CACHE = 2, 1, 1000
 local MAX_TTL = 86400		-- a cached answer is kept at most this long
@@ -161,16 +166,15 @@ function M.new(I)
 
   -- a lookup's cache key: its type and its name in lower case
   local function key_of(q)
-    local key = (KEYS[q.qtype] or q.qtype .. " ") .. lower(q.name)
-    q.key = key
+    local key = (KEYS[q[QTYPE]] or q[QTYPE] .. " ") .. lower(q[NAME])
+    q[KEY] = key
     return key
   end
 
-  -- keeps q's records for their smallest TTL, or a failure (records nil) for ttl
-  local function cache_put(q, records, ttl, err, rcode)
-    local max = opt("dnsCacheSize", DEFAULT_CACHE)
-    if max == 0 then return end
-    local key = q.key or key_of(q)
+  -- keeps q's records for their smallest TTL, or a failure (records nil)
+  -- for ttl, in a cache of max entries
+  local function cache_put(max, q, records, ttl, err, rcode)
+    local key = q[KEY] or key_of(q)
     if records then
       ttl = MAX_TTL
       for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
@@ -203,13 +207,14 @@ function M.new(I)
   -- entries and places in the ring (for the specs)
   function api._cache_size() return ncache, rtail - rhead + 1 end
 
-  -- the answer of q (records or a failure) kept and made final
-  local function settle(q, use_cache)
-    local records, qtype = q.records, q.qtype
+  -- the answer of q (records or a failure) made final, and kept in a
+  -- cache of max entries (0: none)
+  local function settle(q, max)
+    local records, qtype = q[RECORDS], q[QTYPE]
     if not records then
-      local err = q.err
-      if use_cache and q.neg and (err == "nxdomain" or err == "nodata") then
-        cache_put(q, nil, math.min(q.neg, NEG_MAX), err, q.rcode or nil)
+      local err = q[ERR]
+      if max > 0 and q[NEG] and (err == "nxdomain" or err == "nodata") then
+        cache_put(max, q, nil, math.min(q[NEG], NEG_MAX), err, q[RCODE] or nil)
       end
       return
     end
@@ -219,25 +224,25 @@ function M.new(I)
       r.type = tname
       if qtype == 52 then tlsa(r) end
     end
-    if use_cache then cache_put(q, records) end
+    if max > 0 then cache_put(max, q, records) end
   end
 
   -- A lookup: the name (checked) and type, then its answer: records, or
   -- err and rcode (false when none), neg (the negative TTL of a name
   -- error or no data); key (its cache key) once made, cached when the
-  -- answer came from the cache.  Every field is made here: the table does
-  -- not grow as the answer comes.
+  -- answer came from the cache.  An array made whole by its constructor
+  -- (indexes NAME... CACHED): no field is added, and no key hashed, as
+  -- the answer comes.
   local function newq(name, qtype)
-    return { name = name, qtype = qtype, key = false, records = false, err = false,
-      rcode = false, neg = false, cached = false }
+    return { name, qtype, false, false, false, false, false, false }
   end
 
   -- The handler waiting for a batch b: resumed once every lookup is
   -- answered (or the deadline came), if it still waits for them.
   local function batch_wake(b)
-    local task = b.task
-    if b.waiting and task.gen == b.gen and not task.dead and not task.dropped then
-      b.waiting = false
+    local task = b[B_TASK]
+    if b[B_WAITING] and task.gen == b[B_GEN] and not task.dead and not task.dropped then
+      b[B_WAITING] = false
       resume(task, nil)
     end
   end
@@ -259,56 +264,59 @@ function M.new(I)
       -- a check (luasmtpd --check, smtp.check's simulated client): timers
       -- that never fire, and no answer either
       if platform.timer then while true do coroutine.yield() end end
-      for i = 1, n do qs[i].err = "no resolver: DNS runs in luasmtpd or smtp.testing" end
+      for i = 1, n do qs[i][ERR] = "no resolver: DNS runs in luasmtpd or smtp.testing" end
       return
     end
     local conf = config()
-    local b = { task = task, gen = task.gen, left = 0, waiting = false, timer = false }
+    -- the batch, the one upvalue of answered: B_TASK... B_QS
+    local b = { task, task.gen, 0, false, false, qs }
     local function answered(r, e, c, neg, i)
+      local lookups = b[B_QS]
       if i == nil then	-- the deadline
-        b.timer = false
-        for j = 1, n do
-          local q = qs[j]
-          if not q.records and not q.err then q.err = "timeout" end
+        b[B_TIMER] = false
+        for j = 1, #lookups do
+          local q = lookups[j]
+          if not q[RECORDS] and not q[ERR] then q[ERR] = "timeout" end
         end
-        b.left = 0
+        b[B_LEFT] = 0
         return batch_wake(b)
       end
-      local q = qs[i]
-      if q.records or q.err then return end	-- the deadline came first
-      q.records, q.err, q.rcode, q.neg = r or false, e or false, c or false, neg or false
-      local left = b.left - 1
-      b.left = left
+      local q = lookups[i]
+      if q[RECORDS] or q[ERR] then return end	-- the deadline came first
+      q[RECORDS], q[ERR], q[RCODE], q[NEG] = r or false, e or false, c or false, neg or false
+      local left = b[B_LEFT] - 1
+      b[B_LEFT] = left
       if left == 0 then batch_wake(b) end
     end
     local cached = use_cache and ncache > 0
     for i = 1, n do
       local q = qs[i]
       local hit, herr, hrcode
-      if cached then hit, herr, hrcode = cache_get(q.key or key_of(q)) end
+      if cached then hit, herr, hrcode = cache_get(q[KEY] or key_of(q)) end
       if hit then
-        q.records, q.cached = hit, true
+        q[RECORDS], q[CACHED] = hit, true
       elseif hit == false then
-        q.err, q.rcode, q.cached = herr, hrcode or false, true
-      elseif #q.name > 254 then	-- a DNSBL zone after 64 nibbles, say
-        q.err = "bad name"
+        q[ERR], q[RCODE], q[CACHED] = herr, hrcode or false, true
+      elseif #q[NAME] > 254 then	-- a DNSBL zone after 64 nibbles, say
+        q[ERR] = "bad name"
       else
-        b.left = b.left + 1
-        local ok, e, c = platform.dns(q.name, q.qtype, conf, answered, i)
-        if not ok then q.err, q.rcode, b.left = e, c or false, b.left - 1 end
+        b[B_LEFT] = b[B_LEFT] + 1
+        local ok, e, c = platform.dns(q[NAME], q[QTYPE], conf, answered, i)
+        if not ok then q[ERR], q[RCODE], b[B_LEFT] = e, c or false, b[B_LEFT] - 1 end
       end
     end
-    if b.left > 0 then
-      b.timer = platform.timer(timeout, answered)
-      while b.left > 0 do
-        b.waiting = true
+    if b[B_LEFT] > 0 then
+      b[B_TIMER] = platform.timer(timeout, answered)
+      while b[B_LEFT] > 0 do
+        b[B_WAITING] = true
         coroutine.yield()
       end
-      if b.timer then b.timer:cancel() end
+      if b[B_TIMER] then b[B_TIMER]:cancel() end
     end
+    local max = use_cache and opt("dnsCacheSize", DEFAULT_CACHE) or 0
     for i = 1, n do
       local q = qs[i]
-      if not q.cached then settle(q, use_cache) end
+      if not q[CACHED] then settle(q, max) end
     end
   end
 
@@ -316,8 +324,8 @@ function M.new(I)
   local function lookup1(name, qtype, timeout, use_cache, level)
     local q = newq(name, qtype)
     lookup({ q }, timeout, use_cache, level + 1)
-    if q.records then return q.records end
-    return nil, q.err or nil, q.rcode or nil
+    if q[RECORDS] then return q[RECORDS] end
+    return nil, q[ERR] or nil, q[RCODE] or nil
   end
 
   local function default_timeout()
@@ -371,8 +379,8 @@ function M.new(I)
     if err ~= "nodata" then return nil, err, rcode end
     local qa, q6 = newq(domain, 1), newq(domain, 28)
     lookup({ qa, q6 }, default_timeout(), true, 2)
-    local a = qa.records or q6.records
-    if not a then return nil, qa.err == "nxdomain" and "nodata" or qa.err or nil, qa.rcode or nil end
+    local a = qa[RECORDS] or q6[RECORDS]
+    if not a then return nil, qa[ERR] == "nxdomain" and "nodata" or qa[ERR] or nil, qa[RCODE] or nil end
     return { { preference = 0, exchange = domain, ttl = a[1].ttl, implicit = true, type = "MX" } }
   end
 
@@ -417,7 +425,7 @@ function M.new(I)
     for j = 1, #qs do
       local q = qs[j]
       local zone = zones[j]
-      local records = q.records
+      local records = q[RECORDS]
       if records then
         local codes, bad = {}, nil
         for k = 1, #records do
@@ -433,16 +441,16 @@ function M.new(I)
           listings[#listings + 1] = l
           if not txts then txts, listed = {}, {} end
           listed[#listed + 1] = l
-          txts[#txts + 1] = newq(q.name, 16)
+          txts[#txts + 1] = newq(q[NAME], 16)
         end
-      elseif q.err ~= "nxdomain" and q.err ~= "nodata" then
-        failures[#failures + 1] = { zone = zone, err = q.err, rcode = q.rcode or nil }
+      elseif q[ERR] ~= "nxdomain" and q[ERR] ~= "nodata" then
+        failures[#failures + 1] = { zone = zone, err = q[ERR], rcode = q[RCODE] or nil }
       end
     end
     if txts then
       lookup(txts, default_timeout(), true, 2)
       for j = 1, #txts do
-        local records = txts[j].records
+        local records = txts[j][RECORDS]
         if records then
           local t = {}
           for k = 1, #records do t[k] = records[k].text end
