@@ -118,25 +118,23 @@ function M.new(I)
   local ring, rhead, rtail = {}, 1, 0
   local api = { TYPES = TYPES, reverse = reverse }
 
-  local function opt(k, default)
-    local s = I.server
-    local v = s and rawget(s, "_opts")[k]
-    if v == nil or v == false then return default end
-    return v
-  end
-
-  -- what platform.dns is told: the server options, one table while they
-  -- stay the same (lua_dns.c then has nothing to compare)
+  -- The DNS options of the server, one table while they stay the same:
+  -- what platform.dns is told (servers, timeout, tries: lua_dns.c then has
+  -- nothing to compare), the deadline of a lookup (timeout x tries) and the
+  -- cache's size.
   local NONE = {}
-  local conf, c_res, c_timeout, c_retries
+  local conf, c_res, c_timeout, c_retries, c_size
   local function config()
     local s = I.server
     local o = s and rawget(s, "_opts") or NONE
-    local res, timeout, retries = o.resolvers, o.dnsTimeout, o.dnsRetries
-    if conf and res == c_res and timeout == c_timeout and retries == c_retries then return conf end
-    c_res, c_timeout, c_retries = res, timeout, retries
-    conf = { servers = res and table.concat(res, ",") or nil, timeout = timeout or DEFAULT_TIMEOUT,
-      tries = (retries or DEFAULT_RETRIES) + 1 }
+    local res, timeout, retries, size = o.resolvers, o.dnsTimeout, o.dnsRetries, o.dnsCacheSize
+    if conf and res == c_res and timeout == c_timeout and retries == c_retries and size == c_size then
+      return conf
+    end
+    c_res, c_timeout, c_retries, c_size = res, timeout, retries, size
+    timeout, retries = timeout or DEFAULT_TIMEOUT, retries or DEFAULT_RETRIES
+    conf = { servers = res and table.concat(res, ",") or nil, timeout = timeout, tries = retries + 1,
+      deadline = timeout * (retries + 1), cache = size or DEFAULT_CACHE }
     return conf
   end
 
@@ -151,11 +149,11 @@ function M.new(I)
     return out
   end
 
-  -- a cached answer: records | false, err, rcode | nil (not cached)
-  local function cache_get(key)
+  -- a cached answer at time t: records | false, err, rcode | nil (not cached)
+  local function cache_get(key, t)
     local e = cache[key]
     if not e then return nil end
-    local left = e.expires - now()
+    local left = e.expires - t
     if left <= 0 then
       cache[key], ncache = nil, ncache - 1
       return nil
@@ -288,11 +286,11 @@ function M.new(I)
       b[B_LEFT] = left
       if left == 0 then batch_wake(b) end
     end
-    local cached = use_cache and ncache > 0
+    local t = use_cache and ncache > 0 and now()	-- the cache holds something
     for i = 1, n do
       local q = qs[i]
       local hit, herr, hrcode
-      if cached then hit, herr, hrcode = cache_get(q[KEY] or key_of(q)) end
+      if t then hit, herr, hrcode = cache_get(q[KEY] or key_of(q), t) end
       if hit then
         q[RECORDS], q[CACHED] = hit, true
       elseif hit == false then
@@ -313,7 +311,7 @@ function M.new(I)
       end
       if b[B_TIMER] then b[B_TIMER]:cancel() end
     end
-    local max = use_cache and opt("dnsCacheSize", DEFAULT_CACHE) or 0
+    local max = use_cache and conf.cache or 0
     for i = 1, n do
       local q = qs[i]
       if not q[CACHED] then settle(q, max) end
@@ -329,7 +327,7 @@ function M.new(I)
   end
 
   local function default_timeout()
-    return opt("dnsTimeout", DEFAULT_TIMEOUT) * (opt("dnsRetries", DEFAULT_RETRIES) + 1)
+    return config().deadline
   end
 
   local function check_name(name, level)
