@@ -1,6 +1,6 @@
 /*
  * lua_dns.c -- the DNS resolver of smtp.dns (lua/smtp/dns.lua):
- * platform.dns(name, qtype, opts, fn) -> true | nil, err.
+ * platform.dns(name, qtype, opts, fn[, i]) -> true | nil, err.
  *
  * Owns one c-ares channel per worker on the worker's event base: c-ares
  * says which sockets it wants watched (ARES_OPT_SOCK_STATE_CB), each gets
@@ -10,9 +10,10 @@
  * TCP of a truncated UDP answer.  An answer is parsed here with c-ares's
  * parsers (A, AAAA, MX, TXT, PTR) or, for other types, walked for the
  * records of the type asked (a CNAME's or NS's name expanded, anything
- * else as raw rdata) into a list of Lua tables; fn(records) or
- * fn(nil, err, rcode[, negative_ttl]) (RFC 2308: from the SOA of a
- * name-error or no-data answer) runs later from the event loop, never during the
+ * else as raw rdata) into a list of Lua tables; fn(records, nil, nil, nil, i) or
+ * fn(nil, err, rcode, negative_ttl | nil, i) (RFC 2308: from the SOA of a
+ * name-error or no-data answer; i: the caller's integer, so that one fn
+ * serves a batch) runs later from the event loop, never during the
  * call (a lookup that fails at once returns nil, err, rcode instead).  The channel is made at the first lookup (loading a script never
  * resolves) and again only if opts change; the cache and per-lookup
  * deadlines are dns.lua's.
@@ -59,12 +60,14 @@ struct resolver {
 	int			 closing;	/* in __gc: no more Lua */
 	int			 querying;	/* inside ares_query: answers wait */
 	int			 dispatching;	/* inside ares_process_fd: the channel stays */
+	long			 timeout_ms;	/* the channel's (first try's) timeout */
 };
 
 struct dns_query {
 	struct resolver	*r;
 	int		 fn_ref;
 	int		 qtype;
+	lua_Integer	 i;		/* given back to fn; 0: none */
 	int		 early;		/* answered inside ares_query */
 	int		 early_status;
 };
@@ -118,6 +121,31 @@ arm_timer(struct resolver *r)
 		evtimer_add(r->timer, t);
 	else
 		evtimer_del(r->timer);
+}
+
+/*
+ * After a lookup went out: its deadline (now + the channel's timeout) is
+ * the earliest only if no timer is armed, or the armed one is later (a
+ * retry's doubled timeout); otherwise the timer stays as it is (no
+ * ares_timeout walk and event_add per lookup of a batch).
+ */
+static void
+arm_timer_sent(struct resolver *r)
+{
+	struct timeval	 due, now, next;
+
+	if (evtimer_pending(r->timer, &due) &&
+	    event_base_gettimeofday_cached(r->base, &now) == 0) {
+		next.tv_sec = now.tv_sec + r->timeout_ms / 1000;
+		next.tv_usec = now.tv_usec + (r->timeout_ms % 1000) * 1000;
+		if (next.tv_usec >= 1000000) {
+			next.tv_sec++;
+			next.tv_usec -= 1000000;
+		}
+		if (!evutil_timercmp(&next, &due, <))
+			return;
+	}
+	arm_timer(r);
 }
 
 /* c-ares opens, changes or closes a socket: what libevent watches follows */
@@ -497,33 +525,35 @@ push_records(lua_State *L, const unsigned char *abuf, int alen, int qtype)
 	return ARES_SUCCESS;
 }
 
+/* what a failure's status is to Lua: err, rcode (NULL: none) */
+static const struct {
+	int		 status;
+	const char	*err, *rcode;
+} failures[] = {
+	{ ARES_ENOTFOUND,	"nxdomain",	"NXDOMAIN" },
+	{ ARES_ENODATA,		"nodata",	"NOERROR" },
+	{ ARES_ESERVFAIL,	"servfail",	"SERVFAIL" },
+	{ ARES_EREFUSED,	"refused",	"REFUSED" },
+	{ ARES_EFORMERR,	"formerr",	"FORMERR" },
+	{ ARES_ENOTIMP,		"notimp",	"NOTIMP" },
+	{ ARES_ETIMEOUT,	"timeout",	NULL },
+	{ ARES_ECONNREFUSED,	"unreachable",	NULL },
+	{ ARES_EBADRESP,	"bad answer",	NULL },
+	{ ARES_EBADNAME,	"bad name",	NULL },
+};
+
 /* pushes nil, err, rcode for a c-ares status */
 static void
 push_failure(lua_State *L, int status)
 {
-	static const struct {
-		int		 status;
-		const char	*err, *rcode;
-	} map[] = {
-		{ ARES_ENOTFOUND,	"nxdomain",	"NXDOMAIN" },
-		{ ARES_ENODATA,		"nodata",	"NOERROR" },
-		{ ARES_ESERVFAIL,	"servfail",	"SERVFAIL" },
-		{ ARES_EREFUSED,	"refused",	"REFUSED" },
-		{ ARES_EFORMERR,	"formerr",	"FORMERR" },
-		{ ARES_ENOTIMP,		"notimp",	"NOTIMP" },
-		{ ARES_ETIMEOUT,	"timeout",	NULL },
-		{ ARES_ECONNREFUSED,	"unreachable",	NULL },
-		{ ARES_EBADRESP,	"bad answer",	NULL },
-		{ ARES_EBADNAME,	"bad name",	NULL },
-	};
 	size_t i;
 
 	lua_pushnil(L);
-	for (i = 0; i < sizeof(map) / sizeof(map[0]); i++) {
-		if (map[i].status == status) {
-			lua_pushstring(L, map[i].err);
-			if (map[i].rcode != NULL)
-				lua_pushstring(L, map[i].rcode);
+	for (i = 0; i < sizeof(failures) / sizeof(failures[0]); i++) {
+		if (failures[i].status == status) {
+			lua_pushstring(L, failures[i].err);
+			if (failures[i].rcode != NULL)
+				lua_pushstring(L, failures[i].rcode);
 			else
 				lua_pushnil(L);
 			return;
@@ -531,6 +561,28 @@ push_failure(lua_State *L, int status)
 	}
 	lua_pushstring(L, ares_strerror(status));
 	lua_pushnil(L);
+}
+
+/*
+ * Keeps the strings of push_failure alive in L (the user values of the
+ * resolver at the top of the stack): pushing one then finds it, rather
+ * than making it again for every answer.
+ */
+static void
+anchor_failures(lua_State *L)
+{
+	size_t i, n = sizeof(failures) / sizeof(failures[0]);
+
+	lua_createtable(L, (int)(2 * n), 0);
+	for (i = 0; i < n; i++) {
+		lua_pushstring(L, failures[i].err);
+		lua_rawseti(L, -2, (lua_Integer)(2 * i + 1));
+		if (failures[i].rcode != NULL) {
+			lua_pushstring(L, failures[i].rcode);
+			lua_rawseti(L, -2, (lua_Integer)(2 * i + 2));
+		}
+	}
+	lua_setiuservalue(L, -2, 2);
 }
 
 /*
@@ -585,8 +637,12 @@ on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 	lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, q->fn_ref);
 	ldns_answer(L, status, abuf, alen, q->qtype);
+	if (q->i != 0)
+		lua_pushinteger(L, q->i);
+	else
+		lua_pushnil(L);
 	free(q);
-	if (lua_pcall(L, 4, 0, top + 1) != LUA_OK)
+	if (lua_pcall(L, 5, 0, top + 1) != LUA_OK)
 		log_warn(0, "lua: dns answer handler failed: %s", lua_tostring(L, -1));
 	lua_settop(L, top);
 	lcore_leave(L);
@@ -657,6 +713,7 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 	o.sock_state_cb = on_sock_state;
 	o.sock_state_cb_data = r;
 	o.timeout = (int)(timeout * 1000 + 0.5);
+	r->timeout_ms = o.timeout;
 	o.tries = (int)tries;
 	/* a SERVFAIL or REFUSED answer is the answer (not "unreachable") */
 	o.flags = ARES_FLAG_NOCHECKRESP;
@@ -689,21 +746,26 @@ same:
 	return 0;
 }
 
-/* platform.dns(name, qtype, opts, fn) -> true | nil, err (upvalue: the resolver) */
+/*
+ * platform.dns(name, qtype, opts, fn[, i]) -> true | nil, err, rcode
+ * (upvalue: the resolver)
+ */
 static int
 platform_dns(lua_State *L)
 {
-	struct resolver		*r = luaL_checkudata(L, lua_upvalueindex(1), DNS_MT);
+	struct resolver		*r = lua_touserdata(L, lua_upvalueindex(1));	/* ldns_push's */
 	size_t			 len;
 	const char		*name = luaL_checklstring(L, 1, &len);
 	lua_Integer		 qtype = luaL_checkinteger(L, 2);
 	struct dns_query	*q;
+	lua_Integer		 i;
 	char			 err[CONFIG_MAX + 64];
 
 	luaL_checktype(L, 3, LUA_TTABLE);
 	luaL_checktype(L, 4, LUA_TFUNCTION);
 	luaL_argcheck(L, len > 0 && len < 256 && strlen(name) == len, 1, "bad name");
 	luaL_argcheck(L, qtype > 0 && qtype < 65536, 2, "type out of range");
+	i = luaL_optinteger(L, 5, 0);
 	if (resolver_setup(L, r, err, sizeof(err)) == -1) {
 		lua_pushnil(L);
 		lua_pushstring(L, err);
@@ -713,13 +775,14 @@ platform_dns(lua_State *L)
 		return luaL_error(L, "out of memory");
 	q->r = r;
 	q->qtype = (int)qtype;
+	q->i = i;
 	lua_pushvalue(L, 4);
 	q->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	/* on_answer may run inside ares_query (a bad name): fn is not called then */
 	r->querying = 1;
 	ares_query(r->channel, name, 1 /* IN */, (int)qtype, on_answer, q);
 	r->querying = 0;
-	arm_timer(r);
+	arm_timer_sent(r);
 	if (q->early) {
 		luaL_unref(L, LUA_REGISTRYINDEX, q->fn_ref);
 		push_failure(L, q->early_status);
@@ -749,13 +812,15 @@ ldns_push(lua_State *L, struct event_base *base)
 	struct resolver *r;
 
 	ares_library_init(ARES_LIB_INIT_ALL);
-	r = lua_newuserdatauv(L, sizeof(*r), 1);	/* the opts the channel was made for */
+	/* user values: the opts the channel was made for, push_failure's strings */
+	r = lua_newuserdatauv(L, sizeof(*r), 2);
 	memset(r, 0, sizeof(*r));
 	if (luaL_newmetatable(L, DNS_MT)) {
 		lua_pushcfunction(L, resolver_gc);
 		lua_setfield(L, -2, "__gc");
 	}
 	lua_setmetatable(L, -2);
+	anchor_failures(L);
 	r->base = base;
 	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
 	r->L = lua_tothread(L, -1);

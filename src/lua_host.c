@@ -76,16 +76,24 @@ struct host {
 	struct busy		*busy;		/* host_watch's record, or NULL */
 	int			 watchdog;	/* this host armed the watchdog */
 	struct sigaction	 old_prof;	/* ... and the SIGPROF action it replaced */
+	struct ptimer		*timers;	/* armed platform timers */
 };
 
-/* A one-shot libevent timer running a Lua function on the main state. */
+/*
+ * A one-shot libevent timer running a Lua function on the main state: a
+ * userdata holding its event (event_assign, no malloc), fn as its user
+ * value.  While armed it is anchored in the registry and on the host's
+ * list (host_destroy disarms what is left before the state goes); once
+ * fired or cancelled nothing refers to it, and the collector frees it with
+ * no finalizer to run.
+ */
 struct ptimer {
-	struct event	*ev;
-	struct host	*p;		/* its bridge */
-	lua_State	*L;
-	int		 fn_ref;
-	int		 self_ref;	/* anchors the userdata while armed */
+	struct ptimer	*next, **prevp;	/* the host's armed timers */
+	struct host	*p;
+	int		 self_ref;	/* LUA_NOREF: not armed */
 };
+#define PTIMER_EVOFF	((sizeof(struct ptimer) + 15) & ~(size_t)15)
+#define PTIMER_EV(t)	((struct event *)(void *)((char *)(t) + PTIMER_EVOFF))
 
 static int	host_read_proxy(lua_State *, struct proxy_listen *);
 
@@ -103,11 +111,13 @@ traceback(lua_State *L)
 static void
 ptimer_disarm(struct ptimer *t)
 {
-	if (t->ev != NULL)
-		evtimer_del(t->ev);
-	luaL_unref(t->L, LUA_REGISTRYINDEX, t->fn_ref);
-	luaL_unref(t->L, LUA_REGISTRYINDEX, t->self_ref);
-	t->fn_ref = t->self_ref = LUA_NOREF;
+	if (t->self_ref == LUA_NOREF)
+		return;
+	evtimer_del(PTIMER_EV(t));
+	if ((*t->prevp = t->next) != NULL)
+		t->next->prevp = t->prevp;
+	luaL_unref(t->p->L, LUA_REGISTRYINDEX, t->self_ref);
+	t->self_ref = LUA_NOREF;
 }
 
 /*
@@ -128,18 +138,18 @@ static void
 ptimer_fire(evutil_socket_t fd, short what, void *arg)
 {
 	struct ptimer	*t = arg;
-	lua_State	*L = t->L;
+	lua_State	*L = t->p->L;
 	int		 top = lua_gettop(L);
 
 	(void)fd;
 	(void)what;
 	lcore_enter(0, "timer");
 	lua_pushcfunction(L, traceback);
-	lua_rawgeti(L, LUA_REGISTRYINDEX, t->fn_ref);
-	/* keep the userdata alive through the call, then let it go */
+	/* fn, from the userdata, which the stack keeps alive through the call */
 	lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
+	lua_getiuservalue(L, -1, 1);
 	ptimer_disarm(t);
-	lua_pop(L, 1);
+	lua_remove(L, -2);
 	call_from_loop(L, top, "timer", LOG_WARN);
 }
 
@@ -151,46 +161,34 @@ ptimer_cancel(lua_State *L)
 	return 0;
 }
 
-static int
-ptimer_gc(lua_State *L)
-{
-	struct ptimer *t = luaL_checkudata(L, 1, POLICY_TIMER_MT);
-
-	if (t->ev != NULL)
-		event_free(t->ev);
-	t->ev = NULL;
-	return 0;
-}
-
-/* platform.timer(seconds, fn) -> handle (upvalue: the host) */
+/* platform.timer(seconds, fn) -> handle (upvalues: the host, the handles' metatable) */
 static int
 platform_timer(lua_State *L)
 {
 	struct host		*p = lua_touserdata(L, lua_upvalueindex(1));
-	struct event_base	*base = p->base;
 	lua_Number		 secs = luaL_checknumber(L, 1);
 	struct ptimer		*t;
 	struct timeval		 tv;
 
 	luaL_checktype(L, 2, LUA_TFUNCTION);
 	luaL_argcheck(L, secs >= 0 && secs <= 365 * 86400.0, 1, "out of range");
-	t = lua_newuserdatauv(L, sizeof(*t), 0);
-	memset(t, 0, sizeof(*t));
-	t->fn_ref = t->self_ref = LUA_NOREF;
+	t = lua_newuserdatauv(L, PTIMER_EVOFF + event_get_struct_event_size(), 1);
 	t->p = p;
-	luaL_setmetatable(L, POLICY_TIMER_MT);
-	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
-	t->L = lua_tothread(L, -1);
-	lua_pop(L, 1);
-	if ((t->ev = evtimer_new(base, ptimer_fire, t)) == NULL)
-		return luaL_error(L, "out of memory");
+	lua_pushvalue(L, lua_upvalueindex(2));
+	lua_setmetatable(L, -2);
+	if (event_assign(PTIMER_EV(t), p->base, -1, 0, ptimer_fire, t) == -1)
+		return luaL_error(L, "cannot make a timer");
 	lua_pushvalue(L, 2);
-	t->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	lua_setiuservalue(L, -2, 1);
 	lua_pushvalue(L, -1);
 	t->self_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	if ((t->next = p->timers) != NULL)
+		t->next->prevp = &t->next;
+	t->prevp = &p->timers;
+	p->timers = t;
 	tv.tv_sec = (time_t)secs;
 	tv.tv_usec = (suseconds_t)((secs - (lua_Number)tv.tv_sec) * 1e6);
-	evtimer_add(t->ev, &tv);
+	evtimer_add(PTIMER_EV(t), &tv);
 	return 1;
 }
 
@@ -629,8 +627,6 @@ load_protected(lua_State *L)
 	lua_pushcfunction(L, ptimer_cancel);
 	lua_setfield(L, -2, "cancel");
 	lua_setfield(L, -2, "__index");
-	lua_pushcfunction(L, ptimer_gc);
-	lua_setfield(L, -2, "__gc");
 	lua_pop(L, 1);
 	/* the platform the smtp library runs on */
 	luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
@@ -650,7 +646,8 @@ load_protected(lua_State *L)
 	}
 	if (p->base != NULL) {
 		lua_pushlightuserdata(L, p);
-		lua_pushcclosure(L, platform_timer, 1);
+		luaL_getmetatable(L, POLICY_TIMER_MT);
+		lua_pushcclosure(L, platform_timer, 2);
 		lua_setfield(L, -2, "timer");
 		lua_pushlightuserdata(L, p->base);	/* smtp.store on Redis */
 		lua_pushcclosure(L, lredis_open, 1);
@@ -769,8 +766,10 @@ host_destroy(struct host *p)
 		event_free(p->start_ev);
 	if (p->busy != NULL)
 		lcore_busy_attach(NULL);
+	while (p->timers != NULL)	/* their events are in the state's memory */
+		ptimer_disarm(p->timers);
 	if (p->L != NULL)
-		lua_close(p->L);	/* frees the timers, before the event base goes */
+		lua_close(p->L);	/* before the event base goes */
 	tls_ctx_destroy(p->tls);	/* live connections keep their reference */
 	free(p->listens);
 	free(p);

@@ -88,7 +88,8 @@ local function cancel_ask(conn)
   local a = conn._ask
   if a then
     a.cancelled = true
-    if a.chain then a.chain.cancel() end
+    local cancel = a.cancel	-- a chain's: its waiting listener is dropped
+    if cancel then cancel(a) end
     conn._ask = false
   end
 end
@@ -124,30 +125,30 @@ end
 local function install_ask(I)
   local log, ask_failed, settle = I.log, I.ask_failed, I.settle
   local FAIL_CODE, FAIL_TEXT = I.FAIL_CODE, I.FAIL_TEXT
-  local spawn1, run_chain = I.spawn1, I.run_chain
+  local spawn1, run_chain, cancel_chain = I.spawn1, I.run_chain, I.cancel_chain
 
   -- The verdict of an ask whose listeners all ran: true, accept, code, text
   -- (false when finish says WAIT: a decide follows).
   local function conclude(conn, a, name, obj, finish)
     -- raw: no event object's metatable has a code, message, valid or
     -- decision (an address object's __index is a function: a call per read)
-    if not a then
-      if not finish then
-        if rawget(obj, "code") == nil and rawget(obj, "message") == nil then
-          return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
-        end
-      elseif finish == data_verdict and obj._daccept == UNDECIDED
-          and rawget(obj, "valid") == nil and not obj._forward then
-        return true, true, 0, nil	-- data_verdict's, nothing to check
-      end
+    local ok, accept, code, text
+    if not finish and rawget(obj, "code") == nil and rawget(obj, "message") == nil then
+      if not a then return true, obj.valid ~= false, 0, nil end
+      ok, accept, code = true, obj.valid ~= false, 0	-- verdict_of's, nothing to check
+    elseif finish == data_verdict and obj._daccept == UNDECIDED and rawget(obj, "valid") == nil
+        and not obj._forward then
+      if not a then return true, true, 0, nil end
+      ok, accept, code = true, true, 0	-- data_verdict's, nothing to check
+    else
+      ok, accept, code, text = pcall(finish or verdict_of, obj)
     end
-    local ok, accept, code, text = pcall(finish or verdict_of, obj)
     if not ok then
       ask_failed(conn, name, accept)
       accept, code, text = false, FAIL_CODE, FAIL_TEXT
     elseif accept == WAIT then
       if not a then
-        a = { name = name, obj = obj }
+        a = { name = name, obj = obj, waiting = true, settled = false, cancelled = false }
         conn._ask = a
       end
       a.waiting = true
@@ -165,6 +166,16 @@ local function install_ask(I)
     return true, accept, code, text
   end
 
+  -- A chain's done (tasks.lua): the listeners of the ask a ran.
+  local function chain_done(a, ok, err)
+    local conn = a.conn
+    if not ok then
+      ask_failed(conn, a.name, err)
+      return settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
+    end
+    conclude(conn, a, a.name, a.obj, a.finish or nil)
+  end
+
   -- Runs the listeners of an ask; finish(obj) gives the verdict (or WAIT).
   -- Listeners that return at once cost no allocation here; the first one
   -- that waits turns the rest of the ask into a chain decided later.
@@ -178,15 +189,14 @@ local function install_ask(I)
         ask_failed(conn, name, err)
         return true, false, FAIL_CODE, FAIL_TEXT
       elseif ok == nil then
-        local a = { name = name, obj = obj }
+        -- the ask and the chain of its listeners in one table, made
+        -- with room for every field (no rehash as it goes; waiting and
+        -- cancelled, set on rare paths only, start as nil)
+        local a = { name = name, obj = obj, finish = finish or false, settled = false,
+          cancel = cancel_chain, conn = conn, fns = fns, i = i, arg = obj, done = chain_done,
+          step = false, current = false }
         conn._ask = a
-        a.chain = run_chain(conn, fns, i, task, obj, function(ok2, err2)
-          if not ok2 then
-            ask_failed(conn, name, err2)
-            return settle(conn, a, false, FAIL_CODE, FAIL_TEXT)
-          end
-          conclude(conn, a, name, obj, finish)
-        end)
+        run_chain(a, task)
         return false
       end
     end

@@ -17,8 +17,14 @@ local M = {}
 
 local TYPES = { A = 1, NS = 2, CNAME = 5, SOA = 6, PTR = 12, MX = 15, TXT = 16,
   AAAA = 28, SRV = 33, TLSA = 52, CAA = 257 }
-local NAMES = {}
-for k, v in pairs(TYPES) do NAMES[v] = k end
+local NAMES, KEYS = {}, {}	-- type number -> name; -> its cache keys' prefix
+for k, v in pairs(TYPES) do NAMES[v], KEYS[v] = k, v .. " " end
+local byte, lower = string.byte, string.lower
+-- the fields of a lookup (newq) and of a batch of them (lookup)
+local NAME <const>, QTYPE <const>, KEY <const>, RECORDS <const> = 1, 2, 3, 4
+local ERR <const>, RCODE <const>, NEG <const>, CACHED <const> = 5, 6, 7, 8
+local B_TASK <const>, B_GEN <const>, B_LEFT <const>, B_WAITING <const> = 1, 2, 3, 4
+local B_TIMER <const>, B_QS <const> = 5, 6
 
 local DEFAULT_TIMEOUT, DEFAULT_RETRIES, DEFAULT_CACHE = 2, 1, 1000
 local MAX_TTL = 86400		-- a cached answer is kept at most this long
@@ -71,7 +77,11 @@ local function reverse(ip)
     if tonumber(a) > 255 or tonumber(b) > 255 or tonumber(c) > 255 or tonumber(d) > 255 then
       return nil, "bad address"
     end
-    return ("%d.%d.%d.%d"):format(d, c, b, a)
+    if (#a > 1 and byte(a) == 48) or (#b > 1 and byte(b) == 48) or (#c > 1 and byte(c) == 48)
+        or (#d > 1 and byte(d) == 48) then
+      return ("%d.%d.%d.%d"):format(d, c, b, a)	-- leading zeros dropped
+    end
+    return d .. "." .. c .. "." .. b .. "." .. a
   end
   local hex = ip:find(":", 1, true) and ipv6_nibbles(ip:lower())
   if not hex then return nil, "bad address" end
@@ -108,25 +118,23 @@ function M.new(I)
   local ring, rhead, rtail = {}, 1, 0
   local api = { TYPES = TYPES, reverse = reverse }
 
-  local function opt(k, default)
-    local s = I.server
-    local v = s and rawget(s, "_opts")[k]
-    if v == nil or v == false then return default end
-    return v
-  end
-
-  -- what platform.dns is told: the server options, one table while they
-  -- stay the same (lua_dns.c then has nothing to compare)
+  -- The DNS options of the server, one table while they stay the same:
+  -- what platform.dns is told (servers, timeout, tries: lua_dns.c then has
+  -- nothing to compare), the deadline of a lookup (timeout x tries) and the
+  -- cache's size.
   local NONE = {}
-  local conf, c_res, c_timeout, c_retries
+  local conf, c_res, c_timeout, c_retries, c_size
   local function config()
     local s = I.server
     local o = s and rawget(s, "_opts") or NONE
-    local res, timeout, retries = o.resolvers, o.dnsTimeout, o.dnsRetries
-    if conf and res == c_res and timeout == c_timeout and retries == c_retries then return conf end
-    c_res, c_timeout, c_retries = res, timeout, retries
-    conf = { servers = res and table.concat(res, ",") or nil, timeout = timeout or DEFAULT_TIMEOUT,
-      tries = (retries or DEFAULT_RETRIES) + 1 }
+    local res, timeout, retries, size = o.resolvers, o.dnsTimeout, o.dnsRetries, o.dnsCacheSize
+    if conf and res == c_res and timeout == c_timeout and retries == c_retries and size == c_size then
+      return conf
+    end
+    c_res, c_timeout, c_retries, c_size = res, timeout, retries, size
+    timeout, retries = timeout or DEFAULT_TIMEOUT, retries or DEFAULT_RETRIES
+    conf = { servers = res and table.concat(res, ",") or nil, timeout = timeout, tries = retries + 1,
+      deadline = timeout * (retries + 1), cache = size or DEFAULT_CACHE }
     return conf
   end
 
@@ -141,11 +149,11 @@ function M.new(I)
     return out
   end
 
-  -- a cached answer: records | false, err, rcode | nil (not cached)
-  local function cache_get(key)
+  -- a cached answer at time t: records | false, err, rcode | nil (not cached)
+  local function cache_get(key, t)
     local e = cache[key]
     if not e then return nil end
-    local left = e.expires - now()
+    local left = e.expires - t
     if left <= 0 then
       cache[key], ncache = nil, ncache - 1
       return nil
@@ -154,10 +162,17 @@ function M.new(I)
     return copy(e.records, math.floor(left))
   end
 
-  -- keeps records for their smallest TTL, or a failure (records nil) for ttl
-  local function cache_put(key, records, ttl, err, rcode)
-    local max = opt("dnsCacheSize", DEFAULT_CACHE)
-    if max == 0 then return end
+  -- a lookup's cache key: its type and its name in lower case
+  local function key_of(q)
+    local key = (KEYS[q[QTYPE]] or q[QTYPE] .. " ") .. lower(q[NAME])
+    q[KEY] = key
+    return key
+  end
+
+  -- keeps q's records for their smallest TTL, or a failure (records nil)
+  -- for ttl, in a cache of max entries
+  local function cache_put(max, q, records, ttl, err, rcode)
+    local key = q[KEY] or key_of(q)
     if records then
       ttl = MAX_TTL
       for _, r in ipairs(records) do if r.ttl < ttl then ttl = r.ttl end end
@@ -190,99 +205,129 @@ function M.new(I)
   -- entries and places in the ring (for the specs)
   function api._cache_size() return ncache, rtail - rhead + 1 end
 
-  -- the answer of q (records or a failure) kept and made final
-  local function settle(q, use_cache)
-    local records, qtype = q.records, q.qtype
+  -- the answer of q (records or a failure) made final, and kept in a
+  -- cache of max entries (0: none)
+  local function settle(q, max)
+    local records, qtype = q[RECORDS], q[QTYPE]
     if not records then
-      local err = q.err
-      if use_cache and q.neg and (err == "nxdomain" or err == "nodata") then
-        cache_put(q.key, nil, math.min(q.neg, NEG_MAX), err, q.rcode)
+      local err = q[ERR]
+      if max > 0 and q[NEG] and (err == "nxdomain" or err == "nodata") then
+        cache_put(max, q, nil, math.min(q[NEG], NEG_MAX), err, q[RCODE] or nil)
       end
       return
     end
     local tname = NAMES[qtype] or qtype
-    for _, r in ipairs(records) do
+    for i = 1, #records do
+      local r = records[i]
       r.type = tname
       if qtype == 52 then tlsa(r) end
     end
-    if use_cache then cache_put(q.key, records) end
+    if max > 0 then cache_put(max, q, records) end
   end
 
-  -- Looks up every q of qs at once ({name=, qtype=}: the name checked) and
-  -- waits for them all, or for the deadline: each gets records, or err and
-  -- rcode.  One timer for the batch; the cache answers what it can first.
+  -- A lookup: the name (checked) and type, then its answer: records, or
+  -- err and rcode (false when none), neg (the negative TTL of a name
+  -- error or no data); key (its cache key) once made, cached when the
+  -- answer came from the cache.  An array made whole by its constructor
+  -- (indexes NAME... CACHED): no field is added, and no key hashed, as
+  -- the answer comes.
+  local function newq(name, qtype)
+    return { name, qtype, false, false, false, false, false, false }
+  end
+
+  -- The handler waiting for a batch b: resumed once every lookup is
+  -- answered (or the deadline came), if it still waits for them.
+  local function batch_wake(b)
+    local task = b[B_TASK]
+    if b[B_WAITING] and task.gen == b[B_GEN] and not task.dead and not task.dropped then
+      b[B_WAITING] = false
+      resume(task, nil)
+    end
+  end
+
+  -- Looks up every q of qs at once (newq's) and waits for them all, or for
+  -- the deadline: each gets records, or err and rcode.  One table, one
+  -- function and one timer for the batch: the function takes each answer
+  -- (fn(records | nil, err, rcode, neg, i), the i-th lookup's) and, called
+  -- by the timer with no i, the deadline.  The cache answers what it can
+  -- first (while it holds anything).
   local function lookup(qs, timeout, use_cache, level)
     local task = current_task()
     if not task then
       error("smtp.dns: lookups wait for an answer, so they run in handlers and 'start' "
         .. "listeners only", level + 1)
     end
+    local n = #qs
     if not platform.dns then
       -- a check (luasmtpd --check, smtp.check's simulated client): timers
       -- that never fire, and no answer either
       if platform.timer then while true do coroutine.yield() end end
-      for _, q in ipairs(qs) do q.err = "no resolver: DNS runs in luasmtpd or smtp.testing" end
+      for i = 1, n do qs[i][ERR] = "no resolver: DNS runs in luasmtpd or smtp.testing" end
       return
     end
-    local gen, conf = task.gen, config()
-    local left, waiting, timer = 0, false, nil
-    local function wake()
-      if waiting and task.gen == gen and not task.dead and not task.dropped then
-        waiting = false
-        resume(task, nil)
-      end
-    end
-    for _, q in ipairs(qs) do
-      q.key = q.qtype .. " " .. q.name:lower()
-      local hit, herr, hrcode
-      if use_cache then hit, herr, hrcode = cache_get(q.key) end
-      if hit then
-        q.records, q.cached = hit, true
-      elseif hit == false then
-        q.err, q.rcode, q.cached = herr, hrcode, true
-      elseif #q.name > 254 then	-- a DNSBL zone after 64 nibbles, say
-        q.err = "bad name"
-      else
-        left = left + 1
-        local ok, e, c = platform.dns(q.name, q.qtype, conf, function(r, e2, c2, n)
-          if q.records or q.err then return end	-- the deadline came first
-          q.records, q.err, q.rcode, q.neg = r, e2, c2, n
-          left = left - 1
-          if left == 0 then wake() end
-        end)
-        if not ok then q.err, q.rcode, left = e, c, left - 1 end
-      end
-    end
-    if left > 0 then
-      timer = platform.timer(timeout, function()
-        timer = nil
-        for _, q in ipairs(qs) do
-          if not q.records and not q.err then q.err = "timeout" end
+    local conf = config()
+    -- the batch, the one upvalue of answered: B_TASK... B_QS
+    local b = { task, task.gen, 0, false, false, qs }
+    local function answered(r, e, c, neg, i)
+      local lookups = b[B_QS]
+      if i == nil then	-- the deadline
+        b[B_TIMER] = false
+        for j = 1, #lookups do
+          local q = lookups[j]
+          if not q[RECORDS] and not q[ERR] then q[ERR] = "timeout" end
         end
-        left = 0
-        wake()
-      end)
-      while left > 0 do
-        waiting = true
+        b[B_LEFT] = 0
+        return batch_wake(b)
+      end
+      local q = lookups[i]
+      if q[RECORDS] or q[ERR] then return end	-- the deadline came first
+      q[RECORDS], q[ERR], q[RCODE], q[NEG] = r or false, e or false, c or false, neg or false
+      local left = b[B_LEFT] - 1
+      b[B_LEFT] = left
+      if left == 0 then batch_wake(b) end
+    end
+    local t = use_cache and ncache > 0 and now()	-- the cache holds something
+    for i = 1, n do
+      local q = qs[i]
+      local hit, herr, hrcode
+      if t then hit, herr, hrcode = cache_get(q[KEY] or key_of(q), t) end
+      if hit then
+        q[RECORDS], q[CACHED] = hit, true
+      elseif hit == false then
+        q[ERR], q[RCODE], q[CACHED] = herr, hrcode or false, true
+      elseif #q[NAME] > 254 then	-- a DNSBL zone after 64 nibbles, say
+        q[ERR] = "bad name"
+      else
+        b[B_LEFT] = b[B_LEFT] + 1
+        local ok, e, c = platform.dns(q[NAME], q[QTYPE], conf, answered, i)
+        if not ok then q[ERR], q[RCODE], b[B_LEFT] = e, c or false, b[B_LEFT] - 1 end
+      end
+    end
+    if b[B_LEFT] > 0 then
+      b[B_TIMER] = platform.timer(timeout, answered)
+      while b[B_LEFT] > 0 do
+        b[B_WAITING] = true
         coroutine.yield()
       end
-      if timer then timer:cancel() end
+      if b[B_TIMER] then b[B_TIMER]:cancel() end
     end
-    for _, q in ipairs(qs) do
-      if not q.cached then settle(q, use_cache) end
+    local max = use_cache and conf.cache or 0
+    for i = 1, n do
+      local q = qs[i]
+      if not q[CACHED] then settle(q, max) end
     end
   end
 
   -- one lookup: records | nil, err, rcode
   local function lookup1(name, qtype, timeout, use_cache, level)
-    local q = { name = name, qtype = qtype }
+    local q = newq(name, qtype)
     lookup({ q }, timeout, use_cache, level + 1)
-    if q.records then return q.records end
-    return nil, q.err, q.rcode
+    if q[RECORDS] then return q[RECORDS] end
+    return nil, q[ERR] or nil, q[RCODE] or nil
   end
 
   local function default_timeout()
-    return opt("dnsTimeout", DEFAULT_TIMEOUT) * (opt("dnsRetries", DEFAULT_RETRIES) + 1)
+    return config().deadline
   end
 
   local function check_name(name, level)
@@ -330,10 +375,10 @@ function M.new(I)
       return recs
     end
     if err ~= "nodata" then return nil, err, rcode end
-    local qa, q6 = { name = domain, qtype = 1 }, { name = domain, qtype = 28 }
+    local qa, q6 = newq(domain, 1), newq(domain, 28)
     lookup({ qa, q6 }, default_timeout(), true, 2)
-    local a = qa.records or q6.records
-    if not a then return nil, qa.err == "nxdomain" and "nodata" or qa.err, qa.rcode end
+    local a = qa[RECORDS] or q6[RECORDS]
+    if not a then return nil, qa[ERR] == "nxdomain" and "nodata" or qa[ERR] or nil, qa[RCODE] or nil end
     return { { preference = 0, exchange = domain, ttl = a[1].ttl, implicit = true, type = "MX" } }
   end
 
@@ -354,26 +399,37 @@ function M.new(I)
   -- listing: { zone=, codes = {"127.0.0.2", ...}, reason = TXT | nil }; a
   -- failure: { zone=, err=, rcode= } (a timeout, a server failure, or an
   -- answer outside 127.0.0.0/8, which RFC 5782 makes an error).
+  local zones_ok, nzones_ok = {}, 0	-- zone names checked already (a policy has a few)
   function smtp.dnsbl(ip, zones)
     if type(zones) ~= "table" then error("smtp.dnsbl: a list of zones expected", 2) end
     local r = reverse(ip)
     local qs = {}
-    for i, z in ipairs(zones) do
-      if type(z) ~= "string" or not check_name(z, 2) then
-        error(("smtp.dnsbl: zone %d is not a domain name"):format(i), 2)
+    local i, z = 1, zones[1]
+    while z ~= nil do
+      if not zones_ok[z] then
+        if type(z) ~= "string" or not check_name(z, 2) then
+          error(("smtp.dnsbl: zone %d is not a domain name"):format(i), 2)
+        end
+        if nzones_ok >= 256 then zones_ok, nzones_ok = {}, 0 end
+        zones_ok[z], nzones_ok = true, nzones_ok + 1
       end
-      if r then qs[i] = { name = r .. "." .. z, qtype = 1 } end
+      if r then qs[i] = newq(r .. "." .. z, 1) end
+      i = i + 1
+      z = zones[i]
     end
     if not r then return nil, "bad address" end
     lookup(qs, default_timeout(), true, 2)
-    local listings, failures, txts, listed = {}, {}, {}, {}
-    for i, q in ipairs(qs) do
-      local zone = zones[i]
-      if q.records then
+    local listings, failures, txts, listed = {}, {}, nil, nil
+    for j = 1, #qs do
+      local q = qs[j]
+      local zone = zones[j]
+      local records = q[RECORDS]
+      if records then
         local codes, bad = {}, nil
-        for _, rec in ipairs(q.records) do
-          if not rec.address:match("^127%.") then bad = rec.address break end
-          codes[#codes + 1] = rec.address
+        for k = 1, #records do
+          local address = records[k].address
+          if not address:match("^127%.") then bad = address break end
+          codes[#codes + 1] = address
         end
         if bad then
           failures[#failures + 1] = { zone = zone, err = "answer outside 127.0.0.0/8: " .. bad }
@@ -381,20 +437,22 @@ function M.new(I)
           table.sort(codes)
           local l = { zone = zone, codes = codes }
           listings[#listings + 1] = l
+          if not txts then txts, listed = {}, {} end
           listed[#listed + 1] = l
-          txts[#txts + 1] = { name = q.name, qtype = 16 }
+          txts[#txts + 1] = newq(q[NAME], 16)
         end
-      elseif q.err ~= "nxdomain" and q.err ~= "nodata" then
-        failures[#failures + 1] = { zone = zone, err = q.err, rcode = q.rcode }
+      elseif q[ERR] ~= "nxdomain" and q[ERR] ~= "nodata" then
+        failures[#failures + 1] = { zone = zone, err = q[ERR], rcode = q[RCODE] or nil }
       end
     end
-    if #txts > 0 then
+    if txts then
       lookup(txts, default_timeout(), true, 2)
-      for i, q in ipairs(txts) do
-        if q.records then
+      for j = 1, #txts do
+        local records = txts[j][RECORDS]
+        if records then
           local t = {}
-          for _, rec in ipairs(q.records) do t[#t + 1] = rec.text end
-          listed[i].reason = table.concat(t, " ")
+          for k = 1, #records do t[k] = records[k].text end
+          listed[j].reason = table.concat(t, " ")
         end
       end
     end

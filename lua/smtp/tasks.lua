@@ -64,7 +64,7 @@ local function install_pool(I)
     else
       local co = newco()
       task = { co = co, gen = 0, conn = false, on_finish = false, dead = false,
-        dropped = false, timer = false, owned = false }
+        dropped = false, timer = false, owned = false, sleeping = false, wake = false }
       tasks[co] = task
     end
     task.conn, task.on_finish, task.dead, task.dropped = conn, on_finish or false, false, false
@@ -172,32 +172,42 @@ local function install_chains(I)
     if task.owned then release(task) end
   end
 
-  -- runs fns[i], fns[i+1], ... one after the other, each in its own task,
-  -- the first one (task) already started and waiting; done(ok, err) once
-  local function run_chain(conn, fns, i, task, arg, done)
-    local chain = { cancelled = false, current = task }
-    local function step(ok, err)
-      if chain.cancelled then return end
-      chain.current = nil
-      if not ok then return done(false, err) end
-      while true do
-        i = i + 1
-        if fns[i] == nil then return done(true) end
-        local ok2, err2, t = spawn(conn, fns[i], nil, arg)
-        if ok2 == nil then
-          chain.current = t
-          t.on_finish = step
-          return
-        end
-        if not ok2 then return done(false, err2) end
+  -- A chain runs fns[i], fns[i+1], ... one after the other, each in its
+  -- own task, the first one (task) already started and waiting.  The
+  -- chain is the caller's table (its fields made by the constructor, so
+  -- that nothing here grows it): conn, fns, i, arg (each listener's
+  -- argument), done, current and cancelled; done(chain, ok, err) is called
+  -- once.  What a chain costs beyond its table is one closure (the
+  -- on_finish of its tasks).
+  local function chain_step(chain, ok, err)
+    if chain.cancelled then return end
+    chain.current = false
+    if not ok then return chain.done(chain, false, err) end
+    local conn, fns, arg, i = chain.conn, chain.fns, chain.arg, chain.i
+    while true do
+      i = i + 1
+      chain.i = i
+      if fns[i] == nil then return chain.done(chain, true) end
+      local ok2, err2, t = spawn(conn, fns[i], nil, arg)
+      if ok2 == nil then
+        chain.current = t
+        t.on_finish = chain.step
+        return
       end
+      if not ok2 then return chain.done(chain, false, err2) end
     end
+  end
+  local function run_chain(chain, task)
+    local function step(ok, err) return chain_step(chain, ok, err) end
+    chain.step, chain.current = step, task
     task.on_finish = step
-    function chain.cancel()
-      chain.cancelled = true
-      if chain.current then drop(chain.current) end
-    end
-    return chain
+  end
+
+  -- a chain's waiting task is dropped, and no later listener runs
+  local function cancel_chain(chain)
+    chain.cancelled = true
+    local t = chain.current
+    if t then drop(t) end
   end
 
   -- fire-and-forget listeners (data, close, accept, reject, timers)
@@ -214,7 +224,7 @@ local function install_chains(I)
     end
   end
 
-  I.run_chain, I.emit_detached = run_chain, emit_detached
+  I.run_chain, I.cancel_chain, I.emit_detached = run_chain, cancel_chain, emit_detached
 end
 
 -- ---- time ------------------------------------------------------------------
@@ -238,16 +248,27 @@ local function install_time(I)
     return platform.timer(seconds, fn)
   end
 
+  -- the timer function of a task's sleeps, made once per pooled task:
+  -- task.sleeping is the generation of the handler run that sleeps
+  local function waker(task)
+    local function wake()
+      task.timer = nil
+      if task.sleeping == task.gen and not task.dead and not task.dropped then
+        task.sleeping = false
+        resume(task, nil)
+      end
+    end
+    task.wake = wake
+    return wake
+  end
+
   -- smtp.sleep(seconds): the handler waits; its session's reply waits with it
   function smtp.sleep(seconds)
     if type(seconds) ~= "number" or seconds < 0 then error("sleep: seconds must be a number >= 0", 2) end
     local task = current_task()
     if not task then error("smtp.sleep must be called from a handler or a 'start' listener", 2) end
-    local gen = task.gen
-    task.timer = timer(seconds, function()
-      task.timer = nil
-      if task.gen == gen and not task.dead and not task.dropped then resume(task, nil) end
-    end)
+    task.sleeping = task.gen
+    task.timer = timer(seconds, task.wake or waker(task))
     coroutine.yield()
   end
 
@@ -276,7 +297,7 @@ end
 
 -- install(I): I.core, I.platform, I.smtp and I.log in; the task functions
 -- out (I.current_task, I.spawn, I.spawn1, I.resume, I.run_chain,
--- I.emit_detached, I.set_limit, I.set_run_limits, I.release)
+-- I.cancel_chain, I.emit_detached, I.set_limit, I.set_run_limits, I.release)
 function M.install(I)
   install_pool(I)
   install_limits(I)

@@ -61,6 +61,26 @@ describe("e2e: SIGTERM", function()
 		assert.equal("Subject: late\r\n\r\nstill delivered\r\n", list[1].body)
 	end)
 
+	it("exits cleanly with a handler asleep and a timer armed (their events freed before the state)", function()
+		server = support.start { grace = 1, policy = [[
+local smtp = require "smtp"
+local server = smtp.createServer(function(conn)
+  conn:on("MAIL", function() smtp.sleep(3600) end)
+end)
+server:on("start", function() smtp.setTimeout(function() end, 3600 * 1000) end)
+]] }
+		local c = support.connect(server)
+		c:hello()
+		c:send("MAIL FROM:<sleepy@client.example>\r\n")	-- its handler sleeps an hour
+		server:signal("TERM")
+		c:expect("^421 4%.3%.2")
+		c:close()
+		local rc = server:wait(10)
+		assert.equal(0, rc, "exit status; stderr:\n" .. server:stderr())
+		assert.not_matches("AddressSanitizer", server:stderr())
+		assert.not_matches("runtime error", server:stderr())
+	end)
+
 	it("exits at once on a second signal during the grace", function()
 		server = support.start { policy = support.RECORDER, grace = 30 }
 		local c = support.connect(server)

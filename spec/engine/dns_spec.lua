@@ -225,6 +225,8 @@ end)
 describe("smtp.dns.reverse and .ptr", function()
   it("reverses IPv4 and IPv6 (nibbles) and refuses what is not an address", function()
     assert.equal("4.3.2.1", dns.reverse("1.2.3.4"))
+    assert.equal("255.0.10.192", dns.reverse("192.10.0.255"))
+    assert.equal("1.0.0.127", dns.reverse("127.000.00.01"))	-- leading zeros dropped
     assert.equal("1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.8.b.d.0.1.0.0.2", dns.reverse("2001:db8::1"))
     assert.equal("4.0.3.0.2.0.1.0.f.f.f.f.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0", dns.reverse("::ffff:1.2.3.4"))
     assert.equal(("0."):rep(31) .. "0", dns.reverse("::"))

@@ -144,9 +144,10 @@ function Fake:_answer(k, t)
   return nil, "nodata", "NOERROR"
 end
 
--- platform.dns(name, qtype, opts, fn) -> true; fn(records | nil, err, rcode[, negative ttl])
--- at once, or after the name's delay on the clock; never for a timeout
-function Fake:_query(name, qtype, _, fn)
+-- platform.dns(name, qtype, opts, fn[, i]) -> true; fn(records | nil, err, rcode,
+-- negative ttl | nil, i) at once, or after the name's delay on the clock; never
+-- for a timeout
+function Fake:_query(name, qtype, _, fn, i)
   -- as lua_dns.c's argument checks
   if #name == 0 or #name > 255 or name:find("\0", 1, true) then error("bad argument #1 to 'dns' (bad name)", 2) end
   self.queries[#self.queries + 1] = name .. " " .. (NAMES[qtype] or tostring(qtype))
@@ -156,9 +157,9 @@ function Fake:_query(name, qtype, _, fn)
   local neg = (err == "nxdomain" or err == "nodata") and self.negativeTtl or nil
   local delay = self.delays[k]
   if delay and delay > 0 then
-    self.clock:timer(delay, function() fn(r, err, rcode, neg) end)
+    self.clock:timer(delay, function() fn(r, err, rcode, neg, i) end)
   else
-    fn(r, err, rcode, neg)
+    fn(r, err, rcode, neg, i)
   end
   return true
 end
