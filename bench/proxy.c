@@ -10,7 +10,7 @@
  * it slower, not wrong by much; bench/proxy.sh also counts instructions with
  * callgrind, which a loaded machine does not change.
  *
- *	cc -O2 -Isrc bench/proxy.c src/proxy.c -o proxy-bench && ./proxy-bench [N [v1|v2|v6]]
+ *	cc -O2 -Isrc/engine bench/proxy.c src/engine/proxy.c -o proxy-bench && ./proxy-bench [N [v1|v2|v6]]
  */
 #include <sys/socket.h>
 #include <arpa/inet.h>

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/proxy.sh -- what a PROXY protocol header costs per connection
 # (target: at most 2 us of CPU for a v2 header).  Builds bench/proxy.c with
-# -O2 against src/proxy.c, prints CPU time per header (parse alone, and
+# -O2 against src/engine/proxy.c, prints CPU time per header (parse alone, and
 # conn.c's peek + parse + recv), then callgrind's instruction count per
 # parse of each header (the figure a loaded machine does not change).
 #
@@ -11,7 +11,7 @@ BENCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 tmp=$(mktemp -d /tmp/luasmtpd-proxy-bench.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 n=${1:-1000000}
-cc -O2 -D_GNU_SOURCE -I"$BENCH/../src" "$BENCH/proxy.c" "$BENCH/../src/proxy.c" -o "$tmp/proxy-bench"
+cc -O2 -D_GNU_SOURCE -I"$BENCH/../src/engine" "$BENCH/proxy.c" "$BENCH/../src/engine/proxy.c" -o "$tmp/proxy-bench"
 "$tmp/proxy-bench" "$n"
 if command -v valgrind >/dev/null; then
 	# instructions of proxy_parse() inclusive, divided by its calls (1000, plus
