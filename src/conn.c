@@ -390,6 +390,8 @@ conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t f
 		client.local_port = h.dst_port;
 		memcpy(c->via, c->peer.remote_addr, sizeof(c->via));
 		c->via_port = c->peer.remote_port;
+		memcpy(client.via, c->via, sizeof(client.via));
+		client.via_port = c->via_port;
 		/* counted in the total only so far: now as this client */
 		if (c->list->proxied != NULL && !c->list->proxied(c->list->arg, &client)) {
 			(void)send(fd, CONN_TOO_MANY, sizeof(CONN_TOO_MANY) - 1,

@@ -1681,6 +1681,11 @@ cmd_xclient(struct session *s, char *arg)
 		reply(s, 451, "4.3.0", "Out of memory, try again later");
 		return;
 	}
+	if ((x.given & XC_ADDR) && s->peer.via[0] == '\0') {
+		/* the peer is a proxy: it stays in the logs */
+		memcpy(s->peer.via, s->peer.remote_addr, sizeof(s->peer.via));
+		s->peer.via_port = s->peer.remote_port;
+	}
 	if (x.given & XC_ADDR)
 		snprintf(s->peer.remote_addr, sizeof(s->peer.remote_addr), "%s",
 		    x.unavailable & XC_ADDR ? "unknown" : x.addr);
@@ -1695,6 +1700,10 @@ cmd_xclient(struct session *s, char *arg)
 		free(s->remote_name);
 		s->remote_name = name;
 	}
+	/* NAME is the client's checked name (Postfix's); a new ADDR voids the old one */
+	if (x.given & (XC_NAME | XC_ADDR) &&
+	    session_set_reverse_name(s, s->remote_name) == -1)
+		(void)session_set_reverse_name(s, NULL);
 	reset_transaction(s);
 	asked_forget(s);
 	sasl_forget(s);
@@ -1709,6 +1718,7 @@ cmd_xclient(struct session *s, char *arg)
 		s->user = login;
 	}
 	s->xclients++;
+	summary_client_changed(&s->sum);
 	log_info(s->id, "XCLIENT: client %s port %u%s%s%s%s%s%s", s->peer.remote_addr,
 	    s->peer.remote_port, s->remote_name ? " name " : "",
 	    s->remote_name ? s->remote_name : "", s->helo ? " helo " : "",
@@ -2821,6 +2831,7 @@ session_set_reverse_name(struct session *s, const char *name)
 	}
 	free(s->reverse);
 	s->reverse = copy;
+	summary_client_changed(&s->sum);	/* name= on the next lines */
 	return 0;
 }
 

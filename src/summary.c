@@ -20,7 +20,12 @@ rec_client(struct log_rec *r, const struct session *s)
 	const struct session_tls	*t = session_tls(s);
 
 	log_rec_str(r, "client", p->remote_addr);
+	log_rec_str(r, "name", session_reverse_name(s));
 	log_rec_uint(r, "port", p->remote_port);
+	if (p->via[0] != '\0') {
+		log_rec_str(r, "proxy", p->via);
+		log_rec_uint(r, "proxy_port", p->via_port);
+	}
 	log_rec_str(r, "helo", session_helo(s, NULL));
 	if (t != NULL) {
 		log_rec_str(r, "tls", t->version);
@@ -182,6 +187,8 @@ summary_close(struct summary *sum, const struct session *s, uint64_t now,
 	log_rec_uint(&r, "refusals", sum->refusals);
 	log_rec_uint(&r, "bytes_in", sum->bytes_in);
 	log_rec_uint(&r, "bytes_out", sum->bytes_out);
+	if (session_xclients(s) > 0)
+		log_rec_uint(&r, "xclients", session_xclients(s));
 	log_rec_str(&r, "end", sum->end != NULL ? sum->end : "closed");
 	log_rec_ms(&r, "duration", now - born);
 	log_rec_emit(&r, LOG_INFO, session_id(s));

@@ -181,6 +181,9 @@ describe("e2e: PROXY protocol", function()
 			tcp:close()
 			server:await_log(("connection from %s port %d to [^\n]* via proxy 127%%.0%%.0%%.1 port %%d+")
 				:format(from:gsub("%.", "%%."), tonumber(myport)))
+			-- the summary line names the same client, and the proxy as the first line does
+			server:await_log(("connection client=%s port=%d proxy=127%%.0%%.0%%.1 proxy_port=%%d+ helo=client%%.example ")
+				:format(from:gsub("%.", "%%."), tonumber(myport)))
 		end)
 	end
 
