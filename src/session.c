@@ -1003,13 +1003,16 @@ lmtp_replies(struct session *s, int code, const char *enhanced, const char *text
 		int			 c;
 
 		if (!r->decided) {
+			summary_lmtp(&s->sum, r->path.address, code, enhanced);
 			reply_text(s, code, enhanced, text);
 			continue;
 		}
 		verdict_reply(s, SEV_DATA_END, &(struct verdict){ r->accept, r->code,
 		    r->text }, &c, e, &t);
+		summary_lmtp(&s->sum, r->path.address, c, e);
 		reply_text(s, c, e, t);
 	}
+	summary_lmtp_end(&s->sum, code, enhanced);	/* the message's result */
 }
 
 int

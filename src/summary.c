@@ -94,6 +94,7 @@ summary_mail(struct summary *sum, const struct session *s, const char *sender,
 	sum->tx_start = now;
 	sum->sized = false;
 	sum->data_code = 0;
+	sum->lmtp_listed = false;
 	if (sum->quiet || log_get_level() < LOG_INFO)
 		return;
 	/* one buffer for the session's transactions, made at its first */
@@ -128,6 +129,32 @@ summary_rcpt(struct summary *sum, const char *address, int code,
 		sum->rcpts_accepted++;
 	if (sum->tx_open && sum->tx != NULL)
 		log_rec_rcpt(sum->tx, address, code, enhanced);
+}
+
+void
+summary_lmtp(struct summary *sum, const char *address, int code,
+    const char *enhanced)
+{
+	struct log_rec	*r = sum->tx;
+
+	if (!sum->tx_open || r == NULL)
+		return;
+	/* JSON: one "lmtp" array after "rcpts" (again only if a cut closed it) */
+	log_rec_reply_item(r, "lmtp", sum->lmtp_listed && r->in_list ? NULL : "lmtp",
+	    address, code, enhanced);
+	sum->lmtp_listed = true;
+}
+
+void
+summary_lmtp_end(struct summary *sum, int code, const char *enhanced)
+{
+	size_t	n = enhanced != NULL ? strlen(enhanced) : 0;
+
+	sum->data_code = code;
+	if (n >= sizeof(sum->data_enhanced))
+		n = 0;
+	memcpy(sum->data_enhanced, enhanced != NULL ? enhanced : "", n);
+	sum->data_enhanced[n] = '\0';
 }
 
 void

@@ -35,6 +35,7 @@ struct summary {
 	uint64_t	 bytes_in, bytes_out;
 	const char	*end;		/* why the connection ended (the transport's words) */
 	bool		 quiet;		/* no lines at all (session_config.no_summary) */
+	bool		 lmtp_listed;	/* the transaction line has its "lmtp" entries begun */
 };
 
 /*
@@ -53,6 +54,11 @@ void	summary_mail(struct summary *sum, const struct session *s,
 /* A recipient's reply (refused ones too). */
 void	summary_rcpt(struct summary *sum, const char *address, int code,
 	    const char *enhanced);
+/* LMTP: a recipient's own reply after the data. */
+void	summary_lmtp(struct summary *sum, const char *address, int code,
+	    const char *enhanced);
+/* LMTP: the message's own verdict after the recipients' replies (its result). */
+void	summary_lmtp_end(struct summary *sum, int code, const char *enhanced);
 /* The message's size in octets, at the end of its data. */
 void	summary_size(struct summary *sum, uint64_t size);
 /* The transaction ends (its envelope is forgotten): logs its line. */
