@@ -872,7 +872,7 @@ verdict_reply(struct session *s, enum session_event ev, const struct verdict *v,
 	return accept;
 }
 
-static void	lmtp_replies(struct session *, int, const char *, const char *);
+static bool	lmtp_replies(struct session *, int, const char *, const char *);
 static void	bdat_begin(struct session *, uint64_t);
 static void	bdat_drop(struct session *, uint64_t);
 
@@ -945,16 +945,16 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		reply_text(s, code, accept ? NULL : enhanced, text);
 		break;
 	case SEV_DATA_END:
-		metrics_message(accept ? MM_ACCEPTED : MM_REJECTED, s->size);
 		/* the envelope is forgotten after the outcome: its listeners see it */
 		s->smtputf8 = false;
 		s->rcpt_tried = false;
 		s->chunking = s->binary = false;
 		enter_state(s, S_HELO);
 		if (s->cfg->lmtp)
-			lmtp_replies(s, code, enhanced, text);
+			accept = lmtp_replies(s, code, enhanced, text);
 		else
 			reply_text(s, code, enhanced, text);
+		metrics_message(accept ? MM_ACCEPTED : MM_REJECTED, s->size);
 		break;
 	case SEV_RSET:
 		reset_transaction(s);
@@ -991,11 +991,14 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 
 /*
  * LMTP (RFC 2033 4.2): a reply per recipient told 250, in RCPT order: its
- * own verdict (session_recipient_verdict), else the message's.
+ * own verdict (session_recipient_verdict), else the message's.  Whether
+ * any was 2xx: the message was accepted (for someone).
  */
-static void
+static bool
 lmtp_replies(struct session *s, int code, const char *enhanced, const char *text)
 {
+	bool	accepted = false;
+
 	for (size_t i = 0; i < s->rcpt_count && s->state != S_CLOSED; i++) {
 		struct stored_path	*r = s->rcpts[i];
 		char			 e[REPLY_ENHANCED_MAX];
@@ -1003,16 +1006,19 @@ lmtp_replies(struct session *s, int code, const char *enhanced, const char *text
 		int			 c;
 
 		if (!r->decided) {
+			accepted |= code / 100 == 2;
 			summary_lmtp(&s->sum, r->path.address, code, enhanced);
 			reply_text(s, code, enhanced, text);
 			continue;
 		}
 		verdict_reply(s, SEV_DATA_END, &(struct verdict){ r->accept, r->code,
 		    r->text }, &c, e, &t);
+		accepted |= c / 100 == 2;
 		summary_lmtp(&s->sum, r->path.address, c, e);
 		reply_text(s, c, e, t);
 	}
 	summary_lmtp_end(&s->sum, code, enhanced);	/* the message's result */
+	return accepted;
 }
 
 int

@@ -136,7 +136,17 @@ summary_lmtp(struct summary *sum, const char *address, int code,
     const char *enhanced)
 {
 	struct log_rec	*r = sum->tx;
+	int		 best = sum->lmtp_code / 100, class = code / 100;
+	size_t		 n = enhanced != NULL ? strlen(enhanced) : 0;
 
+	/* 2xx over 4xx (tried again) over 5xx: what the message came to */
+	if (best == 0 || (best != 2 && class == 2) || (best == 5 && class == 4)) {
+		sum->lmtp_code = code;
+		if (n >= sizeof(sum->lmtp_enhanced))
+			n = 0;
+		memcpy(sum->lmtp_enhanced, enhanced != NULL ? enhanced : "", n);
+		sum->lmtp_enhanced[n] = '\0';
+	}
 	if (!sum->tx_open || r == NULL)
 		return;
 	/* JSON: one "lmtp" array after "rcpts" (again only if a cut closed it) */
@@ -148,8 +158,14 @@ summary_lmtp(struct summary *sum, const char *address, int code,
 void
 summary_lmtp_end(struct summary *sum, int code, const char *enhanced)
 {
-	size_t	n = enhanced != NULL ? strlen(enhanced) : 0;
+	size_t	n;
 
+	if (sum->lmtp_code != 0 && sum->lmtp_code / 100 != code / 100) {
+		code = sum->lmtp_code;
+		enhanced = sum->lmtp_enhanced;
+	}
+	sum->lmtp_code = 0;
+	n = enhanced != NULL ? strlen(enhanced) : 0;
 	sum->data_code = code;
 	if (n >= sizeof(sum->data_enhanced))
 		n = 0;

@@ -36,6 +36,8 @@ struct summary {
 	const char	*end;		/* why the connection ended (the transport's words) */
 	bool		 quiet;		/* no lines at all (session_config.no_summary) */
 	bool		 lmtp_listed;	/* the transaction line has its "lmtp" entries begun */
+	int		 lmtp_code;	/* the recipients' best reply: the first 2xx, else 4xx, else 5xx */
+	char		 lmtp_enhanced[REPLY_ENHANCED_MAX];
 };
 
 /*
@@ -57,7 +59,10 @@ void	summary_rcpt(struct summary *sum, const char *address, int code,
 /* LMTP: a recipient's own reply after the data. */
 void	summary_lmtp(struct summary *sum, const char *address, int code,
 	    const char *enhanced);
-/* LMTP: the message's own verdict after the recipients' replies (its result). */
+/*
+ * LMTP: the message's verdict after the recipients' replies: its code and
+ * result, unless no recipient got a reply of its class (then their best's).
+ */
 void	summary_lmtp_end(struct summary *sum, int code, const char *enhanced);
 /* The message's size in octets, at the end of its data. */
 void	summary_size(struct summary *sum, uint64_t size);
