@@ -59,6 +59,9 @@ summary_reply(struct summary *sum, const struct session *s, const char *command,
 	struct log_rec	r;
 	size_t		n;
 
+	if (address == NULL)
+		address = sum->lmtp_address;	/* an LMTP recipient's own reply */
+	sum->lmtp_address = NULL;
 	if (in_data && code != 354) {
 		sum->data_code = code;
 		n = enhanced != NULL ? strlen(enhanced) : 0;
@@ -147,6 +150,7 @@ summary_lmtp(struct summary *sum, const char *address, int code,
 		memcpy(sum->lmtp_enhanced, enhanced != NULL ? enhanced : "", n);
 		sum->lmtp_enhanced[n] = '\0';
 	}
+	sum->lmtp_address = address;	/* for its refusal line, if it is one */
 	if (!sum->tx_open || r == NULL)
 		return;
 	/* JSON: one "lmtp" array after "rcpts" (again only if a cut closed it) */
@@ -165,6 +169,7 @@ summary_lmtp_end(struct summary *sum, int code, const char *enhanced)
 		enhanced = sum->lmtp_enhanced;
 	}
 	sum->lmtp_code = 0;
+	sum->lmtp_address = NULL;
 	n = enhanced != NULL ? strlen(enhanced) : 0;
 	sum->data_code = code;
 	if (n >= sizeof(sum->data_enhanced))

@@ -36,6 +36,7 @@ struct summary {
 	const char	*end;		/* why the connection ended (the transport's words) */
 	bool		 quiet;		/* no lines at all (session_config.no_summary) */
 	bool		 lmtp_listed;	/* the transaction line has its "lmtp" entries begun */
+	const char	*lmtp_address;	/* the recipient the next reply answers (LMTP, after the data) */
 	int		 lmtp_code;	/* the recipients' best reply: the first 2xx, else 4xx, else 5xx */
 	char		 lmtp_enhanced[REPLY_ENHANCED_MAX];
 };

@@ -148,6 +148,10 @@ describe("summary lines", function()
       .. "lmtp=<c@example%.org>:552/5%.2%.2 lmtp=<d@example%.org>:450/4%.7%.1 size=3 code=250 "
       .. "enhanced=2%.0%.0 result=accepted ", tx[1])
     assert.matches(" transactions=1 accepted=1 rejected=0 deferred=0 ", lines(s:log(), "connection")[1])
+    local r = lines(s:log(), "refusal")
+    assert.equal(2, #r, s:log())
+    assert.matches(" command=DATA_END address=<c@example%.org> code=552 enhanced=5%.2%.2 ", r[1])
+    assert.matches(" command=DATA_END address=<d@example%.org> code=450 ", r[2])
   end)
 
   it("no summary line below info", function()
