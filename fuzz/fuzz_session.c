@@ -608,7 +608,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	static const struct session_tls tls = { "TLSv1.3", "TLS_AES_128_GCM_SHA256", "" };
 	struct session_io	 io = { io_write, io_close, io_wake, io_timer, io_starttls, NULL };
 	struct session_config	 cfg;
-	struct session_peer	 peer = { "192.0.2.1", 40000, "127.0.0.1", 25, NULL };
+	struct session_peer	 peer = { "192.0.2.1", 40000, "127.0.0.1", 25, NULL, "", 0 };
 	struct harness		 h;
 	const char		*in;
 	size_t			 len, off, n, want;

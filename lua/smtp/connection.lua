@@ -26,6 +26,7 @@ function M.install(I)
   local core, log = I.core, I.log
 
   local Connection = setmetatable({}, { __index = Emitter })
+  local hostname	-- below
   local ConnMeta = {
     __index = function(c, k)
       if k == "state" then return c._handle:state() end
@@ -37,7 +38,7 @@ function M.install(I)
       if k == "recipients" then return c._handle:recipients() end
       if k == "helo" then return c._handle:helo() end
       -- forward-confirmed reverse DNS, looked up at the first read (smtp.dns)
-      if k == "hostname" then return I.hostname_of(c) end
+      if k == "hostname" then return hostname(c) end
       -- live connections from this client (its IPv4 address or IPv6 /64), every
       -- worker's, this one included (connlimit.c); 1 where nothing counts (specs)
       if k == "clientConnections" then
@@ -57,10 +58,27 @@ function M.install(I)
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
         sender = true, recipients = true, clientConnections = true, hostname = true },
       internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_hostname",
-        "_proxy", "_mail_obj" },
+        "_proxy", "_mail_obj", "_hostname_of" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }
+
+  -- connection.hostname: XCLIENT NAME= when a trusted proxy gave one (it
+  -- looked the name up, as Postfix's NAME is), else the lookup for the
+  -- current address (XCLIENT may have changed it); a name found becomes the
+  -- engine's reverse name (the Received field, the summary lines' name=)
+  function hostname(c)
+    if c.remoteName then return c.remoteName end
+    local ip = c.remoteAddress
+    if rawget(c, "_hostname_of") ~= ip then
+      rawset(c, "_hostname", nil)
+      rawset(c, "_hostname_of", ip)
+    end
+    local fresh = rawget(c, "_hostname") == nil
+    local name = I.hostname_of(c)
+    if fresh and name then pcall(c._handle.setReverseName, c._handle, name) end	-- closed meanwhile: no matter
+    return name
+  end
 
   local MASK_EVENTS = { "HELO", "EHLO", "MAIL", "RCPT", "DATA", "RSET", "QUIT", "VRFY", "EXPN", "AUTH" }
 

@@ -105,7 +105,13 @@ local function reply(tcp)
 end
 
 describe("e2e: PROXY protocol", function()
-	local server, dir, hapid, ports
+	local server, dir, hapid, ports, metrics_url
+
+	-- luasmtpd_connections_refused_total{reason=REASON} now
+	local function refused(reason)
+		local body = assert(require("socket.http").request(metrics_url))
+		return tonumber(body:match('\nluasmtpd_connections_refused_total{reason="' .. reason .. '"} (%d+)'))
+	end
 
 	lazy_setup(function()
 		ports = { PROXIED = support.free_port(), UNTRUSTED = support.free_port(),
@@ -120,7 +126,8 @@ describe("e2e: PROXY protocol", function()
 		local function fill(s) return (s:gsub("@(%u+%d?)@", function(k) return tostring(ports[k]) end)) end
 		server = support.start { policy = fill(POLICY), args = {
 			"--listen", "127.0.0.1:" .. ports.PROXIED, "--listen", "127.0.0.1:" .. ports.UNTRUSTED,
-			"--listen", "127.0.0.1:" .. ports.IMPLICIT } }
+			"--listen", "127.0.0.1:" .. ports.IMPLICIT, "--metrics", "127.0.0.1:0" } }
+		metrics_url = server:await_log("metrics on (http://127%.0%.0%.1:%d+/metrics)")
 		local cfg = fill(HAPROXY_CFG)
 		if not have_ipv6() then cfg = cfg:gsub("\tbind %[::1%][^\n]*\n", "") end
 		support.spit(dir .. "/haproxy.cfg", cfg)
@@ -181,6 +188,9 @@ describe("e2e: PROXY protocol", function()
 			tcp:close()
 			server:await_log(("connection from %s port %d to [^\n]* via proxy 127%%.0%%.0%%.1 port %%d+")
 				:format(from:gsub("%.", "%%."), tonumber(myport)))
+			-- the summary line names the same client, and the proxy as the first line does
+			server:await_log(("connection client=%s port=%d proxy=127%%.0%%.0%%.1 proxy_port=%%d+ helo=client%%.example ")
+				:format(from:gsub("%.", "%%."), tonumber(myport)))
 		end)
 	end
 
@@ -226,6 +236,23 @@ describe("e2e: PROXY protocol", function()
 		assert.equal("closed", err)
 		tcp:close()
 		server:await_log("closed: no complete PROXY header within 1 s %(proxyTimeout%)")
+	end)
+
+	it("counts a source outside proxyFrom and a bad header as refused{reason=\"proxy\"}", function()
+		local before = assert(refused("proxy"))
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.UNTRUSTED)
+		local _, err = tcp:receive("*l")
+		assert.equal("closed", err)
+		tcp:close()
+		tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+		tcp:send("HELO direct.example\r\n")
+		_, err = tcp:receive("*l")
+		assert.equal("closed", err)
+		tcp:close()
+		-- the count goes before the log line; two closes are two counts
+		support.wait_until(function() return refused("proxy") >= before + 2 end, 20, "two proxy refusals counted")
+		assert.equal(before + 2, refused("proxy"))
+		assert.equal(0, refused("limit"))
 	end)
 
 	it("takes a header and a pipelined command in one segment, octet for octet", function()

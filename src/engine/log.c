@@ -705,6 +705,13 @@ log_rec_ms(struct log_rec *r, const char *key, uint64_t ms)
 void
 log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhanced)
 {
+	log_rec_reply_item(r, "to", NULL, address, code, enhanced);
+}
+
+void
+log_rec_reply_item(struct log_rec *r, const char *key, const char *list,
+    const char *address, int code, const char *enhanced)
+{
 	char	 item[1024], *p = item, *end = item + sizeof(item) - 48;
 	size_t	 len = strlen(address), used, elen = 0;
 
@@ -715,7 +722,11 @@ log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhan
 	if (r->json) {
 		static const char first[] = ",\"rcpts\":[{\"to\":\"", next[] = ",{\"to\":\"";
 
-		if (r->in_list)
+		if (list != NULL) {
+			/* another list: the one before it ends; "list" is a word of ours */
+			rec_close_list(r);
+			p += snprintf(p, 80, ",\"%.64s\":[{\"to\":\"", list);
+		} else if (r->in_list)
 			memcpy(p, next, sizeof(next) - 1), p += sizeof(next) - 1;
 		else
 			memcpy(p, first, sizeof(first) - 1), p += sizeof(first) - 1;
@@ -752,7 +763,7 @@ log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhan
 			n = 4 * n + 2;
 		if (rec_room(r) < REC_TAIL + 4 + n)
 			r->cut = true;
-		else if (rec_key(r, "to"))
+		else if (rec_key(r, key))
 			rec_value(r, item, (size_t)(p - item));
 		return;
 	}

@@ -95,6 +95,13 @@ void	log_rec_uint(struct log_rec *r, const char *key, uint64_t val);
 void	log_rec_ms(struct log_rec *r, const char *key, uint64_t ms);
 /* A recipient: text "to=<ADDRESS>:CODE/ENHANCED", JSON {"to":...,"code":...,"enhanced":...} in "rcpts". */
 void	log_rec_rcpt(struct log_rec *r, const char *address, int code, const char *enhanced);
+/*
+ * The same item under another key: text "key=<ADDRESS>:CODE/ENHANCED"; JSON
+ * in the array "list" when list is not NULL (it starts one), else in the
+ * array begun last.
+ */
+void	log_rec_reply_item(struct log_rec *r, const char *key, const char *list,
+	    const char *address, int code, const char *enhanced);
 /* Writes the record as one line at level, if the level is logged. */
 void	log_rec_emit(struct log_rec *r, enum log_level level, uint64_t id);
 

@@ -280,10 +280,12 @@ render(FILE *f, const struct view *v)
 	help(f, "luasmtpd_connections_open", "gauge", "Connections open now.");
 	fprintf(f, "luasmtpd_connections_open %lld\n", (long long)v->open);
 	help(f, "luasmtpd_connections_refused_total", "counter",
-	    "Connections refused with 421 before any Lua "
-	    "(maxConnections, maxConnectionsPerClient).");
+	    "Connections refused before any Lua: limit (421: maxConnections, "
+	    "maxConnectionsPerClient), proxy (closed: not from proxyFrom, no good PROXY header).");
 	fprintf(f, "luasmtpd_connections_refused_total{reason=\"limit\"} %llu\n",
 	    (unsigned long long)s->c[M_REFUSED_LIMIT]);
+	fprintf(f, "luasmtpd_connections_refused_total{reason=\"proxy\"} %llu\n",
+	    (unsigned long long)s->c[M_REFUSED_PROXY]);
 
 	help(f, "luasmtpd_commands_total", "counter",
 	    "Command lines by verb (unknown verbs and malformed lines: other).");

@@ -31,6 +31,7 @@
 enum metrics_counter {
 	M_CONNECTIONS,		/* luasmtpd_connections_total */
 	M_REFUSED_LIMIT,	/* luasmtpd_connections_refused_total{reason="limit"} */
+	M_REFUSED_PROXY,	/* ... {reason="proxy"}: not from proxyFrom, no good PROXY header */
 	M_HANDLER_ERRORS,	/* luasmtpd_handler_errors_total */
 	M_BUDGET_STOPS,		/* luasmtpd_handler_budget_stops_total */
 	M_TLS_OK,		/* luasmtpd_tls_handshakes_total{result="success"} */

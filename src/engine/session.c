@@ -872,7 +872,7 @@ verdict_reply(struct session *s, enum session_event ev, const struct verdict *v,
 	return accept;
 }
 
-static void	lmtp_replies(struct session *, int, const char *, const char *);
+static bool	lmtp_replies(struct session *, int, const char *, const char *);
 static void	bdat_begin(struct session *, uint64_t);
 static void	bdat_drop(struct session *, uint64_t);
 
@@ -945,16 +945,16 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		reply_text(s, code, accept ? NULL : enhanced, text);
 		break;
 	case SEV_DATA_END:
-		metrics_message(accept ? MM_ACCEPTED : MM_REJECTED, s->size);
 		/* the envelope is forgotten after the outcome: its listeners see it */
 		s->smtputf8 = false;
 		s->rcpt_tried = false;
 		s->chunking = s->binary = false;
 		enter_state(s, S_HELO);
 		if (s->cfg->lmtp)
-			lmtp_replies(s, code, enhanced, text);
+			accept = lmtp_replies(s, code, enhanced, text);
 		else
 			reply_text(s, code, enhanced, text);
+		metrics_message(accept ? MM_ACCEPTED : MM_REJECTED, s->size);
 		break;
 	case SEV_RSET:
 		reset_transaction(s);
@@ -991,11 +991,14 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 
 /*
  * LMTP (RFC 2033 4.2): a reply per recipient told 250, in RCPT order: its
- * own verdict (session_recipient_verdict), else the message's.
+ * own verdict (session_recipient_verdict), else the message's.  Whether
+ * any was 2xx: the message was accepted (for someone).
  */
-static void
+static bool
 lmtp_replies(struct session *s, int code, const char *enhanced, const char *text)
 {
+	bool	accepted = false;
+
 	for (size_t i = 0; i < s->rcpt_count && s->state != S_CLOSED; i++) {
 		struct stored_path	*r = s->rcpts[i];
 		char			 e[REPLY_ENHANCED_MAX];
@@ -1003,13 +1006,19 @@ lmtp_replies(struct session *s, int code, const char *enhanced, const char *text
 		int			 c;
 
 		if (!r->decided) {
+			accepted |= code / 100 == 2;
+			summary_lmtp(&s->sum, r->path.address, code, enhanced);
 			reply_text(s, code, enhanced, text);
 			continue;
 		}
 		verdict_reply(s, SEV_DATA_END, &(struct verdict){ r->accept, r->code,
 		    r->text }, &c, e, &t);
+		accepted |= c / 100 == 2;
+		summary_lmtp(&s->sum, r->path.address, c, e);
 		reply_text(s, c, e, t);
 	}
+	summary_lmtp_end(&s->sum, code, enhanced);	/* the message's result */
+	return accepted;
 }
 
 int
@@ -1681,6 +1690,11 @@ cmd_xclient(struct session *s, char *arg)
 		reply(s, 451, "4.3.0", "Out of memory, try again later");
 		return;
 	}
+	if ((x.given & XC_ADDR) && s->peer.via[0] == '\0') {
+		/* the peer is a proxy: it stays in the logs */
+		memcpy(s->peer.via, s->peer.remote_addr, sizeof(s->peer.via));
+		s->peer.via_port = s->peer.remote_port;
+	}
 	if (x.given & XC_ADDR)
 		snprintf(s->peer.remote_addr, sizeof(s->peer.remote_addr), "%s",
 		    x.unavailable & XC_ADDR ? "unknown" : x.addr);
@@ -1695,6 +1709,10 @@ cmd_xclient(struct session *s, char *arg)
 		free(s->remote_name);
 		s->remote_name = name;
 	}
+	/* NAME is the client's checked name (Postfix's); a new ADDR voids the old one */
+	if (x.given & (XC_NAME | XC_ADDR) &&
+	    session_set_reverse_name(s, s->remote_name) == -1)
+		(void)session_set_reverse_name(s, NULL);
 	reset_transaction(s);
 	asked_forget(s);
 	sasl_forget(s);
@@ -1709,6 +1727,7 @@ cmd_xclient(struct session *s, char *arg)
 		s->user = login;
 	}
 	s->xclients++;
+	summary_client_changed(&s->sum);
 	log_info(s->id, "XCLIENT: client %s port %u%s%s%s%s%s%s", s->peer.remote_addr,
 	    s->peer.remote_port, s->remote_name ? " name " : "",
 	    s->remote_name ? s->remote_name : "", s->helo ? " helo " : "",
@@ -2821,6 +2840,7 @@ session_set_reverse_name(struct session *s, const char *name)
 	}
 	free(s->reverse);
 	s->reverse = copy;
+	summary_client_changed(&s->sum);	/* name= on the next lines */
 	return 0;
 }
 

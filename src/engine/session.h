@@ -201,6 +201,8 @@ struct session_peer {
 	char		local_addr[46];
 	uint16_t	local_port;
 	const struct session_tls *tls;	/* implicit TLS: secure from the start */
+	char		via[46];	/* the proxy that named the client (PROXY, XCLIENT); "": none */
+	uint16_t	via_port;
 };
 
 /*

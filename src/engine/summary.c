@@ -20,7 +20,12 @@ rec_client(struct log_rec *r, const struct session *s)
 	const struct session_tls	*t = session_tls(s);
 
 	log_rec_str(r, "client", p->remote_addr);
+	log_rec_str(r, "name", session_reverse_name(s));
 	log_rec_uint(r, "port", p->remote_port);
+	if (p->via[0] != '\0') {
+		log_rec_str(r, "proxy", p->via);
+		log_rec_uint(r, "proxy_port", p->via_port);
+	}
 	log_rec_str(r, "helo", session_helo(s, NULL));
 	if (t != NULL) {
 		log_rec_str(r, "tls", t->version);
@@ -54,6 +59,9 @@ summary_reply(struct summary *sum, const struct session *s, const char *command,
 	struct log_rec	r;
 	size_t		n;
 
+	if (address == NULL)
+		address = sum->lmtp_address;	/* an LMTP recipient's own reply */
+	sum->lmtp_address = NULL;
 	if (in_data && code != 354) {
 		sum->data_code = code;
 		n = enhanced != NULL ? strlen(enhanced) : 0;
@@ -89,6 +97,7 @@ summary_mail(struct summary *sum, const struct session *s, const char *sender,
 	sum->tx_start = now;
 	sum->sized = false;
 	sum->data_code = 0;
+	sum->lmtp_listed = false;
 	if (sum->quiet || log_get_level() < LOG_INFO)
 		return;
 	/* one buffer for the session's transactions, made at its first */
@@ -123,6 +132,50 @@ summary_rcpt(struct summary *sum, const char *address, int code,
 		sum->rcpts_accepted++;
 	if (sum->tx_open && sum->tx != NULL)
 		log_rec_rcpt(sum->tx, address, code, enhanced);
+}
+
+void
+summary_lmtp(struct summary *sum, const char *address, int code,
+    const char *enhanced)
+{
+	struct log_rec	*r = sum->tx;
+	int		 best = sum->lmtp_code / 100, class = code / 100;
+	size_t		 n = enhanced != NULL ? strlen(enhanced) : 0;
+
+	/* 2xx over 4xx (tried again) over 5xx: what the message came to */
+	if (best == 0 || (best != 2 && class == 2) || (best == 5 && class == 4)) {
+		sum->lmtp_code = code;
+		if (n >= sizeof(sum->lmtp_enhanced))
+			n = 0;
+		memcpy(sum->lmtp_enhanced, enhanced != NULL ? enhanced : "", n);
+		sum->lmtp_enhanced[n] = '\0';
+	}
+	sum->lmtp_address = address;	/* for its refusal line, if it is one */
+	if (!sum->tx_open || r == NULL)
+		return;
+	/* JSON: one "lmtp" array after "rcpts" (again only if a cut closed it) */
+	log_rec_reply_item(r, "lmtp", sum->lmtp_listed && r->in_list ? NULL : "lmtp",
+	    address, code, enhanced);
+	sum->lmtp_listed = true;
+}
+
+void
+summary_lmtp_end(struct summary *sum, int code, const char *enhanced)
+{
+	size_t	n;
+
+	if (sum->lmtp_code != 0 && sum->lmtp_code / 100 != code / 100) {
+		code = sum->lmtp_code;
+		enhanced = sum->lmtp_enhanced;
+	}
+	sum->lmtp_code = 0;
+	sum->lmtp_address = NULL;
+	n = enhanced != NULL ? strlen(enhanced) : 0;
+	sum->data_code = code;
+	if (n >= sizeof(sum->data_enhanced))
+		n = 0;
+	memcpy(sum->data_enhanced, enhanced != NULL ? enhanced : "", n);
+	sum->data_enhanced[n] = '\0';
 }
 
 void
@@ -182,6 +235,8 @@ summary_close(struct summary *sum, const struct session *s, uint64_t now,
 	log_rec_uint(&r, "refusals", sum->refusals);
 	log_rec_uint(&r, "bytes_in", sum->bytes_in);
 	log_rec_uint(&r, "bytes_out", sum->bytes_out);
+	if (session_xclients(s) > 0)
+		log_rec_uint(&r, "xclients", session_xclients(s));
 	log_rec_str(&r, "end", sum->end != NULL ? sum->end : "closed");
 	log_rec_ms(&r, "duration", now - born);
 	log_rec_emit(&r, LOG_INFO, session_id(s));

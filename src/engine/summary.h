@@ -35,6 +35,10 @@ struct summary {
 	uint64_t	 bytes_in, bytes_out;
 	const char	*end;		/* why the connection ended (the transport's words) */
 	bool		 quiet;		/* no lines at all (session_config.no_summary) */
+	bool		 lmtp_listed;	/* the transaction line has its "lmtp" entries begun */
+	const char	*lmtp_address;	/* the recipient the next reply answers (LMTP, after the data) */
+	int		 lmtp_code;	/* the recipients' best reply: the first 2xx, else 4xx, else 5xx */
+	char		 lmtp_enhanced[REPLY_ENHANCED_MAX];
 };
 
 /*
@@ -53,6 +57,14 @@ void	summary_mail(struct summary *sum, const struct session *s,
 /* A recipient's reply (refused ones too). */
 void	summary_rcpt(struct summary *sum, const char *address, int code,
 	    const char *enhanced);
+/* LMTP: a recipient's own reply after the data. */
+void	summary_lmtp(struct summary *sum, const char *address, int code,
+	    const char *enhanced);
+/*
+ * LMTP: the message's verdict after the recipients' replies: its code and
+ * result, unless no recipient got a reply of its class (then their best's).
+ */
+void	summary_lmtp_end(struct summary *sum, int code, const char *enhanced);
 /* The message's size in octets, at the end of its data. */
 void	summary_size(struct summary *sum, uint64_t size);
 /* The transaction ends (its envelope is forgotten): logs its line. */

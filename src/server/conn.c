@@ -390,8 +390,11 @@ conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t f
 		client.local_port = h.dst_port;
 		memcpy(c->via, c->peer.remote_addr, sizeof(c->via));
 		c->via_port = c->peer.remote_port;
+		memcpy(client.via, c->via, sizeof(client.via));
+		client.via_port = c->via_port;
 		/* counted in the total only so far: now as this client */
 		if (c->list->proxied != NULL && !c->list->proxied(c->list->arg, &client)) {
+			metrics_count(M_REFUSED_LIMIT);
 			(void)send(fd, CONN_TOO_MANY, sizeof(CONN_TOO_MANY) - 1,
 			    MSG_DONTWAIT | MSG_NOSIGNAL);
 			log_warn(0, "connection from %s port %u via proxy %s port %u "
@@ -422,6 +425,7 @@ conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t f
 static void
 conn_proxy_fail(struct conn *c, const char *why)
 {
+	metrics_count(M_REFUSED_PROXY);
 	log_info(0, "connection from %s port %u closed: %s (a PROXY protocol "
 	    "header was expected)", c->peer.remote_addr, c->peer.remote_port, why);
 	c->why = "bad PROXY header";

@@ -302,6 +302,7 @@ server_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int sale
 			trusted = proxy_nets_match_bin(&sp->proxy.from, 6, (const uint8_t *)
 			    &((const struct sockaddr_in6 *)sa)->sin6_addr);
 		if (!trusted) {
+			metrics_count(M_REFUSED_PROXY);
 			server_addr(sa, addr, sizeof(addr));
 			log_info(0, "connection from %s refused: not a trusted proxy "
 			    "(proxyFrom of port %u)", addr, sl->port);

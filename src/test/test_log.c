@@ -139,6 +139,18 @@ main(void)
 	log_rec_rcpt(&r, "b@x", 250, NULL);
 	log_rec_emit(&r, LOG_INFO, 0);
 	CHECK(strstr(last, ",\"event\":\"t\",\"rcpts\":[{\"to\":\"b@x\",\"code\":250}]}") != NULL);
+	/* a second list (LMTP's replies) after the recipients: two arrays */
+	log_rec_begin(&r, "t");
+	log_rec_rcpt(&r, "b@x", 250, NULL);
+	log_rec_rcpt(&r, "c@x", 250, NULL);
+	log_rec_reply_item(&r, "lmtp", "lmtp", "b@x", 250, "2.0.0");
+	log_rec_reply_item(&r, "lmtp", NULL, "c@x", 552, "5.2.2");
+	log_rec_uint(&r, "size", 3);
+	log_rec_emit(&r, LOG_INFO, 0);
+	CHECK(strstr(last, ",\"event\":\"t\",\"rcpts\":[{\"to\":\"b@x\",\"code\":250},"
+	    "{\"to\":\"c@x\",\"code\":250}],\"lmtp\":[{\"to\":\"b@x\",\"code\":250,"
+	    "\"enhanced\":\"2.0.0\"},{\"to\":\"c@x\",\"code\":552,\"enhanced\":\"5.2.2\"}],"
+	    "\"size\":3}") != NULL);
 
 	/* plain messages: escaped in JSON, controls replaced in text */
 	log_msg(LOG_INFO, 0, "raw %s", "a\x01\xff\"b");

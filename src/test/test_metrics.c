@@ -45,6 +45,7 @@ test_labels(void)
 	CHECK_INT(metrics_verb("MAIL"), MV_MAIL);
 	CHECK_INT(metrics_verb("rcpt"), MV_RCPT);
 	CHECK_INT(metrics_verb("STARTTLS"), MV_STARTTLS);
+	CHECK_INT(metrics_verb("XCLIENT"), MV_XCLIENT);
 	CHECK_INT(metrics_verb("X-EVIL\"}"), MV_OTHER);
 	CHECK_INT(metrics_verb(NULL), MV_OTHER);
 	CHECK_INT(metrics_handler("RCPT"), MH_RCPT);

@@ -1545,6 +1545,70 @@ test_metrics_counted(void)
 #undef DELTA
 }
 
+/* BDAT's chunks and LMTP's replies per recipient, as metrics.h counts them. */
+static void
+test_metrics_bdat_lmtp(void)
+{
+	struct metrics_slot	 before = *metrics_own, *m = metrics_own;
+	struct harness		*h = started_with_ehlo(NULL);
+
+#define DELTA(field)	((long long)(m->field - before.field))
+	/* two chunks, one message; each chunk's reply is BDAT's, the last data_end's */
+	in_transaction(h);
+	feed(h, "BDAT 5\r\nhel\r\nBDAT 10 LAST\r\nlo\r\n.\r\nx\r\n");
+	CHECK_STR(take(h), "250 2.0.0 5 octets received\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(DELTA(commands[MV_BDAT]) == 2);
+	CHECK(DELTA(replies[MV_BDAT][0]) == 1 && DELTA(replies[MR_DATA_END][0]) == 1);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1 && DELTA(octets[MM_ACCEPTED]) == 15);
+	/* a first chunk the 'DATA' event refuses is no message; the next one is */
+	in_transaction(h);
+	h->answer[SEV_DATA] = (struct verdict){ false, 554, "5.7.1 not now" };
+	feed(h, "BDAT 6\r\nQUIT\r\n");
+	h->answer[SEV_DATA] = (struct verdict){ true, 0, NULL };
+	h->answer[SEV_DATA_END] = (struct verdict){ false, 452, NULL };
+	feed(h, "BDAT 4 LAST\r\nok\r\n");
+	CHECK_STR(take(h), "554 5.7.1 not now\r\n452 4.7.1 Message rejected\r\n");
+	h->answer[SEV_DATA_END] = (struct verdict){ true, 0, NULL };
+	CHECK(DELTA(replies[MV_BDAT][3]) == 1 && DELTA(replies[MR_DATA_END][2]) == 1);
+	CHECK(DELTA(messages[MM_REJECTED]) == 1 && DELTA(octets[MM_REJECTED]) == 4);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1 && DELTA(messages[MM_FAILED]) == 0);
+	harness_free(h);
+
+	/* LMTP: one message, a reply per recipient, each counted by its class */
+	before = *metrics_own;
+	h = harness_new(lmtp_on);
+	harness_start(h);
+	feed(h, "LHLO c.example\r\nMAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\n"
+	    "RCPT TO:<c@b.example>\r\nRCPT TO:<d@b.example>\r\n");
+	take(h);
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "DATA\r\nhi\r\n.\r\n");
+	take(h);
+	CHECK(session_recipient_verdict(h->s, 1, &(struct verdict){ false, 552,
+	    "5.2.2 over quota" }) == 0);
+	CHECK(session_recipient_verdict(h->s, 2, &(struct verdict){ false, 451,
+	    "4.2.0 later" }) == 0);
+	session_decide(h->s, &(struct verdict){ true, 0, NULL });
+	CHECK_STR(take(h), "250 2.0.0 Message accepted\r\n552 5.2.2 over quota\r\n"
+	    "451 4.2.0 later\r\n");
+	CHECK(DELTA(replies[MR_DATA_END][0]) == 1 && DELTA(replies[MR_DATA_END][2]) == 1 &&
+	    DELTA(replies[MR_DATA_END][3]) == 1);
+	CHECK(DELTA(messages[MM_ACCEPTED]) == 1 && DELTA(octets[MM_ACCEPTED]) == 4);
+	/* every recipient refused: the message is rejected, once */
+	h->wait[SEV_DATA_END] = true;
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n"
+	    "BDAT 2 LAST\r\nab");
+	take(h);
+	CHECK(session_recipient_verdict(h->s, 0, &(struct verdict){ false, 552, NULL }) == 0);
+	CHECK(session_recipient_verdict(h->s, 1, &(struct verdict){ false, 552, NULL }) == 0);
+	session_decide(h->s, &(struct verdict){ true, 0, NULL });
+	take(h);
+	CHECK(DELTA(replies[MR_DATA_END][3]) == 3);
+	CHECK(DELTA(messages[MM_REJECTED]) == 1 && DELTA(messages[MM_ACCEPTED]) == 1);
+	harness_free(h);
+#undef DELTA
+}
+
 static void
 with_received(struct session_config *cfg)
 {
@@ -1704,6 +1768,7 @@ main(void)
 	test_bdat_pause();
 	test_lmtp();
 	test_metrics_counted();
+	test_metrics_bdat_lmtp();
 	test_trace();
 	test_hops();
 	return tap_done();
