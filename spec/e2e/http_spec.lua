@@ -194,7 +194,7 @@ describe("smtp.http in the server", function()
 			shquote(dir .. "/cert.pem"), shquote(dir .. "/key.pem")), dir .. "/peer.log")
 		v6_pid = spawn(("%s %s v6:%d"):format(PYTHON, shquote(dir .. "/peer.py"), v6_port), dir .. "/peer.log")
 		support.wait_until(function() return listening(port) and listening(tls_port) and listening(v6_port, "::1") end,
-			20, "the Python peers")
+			60, "the Python peers")
 		hole = assert(socket.bind("127.0.0.1", 0))	-- listens, never accepts
 		local _, hole_port = hole:getsockname()
 		local closed = support.free_port()
@@ -372,7 +372,7 @@ describe("scripts/rspamd.lua in the server", function()
 		support.spit(dir .. "/peer.py", PEER)
 		local port = support.free_port()
 		peer_pid = spawn(("%s %s %d"):format(PYTHON, shquote(dir .. "/peer.py"), port), dir .. "/peer.log")
-		support.wait_until(function() return listening(port) end, 20, "the Python peer")
+		support.wait_until(function() return listening(port) end, 60, "the Python peer")
 		local server = support.start { policy = script_policy("http://127.0.0.1:" .. port), workers = 0 }
 		finally(function() server:stop() ; server:cleanup() end)
 		assert.equal("550 5.7.1 Gtube pattern", message(server, GTUBE))

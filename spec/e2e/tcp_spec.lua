@@ -32,7 +32,7 @@ local function peer_start(dir, mode, ...)
 		end
 		local t = support.slurp(portfile)
 		return t and tonumber(t:match("^(%d+)\n"))
-	end, 15, "tcp_peers.py " .. mode .. " to listen")
+	end, 60, "tcp_peers.py " .. mode .. " to listen")
 	return pid, port
 end
 
