@@ -296,7 +296,7 @@ describe("smtp.http in the server", function()
 
 	it("hundreds of timed-out requests leave the descriptors as they were", function()
 		rcpt("burst-5@example.org")	-- the resolver and the listeners are made once
-		-- every session so far ended with the server's EOF: it is idle
+		-- idle: rcpt saw the server's EOF (and the sessions before it were over sooner)
 		local before = support.fd_count(server.pid)
 		for _ = 1, 3 do
 			assert.equal("250 2.1.5 300 timeout, 0 refused", rcpt("burst-300@example.org"))
