@@ -10,6 +10,7 @@
 # the same load is printed alongside as the reference.
 #
 #   bench/callgrind.sh [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-S STORES]
+#                      [-l LEVEL] [-a 'SERVER ARGS']
 #
 # -k DIR keeps the callgrind outputs (DIR/luasmtpd.N.out ...) for
 # callgrind_annotate --inclusive=yes; -s skips smtp-sink's reference run.
@@ -17,6 +18,9 @@
 # in a fresh --state-dir under /dev/shm, Redis on a private redis-server that
 # runs under callgrind too, its instructions counted with the server's as
 # run.sh counts its CPU time) and prints each as a ratio to plain luasmtpd.
+# -l sets the server's --log-level (warn: no line per message or connection;
+# info: the summary lines, what a production server logs), -a adds options
+# (-a '--log-format json').  The log goes to a file, as under a supervisor.
 #
 # Needs valgrind and smtp-source (bench/setup.sh installs postfix), and a
 # release build (bench/run.sh makes build-bench/luasmtpd).
@@ -28,7 +32,9 @@ rcpts=1
 keep=
 peers="luasmtpd smtp-sink"
 stores=
-while getopts "b:n:r:k:sS:" o; do
+level=warn
+extra=
+while getopts "b:n:r:k:sS:l:a:" o; do
 	case $o in
 	b) bin=$OPTARG ;;
 	n) n=$OPTARG ;;
@@ -36,7 +42,9 @@ while getopts "b:n:r:k:sS:" o; do
 	k) keep=$OPTARG; mkdir -p "$keep" ;;
 	s) peers=luasmtpd ;;
 	S) stores=$OPTARG ;;
-	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-S lmdb,redis]" >&2; exit 2 ;;
+	l) level=$OPTARG ;;
+	a) extra=$OPTARG ;;
+	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-S lmdb,redis] [-l LEVEL] [-a ARGS]" >&2; exit 2 ;;
 	esac
 done
 for tool in valgrind callgrind_annotate smtp-source /usr/sbin/smtp-sink; do
@@ -79,7 +87,7 @@ count() {	# what messages
 		[ "$what" = luasmtpd ] || policy=policy-store.lua
 		BENCH_STORE=${what#luasmtpd-} BENCH_REDIS=127.0.0.1:$rport \
 		valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --workers 0 \
-		    --log-level warn --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
+		    --log-level "$level" $extra --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
 		    --state-dir "$state" "$BENCH/peers/luasmtpd/$policy" 2>"$tmp/server.log" &
 		pid=$!
 		for _ in $(seq 300); do [ -f "$tmp/ready" ] && break; sleep 0.1; done

@@ -14,7 +14,9 @@
  *       (up to 40 lines of up to 600 octets) and, with [4] & 1, a 255-octet
  *       host name, to reach the reply builders' bounds
  *   [4..7] seed of the generator behind every other choice; [4] & 2: LMTP
- *       (LHLO, a reply per recipient, the policy's per-recipient verdicts)
+ *       (LHLO, a reply per recipient, the policy's per-recipient verdicts);
+ *       [4] & 4: no Received field; [4] & 8: the policy adds header fields
+ *       (session_add_header) at DATA, bad ones too
  *
  * What must hold: every reply line is "ddd" SP/"-" text CRLF, at most 512
  * octets, no NUL, no bare CR or LF, 2xx-5xx, one code per multi-line reply
@@ -29,7 +31,10 @@
  * closed comes once.  BDAT: the same, but a message may end mid-line and
  * the input stops at the chunk's end; BODY=BINARYMIME data is not text.
  * LMTP: a recipient verdict is taken only while DATA_END is asked, for a
- * recipient that exists.
+ * recipient that exists.  Trace fields: the data starts with the Received
+ * field trace_received() makes of the envelope (octet for octet but the
+ * date) and then the fields added at DATA, as trace_header_add() makes them
+ * (the same verdict for each call); they do not count in the size.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +44,7 @@
 
 #include "log.h"
 #include "session.h"
+#include "trace.h"
 
 #define REQUIRE(cond) do {						\
 	if (!(cond)) {							\
@@ -75,6 +81,12 @@ struct harness {
 	bool			 end_waiting;	/* DATA_END answered HOOK_WAIT */
 	bool			 end_bdat;	/* ... for a BDAT LAST */
 	bool			 binary;	/* the last MAIL said BODY=BINARYMIME */
+	bool			 add_headers;	/* the policy adds fields at DATA */
+	char			 added[TRACE_ADDED_MAX];	/* what they should be */
+	size_t			 added_len;
+	bool			 trace_known;	/* expect holds this message's trace fields */
+	char			 expect[TRACE_RECEIVED_MAX + TRACE_ADDED_MAX];
+	size_t			 expect_len, expect_pos, date_at;	/* date: 31 octets, not compared */
 
 	/* the transport */
 	bool			 closed;
@@ -302,6 +314,9 @@ check_args(struct harness *h, enum session_event ev,
 	case SEV_DATA_END:
 		/* the message the policy saw is the message the engine accepts */
 		REQUIRE(h->in_data && !h->aborted);
+		/* the trace fields came first, all of them */
+		REQUIRE(h->trace_known || (!h->cfg->received_header && h->added_len == 0));
+		REQUIRE(!h->trace_known || h->expect_pos == h->expect_len);
 		REQUIRE(a->size == h->data_bytes);
 		REQUIRE(h->cfg->max_size == 0 || a->size <= h->cfg->max_size);
 		h->end_bdat = strcmp(session_state_name(h->s), "bdat") == 0;
@@ -330,6 +345,69 @@ recipient_verdicts(struct harness *h, bool asked)
 	}
 }
 
+/*
+ * At DATA: a few header fields, good and bad (CR, LF, controls, long words,
+ * bad names); each call must get what trace_header_add() says, and the
+ * good ones are what the data must start with after the Received field.
+ */
+static void
+add_headers(struct harness *h, struct session *s)
+{
+	static const char *const names[] = { "X-Fuzz", "X A", "X:B", "", "Received" };
+	char		 value[1200];
+	const char	*why, *why2;
+	unsigned	 n = rnd(h) % 4;
+
+	h->added_len = 0;	/* a new DATA starts afresh */
+	if (!h->add_headers || s == NULL)
+		return;
+	for (unsigned k = 0; k < n; k++) {
+		const char	*name = names[rnd(h) % 5];
+		size_t		 vlen = chance(h, 10) ? rnd(h) % sizeof(value) : rnd(h) % 200;
+		size_t		 len = h->added_len;
+		int		 rc, want;
+
+		for (size_t i = 0; i < vlen; i++)
+			value[i] = chance(h, 15) ? ' ' : chance(h, 2) ?
+			    (char)(rnd(h) % 0x20) : (char)(0x21 + rnd(h) % 0x5e);
+		want = trace_header_add(h->added, &len, sizeof(h->added), name,
+		    strlen(name), value, vlen, &why2);
+		rc = session_add_header(s, name, strlen(name), value, vlen, &why);
+		REQUIRE(rc == want);
+		if (rc == 0)
+			h->added_len = len;
+	}
+}
+
+/* The trace fields the data must start with: the Received field and the added ones. */
+static void
+trace_expect(struct harness *h, struct session *s)
+{
+	bool			 ext = false;
+	const char		*helo = session_helo(s, &ext);
+	const struct smtp_path	*rcpt = session_recipient_count(s) == 1 ?
+				    session_recipient(s, 0, NULL) : NULL;
+	struct trace_received	 r = {
+		.helo = helo, .reverse = session_reverse_name(s),
+		.addr = session_peer(s)->remote_addr, .by = h->cfg->hostname,
+		.protocol = trace_protocol(h->cfg->lmtp, ext, session_tls(s) != NULL,
+		    session_user(s) != NULL),
+		.id = session_id(s), .rcpt = rcpt != NULL ? rcpt->address : NULL,
+		.when = 0,
+	};
+	size_t			 n = 0;
+
+	if (h->cfg->received_header) {
+		n = trace_received(h->expect, TRACE_RECEIVED_MAX, &r);
+		REQUIRE(n > 33);
+		h->date_at = n - 33;	/* the date, then CRLF */
+	}
+	memcpy(h->expect + n, h->added, h->added_len);
+	h->expect_len = n + h->added_len;
+	h->expect_pos = 0;
+	h->trace_known = true;
+}
+
 static enum hook_result
 hook_ask(void *ctx, struct session *s, enum session_event ev,
     const struct session_event_args *args, struct verdict *v)
@@ -342,6 +420,8 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 	REQUIRE(session_event_name(ev) != NULL);
 	REQUIRE(h->s == NULL || h->s == s);	/* NULL: inside session_create */
 	check_args(h, ev, args);
+	if (ev == SEV_DATA)
+		add_headers(h, s);
 	if (ev == SEV_DATA_END)
 		recipient_verdicts(h, true);
 	if (chance(h, h->wait_pct)) {
@@ -377,6 +457,7 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 		h->data_bytes = 0;
 		h->data_line = 0;
 		h->data_last = -1;
+		h->trace_known = false;
 	}
 }
 
@@ -386,9 +467,17 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 	struct harness	*h = ctx;
 	size_t		 i;
 
-	(void)s;
 	REQUIRE(h->in_data && !h->aborted);
 	REQUIRE(len > 0);
+	if (!h->trace_known)
+		trace_expect(h, s);
+	for (; len > 0 && h->expect_pos < h->expect_len; buf++, len--, h->expect_pos++) {
+		if (!h->cfg->received_header || h->expect_pos < h->date_at ||
+		    h->expect_pos >= h->date_at + 31)
+			REQUIRE(*buf == h->expect[h->expect_pos]);
+	}
+	if (len == 0)
+		return;
 	h->data_bytes += len;
 	REQUIRE(h->cfg->max_size == 0 || h->data_bytes <= h->cfg->max_size);
 	if (h->binary && strcmp(session_state_name(s), "bdat") == 0)
@@ -415,7 +504,7 @@ hook_abort(void *ctx, struct session *s, enum session_abort why)
 	struct harness	*h = ctx;
 
 	(void)s;
-	REQUIRE(why <= ABORT_RESET);
+	REQUIRE(why <= ABORT_TOO_MANY_HOPS);
 	h->aborted = true;
 }
 
@@ -487,12 +576,24 @@ chunk_size(struct harness *h, unsigned mode, size_t left)
 	return n < left ? n : left;
 }
 
+/* Every line is one line; a JSON one is printable UTF-8 between braces. */
 static void
 quiet_log(void *arg, enum log_level level, const char *line)
 {
+	size_t	len, n;
+
 	(void)arg;
 	(void)level;
 	REQUIRE(line != NULL);
+	len = strlen(line);
+	REQUIRE(memchr(line, '\n', len) == NULL && memchr(line, '\r', len) == NULL);
+	if (log_get_format() != LOG_JSON)
+		return;
+	REQUIRE(len >= 2 && line[0] == '{' && line[len - 1] == '}');
+	for (size_t i = 0; i < len; i += n) {
+		REQUIRE((unsigned char)line[i] >= 0x20);
+		REQUIRE((n = log_utf8_len((const unsigned char *)line + i, len - i)) != 0);
+	}
 }
 
 int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -518,10 +619,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < HEADER)
 		return 0;
 	log_set_level(LOG_DEBUG);		/* the log lines are code too */
+	log_set_format(size % 2 ? LOG_JSON : LOG_TEXT);	/* both, the input unchanged */
 	log_set_sink(quiet_log, NULL);
 	memset(&h, 0, sizeof(h));
 	configure(&cfg, data[0], data[1], data[3], data[4]);
 	cfg.lmtp = (data[4] & 2) != 0;
+	cfg.received_header = (data[4] & 4) == 0;
+	h.add_headers = (data[4] & 8) != 0;
 	drv = data[2];
 	mode = drv & 0x03;
 	with_hooks = !(drv & 0x04);

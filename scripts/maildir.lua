@@ -31,11 +31,8 @@ local server = smtp.createServer(function(connection)
     local ok, err = ensure_maildir()
     local file
     if ok then file, err = io.open(tmp, "wb") end
-    if file then
-      local received = string.format("Received: from %s ([%s]) by %s; %s\r\n",
-        connection.helo and connection.helo.name or "unknown", connection.remoteAddress,
-        hostname, os.date("!%a, %d %b %Y %H:%M:%S +0000"))
-      ok, err = file:write("Return-Path: <", message.sender.address, ">\r\n", received)
+    if file then	-- the data starts with the engine's Received field (server.receivedHeader)
+      ok, err = file:write("Return-Path: <", message.sender.address, ">\r\n")
     end
 
     local function fail(why)

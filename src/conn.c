@@ -16,10 +16,20 @@
  * handshake is done.  Both kinds keep one buffer layer, so "output empty"
  * still means "handed to the kernel" for flow control and the last flush.
  *
+ * PROXY protocol (proxy.h): on a listener with {proxy = true} the conn
+ * first reads the header, then starts its session (or the implicit TLS
+ * handshake) with the client's address as its peer.  A plain conn reads it
+ * through its bufferevent, as the session's input is read (one read of the
+ * header's segment; octets after the header stay in the buffer for the
+ * session); an implicit-TLS conn reads it straight from the socket,
+ * peeking so that not one octet of the ClientHello is taken.  A bad header, an EOF or the
+ * deadline closes the conn with a log line and no reply.
+ *
  * Deadlines: the engine's timer (io->timer) bounds everything a session
  * waits for; c->limit bounds what only the transport sees, from its start,
- * whatever the client sends: a handshake (tlsHandshakeTimeout) and the last
- * flush of a closing conn (CONN_CLOSE_SECS).  A conn that closes during a
+ * whatever the client sends: the PROXY header (proxyTimeout), a handshake
+ * (tlsHandshakeTimeout) and the last flush of a closing conn
+ * (CONN_CLOSE_SECS).  A conn that closes during a
  * STARTTLS switch or a handshake has no channel for a reply: freed at once.
  */
 #include <sys/types.h>
@@ -46,6 +56,7 @@
 #include "conn.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "session.h"
 #include "tls.h"
 
@@ -54,10 +65,12 @@
 #define CONN_OUT_LOW	(16 * 1024)	/* ... and where it resumes */
 #define CONN_FEED_MIN	4096		/* contiguous bytes offered to the engine */
 #define CONN_CLOSE_SECS	10		/* bound on flushing a closing conn */
+#define CONN_TOO_MANY	"421 4.7.0 Too many connections\r\n"
 
 /* What c->limit is armed for. */
 enum conn_limit {
 	LIMIT_NONE,
+	LIMIT_PROXY,		/* the PROXY header's timeout from the accept */
 	LIMIT_HANDSHAKE,	/* cfg.timeout_tls_ms from the handshake's start */
 	LIMIT_CLOSE,		/* CONN_CLOSE_SECS from the close */
 };
@@ -94,6 +107,15 @@ struct conn {
 	bool			 eof;		/* the client closed its side */
 	bool			 closing;	/* io->close: flush, then free */
 	bool			 freeing;	/* in conn_free(): ignore the engine */
+	bool			 keyed;		/* counted by its peer's key, not in the total only */
+	bool			 uncounted;	/* not counted at all: no closed callback */
+	bool			 proxying;	/* waiting for the PROXY header */
+	struct event		*proxy_ev;	/* implicit TLS: reading it from the socket (owns it) */
+	uint8_t			*pbuf;		/* the header so far */
+	size_t			 phave;
+	unsigned		 proxy_ms;
+	char			 via[PROXY_ADDR_MAX];	/* the proxy, once a header named the client */
+	uint16_t		 via_port;
 };
 
 static void	conn_io_write(void *, const char *, size_t);
@@ -118,6 +140,12 @@ static int	conn_tls_accept(struct conn *, struct event_base *, evutil_socket_t);
 static bool	conn_tls_switch(struct conn *);
 static void	conn_tls_done(struct conn *);
 static void	conn_tls_failed(struct conn *, short);
+static bool	conn_begin(struct conn *, struct event_base *, evutil_socket_t);
+static void	conn_proxy_cb(evutil_socket_t, short, void *);
+static void	conn_proxy_read(struct conn *);
+static void	conn_proxy_done(struct conn *, const struct proxy_header *, evutil_socket_t);
+static void	conn_proxy_fail(struct conn *, const char *);
+static int	conn_bev_new(struct conn *, struct event_base *, evutil_socket_t);
 
 static const struct session_io conn_io = {
 	.write = conn_io_write,
@@ -149,9 +177,11 @@ conn_tv(uint64_t ms)
 struct conn *
 conn_create(struct event_base *base, evutil_socket_t fd,
     const struct session_config *cfg, struct tls_ctx *tls, bool implicit_tls,
-    const struct session_hooks *hooks, void *hook_ctx, struct conn_list *list)
+    const struct proxy_listen *proxy, const struct session_hooks *hooks,
+    void *hook_ctx, struct conn_list *list)
 {
 	struct conn	*c;
+	struct timeval	 tv;
 	int		 one = 1;
 
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
@@ -165,6 +195,7 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 	c->implicit_tls = implicit_tls;
 	c->hooks = hooks;
 	c->hook_ctx = hook_ctx;
+	c->keyed = proxy == NULL || !proxy->on;	/* a proxy's conn: the total only */
 	if ((c->next = list->head) != NULL)
 		c->next->prev = c;
 	list->head = c;
@@ -186,32 +217,215 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		evutil_closesocket(fd);
 		goto fail;
 	}
-	if (c->implicit_tls) {
-		/* RFC 8314: the handshake first, the session on its success */
-		if (conn_tls_accept(c, base, fd) == -1)
+	if (proxy != NULL && proxy->on) {
+		/* the header first; then conn_begin */
+		if (!c->implicit_tls) {
+			if (conn_bev_new(c, base, fd) == -1)
+				goto fail;
+		} else if ((c->pbuf = malloc(PROXY_HEADER_MAX)) == NULL ||
+		    (c->proxy_ev = event_new(base, fd, EV_READ | EV_PERSIST,
+		    conn_proxy_cb, c)) == NULL) {
+			evutil_closesocket(fd);
 			goto fail;
+		}
+		c->proxying = true;
+		c->proxy_ms = proxy->timeout_ms;
+		c->limit_for = LIMIT_PROXY;
+		tv = conn_tv(proxy->timeout_ms);
+		evtimer_add(c->limit, &tv);
+		if (c->bev != NULL)
+			bufferevent_enable(c->bev, EV_READ);
+		else
+			event_add(c->proxy_ev, NULL);
 		return c;
 	}
-	if ((c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
-		evutil_closesocket(fd);
-		goto fail;
-	}
-	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
-	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
-	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
-	if (conn_start_session(c) == -1)
-		goto fail;
-	if (conn_settle(c))
-		return NULL;	/* rejected and flushed already */
-	if (!c->closing)
-		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-	return c;
+	return conn_begin(c, base, fd) ? NULL : c;
 fail:
 	log_error(0, "connection from %s port %u: %s", c->peer.remote_addr,
 	    c->peer.remote_port, "out of memory");
 	c->why = "out of memory";
 	conn_free(c);
 	return NULL;
+}
+
+/* The plain bufferevent over fd (taken, even on error). */
+static int
+conn_bev_new(struct conn *c, struct event_base *base, evutil_socket_t fd)
+{
+	if ((c->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE)) == NULL) {
+		evutil_closesocket(fd);
+		return -1;
+	}
+	bufferevent_setwatermark(c->bev, EV_READ, 0, CONN_IN_HIGH);
+	bufferevent_setwatermark(c->bev, EV_WRITE, CONN_OUT_LOW, 0);
+	bufferevent_setcb(c->bev, conn_read_cb, conn_write_cb, conn_event_cb, c);
+	return 0;
+}
+
+/*
+ * The socket is the client's from here on: the implicit TLS handshake, or
+ * the session on the plain bufferevent (made now, or kept from reading a
+ * PROXY header, with any octets after it still in its buffer).  Returns
+ * true if c was freed (a failure, or a session that closed at once).
+ */
+static bool
+conn_begin(struct conn *c, struct event_base *base, evutil_socket_t fd)
+{
+	if (c->implicit_tls) {
+		/* RFC 8314: the handshake first, the session on its success */
+		if (conn_tls_accept(c, base, fd) == -1)
+			goto fail;
+		return false;
+	}
+	if (c->bev == NULL && conn_bev_new(c, base, fd) == -1)
+		goto fail;
+	if (conn_start_session(c) == -1)
+		goto fail;
+	if (conn_settle(c))
+		return true;	/* rejected and flushed already */
+	if (!c->closing)
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	return false;
+fail:
+	log_error(0, "connection from %s port %u: %s", c->peer.remote_addr,
+	    c->peer.remote_port, "out of memory");
+	c->why = "out of memory";
+	conn_free(c);
+	return true;
+}
+
+/*
+ * The PROXY header: peek at what arrived (after what was taken already),
+ * take exactly the header's octets once it is complete, or all of them
+ * while it is not (each of them is the header's then, and taking them
+ * keeps a level-triggered read event from firing again at once).
+ */
+static void
+conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn		*c = arg;
+	struct proxy_header	 h;
+	const char		*why;
+	ssize_t			 n;
+	size_t			 take;
+	int			 r;
+
+	(void)what;
+	n = recv(fd, c->pbuf + c->phave, PROXY_HEADER_MAX - c->phave, MSG_PEEK);
+	if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return;
+	if (n <= 0) {
+		conn_proxy_fail(c, n == 0 ? "the client closed the connection before "
+		    "its PROXY header" : strerror(errno));
+		return;
+	}
+	if ((r = proxy_parse(c->pbuf, c->phave + (size_t)n, &h, &why)) == -1) {
+		conn_proxy_fail(c, why);
+		return;
+	}
+	take = r == 0 ? (size_t)n : (size_t)r - c->phave;
+	if (recv(fd, c->pbuf + c->phave, take, 0) != (ssize_t)take) {
+		conn_proxy_fail(c, "cannot read the PROXY header");
+		return;
+	}
+	c->phave += take;
+	if (r == 0)
+		return;
+	event_free(c->proxy_ev);
+	c->proxy_ev = NULL;
+	free(c->pbuf);
+	c->pbuf = NULL;
+	conn_proxy_done(c, &h, fd);
+}
+
+/* A plain conn's PROXY header, from its bufferevent's input. */
+static void
+conn_proxy_read(struct conn *c)
+{
+	struct evbuffer		*in = bufferevent_get_input(c->bev);
+	struct proxy_header	 h;
+	const char		*why;
+	size_t			 len = evbuffer_get_length(in);
+	uint8_t			*p;
+	int			 r;
+
+	if (len > PROXY_HEADER_MAX)
+		len = PROXY_HEADER_MAX;
+	if ((p = evbuffer_pullup(in, (ev_ssize_t)len)) == NULL) {
+		conn_proxy_fail(c, "out of memory");
+		return;
+	}
+	if ((r = proxy_parse(p, len, &h, &why)) == -1) {
+		conn_proxy_fail(c, why);
+		return;
+	}
+	if (r == 0)
+		return;		/* more to come (within PROXY_HEADER_MAX) */
+	evbuffer_drain(in, (size_t)r);
+	conn_proxy_done(c, &h, bufferevent_getfd(c->bev));
+}
+
+/*
+ * The header is in: the client it names becomes the peer (counted as that
+ * client), and the conn begins.  A plain conn's octets after the header
+ * are the session's first input.
+ */
+static void
+conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t fd)
+{
+	const struct proxy_header	 h = *hp;
+	struct session_peer		 client;
+
+	c->proxying = false;
+	evtimer_del(c->limit);
+	c->limit_for = LIMIT_NONE;
+	if (h.known) {
+		/* same-size NUL-terminated arrays: copies, not printf (per connection) */
+		_Static_assert(sizeof(client.remote_addr) == sizeof(h.src_addr) &&
+		    sizeof(c->via) == sizeof(c->peer.remote_addr), "address sizes");
+		client = c->peer;
+		memcpy(client.remote_addr, h.src_addr, sizeof(client.remote_addr));
+		client.remote_port = h.src_port;
+		memcpy(client.local_addr, h.dst_addr, sizeof(client.local_addr));
+		client.local_port = h.dst_port;
+		memcpy(c->via, c->peer.remote_addr, sizeof(c->via));
+		c->via_port = c->peer.remote_port;
+		/* counted in the total only so far: now as this client */
+		if (c->list->proxied != NULL && !c->list->proxied(c->list->arg, &client)) {
+			(void)send(fd, CONN_TOO_MANY, sizeof(CONN_TOO_MANY) - 1,
+			    MSG_DONTWAIT | MSG_NOSIGNAL);
+			log_warn(0, "connection from %s port %u via proxy %s port %u "
+			    "refused: 421 too many connections", client.remote_addr,
+			    client.remote_port, c->via, c->via_port);
+			c->uncounted = true;
+			if (c->bev == NULL)
+				close(fd);
+			conn_free(c);
+			return;
+		}
+		c->keyed = c->list->proxied != NULL;
+		c->peer = client;
+	} else {
+		log_debug(0, "connection from %s port %u: PROXY v%d header without "
+		    "a client address (LOCAL or UNKNOWN): the proxy is the peer",
+		    c->peer.remote_addr, c->peer.remote_port, h.version);
+	}
+	if (conn_begin(c, event_get_base(c->timer), fd) || c->bev == NULL || c->implicit_tls)
+		return;
+	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 && !c->held) {
+		conn_pump(c);	/* what came with the header */
+		(void)conn_settle(c);
+	}
+}
+
+/* No header, a bad one, or none in time: a log line, no reply (nothing to say it in). */
+static void
+conn_proxy_fail(struct conn *c, const char *why)
+{
+	log_info(0, "connection from %s port %u closed: %s (a PROXY protocol "
+	    "header was expected)", c->peer.remote_addr, c->peer.remote_port, why);
+	c->why = "bad PROXY header";
+	conn_free(c);
 }
 
 void
@@ -227,7 +441,8 @@ conn_destroy(struct conn *c)
 void
 conn_shutdown(struct conn *c)
 {
-	if (c != NULL && c->s == NULL && c->handshaking && !c->closing) {
+	if (c != NULL && c->s == NULL && (c->handshaking || c->proxying) &&
+	    !c->closing) {
 		c->why = "server shutdown";	/* no session yet: nothing to say */
 		conn_free(c);
 		return;
@@ -366,6 +581,10 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 	struct conn	*c = arg;
 
 	(void)bev;
+	if (c->proxying) {
+		conn_proxy_read(c);	/* may free c */
+		return;
+	}
 	if (c->held)		/* the engine waits: keep bytes until io->wake */
 		return;
 	conn_pump(c);
@@ -406,6 +625,12 @@ conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	if (what & BEV_EVENT_CONNECTED) {
 		conn_tls_done(c);	/* may free c */
+		return;
+	}
+	if (c->proxying && (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
+		conn_proxy_fail(c, (what & BEV_EVENT_EOF) ? "the client closed the "
+		    "connection before its PROXY header" :
+		    evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 		return;
 	}
 	if (c->handshaking &&
@@ -472,9 +697,20 @@ conn_limit_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct conn	*c = arg;
 	unsigned	 ms = c->cfg.timeout_tls_ms;
-	char		 t[24];
+	char		 t[24], why[96];
 
 	(void)fd, (void)what;
+	if (c->limit_for == LIMIT_PROXY && c->proxying) {
+		ms = c->proxy_ms;
+		if (ms % 1000 == 0)
+			snprintf(t, sizeof(t), "%u", ms / 1000);
+		else
+			snprintf(t, sizeof(t), "%u.%03u", ms / 1000, ms % 1000);
+		snprintf(why, sizeof(why), "no complete PROXY header within %s s "
+		    "(proxyTimeout)", t);
+		conn_proxy_fail(c, why);
+		return;
+	}
 	if (c->limit_for == LIMIT_HANDSHAKE && c->handshaking) {
 		if (ms % 1000 == 0)
 			snprintf(t, sizeof(t), "%u", ms / 1000);
@@ -605,6 +841,7 @@ conn_end_session(struct conn *c, const char *why)
 		c->why = why;
 	if (!c->closing && !c->eof)
 		session_eof(s);		/* the socket failed: abort the message */
+	session_set_end(s, c->why);
 	c->s = NULL;
 	c->freeing = true;	/* the engine's last calls are ignored */
 	session_destroy(s);
@@ -618,18 +855,20 @@ conn_free(struct conn *c)
 
 	c->freeing = true;
 	c->s = NULL;
+	if (s != NULL)		/* its summary line says why it ended */
+		session_set_end(s, c->why != NULL ? c->why : "done");
 	session_destroy(s);
-	if (c->id != 0)
-		log_info(c->id, "connection from %s port %u closed: %s, %llu bytes in",
-		    c->peer.remote_addr, c->peer.remote_port,
-		    c->why != NULL ? c->why : "done",
-		    (unsigned long long)c->bytes_in);
 	if (c->timer != NULL)
 		event_free(c->timer);
 	if (c->limit != NULL)
 		event_free(c->limit);
 	if (c->deferred != NULL)
 		event_free(c->deferred);
+	if (c->proxy_ev != NULL) {	/* still reading the header: the socket is ours */
+		evutil_closesocket(event_get_fd(c->proxy_ev));
+		event_free(c->proxy_ev);
+	}
+	free(c->pbuf);
 	if (c->bev != NULL && c->tls_up) {
 		SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
 
@@ -640,8 +879,8 @@ conn_free(struct conn *c)
 	}
 	if (c->bev != NULL)
 		bufferevent_free(c->bev);
-	if (c->list->closed != NULL)
-		c->list->closed(c->list->arg, &c->peer);
+	if (c->list->closed != NULL && !c->uncounted)
+		c->list->closed(c->list->arg, c->keyed ? &c->peer : NULL);
 	if (c->prev != NULL)
 		c->prev->next = c->next;
 	else
@@ -671,10 +910,16 @@ conn_start_session(struct conn *c)
 	if (c->s == NULL)
 		return -1;
 	c->id = session_id(c->s);
-	log_info(c->id, "connection from %s port %u to %s port %u%s",
-	    c->peer.remote_addr, c->peer.remote_port,
-	    c->peer.local_addr, c->peer.local_port,
-	    c->peer.tls != NULL ? " (implicit TLS)" : "");
+	if (c->via[0] != '\0')
+		log_info(c->id, "connection from %s port %u to %s port %u via proxy "
+		    "%s port %u%s", c->peer.remote_addr, c->peer.remote_port,
+		    c->peer.local_addr, c->peer.local_port, c->via, c->via_port,
+		    c->peer.tls != NULL ? " (implicit TLS)" : "");
+	else
+		log_info(c->id, "connection from %s port %u to %s port %u%s",
+		    c->peer.remote_addr, c->peer.remote_port,
+		    c->peer.local_addr, c->peer.local_port,
+		    c->peer.tls != NULL ? " (implicit TLS)" : "");
 	return 0;
 }
 

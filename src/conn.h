@@ -37,14 +37,25 @@
 struct event_base;
 struct conn;
 struct tls_ctx;
+struct proxy_listen;
 
 struct conn_list {
 	struct conn	*head;
 	size_t		 count;
 	/* Called when the last conn of the list was freed (may be NULL). */
 	void		(*empty)(void *arg);
-	/* Called as each conn is freed, with its peer (may be NULL). */
+	/*
+	 * Called as each conn is freed (may be NULL), with its peer, or NULL
+	 * for a conn counted in the total only (a PROXY listener's until its
+	 * header named the client).
+	 */
 	void		(*closed)(void *arg, const struct session_peer *peer);
+	/*
+	 * A PROXY header named the client of a conn counted in the total only
+	 * (may be NULL): count it as that client.  false: over a limit, the
+	 * conn is no longer counted (421, closed, no closed callback).
+	 */
+	bool		(*proxied)(void *arg, const struct session_peer *client);
 	void		*arg;
 };
 
@@ -52,13 +63,16 @@ struct conn_list {
  * Takes ownership of fd (closed on failure too).  cfg is copied; tls, hooks
  * and list must outlive the conn.  tls NULL: neither cfg->starttls nor
  * implicit_tls (the handshake before the greeting, RFC 8314) is honoured.
+ * proxy (may be NULL; copied) on: a PROXY protocol header comes first, and
+ * names the client (the caller checked that the peer may send one).
  * Returns NULL (and logs) if the session or the bufferevent cannot be
  * created.
  */
 struct conn	*conn_create(struct event_base *base, evutil_socket_t fd,
 		    const struct session_config *cfg, struct tls_ctx *tls,
-		    bool implicit_tls, const struct session_hooks *hooks,
-		    void *hook_ctx, struct conn_list *list);
+		    bool implicit_tls, const struct proxy_listen *proxy,
+		    const struct session_hooks *hooks, void *hook_ctx,
+		    struct conn_list *list);
 /* Frees at once, without a reply; session_destroy() runs.  NULL is a no-op. */
 void		 conn_destroy(struct conn *c);
 

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy.h"
 #include "session.h"
 
 struct event_base;
@@ -26,6 +27,7 @@ struct host_listen {
 	bool		tls;		/* opts.tls: implicit TLS (RFC 8314) */
 	bool		insecure_auth;	/* opts.insecureAuth: AUTH before TLS */
 	bool		lmtp;		/* opts.lmtp: LMTP (RFC 2033), LHLO */
+	struct proxy_listen proxy;	/* opts.proxy, proxyFrom, proxyTimeout */
 };
 
 struct host;
@@ -73,6 +75,10 @@ struct tls_ctx	*host_tls(const struct host *p);
 /* The same for the unix socket the script listens on at path. */
 void		 host_path_config(const struct host *p, const char *path,
 		    struct session_config *cfg, bool *implicit_tls);
+
+/* The PROXY settings of local_port (its first server:listen), or none. */
+void		 host_port_proxy(const struct host *p, uint16_t local_port,
+		    struct proxy_listen *proxy);
 
 size_t		 host_listen_count(const struct host *p);
 const struct host_listen *host_listen_at(const struct host *p, size_t i);

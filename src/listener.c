@@ -218,6 +218,70 @@ listener_bind(const char *host, uint16_t port, char *name, size_t namelen,
 	return fd;
 }
 
+int
+listener_inherited(int fd, char *name, size_t namelen, char *err, size_t errlen)
+{
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen = sizeof(ss), len;
+	int			 type = 0, listening = 0;
+	uint16_t		 port;
+
+	len = sizeof(type);
+	if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) == -1 ||
+	    getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1) {
+		snprintf(err, errlen, "socket %d from systemd: %s", fd, strerror(errno));
+		return -1;
+	}
+	len = sizeof(listening);
+	if (type != SOCK_STREAM ||
+	    (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+	    getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == -1 ||
+	    !listening) {
+		snprintf(err, errlen, "socket %d from systemd is not a listening TCP "
+		    "socket (ListenStream= with an address and port)", fd);
+		return -1;
+	}
+	listener_format((struct sockaddr *)&ss, name, namelen, &port);
+	return 0;
+}
+
+int
+listener_matches(int fd, const char *host, uint16_t port)
+{
+	struct addrinfo		 hints, *res = NULL;
+	struct sockaddr_storage	 ss;
+	socklen_t		 sslen = sizeof(ss);
+	char			 portstr[8];
+	int			 match = 0;
+
+	if (port == 0 || getsockname(fd, (struct sockaddr *)&ss, &sslen) == -1)
+		return 0;
+	if (host == NULL || *host == '\0')
+		host = LISTENER_DEFAULT_HOST;
+	snprintf(portstr, sizeof(portstr), "%u", port);
+	memset(&hints, 0, sizeof(hints));
+	hints.ai_family = AF_UNSPEC;
+	hints.ai_socktype = SOCK_STREAM;
+	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+	if (getaddrinfo(host, portstr, &hints, &res) != 0)
+		return 0;
+	if (res->ai_family == ss.ss_family && res->ai_family == AF_INET) {
+		const struct sockaddr_in *a = (const struct sockaddr_in *)res->ai_addr;
+		const struct sockaddr_in *b = (const struct sockaddr_in *)&ss;
+
+		match = a->sin_port == b->sin_port &&
+		    a->sin_addr.s_addr == b->sin_addr.s_addr;
+	} else if (res->ai_family == ss.ss_family && res->ai_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)res->ai_addr;
+		const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&ss;
+
+		match = a->sin6_port == b->sin6_port &&
+		    memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+	}
+	freeaddrinfo(res);
+	return match;
+}
+
 struct listener *
 listener_adopt(struct event_base *base, evutil_socket_t fd,
     listener_accept_fn cb, void *arg, char *err, size_t errlen)

@@ -56,6 +56,16 @@ struct listener	*listener_adopt(struct event_base *base, evutil_socket_t fd,
 		    listener_accept_fn cb, void *arg, char *err, size_t errlen);
 void		 listener_destroy(struct listener *l);	/* NULL is a no-op */
 
+/*
+ * Sockets a service manager bound (systemd's socket activation): is fd a
+ * listening stream socket?  0 and its name, or -1 with one line in err.
+ * listener_matches(): is fd bound to host:port as listener_bind() would
+ * resolve them (the same address and port; port 0 matches nothing)?
+ */
+int		 listener_inherited(int fd, char *name, size_t namelen, char *err,
+		    size_t errlen);
+int		 listener_matches(int fd, const char *host, uint16_t port);
+
 /* "127.0.0.1:2525" or "[::1]:2525", with the port actually bound. */
 const char	*listener_name(const struct listener *l);
 uint16_t	 listener_port(const struct listener *l);

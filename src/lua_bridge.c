@@ -25,7 +25,7 @@
 
 static const char *const abort_names[] = {
 	"disconnect", "too big", "bare newline", "line too long", "timeout",
-	"shutdown", "nul byte", "reset",
+	"shutdown", "nul byte", "reset", "too many hops",
 };
 
 /* ---- handles ----------------------------------------------------------- */
@@ -449,6 +449,37 @@ hcall_with(struct hcall *c)
 	return r;
 }
 
+/*
+ * The connection object's copies of the peer (remoteAddress, ...) become
+ * what session_peer() says now, and remoteName XCLIENT's NAME.
+ */
+static void
+conn_peer_refresh(struct lbridge *b, struct session *s)
+{
+	const struct session_peer	*p = session_peer(s);
+	lua_State			*L = b->L;
+
+	if (push_attached(b, s) == NULL)
+		return;
+	if (lua_getiuservalue(L, -1, UV_CONN) == LUA_TTABLE) {
+		lua_pushstring(L, p->remote_addr);
+		lua_setfield(L, -2, "remoteAddress");
+		lua_pushinteger(L, p->remote_port);
+		lua_setfield(L, -2, "remotePort");
+		lua_pushstring(L, p->local_addr);
+		lua_setfield(L, -2, "localAddress");
+		lua_pushinteger(L, p->local_port);
+		lua_setfield(L, -2, "localPort");
+		lua_pushliteral(L, "remoteName");
+		if (session_remote_name(s) != NULL)
+			lua_pushstring(L, session_remote_name(s));
+		else
+			lua_pushnil(L);
+		lua_rawset(L, -3);
+	}
+	lua_pop(L, 2);
+}
+
 static enum hook_result
 hook_ask(void *ctx, struct session *s, enum session_event ev,
     const struct session_event_args *args, struct verdict *v)
@@ -525,6 +556,10 @@ hook_outcome(void *ctx, struct session *s, enum session_event ev, int code)
 	struct lsession	*ls;
 	struct hcall	 c = { .b = b, .s = s, .kind = HK_OUTCOME, .ev = ev, .code = code };
 
+	if (ev == SEV_CONNECT && session_xclients(s) > 0) {
+		conn_peer_refresh(b, s);	/* XCLIENT named another client */
+		return;
+	}
 	if ((ev == SEV_MAIL || ev == SEV_RCPT) && code >= 400) {
 		if (lua_checkstack(b->L, 4) && (ls = push_handle(b, b->L, s)) != NULL) {
 			paths_drop(b->L, -1, ls->ask_serial);
@@ -550,6 +585,8 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 
 	if ((ls = push_attached(ctx, s)) == NULL)
 		return;
+	if (ls->sink != NULL)
+		ls->sink->data(ls->sink, s, buf, len);	/* forwarding: C, no Lua */
 	if (ls->mask & EVBIT(SEV_DATA))
 		hcall_with(&c);
 	else
@@ -588,6 +625,12 @@ hook_closed(void *ctx, struct session *s)
 	if (!lua_checkstack(b->L, 8) || (ls = push_handle(b, b->L, s)) == NULL)
 		return;
 	lua_pop(b->L, 1);
+	if (ls->sink != NULL) {
+		struct lcore_sink *k = ls->sink;
+
+		ls->sink = NULL;
+		k->detach(k, s);
+	}
 	if (ls->attached && !ls->finalizing)
 		hcall(&c);
 	ls->s = NULL;			/* the handle goes weak */

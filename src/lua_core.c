@@ -23,6 +23,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_core_impl.h"
+#include "proxy.h"
 #include "session.h"
 
 #define CAPTURE_MAX	10000		/* harness: captured log lines held */
@@ -87,6 +88,22 @@ lcore_config(lua_State *L, int idx, struct session_config *cfg, char *host,
 	if (lua_getfield(L, idx, "lmtp") != LUA_TNIL)
 		cfg->lmtp = lua_toboolean(L, -1);
 	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "received_header") != LUA_TNIL)
+		cfg->received_header = lua_toboolean(L, -1);
+	lua_pop(L, 1);
+	cfg->max_hops = (unsigned)opt_int(L, idx, "max_hops", cfg->max_hops, 0);
+	if (lua_getfield(L, idx, "xclient_from") == LUA_TTABLE) {
+		memset(&cfg->xclient_from, 0, sizeof(cfg->xclient_from));
+		for (lua_Integer i = 1; lua_rawgeti(L, -1, i) == LUA_TSTRING; i++) {
+			(void)proxy_nets_add(&cfg->xclient_from, lua_tostring(L, -1));
+			lua_pop(L, 1);	/* server.xclientFrom checked each one */
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
+	if (lua_getfield(L, idx, "no_summary") != LUA_TNIL)
+		cfg->no_summary = lua_toboolean(L, -1);
+	lua_pop(L, 1);
 }
 
 /* smtp_core.defaults() -> the engine's config defaults, snake_case */
@@ -103,7 +120,20 @@ lcore_defaults(lua_State *L)
 	F(max_line); F(max_text_line); F(max_recipients); F(max_size);
 	F(max_bad_commands); F(timeout_command_ms); F(timeout_data_ms);
 	F(timeout_decision_ms); F(timeout_tls_ms); F(min_data_rate); F(max_session_ms);
+	F(max_hops);
 #undef F
+	lua_pushboolean(L, cfg.received_header);
+	lua_setfield(L, -2, "received_header");
+	return 1;
+}
+
+/* smtp_core.network_ok(s) -> true if s is a network proxy.h takes ("10.0.0.0/8") */
+static int
+lcore_network_ok(lua_State *L)
+{
+	struct proxy_nets	nets = { 0 };
+
+	lua_pushboolean(L, proxy_nets_add(&nets, luaL_checkstring(L, 1)) == 0);
 	return 1;
 }
 
@@ -265,6 +295,7 @@ static const luaL_Reg core_funcs[] = {
 	{ "bridge",	 lcore_bridge },
 	{ "session",	 lcore_session },
 	{ "defaults",	 lcore_defaults },
+	{ "network_ok",	 lcore_network_ok },
 	{ "log",	 lcore_log },
 	{ "log_level",	 lcore_log_level },
 	{ "log_capture", lcore_log_capture },

@@ -22,6 +22,18 @@
 
 struct lbridge;
 
+/*
+ * A consumer of a session's message data in C (the next hop of
+ * message:forward, lua_nexthop.c): handle:sink(obj) attaches it, obj a
+ * userdata whose metatable has __lcore_sink = true and whose memory starts
+ * with this struct.  data gets every chunk (as hooks->data) before any Lua
+ * 'data' listener; detach is called when the session ends with it attached.
+ */
+struct lcore_sink {
+	void	(*data)(struct lcore_sink *k, struct session *s, const char *buf, size_t len);
+	void	(*detach)(struct lcore_sink *k, struct session *s);
+};
+
 /* The module loader: require "smtp_core". */
 int		 luaopen_smtp_core(lua_State *L);
 

@@ -41,9 +41,10 @@ enum hkind {
 
 /*
  * The handle's user values: its bridge, its address objects by serial, and
- * the connection object Lua attached (an ask's first argument, no lookup).
+ * the connection object Lua attached (an ask's first argument, no lookup),
+ * and the data sink attached (handle:sink), kept alive while attached.
  */
-enum { UV_BRIDGE = 1, UV_PATHS = 2, UV_CONN = 3, UV_N = 3 };
+enum { UV_BRIDGE = 1, UV_PATHS = 2, UV_CONN = 3, UV_SINK = 4, UV_N = 4 };
 
 struct lbridge {
 	lua_State	*L;		/* the thread hooks run Lua on */
@@ -67,6 +68,7 @@ struct lsession {
 	int		 owned;		/* harness: this handle destroys the session */
 	int		 finalizing;
 	unsigned	 ask_serial;	/* the path of the MAIL/RCPT being asked */
+	struct lcore_sink *sink;	/* message data in C first (UV_SINK) */
 	/* harness transport */
 	struct session_config cfg;
 	char		 hostname[256];

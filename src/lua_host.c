@@ -37,6 +37,7 @@
 #include "lua_http.h"
 #include "lua_redis.h"
 #include "lua_tcp.h"
+#include "lua_nexthop.h"
 #include "lua_store.h"
 #include "busy.h"
 #include "connlimit.h"
@@ -85,6 +86,8 @@ struct ptimer {
 	int		 fn_ref;
 	int		 self_ref;	/* anchors the userdata while armed */
 };
+
+static int	host_read_proxy(lua_State *, struct proxy_listen *);
 
 /* ---- the platform: timers and the clock -------------------------------- */
 
@@ -534,9 +537,41 @@ read_policy(struct host *p, const char *script, char *err, size_t errlen)
 		p->listens[i].insecure_auth = lua_toboolean(L, -1);
 		lua_getfield(L, -5, "lmtp");
 		p->listens[i].lmtp = lua_toboolean(L, -1);
-		lua_pop(L, 6);	/* smtp._policy() refused a tls port without server.tls */
+		lua_pop(L, 5);	/* smtp._policy() refused a tls port without server.tls */
+		if (host_read_proxy(L, &p->listens[i].proxy) == -1) {
+			snprintf(err, errlen, "%s: listen on port %u: bad proxyFrom",
+			    script, p->listens[i].port);
+			return -1;
+		}
+		lua_pop(L, 1);
 	}
 	lua_settop(L, t);
+	return 0;
+}
+
+/* The listen entry on top: proxy, proxyFrom (checked by server:listen), proxyTimeout. */
+static int
+host_read_proxy(lua_State *L, struct proxy_listen *proxy)
+{
+	memset(proxy, 0, sizeof(*proxy));
+	proxy->timeout_ms = PROXY_TIMEOUT_DEFAULT_MS;
+	lua_getfield(L, -1, "proxy");
+	proxy->on = lua_toboolean(L, -1);
+	lua_getfield(L, -2, "proxyTimeout");
+	if (lua_isinteger(L, -1) && lua_tointeger(L, -1) > 0)
+		proxy->timeout_ms = (unsigned)lua_tointeger(L, -1);
+	lua_pop(L, 2);
+	if (lua_getfield(L, -1, "proxyFrom") == LUA_TTABLE) {
+		for (lua_Integer j = 1; lua_rawgeti(L, -1, j) == LUA_TSTRING; j++) {
+			if (proxy_nets_add(&proxy->from, lua_tostring(L, -1)) == -1) {
+				lua_pop(L, 2);
+				return -1;
+			}
+			lua_pop(L, 1);
+		}
+		lua_pop(L, 1);
+	}
+	lua_pop(L, 1);
 	return 0;
 }
 
@@ -622,6 +657,7 @@ load_protected(lua_State *L)
 		lua_setfield(L, -2, "redis");
 		ltcp_push_connect(L, p->base);	/* smtp.tcp */
 		lua_setfield(L, -2, "tcp_connect");
+		lnexthop_push(L, p->base);	/* message:forward */
 		ldns_push(L, p->base);			/* smtp.dns */
 		lua_setfield(L, -2, "dns");
 		lhttp_install(L, p->base);	/* smtp.http */
@@ -761,6 +797,9 @@ host_session_config(const struct host *p, struct session_config *cfg)
 	cfg->auth_without_tls = false;
 	cfg->max_auth_failures = p->cfg.max_auth_failures;
 	cfg->accept_bare_lf = p->cfg.accept_bare_lf;
+	cfg->received_header = p->cfg.received_header;
+	cfg->max_hops = p->cfg.max_hops;
+	cfg->xclient_from = p->cfg.xclient_from;
 }
 
 /* A listen's options over the server's (host_session_config). */
@@ -801,6 +840,18 @@ host_path_config(const struct host *p, const char *path,
 
 		if (strcmp(pl->host, path) == 0) {
 			listen_config(p, pl, cfg, implicit_tls);
+			return;
+		}
+	}
+}
+
+void
+host_port_proxy(const struct host *p, uint16_t local_port, struct proxy_listen *proxy)
+{
+	memset(proxy, 0, sizeof(*proxy));
+	for (size_t i = 0; i < p->nlisten; i++) {
+		if (p->listens[i].port == local_port && p->listens[i].host[0] != '/') {
+			*proxy = p->listens[i].proxy;
 			return;
 		}
 	}

@@ -328,6 +328,28 @@ lsession_pause(lua_State *L)
 	return 0;
 }
 
+/* handle:sink(obj | nil): message data to a C consumer (struct lcore_sink) */
+static int
+lsession_sink(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	if (lua_isnoneornil(L, 2)) {
+		ls->sink = NULL;
+		lua_pushnil(L);
+		lua_setiuservalue(L, 1, UV_SINK);
+		return 0;
+	}
+	luaL_checktype(L, 2, LUA_TUSERDATA);
+	if (luaL_getmetafield(L, 2, "__lcore_sink") != LUA_TBOOLEAN || !lua_toboolean(L, -1))
+		return luaL_argerror(L, 2, "not a data sink");
+	lua_pop(L, 1);
+	lua_pushvalue(L, 2);
+	lua_setiuservalue(L, 1, UV_SINK);
+	ls->sink = lua_touserdata(L, 2);
+	return 0;
+}
+
 static int
 lsession_resume(lua_State *L)
 {
@@ -339,6 +361,46 @@ lsession_resume(lua_State *L)
 		LEAVE(ls->b);
 	}
 	return 0;
+}
+
+/*
+ * handle:addHeader(name, value) -> true | fail, why, bad: a header field
+ * prepended to the message's data (session_add_header); bad is true for a
+ * misuse (a bad name or value, too late), false for the size limit.
+ */
+static int
+lsession_add_header(lua_State *L)
+{
+	struct session	*s = check_session(L, 1);
+	size_t		 nlen, vlen;
+	const char	*name = luaL_checklstring(L, 2, &nlen);
+	const char	*value = luaL_checklstring(L, 3, &vlen);
+	const char	*why = NULL;
+	int		 rc;
+
+	if ((rc = session_add_header(s, name, nlen, value, vlen, &why)) == 0) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	luaL_pushfail(L);
+	lua_pushstring(L, why);
+	lua_pushboolean(L, rc == -1);
+	return 3;
+}
+
+/* handle:setReverseName(name | nil) -> true | fail: the client's name in the Received field */
+static int
+lsession_set_reverse_name(lua_State *L)
+{
+	struct session	*s = check_session(L, 1);
+	const char	*name = luaL_optstring(L, 2, NULL);
+
+	if (session_set_reverse_name(s, name) == -1) {
+		luaL_pushfail(L);
+		return 1;
+	}
+	lua_pushboolean(L, 1);
+	return 1;
 }
 
 /* handle:destroy(): harness only; runs the closed hook */
@@ -556,7 +618,7 @@ lsession_recipients(lua_State *L)
 	return 1;
 }
 
-/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=} */
+/* handle:peer() -> {remoteAddress=, remotePort=, localAddress=, localPort=[, remoteName=]} */
 static int
 lsession_peer(lua_State *L)
 {
@@ -573,6 +635,10 @@ lsession_peer(lua_State *L)
 	lua_setfield(L, -2, "localAddress");
 	lua_pushinteger(L, p->local_port);
 	lua_setfield(L, -2, "localPort");
+	if (session_remote_name(check_session(L, 1)) != NULL) {	/* XCLIENT NAME */
+		lua_pushstring(L, session_remote_name(check_session(L, 1)));
+		lua_setfield(L, -2, "remoteName");
+	}
 	return 1;
 }
 
@@ -610,6 +676,9 @@ const luaL_Reg lcore_session_methods[] = {
 	{ "shutdown",	lsession_shutdown },
 	{ "pause",	lsession_pause },
 	{ "resume",	lsession_resume },
+	{ "sink",	lsession_sink },
+	{ "addHeader",	lsession_add_header },
+	{ "setReverseName", lsession_set_reverse_name },
 	{ "destroy",	lsession_destroy },
 	{ "output",	lsession_output },
 	{ "io",		lsession_io },

@@ -38,6 +38,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_tcp.h"
+#include "tlsclient.h"
 
 #define TCP_MT		"luasmtpd.tcp"
 #define TCP_CTX_MT	"luasmtpd.tcp.ctx"
@@ -330,30 +331,14 @@ errno_words(int e, char *buf, size_t len)
 static void
 sock_error_words(struct tsock *s, char *buf, size_t len)
 {
-	unsigned long	 e;
-	int		 dns, err = EVUTIL_SOCKET_ERROR();
-	SSL		*ssl;
+	int	dns, err = EVUTIL_SOCKET_ERROR();
 
 	if (s->op == OP_CONNECT && (dns = bufferevent_socket_get_dns_error(s->bev)) != 0) {
 		snprintf(buf, len, "cannot resolve %s: %s", s->host, evutil_gai_strerror(dns));
 		return;
 	}
-	if ((ssl = bufferevent_openssl_get_ssl(s->bev)) != NULL &&
-	    (e = bufferevent_get_openssl_error(s->bev)) != 0) {
-		long v = SSL_get_verify_result(ssl);
-		char what[160];
-
-		while (bufferevent_get_openssl_error(s->bev) != 0)
-			;
-		if (v != X509_V_OK)
-			snprintf(buf, len, "tls: certificate verify failed: %s",
-			    X509_verify_cert_error_string(v));
-		else {
-			ERR_error_string_n(e, what, sizeof(what));
-			snprintf(buf, len, "tls: %s", what);
-		}
+	if (tlsclient_error(s->bev, buf, len))
 		return;
-	}
 	if (err == 0) {
 		snprintf(buf, len, s->op == OP_TLS ? "tls: connection closed during the handshake" :
 		    "connection lost");
@@ -408,75 +393,27 @@ sock_event(struct bufferevent *bev, short what, void *arg)
 
 /* ---- TLS ------------------------------------------------------------------ */
 
-static SSL_CTX *
-ctx_new(const char *cafile, char *err, size_t errlen)
-{
-	SSL_CTX *c;
-
-	if ((c = SSL_CTX_new(TLS_client_method())) == NULL)
-		goto fail;
-	SSL_CTX_set_min_proto_version(c, TLS1_2_VERSION);
-	if (cafile != NULL) {
-		if (SSL_CTX_load_verify_locations(c, cafile, NULL) != 1)
-			goto fail;
-	} else if (SSL_CTX_set_default_verify_paths(c) != 1)
-		goto fail;
-	return c;
-fail:
-	snprintf(err, errlen, "tls: cannot load %s", cafile != NULL ? cafile : "the system CA store");
-	ERR_clear_error();
-	SSL_CTX_free(c);
-	return NULL;
-}
-
 /* wraps the plain bufferevent in a TLS client; the handshake runs next */
 static int
 tls_start(struct tsock *s, char *err, size_t errlen)
 {
 	SSL_CTX			*c;
-	SSL			*ssl;
 	struct bufferevent	*b;
-	struct in6_addr		 a6;
-	int			 literal;
 
 	if (s->cafile != NULL)
-		c = ctx_new(s->cafile, err, errlen);
+		c = tlsclient_ctx(s->cafile, err, errlen);
 	else {
 		if (s->ctx->ssl == NULL)
-			s->ctx->ssl = ctx_new(NULL, err, errlen);
+			s->ctx->ssl = tlsclient_ctx(NULL, err, errlen);
 		c = s->ctx->ssl;
 	}
 	if (c == NULL)
 		return -1;
-	ssl = SSL_new(c);
+	b = tlsclient_wrap(s->bev, c, s->servername, s->verify, err, errlen);
 	if (s->cafile != NULL)
 		SSL_CTX_free(c);	/* the SSL keeps its reference */
-	if (ssl == NULL) {
-		snprintf(err, errlen, "tls: out of memory");
+	if (b == NULL)
 		return -1;
-	}
-	literal = inet_pton(AF_INET, s->servername, &a6) == 1 ||
-	    inet_pton(AF_INET6, s->servername, &a6) == 1;
-	SSL_set_verify(ssl, s->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
-	if (s->servername[0] != '\0' && !literal)
-		SSL_set_tlsext_host_name(ssl, s->servername);
-	if (s->verify && s->servername[0] != '\0') {
-		if (literal)
-			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), s->servername);
-		else
-			SSL_set1_host(ssl, s->servername);
-	}
-	/* plaintext the peer sent before the handshake is never read as TLS's */
-	evbuffer_drain(bufferevent_get_input(s->bev),
-	    evbuffer_get_length(bufferevent_get_input(s->bev)));
-	b = bufferevent_openssl_filter_new(s->ctx->base, s->bev, ssl,
-	    BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (b == NULL) {
-		SSL_free(ssl);
-		snprintf(err, errlen, "tls: out of memory");
-		return -1;
-	}
-	bufferevent_openssl_set_allow_dirty_shutdown(b, 1);
 	s->bev = b;
 	bufferevent_setcb(b, sock_read, sock_write, sock_event, s);
 	bufferevent_setwatermark(b, EV_READ, 0, READ_HIGH);

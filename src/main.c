@@ -5,7 +5,10 @@
  * (host.h; --check stops here) and to learn where it listens, binds the
  * listeners (from --listen, else the script's server:listen, else
  * 127.0.0.1:2525) and hands the sockets to master.c, which drops
- * privileges, forks the workers and runs until a signal stops it.  With
+ * privileges, forks the workers and runs until a signal stops it.  Under
+ * systemd's socket activation (LISTEN_FDS) it binds nothing: the sockets
+ * systemd passed are the listeners, matched to the listen addresses by
+ * their bound address for the log (use_activated).  With
  * --user the validating load runs in a child process that has dropped
  * privileges already: the script (and what it requires) never runs as
  * root, while the parent still binds privileged ports.  Exit status: 0
@@ -24,11 +27,15 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <systemd/sd-daemon.h>
+
 #include "listener.h"
 #include "log.h"
 #include "master.h"
 #include "host.h"
 #include "lua_store.h"
+#include "notify.h"
+#include "options_usage.h"
 #include "server.h"
 
 #define MAIN_LISTEN_MAX		MASTER_LISTEN_MAX
@@ -57,36 +64,13 @@ struct loaded {
 	struct host_listen	listen[MAIN_LISTEN_MAX];
 };
 
+/* The option list is README.md's (docs/gen-options.py): so is the man page. */
 static void
 usage(FILE *f)
 {
-	fprintf(f,
-	    "usage: luasmtpd [options] SCRIPT\n"
-	    "  -l, --listen ADDR:PORT   listen here (repeatable; overrides the script)\n"
-	    "                           ADDR:PORT, [IPv6]:PORT or PORT (127.0.0.1)\n"
-	    "      --check              load and validate SCRIPT (its 'connection' listeners\n"
-	    "                           run once for a simulated client), then exit\n"
-	    "      --log-level LEVEL    error, warn, info (default) or debug\n"
-	    "      --ready-file PATH    once listening, write one ADDR:PORT line per listener\n"
-	    "                           (removed again on exit)\n"
-	    "      --grace SECONDS      on SIGTERM/SIGINT, time sessions get to finish (%d)\n"
-	    "      --workers N          worker processes (default: one per online core);\n"
-	    "                           0 serves in one process (no restart, no reload)\n"
-	    "      --user NAME          run the script as this user (and its groups): only\n"
-	    "                           binding is done as root; refuse to run if that fails\n"
-	    "      --state-dir DIR      where smtp.store keeps its files (default: the\n"
-	    "                           script's server.stateDir, else ./state)\n"
-	    "      --metrics ADDR:PORT  serve Prometheus metrics at http://ADDR:PORT/metrics\n"
-	    "                           (summed over all workers; PORT alone: 127.0.0.1)\n"
-	    "      --store-dump NAME    print the keys of smtp.store NAME (in --state-dir,\n"
-	    "                           default ./state; no SCRIPT) and exit\n"
-	    "      --dump-format FMT    text (KEY TAB TTL TAB VALUE, the default) or redis\n"
-	    "                           (SET commands for redis-cli --pipe)\n"
-	    "      --version            print the version and exit\n"
-	    "  -h, --help               print this help and exit\n"
+	fputs(OPTIONS_USAGE
 	    "Signals to the master: SIGHUP reloads SCRIPT (new workers; the old ones\n"
-	    "finish their sessions), SIGTERM or SIGINT stops.\n",
-	    SERVER_GRACE_DEFAULT);
+	    "finish their sessions), SIGTERM or SIGINT stops.  See luasmtpd(8).\n", f);
 }
 
 /*
@@ -119,11 +103,14 @@ static int
 parse_options(int argc, char **argv, struct options *o)
 {
 	enum { OPT_CHECK = 256, OPT_LOG, OPT_READY, OPT_GRACE, OPT_VERSION,
-	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS, OPT_DUMP, OPT_DUMP_FORMAT };
+	    OPT_WORKERS, OPT_USER, OPT_STATE, OPT_METRICS, OPT_DUMP, OPT_DUMP_FORMAT,
+	    OPT_LOG_FORMAT, OPT_LOG_TO };
 	static const struct option longopts[] = {
 		{ "listen",	required_argument,	NULL, 'l' },
 		{ "check",	no_argument,		NULL, OPT_CHECK },
 		{ "log-level",	required_argument,	NULL, OPT_LOG },
+		{ "log-format",	required_argument,	NULL, OPT_LOG_FORMAT },
+		{ "log",	required_argument,	NULL, OPT_LOG_TO },
 		{ "ready-file",	required_argument,	NULL, OPT_READY },
 		{ "grace",	required_argument,	NULL, OPT_GRACE },
 		{ "workers",	required_argument,	NULL, OPT_WORKERS },
@@ -137,6 +124,7 @@ parse_options(int argc, char **argv, struct options *o)
 		{ NULL,		0,			NULL, 0 },
 	};
 	enum log_level	 level;
+	enum log_format	 format;
 	unsigned long	 n;
 	char		*end;
 	int		 ch;
@@ -165,6 +153,25 @@ parse_options(int argc, char **argv, struct options *o)
 				return 2;
 			}
 			log_set_level(level);
+			break;
+		case OPT_LOG_FORMAT:
+			if (log_parse_format(optarg, &format) == -1) {
+				fprintf(stderr, "luasmtpd: bad --log-format '%s' "
+				    "(text or json)\n", optarg);
+				return 2;
+			}
+			log_set_format(format);
+			break;
+		case OPT_LOG_TO:
+			if (strcmp(optarg, "stderr") == 0)
+				break;
+			if ((strcmp(optarg, "syslog") != 0 &&
+			    strncmp(optarg, "syslog:/", 8) != 0) ||
+			    log_set_syslog(optarg[6] == ':' ? optarg + 7 : NULL) == -1) {
+				fprintf(stderr, "luasmtpd: bad --log '%s' (stderr, syslog "
+				    "or syslog:/PATH of a socket)\n", optarg);
+				return 2;
+			}
 			break;
 		case OPT_READY:
 			o->ready_file = optarg;
@@ -359,6 +366,104 @@ load_script(const struct options *o, struct loaded *ld)
 	return 0;
 }
 
+/*
+ * The sockets systemd passed (LISTEN_FDS for our LISTEN_PID), from fd 3 on;
+ * sd_listen_fds(1) unsets the variables, so no child takes them for its own.
+ * Returns how many, or -1 (printed).
+ */
+static int
+activated_take(void)
+{
+	int	n = sd_listen_fds(1);
+
+	if (n < 0) {
+		fprintf(stderr, "luasmtpd: socket activation: %s\n", strerror(-n));
+		return -1;
+	}
+	if (n > MASTER_LISTEN_MAX) {
+		fprintf(stderr, "luasmtpd: socket activation: %d sockets (at most %d)\n",
+		    n, MASTER_LISTEN_MAX);
+		return -1;
+	}
+	for (int i = 0; i < n; i++) {
+		int fd = SD_LISTEN_FDS_START + i, fl = fcntl(fd, F_GETFL);
+
+		/* accepting never blocks a worker's loop; not for os.execute's children */
+		if (fl == -1 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) == -1 ||
+		    fcntl(fd, F_SETFD, FD_CLOEXEC) == -1) {
+			fprintf(stderr, "luasmtpd: socket activation: fd %d: %s\n", fd,
+			    strerror(errno));
+			return -1;
+		}
+	}
+	return n;
+}
+
+/*
+ * Socket activation: every socket systemd passed is served, and nothing is
+ * bound here.  Each listen address (--listen, else the script's) is matched
+ * to a passed socket by its bound address and port, for the log: one that
+ * no socket matches is not served (a warning says so; add it to the
+ * .socket unit); a socket that matches no listen address is served with
+ * the settings of its port (the script's options for a port it does not
+ * name), like a --listen address.
+ */
+static int
+use_activated(struct master_config *mc, const struct options *o,
+    const struct loaded *ld, int nact)
+{
+	char		 host[256], err[512];
+	uint16_t	 port;
+	size_t		 i, j, n;
+	bool		 named[MASTER_LISTEN_MAX] = { false };
+
+	for (i = 0; i < (size_t)nact; i++) {
+		int fd = SD_LISTEN_FDS_START + (int)i;
+
+		if (listener_inherited(fd, mc->names[mc->nfds], sizeof(mc->names[0]),
+		    err, sizeof(err)) == -1) {
+			fprintf(stderr, "luasmtpd: %s\n", err);
+			return -1;
+		}
+		mc->fds[mc->nfds++] = fd;
+	}
+	if (o->nlisten == 0 && ld->nlisten > 0) {
+		if (ld->nlisten > MASTER_LISTEN_MAX) {
+			fprintf(stderr, "luasmtpd: too many listen addresses (at most %d)\n",
+			    MASTER_LISTEN_MAX);
+			return -1;
+		}
+		mc->script_listen_used = 1;
+		for (i = 0; i < ld->nlisten; i++)
+			mc->script_listen[mc->nscript_listen++] = ld->listen[i];
+	}
+	n = o->nlisten > 0 ? o->nlisten : ld->nlisten;
+	for (i = 0; i < n; i++) {
+		if (o->nlisten > 0) {
+			if (listener_parse(o->listen[i], host, sizeof(host), &port, err,
+			    sizeof(err)) == -1)
+				continue;	/* checked before: cannot happen */
+		} else {
+			snprintf(host, sizeof(host), "%s", ld->listen[i].host);
+			port = ld->listen[i].port;
+		}
+		for (j = 0; j < mc->nfds && !listener_matches(mc->fds[j], host, port); j++)
+			;
+		if (j == mc->nfds) {
+			log_warn(0, "%s%s%s:%u is not served: systemd passed no socket bound "
+			    "to it (with socket activation luasmtpd binds nothing itself)",
+			    strchr(host, ':') ? "[" : "", host[0] ? host : LISTENER_DEFAULT_HOST,
+			    strchr(host, ':') ? "]" : "", port);
+			continue;
+		}
+		named[j] = true;
+	}
+	for (j = 0; j < mc->nfds; j++)
+		log_info(0, "listening on %s (socket from systemd%s)", mc->names[j],
+		    named[j] ? "" : "; no listen address names it: the settings of its port");
+	return 0;
+}
+
 /* Binds --listen addresses, else the script's, else the default. */
 static int
 bind_listeners(struct master_config *mc, const struct options *o,
@@ -432,7 +537,7 @@ main(int argc, char **argv)
 	struct host		*policy = NULL;
 	char			 err[1024], host[256];
 	uint16_t		 port;
-	int			 rc;
+	int			 rc, nact;
 
 	if ((rc = parse_options(argc, argv, &o)) != 0)
 		return rc;
@@ -490,7 +595,11 @@ main(int argc, char **argv)
 	mc.grace = o.grace;
 	mc.workers = o.workers < 0 ? online_cores() : (unsigned)o.workers;
 	mc.metrics_fd = -1;
-	if (bind_listeners(&mc, &o, &ld) == -1 ||
+	notify_init();		/* this process speaks to systemd, its workers do not */
+	if ((nact = activated_take()) == -1)
+		return 1;
+	if ((nact > 0 ? use_activated(&mc, &o, &ld, nact) == -1 :
+	    bind_listeners(&mc, &o, &ld) == -1) ||
 	    (o.metrics != NULL && bind_metrics(&mc, o.metrics) == -1)) {
 		for (size_t i = 0; i < mc.nfds; i++)
 			close(mc.fds[i]);

@@ -42,6 +42,7 @@
 #include "metrics.h"
 #include "metrics_http.h"
 #include "host.h"
+#include "notify.h"
 #include "server.h"
 #include "session.h"
 
@@ -122,7 +123,6 @@ static int	 ready_open(const char *path);
 static int	 ready_commit(const char *path, const struct master_config *mc);
 static void	 ready_discard(void);
 static void	 worker_signals(pid_t master, struct busy *busy, unsigned grace);
-static void	 tag_sink(void *, enum log_level, const char *);
 static int64_t	 now_ms(void);
 static void	 master_loop(struct master *);
 static void	 master_free(struct master *);
@@ -151,6 +151,7 @@ write_ready_in_process(void *arg)
 
 	if (mc->ready_file != NULL && ready_commit(mc->ready_file, mc) == 0)
 		mc->ready_written = 1;
+	notify_ready(NULL);
 }
 
 int
@@ -210,7 +211,7 @@ master_run(struct master_config *mc)
 	m.pid = getpid();
 	m.gen = 1;
 	snprintf(log_tag, sizeof(log_tag), "master[%ld]", (long)m.pid);
-	log_set_sink(tag_sink, NULL);
+	log_set_tag(log_tag);
 	if ((m.slots = calloc(mc->workers, sizeof(*m.slots))) == NULL) {
 		log_error(0, "out of memory");
 		master_free(&m);
@@ -246,7 +247,7 @@ master_run(struct master_config *mc)
 	master_free(&m);
 	connlimit_unmap();
 	metrics_unmap();
-	log_set_sink(NULL, NULL);
+	log_set_tag(NULL);
 	return rc;
 fail:
 	for (size_t i = 0; i < mc->nfds; i++)
@@ -459,6 +460,7 @@ master_spawn(struct master *m, unsigned gen, unsigned slot)
 		master_free(m);
 		snprintf(log_tag, sizeof(log_tag), "worker%u[%ld]", slot,
 		    (long)getpid());
+		log_set_tag(log_tag);
 		(void)setpgid(0, 0);		/* a terminal's ^C reaches the master only */
 		worker_signals(master, busy, mc->grace);
 		sigprocmask(SIG_SETMASK, &m->oldmask, NULL);
@@ -601,10 +603,12 @@ master_reload(struct master *m)
 	bool			 changed;
 
 	log_info(0, "SIGHUP: reloading %s", mc->script);
+	notify_reloading();
 	if ((p = host_load(mc->script, NULL, err, sizeof(err))) == NULL) {
 		log_error(0, "reload failed: %s; generation %u keeps serving",
 		    err[0] ? err : "cannot load script", m->gen);
 		metrics_master_count(MX_RELOADS_FAILED);
+		notify_ready("serving; the last reload failed (see the log)");
 		return;
 	}
 	if (mc->script_listen_used) {
@@ -642,6 +646,7 @@ master_progress(struct master *m)
 			return;
 		}
 		log_info(0, "ready: %u worker(s) accepting", m->mc->workers);
+		notify_ready(NULL);
 	}
 	if (m->next_gen != 0 && count_gen(m, m->next_gen, W_READY) == m->mc->workers) {
 		old = 0;
@@ -658,6 +663,7 @@ master_progress(struct master *m)
 		metrics_master_count(MX_RELOADS_OK);
 		log_info(0, "reload: generation %u serving; %zu old worker(s) draining",
 		    m->gen, old);
+		notify_ready(NULL);
 	}
 	if (m->hup_pending && m->ready && m->next_gen == 0) {
 		m->hup_pending = false;
@@ -759,6 +765,7 @@ master_stop(struct master *m, int sig, int rc)
 	size_t		 n = 0;
 
 	if (!m->stopping) {
+		notify_stopping();
 		m->stopping = true;
 		m->rc = rc;
 		m->kill_ms = now_ms() + ((int64_t)m->mc->grace + STOP_SLACK_SECS) * 1000;
@@ -781,8 +788,10 @@ master_abort_gen(struct master *m, unsigned gen)
 			(void)kill(w->pid, SIGTERM);
 		}
 	}
-	if (m->next_gen == gen)
+	if (m->next_gen == gen) {
 		m->next_gen = 0;
+		notify_ready("serving; the last reload failed (see the log)");
+	}
 }
 
 static size_t
@@ -910,6 +919,20 @@ worker_signals(pid_t master, struct busy *busy, unsigned grace)
 	(void)sigaction(SIGALRM, &sa, NULL);
 }
 
+/* The loop's turn is over: the log lines it produced leave in one write. */
+static void
+log_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd, (void)what, (void)arg;
+	log_flush();
+}
+
+static void
+log_flush_soon(void *ev)
+{
+	event_active(ev, EV_TIMEOUT, 0);
+}
+
 /*
  * Loads the script on a fresh event base, accepts on fds (taken over) and
  * serves until stopped.  Once the loop runs: ready(ready_arg), or, with
@@ -923,6 +946,7 @@ serve(const char *script, int *fds, size_t nfds, int metrics_fd, unsigned grace,
 {
 	struct metrics_http	*mh = NULL;
 	struct event_base	*base = NULL;
+	struct event		*flush = NULL;
 	struct host		*policy = NULL;
 	struct server		*srv = NULL;
 	struct timeval		 now = { 0, 0 };
@@ -933,11 +957,14 @@ serve(const char *script, int *fds, size_t nfds, int metrics_fd, unsigned grace,
 	int			 rc = 1;
 
 	if (log_tag[0] != '\0')
-		log_set_sink(tag_sink, NULL);
+		log_set_tag(log_tag);
 	if ((base = event_base_new()) == NULL) {
 		log_error(0, "cannot create the event loop");
 		goto done;
 	}
+	/* log lines leave once per turn of the loop, not one write() each */
+	if ((flush = event_new(base, -1, 0, log_flush_cb, NULL)) != NULL)
+		log_set_batch(log_flush_soon, flush);
 	if ((policy = host_load(script, base, err, sizeof(err))) == NULL) {
 		log_error(0, "%s", err[0] ? err : "cannot load script");
 		rc = WORKER_EXIT_LOAD;
@@ -982,6 +1009,9 @@ done:
 	metrics_http_destroy(mh);
 	server_destroy(srv);	/* connections first: they hold the policy's hooks */
 	host_destroy(policy);
+	log_set_batch(NULL, NULL);
+	if (flush != NULL)
+		event_free(flush);
 	if (base != NULL)
 		event_base_free(base);
 	return rc;
@@ -1011,6 +1041,7 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 
 		if (pl->host[0] == '/') {	/* a unix socket */
 			host_path_config(policy, pl->host, &sp.cfg, &sp.implicit_tls);
+			memset(&sp.proxy, 0, sizeof(sp.proxy));	/* no PROXY header on a unix socket */
 			if (server_set_path(srv, pl->host, &sp) == -1) {
 				server_destroy(srv);
 				return NULL;
@@ -1018,6 +1049,7 @@ serve_server(struct event_base *base, struct host *policy, unsigned grace)
 			continue;
 		}
 		host_port_config(policy, port, &sp.cfg, &sp.implicit_tls);
+		host_port_proxy(policy, port, &sp.proxy);
 		if (server_set_port(srv, port, &sp) == -1) {
 			server_destroy(srv);
 			return NULL;
@@ -1118,19 +1150,6 @@ ready_discard(void)
 	if (ready_tmp[0] != '\0')
 		(void)unlink(ready_tmp);
 	ready_tmp[0] = '\0';
-}
-
-/* "STAMP LEVEL TEXT" becomes "STAMP LEVEL TAG TEXT". */
-static void
-tag_sink(void *arg, enum log_level level, const char *line)
-{
-	const size_t	head = 27;	/* "2026-11-28T16:24:24Z info  " */
-
-	(void)arg, (void)level;
-	if (strlen(line) >= head)
-		fprintf(stderr, "%.*s%s %s\n", (int)head, line, log_tag, line + head);
-	else
-		fprintf(stderr, "%s\n", line);
 }
 
 static int64_t

@@ -10,7 +10,9 @@
  * Counts each client in the shared connection counters (connlimit.h) as it
  * is accepted and as its conn is freed; over server.maxConnections or
  * server.maxConnectionsPerClient the client gets 421 at once, before any
- * Lua runs, and is closed.
+ * Lua runs, and is closed.  On a PROXY listener only the sources of
+ * proxyFrom are served (others are closed with a log line), counted in the
+ * total only until their header names the client (server_conn_proxied).
  */
 #include <sys/socket.h>
 #include <netinet/in.h>
@@ -29,6 +31,7 @@
 #include "listener.h"
 #include "log.h"
 #include "metrics.h"
+#include "notify.h"
 #include "server.h"
 
 #define SERVER_LISTENERS_MAX	32
@@ -85,6 +88,8 @@ static void	server_accept(void *, evutil_socket_t, const struct sockaddr *, int)
 static void	server_refuse(struct server *, evutil_socket_t,
 		    const struct sockaddr *, enum connlimit_verdict, unsigned);
 static void	server_conn_closed(void *, const struct session_peer *);
+static bool	server_conn_proxied(void *, const struct session_peer *);
+static void	server_addr(const struct sockaddr *, char *, size_t);
 static void	server_signal_cb(evutil_socket_t, short, void *);
 static void	server_timer_cb(evutil_socket_t, short, void *);
 static void	server_conns_empty(void *);
@@ -107,6 +112,7 @@ server_create(struct event_base *base, const struct server_port *dflt,
 	srv->grace_secs = grace_secs;
 	srv->conns.empty = server_conns_empty;
 	srv->conns.closed = server_conn_closed;
+	srv->conns.proxied = server_conn_proxied;
 	srv->conns.arg = srv;
 	if ((srv->sigterm = evsignal_new(base, SIGTERM, server_signal_cb, srv)) == NULL ||
 	    (srv->sigint = evsignal_new(base, SIGINT, server_signal_cb, srv)) == NULL ||
@@ -284,16 +290,36 @@ server_accept(void *arg, evutil_socket_t fd, const struct sockaddr *sa, int sale
 			return;
 		}
 	}
-	keyed = salen > 0 && connlimit_key_sa(sa, &key);
+	sp = server_port_find(srv, sl);
+	if (sp->proxy.on) {
+		char	addr[64];
+		bool	trusted = false;
+
+		if (salen > 0 && sa->sa_family == AF_INET)
+			trusted = proxy_nets_match_bin(&sp->proxy.from, 4, (const uint8_t *)
+			    &((const struct sockaddr_in *)sa)->sin_addr);
+		else if (salen > 0 && sa->sa_family == AF_INET6)
+			trusted = proxy_nets_match_bin(&sp->proxy.from, 6, (const uint8_t *)
+			    &((const struct sockaddr_in6 *)sa)->sin6_addr);
+		if (!trusted) {
+			server_addr(sa, addr, sizeof(addr));
+			log_info(0, "connection from %s refused: not a trusted proxy "
+			    "(proxyFrom of port %u)", addr, sl->port);
+			evutil_closesocket(fd);
+			return;
+		}
+	}
+	/* a proxy is not the client: its conns count in the total until the header */
+	keyed = salen > 0 && !sp->proxy.on && connlimit_key_sa(sa, &key);
 	v = connlimit_acquire(keyed ? &key : NULL, &client, &total);
 	if (v != CONNLIMIT_OK) {
 		server_refuse(srv, fd, sa, v, v == CONNLIMIT_TOTAL ? total : client);
 		return;
 	}
-	sp = server_port_find(srv, sl);
 	nfreed = srv->nfreed;
 	if (conn_create(srv->base, fd, &sp->cfg, sp->tls, sp->implicit_tls,
-	    srv->hooks, srv->hook_ctx, &srv->conns) == NULL && srv->nfreed == nfreed)
+	    &sp->proxy, srv->hooks, srv->hook_ctx, &srv->conns) == NULL &&
+	    srv->nfreed == nfreed)
 		connlimit_release(keyed ? &key : NULL);	/* never became a conn */
 }
 
@@ -314,12 +340,7 @@ server_refuse(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa,
 		srv->refused_quiet++;	/* a flood must not flood the log */
 		return;
 	}
-	if (sa->sa_family == AF_INET)
-		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr,
-		    addr, sizeof(addr));
-	else if (sa->sa_family == AF_INET6)
-		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
-		    addr, sizeof(addr));
+	server_addr(sa, addr, sizeof(addr));
 	if (srv->refused_quiet > 0)
 		log_warn(0, "connection from %s refused: 421 too many connections "
 		    "(%u %s; %lu more refused since the last line)", addr, n,
@@ -331,6 +352,31 @@ server_refuse(struct server *srv, evutil_socket_t fd, const struct sockaddr *sa,
 		    "in all: maxConnections" : "from this client: maxConnectionsPerClient");
 	srv->refused_logged = now;
 	srv->refused_quiet = 0;
+}
+
+static void
+server_addr(const struct sockaddr *sa, char *addr, size_t len)
+{
+	snprintf(addr, len, "unknown");
+	if (sa->sa_family == AF_INET)
+		evutil_inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr,
+		    addr, len);
+	else if (sa->sa_family == AF_INET6)
+		evutil_inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
+		    addr, len);
+}
+
+/* A PROXY header named the client of a conn counted in the total only. */
+static bool
+server_conn_proxied(void *arg, const struct session_peer *client)
+{
+	struct connlimit_key	 key;
+	unsigned		 n;
+
+	(void)arg;
+	connlimit_release(NULL);
+	return connlimit_acquire(connlimit_key_str(client->remote_addr, &key) ?
+	    &key : NULL, &n, &n) == CONNLIMIT_OK;
 }
 
 /* A conn is freed: its client counts one connection less. */
@@ -350,6 +396,7 @@ server_signal_cb(evutil_socket_t sig, short what, void *arg)
 {
 	(void)what;
 	log_info(0, "signal %s received", sig == SIGTERM ? "TERM" : "INT");
+	notify_stopping();	/* --workers 0: this is the main process */
 	server_stop(arg);
 }
 

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proxy.h"
 #include "session.h"
 
 #define SERVER_GRACE_DEFAULT	30	/* seconds */
@@ -45,6 +46,7 @@ struct server_port {
 	struct session_config	 cfg;
 	struct tls_ctx		*tls;		/* NULL: no TLS */
 	bool			 implicit_tls;	/* handshake before the greeting (RFC 8314) */
+	struct proxy_listen	 proxy;		/* a PROXY header first, from proxy.from only */
 };
 
 /*

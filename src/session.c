@@ -20,6 +20,9 @@
 #include "reply.h"
 #include "sasl.h"
 #include "session.h"
+#include "trace.h"
+#include "xclient.h"
+#include "summary.h"
 
 enum state {
 	S_CONNECT,	/* waiting for the connect verdict: nothing said yet */
@@ -86,6 +89,11 @@ struct session {
 	bool				 after_auth;	/* lines may be SASL responses: not logged */
 	unsigned			 auth_failures;
 
+	/* XCLIENT: allowed from the peer at connect time (cfg->xclient_from) */
+	bool				 xclient_ok;
+	unsigned			 xclients;	/* XCLIENT commands applied */
+	char				*remote_name;	/* its NAME; NULL: none, unavailable */
+
 	/* the envelope (session_helo, _sender, _recipient) and the transaction */
 	char				*helo;		/* told 250 for */
 	bool				 helo_ext;
@@ -106,6 +114,13 @@ struct session {
 	uint64_t			 size;
 	bool				 failed;
 	enum session_abort		 fail_reason;
+
+	/* trace fields (trace.c): prepended to the data, Received fields counted */
+	char				*reverse;	/* the client's reverse name, if known */
+	char				*added;		/* session_add_header()'s fields */
+	size_t				 added_len;
+	bool				 trace_sent;	/* the data began: nothing more is prepended */
+	struct trace_hops		 hops;
 
 	/* BDAT (RFC 3030) */
 	bool				 chunking;	/* the message goes by BDAT: DATA is refused */
@@ -130,6 +145,11 @@ struct session {
 	bool				 data_timed;	/* data_due is this message's */
 	bool				 data_idle;	/* data_due is the idle bound, not the rate's */
 	bool				 tls_timed;	/* tls_due is this STARTTLS's */
+
+	/* the summary lines (summary.h): what is being answered, and the counts */
+	struct summary			 sum;
+	const char			*doing;		/* the command or event a reply answers */
+	bool				 data_reply;	/* ... and it is DATA or the end of data */
 
 	/* the command line being assembled */
 	size_t				 line_len;
@@ -172,6 +192,7 @@ static void	cmd_starttls(struct session *, char *);
 static void	cmd_auth(struct session *, char *);
 static void	cmd_lhlo(struct session *, char *);
 static void	cmd_bdat(struct session *, char *);
+static void	cmd_xclient(struct session *, char *);
 
 static const struct command commands[] = {
 	{ "HELO",	ST_READY,	cmd_helo,	"Send QUIT" },
@@ -189,6 +210,7 @@ static const struct command commands[] = {
 	{ "AUTH",	ST(S_HELO),	cmd_auth,	"AUTH not allowed during a mail transaction" },
 	/* BDAT checks its state itself: a refused chunk is still read */
 	{ "BDAT",	ST_ANY,		cmd_bdat,	NULL },
+	{ "XCLIENT",	ST(S_GREETED) | ST(S_HELO), cmd_xclient, "MAIL transaction in progress" },
 	/* LMTP's (RFC 2033), after the verbs every SMTP session looks up */
 	{ "LHLO",	ST_READY,	cmd_lhlo,	"Send QUIT" },
 	/* known verbs this server does not offer */
@@ -243,6 +265,8 @@ static void	sasl_forget(struct session *);
 static void	arm_timer(struct session *);
 static void	envelope_clear(struct session *);
 static void	asked_forget(struct session *);
+static void	added_clear(struct session *);
+static void	trace_reset(struct session *);
 static uint64_t	clock_now(const struct session *);
 static void	ask(struct session *, enum session_event,
 		    const struct session_event_args *);
@@ -265,6 +289,8 @@ session_config_init(struct session_config *cfg)
 	cfg->timeout_decision_ms = 10 * 60 * 1000;
 	cfg->timeout_tls_ms = 30 * 1000;
 	cfg->min_data_rate = 500;
+	cfg->received_header = true;
+	cfg->max_hops = 100;
 	cfg->max_session_ms = 60 * 60 * 1000;
 	cfg->max_auth_failures = 3;
 }
@@ -307,8 +333,10 @@ session_create(const struct session_config *cfg,
 		s->peer = *peer;
 	s->id = next_session_id();
 	s->born = clock_now(s);
+	s->sum.quiet = cfg->no_summary;
 	s->state = S_CONNECT;
 	s->pending = NO_EVENT;
+	s->xclient_ok = proxy_nets_match(&cfg->xclient_from, s->peer.remote_addr);
 	if (peer != NULL && peer->tls != NULL) {
 		if ((s->tls = malloc(sizeof(*s->tls))) == NULL) {
 			free(s);
@@ -336,9 +364,13 @@ session_destroy(struct session *s)
 	sasl_forget(s);
 	envelope_clear(s);
 	asked_forget(s);
+	summary_close(&s->sum, s, clock_now(s), s->born);
+	free(s->added);
+	free(s->reverse);
 	free(s->helo);
 	free(s->rcpts);
 	free(s->user);
+	free(s->remote_name);
 	free(s->tls);
 	free(s);
 }
@@ -519,6 +551,8 @@ session_expire(struct session *s)
 
 	log_info(s->id, "timeout: connection open for %s s (maxSessionTime)",
 	    secs(t, sizeof(t), s->cfg->max_session_ms));
+	s->doing = "timeout";
+	s->data_reply = false;
 	if (s->pending != NO_EVENT) {
 		if (s->hooks->cancel != NULL)
 			s->hooks->cancel(s->hook_ctx, s, s->pending);
@@ -604,6 +638,8 @@ session_timeout(struct session *s)
 	}
 	if (in_message(s))
 		message_abort(s, ABORT_TIMEOUT);
+	s->doing = "timeout";
+	s->data_reply = false;
 	reply(s, 421, "4.4.2", "%s Error: %s", s->cfg->hostname, text);
 }
 
@@ -620,6 +656,8 @@ session_shutdown(struct session *s)
 	if (in_message(s))
 		message_abort(s, ABORT_SHUTDOWN);
 	s->answering = MV_OTHER;
+	s->doing = "shutdown";
+	s->data_reply = false;
 	reply(s, 421, "4.3.2", "%s Service shutting down", s->cfg->hostname);
 }
 
@@ -659,6 +697,8 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 
 	if (s->state == S_CLOSED)
 		return;
+	summary_reply(&s->sum, s, s->doing, s->asked != NULL ? s->asked->path.address :
+	    NULL, code, enhanced, text, s->data_reply);
 	if (!(s->cfg->extensions & EXT_ENHANCEDSTATUSCODES))
 		enhanced = NULL;
 	if ((len = reply_format(buf, sizeof(buf), code, enhanced, text)) == 0)
@@ -666,6 +706,7 @@ reply_text(struct session *s, int code, const char *enhanced, const char *text)
 		    "Reply too long");
 	log_debug(s->id, "<<< %.*s", (int)(len - 2), buf);
 	metrics_reply(s->answering, code);
+	s->sum.bytes_out += len;
 	s->io->write(s->io_ctx, buf, len);
 	if (code == 421)
 		session_close(s);
@@ -716,6 +757,7 @@ ask(struct session *s, enum session_event ev,
 {
 	struct verdict	v = { .accept = true };
 
+	s->doing = event_names[ev];
 	if (s->hooks->ask != NULL) {
 		s->pending = ev;
 		if (s->hooks->ask(s->hook_ctx, s, ev, args, &v) == HOOK_WAIT) {
@@ -854,6 +896,7 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 		if (accept) {
 			free(s->helo);
 			s->helo = s->asked_helo;
+			summary_client_changed(&s->sum);
 			s->asked_helo = NULL;
 			s->helo_ext = ev == SEV_EHLO;
 			s->esmtp = ev == SEV_EHLO;
@@ -873,12 +916,14 @@ apply_verdict(struct session *s, enum session_event ev, const struct verdict *v)
 			envelope_clear(s);
 			s->sender = s->asked;
 			s->asked = NULL;
+			summary_mail(&s->sum, s, s->sender->path.address, clock_now(s));
 			enter_state(s, S_MAIL);
 		} else
 			reset_transaction(s);
 		reply_text(s, code, enhanced, text);
 		break;
 	case SEV_RCPT:
+		summary_rcpt(&s->sum, s->asked->path.address, code, enhanced);
 		if (accept) {
 			s->rcpts[s->rcpt_count++] = s->asked;
 			s->asked = NULL;
@@ -1066,6 +1111,8 @@ path_store(const struct smtp_path *path, unsigned serial)
 static void
 envelope_clear(struct session *s)
 {
+	if (s->sum.tx_open)
+		summary_tx_end(&s->sum, s, clock_now(s));	/* its line, once */
 	free(s->sender);
 	s->sender = NULL;
 	for (size_t i = 0; i < s->rcpt_count; i++) {
@@ -1184,8 +1231,8 @@ auth_offered(const struct session *s)
 	    (s->tls != NULL || s->cfg->auth_without_tls);
 }
 
-#define EHLO_KEYWORDS_MAX	10
-#define EHLO_KEYWORD_LEN	32	/* "SIZE 18446744073709551615" */
+#define EHLO_KEYWORDS_MAX	11
+#define EHLO_KEYWORD_LEN	64	/* XCLIENT_KEYWORD; "SIZE 18446744073709551615" */
 
 /* The extension lines of this session's EHLO reply; returns how many. */
 static size_t
@@ -1219,6 +1266,8 @@ ehlo_keywords(const struct session *s, char kw[EHLO_KEYWORDS_MAX][EHLO_KEYWORD_L
 		snprintf(kw[n++], EHLO_KEYWORD_LEN, "AUTH%s%s",
 		    s->cfg->auth_methods & AUTH_PLAIN ? " PLAIN" : "",
 		    s->cfg->auth_methods & AUTH_LOGIN ? " LOGIN" : "");
+	if (s->xclient_ok)
+		snprintf(kw[n++], EHLO_KEYWORD_LEN, "%s", XCLIENT_KEYWORD);
 	return n;
 }
 
@@ -1450,6 +1499,7 @@ cmd_rcpt(struct session *s, char *arg)
 		return;
 	}
 	if (s->rcpt_count >= s->cfg->max_recipients) {
+		summary_rcpt(&s->sum, path.address, 452, "4.5.3");
 		reply(s, 452, "4.5.3", "Too many recipients");
 		return;
 	}
@@ -1463,6 +1513,7 @@ cmd_rcpt(struct session *s, char *arg)
 static void
 cmd_data(struct session *s, char *arg)
 {
+	s->data_reply = true;
 	if (!blank(arg)) {
 		reply_error(s, 501, "5.5.4", "Syntax: DATA");
 		return;
@@ -1485,6 +1536,7 @@ cmd_data(struct session *s, char *arg)
 		reply_error(s, 503, "5.5.1", "BODY=BINARYMIME requires BDAT");
 		return;
 	}
+	trace_reset(s);
 	ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 }
 
@@ -1581,6 +1633,7 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 		return;
 	}
 	*s->tls = *tls;
+	summary_client_changed(&s->sum);	/* and HELO and user are forgotten */
 	s->peer.tls = s->tls;
 	log_info(s->id, "TLS started: %s %s", tls->version, tls->cipher);
 	/* RFC 3207 4.2: forget everything learnt from the client before TLS */
@@ -1595,6 +1648,75 @@ session_tls_started(struct session *s, const struct session_tls *tls)
 	arm_timer(s);	/* commandTimeout for the first command over TLS */
 	if (s->io->wake != NULL)
 		s->io->wake(s->io_ctx);
+}
+
+/*
+ * XCLIENT (Postfix): a trusted proxy names the client it relays.  The
+ * whole argument is checked first, then applied; the session starts over
+ * as if the client had just connected (envelope, HELO and AUTH forgotten,
+ * HELO= and LOGIN= taken as told) and is greeted with 220 again.  The
+ * policy's 'connection' listeners do not run again: the outcome hook of
+ * SEV_CONNECT tells it the peer changed.
+ */
+static void
+cmd_xclient(struct session *s, char *arg)
+{
+	struct xclient	 x;
+	const char	*why;
+	char		*name = NULL, *helo = NULL, *login = NULL;
+
+	if (!s->xclient_ok) {
+		reply_error(s, 550, "5.7.0", "Error: insufficient authorization");
+		return;
+	}
+	if (xclient_parse(arg, &x, &why) == -1) {
+		reply_error(s, 501, "5.5.4", "%s", why);
+		return;
+	}
+	if (((x.given & ~x.unavailable & XC_NAME) && (name = strdup(x.name)) == NULL) ||
+	    ((x.given & ~x.unavailable & XC_HELO) && (helo = strdup(x.helo)) == NULL) ||
+	    ((x.given & ~x.unavailable & XC_LOGIN) && (login = strdup(x.login)) == NULL)) {
+		free(name);
+		free(helo);
+		reply(s, 451, "4.3.0", "Out of memory, try again later");
+		return;
+	}
+	if (x.given & XC_ADDR)
+		snprintf(s->peer.remote_addr, sizeof(s->peer.remote_addr), "%s",
+		    x.unavailable & XC_ADDR ? "unknown" : x.addr);
+	if (x.given & XC_PORT)
+		s->peer.remote_port = x.unavailable & XC_PORT ? 0 : x.port;
+	if (x.given & XC_DESTADDR)
+		snprintf(s->peer.local_addr, sizeof(s->peer.local_addr), "%s",
+		    x.unavailable & XC_DESTADDR ? "unknown" : x.destaddr);
+	if (x.given & XC_DESTPORT)
+		s->peer.local_port = x.unavailable & XC_DESTPORT ? 0 : x.destport;
+	if (x.given & XC_NAME) {
+		free(s->remote_name);
+		s->remote_name = name;
+	}
+	reset_transaction(s);
+	asked_forget(s);
+	sasl_forget(s);
+	s->auth_failures = 0;
+	if (x.given & XC_HELO) {
+		free(s->helo);
+		s->helo = helo;
+		s->helo_ext = (x.given & XC_PROTO) && x.esmtp;
+	}
+	if (x.given & XC_LOGIN) {
+		free(s->user);
+		s->user = login;
+	}
+	s->xclients++;
+	log_info(s->id, "XCLIENT: client %s port %u%s%s%s%s%s%s", s->peer.remote_addr,
+	    s->peer.remote_port, s->remote_name ? " name " : "",
+	    s->remote_name ? s->remote_name : "", s->helo ? " helo " : "",
+	    s->helo ? s->helo : "", s->user ? " login " : "", s->user ? s->user : "");
+	s->esmtp = false;
+	greet(s, 220, NULL, NULL);	/* the session starts over: S_GREETED */
+	if (s->hooks->outcome != NULL)
+		s->hooks->outcome(s->hook_ctx, s, SEV_CONNECT, 220);
 }
 
 /* Drops the credentials of an AUTH exchange, wiping them first. */
@@ -1767,6 +1889,7 @@ auth_decided(struct session *s, bool accept, int code, const char *enhanced,
 	metrics_count(accept ? M_AUTH_OK : M_AUTH_FAILED);
 	if (accept) {
 		s->user = s->sasl_user;
+		summary_client_changed(&s->sum);
 		s->sasl_user = NULL;
 		log_info(s->id, "authenticated as %s", s->user);
 	} else {
@@ -1895,6 +2018,8 @@ line_done(struct session *s)
 
 	s->line_len = 0;
 	s->line_open = false;	/* the next octet starts the next line's deadline */
+	s->doing = "line";
+	s->data_reply = false;
 	if (s->line_too_long || s->line_bad) {
 		sasl_forget(s);		/* a broken SASL response ends the exchange */
 		command_count(s, NULL);
@@ -1911,6 +2036,7 @@ line_done(struct session *s)
 	}
 	s->line[len] = '\0';
 	if (s->sasl != SASL_NONE) {
+		s->doing = "AUTH";
 		log_debug(s->id, ">>> (SASL response)");	/* credentials: never logged */
 		sasl_response(s, s->line, len);
 		return;
@@ -1919,6 +2045,7 @@ line_done(struct session *s)
 	while (len > 0 && (s->line[len - 1] == ' ' || s->line[len - 1] == '\t'))
 		s->line[--len] = '\0';
 	c = command_find(s->line);
+	s->doing = c != NULL ? c->verb : "unknown";
 	log_command(s, s->line, c);
 	dispatch(s, s->line, c);
 }
@@ -1988,6 +2115,8 @@ data_begin(struct session *s)
 	s->text_line_len = 0;
 	s->size = 0;
 	s->failed = false;
+	s->trace_sent = false;
+	trace_hops_init(&s->hops);
 }
 
 /* The message will not be delivered: tell the policy once, keep reading. */
@@ -1998,22 +2127,104 @@ data_fail(struct session *s, enum session_abort why)
 		return;
 	log_info(s->id, "message refused while receiving: %s",
 	    why == ABORT_TOO_BIG ? "too big" : why == ABORT_BARE_NEWLINE ?
-	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" : "line too long");
+	    "bare CR or LF" : why == ABORT_NUL ? "NUL octet" :
+	    why == ABORT_TOO_MANY_HOPS ? "too many hops" : "line too long");
 	message_abort(s, why);
 }
 
-/* Hands a span of unstuffed data to the policy, counting its size. */
+static void
+added_clear(struct session *s)
+{
+	free(s->added);
+	s->added = NULL;
+	s->added_len = 0;
+}
+
+/* A new message is asked for: session_add_header() works again, from nothing. */
+static void
+trace_reset(struct session *s)
+{
+	added_clear(s);
+	s->trace_sent = false;
+}
+
+/*
+ * Before the message's first octet: the Received field (cfg->received_header)
+ * and the policy's added fields, in that order, and the first span p (NULL
+ * for none) with them in one call when all fit TRACE_JOIN: one call less into
+ * the policy per message.  Not counted in the size: that is what the client
+ * sent (SIZE, maxSize).
+ */
+#define TRACE_JOIN	8192
+
+static void
+trace_emit(struct session *s, const char *p, size_t n)
+{
+	char	buf[TRACE_JOIN];
+	size_t	len = 0;
+
+	s->trace_sent = true;
+	if (s->hooks->data == NULL) {
+		added_clear(s);
+		return;
+	}
+	if (s->cfg->received_header) {
+		struct trace_received r = {
+			.helo = s->helo, .reverse = s->reverse,
+			.addr = s->peer.remote_addr, .by = s->cfg->hostname,
+			.protocol = trace_protocol(s->cfg->lmtp, s->esmtp,
+			    s->tls != NULL, s->user != NULL),
+			.id = s->id,
+			.rcpt = s->rcpt_count == 1 ? s->rcpts[0]->path.address : NULL,
+			.when = time(NULL),
+		};
+
+		len = trace_received(buf, TRACE_RECEIVED_MAX, &r);
+	}
+	if (len + s->added_len + n <= sizeof(buf)) {
+		if (s->added_len > 0)
+			memcpy(buf + len, s->added, s->added_len);
+		len += s->added_len;
+		if (n > 0)
+			memcpy(buf + len, p, n);
+		len += n;
+		if (len > 0)
+			s->hooks->data(s->hook_ctx, s, buf, len);
+	} else {
+		if (len > 0)
+			s->hooks->data(s->hook_ctx, s, buf, len);
+		if (s->added_len > 0)
+			s->hooks->data(s->hook_ctx, s, s->added, s->added_len);
+		if (n > 0)
+			s->hooks->data(s->hook_ctx, s, p, n);
+	}
+	added_clear(s);
+}
+
+/*
+ * Hands a span of unstuffed data to the policy, counting its size and, in
+ * the header section, the Received fields (cfg->max_hops).
+ */
 static void
 data_emit(struct session *s, const char *p, size_t n)
 {
 	if (n == 0 || s->failed)
 		return;
+	if (s->cfg->max_hops > 0 && !trace_hops_done(&s->hops)) {
+		trace_hops_feed(&s->hops, p, n);
+		if (s->hops.count > s->cfg->max_hops) {
+			data_fail(s, ABORT_TOO_MANY_HOPS);
+			return;
+		}
+	}
 	s->size += n;
 	if (s->cfg->max_size > 0 && s->size > s->cfg->max_size) {
 		data_fail(s, ABORT_TOO_BIG);
 		return;
 	}
-	if (s->hooks->data != NULL)
+	if (!s->trace_sent)
+		trace_emit(s, p, n);	/* the trace fields, and this span */
+	else if (s->hooks->data != NULL)
 		s->hooks->data(s->hook_ctx, s, p, n);
 }
 
@@ -2027,13 +2238,18 @@ data_end(struct session *s)
 
 	log_debug(s->id, "end of data, %" PRIu64 " octets", s->size);
 	s->answering = MR_DATA_END;
+	summary_size(&s->sum, s->size);
+	s->data_reply = true;
+	if (!s->failed && !s->trace_sent)
+		trace_emit(s, NULL, 0);	/* an empty message */
 	if (!s->failed) {
 		ask(s, SEV_DATA_END, &(struct session_event_args){ .size = s->size });
 		return;
 	}
-	reset_transaction(s);
+	s->doing = event_names[SEV_DATA_END];
 	while (n-- > 0 && s->state != S_CLOSED)
 		data_failed_reply(s);
+	reset_transaction(s);	/* after the replies: the transaction's line has them */
 }
 
 /* The reply to a message that failed while it was received. */
@@ -2050,6 +2266,9 @@ data_failed_reply(struct session *s)
 		break;
 	case ABORT_NUL:
 		reply(s, 550, "5.6.0", "Message contains a NUL octet (RFC 6152)");
+		break;
+	case ABORT_TOO_MANY_HOPS:	/* RFC 5321 6.3, RFC 3463 */
+		reply(s, 554, "5.4.6", "Too many hops");
 		break;
 	default:
 		reply(s, 550, "5.6.0",
@@ -2242,6 +2461,8 @@ bdat_begin(struct session *s, uint64_t size)
 		s->text_line_len = 0;
 		s->size = 0;
 		s->failed = false;
+		s->trace_sent = false;
+		trace_hops_init(&s->hops);
 	}
 	s->bdat_drop = false;
 	s->chunk_left = size;
@@ -2290,6 +2511,7 @@ cmd_bdat(struct session *s, char *arg)
 			return;
 		}
 		s->bdat_asked = true;	/* the message starts: the policy's 'DATA' */
+		trace_reset(s);
 		ask(s, SEV_DATA, &(struct session_event_args){ 0 });
 		return;
 	}
@@ -2414,6 +2636,7 @@ session_feed(struct session *s, const char *buf, size_t len)
 		}
 	}
 	s->feeding = false;
+	s->sum.bytes_in += used;	/* what the engine read, discarded input not */
 	if (s->state == S_CLOSED)
 		return len;
 	if (s->state == S_TLS) {
@@ -2465,6 +2688,12 @@ session_resume(struct session *s)
 
 /* --- accessors ---------------------------------------------------------- */
 
+void
+session_set_end(struct session *s, const char *why)
+{
+	s->sum.end = why;
+}
+
 uint64_t
 session_id(const struct session *s)
 {
@@ -2509,6 +2738,18 @@ session_user(const struct session *s)
 }
 
 const char *
+session_remote_name(const struct session *s)
+{
+	return s->remote_name;
+}
+
+unsigned
+session_xclients(const struct session *s)
+{
+	return s->xclients;
+}
+
+const char *
 session_helo(const struct session *s, bool *extended)
 {
 	if (extended != NULL)
@@ -2540,4 +2781,51 @@ session_recipient(const struct session *s, size_t i, unsigned *serial)
 	if (serial != NULL)
 		*serial = s->rcpts[i]->serial;
 	return &s->rcpts[i]->path;
+}
+
+int
+session_add_header(struct session *s, const char *name, size_t namelen,
+    const char *value, size_t valuelen, const char **why)
+{
+	int rc;
+
+	if ((s->pending != SEV_DATA && !in_message(s)) || s->trace_sent ||
+	    s->state == S_CLOSED) {
+		*why = "no message, or its data began";
+		return -1;
+	}
+	if (s->added == NULL && (s->added = malloc(TRACE_ADDED_MAX)) == NULL) {
+		*why = "out of memory";
+		return -2;
+	}
+	rc = trace_header_add(s->added, &s->added_len, TRACE_ADDED_MAX, name,
+	    namelen, value, valuelen, why);
+	return rc;
+}
+
+int
+session_set_reverse_name(struct session *s, const char *name)
+{
+	char	*copy = NULL;
+	size_t	 len = name != NULL ? strlen(name) : 0;
+
+	if (name != NULL) {
+		if (len == 0 || len > 253)
+			return -1;
+		for (size_t i = 0; i < len; i++)
+			if (!isalnum((unsigned char)name[i]) && name[i] != '-' &&
+			    name[i] != '.' && name[i] != '_')
+				return -1;
+		if ((copy = strdup(name)) == NULL)
+			return -1;
+	}
+	free(s->reverse);
+	s->reverse = copy;
+	return 0;
+}
+
+const char *
+session_reverse_name(const struct session *s)
+{
+	return s->reverse;
 }

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "proto.h"
+#include "proxy.h"
 
 /* ESMTP extensions; each can be switched off in session_config.extensions. */
 enum {
@@ -57,6 +58,10 @@ struct session_config {
 	unsigned	 max_auth_failures;	/* failed AUTHs before 421 and close (3) */
 	bool		 accept_bare_lf;	/* DATA: a bare LF ends a line, read as CRLF */
 	bool		 lmtp;			/* RFC 2033: LHLO, a reply per recipient */
+	bool		 received_header;	/* prepend a Received field to the data (true) */
+	unsigned	 max_hops;		/* Received fields a message may bring (100); 0: any */
+	struct proxy_nets xclient_from;		/* peers that may send XCLIENT (none) */
+	bool		 no_summary;		/* no summary lines (summary.h): a simulated client */
 };
 
 void	session_config_init(struct session_config *cfg);
@@ -125,6 +130,7 @@ enum session_abort {
 	ABORT_SHUTDOWN,		/* the server is stopping */
 	ABORT_NUL,		/* a NUL octet in the data: 550 after the final dot */
 	ABORT_RESET,		/* RSET, HELO/EHLO or STARTTLS between BDAT chunks */
+	ABORT_TOO_MANY_HOPS,	/* over max_hops Received fields: 554 after the final dot */
 };
 
 enum hook_result {
@@ -248,6 +254,12 @@ int	session_recipient_verdict(struct session *s, size_t i,
 	    const struct verdict *v);
 bool	session_lmtp(const struct session *s);
 
+/*
+ * Why the transport ends the session (a string that outlives it), for the
+ * connection's summary line; call before session_destroy().
+ */
+void	session_set_end(struct session *s, const char *why);
+
 /* Flow control for message data (the policy reads slower than the client sends). */
 void	session_pause(struct session *s);
 void	session_resume(struct session *s);
@@ -260,6 +272,14 @@ bool			 session_closing(const struct session *s);
 const struct session_tls *session_tls(const struct session *s);	/* NULL: plaintext */
 const char		*session_user(const struct session *s);	/* NULL: not authenticated */
 const char		*session_event_name(enum session_event ev);
+/*
+ * XCLIENT (offered to peers in cfg->xclient_from): how many were applied,
+ * and the NAME the last one gave (NULL: none, or unavailable).  The peer
+ * (session_peer) and the user are the ones XCLIENT named; after each one
+ * hooks->outcome(SEV_CONNECT, 220) runs again.
+ */
+unsigned		 session_xclients(const struct session *s);
+const char		*session_remote_name(const struct session *s);
 
 /*
  * The envelope: what the client was told 250 for, stored by the engine.
@@ -274,5 +294,19 @@ const struct smtp_path	*session_sender(const struct session *s, unsigned *serial
 size_t			 session_recipient_count(const struct session *s);
 const struct smtp_path	*session_recipient(const struct session *s, size_t i,
 			    unsigned *serial);
+
+/*
+ * Trace fields (trace.c).  The data hook's first octets are the Received
+ * field (cfg->received_header) and then the fields added here, in call
+ * order.  session_add_header() works while SEV_DATA is asked or the message
+ * is under way and no octet of it went to the hook: -1 otherwise or for a
+ * bad name or value (any CR, LF or control octet but HTAB), -2 past
+ * TRACE_ADDED_MAX octets; *why says which.  The value is folded.
+ */
+int	session_add_header(struct session *s, const char *name, size_t namelen,
+	    const char *value, size_t valuelen, const char **why);
+/* The client's reverse name for the Received field (a checked domain; NULL: none); -1 if bad. */
+int	session_set_reverse_name(struct session *s, const char *name);
+const char	*session_reverse_name(const struct session *s);
 
 #endif

@@ -42,13 +42,20 @@ local UNDECIDED = {}	-- a message's _daccept before accept() or reject()
 
 -- The DATA command's verdict: a reject() during the DATA listeners
 -- refuses the command itself (the transaction goes on).
+-- A message being forwarded asks the next hop's DATA first (smtp.forward).
 local function data_verdict(m)
+  local fwd = m._forward
   if m._daccept == false then
     local code, text = m._dcode, m._dtext
     m._daccept, m._dcode, m._dtext = UNDECIDED, 0, false
+    if fwd then m._forward = false ; fwd:close(true) end
     return false, code, text
   end
-  if rawget(m, "valid") == false then return false, check_code(m.code, false), check_text(m.message) end
+  if rawget(m, "valid") == false then
+    if fwd then m._forward = false ; fwd:close(true) end
+    return false, check_code(m.code, false), check_text(m.message)
+  end
+  if fwd then return fwd:start_data(m) end
   return true, 0, nil
 end
 
@@ -67,6 +74,8 @@ end
 -- The final dot's verdict: the message's decision, or WAIT for one.
 local function data_end_verdict(m)
   if m._failed then error(m._failed, 0) end
+  local fwd = m._forward
+  if fwd and m._daccept ~= false then return fwd:end_verdict(m) end
   local accept = m._daccept
   if accept == UNDECIDED then return WAIT end
   push_each(m)
@@ -128,7 +137,7 @@ local function install_ask(I)
           return true, obj.valid ~= false, 0, nil	-- verdict_of's, nothing to check
         end
       elseif finish == data_verdict and obj._daccept == UNDECIDED
-          and rawget(obj, "valid") == nil then
+          and rawget(obj, "valid") == nil and not obj._forward then
         return true, true, 0, nil	-- data_verdict's, nothing to check
       end
     end
@@ -199,5 +208,6 @@ function M.install(I)
 end
 
 M.UNDECIDED, M.data_verdict, M.data_end_verdict = UNDECIDED, data_verdict, data_end_verdict
+M.WAIT, M.verdict_of = WAIT, verdict_of
 M.cancel_ask, M.push_each = cancel_ask, push_each
 return M

@@ -63,7 +63,9 @@ local function check_connection(policy, script)
   local first = policy.listening[1]
   local peer = { localPort = first and first.port ~= 0 and first.port or 25 }
   for k, v in pairs(PEER) do peer[k] = v end
-  local ok, err = pcall(core.session, policy.bridge, policy.config, peer)
+  -- no summary lines for it: it is no client
+  local config = setmetatable({ no_summary = true }, { __index = policy.config })
+  local ok, err = pcall(core.session, policy.bridge, config, peer)
   platform.timer, platform.handler_failed = saved_timer, saved_failed
   platform.http, platform.http_body = saved_http, saved_body
   if not ok then return nil, "the check of the 'connection' listener failed: " .. tostring(err) end

@@ -51,12 +51,13 @@ function M.install(I)
       end
       return Connection[k]
     end,
-    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort",
+    __newindex = strict("connection", fields("id", "remoteAddress", "remotePort", "remoteName",
       "localAddress", "localPort", "lmtp", "server", "currentMessage", "closed", "data"), {
       class = Connection,
       readonly = { state = true, secure = true, tls = true, user = true, helo = true,
         sender = true, recipients = true, clientConnections = true, hostname = true },
-      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_hostname" },
+      internal = { "_handle", "_ask", "_names", "_listeners", "_once", "_on_change", "_hostname",
+        "_proxy", "_mail_obj" },
     }),
     __tostring = function(c) return "smtp.Connection " .. c.id end,
   }
@@ -72,6 +73,8 @@ function M.install(I)
         if canon == "DATA" then mask = mask | E.DATA_END end
       end
     end
+    -- connection:proxy: the next hop decides RCPT, DATA and the end of data
+    if conn._proxy then mask = mask | E.RCPT | E.DATA | E.DATA_END end
     conn._handle:attach(mask)
   end
 
@@ -80,12 +83,13 @@ function M.install(I)
     local c = setmetatable({
       _handle = handle, id = handle:id(),
       remoteAddress = peer.remoteAddress, remotePort = peer.remotePort,
-      localAddress = peer.localAddress, localPort = peer.localPort,
+      localAddress = peer.localAddress, localPort = peer.localPort, remoteName = peer.remoteName,
       lmtp = peer.lmtp,	-- an LMTP listener's client (RFC 2033)
       server = I.server,
       _ask = false,	-- the ask in progress (ask())
       _names = CONNECTION_EVENTS, _listeners = {}, _once = false,	-- Emitter.init's
       _on_change = update_mask,
+      _proxy = false, _mail_obj = false,	-- smtp.forward's connection:proxy
     }, ConnMeta)
     handle:attach(0, c)	-- the asks of kinds.asks get c from the handle
     return c
@@ -93,6 +97,9 @@ function M.install(I)
 
   -- connection:log(level, fmt, ...): a log line with this session's id
   function Connection:log(level, fmt, ...) log(level, self.id, fmt, ...) end
+
+  -- connection:proxy(target) -> true | nil, err (smtp.forward; a 'MAIL' listener)
+  function Connection:proxy(target) return I.proxy_connection(self, target) end
 
   I.new_connection = new_connection
 end

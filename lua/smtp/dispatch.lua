@@ -47,17 +47,23 @@ local function install_asks(I, conns)
   -- take()'s common case inline: no 'once' listener on the connection
   function asks.MAIL(conn, sender)
     local fns = conn._once == false and conn._listeners.MAIL or take(conn, "MAIL")
+    local proxy = conn._proxy
+    if proxy then proxy:close(true) end	-- a new transaction: the next hop's old one ends
+    conn._mail_obj = sender	-- connection:proxy's sender
     return ask(conn, "MAIL", sender, fns)
   end
 
   function asks.RCPT(conn, recipient)
     local fns = conn._once == false and conn._listeners.RCPT or take(conn, "RCPT")
+    local proxy = conn._proxy
+    if proxy then return ask(conn, "RCPT", recipient, fns, proxy.rcpt_finish) end
     return ask(conn, "RCPT", recipient, fns)
   end
 
   function asks.DATA(conn)
     local m = new_message(conn)
     rawset(conn, "currentMessage", m)
+    if conn._proxy then m._forward = conn._proxy end
     local fns = conn._once == false and conn._listeners.DATA or take(conn, "DATA")
     return ask(conn, "DATA", m, fns, data_verdict)
   end
@@ -146,6 +152,7 @@ local function install_kinds(I, conns, asks)
     local conn = conns[handle]
     if not conn then return end
     cancel_ask(conn)
+    if conn._proxy then conn._proxy:close(false) end
     local m = conn.currentMessage
     if m then	-- its DATA command was still waiting for a verdict: no abort came
       seal(m, "disconnect")
@@ -182,6 +189,7 @@ local function install_data(I, conns, kinds)
     if not m then return end
     m.size = m.size + #chunk
     if m._sealed then return end
+    if m._forward then I.forward_data(m, chunk) end
     local fns = m._once == false and m._listeners.data or take(m, "data")
     for i = 1, #fns do
       local ok, err, task = spawn1(conn, fns[i], chunk)

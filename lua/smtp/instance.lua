@@ -13,7 +13,7 @@
 -- of new() is a fresh instance: the harness loads every policy into its own.
 
 local PARTS = { "smtp.tasks", "smtp.ask", "smtp.message", "smtp.connection",
-  "smtp.dispatch", "smtp.server" }
+  "smtp.forward", "smtp.dispatch", "smtp.server" }
 
 local M = {}
 

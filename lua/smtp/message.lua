@@ -1,6 +1,6 @@
 -- smtp.message -- the Message object: one mail transaction's data.
 --
--- Owns the Message class (accept, reject, pause, resume, its events data,
+-- Owns the Message class (accept, reject, pause, resume, addHeader, its events data,
 -- end, accept, reject, abort) and a message's life: made at DATA, sealed
 -- once it will not be delivered (abort says why, once), finished at the
 -- final dot's reply or when the session ends.  Sender and recipients are
@@ -29,6 +29,7 @@ local function install_life(I)
   local function seal(m, reason)
     if m._sealed or m.accepted then return end
     m._sealed = reason
+    if m._forward then I.forward_abort(m) end	-- the next hop never completes it
     emit_detached(m.connection, "abort", take(m, "abort"), m, reason)
   end
 
@@ -79,7 +80,7 @@ local function install_class(I)
       hint = "locals of the 'DATA' listener or connection.data",
       class = Message,
       internal = { "_names", "_once", "_on_change", "_listeners", "_finished", "_failed",
-        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext", "_each" },
+        "_sealed", "_cancelled", "_daccept", "_dcode", "_dtext", "_each", "_forward" },
     }),
   }
 
@@ -99,6 +100,7 @@ local function install_class(I)
       accepted = false, size = 0, code = nil, _finished = false, _failed = false,
       _sealed = false, _cancelled = false,
       _daccept = UNDECIDED, _dcode = 0, _dtext = false,	-- the decision (text false: none)
+      _forward = false,	-- smtp.forward's transaction while the message goes to a next hop
       _each = false,	-- settle(): per recipient, false or { code, text } for a refused one
     }, MessageMeta)
   end
@@ -123,6 +125,8 @@ local function install_class(I)
     return decide_message(self, false, code or 0, text)
   end
 
+  -- message:forward(target) -> true | nil, err (smtp.forward)
+  function Message:forward(target) return I.forward_message(self, target) end
   -- message:settle([code][, text]) -> true | false, "already decided": a
   -- verdict per recipient (LMTP, RFC 2033): each recipient object with
   -- valid = false is refused with its code (4xx/5xx, default 550) and
@@ -155,6 +159,20 @@ local function install_class(I)
     if self._daccept == UNDECIDED and self.connection.lmtp then self._each = each end
     if any then return decide_message(self, true, code or 0, text) end
     return decide_message(self, false, first[1], first[2] or nil)
+  end
+
+  -- message:addHeader(name, value) -> true | fail, why: a header field on top
+  -- of the message's data (after the Received field), from the 'DATA'
+  -- listener, before any octet of the data flowed.  A bad name, a CR, LF or
+  -- control character in the value, or a call once the data began raise;
+  -- past the engine's size bound (16 KiB for all of them) it returns fail.
+  function Message:addHeader(name, value)
+    if type(name) ~= "string" then error("header name must be a string", 2) end
+    if type(value) ~= "string" then error("header value must be a string", 2) end
+    local ok, why, bad = self.connection._handle:addHeader(name, value)
+    if ok then return true end
+    if bad then error("addHeader: " .. why, 2) end
+    return nil, why
   end
 
   function Message:pause() self.connection._handle:pause() end

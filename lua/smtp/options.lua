@@ -92,6 +92,20 @@ local OPTIONS = {
       cfg.tls_cert, cfg.tls_key, cfg.starttls = v.cert, v.key, true
     end,
   },
+  -- peers that may send XCLIENT (Postfix): an array of networks, offered in EHLO to them only
+  xclientFrom = {
+    check = function(v)
+      local what = 'an array of at most 16 networks ("10.0.0.0/8", "::1")'
+      if type(v) ~= "table" or #v > 16 then return false, what end
+      for k, n in pairs(v) do
+        if not is_int(k) or type(n) ~= "string" or not (M.network_ok or function() return true end)(n) then
+          return false, what
+        end
+      end
+      return true
+    end,
+    to = function(cfg, v) cfg.xclient_from = table.move(v, 1, #v, 1, {}) end,
+  },
   maxRecipients = int("max_recipients", 1, "an integer >= 1"),
   maxBadCommands = int("max_bad_commands", 1, "an integer >= 1"),
   maxLineLength = int("max_line", 512, "an integer >= 512 (octets, with CRLF)"),
@@ -103,6 +117,16 @@ local OPTIONS = {
   bareLineFeed = {
     check = function(v) return v == "reject" or v == "accept", '"reject" or "accept"' end,
     to = function(cfg, v) cfg.accept_bare_lf = v == "accept" end,
+  },
+  -- the Received field the engine prepends to the data (RFC 5321 4.4)
+  receivedHeader = {
+    check = function(v) return type(v) == "boolean", "a boolean" end,
+    to = function(cfg, v) cfg.received_header = v end,
+  },
+  -- Received fields a message may arrive with (RFC 5321 6.3); more: 554 5.4.6
+  maxHops = {
+    check = function(v) return is_int(v) and v >= 0 and v <= 10000, "an integer in [0, 10000] (0: no limit)" end,
+    to = function(cfg, v) cfg.max_hops = v end,
   },
   commandTimeout = ms("timeout_command_ms"),
   dataTimeout = ms("timeout_data_ms"),
@@ -148,6 +172,24 @@ local OPTIONS = {
   -- smtp.tcp sockets open at once in a worker (lua/smtp/tcp.lua)
   maxSockets = {
     check = function(v) return is_int(v) and v >= 1 and v <= 65536, "an integer in [1, 65536]" end,
+    to = function() end,
+  },
+  -- next-hop connections kept per worker between messages (lua/smtp/forward.lua)
+  forwardPool = {
+    check = function(v)
+      local why = "a table {idle = seconds in [0, 3600], maxMessages = integer >= 1, maxPerTarget = integer >= 1}"
+      if type(v) ~= "table" then return false, why end
+      for k, x in pairs(v) do
+        if k == "idle" then
+          if type(x) ~= "number" or x < 0 or x > 3600 then return false, why end
+        elseif k == "maxMessages" or k == "maxPerTarget" then
+          if not is_int(x) or x < 1 or x > 1000000 then return false, why end
+        else
+          return false, why
+        end
+      end
+      return true
+    end,
     to = function() end,
   },
   -- smtp.dns (read by smtp.dns): the servers (default: /etc/resolv.conf's),

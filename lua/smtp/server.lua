@@ -17,11 +17,28 @@ local SERVER_EVENTS = { connection = "connection", start = "start" }
 
 local M = {}
 
-local LISTEN_OPTS = { tls = true, insecureAuth = true, lmtp = true }
+local LISTEN_OPTS = { tls = "boolean", insecureAuth = "boolean", lmtp = "boolean",
+  proxy = "boolean", proxyFrom = "table", proxyTimeout = "number" }
+local network_ok	-- smtp_core.network_ok, set by M.install
+
+-- opts.proxyFrom: a non-empty array of networks ("10.0.0.0/8", "::1") that C reads
+local function check_networks(list, what)
+  if #list == 0 or #list > 16 then
+    error(("listen: %s must be an array of 1 to 16 networks"):format(what), 3)
+  end
+  for k, v in pairs(list) do
+    if math.type(k) ~= "integer" or type(v) ~= "string" or not network_ok(v) then
+      error(("listen: %s[%s] is not a network (\"10.0.0.0/8\", \"2001:db8::/32\", \"127.0.0.1\")")
+        :format(what, tostring(k)), 3)
+    end
+  end
+end
 
 -- server:listen(port[, host][, opts]) -> server (records the address: the
 -- binary binds); opts.tls: implicit TLS (RFC 8314), opts.insecureAuth: AUTH
--- allowed before TLS on this listener, opts.lmtp: LMTP (RFC 2033) instead of SMTP
+-- allowed before TLS on this listener, opts.lmtp: LMTP (RFC 2033) instead of
+-- SMTP, opts.proxy: a PROXY protocol header (v1 or v2) comes first from one
+-- of opts.proxyFrom, within opts.proxyTimeout seconds (5)
 -- server:listen(path[, opts]): a unix socket (an absolute path)
 local function listen(self, port, host, opts)
   if type(host) == "table" and opts == nil then host, opts = nil, host end
@@ -39,15 +56,36 @@ local function listen(self, port, host, opts)
     error("listen: host must be a non-empty string", 2)
   end
   if opts ~= nil and type(opts) ~= "table" then
-    error("listen: options must be a table { tls = bool, insecureAuth = bool, lmtp = bool }", 2)
+    error("listen: options must be a table { tls = bool, insecureAuth = bool, lmtp = bool, "
+      .. "proxy = bool, proxyFrom = {networks}, proxyTimeout = seconds }", 2)
   end
   for k, v in pairs(opts or {}) do
     if not LISTEN_OPTS[k] then error(string.format("listen: unknown option %q", tostring(k)), 2) end
-    if type(v) ~= "boolean" then error("listen: option " .. k .. " must be a boolean", 2) end
+    if type(v) ~= LISTEN_OPTS[k] then
+      error(("listen: option %s must be a %s"):format(k, LISTEN_OPTS[k] == "table" and
+        "table (an array of networks)" or LISTEN_OPTS[k]), 2)
+    end
   end
+  opts = opts or {}
+  if opts.proxy then
+    if opts.proxyFrom == nil then
+      error("listen: proxy = true needs proxyFrom, the networks of the proxies "
+        .. "trusted to send the header", 2)
+    end
+    check_networks(opts.proxyFrom, "proxyFrom")
+  elseif opts.proxyFrom ~= nil or opts.proxyTimeout ~= nil then
+    error("listen: proxyFrom and proxyTimeout need proxy = true", 2)
+  end
+  if opts.proxyTimeout ~= nil and not (opts.proxyTimeout > 0 and opts.proxyTimeout <= 3600) then
+    error("listen: proxyTimeout must be a number of seconds in (0, 3600]", 2)
+  end
+  local proxyFrom
+  if opts.proxyFrom then proxyFrom = table.move(opts.proxyFrom, 1, #opts.proxyFrom, 1, {}) end
   local l = rawget(self, "listening")
-  l[#l + 1] = { port = port, host = host, path = path, tls = opts and opts.tls or nil,
-    insecureAuth = opts and opts.insecureAuth or nil, lmtp = opts and opts.lmtp or nil }
+  l[#l + 1] = { port = port, host = host, path = path, tls = opts.tls or nil,
+    insecureAuth = opts.insecureAuth or nil, lmtp = opts.lmtp or nil, proxy = opts.proxy or nil,
+    proxyFrom = proxyFrom,
+    proxyTimeout = opts.proxyTimeout and math.max(1, math.floor(opts.proxyTimeout * 1000 + 0.5)) }
   return self
 end
 
@@ -128,6 +166,8 @@ local function install_policy(I)
     local server = I.server
     if started or not server then return end
     started = true
+    local pool = rawget(server, "_opts").forwardPool
+    if pool then I.forward_pool(pool) end
     local function failed(err)
       log("error", nil, "handler start failed: %s (serving goes on without it)", err)
     end
@@ -168,6 +208,8 @@ end
 -- install(I): I.core, I.platform, I.smtp, I.log and the tasks in; I.server
 -- and I.bridge out, once the script made the server
 function M.install(I)
+  network_ok = I.core.network_ok
+  options.network_ok = network_ok	-- xclientFrom's check; the same C function for all
   install_server(I)
   install_policy(I)
 end

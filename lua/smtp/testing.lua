@@ -13,6 +13,7 @@ local instance = require "smtp.instance"
 local output = require "smtp.testing.output"
 local Session = require "smtp.testing.session"
 local fake_tcp = require "smtp.testing.tcp"
+local fake_nexthop = require "smtp.testing.nexthop"
 local FakeDNS = require "smtp.testing.dns"
 local http_peer = require "smtp.testing.http"
 local log_lines, take_logs = output.log_lines, output.take_logs
@@ -213,6 +214,7 @@ function testing._load(source, chunkname, opts, dir)
   local clock = Clock.new()
   local h = setmetatable({ clock = clock, sessions = {}, _log_start = #log_lines + 1 }, Harness)
   h.tcp = fake_tcp.new(clock)	-- fake TCP peers (smtp.testing.tcp)
+  h.nexthop = fake_nexthop.new(clock)	-- fake next hops (smtp.testing.nexthop)
   local fake_dns = FakeDNS.new(clock)	-- h.dns: smtp.dns's answers
   h.dns = fake_dns
   h.http = http_peer.new(clock)	-- smtp.http's peer: h.http:route(...)
@@ -222,6 +224,7 @@ function testing._load(source, chunkname, opts, dir)
     timer = function(seconds, fn) return clock:timer(seconds, fn) end,
     hostname = function() return opts.hostname or "mx.test.example" end,
     tcp_connect = function(...) return h.tcp:_connect(...) end,
+    nexthop = function(t) return h.nexthop:_new(t) end,
     dns = function(...) return fake_dns:_query(...) end,
     http = function(req, fn) return h.http:_request(req, fn) end,
     http_body = function(limit) return h.http:_body(limit) end,

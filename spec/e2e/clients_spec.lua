@@ -60,6 +60,9 @@ with smtplib.SMTP(sys.argv[1], int(sys.argv[2]), timeout=10) as s:
 		assert.equal("curl@client.example", m.from)
 		assert.same({ "a@dest.example", "b@dest.example" }, m.to)
 		assert.equal("From: curl@client.example\r\nSubject: from curl\r\n\r\nHello from curl.\r\n", m.body)
+		-- the engine's trace field on top: the client's address, no "for" with two recipients
+		assert.matches("^Received: from %S+ %(%[127%.0%.0%.1%]%)\r?\n?%s*by ", m.received)
+		assert.matches(" with ESMTP\r?\n?%s*id %x+;", m.received)
 	end)
 
 	it("and the server logged nothing alarming", function()

@@ -176,6 +176,7 @@ local server = smtp.createServer(function(conn)
     end)
   end)
 end)
+server.receivedHeader = false	-- the scanner counts the client's octets, no more
 server:listen(2525)
 ]=]
 

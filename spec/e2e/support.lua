@@ -120,6 +120,13 @@ function support.start(opts)
 
 	local argv = { shquote(support.binary()), "--listen", "127.0.0.1:0",
 		"--ready-file", shquote(dir .. "/ready") }
+	if opts.env then	-- { NAME = value }: the server's environment on top of ours
+		local names = {}
+		for k in pairs(opts.env) do names[#names + 1] = k end
+		table.sort(names)
+		for i = #names, 1, -1 do table.insert(argv, 1, shquote(names[i] .. "=" .. opts.env[names[i]])) end
+		table.insert(argv, 1, "env")
+	end
 	if opts.user then
 		assert(os.execute("chown " .. shquote(opts.user) .. " " .. shquote(dir)) == true,
 			"chown " .. opts.user)
@@ -444,15 +451,34 @@ smtp.createServer(function(conn)
 end):listen(2525)
 ]==]
 
--- The messages the RECORDER policy accepted: {from =, to = {...}, body =}, in order.
+-- The engine's Received field on top of data (server.receivedHeader), and
+-- the rest: the client's octets.  nil, data if there is none.
+function support.split_received(data)
+	local field, rest = data:match("^(Received: [^\r\n]*)(.*)$")
+	if not field then return nil, data end
+	while rest:match("^\r\n[ \t]") do	-- folded lines
+		local more
+		more, rest = rest:match("^(\r\n[ \t][^\r\n]*)(.*)$")
+		field = field .. more
+	end
+	field = field .. "\r\n"
+	rest = rest:sub(3)
+	if not field:find(" (luasmtpd) ", 1, true) then return nil, data end
+	return field, rest
+end
+
+-- The messages the RECORDER policy accepted: {from =, to = {...}, body =,
+-- received =}, in order; body is what the client sent, received the
+-- Received field the engine put on top of it.
 function Server:deliveries()
 	local list = {}
 	for _, name in ipairs(self:files("^msg%-")) do
 		local text = self:read(name)
-		local from, to, body = text:match("^FROM ([^\n]*)\nTO ([^\n]*)\n\n(.*)$")
+		local from, to, data = text:match("^FROM ([^\n]*)\nTO ([^\n]*)\n\n(.*)$")
+		local received, body = support.split_received(data or "")
 		local rcpts = {}
 		for a in (to or ""):gmatch("[^,]+") do rcpts[#rcpts + 1] = a end
-		list[#list + 1] = { from = from, to = rcpts, body = body, file = name }
+		list[#list + 1] = { from = from, to = rcpts, body = body, received = received, file = name }
 	end
 	return list
 end
@@ -465,6 +491,11 @@ function Server:envelope_log()
 	end
 	return table.concat(seen, "\n")
 end
+
+-- Next hops (spec/e2e/peers.lua, loaded when first used): Dovecot's LMTP
+-- and Postfix's smtp-sink on free loopback ports, stopped by PID.
+function support.dovecot_lmtp(opts) return require("spec.e2e.peers").dovecot_lmtp(opts) end
+function support.smtp_sink(dir) return require("spec.e2e.peers").smtp_sink(dir) end
 
 ---------------------------------------------------------------------------
 -- Descriptor counts and an idle server (the http, tcp and dns specs)

@@ -34,6 +34,7 @@ local RECORDING = [[
     end)
   end)
   server.maxSize = 2000
+  server.receivedHeader = false	-- 'data' events count the client's chunks only
   server.decisionTimeout = 30
   server.dataTimeout = 60
 ]]

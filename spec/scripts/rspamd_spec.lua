@@ -40,7 +40,9 @@ describe("scripts/rspamd.lua", function()
     local req = h.http.requests[1]
     assert.equal("POST", req.method)
     assert.equal(URL, req.url)
-    assert.equal("Subject: hi\r\n\r\nhello\r\n", req.body)
+    -- the message as rspamd would get it from the next hop: our Received field on top
+    assert.matches("^Received: from client%.example %(%[198%.51%.100%.7%]%) by [^\r]*\r\n\t[^\r]*\r\n"
+      .. "Subject: hi\r\n\r\nhello\r\n$", req.body)
     assert.equal("alice@example.net", req.headers.From)
     assert.same({ "bob@example.org", "carol@example.org" }, req.header_lists.rcpt)
     assert.equal("198.51.100.7", req.headers.IP)

@@ -16,6 +16,7 @@ local function stub_core()
     fqdn = function() return "host.example.net" end,
     log = function() end,
     watched = function() return watched end,
+    network_ok = function(v) return v:match("^[%x.:]+/?%d*$") ~= nil end,
   }
 end
 
@@ -117,6 +118,28 @@ describe("smtp server options", function()
     assert.same({ { port = 2525 }, { port = 2526, host = "::1" } }, server.listening)
     assert.has_error(function() server:listen(70000) end, "listen: port must be an integer from 0 to 65535")
     assert.has_error(function() server:listen("25") end)
+  end)
+
+  it("records PROXY listeners and refuses them without trusted networks", function()
+    local smtp = new()
+    local server = smtp.createServer()
+    server:listen(2525, "127.0.0.1", { proxy = true, proxyFrom = { "10.0.0.0/8", "::1" },
+      proxyTimeout = 2.5 })
+    assert.same({ port = 2525, host = "127.0.0.1", proxy = true,
+      proxyFrom = { "10.0.0.0/8", "::1" }, proxyTimeout = 2500 }, server.listening[1])
+    assert.has_error(function() server:listen(25, { proxy = true }) end,
+      "listen: proxy = true needs proxyFrom, the networks of the proxies trusted to send the header")
+    assert.has_error(function() server:listen(25, { proxy = true, proxyFrom = {} }) end,
+      "listen: proxyFrom must be an array of 1 to 16 networks")
+    assert.has_error(function() server:listen(25, { proxy = true, proxyFrom = { "mx.example" } }) end,
+      'listen: proxyFrom[1] is not a network ("10.0.0.0/8", "2001:db8::/32", "127.0.0.1")')
+    assert.has_error(function() server:listen(25, { proxyFrom = { "::1" } }) end,
+      "listen: proxyFrom and proxyTimeout need proxy = true")
+    assert.has_error(function() server:listen(25, { proxy = "yes" }) end,
+      "listen: option proxy must be a boolean")
+    assert.has_error(function()
+      server:listen(25, { proxy = true, proxyFrom = { "::1" }, proxyTimeout = 0 })
+    end, "listen: proxyTimeout must be a number of seconds in (0, 3600]")
   end)
 
   it("allows one server per script", function()

@@ -34,6 +34,8 @@ struct harness {
 	unsigned		 timer_ms;
 	char			 mail_from[300];
 	unsigned		 serial;	/* of the last MAIL/RCPT asked */
+	const char		*add_name, *add_value;	/* session_add_header at SEV_DATA */
+	int			 add_rc;
 };
 
 static void
@@ -83,7 +85,6 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 {
 	struct harness *h = ctx;
 
-	(void)s;
 	h->asked[ev]++;
 	if (ev == SEV_MAIL)
 		snprintf(h->mail_from, sizeof(h->mail_from), "%s", a->path->address);
@@ -93,6 +94,12 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 		snprintf(h->auth_user, sizeof(h->auth_user), "%s", a->auth->username);
 		snprintf(h->auth_pass, sizeof(h->auth_pass), "%s", a->auth->password);
 		snprintf(h->auth_method, sizeof(h->auth_method), "%s", a->auth->method);
+	}
+	if (ev == SEV_DATA && h->add_name != NULL) {
+		const char *why;
+
+		h->add_rc = session_add_header(s, h->add_name, strlen(h->add_name),
+		    h->add_value, strlen(h->add_value), &why);
 	}
 	if (h->wait[ev])
 		return HOOK_WAIT;
@@ -149,6 +156,7 @@ harness_new(void (*configure)(struct session_config *))
 
 	session_config_init(&h->cfg);
 	h->cfg.hostname = "test.example";
+	h->cfg.received_header = false;	/* the data as sent; test_trace turns it on */
 	for (int ev = 0; ev < SEV_COUNT; ev++)
 		h->answer[ev].accept = true;
 	if (configure != NULL)
@@ -229,6 +237,8 @@ started_with_ehlo(void (*configure)(struct session_config *))
 }
 
 /* --- tests -------------------------------------------------------------- */
+
+static void	in_transaction(struct harness *);
 
 static void
 test_greeting_and_ehlo(void)
@@ -1535,6 +1545,130 @@ test_metrics_counted(void)
 #undef DELTA
 }
 
+static void
+with_received(struct session_config *cfg)
+{
+	cfg->received_header = true;
+}
+
+/* The data starts with "Received: from client.example", ends with tail; no other Received. */
+static bool
+data_is(struct harness *h, const char *middle, const char *tail)
+{
+	size_t	 tl = strlen(tail);
+	char	*end;
+
+	h->data[h->data_len] = '\0';
+	if (strncmp(h->data, "Received: from client.example ", 30) != 0 ||
+	    h->data_len < tl || strcmp(h->data + h->data_len - tl, tail) != 0)
+		return false;
+	if ((end = strstr(h->data, " +0000\r\n")) == NULL)
+		return false;
+	if (middle != NULL && strstr(h->data, middle) == NULL)
+		return false;
+	return strstr(end, "Received:") == NULL;
+}
+
+static void
+test_trace(void)
+{
+	struct harness	*h = started_with_ehlo(with_received);
+	const char	*why;
+
+	/* DATA: the Received field first, the client's data after it */
+	in_transaction(h);
+	feed(h, "DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(data_is(h, " by test.example (luasmtpd) with ESMTP\r\n\tid ", "\r\nSubject: hi\r\n\r\nbody\r\n"));
+	CHECK(strstr(h->data, "for <b@b.example>;") != NULL);
+	CHECK(strstr(h->data, "(unknown") == NULL && strstr(h->data, "[unknown") == NULL);
+	/* not counted in the size: the client's octets are */
+	CHECK(session_add_header(h->s, "X-A", 3, "b", 1, &why) == -1);	/* no message */
+	harness_free(h);
+
+	/* BDAT, two recipients (no "for"), added fields after the Received one */
+	h = started_with_ehlo(with_received);
+	h->add_name = "X-Spam";
+	h->add_value = "no";
+	CHECK(session_set_reverse_name(h->s, "bad name") == -1);
+	CHECK(session_set_reverse_name(h->s, "host.client.example") == 0);
+	feed(h, "MAIL FROM:<a@a.example>\r\nRCPT TO:<b@b.example>\r\nRCPT TO:<c@b.example>\r\n");
+	take(h);
+	feed(h, "BDAT 4\r\nab\r\nBDAT 2 LAST\r\ncd");
+	CHECK_STR(take(h), "250 2.0.0 4 octets received\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(h->add_rc == 0);
+	CHECK(data_is(h, "(host.client.example)", "X-Spam: no\r\nab\r\ncd"));
+	CHECK(strstr(h->data, " for ") == NULL);
+	/* too late once the data flowed; a later message starts afresh */
+	CHECK(session_add_header(h->s, "X-A", 3, "b", 1, &why) == -1);
+	h->data_len = 0;
+	h->add_value = "bad\r\nX-Injected: yes";
+	in_transaction(h);
+	feed(h, "DATA\r\nx\r\n.\r\n");
+	take(h);
+	CHECK(h->add_rc == -1);
+	CHECK(data_is(h, NULL, "\r\nx\r\n") && strstr(h->data, "Injected") == NULL);
+	/* an empty message still gets its Received field */
+	h->add_name = NULL;
+	h->data_len = 0;
+	in_transaction(h);
+	feed(h, "DATA\r\n.\r\n");
+	CHECK_STR(take(h), "354 End data with <CR><LF>.<CR><LF>\r\n250 2.0.0 Message accepted\r\n");
+	CHECK(data_is(h, NULL, " +0000\r\n"));
+	harness_free(h);
+}
+
+/* n Received fields then a body, the DATA text of one message */
+static char *
+hops_message(int n)
+{
+	char	*m = malloc((size_t)n * 40 + 64), *p = m;
+
+	for (int i = 0; i < n; i++)
+		p += sprintf(p, i % 2 ? "received:\tby x%d\r\n\tfolded\r\n" :
+		    "Received: by x%d\r\n", i);
+	strcpy(p, "Subject: s\r\n\r\nReceived: in the body\r\n.\r\n");
+	return m;
+}
+
+static void
+test_hops(void)
+{
+	char	*ok = hops_message(100), *over = hops_message(101);
+	bool	 all_ok = true, all_over = true;
+
+	/* split in two at every offset: 100 pass, 101 is 554 5.4.6 */
+	for (size_t cut = 0; cut <= strlen(over); cut++) {
+		struct harness *h;
+
+		h = started_with_ehlo(NULL);
+		in_transaction(h);
+		feed(h, "DATA\r\n");
+		take(h);
+		if (cut <= strlen(ok)) {
+			feed_len(h, ok, cut);
+			feed(h, ok + cut);
+			all_ok &= strcmp(take(h), "250 2.0.0 Message accepted\r\n") == 0 &&
+			    h->aborts == 0;
+		}
+		harness_free(h);
+		h = started_with_ehlo(NULL);
+		in_transaction(h);
+		feed(h, "DATA\r\n");
+		take(h);
+		feed_len(h, over, cut);
+		feed(h, over + cut);
+		all_over &= strcmp(take(h), "554 5.4.6 Too many hops\r\n") == 0 &&
+		    h->aborts == 1 && h->last_abort == ABORT_TOO_MANY_HOPS &&
+		    h->asked[SEV_DATA_END] == 0;
+		harness_free(h);
+	}
+	CHECK(all_ok);
+	CHECK(all_over);
+	free(ok);
+	free(over);
+}
+
 int
 main(void)
 {
@@ -1570,5 +1704,7 @@ main(void)
 	test_bdat_pause();
 	test_lmtp();
 	test_metrics_counted();
+	test_trace();
+	test_hops();
 	return tap_done();
 }

@@ -1,0 +1,238 @@
+-- spec/e2e/proxy_spec.lua -- the PROXY protocol behind a real HAProxy.
+--
+-- HAProxy (Debian's) listens on loopback ports of its own and forwards to a
+-- {proxy = true} listener of luasmtpd with send-proxy (v1) and send-proxy-v2.
+-- The client connects to HAProxy from 127.0.0.2 (or ::1), so the address the
+-- policy sees differs from HAProxy's own source (127.0.0.1): only the header
+-- can have told it.  A source outside proxyFrom, a bad header and a header
+-- that does not come in time are each closed with a log line.
+local socket = require "socket"
+local support = require "spec.e2e.support"
+
+local POLICY = [==[
+local smtp = require "smtp"
+local server = smtp.createServer(function(conn)
+	conn:on("EHLO", function(h)
+		h.message = ("client %s port %d local %s port %d"):format(conn.remoteAddress,
+			conn.remotePort, conn.localAddress, conn.localPort)
+	end)
+end)
+server:listen(@PROXIED@, "127.0.0.1", { proxy = true, proxyFrom = { "10.0.0.0/8", "127.0.0.1" },
+	proxyTimeout = 1 })
+server:listen(@UNTRUSTED@, "127.0.0.1", { proxy = true, proxyFrom = { "192.0.2.0/24" } })
+server:listen(@IMPLICIT@, "127.0.0.1", { tls = true, proxy = true, proxyFrom = { "127.0.0.1" } })
+server.tls = { cert = @CERT@, key = @KEY@ }
+]==]
+
+local HAPROXY_CFG = [==[
+global
+	maxconn 100
+defaults
+	mode tcp
+	timeout connect 5s
+	timeout client 30s
+	timeout server 30s
+frontend v1
+	bind 127.0.0.1:@V1@
+	default_backend v1
+frontend v2
+	bind 127.0.0.1:@V2@
+	bind [::1]:@V2@
+	default_backend v2
+frontend tls
+	bind 127.0.0.1:@V3@
+	default_backend tls
+backend v1
+	server smtp 127.0.0.1:@PROXIED@ send-proxy
+backend v2
+	server smtp 127.0.0.1:@PROXIED@ send-proxy-v2
+backend tls
+	server smtp 127.0.0.1:@IMPLICIT@ send-proxy-v2
+]==]
+
+-- Python's TLS client from 127.0.0.2 through HAProxy to the implicit-TLS port:
+-- prints the EHLO reply
+local TLS_CLIENT = [==[
+import socket, ssl, sys
+raw = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10,
+    source_address=("127.0.0.2", 0))
+port = raw.getsockname()[1]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(raw)
+f = s.makefile("rb")
+def reply():
+    out = []
+    while True:
+        line = f.readline().decode()
+        out.append(line.strip())
+        if line[3:4] != "-":
+            return " | ".join(out)
+print(reply())
+s.sendall(b"EHLO tls.example\r\n")
+print(reply())
+print("client port %d" % port)
+s.sendall(b"QUIT\r\n")
+print(reply())
+]==]
+
+local function have_ipv6()
+	local s = socket.tcp6()
+	local ok = s and s:bind("::1", 0)
+	if s then s:close() end
+	return ok ~= nil
+end
+
+-- A client of host:port whose own address is from (luasocket bind, port 0).
+local function connect_from(from, host, port)
+	local tcp = assert(from:find(":", 1, true) and socket.tcp6() or socket.tcp())
+	tcp:settimeout(10)
+	assert(tcp:bind(from, 0))
+	assert(tcp:connect(host, port))
+	return support.wrap and support.wrap(tcp) or tcp
+end
+
+-- Reads one reply (all its lines) from a raw socket.
+local function reply(tcp)
+	local lines = {}
+	repeat
+		local line, err = tcp:receive("*l")
+		assert(line, "connection: " .. tostring(err) .. " after " .. table.concat(lines, "|"))
+		lines[#lines + 1] = line
+	until line:match("^%d%d%d ")
+	return table.concat(lines, "\n")
+end
+
+describe("e2e: PROXY protocol", function()
+	local server, dir, hapid, ports
+
+	lazy_setup(function()
+		ports = { PROXIED = support.free_port(), UNTRUSTED = support.free_port(),
+			IMPLICIT = support.free_port(), V1 = support.free_port(), V2 = support.free_port(),
+			V3 = support.free_port() }
+		dir = support.tmpdir()
+		local ok, _, out = support.run(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1"
+			.. " -nodes -days 2 -subj /CN=mx.test -keyout %s/key.pem -out %s/cert.pem")
+			:format(support.shquote(dir), support.shquote(dir)), 30)
+		assert(ok, out)
+		ports.CERT, ports.KEY = ("%q"):format(dir .. "/cert.pem"), ("%q"):format(dir .. "/key.pem")
+		local function fill(s) return (s:gsub("@(%u+%d?)@", function(k) return tostring(ports[k]) end)) end
+		server = support.start { policy = fill(POLICY), args = {
+			"--listen", "127.0.0.1:" .. ports.PROXIED, "--listen", "127.0.0.1:" .. ports.UNTRUSTED,
+			"--listen", "127.0.0.1:" .. ports.IMPLICIT } }
+		local cfg = fill(HAPROXY_CFG)
+		if not have_ipv6() then cfg = cfg:gsub("\tbind %[::1%][^\n]*\n", "") end
+		support.spit(dir .. "/haproxy.cfg", cfg)
+		local h = assert(io.popen(("haproxy -f %s -db >%s 2>&1 </dev/null & echo $!")
+			:format(support.shquote(dir .. "/haproxy.cfg"), support.shquote(dir .. "/haproxy.log"))))
+		hapid = tonumber(h:read("l"))
+		h:close()
+		assert(hapid, "haproxy did not start")
+		support.wait_until(function()
+			if os.execute(("kill -0 %d 2>/dev/null"):format(hapid)) ~= true then
+				error("haproxy exited:\n" .. (support.slurp(dir .. "/haproxy.log") or ""), 0)
+			end
+			local t = socket.tcp()
+			t:settimeout(1)
+			local ok = t:connect("127.0.0.1", ports.V2)
+			t:close()
+			return ok
+		end, 15, "haproxy to listen")
+	end)
+
+	lazy_teardown(function()
+		if hapid then
+			os.execute(("kill %d 2>/dev/null"):format(hapid))
+			pcall(support.wait_until, function()
+				return os.execute(("kill -0 %d 2>/dev/null"):format(hapid)) ~= true
+			end, 10, "haproxy to exit")
+			os.execute(("kill -9 %d 2>/dev/null"):format(hapid))
+		end
+		if server then
+			server:stop()
+			server:cleanup()
+		end
+		if dir then os.execute("rm -rf " .. support.shquote(dir)) end
+	end)
+
+	for _, case in ipairs {
+		{ "send-proxy (v1)", "V1", "127.0.0.2", "127.0.0.1" },
+		{ "send-proxy-v2", "V2", "127.0.0.2", "127.0.0.1" },
+		{ "send-proxy-v2 from ::1 (TCP6)", "V2", "::1", "::1" },
+	} do
+		local name, frontend, from, to = case[1], case[2], case[3], case[4]
+		it("gives the policy the client's address through HAProxy's " .. name, function()
+			if from == "::1" and not have_ipv6() then
+				pending("no IPv6 loopback here")
+				return
+			end
+			local tcp = connect_from(from, to, ports[frontend])
+			local greeting = reply(tcp)
+			assert.matches("^220 ", greeting)
+			local _, myport = tcp:getsockname()
+			assert(tcp:send("EHLO client.example\r\n"))
+			local ehlo = reply(tcp)
+			-- the client's own address and port, and HAProxy's frontend as the local end
+			assert.matches(("client %s port %d local %s port %d"):format(from:gsub("%.", "%%."),
+				tonumber(myport), to:gsub("%.", "%%."), ports[frontend]), ehlo, 1, false)
+			assert(tcp:send("QUIT\r\n"))
+			assert.matches("^221 ", reply(tcp))
+			tcp:close()
+			server:await_log(("connection from %s port %d to [^\n]* via proxy 127%%.0%%.0%%.1 port %%d+")
+				:format(from:gsub("%.", "%%."), tonumber(myport)))
+		end)
+	end
+
+	it("reads the header before the TLS handshake on an implicit-TLS listener (send-proxy-v2)", function()
+		support.spit(dir .. "/tls_client.py", TLS_CLIENT)
+		local ok, _, out = support.run(("python3 %s %d"):format(support.shquote(dir .. "/tls_client.py"),
+			ports.V3), 60)
+		assert(ok, out)
+		assert.matches("^220 ", out)
+		local myport = assert(out:match("client port (%d+)"), out)
+		assert.matches(("client 127%%.0%%.0%%.2 port %s local 127%%.0%%.0%%.1 port %d"):format(myport,
+			ports.V3), out)
+		server:await_log("connection from 127%.0%.0%.2 port " .. myport .. " to [^\n]* via proxy "
+			.. "127%.0%.0%.1 port %d+ %(implicit TLS%)")
+	end)
+
+	it("closes a source outside proxyFrom with a log line", function()
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.UNTRUSTED)
+		tcp:send("PROXY TCP4 192.0.2.9 127.0.0.1 1234 25\r\n")
+		local line, err = tcp:receive("*l")
+		assert.is_nil(line)
+		assert.equal("closed", err)
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 refused: not a trusted proxy %(proxyFrom of port "
+			.. ports.UNTRUSTED .. "%)")
+	end)
+
+	it("closes a bad header from a trusted source with a log line, without a reply", function()
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+		tcp:send("EHLO direct.example\r\n")
+		local line, err = tcp:receive("*l")
+		assert.is_nil(line)
+		assert.equal("closed", err)
+		tcp:close()
+		server:await_log("closed: not a PROXY protocol header %(a PROXY protocol header was expected%)")
+	end)
+
+	it("closes a header that does not come within proxyTimeout", function()
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+		tcp:send("PROXY TCP4 192.0.2.1 ")	-- and then nothing
+		local line, err = tcp:receive("*l")	-- the server closes (10 s bound)
+		assert.is_nil(line)
+		assert.equal("closed", err)
+		tcp:close()
+		server:await_log("closed: no complete PROXY header within 1 s %(proxyTimeout%)")
+	end)
+
+	it("takes a header and a pipelined command in one segment, octet for octet", function()
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+		tcp:send("PROXY TCP4 192.0.2.44 127.0.0.1 4444 25\r\nEHLO early.example\r\n")
+		assert.matches("^220 ", reply(tcp))
+		assert.matches("client 192%.0%.2%.44 port 4444 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+	end)
+end)
