@@ -60,7 +60,7 @@ function knot.start(opts)
 			error("knotd exited:\n" .. (support.slurp(dir .. "/knot.log") or ""), 0)
 		end
 		return answers(port, first)
-	end, 20, "knotd to answer")
+	end, 60, "knotd to answer")
 	if not ok then self.stop() ; error(err, 2) end
 	return self
 end

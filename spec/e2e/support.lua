@@ -497,6 +497,61 @@ end
 function support.dovecot_lmtp(opts) return require("spec.e2e.peers").dovecot_lmtp(opts) end
 function support.smtp_sink(dir) return require("spec.e2e.peers").smtp_sink(dir) end
 
+---------------------------------------------------------------------------
+-- Descriptor counts and an idle server (the http, tcp and dns specs)
+---------------------------------------------------------------------------
+-- A leak test counts a process's descriptors before and after.  Its baseline
+-- is taken only once the server is provably idle: every session ended with
+-- QUIT and the server's EOF (Client:quit), which libevent sends only when it
+-- closes the socket; never after a sleep or because two counts agreed.
+
+-- The number of open descriptors of process pid (/proc/PID/fd).
+function support.fd_count(pid)
+	local p = assert(io.popen("ls /proc/" .. tonumber(pid) .. "/fd 2>/dev/null"))
+	local n = 0
+	for _ in p:lines() do n = n + 1 end
+	p:close()
+	return n
+end
+
+-- What they are, for a failure's message.
+function support.fd_list(pid)
+	local p = assert(io.popen("ls -l /proc/" .. tonumber(pid) .. "/fd 2>&1"))
+	local text = p:read("a")
+	p:close()
+	return text
+end
+
+-- Waits (bound: 30 s by default, only a limit) until pid holds exactly n
+-- descriptors; raises with both counts and the list if it never does.
+function support.await_fd_count(pid, n, what, bound)
+	local ok = pcall(support.wait_until, function() return support.fd_count(pid) == n end,
+		bound or 30, "")
+	if not ok then
+		error(("%s: %d descriptors expected, %d open:\n%s"):format(what or "descriptors", n,
+			support.fd_count(pid), support.fd_list(pid)), 2)
+	end
+end
+
+-- Ends the session: QUIT, its 221, then the server's EOF.  On return the
+-- server has closed its socket (it sends FIN only with the close).
+function Client:quit()
+	self.tcp:settimeout(30)
+	self:cmd("QUIT", "^221")
+	self:expect_closed()
+	self:close()
+end
+
+-- Waits until the file at path has a line equal to line (a peer's record
+-- that something happened); bound only a limit (30 s).
+function support.await_line(path, line, bound)
+	return support.wait_until(function()
+		for l in ((slurp(path) or "") .. "\n"):gmatch("([^\n]*)\n") do
+			if l == line then return true end
+		end
+	end, bound or 30, ("%q in %s"):format(line, path))
+end
+
 support.show = show
 support.Client = Client
 support.Server = Server
