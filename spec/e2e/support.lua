@@ -146,10 +146,6 @@ function support.start(opts)
 	-- status; reading that second line never blocks once the server is gone.
 	-- wait's stderr goes nowhere: the shell reports a job a signal ended
 	-- ("Killed") there, and the status line says it already (128 + signal).
-	-- opts.env: variables set for the server (NAME = value)
-	local env = {}
-	for k, v in pairs(opts.env or {}) do env[#env + 1] = shquote(k .. "=" .. v) end
-	if #env > 0 then table.insert(argv, 1, "env " .. table.concat(env, " ")) end
 	local script = ("%s >%s 2>%s </dev/null & echo $!; wait $! 2>/dev/null; echo $?")
 		:format(table.concat(argv, " "), shquote(dir .. "/stdout"), shquote(dir .. "/stderr"))
 	local handle = assert(io.popen("exec sh -c " .. shquote(script), "r"))
