@@ -15,10 +15,16 @@ Scenarios (as in the issue):
   S3  100 KiB bodies, 20 sessions, many per connection
   S4  5 recipients per message, 20 sessions, many per connection
   S5  2,000 idle connections after EHLO: (PSS after - PSS before) / 2,000
-and luasmtpd-only rows of S1 with smtp.store work (peers/luasmtpd/policy-store.lua):
-  luasmtpd store=lmdb   one get and one set per recipient on LMDB (temp --state-dir)
-  luasmtpd store=redis  one incr per message on a private redis-server
-whose targets are ratios to the plain luasmtpd row of the same run.
+and variant rows (--variants), each measured against the plain luasmtpd row
+of the same run and scenario, with a target for that ratio:
+  luasmtpd store=lmdb   S1, one get and one set per recipient on LMDB (temp --state-dir)
+  luasmtpd store=redis  S1, one incr per message on a private redis-server
+  luasmtpd-ops          S1, --log-level info (a summary line per transaction, to the
+                        log file) and --metrics on a free loopback port
+  luasmtpd-forward      S1 and S3, message:forward to an smtp-sink next hop
+                        (peers/luasmtpd/policy-forward.lua; the sink on the load CPU)
+  haraka-forward        S1, Haraka's queue/smtp_forward to the same sink: the forward
+                        row must be ahead of it too
 Each load scenario first runs a short warm-up whose rate sizes the measured
 run to about --seconds.
 """
@@ -57,12 +63,20 @@ IDLE_CONNECTIONS = 2000
 # listen backlog is 5 (hard-coded): more concurrent connects overflow it, and
 # with SYN cookies such a connection waits forever for its greeting.
 CONNECTING = {"opensmtpd": 4}
-# peers.txt name -> (row label, scenarios it runs, target: its S1 rate at least
-# this share of plain luasmtpd's S1 in the same run)
-STORE_ROWS = {
-	"luasmtpd-lmdb": ("luasmtpd store=lmdb", ("S1",), 0.8),
-	"luasmtpd-redis": ("luasmtpd store=redis", ("S1",), 0.6),
+# Variant rows: peers.txt name -> (row label, --variants name, {scenario:
+# target}).  A target is the least share of plain luasmtpd's rate in the same
+# scenario, same run, same generator; None: the row is there for comparison.
+VARIANT_ROWS = {
+	"luasmtpd-lmdb": ("luasmtpd store=lmdb", "lmdb", {"S1": 0.8}),
+	"luasmtpd-redis": ("luasmtpd store=redis", "redis", {"S1": 0.6}),
+	"luasmtpd-ops": ("luasmtpd-ops", "ops", {"S1": 0.95}),
+	"luasmtpd-forward": ("luasmtpd-forward", "forward", {"S1": 0.5, "S3": 0.7}),
+	"haraka-forward": ("haraka-forward", "forward", {"S1": None}),
 }
+# (row, scenario) -> the variant row it must also be ahead of, same run
+AHEAD_OF = {"luasmtpd-forward": {"S1": "haraka-forward"}}
+# the forward rows' next hop: smtp-sink -c on the load CPU (it counts what got there)
+NEXT_HOP_PORT = 24539
 REDIS_SERVER = "/usr/bin/redis-server"
 
 
@@ -367,15 +381,46 @@ def run_idle(server, args):
 			p.wait()
 
 
+def free_port():
+	"""A loopback TCP port nobody listens on now."""
+	import socket
+	with socket.socket() as s:
+		s.bind(("127.0.0.1", 0))
+		return s.getsockname()[1]
+
+
+def sink_count(sink):
+	"""Messages smtp-sink -c counted so far (its last counter in its log)."""
+	import re
+	try:
+		with open(sink.logpath, "rb") as f:
+			nums = re.findall(rb"(\d+)", f.read()[-4096:])
+		return int(nums[-1]) if nums else 0
+	except OSError:
+		return 0
+
+
+def scrape_metrics(port):
+	"""luasmtpd_messages_total{result="accepted"} from --metrics, or an error
+	string: the ops row checks that the metrics it pays for are served."""
+	import urllib.request
+	try:
+		with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as f:
+			text = f.read().decode(errors="replace")
+	except Exception as e:
+		return "no /metrics: %s" % e
+	for line in text.splitlines():
+		if line.startswith('luasmtpd_messages_total{result="accepted"}'):
+			return int(float(line.split()[-1]))
+	return "no luasmtpd_messages_total{result=\"accepted\"} in /metrics"
+
+
 class Redis:
 	"""A private redis-server for the store=redis row: a free loopback port,
 	a temp directory, no persistence; stopped by PID."""
 	def __init__(self, cpus):
-		import socket
 		os.makedirs("/tmp/smtp-bench", exist_ok=True)
-		with socket.socket() as s:
-			s.bind(("127.0.0.1", 0))
-			self.port = s.getsockname()[1]
+		self.port = free_port()
 		self.dir = tempfile.mkdtemp(prefix="redis.", dir="/tmp/smtp-bench")
 		self.logf = open(os.path.join(self.dir, "redis.log"), "w")
 		self.proc = subprocess.Popen(
@@ -416,6 +461,11 @@ def read_peers():
 	return peers
 
 
+def haraka_modules():
+	"""Where Haraka is installed: $HARAKA_MODULES, else as setup.sh puts it."""
+	return os.environ.get("HARAKA_MODULES", os.path.join(BENCH, "peers", "node_modules"))
+
+
 def available(name, args):
 	"""None if the peer can run here, else the reason why not."""
 	need = {
@@ -428,6 +478,9 @@ def available(name, args):
 		"luasmtpd-workers": os.path.join(REPO, "build-bench/luasmtpd"),
 		"luasmtpd-lmdb": os.path.join(REPO, "build-bench/luasmtpd"),
 		"luasmtpd-redis": os.path.join(REPO, "build-bench/luasmtpd"),
+		"luasmtpd-ops": os.path.join(REPO, "build-bench/luasmtpd"),
+		"luasmtpd-forward": os.path.join(REPO, "build-bench/luasmtpd"),
+		"haraka-forward": os.path.join(haraka_modules(), "Haraka/bin/haraka"),
 	}.get(name)
 	if name == "luasmtpd-redis" and not os.access(REDIS_SERVER, os.X_OK):
 		return "redis-server not installed (%s missing)" % REDIS_SERVER
@@ -458,8 +511,11 @@ def main():
 	ap.add_argument("--load-cpu", default="1")
 	ap.add_argument("--workers-cpus",
 	                help="CPUs of the N-worker row (default: all but --load-cpu)")
-	ap.add_argument("--stores", default="lmdb,redis",
-	                help="the luasmtpd store=... rows of S1 to run (\"\" for none)")
+	ap.add_argument("--variants", "--stores", dest="variants", default="lmdb,redis,ops,forward",
+	                help="the variant rows to run, measured against plain luasmtpd of the same "
+	                     "run: lmdb, redis (smtp.store, S1), ops (info log + metrics, S1), "
+	                     "forward (luasmtpd-forward S1,S3 and haraka-forward S1 to an "
+	                     "smtp-sink next hop); \"\" for none (--stores: the old name)")
 	ap.add_argument("--redis-cpu",
 	                help="CPUs of the store=redis row's redis-server (default: --server-cpu; "
 	                     "its CPU time counts as the server's)")
@@ -478,7 +534,10 @@ def main():
 	scenarios = args.scenarios.split(",")
 	generators = args.generators.split(",")
 	only = set(args.only.split(",")) | {"smtp-sink"} if args.only else None
-	stores = set(x for x in args.stores.split(",") if x)
+	variants = set(x for x in args.variants.split(",") if x)
+	unknown = variants - set(v[1] for v in VARIANT_ROWS.values())
+	if unknown:
+		sys.exit("bench: unknown --variants %s" % ",".join(sorted(unknown)))
 	args.redis_cpu = args.redis_cpu or args.server_cpu
 	for tool in ([SMTPLOAD] if "smtpload" in generators or "S5" in scenarios else []) + \
 	            ([SMTPSOURCE] if "smtp-source" in generators else []):
@@ -503,26 +562,27 @@ def main():
 		"generators": generators,
 		"note": args.note,
 		"peers": [], "skipped": {}, "loads": {}, "idle": {}, "errors": {},
-		# row label -> its target, a share of plain luasmtpd's S1 rate
-		"store_rows": {},
+		# variant row label -> {scenario: target (a share of plain luasmtpd's
+		# rate in that scenario) or None}, and the rows each must be ahead of
+		"variant_rows": {}, "ahead_of": {}, "plain": "luasmtpd",
 	}
 	if "S5" in scenarios:
 		res["scenarios"]["S5"] = "KiB of memory per idle connection after EHLO (%d open)" % IDLE_CONNECTIONS
 	t_start = time.monotonic()
+	next_hop = None	# the forward rows' smtp-sink, started for the first of them
 	for name, port, cmd, optional in read_peers():
-		store_row = STORE_ROWS.get(name)
-		if store_row and (name.split("-", 1)[1] not in stores or
-		                  not set(store_row[1]) & set(scenarios)):
+		variant = VARIANT_ROWS.get(name)
+		if variant and (variant[1] not in variants or not set(variant[2]) & set(scenarios)):
 			continue
-		# --only luasmtpd takes the store rows too: they are ratios to it
-		if only is not None and name not in only and not (store_row and "luasmtpd" in only):
+		# --only luasmtpd takes the variant rows too: they are ratios to it
+		if only is not None and name not in only and not (variant and "luasmtpd" in only):
 			continue
 		label = name
 		cpus = args.server_cpu
 		extra = {"WORKERS": str(args.workers)}
 		helper = None
-		if store_row:
-			label = store_row[0]
+		if variant:
+			label = variant[0]
 		if name == "luasmtpd-workers":
 			if args.workers <= 0:
 				continue
@@ -535,7 +595,21 @@ def main():
 			continue
 		srv = None
 		try:
-			if store_row:
+			if variant and variant[1] == "forward":
+				if next_hop is None:
+					import atexit
+					atexit.register(lambda: next_hop and next_hop.proc and next_hop.stop())
+					next_hop = Server("smtp-sink-next-hop", NEXT_HOP_PORT,
+					                  "exec /usr/sbin/smtp-sink -u nobody -c -h sink.bench.example "
+					                  "-m 4000 127.0.0.1:$PORT 4096", args.load_cpu, {})
+					next_hop.start()
+					log("next hop smtp-sink: started (pid %d, cpus %s, port %d)"
+					    % (next_hop.proc.pid, args.load_cpu, NEXT_HOP_PORT))
+				extra.update(NEXT_HOP_HOST="127.0.0.1", NEXT_HOP_PORT=str(NEXT_HOP_PORT),
+				             HARAKA_MODULES=haraka_modules())
+			if name == "luasmtpd-ops":
+				extra["METRICS_PORT"] = str(free_port())
+			if name in ("luasmtpd-lmdb", "luasmtpd-redis"):
 				extra["STATE"] = tempfile.mkdtemp(prefix="luasmtpd-bench-state.", dir=args.state_base)
 				if name == "luasmtpd-redis":
 					helper = Redis(args.redis_cpu)
@@ -556,17 +630,27 @@ def main():
 				shutil.rmtree(extra["STATE"], ignore_errors=True)
 			continue
 		res["peers"].append(label)
-		if store_row:
-			res["store_rows"][label] = store_row[2]
+		if variant:
+			res["variant_rows"][label] = {k: v for k, v in variant[2].items() if k in scenarios}
+			if name in AHEAD_OF:
+				res["ahead_of"][label] = {k: VARIANT_ROWS[v][0] for k, v in AHEAD_OF[name].items()
+				                          if k in scenarios}
 		log("%s: started (pid %d, cpus %s)" % (label, srv.proc.pid, cpus))
 		try:
 			for gen in generators:
 				for scen in scenarios:
-					if scen not in SCENARIOS or (store_row and scen not in store_row[1]):
+					if scen not in SCENARIOS or (variant and scen not in variant[2]):
 						continue
 					key = "%s|%s|%s" % (gen, scen, label)
 					try:
+						sunk = sink_count(next_hop) if next_hop else 0
 						r = run_load_quiet(srv, gen, scen, args)
+						if variant and variant[1] == "forward":
+							time.sleep(0.2)	# smtp-sink prints its counter as it goes: let the last one land
+							# warm-ups and tries included: at least r["messages"]
+							r["next_hop_got"] = sink_count(next_hop) - sunk
+						if "METRICS_PORT" in extra:
+							r["metrics_accepted"] = scrape_metrics(int(extra["METRICS_PORT"]))
 						res["loads"][key] = r
 						log("%-12s %-11s %s  %8.0f msg/s  %7.1f us/msg  server %3.0f%%  generator %3.0f%%  others %3.0f%%"
 						    % (label, gen, scen, r["rate"], r["cpu_us_per_msg"],
@@ -577,7 +661,7 @@ def main():
 						log("%s %s %s: FAILED: %s" % (label, gen, scen, e))
 					if srv.proc.poll() is not None:
 						raise RuntimeError("server died: %s" % srv.log_tail())
-			if "S5" in scenarios and not store_row:
+			if "S5" in scenarios and not variant:
 				try:
 					r = run_idle(srv, args)
 					res["idle"][label] = r
@@ -596,6 +680,9 @@ def main():
 			if "STATE" in extra:
 				shutil.rmtree(extra["STATE"], ignore_errors=True)
 			log("%s: stopped" % label)
+	if next_hop:
+		next_hop.stop()
+		log("next hop smtp-sink: stopped")
 	res["elapsed_s"] = round(time.monotonic() - t_start, 1)
 	res["host"]["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
 	os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -3,9 +3,10 @@
 
 Owns: docs/benchmarks.md (tables per load generator: messages/s, server CPU
 time per message, server memory, each with its ratio to smtp-sink of the same
-run; KiB per idle connection; which side saturated; the luasmtpd store=...
-rows of S1 with their ratio to plain luasmtpd and their target) and
-docs/benchmarks.png.
+run; KiB per idle connection; which side saturated; the variant rows
+(luasmtpd with smtp.store, with its info log and metrics, forwarding, and
+Haraka forwarding) with their ratio to plain luasmtpd of the same run, their
+target and whether it was met) and docs/benchmarks.png.
 
 	report.py [results/latest.json [OUTBASE]]   (writes OUTBASE.md and OUTBASE.png;
 	                                            default docs/benchmarks)
@@ -17,13 +18,21 @@ import sys
 BENCH = os.path.dirname(os.path.abspath(__file__))
 BASE = "smtp-sink"
 SATURATED = 0.90	# a core busy at least this share of the wall time
-PLAIN = "luasmtpd"	# the store rows are ratios to this row's S1
+PLAIN = "luasmtpd"	# the variant rows are ratios to this row, same scenario
+
+
+def variants(res):
+	"""label -> {scenario: target or None}; results of before the variant rows
+	had only the store rows, of S1 (label -> target)."""
+	if "variant_rows" in res:
+		return res["variant_rows"]
+	return {label: {"S1": t} for label, t in res.get("store_rows", {}).items()}
 
 
 def main_peers(res):
-	"""The peers of the side-by-side tables: all but the luasmtpd store rows,
-	which have a section of their own."""
-	return [p for p in res["peers"] if p not in res.get("store_rows", {})]
+	"""The peers of the side-by-side tables: all but the variant rows, which
+	have a section of their own."""
+	return [p for p in res["peers"] if p not in variants(res)]
 
 
 def fmt_num(v):
@@ -105,26 +114,48 @@ def saturation_notes(res, gen):
 	return notes
 
 
-def store_rows(res):
-	"""The luasmtpd store=... rows of S1, per generator, as ratios to plain
-	luasmtpd's S1 of the same run, with their targets."""
+def variant_rows(res):
+	"""The variant rows, per generator and scenario, as ratios to plain
+	luasmtpd's rate of the same scenario and run, with their targets (and the
+	row each must be ahead of)."""
 	rows = []
+	plain_label = res.get("plain", PLAIN)
 	for gen in res["generators"]:
-		plain = res["loads"].get("%s|S1|%s" % (gen, PLAIN))
-		for label, target in sorted(res.get("store_rows", {}).items()):
-			key = "%s|S1|%s" % (gen, label)
-			r = res["loads"].get(key)
-			if r is None:
-				rows.append([gen, label, "failed" if key in res["errors"] else "–", "–",
-				             "≥ %.1f×" % target, "–", "–", "–"])
-				continue
-			ratio = r["rate"] / plain["rate"] if plain else None
-			rows.append([gen, label, fmt_num(r["rate"]),
-			             "%.2f×" % ratio if ratio is not None else "– (no plain row)",
-			             "≥ %.1f×" % target,
-			             ("yes" if ratio >= target else "**no**") if ratio is not None else "–",
-			             cell(r["cpu_us_per_msg"], plain and plain["cpu_us_per_msg"]),
-			             share(r)])
+		for label, targets in variants(res).items():
+			for scen, target in sorted(targets.items()):
+				plain = res["loads"].get("%s|%s|%s" % (gen, scen, plain_label))
+				key = "%s|%s|%s" % (gen, scen, label)
+				r = res["loads"].get(key)
+				other = res.get("ahead_of", {}).get(label, {}).get(scen)
+				want = "≥ %.2f×" % target if target is not None else "– (for comparison)"
+				if other:
+					want += ", ahead of %s" % other
+				if r is None:
+					rows.append([gen, label, scen, "failed" if key in res["errors"] else "–", "–",
+					             want, "**no**" if target is not None else "–", "–", "–", ""])
+					continue
+				ratio = r["rate"] / plain["rate"] if plain else None
+				met = ratio >= target if ratio is not None and target is not None else None
+				notes = []
+				if other:
+					o = res["loads"].get("%s|%s|%s" % (gen, scen, other))
+					if o:
+						notes.append("%.2f× %s" % (r["rate"] / o["rate"], other))
+						met = met and r["rate"] > o["rate"]
+					else:
+						notes.append("no %s figure" % other)
+						met = False if met is not None else None
+				if "next_hop_got" in r:
+					notes.append("next hop got %d (measured %d + warm-ups)"
+					             % (r["next_hop_got"], r["messages"]))
+				if "metrics_accepted" in r:
+					notes.append("/metrics: %s accepted" % r["metrics_accepted"])
+				rows.append([gen, label, scen, fmt_num(r["rate"]),
+				             "%.2f×" % ratio if ratio is not None else "– (no plain row)",
+				             want,
+				             "–" if met is None else ("yes" if met else "**no**"),
+				             cell(r["cpu_us_per_msg"], plain and plain["cpu_us_per_msg"]),
+				             share(r), "; ".join(notes)])
 	return rows
 
 
@@ -182,20 +213,37 @@ def write_md(res, path, png="benchmarks.png"):
 		       "%d connections from `bench/smtpload -i`, each after its EHLO's 250; "
 		       "(server PSS after − before) / %d, KiB." % (st["idle_connections"], st["idle_connections"]), "",
 		       table(head, [idle_row(res)]), ""]
-	if res.get("store_rows"):
+	vrows = variants(res)
+	if vrows:
 		st = res["settings"]
-		md += ["## luasmtpd with smtp.store (S1)", "",
-		       "S1 again with `bench/peers/luasmtpd/policy-store.lua`: the same policy plus, for "
-		       "`store=lmdb`, one `db:get` and one `db:set` per recipient on the LMDB store (a "
-		       "greylist's lookup and update; default sync, state directory in a fresh "
-		       "directory under `%s`, a %s), for `store=redis`, one `db:incr` per message on a "
-		       "private `redis-server` (loopback, no persistence, pinned to CPU %s; its CPU time "
-		       "counts as the server's). One worker, like the plain `luasmtpd` row. Ratios are to "
-		       "plain luasmtpd's S1 from the same generator in the same run (CPU: higher is worse)."
-		       % (st.get("state_base", "?"), st.get("state_fs", "?"), st.get("redis_cpu", "?")), "",
-		       table(["generator", "row", "messages/s", "÷ plain luasmtpd", "target", "met",
-		              "server CPU µs/msg (÷ plain)", "server / generator / others"],
-		             store_rows(res)), ""]
+		md += ["## Variant rows: ratios to plain luasmtpd of the same run", "",
+		       "Each a server of its own, one worker on the server CPU like the plain `luasmtpd` "
+		       "row, measured in the same run; its rate is divided by plain luasmtpd's in the same "
+		       "scenario from the same generator, and held to its target (CPU: higher is worse).", ""]
+		if any(l.startswith("luasmtpd store=") for l in vrows):
+			md += ["- `luasmtpd store=...`: `bench/peers/luasmtpd/policy-store.lua`, the same "
+			       "policy plus, for `store=lmdb`, one `db:get` and one `db:set` per recipient on "
+			       "the LMDB store (a greylist's lookup and update; default sync, state directory "
+			       "in a fresh directory under `%s`, a %s), for `store=redis`, one `db:incr` per "
+			       "message on a private `redis-server` (loopback, no persistence, pinned to CPU "
+			       "%s; its CPU time counts as the server's)."
+			       % (st.get("state_base", "?"), st.get("state_fs", "?"), st.get("redis_cpu", "?"))]
+		if "luasmtpd-ops" in vrows:
+			md += ["- `luasmtpd-ops`: the plain row's binary and policy with `--log-level info` "
+			       "(a summary line per transaction and per connection, to a log file as under a "
+			       "supervisor) and `--metrics` on a loopback port, read once after the load (the "
+			       "count of accepted messages it gave is in the notes)."]
+		if any(l.endswith("-forward") for l in vrows):
+			md += ["- `luasmtpd-forward`: `bench/peers/luasmtpd/policy-forward.lua`, each message "
+			       "handed on with `message:forward` from the `'DATA'` listener, the client's reply "
+			       "the next hop's; `haraka-forward`: Haraka with `queue/smtp_forward` "
+			       "(`bench/peers/haraka-forward/`). Both to the same `smtp-sink -c` next hop on the "
+			       "load CPU (its CPU time is not the server's); the notes say how many messages "
+			       "reached it."]
+		md += ["", table(["generator", "row", "scenario", "messages/s", "÷ plain luasmtpd",
+		                  "target", "met", "server CPU µs/msg (÷ plain)",
+		                  "server / generator / others", "notes"],
+		                 variant_rows(res)), ""]
 	if res["skipped"] or res["errors"]:
 		md += ["## Skipped and failed", ""]
 		md += ["- %s skipped: %s" % (k, v) for k, v in sorted(res["skipped"].items())]
@@ -258,7 +306,11 @@ def main():
 	if len(sys.argv) > 2:	# elsewhere, e.g. for a trial run
 		base = sys.argv[2]
 	write_md(res, base + ".md", base + ".png")
-	write_png(res, base + ".png")
+	try:
+		write_png(res, base + ".png")
+	except ImportError as e:	# setup.sh installs python3-matplotlib; the tables do not need it
+		print("report: no chart (%s); wrote %s.md" % (e, os.path.relpath(base)))
+		return
 	print("report: wrote %s.md and %s.png" % (os.path.relpath(base), os.path.relpath(base)))
 
 

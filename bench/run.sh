@@ -10,6 +10,7 @@
 #
 # bench.py options: --only a,b  --scenarios S1,..,S5  --generators
 # smtp-source,smtpload  --seconds S  --workers N  --server-cpu C  --load-cpu C
+# --variants lmdb,redis,ops,forward (the rows measured against plain luasmtpd)
 # (bench/bench.py --help).  With --out FILE.json (a trial run) the report
 # goes to FILE.md and FILE.png instead of docs/.  Exit status: 0 when every load ran, 1 otherwise
 # (the report is written either way).
