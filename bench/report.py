@@ -121,8 +121,10 @@ def variant_rows(res):
 	rows = []
 	plain_label = res.get("plain", PLAIN)
 	for gen in res["generators"]:
-		for label, targets in variants(res).items():
-			for scen, target in sorted(targets.items()):
+		vs = variants(res)
+		# in the order they ran (the results' keys are sorted)
+		for label in sorted(vs, key=lambda l: res["peers"].index(l) if l in res["peers"] else len(vs)):
+			for scen, target in sorted(vs[label].items()):
 				plain = res["loads"].get("%s|%s|%s" % (gen, scen, plain_label))
 				key = "%s|%s|%s" % (gen, scen, label)
 				r = res["loads"].get(key)
@@ -149,7 +151,7 @@ def variant_rows(res):
 					notes.append("next hop got %d (measured %d + warm-ups)"
 					             % (r["next_hop_got"], r["messages"]))
 				if "metrics_accepted" in r:
-					notes.append("/metrics: %s accepted" % r["metrics_accepted"])
+					notes.append("/metrics after it: %s accepted since start" % r["metrics_accepted"])
 				rows.append([gen, label, scen, fmt_num(r["rate"]),
 				             "%.2f×" % ratio if ratio is not None else "– (no plain row)",
 				             want,
