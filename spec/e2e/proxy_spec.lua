@@ -5,7 +5,9 @@
 -- The client connects to HAProxy from 127.0.0.2 (or ::1), so the address the
 -- policy sees differs from HAProxy's own source (127.0.0.1): only the header
 -- can have told it.  A source outside proxyFrom, a bad header and a header
--- that does not come in time are each closed with a log line.
+-- that does not come in time are each closed with a log line.  A header in
+-- the socket by the accept is read at once (the worker is stopped while the
+-- client sends it); one that is not, or only in part, is waited for.
 local socket = require "socket"
 local support = require "spec.e2e.support"
 
@@ -107,6 +109,18 @@ end
 describe("e2e: PROXY protocol", function()
 	local server, dir, hapid, ports
 
+	-- Runs fn with the worker stopped (SIGSTOP): the kernel completes the
+	-- client's handshake and queues what it sends, so the worker's accept
+	-- finds it there.
+	local function worker_stopped(fn)
+		local pids = server:children()
+		assert.equal(1, #pids)
+		assert(os.execute(("kill -STOP %d"):format(pids[1])))
+		local ok, err = pcall(fn)
+		os.execute(("kill -CONT %d"):format(pids[1]))
+		assert(ok, err)
+	end
+
 	lazy_setup(function()
 		ports = { PROXIED = support.free_port(), UNTRUSTED = support.free_port(),
 			IMPLICIT = support.free_port(), V1 = support.free_port(), V2 = support.free_port(),
@@ -120,7 +134,7 @@ describe("e2e: PROXY protocol", function()
 		local function fill(s) return (s:gsub("@(%u+%d?)@", function(k) return tostring(ports[k]) end)) end
 		server = support.start { policy = fill(POLICY), args = {
 			"--listen", "127.0.0.1:" .. ports.PROXIED, "--listen", "127.0.0.1:" .. ports.UNTRUSTED,
-			"--listen", "127.0.0.1:" .. ports.IMPLICIT } }
+			"--listen", "127.0.0.1:" .. ports.IMPLICIT, "--log-level", "debug" } }
 		local cfg = fill(HAPROXY_CFG)
 		if not have_ipv6() then cfg = cfg:gsub("\tbind %[::1%][^\n]*\n", "") end
 		support.spit(dir .. "/haproxy.cfg", cfg)
@@ -234,5 +248,52 @@ describe("e2e: PROXY protocol", function()
 		assert.matches("^220 ", reply(tcp))
 		assert.matches("client 192%.0%.2%.44 port 4444 local 127%.0%.0%.1 port 25", reply(tcp))
 		tcp:close()
+	end)
+
+	it("reads a header that is in by the accept at once, and what came after it", function()
+		local tcp, myport
+		worker_stopped(function()
+			tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+			myport = select(2, tcp:getsockname())
+			assert(tcp:send("PROXY TCP4 192.0.2.45 127.0.0.1 4545 25\r\nEHLO early.example\r\n"))
+		end)
+		assert.matches("^220 ", reply(tcp))
+		assert.matches("client 192%.0%.2%.45 port 4545 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": PROXY v1 header read at the accept")
+		assert.is_nil(server:stderr():find("port " .. myport .. ": no complete PROXY header yet", 1, true))
+	end)
+
+	it("waits for a header that is only in part by the accept, then reads the rest", function()
+		local tcp, myport
+		worker_stopped(function()
+			tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+			myport = select(2, tcp:getsockname())
+			assert(tcp:send("PROXY TCP4 192.0.2.46 "))
+		end)
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": no complete PROXY header yet: waiting up to 1000 ms %(proxyTimeout%)")
+		assert(tcp:send("127.0.0.1 4646 25\r\nEHLO late.example\r\n"))
+		assert.matches("^220 ", reply(tcp))
+		assert.matches("client 192%.0%.2%.46 port 4646 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": PROXY v1 header read after a wait")
+	end)
+
+	it("waits for a v2 header sent after the accept", function()
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+		local myport = select(2, tcp:getsockname())
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport .. ": no complete PROXY header yet")
+		-- v2, PROXY over TCP4: 192.0.2.47 port 4747 to 127.0.0.1 port 25
+		assert(tcp:send("\r\n\r\n\0\r\nQUIT\n\x21\x11\0\12" .. "\192\0\2\47" .. "\127\0\0\1"
+			.. "\18\143" .. "\0\25"))
+		assert.matches("^220 ", reply(tcp))
+		assert(tcp:send("EHLO later.example\r\n"))
+		assert.matches("client 192%.0%.2%.47 port 4751 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": PROXY v2 header read after a wait")
 	end)
 end)
