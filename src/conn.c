@@ -371,46 +371,48 @@ conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
 
 /*
  * A plain conn's header at the accept: one recv of at most the header's
- * bound straight into its bufferevent's input, parsed there as a later
- * read would be (octets after the header stay for the session).  Saves
- * the event loop's turn, libevent's FIONREAD and its readv when the header
- * is in already.  Returns as conn_proxy_peek.
+ * bound onto the stack, parsed there.  What is not the header (octets
+ * after it, or a header still incomplete) goes to the bufferevent's input,
+ * where the session (or conn_proxy_read) finds it.  Saves the event loop's
+ * turn, libevent's FIONREAD and readv, and the input buffer's work when the
+ * header is in already and alone.  Returns as conn_proxy_peek.
  */
 static int
 conn_proxy_first(struct conn *c, evutil_socket_t fd)
 {
 	struct evbuffer		*in = bufferevent_get_input(c->bev);
-	struct evbuffer_iovec	 v;
+	uint8_t			 buf[PROXY_HEADER_MAX];
+	struct proxy_header	 h;
+	const char		*why;
 	ssize_t			 n;
+	size_t			 used;
+	int			 r, added = 0;
 
-	int			 r = 0, err;
-
-	/* the bufferevent keeps its input's end frozen but while it reads: so do we */
-	evbuffer_unfreeze(in, 0);
-	if (evbuffer_reserve_space(in, PROXY_HEADER_MAX, &v, 1) != 1) {
-		evbuffer_freeze(in, 0);
-		conn_proxy_fail(c, "out of memory");
-		return -1;
-	}
-	n = recv(fd, v.iov_base, PROXY_HEADER_MAX, 0);
-	err = errno;
-	if (n > 0) {
-		v.iov_len = (size_t)n;
-		r = evbuffer_commit_space(in, &v, 1);
-	}
-	evbuffer_freeze(in, 0);
-	if (n == -1 && (err == EAGAIN || err == EWOULDBLOCK || err == EINTR))
+	n = recv(fd, buf, sizeof(buf), 0);
+	if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
 		return 0;
 	if (n <= 0) {
 		conn_proxy_fail(c, n == 0 ? "the client closed the connection before "
-		    "its PROXY header" : strerror(err));
+		    "its PROXY header" : strerror(errno));
 		return -1;
 	}
-	if (r == -1) {
+	if ((r = proxy_parse(buf, (size_t)n, &h, &why)) == -1) {
+		conn_proxy_fail(c, why);
+		return -1;
+	}
+	if ((used = (size_t)r) < (size_t)n) {
+		/* the bufferevent keeps its input's end frozen but while it reads */
+		evbuffer_unfreeze(in, 0);
+		added = evbuffer_add(in, buf + used, (size_t)n - used);
+		evbuffer_freeze(in, 0);
+	}
+	if (added == -1) {
 		conn_proxy_fail(c, "out of memory");
 		return -1;
 	}
-	return conn_proxy_read(c);
+	if (r == 0)
+		return 0;	/* the rest through the bufferevent */
+	return conn_proxy_done(c, &h, fd) ? -1 : 1;
 }
 
 /* A plain conn's PROXY header, from its bufferevent's input.  Returns as conn_proxy_peek. */
