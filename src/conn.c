@@ -18,12 +18,15 @@
  *
  * PROXY protocol (proxy.h): on a listener with {proxy = true} the conn
  * first reads the header, then starts its session (or the implicit TLS
- * handshake) with the client's address as its peer.  A plain conn reads it
- * through its bufferevent, as the session's input is read (one read of the
- * header's segment; octets after the header stay in the buffer for the
- * session); an implicit-TLS conn reads it straight from the socket,
- * peeking so that not one octet of the ClientHello is taken.  A bad header, an EOF or the
- * deadline closes the conn with a log line and no reply.
+ * handshake) with the client's address as its peer.  The header is usually
+ * in by the accept (HAProxy sends it on connect), so conn_create reads at
+ * once: a plain conn one recv onto the stack (octets after the header go to
+ * its bufferevent's input for the session), an implicit-TLS conn a peek,
+ * then exactly the header's octets, so that not one octet of the
+ * ClientHello is taken.  Only a header not in yet, or in part, is waited
+ * for: through the bufferevent, or a read event that peeks again.  A bad
+ * header, an EOF or the deadline closes the conn with a log line and no
+ * reply.
  *
  * Deadlines: the engine's timer (io->timer) bounds everything a session
  * waits for; c->limit bounds what only the transport sees, from its start,

@@ -109,11 +109,11 @@ end
 describe("e2e: PROXY protocol", function()
 	local server, dir, hapid, ports
 
-	-- Runs fn with the worker stopped (SIGSTOP): the kernel completes the
-	-- client's handshake and queues what it sends, so the worker's accept
-	-- finds it there.
-	local function worker_stopped(fn)
-		local pids = server:children()
+	-- Runs fn with the worker (of srv, default the spec's server) stopped
+	-- (SIGSTOP): the kernel completes the client's handshake and queues what
+	-- it sends, so the worker's accept finds it there.
+	local function worker_stopped(fn, srv)
+		local pids = (srv or server):children()
 		assert.equal(1, #pids)
 		assert(os.execute(("kill -STOP %d"):format(pids[1])))
 		local ok, err = pcall(fn)
@@ -295,5 +295,42 @@ describe("e2e: PROXY protocol", function()
 		tcp:close()
 		server:await_log("connection from 127%.0%.0%.1 port " .. myport
 			.. ": PROXY v2 header read after a wait")
+	end)
+
+	it("settles the count of a client the per-client limit refuses when its header was in by the accept", function()
+		local port = support.free_port()
+		local srv = support.start { policy = ([[
+local smtp = require "smtp"
+local server = smtp.createServer()
+server.maxConnections = 2
+server.maxConnectionsPerClient = 1
+server:listen(%d, "127.0.0.1", { proxy = true, proxyFrom = { "127.0.0.1" } })
+]]):format(port), args = { "--listen", "127.0.0.1:" .. port, "--log-level", "debug" } }
+		local ok, err = pcall(function()
+			local function hdr(client) return ("PROXY TCP4 %s 127.0.0.1 1000 25\r\n"):format(client) end
+			local a = connect_from("127.0.0.1", "127.0.0.1", port)
+			assert(a:send(hdr("192.0.2.1")))
+			assert.matches("^220 ", reply(a))
+			local b, bport
+			worker_stopped(function()
+				b = connect_from("127.0.0.1", "127.0.0.1", port)
+				bport = select(2, b:getsockname())
+				assert(b:send(hdr("192.0.2.1")))	-- a second from one client: over the limit
+			end, srv)
+			assert.matches("^421 4%.7%.0 Too many connections", reply(b))
+			b:close()
+			srv:await_log("port " .. bport .. ": PROXY v1 header read at the accept")
+			-- one live connection (a): room for exactly one more in all
+			local c = connect_from("127.0.0.1", "127.0.0.1", port)
+			assert(c:send(hdr("192.0.2.3")))
+			assert.matches("^220 ", reply(c))
+			local d = connect_from("127.0.0.1", "127.0.0.1", port)
+			d:send(hdr("192.0.2.4"))
+			assert.matches("^421 4%.7%.0 Too many connections", reply(d))
+			for _, t in ipairs { a, c, d } do t:close() end
+		end)
+		srv:stop()
+		srv:cleanup()
+		assert(ok, err)
 	end)
 end)
