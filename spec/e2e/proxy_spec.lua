@@ -79,6 +79,44 @@ s.sendall(b"QUIT\r\n")
 print(reply())
 ]==]
 
+-- Python's TLS client straight to the implicit-TLS port with a v2 header of
+-- its own (client 192.0.2.48 port 4848): sends the header's first CUT
+-- octets, prints its port, sends the rest once the file GO exists (when
+-- CUT is short of the header), then does TLS and prints the EHLO reply.
+local TLS_SPLIT = [==[
+import os, socket, ssl, struct, sys, time
+port, go, cut = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+hdr = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack("!H", 12) + \
+    socket.inet_aton("192.0.2.48") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 4848, 465)
+raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+raw.sendall(hdr[:cut])
+print("port %d" % raw.getsockname()[1], flush=True)
+if cut < len(hdr):
+    deadline = time.time() + 30
+    while not os.path.exists(go):
+        if time.time() > deadline:
+            sys.exit("no go file")
+        time.sleep(0.01)
+    raw.sendall(hdr[cut:])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(raw)
+f = s.makefile("rb")
+def reply():
+    out = []
+    while True:
+        line = f.readline().decode()
+        out.append(line.strip())
+        if line[3:4] != "-":
+            return " | ".join(out)
+print(reply())
+s.sendall(b"EHLO split.example\r\n")
+print(reply())
+s.sendall(b"QUIT\r\n")
+print(reply())
+]==]
+
 local function have_ipv6()
 	local s = socket.tcp6()
 	local ok = s and s:bind("::1", 0)
@@ -333,4 +371,32 @@ server:listen(%d, "127.0.0.1", { proxy = true, proxyFrom = { "127.0.0.1" } })
 		srv:cleanup()
 		assert(ok, err)
 	end)
+
+	for _, case in ipairs {
+		{ "in by the accept, with the ClientHello after it", 28, "at the accept" },
+		{ "in part by the accept", 10, "after a wait" },
+	} do
+		local name, cut, how = case[1], case[2], case[3]
+		it("reads a v2 header " .. name .. " on an implicit-TLS listener, then does TLS", function()
+			support.spit(dir .. "/tls_split.py", TLS_SPLIT)
+			local go = dir .. "/go." .. cut
+			local h, myport
+			worker_stopped(function()
+				h = assert(io.popen(("python3 %s %d %s %d 2>&1"):format(support.shquote(dir .. "/tls_split.py"),
+					ports.IMPLICIT, support.shquote(go), cut)))
+				myport = assert(h:read("l"):match("^port (%d+)$"))
+			end)
+			if cut < 28 then
+				server:await_log("connection from 127%.0%.0%.1 port " .. myport
+					.. ": no complete PROXY header yet")
+				support.spit(go, "")
+			end
+			local out = h:read("a")
+			h:close()
+			assert.matches("^220 ", out)
+			assert.matches("client 192%.0%.2%.48 port 4848 local 127%.0%.0%.1 port 465", out)
+			assert.matches("221 ", out)
+			server:await_log("connection from 127%.0%.0%.1 port " .. myport .. ": PROXY v2 header read " .. how)
+		end)
+	end
 end)
