@@ -1,19 +1,24 @@
 /*
  * bench/proxy.c -- the CPU cost of a PROXY protocol header per connection.
  *
- * Three figures per header (v1 TCP4, v2 TCP4, v2 TCP6 with TLVs as HAProxy
+ * Figures per header (v1 TCP4, v2 TCP4, v2 TCP6 with TLVs as HAProxy
  * sends them with send-proxy-v2-ssl): proxy_parse() alone, and what conn.c
- * does for a header on a fresh socket: the buffer's malloc/free, a
- * recv(MSG_PEEK), the parse and the recv that takes exactly the header, on
- * a socketpair the header was written to (the write is not counted).  CPU
+ * does at the accept for a header already in, on a loopback TCP connection
+ * the header was written to (the write is not counted): on a plain listener
+ * one recv onto the stack and the parse; on an implicit-TLS one a
+ * recv(MSG_PEEK), the parse and the recv that takes exactly the header.
+ * Then the cost of a miss (the header not in yet): one recv that finds
+ * nothing (EAGAIN), after which conn.c waits as before.  CPU
  * time of this thread (CLOCK_THREAD_CPUTIME_ID), so a loaded machine makes
  * it slower, not wrong by much; bench/proxy.sh also counts instructions with
  * callgrind, which a loaded machine does not change.
  *
- *	cc -O2 -Isrc/engine bench/proxy.c src/engine/proxy.c -o proxy-bench && ./proxy-bench [N [v1|v2|v6]]
+ *	cc -O2 -D_GNU_SOURCE -Isrc/engine bench/proxy.c src/engine/proxy.c -o proxy-bench && ./proxy-bench [N [v1|v2|v6]]
  */
 #include <sys/socket.h>
+#include <netinet/in.h>
 #include <arpa/inet.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,14 +52,35 @@ v2(uint8_t *b, uint8_t fam, const uint8_t *body, size_t blen)
 	return 16 + blen;
 }
 
+/* a loopback TCP connection: sv[0] writes, sv[1] (accepted, non-blocking) reads */
+static void
+tcp_pair(int sv[2])
+{
+	struct sockaddr_in	sin = { .sin_family = AF_INET };
+	socklen_t		slen = sizeof(sin);
+	int			l;
+
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if ((l = socket(AF_INET, SOCK_STREAM, 0)) == -1 ||
+	    bind(l, (struct sockaddr *)&sin, sizeof(sin)) == -1 || listen(l, 1) == -1 ||
+	    getsockname(l, (struct sockaddr *)&sin, &slen) == -1 ||
+	    (sv[0] = socket(AF_INET, SOCK_STREAM, 0)) == -1 ||
+	    connect(sv[0], (struct sockaddr *)&sin, sizeof(sin)) == -1 ||
+	    (sv[1] = accept4(l, NULL, NULL, SOCK_NONBLOCK)) == -1) {
+		perror("tcp_pair");
+		exit(1);
+	}
+	close(l);
+}
+
 static void
 run(const char *name, const uint8_t *hdr, size_t len, long n)
 {
 	struct proxy_header	 h;
 	const char		*why;
-	uint8_t			*buf;
-	double			 t0, parse_us, conn_us;
-	long			 sink = 0;
+	uint8_t			 buf[PROXY_HEADER_MAX];
+	double			 t0, parse_us, plain_us = 0, peek_us = 0, miss_us = 0;
+	long			 sink = 0, m = n / 10;
 	int			 sv[2];
 	ssize_t			 got;
 
@@ -66,28 +92,41 @@ run(const char *name, const uint8_t *hdr, size_t len, long n)
 		fprintf(stderr, "%s: parse failed\n", name);
 		exit(1);
 	}
-	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == -1) {
-		perror("socketpair");
-		exit(1);
-	}
-	conn_us = 0;
-	for (long i = 0; i < n / 10; i++) {
+	tcp_pair(sv);
+	for (long i = 0; i < m; i++) {
+		/* a plain listener: one recv onto the stack, the parse */
 		if (write(sv[0], hdr, len) != (ssize_t)len)
 			exit(1);
+		while (recv(sv[1], buf, 1, MSG_PEEK) != 1)
+			;	/* in the receive queue (loopback: at once) */
 		t0 = cpu_now();
-		buf = malloc(PROXY_HEADER_MAX);
-		got = recv(sv[1], buf, PROXY_HEADER_MAX, MSG_PEEK);
+		got = recv(sv[1], buf, sizeof(buf), 0);
+		if (got != (ssize_t)len || proxy_parse(buf, (size_t)got, &h, &why) != (int)len)
+			exit(1);
+		plain_us += cpu_now() - t0;
+		/* an implicit-TLS listener: peek, parse, take exactly the header */
+		if (write(sv[0], hdr, len) != (ssize_t)len)
+			exit(1);
+		while (recv(sv[1], buf, 1, MSG_PEEK) != 1)
+			;
+		t0 = cpu_now();
+		got = recv(sv[1], buf, sizeof(buf), MSG_PEEK);
 		if (got <= 0 || proxy_parse(buf, (size_t)got, &h, &why) != (int)len ||
 		    recv(sv[1], buf, len, 0) != (ssize_t)len)
 			exit(1);
-		free(buf);
-		conn_us += cpu_now() - t0;
+		peek_us += cpu_now() - t0;
+		/* a miss: nothing in yet */
+		t0 = cpu_now();
+		got = recv(sv[1], buf, sizeof(buf), 0);
+		miss_us += cpu_now() - t0;
+		if (got != -1 || errno != EAGAIN)
+			exit(1);
 	}
-	conn_us = conn_us / (n / 10) * 1e6;
 	close(sv[0]);
 	close(sv[1]);
-	printf("%-28s %4zu octets  parse %.3f us  peek+parse+recv %.3f us  (client %s)\n",
-	    name, len, parse_us, conn_us, h.src_addr);
+	printf("%-18s %4zu octets  parse %.3f us  recv+parse %.3f us  peek+parse+recv %.3f us  "
+	    "miss (EAGAIN) %.3f us  (client %s)\n", name, len, parse_us, plain_us / m * 1e6,
+	    peek_us / m * 1e6, miss_us / m * 1e6, h.src_addr);
 }
 
 int

@@ -5,7 +5,9 @@
 -- The client connects to HAProxy from 127.0.0.2 (or ::1), so the address the
 -- policy sees differs from HAProxy's own source (127.0.0.1): only the header
 -- can have told it.  A source outside proxyFrom, a bad header and a header
--- that does not come in time are each closed with a log line.
+-- that does not come in time are each closed with a log line.  A header in
+-- the socket by the accept is read at once (the worker is stopped while the
+-- client sends it); one that is not, or only in part, is waited for.
 local socket = require "socket"
 local support = require "spec.e2e.support"
 
@@ -77,6 +79,44 @@ s.sendall(b"QUIT\r\n")
 print(reply())
 ]==]
 
+-- Python's TLS client straight to the implicit-TLS port with a v2 header of
+-- its own (client 192.0.2.48 port 4848): sends the header's first CUT
+-- octets, prints its port, sends the rest once the file GO exists (when
+-- CUT is short of the header), then does TLS and prints the EHLO reply.
+local TLS_SPLIT = [==[
+import os, socket, ssl, struct, sys, time
+port, go, cut = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+hdr = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack("!H", 12) + \
+    socket.inet_aton("192.0.2.48") + socket.inet_aton("127.0.0.1") + struct.pack("!HH", 4848, 465)
+raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+raw.sendall(hdr[:cut])
+print("port %d" % raw.getsockname()[1], flush=True)
+if cut < len(hdr):
+    deadline = time.time() + 30
+    while not os.path.exists(go):
+        if time.time() > deadline:
+            sys.exit("no go file")
+        time.sleep(0.01)
+    raw.sendall(hdr[cut:])
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(raw)
+f = s.makefile("rb")
+def reply():
+    out = []
+    while True:
+        line = f.readline().decode()
+        out.append(line.strip())
+        if line[3:4] != "-":
+            return " | ".join(out)
+print(reply())
+s.sendall(b"EHLO split.example\r\n")
+print(reply())
+s.sendall(b"QUIT\r\n")
+print(reply())
+]==]
+
 local function have_ipv6()
 	local s = socket.tcp6()
 	local ok = s and s:bind("::1", 0)
@@ -113,6 +153,18 @@ describe("e2e: PROXY protocol", function()
 		return tonumber(body:match('\nluasmtpd_connections_refused_total{reason="' .. reason .. '"} (%d+)'))
 	end
 
+	-- Runs fn with the worker (of srv, default the spec's server) stopped
+	-- (SIGSTOP): the kernel completes the client's handshake and queues what
+	-- it sends, so the worker's accept finds it there.
+	local function worker_stopped(fn, srv)
+		local pids = (srv or server):children()
+		assert.equal(1, #pids)
+		assert(os.execute(("kill -STOP %d"):format(pids[1])))
+		local ok, err = pcall(fn)
+		os.execute(("kill -CONT %d"):format(pids[1]))
+		assert(ok, err)
+	end
+
 	lazy_setup(function()
 		ports = { PROXIED = support.free_port(), UNTRUSTED = support.free_port(),
 			IMPLICIT = support.free_port(), V1 = support.free_port(), V2 = support.free_port(),
@@ -126,7 +178,8 @@ describe("e2e: PROXY protocol", function()
 		local function fill(s) return (s:gsub("@(%u+%d?)@", function(k) return tostring(ports[k]) end)) end
 		server = support.start { policy = fill(POLICY), args = {
 			"--listen", "127.0.0.1:" .. ports.PROXIED, "--listen", "127.0.0.1:" .. ports.UNTRUSTED,
-			"--listen", "127.0.0.1:" .. ports.IMPLICIT, "--metrics", "127.0.0.1:0" } }
+			"--listen", "127.0.0.1:" .. ports.IMPLICIT, "--metrics", "127.0.0.1:0",
+			"--log-level", "debug" } }
 		metrics_url = server:await_log("metrics on (http://127%.0%.0%.1:%d+/metrics)")
 		local cfg = fill(HAPROXY_CFG)
 		if not have_ipv6() then cfg = cfg:gsub("\tbind %[::1%][^\n]*\n", "") end
@@ -262,4 +315,116 @@ describe("e2e: PROXY protocol", function()
 		assert.matches("client 192%.0%.2%.44 port 4444 local 127%.0%.0%.1 port 25", reply(tcp))
 		tcp:close()
 	end)
+
+	it("reads a header that is in by the accept at once, and what came after it", function()
+		local tcp, myport
+		worker_stopped(function()
+			tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+			myport = select(2, tcp:getsockname())
+			assert(tcp:send("PROXY TCP4 192.0.2.45 127.0.0.1 4545 25\r\nEHLO early.example\r\n"))
+		end)
+		assert.matches("^220 ", reply(tcp))
+		assert.matches("client 192%.0%.2%.45 port 4545 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": PROXY v1 header read at the accept")
+		assert.is_nil(server:stderr():find("port " .. myport .. ": no complete PROXY header yet", 1, true))
+	end)
+
+	it("waits for a header that is only in part by the accept, then reads the rest", function()
+		local tcp, myport
+		worker_stopped(function()
+			tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+			myport = select(2, tcp:getsockname())
+			assert(tcp:send("PROXY TCP4 192.0.2.46 "))
+		end)
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": no complete PROXY header yet: waiting up to 1000 ms %(proxyTimeout%)")
+		assert(tcp:send("127.0.0.1 4646 25\r\nEHLO late.example\r\n"))
+		assert.matches("^220 ", reply(tcp))
+		assert.matches("client 192%.0%.2%.46 port 4646 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": PROXY v1 header read after a wait")
+	end)
+
+	it("waits for a v2 header sent after the accept", function()
+		local tcp = connect_from("127.0.0.1", "127.0.0.1", ports.PROXIED)
+		local myport = select(2, tcp:getsockname())
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport .. ": no complete PROXY header yet")
+		-- v2, PROXY over TCP4: 192.0.2.47 port 4747 to 127.0.0.1 port 25
+		assert(tcp:send("\r\n\r\n\0\r\nQUIT\n\x21\x11\0\12" .. "\192\0\2\47" .. "\127\0\0\1"
+			.. "\18\143" .. "\0\25"))
+		assert.matches("^220 ", reply(tcp))
+		assert(tcp:send("EHLO later.example\r\n"))
+		assert.matches("client 192%.0%.2%.47 port 4751 local 127%.0%.0%.1 port 25", reply(tcp))
+		tcp:close()
+		server:await_log("connection from 127%.0%.0%.1 port " .. myport
+			.. ": PROXY v2 header read after a wait")
+	end)
+
+	it("settles the count of a client the per-client limit refuses when its header was in by the accept", function()
+		local port = support.free_port()
+		local srv = support.start { policy = ([[
+local smtp = require "smtp"
+local server = smtp.createServer()
+server.maxConnections = 2
+server.maxConnectionsPerClient = 1
+server:listen(%d, "127.0.0.1", { proxy = true, proxyFrom = { "127.0.0.1" } })
+]]):format(port), args = { "--listen", "127.0.0.1:" .. port, "--log-level", "debug" } }
+		local ok, err = pcall(function()
+			local function hdr(client) return ("PROXY TCP4 %s 127.0.0.1 1000 25\r\n"):format(client) end
+			local a = connect_from("127.0.0.1", "127.0.0.1", port)
+			assert(a:send(hdr("192.0.2.1")))
+			assert.matches("^220 ", reply(a))
+			local b, bport
+			worker_stopped(function()
+				b = connect_from("127.0.0.1", "127.0.0.1", port)
+				bport = select(2, b:getsockname())
+				assert(b:send(hdr("192.0.2.1")))	-- a second from one client: over the limit
+			end, srv)
+			assert.matches("^421 4%.7%.0 Too many connections", reply(b))
+			b:close()
+			srv:await_log("port " .. bport .. ": PROXY v1 header read at the accept")
+			-- one live connection (a): room for exactly one more in all
+			local c = connect_from("127.0.0.1", "127.0.0.1", port)
+			assert(c:send(hdr("192.0.2.3")))
+			assert.matches("^220 ", reply(c))
+			local d = connect_from("127.0.0.1", "127.0.0.1", port)
+			d:send(hdr("192.0.2.4"))
+			assert.matches("^421 4%.7%.0 Too many connections", reply(d))
+			for _, t in ipairs { a, c, d } do t:close() end
+		end)
+		srv:stop()
+		srv:cleanup()
+		assert(ok, err)
+	end)
+
+	for _, case in ipairs {
+		{ "in by the accept, with the ClientHello after it", 28, "at the accept" },
+		{ "in part by the accept", 10, "after a wait" },
+	} do
+		local name, cut, how = case[1], case[2], case[3]
+		it("reads a v2 header " .. name .. " on an implicit-TLS listener, then does TLS", function()
+			support.spit(dir .. "/tls_split.py", TLS_SPLIT)
+			local go = dir .. "/go." .. cut
+			local h, myport
+			worker_stopped(function()
+				h = assert(io.popen(("python3 %s %d %s %d 2>&1"):format(support.shquote(dir .. "/tls_split.py"),
+					ports.IMPLICIT, support.shquote(go), cut)))
+				myport = assert(h:read("l"):match("^port (%d+)$"))
+			end)
+			if cut < 28 then
+				server:await_log("connection from 127%.0%.0%.1 port " .. myport
+					.. ": no complete PROXY header yet")
+				support.spit(go, "")
+			end
+			local out = h:read("a")
+			h:close()
+			assert.matches("^220 ", out)
+			assert.matches("client 192%.0%.2%.48 port 4848 local 127%.0%.0%.1 port 465", out)
+			assert.matches("221 ", out)
+			server:await_log("connection from 127%.0%.0%.1 port " .. myport .. ": PROXY v2 header read " .. how)
+		end)
+	end
 end)

@@ -18,12 +18,15 @@
  *
  * PROXY protocol (proxy.h): on a listener with {proxy = true} the conn
  * first reads the header, then starts its session (or the implicit TLS
- * handshake) with the client's address as its peer.  A plain conn reads it
- * through its bufferevent, as the session's input is read (one read of the
- * header's segment; octets after the header stay in the buffer for the
- * session); an implicit-TLS conn reads it straight from the socket,
- * peeking so that not one octet of the ClientHello is taken.  A bad header, an EOF or the
- * deadline closes the conn with a log line and no reply.
+ * handshake) with the client's address as its peer.  The header is usually
+ * in by the accept (HAProxy sends it on connect), so conn_create reads at
+ * once: a plain conn one recv onto the stack (octets after the header go to
+ * its bufferevent's input for the session), an implicit-TLS conn a peek,
+ * then exactly the header's octets, so that not one octet of the
+ * ClientHello is taken.  Only a header not in yet, or in part, is waited
+ * for: through the bufferevent, or a read event that peeks again.  A bad
+ * header, an EOF or the deadline closes the conn with a log line and no
+ * reply.
  *
  * Deadlines: the engine's timer (io->timer) bounds everything a session
  * waits for; c->limit bounds what only the transport sees, from its start,
@@ -142,8 +145,10 @@ static void	conn_tls_done(struct conn *);
 static void	conn_tls_failed(struct conn *, short);
 static bool	conn_begin(struct conn *, struct event_base *, evutil_socket_t);
 static void	conn_proxy_cb(evutil_socket_t, short, void *);
-static void	conn_proxy_read(struct conn *);
-static void	conn_proxy_done(struct conn *, const struct proxy_header *, evutil_socket_t);
+static int	conn_proxy_peek(struct conn *, evutil_socket_t);
+static int	conn_proxy_first(struct conn *, evutil_socket_t);
+static int	conn_proxy_read(struct conn *);
+static bool	conn_proxy_done(struct conn *, const struct proxy_header *, evutil_socket_t);
 static void	conn_proxy_fail(struct conn *, const char *);
 static int	conn_bev_new(struct conn *, struct event_base *, evutil_socket_t);
 
@@ -182,7 +187,7 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 {
 	struct conn	*c;
 	struct timeval	 tv;
-	int		 one = 1;
+	int		 one = 1, r;
 
 	if ((c = calloc(1, sizeof(*c))) == NULL) {
 		log_error(0, "connection: out of memory");
@@ -218,18 +223,29 @@ conn_create(struct event_base *base, evutil_socket_t fd,
 		goto fail;
 	}
 	if (proxy != NULL && proxy->on) {
-		/* the header first; then conn_begin */
+		/*
+		 * The header first; then conn_begin.  HAProxy sends it on
+		 * connect, so it is usually in already: read at once, and
+		 * wait for it (bounded) only when it is not.
+		 */
+		c->proxying = true;
+		c->proxy_ms = proxy->timeout_ms;
 		if (!c->implicit_tls) {
 			if (conn_bev_new(c, base, fd) == -1)
 				goto fail;
-		} else if ((c->pbuf = malloc(PROXY_HEADER_MAX)) == NULL ||
-		    (c->proxy_ev = event_new(base, fd, EV_READ | EV_PERSIST,
+			r = conn_proxy_first(c, fd);
+		} else if ((c->proxy_ev = event_new(base, fd, EV_READ | EV_PERSIST,
 		    conn_proxy_cb, c)) == NULL) {
 			evutil_closesocket(fd);
 			goto fail;
+		} else {
+			r = conn_proxy_peek(c, fd);
 		}
-		c->proxying = true;
-		c->proxy_ms = proxy->timeout_ms;
+		if (r != 0)
+			return r == 1 ? c : NULL;	/* -1: c was freed */
+		log_debug(0, "connection from %s port %u: no complete PROXY header "
+		    "yet: waiting up to %u ms (proxyTimeout)", c->peer.remote_addr,
+		    c->peer.remote_port, c->proxy_ms);
 		c->limit_for = LIMIT_PROXY;
 		tv = conn_tv(proxy->timeout_ms);
 		evtimer_add(c->limit, &tv);
@@ -295,51 +311,115 @@ fail:
 }
 
 /*
- * The PROXY header: peek at what arrived (after what was taken already),
- * take exactly the header's octets once it is complete, or all of them
- * while it is not (each of them is the header's then, and taking them
- * keeps a level-triggered read event from firing again at once).
+ * The PROXY header of an implicit-TLS conn, from the socket: peek at what
+ * arrived (after what was taken already), take exactly the header's octets
+ * once it is complete, or all of them while it is not (each of them is the
+ * header's then, and taking them keeps a level-triggered read event from
+ * firing again at once).  The first peek (at the accept) uses the stack:
+ * c->pbuf is made only for a header that comes in pieces.  Returns 1 when
+ * the header is in and the conn has begun, 0 while more is needed, -1 when
+ * c was freed.
  */
-static void
-conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
+static int
+conn_proxy_peek(struct conn *c, evutil_socket_t fd)
 {
-	struct conn		*c = arg;
+	uint8_t			 first[PROXY_HEADER_MAX], *buf;
 	struct proxy_header	 h;
 	const char		*why;
 	ssize_t			 n;
 	size_t			 take;
 	int			 r;
 
-	(void)what;
-	n = recv(fd, c->pbuf + c->phave, PROXY_HEADER_MAX - c->phave, MSG_PEEK);
+	buf = c->pbuf != NULL ? c->pbuf : first;
+	n = recv(fd, buf + c->phave, PROXY_HEADER_MAX - c->phave, MSG_PEEK);
 	if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-		return;
+		return 0;
 	if (n <= 0) {
 		conn_proxy_fail(c, n == 0 ? "the client closed the connection before "
 		    "its PROXY header" : strerror(errno));
-		return;
+		return -1;
 	}
-	if ((r = proxy_parse(c->pbuf, c->phave + (size_t)n, &h, &why)) == -1) {
+	if ((r = proxy_parse(buf, c->phave + (size_t)n, &h, &why)) == -1) {
 		conn_proxy_fail(c, why);
-		return;
+		return -1;
+	}
+	if (r == 0 && c->pbuf == NULL) {	/* a first piece: kept until the rest */
+		if ((c->pbuf = malloc(PROXY_HEADER_MAX)) == NULL) {
+			conn_proxy_fail(c, "out of memory");
+			return -1;
+		}
+		buf = c->pbuf;
 	}
 	take = r == 0 ? (size_t)n : (size_t)r - c->phave;
-	if (recv(fd, c->pbuf + c->phave, take, 0) != (ssize_t)take) {
+	if (recv(fd, buf + c->phave, take, 0) != (ssize_t)take) {
 		conn_proxy_fail(c, "cannot read the PROXY header");
-		return;
+		return -1;
 	}
 	c->phave += take;
 	if (r == 0)
-		return;
+		return 0;
 	event_free(c->proxy_ev);
 	c->proxy_ev = NULL;
 	free(c->pbuf);
 	c->pbuf = NULL;
-	conn_proxy_done(c, &h, fd);
+	return conn_proxy_done(c, &h, fd) ? -1 : 1;
 }
 
-/* A plain conn's PROXY header, from its bufferevent's input. */
 static void
+conn_proxy_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)what;
+	(void)conn_proxy_peek(arg, fd);	/* may free the conn */
+}
+
+/*
+ * A plain conn's header at the accept: one recv of at most the header's
+ * bound onto the stack, parsed there.  What is not the header (octets
+ * after it, or a header still incomplete) goes to the bufferevent's input,
+ * where the session (or conn_proxy_read) finds it.  Saves the event loop's
+ * turn, libevent's FIONREAD and readv, and the input buffer's work when the
+ * header is in already and alone.  Returns as conn_proxy_peek.
+ */
+static int
+conn_proxy_first(struct conn *c, evutil_socket_t fd)
+{
+	struct evbuffer		*in = bufferevent_get_input(c->bev);
+	uint8_t			 buf[PROXY_HEADER_MAX];
+	struct proxy_header	 h;
+	const char		*why;
+	ssize_t			 n;
+	size_t			 used;
+	int			 r, added = 0;
+
+	n = recv(fd, buf, sizeof(buf), 0);
+	if (n == -1 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+		return 0;
+	if (n <= 0) {
+		conn_proxy_fail(c, n == 0 ? "the client closed the connection before "
+		    "its PROXY header" : strerror(errno));
+		return -1;
+	}
+	if ((r = proxy_parse(buf, (size_t)n, &h, &why)) == -1) {
+		conn_proxy_fail(c, why);
+		return -1;
+	}
+	if ((used = (size_t)r) < (size_t)n) {
+		/* the bufferevent keeps its input's end frozen but while it reads */
+		evbuffer_unfreeze(in, 0);
+		added = evbuffer_add(in, buf + used, (size_t)n - used);
+		evbuffer_freeze(in, 0);
+	}
+	if (added == -1) {
+		conn_proxy_fail(c, "out of memory");
+		return -1;
+	}
+	if (r == 0)
+		return 0;	/* the rest through the bufferevent */
+	return conn_proxy_done(c, &h, fd) ? -1 : 1;
+}
+
+/* A plain conn's PROXY header, from its bufferevent's input.  Returns as conn_proxy_peek. */
+static int
 conn_proxy_read(struct conn *c)
 {
 	struct evbuffer		*in = bufferevent_get_input(c->bev);
@@ -353,16 +433,16 @@ conn_proxy_read(struct conn *c)
 		len = PROXY_HEADER_MAX;
 	if ((p = evbuffer_pullup(in, (ev_ssize_t)len)) == NULL) {
 		conn_proxy_fail(c, "out of memory");
-		return;
+		return -1;
 	}
 	if ((r = proxy_parse(p, len, &h, &why)) == -1) {
 		conn_proxy_fail(c, why);
-		return;
+		return -1;
 	}
 	if (r == 0)
-		return;		/* more to come (within PROXY_HEADER_MAX) */
+		return 0;	/* more to come (within PROXY_HEADER_MAX) */
 	evbuffer_drain(in, (size_t)r);
-	conn_proxy_done(c, &h, bufferevent_getfd(c->bev));
+	return conn_proxy_done(c, &h, bufferevent_getfd(c->bev)) ? -1 : 1;
 }
 
 /*
@@ -370,12 +450,15 @@ conn_proxy_read(struct conn *c)
  * client), and the conn begins.  A plain conn's octets after the header
  * are the session's first input.
  */
-static void
+static bool
 conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t fd)
 {
 	const struct proxy_header	 h = *hp;
 	struct session_peer		 client;
 
+	log_debug(0, "connection from %s port %u: PROXY v%d header read %s",
+	    c->peer.remote_addr, c->peer.remote_port, h.version,
+	    c->limit_for == LIMIT_PROXY ? "after a wait" : "at the accept");
 	c->proxying = false;
 	evtimer_del(c->limit);
 	c->limit_for = LIMIT_NONE;
@@ -404,7 +487,7 @@ conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t f
 			if (c->bev == NULL)
 				close(fd);
 			conn_free(c);
-			return;
+			return true;
 		}
 		c->keyed = c->list->proxied != NULL;
 		c->peer = client;
@@ -413,12 +496,15 @@ conn_proxy_done(struct conn *c, const struct proxy_header *hp, evutil_socket_t f
 		    "a client address (LOCAL or UNKNOWN): the proxy is the peer",
 		    c->peer.remote_addr, c->peer.remote_port, h.version);
 	}
-	if (conn_begin(c, event_get_base(c->timer), fd) || c->bev == NULL || c->implicit_tls)
-		return;
+	if (conn_begin(c, event_get_base(c->timer), fd))
+		return true;
+	if (c->bev == NULL || c->implicit_tls)
+		return false;
 	if (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 && !c->held) {
 		conn_pump(c);	/* what came with the header */
-		(void)conn_settle(c);
+		return conn_settle(c);
 	}
+	return false;
 }
 
 /* No header, a bad one, or none in time: a log line, no reply (nothing to say it in). */
@@ -586,7 +672,7 @@ conn_read_cb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	if (c->proxying) {
-		conn_proxy_read(c);	/* may free c */
+		(void)conn_proxy_read(c);	/* may free c */
 		return;
 	}
 	if (c->held)		/* the engine waits: keep bytes until io->wake */

@@ -66,7 +66,8 @@ struct conn_list {
  * proxy (may be NULL; copied) on: a PROXY protocol header comes first, and
  * names the client (the caller checked that the peer may send one).
  * Returns NULL (and logs) if the session or the bufferevent cannot be
- * created.
+ * created, or if the conn already ended (freed; a PROXY header in at the
+ * accept is read at once, and may be bad, or its client over a limit).
  */
 struct conn	*conn_create(struct event_base *base, evutil_socket_t fd,
 		    const struct session_config *cfg, struct tls_ctx *tls,

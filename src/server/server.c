@@ -371,13 +371,16 @@ server_addr(const struct sockaddr *sa, char *addr, size_t len)
 static bool
 server_conn_proxied(void *arg, const struct session_peer *client)
 {
+	struct server		*srv = arg;
 	struct connlimit_key	 key;
 	unsigned		 n;
 
-	(void)arg;
 	connlimit_release(NULL);
-	return connlimit_acquire(connlimit_key_str(client->remote_addr, &key) ?
-	    &key : NULL, &n, &n) == CONNLIMIT_OK;
+	if (connlimit_acquire(connlimit_key_str(client->remote_addr, &key) ?
+	    &key : NULL, &n, &n) == CONNLIMIT_OK)
+		return true;
+	srv->nfreed++;	/* freed uncounted, maybe inside conn_create: settled here */
+	return false;
 }
 
 /* A conn is freed: its client counts one connection less. */
