@@ -348,6 +348,8 @@ function M.install(I)
         if type(self.nh) == "userdata" then
           conn._handle:sink(self.nh)	-- the body goes to the next hop in C
           self.sink = true
+        else
+          I.watch_data(m)	-- the body goes to the next hop from Lua
         end
         if waiting then settle(conn, a, true, 0, nil) end
         return
