@@ -144,6 +144,7 @@ function M.install(I)
       self.dead = true
       return nil, err
     end
+    if ok == true then cb({ code = 354, enhanced = "", text = "" }) end	-- answered already (nh:data)
     return true
   end
 
@@ -340,6 +341,7 @@ function M.install(I)
       m._forward = false
       return false, 451, "4.4.2 Next hop unavailable"
     end
+    local inside, ready = true, false	-- ready: the 354 came with the envelope, no wait
     local ok = self:step_cb("data", function(r)
       local a = conn._ask
       local waiting = a and a.obj == m and a.waiting
@@ -351,7 +353,8 @@ function M.install(I)
         else
           I.watch_data(m)	-- the body goes to the next hop from Lua
         end
-        if waiting then settle(conn, a, true, 0, nil) end
+        if inside then ready = true
+        elseif waiting then settle(conn, a, true, 0, nil) end
         return
       end
       local _, c, t = verdict_of_reply(r, 3)
@@ -360,10 +363,12 @@ function M.install(I)
       m._forward = false
       if waiting then settle(conn, a, false, c, t) end
     end)
+    inside = false
     if not ok then
       m._forward = false
       return false, 451, "4.4.2 Next hop unavailable"
     end
+    if ready then return true, 0, nil end
     return WAIT
   end
 
