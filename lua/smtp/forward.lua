@@ -220,9 +220,22 @@ function M.install(I)
     return nil
   end
 
+  -- the server's name for EHLO, once per server: without server.hostname
+  -- set it is the machine's name, a getaddrinfo (blocking) each time asked
+  local hostnames = setmetatable({}, { __mode = "k" })
+  local function hostname_of(server)
+    if not server then return nil end
+    local set = rawget(server, "hostname")
+    if set then return set end
+    local h = hostnames[server]
+    if not h then h = server.hostname ; hostnames[server] = h end
+    return h
+  end
+
   local function new_fwd(conn, target, what)
     local server = I.server
-    local t, name = check_target(target, server and server.hostname, what)
+    local t, name = check_target(target,
+      (type(target) ~= "table" or target.helo == nil) and hostname_of(server) or nil, what)
     if not platform.nexthop then
       return nil, "no network here: forwarding runs in luasmtpd's workers and smtp.testing"
     end
