@@ -62,6 +62,7 @@ local function install_asks(I, conns)
 
   function asks.DATA(conn)
     local m = new_message(conn)
+    conn._handle:dataListeners(false)	-- until the message gets a 'data' listener
     rawset(conn, "currentMessage", m)
     if conn._proxy then m._forward = conn._proxy end
     local fns = conn._once == false and conn._listeners.DATA or take(conn, "DATA")

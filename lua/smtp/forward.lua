@@ -144,6 +144,7 @@ function M.install(I)
       self.dead = true
       return nil, err
     end
+    if ok == true then cb({ code = 354, enhanced = "", text = "" }) end	-- answered already (nh:data)
     return true
   end
 
@@ -219,9 +220,22 @@ function M.install(I)
     return nil
   end
 
+  -- the server's name for EHLO, once per server: without server.hostname
+  -- set it is the machine's name, a getaddrinfo (blocking) each time asked
+  local hostnames = setmetatable({}, { __mode = "k" })
+  local function hostname_of(server)
+    if not server then return nil end
+    local set = rawget(server, "hostname")
+    if set then return set end
+    local h = hostnames[server]
+    if not h then h = server.hostname ; hostnames[server] = h end
+    return h
+  end
+
   local function new_fwd(conn, target, what)
     local server = I.server
-    local t, name = check_target(target, server and server.hostname, what)
+    local t, name = check_target(target,
+      (type(target) ~= "table" or target.helo == nil) and hostname_of(server) or nil, what)
     if not platform.nexthop then
       return nil, "no network here: forwarding runs in luasmtpd's workers and smtp.testing"
     end
@@ -340,6 +354,7 @@ function M.install(I)
       m._forward = false
       return false, 451, "4.4.2 Next hop unavailable"
     end
+    local inside, ready = true, false	-- ready: the 354 came with the envelope, no wait
     local ok = self:step_cb("data", function(r)
       local a = conn._ask
       local waiting = a and a.obj == m and a.waiting
@@ -348,8 +363,11 @@ function M.install(I)
         if type(self.nh) == "userdata" then
           conn._handle:sink(self.nh)	-- the body goes to the next hop in C
           self.sink = true
+        else
+          I.watch_data(m)	-- the body goes to the next hop from Lua
         end
-        if waiting then settle(conn, a, true, 0, nil) end
+        if inside then ready = true
+        elseif waiting then settle(conn, a, true, 0, nil) end
         return
       end
       local _, c, t = verdict_of_reply(r, 3)
@@ -358,10 +376,12 @@ function M.install(I)
       m._forward = false
       if waiting then settle(conn, a, false, c, t) end
     end)
+    inside = false
     if not ok then
       m._forward = false
       return false, 451, "4.4.2 Next hop unavailable"
     end
+    if ready then return true, 0, nil end
     return WAIT
   end
 

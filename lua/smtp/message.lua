@@ -84,6 +84,21 @@ local function install_class(I)
     }),
   }
 
+  -- Whether the message's data chunks come to Lua: only with a 'data'
+  -- listener or a next hop fed from Lua (the harness's); otherwise the
+  -- bridge passes them by (no string, no dispatch per chunk) and size
+  -- catches up here when that changes.
+  local function watch_data(m)
+    local fwd = m._forward
+    local on = m._listeners.data and true or (fwd and fwd.streaming and not fwd.sink) or false
+    local skipped = m.connection._handle:dataListeners(on)
+    if skipped > 0 then m.size = m.size + skipped end
+  end
+  I.watch_data = watch_data
+  local function on_change(m, canon)
+    if canon == "data" then watch_data(m) end
+  end
+
   -- One constructor, its hash part sized for every field a message gets
   -- (nil ones too), and the emitter's fields inline (Emitter.init's shape):
   -- no rehash as the message goes through its life.  Sender and recipients
@@ -94,7 +109,7 @@ local function install_class(I)
     local handle = conn._handle	-- the envelope, without the connection's __index
     local rcpts = handle:recipients()
     return setmetatable({
-      _names = MESSAGE_EVENTS, _once = false, _on_change = false,
+      _names = MESSAGE_EVENTS, _once = false, _on_change = on_change,
       _listeners = { data = false, ["end"] = false, accept = false, reject = false, abort = false },
       connection = conn, sender = handle:sender(), recipients = rcpts, receivers = rcpts,
       accepted = false, size = 0, code = nil, _finished = false, _failed = false,

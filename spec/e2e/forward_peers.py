@@ -16,6 +16,7 @@ dot included) go to PORTFILE.data.N.
   stall   reads no data after its 354 until PORTFILE.go exists
   oneshot a good server that hangs up after each message (a pooled
           connection that is gone when next wanted)
+  refuse  a good server that refuses RCPT to an address with "unknown"
 """
 import asyncio
 import os
@@ -40,6 +41,8 @@ async def serve(reader, writer):
             verb = cmd.split(" ")[0].upper()
             if verb in ("EHLO", "LHLO"):
                 writer.write(b"250-peer\r\n250-8BITMIME\r\n250-SIZE 100000000\r\n250 PIPELINING\r\n")
+            elif verb == "RCPT" and mode == "refuse" and "unknown" in cmd:
+                writer.write(b"550 5.1.1 User unknown\r\n")
             elif verb == "QUIT":
                 writer.write(b"221 bye\r\n")
                 await writer.drain()

@@ -182,6 +182,36 @@ describe("e2e: message:forward to real next hops", function()
 		assert.matches("dot\nMAIL FROM", log)	-- the reply ended the transaction: no RSET
 	end)
 
+	it("refuses a message the next hop refused a recipient of, its pipelined DATA never completed", function()
+		local peer = peer_start(dir, "refuse")
+		finally(function() stop(peer.pid) end)
+		local function message(rcpts)
+			local c = support.connect(server)
+			c:expect("^220 ")
+			c:cmd("EHLO client.example", "^250")
+			c:cmd("MAIL FROM:<a@client.example>", "^250")
+			for _, r in ipairs(rcpts) do c:cmd("RCPT TO:<" .. r .. ">", "^250") end
+			local r = c:cmd("DATA", "^%d")
+			if r.text:match("^354") then
+				c:send("Subject: x\r\n\r\nhello\r\n.\r\n")
+				r = c:expect("^%d")
+			end
+			c:close()
+			return r.text
+		end
+		local good = "p" .. peer.port .. "@example.org"
+		local line = message({ good, "p" .. peer.port .. "unknown@example.org" })
+		assert.matches("^554 5%.5%.0 Next hop refused <p%d+unknown@example%.org>: 550 User unknown", line)
+		-- the next hop had said 354 to the pipelined DATA: the connection
+		-- ends without a final dot, so nothing was delivered
+		support.wait_until(function() return peer.log():match("closed\n") end, 10, "the refused transaction closed")
+		local log = peer.log()
+		assert.matches("RCPT TO:<p%d+unknown@example%.org>\nDATA\n", log)
+		assert.is_nil(log:match("dot\n"), log)
+		assert.matches("^250 2%.0%.0 Ok: stored", message({ good }))
+		assert.matches("dot\n", peer.log())
+	end)
+
 	it("makes a new connection when the pooled one was closed by the next hop", function()
 		local peer = peer_start(dir, "oneshot")
 		finally(function() stop(peer.pid) end)

@@ -65,6 +65,24 @@ describe("message:forward (fake next hop)", function()
     assert.matches("forwarded to hub.example:2525: 250 2.0.0 Ok: queued as ABC", h:log(), 1, true)
   end)
 
+  it("asks the server's name (EHLO's default) once, not per message", function()
+    -- the harness reads opts.hostname each time the server's name is asked
+    -- (luasmtpd: a blocking getaddrinfo)
+    local asked = 0
+    local opts = setmetatable({}, { __index = function(_, k)
+      if k == "hostname" then asked = asked + 1 end
+    end })
+    local h = support.policy((FORWARD:gsub("TARGET", [[{ host = "hub.example", port = 2525, tls = "none" }]])), opts)
+    local peer = h.nexthop:listen("hub.example", 2525)
+    local before = asked
+    local r1 = send(h, {})
+    local r2 = send(h, {})
+    assert.equal(250, r1.done.code)
+    assert.equal(250, r2.done.code)
+    assert.equal(2, #peer.messages)
+    assert.truthy(asked - before <= 1, asked - before)
+  end)
+
   it("answers 451 4.4.1 when the next hop is down, and never says 354", function()
     local h = forward_policy([[{ host = "down.example", port = 25 }]])
     local r = send(h, {})

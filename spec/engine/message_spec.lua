@@ -35,6 +35,44 @@ describe("messages", function()
     assert.equal("Subject: hi\r\n\r\n.dot\r\nlast\r\n", rest)
   end)
 
+  it("without a 'data' listener its chunks never reach Lua; size catches up when one comes", function()
+    -- the line of kinds.data in smtp.dispatch, to count its calls
+    local path = package.searchpath("smtp.dispatch", package.path)
+    local line = 0
+    for l in io.lines(path) do
+      line = line + 1
+      if l:find("function kinds.data(", 1, true) then break end
+    end
+    local calls = 0
+    local m
+    local h = policy([[
+      smtp.createServer(function(c)
+        c:on("DATA", function(msg)
+          MSG(msg)
+          msg:on("end", function() msg:accept() end)
+        end)
+      end)
+    ]], { globals = { MSG = function(x) m = x end } })
+    local s = to_data(h)
+    debug.sethook(function()
+      local info = debug.getinfo(2, "S")
+      if info.linedefined == line and info.source:find("smtp/dispatch.lua", 1, true) then
+        calls = calls + 1
+      end
+    end, "c")
+    s:send_raw("12345\r\n")
+    debug.sethook()
+    assert.equal(0, calls)
+    local chunks = {}
+    m:on("data", function(chunk) chunks[#chunks + 1] = chunk end)
+    assert.truthy(m.size > 7, m.size)	-- the Received field and 12345
+    local before = m.size
+    s:send_raw("678\r\n.\r\n"):expect(250)
+    assert.equal("678\r\n", table.concat(chunks))
+    assert.equal(12, m.size)
+    assert.truthy(before > 0)
+  end)
+
   it("has sender, recipients (alias receivers), connection, size, accepted", function()
     local m
     local h = policy([[

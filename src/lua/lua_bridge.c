@@ -587,10 +587,12 @@ hook_data(void *ctx, struct session *s, const char *buf, size_t len)
 		return;
 	if (ls->sink != NULL)
 		ls->sink->data(ls->sink, s, buf, len);	/* forwarding: C, no Lua */
-	if (ls->mask & EVBIT(SEV_DATA))
+	if ((ls->mask & EVBIT(SEV_DATA)) && !ls->data_quiet)
 		hcall_with(&c);
-	else
+	else {
+		ls->data_skipped += len;	/* message.size catches up if Lua starts listening */
 		lua_pop(c.b->L, 1);
+	}
 }
 
 static void

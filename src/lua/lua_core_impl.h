@@ -69,6 +69,8 @@ struct lsession {
 	int		 finalizing;
 	unsigned	 ask_serial;	/* the path of the MAIL/RCPT being asked */
 	struct lcore_sink *sink;	/* message data in C first (UV_SINK) */
+	int		 data_quiet;	/* the message has no 'data' listener: no Lua per chunk */
+	size_t		 data_skipped;	/* octets passed by quietly since Lua last asked */
 	/* harness transport */
 	struct session_config cfg;
 	char		 hostname[256];

@@ -350,6 +350,23 @@ lsession_sink(lua_State *L)
 	return 0;
 }
 
+/*
+ * handle:dataListeners(on) -> octets: whether the current message's chunks
+ * go to Lua (a 'data' listener, a next hop fed from Lua); off, the bridge
+ * makes no Lua string and runs no dispatch per chunk.  Returns the octets
+ * that passed by unseen since the last call, for message.size.
+ */
+static int
+lsession_data_listeners(lua_State *L)
+{
+	struct lsession *ls = check_handle(L, 1);
+
+	ls->data_quiet = !lua_toboolean(L, 2);
+	lua_pushinteger(L, (lua_Integer)ls->data_skipped);
+	ls->data_skipped = 0;
+	return 1;
+}
+
 static int
 lsession_resume(lua_State *L)
 {
@@ -677,6 +694,7 @@ const luaL_Reg lcore_session_methods[] = {
 	{ "pause",	lsession_pause },
 	{ "resume",	lsession_resume },
 	{ "sink",	lsession_sink },
+	{ "dataListeners", lsession_data_listeners },
 	{ "addHeader",	lsession_add_header },
 	{ "setReverseName", lsession_set_reverse_name },
 	{ "destroy",	lsession_destroy },

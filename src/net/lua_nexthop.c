@@ -384,16 +384,25 @@ lnh_results(lua_State *L)
 	return 1;
 }
 
-/* nh:data(fn): 354 expected; then nh:stream(handle) */
+/*
+ * nh:data(fn) -> false (fn gets the 354 or the refusal) | true (the
+ * envelope's pipelined DATA had 354: no callback, the body may flow now)
+ * | nil, err; then nh:stream(handle)
+ */
 static int
 lnh_data(lua_State *L)
 {
-	struct lnh *o = check_nh(L, 2);
+	struct lnh	*o = check_nh(L, 2);
+	int		 rc;
 
 	if (o->nh == NULL)
 		return push_dead(L);
 	o->broken = false;
-	return started(L, o, nexthop_data(o->nh, on_step, o), 2);
+	if ((rc = nexthop_data(o->nh, on_step, o)) == 1) {
+		lua_pushboolean(L, 1);
+		return 1;
+	}
+	return started(L, o, rc, 2);
 }
 
 /* nh:write(chunk) -> true | nil, err (the harness's path; luasmtpd streams in C) */

@@ -54,6 +54,7 @@ enum step {
 	ST_RCPT,
 	ST_ENV_MAIL,	/* the envelope step: MAIL's reply */
 	ST_ENV_RCPT,	/* ... then each RCPT's */
+	ST_ENV_DATA,	/* ... then the pipelined DATA's */
 	ST_DATA,	/* 354 */
 	ST_STREAM,	/* body flowing: no reply expected */
 	ST_END,		/* the final dot's reply(ies) */
@@ -64,7 +65,7 @@ enum step {
 
 static const char *const step_names[] = {
 	"idle", "connect", "greeting", "EHLO", "HELO", "STARTTLS", "TLS handshake",
-	"EHLO after STARTTLS", "AUTH", "MAIL", "RCPT", "MAIL", "RCPT", "DATA", "data", "end of data",
+	"EHLO after STARTTLS", "AUTH", "MAIL", "RCPT", "MAIL", "RCPT", "DATA", "DATA", "data", "end of data",
 	"RSET", "QUIT", "closed",
 };
 
@@ -107,6 +108,8 @@ struct nexthop {
 	struct nexthop_brief	*env_res;
 	struct nexthop_reply	 env_mail;	/* MAIL's reply */
 	bool			 env_pipelined;
+	bool			 env_354;	/* the pipelined DATA got 354 */
+	bool			 data_open;	/* ... and nexthop_data has not taken it yet */
 	size_t			 low;
 	void			(*drained)(void *);
 	void			*drained_arg;
@@ -476,12 +479,32 @@ env_send_rcpt(struct nexthop *nh)
 	send_line(nh, ST_ENV_RCPT, "RCPT TO:<%s>%s", nh->env_rcpts[nh->env_sent++], NULL);
 }
 
-/* the envelope step is over: MAIL's reply to the caller */
+/*
+ * The envelope step is over: MAIL's reply to the caller.  When the
+ * pipelined DATA got its 354 the next hop reads the body now: the stream
+ * state comes before the callback, which may call nexthop_data (taking the
+ * 354 at once) or end the transaction (no RSET there: the connection ends).
+ */
 static void
 env_done(struct nexthop *nh)
 {
+	nexthop_cb	*cb = nh->cb;
+	void		*arg = nh->arg;
+
 	env_free(nh);
-	deliver(nh, &nh->env_mail, true);
+	if (!nh->env_354) {
+		deliver(nh, &nh->env_mail, true);
+		return;
+	}
+	nh->env_354 = false;
+	nh->cb = NULL;
+	nh->arg = NULL;
+	evtimer_del(nh->timer);
+	nh->step = ST_STREAM;
+	nh->bol = true;
+	nh->data_open = true;
+	if (cb != NULL)
+		cb(arg, nh, &nh->env_mail);
 }
 
 /* a complete reply for the step in flight */
@@ -602,6 +625,11 @@ on_reply(struct nexthop *nh)
 		if (cls == 2)
 			nh->accepted++;
 		if (nh->env_got >= nh->env_n) {
+			if (nh->env_pipelined) {
+				nh->step = ST_ENV_DATA;	/* DATA's reply is next */
+				arm(nh);
+				return;
+			}
 			env_done(nh);
 			return;
 		}
@@ -611,6 +639,11 @@ on_reply(struct nexthop *nh)
 			arm(nh);
 		return;
 	}
+	case ST_ENV_DATA:
+		/* 354: the body follows; else nexthop_data sends DATA again */
+		nh->env_354 = c == 354;
+		env_done(nh);
+		return;
 	case ST_RSET:
 		nh->accepted = 0;
 		deliver(nh, &nh->r, true);
@@ -977,11 +1010,13 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 	snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
 	    params != NULL ? params : "", extra);
 	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
+	nh->env_354 = nh->data_open = false;
 	send_line(nh, ST_ENV_MAIL, "MAIL FROM:<%s>%s", from, all);
 	if (nh->env_pipelined) {
+		/* RFC 2920: DATA ends the group; its reply is read in order */
 		while (nh->env_sent < nh->env_n)
 			env_send_rcpt(nh);
-		nh->step = ST_ENV_MAIL;
+		send_line(nh, ST_ENV_MAIL, "DATA%s%s", "", NULL);
 	}
 	return 0;
 }
@@ -1001,6 +1036,11 @@ nexthop_rcpt_results(const struct nexthop *nh)
 int
 nexthop_data(struct nexthop *nh, nexthop_cb *cb, void *arg)
 {
+	if (nh->data_open) {
+		nh->data_open = false;
+		if (nh->step == ST_STREAM && nh->bev != NULL && nh->cb == NULL)
+			return 1;	/* the envelope's pipelined DATA got 354 */
+	}
 	if (start(nh, cb, arg) == -1)
 		return -1;
 	send_line(nh, ST_DATA, "DATA%s%s", "", NULL);

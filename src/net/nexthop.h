@@ -102,10 +102,13 @@ int	nexthop_rcpt(struct nexthop *nh, const char *to, const char *params,
  * MAIL and a RCPT for each of n recipients in one step: sent at once when
  * the next hop offers PIPELINING, else one after the other.  cb gets MAIL's
  * reply (a refused MAIL: no RCPT was sent, or their replies are ignored);
- * each recipient's reply is then nexthop_rcpt_result(nh, i).
+ * each recipient's reply is then nexthop_rcpt_result(nh, i).  Pipelined,
+ * DATA goes with them: when it got 354, the next nexthop_data returns 1
+ * at once (no callback) and the body may flow.
  */
 int	nexthop_envelope(struct nexthop *nh, const char *from, const char *params,
 	    uint64_t size, const char *const *rcpts, size_t n, nexthop_cb *cb, void *arg);
+/* DATA: 0, cb gets 354 (or the refusal); 1, the pipelined DATA had 354: stream now */
 int	nexthop_data(struct nexthop *nh, nexthop_cb *cb, void *arg);
 int	nexthop_end(struct nexthop *nh, nexthop_cb *cb, void *arg);
 int	nexthop_rset(struct nexthop *nh, nexthop_cb *cb, void *arg);

@@ -419,13 +419,16 @@ test_auth_needs_tls(void)
 	run_free(&r);
 }
 
-/* MAIL and the RCPTs in one step: pipelined when offered, one by one else */
+/*
+ * MAIL and the RCPTs in one step: pipelined when offered (DATA with them,
+ * its 354 taken by nexthop_data at once), one by one else
+ */
 static void
 test_envelope(bool pipelining)
 {
 	static const char *const piped[] = {
 		"220 x\r\n", "250-x\r\n250 PIPELINING\r\n", "250 2.1.0 ok\r\n",
-		"550 5.1.1 unknown\r\n", "250 2.1.5 ok\r\n", NULL,
+		"550 5.1.1 unknown\r\n", "250 2.1.5 ok\r\n", "354 go\r\n", "250 2.0.0 queued\r\n", NULL,
 	};
 	static const char *const plain[] = {
 		"220 x\r\n", "250 x\r\n", "250 2.1.0 ok\r\n",
@@ -447,7 +450,58 @@ test_envelope(bool pipelining)
 	CHECK_INT(nexthop_rcpt_result(r.nh, 1)->code, 250);
 	CHECK_INT((int)nexthop_accepted(r.nh), 1);
 	CHECK(strstr(r.peer.got, "MAIL FROM:<s@x>\nRCPT TO:<nobody@x>\nRCPT TO:<b@x>\n") != NULL);
+	if (!pipelining) {
+		CHECK(strstr(r.peer.got, "DATA") == NULL);
+		CHECK(nexthop_alive(r.nh));
+		run_free(&r);
+		return;
+	}
+	/* the next hop reads the body now: no RSET, no pool, and no second DATA */
+	CHECK(strstr(r.peer.got, "RCPT TO:<b@x>\nDATA\n") != NULL);
+	CHECK(!nexthop_alive(r.nh));
+	run_free(&r);
+
+	/* again, streaming the body after the 354 that came with the envelope */
+	run_init(&r, piped, &smtp_target);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 2, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.replies, 2);	/* open, envelope: no callback for the 354 */
+	CHECK(nexthop_data(r.nh, on_step, &r) == 1);
+	CHECK(nexthop_write(r.nh, "hi\r\n", 4) >= 0);
+	CHECK(nexthop_end(r.nh, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 250);
+	r.peer.body[r.peer.body_len] = '\0';
+	CHECK_STR(r.peer.body, "hi\r\n.\r\n");
+	CHECK(strstr(r.peer.got, "DATA\nDATA") == NULL);
 	CHECK(nexthop_alive(r.nh));
+	run_free(&r);
+}
+
+/* the pipelined DATA refused (no valid recipient yet, say): DATA is sent again */
+static void
+test_envelope_data_refused(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250-x\r\n250 PIPELINING\r\n", "250 2.1.0 ok\r\n",
+		"250 2.1.5 ok\r\n", "451 4.3.0 not now\r\n", "354 go\r\n", NULL,
+	};
+	const char	*rcpts[] = { "a@x" };
+	struct run	 r;
+
+	run_init(&r, script, &smtp_target);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 1, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 250);
+	CHECK(nexthop_alive(r.nh));
+	CHECK(nexthop_data(r.nh, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 354);
+	CHECK(strstr(r.peer.got, "RCPT TO:<a@x>\nDATA\nDATA\n") != NULL);
 	run_free(&r);
 }
 
@@ -533,6 +587,7 @@ main(void)
 	test_envelope(true);
 	test_envelope(false);
 	test_envelope_mail_refused();
+	test_envelope_data_refused();
 	test_transaction();
 	test_size_limit();
 	test_helo_fallback();
