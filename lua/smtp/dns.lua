@@ -403,8 +403,8 @@ function M.new(I)
   -- names made, the answers kept and a name error or no data left out of
   -- Lua; one callback and one timer for the batch): nil when no zone lists
   -- r (its negative answers cached as lookup would), or the lookups as
-  -- lookup fills them; false if the cache holds one of the names (lookup
-  -- answers then).
+  -- lookup fills them (the cache answering what it holds, lookup the rest,
+  -- when it holds one of the names).
   local DNSBL_MAX = 32
   local function dnsbl_batch(r, zones, n)
     local task = current_task()
@@ -415,9 +415,24 @@ function M.new(I)
     local conf = config()
     local max = conf.cache
     local t = ncache > 0 and now()
-    if t then
+    if t then	-- the cache answers what it holds, lookup the rest
+      local qs, rest, hits = {}, {}, 0
       for j = 1, n do
-        if cache_get(KEYS[1] .. lower(r .. "." .. zones[j]), t) ~= nil then return false end
+        local q = newq(r .. "." .. zones[j], 1)
+        local hit, herr, hrcode = cache_get(key_of(q), t)
+        if hit then
+          q[RECORDS], q[CACHED] = hit, true
+        elseif hit == false then
+          q[ERR], q[RCODE], q[CACHED] = herr, hrcode or false, true
+        else
+          rest[#rest + 1] = q
+        end
+        if q[CACHED] then hits = hits + 1 end
+        qs[j] = q
+      end
+      if hits > 0 then
+        if rest[1] then lookup(rest, conf.deadline, true, 3) end
+        return qs
       end
     end
     local b = { task, task.gen, 1, false }
@@ -484,7 +499,7 @@ function M.new(I)
       qs = dnsbl_batch(r, zones, n)
       if qs == nil then return {}, {} end	-- listed nowhere: the common case
     end
-    if not qs then
+    if not qs then	-- no platform.dnsbl (luasmtpd --check), too many zones
       qs = {}
       for j = 1, n do qs[j] = newq(r .. "." .. zones[j], 1) end
       lookup(qs, default_timeout(), true, 2)
