@@ -1,6 +1,8 @@
 /*
  * lua_dns.c -- the DNS resolver of smtp.dns (lua/smtp/dns.lua):
- * platform.dns(name, qtype, opts, fn[, i]) -> true | nil, err.
+ * platform.dns(name, qtype, opts, fn[, i]) -> true | nil, err, and
+ * platform.dnsbl(rev, zones, opts, fn, deadline), smtp.dnsbl's A lookups
+ * of every zone in one call, answered to Lua once (see platform_dnsbl).
  *
  * Owns one c-ares channel per worker on the worker's event base: c-ares
  * says which sockets it wants watched (ARES_OPT_SOCK_STATE_CB), each gets

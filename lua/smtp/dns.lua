@@ -9,7 +9,9 @@
 -- lookups may go out at once (a batch: smtp.dnsbl's zones, the implicit
 -- MX's A and AAAA) and are waited for together, under one deadline.  The lookups
 -- themselves are platform.dns(name, qtype, opts, fn): c-ares in luasmtpd
--- (lua_dns.c), smtp.testing's fake resolver (smtp.testing.dns) in specs.
+-- (lua_dns.c), smtp.testing's fake resolver (smtp.testing.dns) in specs;
+-- smtp.dnsbl's A lookups go out in one platform.dnsbl call where the
+-- platform has it (both do), which answers once for the batch.
 -- A lookup yields its handler's coroutine until the answer or the deadline
 -- resumes it; other sessions go on.
 
