@@ -811,6 +811,8 @@ platform_dns(lua_State *L)
 struct dnsbl_part {
 	struct dnsbl_batch	*b;
 	int			 i;		/* 0-based zone */
+	int			 answered;
+	lua_Integer		 code;		/* as fn gets it (dnsbl_deliver) */
 };
 
 struct dnsbl_batch {
@@ -823,9 +825,7 @@ struct dnsbl_batch {
 	int			 left;		/* lookups c-ares has not answered */
 	int			 delivered;
 	int			 pending;	/* n: zones without an answer yet */
-	lua_Integer		 code[DNSBL_MAX];	/* as fn gets them (dnsbl_deliver) */
-	unsigned char		 answered[DNSBL_MAX];
-	struct dnsbl_part	 part[DNSBL_MAX];
+	struct dnsbl_part	 part[];	/* n of them */
 };
 
 static void
@@ -862,7 +862,7 @@ dnsbl_deliver(struct dnsbl_batch *b)
 	luaL_unref(L, LUA_REGISTRYINDEX, b->fn_ref);
 	b->fn_ref = LUA_NOREF;
 	for (i = 0; i < b->n; i++) {
-		if (b->answered[i])
+		if (b->part[i].answered)
 			continue;
 		if (b->res_ref == LUA_NOREF) {
 			lua_createtable(L, b->n, 0);
@@ -888,7 +888,7 @@ dnsbl_deliver(struct dnsbl_batch *b)
 	} else
 		lua_pushnil(L);
 	for (i = 0; i < b->n; i++)
-		lua_pushinteger(L, b->code[i]);
+		lua_pushinteger(L, b->part[i].code);
 	if (lua_pcall(L, 1 + b->n, 0, top + 1) != LUA_OK)
 		log_warn(0, "lua: dnsbl answer handler failed: %s", lua_tostring(L, -1));
 	lua_settop(L, top);
@@ -915,12 +915,12 @@ dnsbl_keep(lua_State *L, struct dnsbl_batch *b, int i, int status, const unsigne
 {
 	int j;
 
-	b->answered[i] = 1;
+	b->part[i].answered = 1;
 	b->pending--;
 	if ((status == ARES_ENOTFOUND || status == ARES_ENODATA) && abuf != NULL) {
 		long neg = negative_ttl(abuf, alen);
 
-		b->code[i] = (neg >= 0 ? 2 * (lua_Integer)neg : -2) + (status == ARES_ENODATA);
+		b->part[i].code = (neg >= 0 ? 2 * (lua_Integer)neg : -2) + (status == ARES_ENODATA);
 		return;
 	}
 	if (b->res_ref == LUA_NOREF) {
@@ -996,7 +996,7 @@ platform_dnsbl(lua_State *L)
 		lua_pushstring(L, err);
 		return 2;
 	}
-	if ((b = calloc(1, sizeof(*b))) == NULL ||
+	if ((b = calloc(1, sizeof(*b) + (size_t)n * sizeof(b->part[0]))) == NULL ||
 	    (b->deadline = evtimer_new(r->base, dnsbl_on_deadline, b)) == NULL) {
 		free(b);
 		return luaL_error(L, "out of memory");
