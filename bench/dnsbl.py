@@ -242,6 +242,63 @@ def callgrind(args, tmp, knot):
           "(x%.2f), cached +%.0f" % (p, res["wait"] - p, res["dnsbl"] - p, res["dnsbl"] / p, res["cached"] - p))
 
 
+def strace_counts(args, tmp, knot):
+    """system calls per connection of the worker (strace -c -f), plain and
+    DNSBL cache miss, and the difference"""
+    def counts(script, n):
+        out = os.path.join(tmp, "strace.out")
+        srv = Server(args.binary, tmp, script, ["strace", "-c", "-f", "-o", out])
+        try:
+            source(srv.port, n, 4)
+        finally:
+            # luasmtpd stopped, not strace: strace writes its table as its tracee exits
+            child = srv._child()
+            if child:
+                os.kill(child, signal.SIGTERM)
+                srv.proc.wait(60)
+            srv.stop()
+        calls = {}
+        for line in open(out):
+            f = line.split()
+            if len(f) >= 5 and f[-1] != "total" and f[3].isdigit():
+                calls[f[-1]] = int(f[3])
+        return calls
+    n = args.strace_n
+    res = {}
+    for label, zones in (("plain", None), ("dnsbl", ZONES)):
+        script = policy(tmp, "st", zones, knot.port, 0, extra="server.dnsTimeout = 10\n" if zones else "")
+        a, b = counts(script, n), counts(script, 1)
+        res[label] = {k: (a.get(k, 0) - b.get(k, 0)) / (n - 1) for k in set(a) | set(b)}
+    print("system calls per connection (strace -c -f, %d connections): DNSBL cache miss minus plain path:" % n)
+    p, d = res["plain"], res["dnsbl"]
+    for k in sorted(set(p) | set(d), key=lambda k: -(d.get(k, 0) - p.get(k, 0))):
+        diff = d.get(k, 0) - p.get(k, 0)
+        if abs(diff) >= 0.05:
+            print("  %-16s %+6.2f  (plain %.2f)" % (k, diff, p.get(k, 0)))
+
+
+def udp_floor(knot, n=20000):
+    """CPU of a bare UDP round trip to knotd (one sendto, one recv of an
+    NXDOMAIN answer): the kernel's part of each DNSBL lookup"""
+    q = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" +
+         b"".join(bytes([len(l)]) + l.encode() for l in ("1.0.0.127." + ZONES[0]).split(".")) +
+         b"\x00\x00\x01\x00\x01")
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", knot.port))
+    s.settimeout(5)
+    for _ in range(100):
+        s.send(q)
+        s.recv(512)
+    t0 = os.times()
+    for _ in range(n):
+        s.send(q)
+        s.recv(512)
+    t1 = os.times()
+    s.close()
+    print("a bare UDP round trip to knotd (send + recv, Python): user %.1f us, system %.1f us"
+          % ((t1.user - t0.user) / n * 1e6, (t1.system - t0.system) / n * 1e6))
+
+
 class SlowDNS(asyncio.DatagramProtocol):
     """answers every query NXDOMAIN, delay seconds after it came and not
     before `hold` queries are waiting (so that that many sessions wait at once)"""
@@ -334,6 +391,9 @@ def main():
     ap.add_argument("--callgrind-keep", dest="keep", metavar="DIR",
                     help="keep the callgrind outputs there (LABEL.N.out), for callgrind_annotate")
     ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--strace", action="store_true",
+                    help="system calls per connection (strace -c), and a bare UDP round trip's CPU")
+    ap.add_argument("--strace-n", type=int, default=300)
     args = ap.parse_args()
     for tool in ("knotd", "smtp-source", "dig"):
         if not shutil.which(tool):
@@ -345,6 +405,9 @@ def main():
             cpu_per_connection(args, tmp, knot)
         if args.callgrind:
             callgrind(args, tmp, knot)
+        if args.strace:
+            strace_counts(args, tmp, knot)
+            udp_floor(knot)
         if args.sessions:
             asyncio.run(waiting_sessions(args, tmp))
     finally:

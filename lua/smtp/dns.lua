@@ -9,7 +9,9 @@
 -- lookups may go out at once (a batch: smtp.dnsbl's zones, the implicit
 -- MX's A and AAAA) and are waited for together, under one deadline.  The lookups
 -- themselves are platform.dns(name, qtype, opts, fn): c-ares in luasmtpd
--- (lua_dns.c), smtp.testing's fake resolver (smtp.testing.dns) in specs.
+-- (lua_dns.c), smtp.testing's fake resolver (smtp.testing.dns) in specs;
+-- smtp.dnsbl's A lookups go out in one platform.dnsbl call where the
+-- platform has it (both do), which answers once for the batch.
 -- A lookup yields its handler's coroutine until the answer or the deadline
 -- resumes it; other sessions go on.
 
@@ -399,11 +401,87 @@ function M.new(I)
   -- listing: { zone=, codes = {"127.0.0.2", ...}, reason = TXT | nil }; a
   -- failure: { zone=, err=, rcode= } (a timeout, a server failure, or an
   -- answer outside 127.0.0.0/8, which RFC 5782 makes an error).
+  -- smtp.dnsbl's A lookups in one platform.dnsbl call (lua_dns.c: the
+  -- names made, the answers kept and a name error or no data left out of
+  -- Lua; one callback and one timer for the batch): nil when no zone lists
+  -- r (its negative answers cached as lookup would), or the lookups as
+  -- lookup fills them (the cache answering what it holds, lookup the rest,
+  -- when it holds one of the names).
+  local DNSBL_MAX = 32
+  local function dnsbl_batch(r, zones, n)
+    local task = current_task()
+    if not task then
+      error("smtp.dns: lookups wait for an answer, so they run in handlers and 'start' "
+        .. "listeners only", 3)
+    end
+    local conf = config()
+    local max = conf.cache
+    local t = ncache > 0 and now()
+    if t then	-- the cache answers what it holds, lookup the rest
+      local qs, rest, hits = {}, {}, 0
+      for j = 1, n do
+        local q = newq(r .. "." .. zones[j], 1)
+        local hit, herr, hrcode = cache_get(key_of(q), t)
+        if hit then
+          q[RECORDS], q[CACHED] = hit, true
+        elseif hit == false then
+          q[ERR], q[RCODE], q[CACHED] = herr, hrcode or false, true
+        else
+          rest[#rest + 1] = q
+        end
+        if q[CACHED] then hits = hits + 1 end
+        qs[j] = q
+      end
+      if hits > 0 then
+        if rest[1] then lookup(rest, conf.deadline, true, 3) end
+        return qs
+      end
+    end
+    local b = { task, task.gen, 1, false }
+    local res, codes
+    local ok, e = platform.dnsbl(r, zones, conf, function(rs, ...)
+      if b[B_LEFT] == 0 then return end
+      res = rs
+      if rs or max > 0 then codes = { ... } end
+      b[B_LEFT] = 0
+      batch_wake(b)
+    end, conf.deadline)
+    local qs = {}
+    if not ok then
+      for j = 1, n do
+        local q = newq(r .. "." .. zones[j], 1)
+        q[ERR] = e
+        qs[j] = q
+      end
+      return qs
+    end
+    while b[B_LEFT] > 0 do
+      b[B_WAITING] = true
+      coroutine.yield()
+    end
+    if not codes then return nil end
+    for j = 1, n do
+      local q = newq(r .. "." .. zones[j], 1)
+      local a = res and res[j]
+      if a then
+        q[RECORDS], q[ERR], q[RCODE], q[NEG] = a[1], a[2], a[3], a[4]
+      else
+        local c = codes[j]
+        local nodata = c % 2 == 1
+        q[ERR], q[RCODE] = nodata and "nodata" or "nxdomain", nodata and "NOERROR" or "NXDOMAIN"
+        q[NEG] = c >= 0 and c // 2
+      end
+      settle(q, max)
+      qs[j] = q
+    end
+    if not res then return nil end
+    return qs
+  end
+
   local zones_ok, nzones_ok = {}, 0	-- zone names checked already (a policy has a few)
   function smtp.dnsbl(ip, zones)
     if type(zones) ~= "table" then error("smtp.dnsbl: a list of zones expected", 2) end
     local r = reverse(ip)
-    local qs = {}
     local i, z = 1, zones[1]
     while z ~= nil do
       if not zones_ok[z] then
@@ -413,12 +491,21 @@ function M.new(I)
         if nzones_ok >= 256 then zones_ok, nzones_ok = {}, 0 end
         zones_ok[z], nzones_ok = true, nzones_ok + 1
       end
-      if r then qs[i] = newq(r .. "." .. z, 1) end
       i = i + 1
       z = zones[i]
     end
     if not r then return nil, "bad address" end
-    lookup(qs, default_timeout(), true, 2)
+    local n = i - 1
+    local qs = false
+    if platform.dnsbl and n >= 1 and n <= DNSBL_MAX and #zones == n then
+      qs = dnsbl_batch(r, zones, n)
+      if qs == nil then return {}, {} end	-- listed nowhere: the common case
+    end
+    if not qs then	-- no platform.dnsbl (luasmtpd --check), too many zones
+      qs = {}
+      for j = 1, n do qs[j] = newq(r .. "." .. zones[j], 1) end
+      lookup(qs, default_timeout(), true, 2)
+    end
     local listings, failures, txts, listed = {}, {}, nil, nil
     for j = 1, #qs do
       local q = qs[j]

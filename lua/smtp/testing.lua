@@ -226,6 +226,7 @@ function testing._load(source, chunkname, opts, dir)
     tcp_connect = function(...) return h.tcp:_connect(...) end,
     nexthop = function(t) return h.nexthop:_new(t) end,
     dns = function(...) return fake_dns:_query(...) end,
+    dnsbl = function(...) return fake_dns:_dnsbl(...) end,
     http = function(req, fn) return h.http:_request(req, fn) end,
     http_body = function(limit) return h.http:_body(limit) end,
     redis = opts.redis and testing._redis(opts.redis),

@@ -395,6 +395,32 @@ describe("the negative cache", function()
   end)
 end)
 
+describe("smtp.dnsbl and the cache", function()
+  it("keeps the zones' name errors and no data, which smtp.dns.query then finds, until the negative TTL", function()
+    local zones = { "zen.example", "bl.example", "clean.example" }
+    local h, out = harness(function(smtp)
+      return { smtp.dnsbl("192.0.2.7", zones) }, { smtp.dns.query("7.2.0.192.bl.example", "A") },
+        { smtp.dns.query("7.2.0.192.clean.example", "A") }
+    end)
+    h.dns.negativeTtl = 30
+    h.dns:add("7.2.0.192.bl.example", "TXT", "not an A")	-- bl.example: no data
+    h.dns:fail("7.2.0.192.clean.example", "servfail")
+    helo(h)
+    assert.same({ "7.2.0.192.zen.example A", "7.2.0.192.bl.example A", "7.2.0.192.clean.example A",
+      "7.2.0.192.clean.example A" }, h.dns.queries)	-- the server failure not kept
+    assert.same({ {}, { { zone = "clean.example", err = "servfail", rcode = "SERVFAIL" } } }, out.r[1])
+    assert.same({ nil, "nodata", "NOERROR" }, out.r[2])
+    helo(h)	-- zen and bl from the cache: clean alone asked (twice: dnsbl, query)
+    assert.equal(6, #h.dns.queries)
+    assert.same({ nil, "nodata", "NOERROR" }, out.r[2])
+    h.clock:advance(30)
+    helo(h)
+    assert.equal(10, #h.dns.queries)
+    assert.same({ "7.2.0.192.zen.example A", "7.2.0.192.bl.example A", "7.2.0.192.clean.example A",
+      "7.2.0.192.clean.example A" }, { table.unpack(h.dns.queries, 7, 10) })
+  end)
+end)
+
 describe("the cache's bounds", function()
   it("keeps at most dnsCacheSize entries, the newest, with its bookkeeping bounded too", function()
     local names = {}

@@ -655,7 +655,8 @@ load_protected(lua_State *L)
 		ltcp_push_connect(L, p->base);	/* smtp.tcp */
 		lua_setfield(L, -2, "tcp_connect");
 		lnexthop_push(L, p->base);	/* message:forward */
-		ldns_push(L, p->base);			/* smtp.dns */
+		ldns_push(L, p->base);			/* smtp.dns, smtp.dnsbl */
+		lua_setfield(L, -3, "dnsbl");
 		lua_setfield(L, -2, "dns");
 		lhttp_install(L, p->base);	/* smtp.http */
 	}

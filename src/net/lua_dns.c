@@ -1,6 +1,8 @@
 /*
  * lua_dns.c -- the DNS resolver of smtp.dns (lua/smtp/dns.lua):
- * platform.dns(name, qtype, opts, fn[, i]) -> true | nil, err.
+ * platform.dns(name, qtype, opts, fn[, i]) -> true | nil, err, and
+ * platform.dnsbl(rev, zones, opts, fn, deadline), smtp.dnsbl's A lookups
+ * of every zone in one call, answered to Lua once (see platform_dnsbl).
  *
  * Owns one c-ares channel per worker on the worker's event base: c-ares
  * says which sockets it wants watched (ARES_OPT_SOCK_STATE_CB), each gets
@@ -33,6 +35,8 @@
 
 #define DNS_MT		"luasmtpd.dns"
 #define RECORDS_MAX	256		/* records of one answer given to Lua */
+#define DNSBL_MAX	32		/* zones of one platform.dnsbl */
+#define DNSBL_MAX_S	"32"
 #define CONFIG_MAX	512
 #define RCVBUF		(4 << 20)	/* octets of UDP answers the kernel may queue */
 #define T_A		1
@@ -61,6 +65,8 @@ struct resolver {
 	int			 querying;	/* inside ares_query: answers wait */
 	int			 dispatching;	/* inside ares_process_fd: the channel stays */
 	long			 timeout_ms;	/* the channel's (first try's) timeout */
+	lua_State		*qL;		/* inside platform_dnsbl: its thread */
+	struct dnsbl_batch	*batches;	/* platform.dnsbl's not yet freed */
 };
 
 struct dns_query {
@@ -793,6 +799,251 @@ platform_dns(lua_State *L)
 	return 1;
 }
 
+/* ---- DNSBL batches: platform.dnsbl ------------------------------------------ */
+
+/*
+ * The A lookups of smtp.dnsbl for one address: rev.zone for every zone,
+ * answered into this struct, and fn called once when all are answered or
+ * at the deadline.  A name error or no data (a zone that does not list the
+ * address, nearly always every zone) stays here as an integer; anything
+ * else (records, other failures) is made into Lua values as it comes.
+ */
+struct dnsbl_part {
+	struct dnsbl_batch	*b;
+	int			 i;		/* 0-based zone */
+	int			 answered;
+	lua_Integer		 code;		/* as fn gets it (dnsbl_deliver) */
+};
+
+struct dnsbl_batch {
+	struct resolver		*r;
+	struct dnsbl_batch	*next, **prevp;	/* r->batches */
+	struct event		*deadline;
+	int			 fn_ref;
+	int			 res_ref;	/* LUA_NOREF until a zone needs a table */
+	int			 n;
+	int			 left;		/* lookups c-ares has not answered */
+	int			 delivered;
+	int			 pending;	/* n: zones without an answer yet */
+	struct dnsbl_part	 part[];	/* n of them */
+};
+
+static void
+dnsbl_free(struct dnsbl_batch *b)
+{
+	if ((*b->prevp = b->next) != NULL)
+		b->next->prevp = b->prevp;
+	if (b->deadline != NULL)
+		event_free(b->deadline);
+	free(b);
+}
+
+/*
+ * fn(res | nil, c1 ... cn): res[i] = { records | false, err | false,
+ * rcode | false, negative ttl | false } for the zones answered otherwise
+ * than by a name error or no data, or not at all by the deadline
+ * ("timeout"); ci for the others: 2 x negative ttl + (1 if no data), or
+ * -2 + (1 if no data) without an SOA.
+ */
+static void
+dnsbl_deliver(struct dnsbl_batch *b)
+{
+	struct resolver	*r = b->r;
+	lua_State	*L = r->L;
+	int		 top, i;
+
+	b->delivered = 1;
+	if (b->deadline != NULL)
+		evtimer_del(b->deadline);
+	top = lua_gettop(L);
+	lcore_enter(0, "dns");
+	lua_pushcfunction(L, traceback);
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref);
+	luaL_unref(L, LUA_REGISTRYINDEX, b->fn_ref);
+	b->fn_ref = LUA_NOREF;
+	for (i = 0; i < b->n; i++) {
+		if (b->part[i].answered)
+			continue;
+		if (b->res_ref == LUA_NOREF) {
+			lua_createtable(L, b->n, 0);
+			b->res_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+		}
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->res_ref);
+		lua_createtable(L, 4, 0);
+		lua_pushboolean(L, 0);
+		lua_rawseti(L, -2, 1);
+		lua_pushliteral(L, "timeout");
+		lua_rawseti(L, -2, 2);
+		lua_pushboolean(L, 0);
+		lua_rawseti(L, -2, 3);
+		lua_pushboolean(L, 0);
+		lua_rawseti(L, -2, 4);
+		lua_rawseti(L, -2, i + 1);
+		lua_pop(L, 1);
+	}
+	if (b->res_ref != LUA_NOREF) {
+		lua_rawgeti(L, LUA_REGISTRYINDEX, b->res_ref);
+		luaL_unref(L, LUA_REGISTRYINDEX, b->res_ref);
+		b->res_ref = LUA_NOREF;
+	} else
+		lua_pushnil(L);
+	for (i = 0; i < b->n; i++)
+		lua_pushinteger(L, b->part[i].code);
+	if (lua_pcall(L, 1 + b->n, 0, top + 1) != LUA_OK)
+		log_warn(0, "lua: dnsbl answer handler failed: %s", lua_tostring(L, -1));
+	lua_settop(L, top);
+	lcore_leave(L);
+}
+
+static void
+dnsbl_on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct dnsbl_batch *b = arg;
+
+	(void)fd;
+	(void)what;
+	if (!b->delivered)
+		dnsbl_deliver(b);
+	if (b->left == 0)
+		dnsbl_free(b);
+}
+
+/* the answer of one zone, kept (L: a thread of the worker's state) */
+static void
+dnsbl_keep(lua_State *L, struct dnsbl_batch *b, int i, int status, const unsigned char *abuf,
+    int alen)
+{
+	int j;
+
+	b->part[i].answered = 1;
+	b->pending--;
+	if ((status == ARES_ENOTFOUND || status == ARES_ENODATA) && abuf != NULL) {
+		long neg = negative_ttl(abuf, alen);
+
+		b->part[i].code = (neg >= 0 ? 2 * (lua_Integer)neg : -2) + (status == ARES_ENODATA);
+		return;
+	}
+	if (b->res_ref == LUA_NOREF) {
+		lua_createtable(L, b->n, 0);
+		b->res_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	}
+	lua_rawgeti(L, LUA_REGISTRYINDEX, b->res_ref);
+	lua_createtable(L, 4, 0);
+	ldns_answer(L, status, abuf, alen, T_A);
+	for (j = 4; j >= 1; j--) {
+		if (lua_isnil(L, -1)) {
+			lua_pop(L, 1);
+			lua_pushboolean(L, 0);
+		}
+		lua_rawseti(L, -1 - j, j);
+	}
+	lua_rawseti(L, -2, i + 1);
+	lua_pop(L, 1);
+}
+
+static void
+dnsbl_on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
+{
+	struct dnsbl_part	*p = arg;
+	struct dnsbl_batch	*b = p->b;
+	struct resolver		*r = b->r;
+
+	(void)timeouts;
+	b->left--;
+	if (r->closing) {
+		if (b->left == 0)
+			dnsbl_free(b);
+		return;
+	}
+	/* the channel remade or gone: the deadline answers for this zone */
+	if (status != ARES_EDESTRUCTION && !b->delivered)
+		dnsbl_keep(r->querying ? r->qL : r->L, b, p->i, status, abuf, alen);
+	if (r->querying)		/* platform_dnsbl goes on */
+		return;
+	if (!b->delivered && b->pending == 0)
+		dnsbl_deliver(b);
+	if (b->left == 0 && b->delivered)
+		dnsbl_free(b);
+}
+
+/*
+ * platform.dnsbl(rev, zones, opts, fn, deadline) -> true | nil, err
+ * (upvalue: the resolver).  rev: the reversed address (dns.reverse's);
+ * zones: at most DNSBL_MAX domain names, checked by the caller.  fn as
+ * dnsbl_deliver says, from the event loop, never during the call.
+ */
+static int
+platform_dnsbl(lua_State *L)
+{
+	struct resolver		*r = lua_touserdata(L, lua_upvalueindex(1));
+	size_t			 rlen, zlen;
+	const char		*rev = luaL_checklstring(L, 1, &rlen);
+	lua_Number		 deadline;
+	struct dnsbl_batch	*b;
+	struct timeval		 tv;
+	char			 name[256], err[CONFIG_MAX + 64];
+	int			 n, i;
+
+	luaL_checktype(L, 2, LUA_TTABLE);
+	luaL_checktype(L, 3, LUA_TTABLE);
+	luaL_checktype(L, 4, LUA_TFUNCTION);
+	deadline = luaL_checknumber(L, 5);
+	n = (int)lua_rawlen(L, 2);
+	luaL_argcheck(L, n >= 1 && n <= DNSBL_MAX, 2, "1 to " DNSBL_MAX_S " zones");
+	luaL_argcheck(L, deadline > 0 && deadline <= 3600, 5, "deadline out of range");
+	if (resolver_setup(L, r, err, sizeof(err)) == -1) {
+		lua_pushnil(L);
+		lua_pushstring(L, err);
+		return 2;
+	}
+	if ((b = calloc(1, sizeof(*b) + (size_t)n * sizeof(b->part[0]))) == NULL ||
+	    (b->deadline = evtimer_new(r->base, dnsbl_on_deadline, b)) == NULL) {
+		free(b);
+		return luaL_error(L, "out of memory");
+	}
+	b->r = r;
+	if ((b->next = r->batches) != NULL)
+		b->next->prevp = &b->next;
+	b->prevp = &r->batches;
+	r->batches = b;
+	b->n = b->pending = n;
+	b->res_ref = LUA_NOREF;
+	lua_pushvalue(L, 4);
+	b->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+	r->querying = 1;
+	r->qL = L;
+	for (i = 0; i < n; i++) {
+		const char *zone;
+
+		lua_rawgeti(L, 2, i + 1);
+		zone = lua_tolstring(L, -1, &zlen);
+		b->part[i].b = b;
+		b->part[i].i = i;
+		if (zone == NULL || rlen + 1 + zlen > 254) {
+			lua_pop(L, 1);
+			dnsbl_keep(L, b, i, ARES_EBADNAME, NULL, 0);
+			continue;
+		}
+		memcpy(name, rev, rlen);
+		name[rlen] = '.';
+		memcpy(name + rlen + 1, zone, zlen + 1);
+		lua_pop(L, 1);
+		b->left++;
+		ares_query(r->channel, name, 1 /* IN */, T_A, dnsbl_on_answer, &b->part[i]);
+	}
+	r->querying = 0;
+	r->qL = NULL;
+	arm_timer_sent(r);
+	/* answered already (bad names): from the event loop, at once */
+	tv.tv_sec = (time_t)deadline;
+	tv.tv_usec = (suseconds_t)((deadline - (lua_Number)tv.tv_sec) * 1e6);
+	if (b->pending == 0)
+		tv.tv_sec = tv.tv_usec = 0;
+	evtimer_add(b->deadline, &tv);
+	lua_pushboolean(L, 1);
+	return 1;
+}
+
 static int
 resolver_gc(lua_State *L)
 {
@@ -800,6 +1051,8 @@ resolver_gc(lua_State *L)
 
 	r->closing = 1;
 	resolver_close(r);
+	while (r->batches != NULL)	/* answered, waiting for their deadline */
+		dnsbl_free(r->batches);
 	if (r->timer != NULL)
 		event_free(r->timer);
 	r->timer = NULL;
@@ -827,5 +1080,8 @@ ldns_push(lua_State *L, struct event_base *base)
 	lua_pop(L, 1);
 	if ((r->timer = evtimer_new(base, on_timer, r)) == NULL)
 		luaL_error(L, "out of memory");
+	lua_pushvalue(L, -1);
 	lua_pushcclosure(L, platform_dns, 1);
+	lua_insert(L, -2);
+	lua_pushcclosure(L, platform_dnsbl, 1);
 }

@@ -7,7 +7,7 @@
 #include <event2/event.h>
 #include <lua.h>
 
-/* pushes platform.dns, a function bound to a new resolver on base */
+/* pushes platform.dns and platform.dnsbl, functions bound to a new resolver on base */
 void	ldns_push(lua_State *L, struct event_base *base);
 /* pushes an answer as fn gets it (records | nil, err, rcode, negative ttl):
  * 4 values; the parsing of a message from the network, for the tests */

@@ -2,7 +2,7 @@
 -- spec adds, answered on the harness's virtual clock, with delays and
 -- failures, so a policy's DNS behaviour is specified without a network.
 --
--- Owns platform.dns for the harness: the same calling convention and the
+-- Owns platform.dns and platform.dnsbl for the harness: the same calling convention and the
 -- same records as lua_dns.c (address, preference/exchange, text/strings,
 -- name, data; ttl), the same failures (nil, err, rcode: "nxdomain",
 -- "nodata", "servfail", "refused"; a "timeout" never answers, so the
@@ -161,6 +161,53 @@ function Fake:_query(name, qtype, _, fn, i)
   else
     fn(r, err, rcode, neg, i)
   end
+  return true
+end
+
+-- platform.dnsbl(rev, zones, opts, fn, deadline) -> true: the A lookup of
+-- rev.zone for every zone (each asked as platform.dns would, so queries,
+-- delays and failures apply), and fn(res | nil, c1 ... cn) once, as
+-- lua_dns.c calls it: ci for a zone answered by a name error or no data
+-- (2 x negative ttl + 1 if no data; -2 + 1 if no data without a negative
+-- ttl), res[i] = { records | false, err | false, rcode | false, neg | false }
+-- for any other answer, or "timeout" for none by the deadline
+function Fake:_dnsbl(rev, zones, opts, fn, deadline)
+  local n = #zones
+  if n < 1 or n > 32 then error("bad argument #2 to 'dnsbl' (1 to 32 zones)", 2) end
+  local res, codes, left, done, timer = nil, {}, n, false, nil
+  local function deliver()
+    done = true
+    if timer then timer:cancel() end
+    for j = 1, n do
+      if not codes[j] then
+        res = res or {}
+        if not res[j] then res[j] = { false, "timeout", false, false } end
+        codes[j] = 0
+      end
+    end
+    fn(res, table.unpack(codes, 1, n))
+  end
+  local function answered(r, err, rcode, neg, j)
+    if done then return end
+    if r == nil and (err == "nxdomain" or err == "nodata") then
+      codes[j] = (neg and 2 * neg or -2) + (err == "nodata" and 1 or 0)
+    else
+      res = res or {}
+      res[j] = { r or false, err or false, rcode or false, neg or false }
+      codes[j] = 0
+    end
+    left = left - 1
+    if left == 0 then deliver() end
+  end
+  for j = 1, n do
+    local name = rev .. "." .. zones[j]
+    if #name > 254 then
+      answered(nil, "bad name", nil, nil, j)
+    else
+      self:_query(name, 1, opts, answered, j)
+    end
+  end
+  if not done then timer = self.clock:timer(deadline, function() timer = nil ; if not done then deliver() end end) end
   return true
 end
 
