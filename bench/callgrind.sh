@@ -33,7 +33,7 @@ keep=
 peers="luasmtpd smtp-sink"
 stores=
 level=warn
-extra=
+server_args=
 while getopts "b:n:r:k:sS:l:a:" o; do
 	case $o in
 	b) bin=$OPTARG ;;
@@ -43,7 +43,7 @@ while getopts "b:n:r:k:sS:l:a:" o; do
 	s) peers=luasmtpd ;;
 	S) stores=$OPTARG ;;
 	l) level=$OPTARG ;;
-	a) extra=$OPTARG ;;
+	a) server_args=$OPTARG ;;
 	*) echo "usage: $0 [-b BINARY] [-n MESSAGES] [-r RECIPIENTS] [-k DIR] [-s] [-S lmdb,redis] [-l LEVEL] [-a ARGS]" >&2; exit 2 ;;
 	esac
 done
@@ -87,7 +87,7 @@ count() {	# what messages
 		[ "$what" = luasmtpd ] || policy=policy-store.lua
 		BENCH_STORE=${what#luasmtpd-} BENCH_REDIS=127.0.0.1:$rport \
 		valgrind --tool=callgrind --callgrind-out-file="$out" "$bin" --workers 0 \
-		    --log-level "$level" $extra --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
+		    --log-level "$level" $server_args --listen "127.0.0.1:$port" --ready-file "$tmp/ready" \
 		    --state-dir "$state" "$BENCH/peers/luasmtpd/$policy" 2>"$tmp/server.log" &
 		pid=$!
 		for _ in $(seq 300); do [ -f "$tmp/ready" ] && break; sleep 0.1; done
