@@ -54,16 +54,26 @@ log_get_level(void)
 	return current_level;
 }
 
+/* index of name in names (case-insensitive), -1 if absent */
+static int
+name_index(const char *const *names, size_t n, const char *name)
+{
+	for (size_t i = 0; i < n; i++)
+		if (strcasecmp(name, names[i]) == 0)
+			return (int)i;
+	return -1;
+}
+
 int
 log_parse_level(const char *name, enum log_level *out)
 {
-	for (size_t i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++) {
-		if (strcasecmp(name, level_names[i]) == 0) {
-			*out = (enum log_level)i;
-			return 0;
-		}
-	}
-	return -1;
+	int i = name_index(level_names,
+	    sizeof(level_names) / sizeof(level_names[0]), name);
+
+	if (i < 0)
+		return -1;
+	*out = (enum log_level)i;
+	return 0;
 }
 
 void
@@ -81,13 +91,13 @@ log_get_format(void)
 int
 log_parse_format(const char *name, enum log_format *out)
 {
-	for (size_t i = 0; i < sizeof(format_names) / sizeof(format_names[0]); i++) {
-		if (strcasecmp(name, format_names[i]) == 0) {
-			*out = (enum log_format)i;
-			return 0;
-		}
-	}
-	return -1;
+	int i = name_index(format_names,
+	    sizeof(format_names) / sizeof(format_names[0]), name);
+
+	if (i < 0)
+		return -1;
+	*out = (enum log_format)i;
+	return 0;
 }
 
 void
