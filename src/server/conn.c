@@ -1140,6 +1140,24 @@ conn_tls_failed(struct conn *c, short what)
 	conn_free(c);
 }
 
+/* an IPv4 or IPv6 address as text and its port; other families leave both alone */
+static void
+conn_addr_format(const struct sockaddr_storage *ss, char *addr, size_t size,
+    uint16_t *port)
+{
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+
+		inet_ntop(AF_INET6, &sin6->sin6_addr, addr, size);
+		*port = ntohs(sin6->sin6_port);
+	} else if (ss->ss_family == AF_INET) {
+		const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+
+		inet_ntop(AF_INET, &sin->sin_addr, addr, size);
+		*port = ntohs(sin->sin_port);
+	}
+}
+
 static void
 conn_peer_fill(evutil_socket_t fd, struct session_peer *peer)
 {
@@ -1148,37 +1166,13 @@ conn_peer_fill(evutil_socket_t fd, struct session_peer *peer)
 
 	memset(peer, 0, sizeof(*peer));
 	len = sizeof(ss);
-	if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
-		if (ss.ss_family == AF_INET6) {
-			struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-
-			inet_ntop(AF_INET6, &sin6->sin6_addr, peer->remote_addr,
-			    sizeof(peer->remote_addr));
-			peer->remote_port = ntohs(sin6->sin6_port);
-		} else if (ss.ss_family == AF_INET) {
-			struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-
-			inet_ntop(AF_INET, &sin->sin_addr, peer->remote_addr,
-			    sizeof(peer->remote_addr));
-			peer->remote_port = ntohs(sin->sin_port);
-		}
-	}
+	if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0)
+		conn_addr_format(&ss, peer->remote_addr,
+		    sizeof(peer->remote_addr), &peer->remote_port);
 	len = sizeof(ss);
-	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0) {
-		if (ss.ss_family == AF_INET6) {
-			struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
-
-			inet_ntop(AF_INET6, &sin6->sin6_addr, peer->local_addr,
-			    sizeof(peer->local_addr));
-			peer->local_port = ntohs(sin6->sin6_port);
-		} else if (ss.ss_family == AF_INET) {
-			struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
-
-			inet_ntop(AF_INET, &sin->sin_addr, peer->local_addr,
-			    sizeof(peer->local_addr));
-			peer->local_port = ntohs(sin->sin_port);
-		}
-	}
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+		conn_addr_format(&ss, peer->local_addr,
+		    sizeof(peer->local_addr), &peer->local_port);
 	if (peer->remote_addr[0] == '\0')
 		strcpy(peer->remote_addr, "unknown");
 }
