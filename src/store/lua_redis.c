@@ -41,6 +41,7 @@
 #include <lua.h>
 
 #include "log.h"
+#include "redis_target.h"
 #include "lua_core.h"
 #include "lua_redis.h"
 
@@ -392,17 +393,10 @@ int
 lredis_open(lua_State *L)
 {
 	struct event_base	*base = lua_touserdata(L, lua_upvalueindex(1));
-	const char		*host = luaL_checkstring(L, 1);
-	lua_Integer		 port = luaL_checkinteger(L, 2);
-	lua_Number		 timeout = luaL_checknumber(L, 3);
-	const char		*password = luaL_optstring(L, 4, NULL);
-	lua_Integer		 db = luaL_optinteger(L, 5, 0);
+	struct redis_target	 t;
 	struct rclient		*c;
 
-	luaL_argcheck(L, strlen(host) < sizeof(c->host), 1, "host name too long");
-	luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-	luaL_argcheck(L, timeout > 0 && timeout <= 3600, 3, "timeout out of range");
-	luaL_argcheck(L, db >= 0 && db < 1 << 20, 5, "db out of range");
+	redis_target_check(L, &t, sizeof(c->host));
 	c = lua_newuserdatauv(L, sizeof(*c), 0);
 	memset(c, 0, sizeof(*c));
 	if (luaL_newmetatable(L, REDIS_MT)) {
@@ -421,12 +415,12 @@ lredis_open(lua_State *L)
 	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
 	c->L = lua_tothread(L, -1);
 	lua_pop(L, 1);
-	snprintf(c->host, sizeof(c->host), "%s", host);
-	c->port = (int)port;
-	c->timeout = timeout;
-	c->db = (int)db;
+	snprintf(c->host, sizeof(c->host), "%s", t.host);
+	c->port = (int)t.port;
+	c->timeout = t.timeout;
+	c->db = (int)t.db;
 	c->backoff = BACKOFF_MIN;
-	if (password != NULL && (c->password = strdup(password)) == NULL)
+	if (t.password != NULL && (c->password = strdup(t.password)) == NULL)
 		return luaL_error(L, "out of memory");
 	return 1;
 }

@@ -18,6 +18,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "redis_target.h"
 #include "lua_store.h"
 
 #define SYNC_MT		"smtp_store.redis"
@@ -150,17 +151,10 @@ sync_gc(lua_State *L)
 int
 lstore_redis(lua_State *L)
 {
-	const char	*host = luaL_checkstring(L, 1);
-	lua_Integer	 port = luaL_checkinteger(L, 2);
-	lua_Number	 timeout = luaL_checknumber(L, 3);
-	const char	*password = luaL_optstring(L, 4, NULL);
-	lua_Integer	 db = luaL_optinteger(L, 5, 0);
-	struct sclient	*c;
+	struct redis_target	 t;
+	struct sclient		*c;
 
-	luaL_argcheck(L, strlen(host) < sizeof(c->host), 1, "host name too long");
-	luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-	luaL_argcheck(L, timeout > 0 && timeout <= 3600, 3, "timeout out of range");
-	luaL_argcheck(L, db >= 0 && db < 1 << 20, 5, "db out of range");
+	redis_target_check(L, &t, sizeof(c->host));
 	c = lua_newuserdatauv(L, sizeof(*c), 0);
 	memset(c, 0, sizeof(*c));
 	if (luaL_newmetatable(L, SYNC_MT)) {
@@ -172,12 +166,12 @@ lstore_redis(lua_State *L)
 		lua_setfield(L, -2, "__gc");
 	}
 	lua_setmetatable(L, -2);
-	snprintf(c->host, sizeof(c->host), "%s", host);
-	c->port = (int)port;
-	c->timeout.tv_sec = (time_t)timeout;
-	c->timeout.tv_usec = (suseconds_t)((timeout - (lua_Number)c->timeout.tv_sec) * 1e6);
-	c->db = (int)db;
-	if (password != NULL && (c->password = strdup(password)) == NULL)
+	snprintf(c->host, sizeof(c->host), "%s", t.host);
+	c->port = (int)t.port;
+	c->timeout.tv_sec = (time_t)t.timeout;
+	c->timeout.tv_usec = (suseconds_t)((t.timeout - (lua_Number)c->timeout.tv_sec) * 1e6);
+	c->db = (int)t.db;
+	if (t.password != NULL && (c->password = strdup(t.password)) == NULL)
 		return luaL_error(L, "out of memory");
 	return 1;
 }
