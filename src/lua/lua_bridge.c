@@ -205,17 +205,6 @@ copy_bounded(char *dst, size_t dstlen, const char *src, size_t len)
 	dst[len] = '\0';
 }
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	if (msg == NULL)
-		msg = luaL_typename(L, 1);
-	luaL_traceback(L, L, msg, 1);
-	return 1;
-}
-
 /*
  * An ask's arguments: the address object for MAIL and RCPT (lcore_push_path,
  * for the handle at 2), else a table of the fields the event has; the end of
@@ -387,7 +376,7 @@ hcall(struct hcall *c)
 		log_warn(id, "lua: %s: out of stack", hkind_names[c->kind]);
 		return -1;
 	}
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_pushcfunction(L, hcall_run);
 	lua_pushlightuserdata(L, c);
 	if (c->handle != 0)
@@ -499,7 +488,7 @@ hook_ask(void *ctx, struct session *s, enum session_event ev,
 			if (lua_checkstack(b->L, 8)) {
 				int top = lua_gettop(b->L);
 
-				lua_pushcfunction(b->L, traceback);
+				lua_pushcfunction(b->L, lcore_traceback);
 				lua_pushcfunction(b->L, hcall_bind);
 				lua_pushlightuserdata(b->L, &c);
 				if (lua_pcall(b->L, 1, 0, top + 1) != LUA_OK)
@@ -637,7 +626,7 @@ hook_closed(void *ctx, struct session *s)
 		hcall(&c);
 	ls->s = NULL;			/* the handle goes weak */
 	top = lua_gettop(b->L);
-	lua_pushcfunction(b->L, traceback);
+	lua_pushcfunction(b->L, lcore_traceback);
 	lua_pushcfunction(b->L, hcall_forget);
 	lua_pushlightuserdata(b->L, &c);
 	lua_pcall(b->L, 1, 0, top + 1);

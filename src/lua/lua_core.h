@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <lauxlib.h>
 #include <lua.h>
 
 #include "session.h"
@@ -109,5 +110,19 @@ struct busy;
 void		 lcore_busy_attach(struct busy *b);
 void		 lcore_enter(uint64_t id, const char *what);
 void		 lcore_leave(lua_State *L);
+
+/*
+ * The message handler of every lua_pcall from C: the error with a traceback
+ * (a non-string error named by its type).  Inline: each C file that calls
+ * into Lua pushes it, the binary's and the Lua module's alike.
+ */
+static inline int
+lcore_traceback(lua_State *L)
+{
+	const char *msg = lua_tostring(L, 1);
+
+	luaL_traceback(L, L, msg != NULL ? msg : luaL_typename(L, 1), 1);
+	return 1;
+}
 
 #endif

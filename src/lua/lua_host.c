@@ -99,15 +99,6 @@ static int	host_read_proxy(lua_State *, struct proxy_listen *);
 
 /* ---- the platform: timers and the clock -------------------------------- */
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-	return 1;
-}
-
 static void
 ptimer_disarm(struct ptimer *t)
 {
@@ -144,7 +135,7 @@ ptimer_fire(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	lcore_enter(0, "timer");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	/* fn, from the userdata, which the stack keeps alive through the call */
 	lua_rawgeti(L, LUA_REGISTRYINDEX, t->self_ref);
 	lua_getiuservalue(L, -1, 1);
@@ -244,7 +235,7 @@ host_start(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	lcore_enter(0, "start");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, p->start_ref);
 	call_from_loop(L, top, "start", LOG_ERROR);
 }
@@ -728,7 +719,7 @@ host_load(const char *script, struct event_base *base, char *err,
 	p->base = base;
 	p->start_ref = LUA_NOREF;
 	snprintf(chunk, sizeof(chunk), "@%s", script);
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_pushcfunction(L, load_protected);
 	lua_pushlightuserdata(L, p);
 	lua_pushstring(L, script);

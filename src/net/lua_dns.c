@@ -80,15 +80,6 @@ struct dns_query {
 
 static void	arm_timer(struct resolver *);
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-	return 1;
-}
-
 /* ---- c-ares on libevent --------------------------------------------------- */
 
 static void
@@ -639,7 +630,7 @@ on_answer(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
 	}
 	top = lua_gettop(L);
 	lcore_enter(0, "dns");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, q->fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, q->fn_ref);
 	ldns_answer(L, status, abuf, alen, q->qtype);
@@ -857,7 +848,7 @@ dnsbl_deliver(struct dnsbl_batch *b)
 		evtimer_del(b->deadline);
 	top = lua_gettop(L);
 	lcore_enter(0, "dns");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, b->fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, b->fn_ref);
 	b->fn_ref = LUA_NOREF;

@@ -113,15 +113,6 @@ bury(struct hctx *c, struct evhttp_connection *evcon)
 
 /* ---- one request -------------------------------------------------------- */
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-	return 1;
-}
-
 /* the request leaves the wire: no callback will come (fn stays referenced) */
 static void
 req_detach(struct hreq *q, int now)
@@ -285,7 +276,7 @@ on_done(struct evhttp_request *r, void *arg)
 	if (r == NULL || evhttp_request_get_response_code(r) == 0)
 		note_tls(q);
 	lcore_enter(0, "http");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, q->self_ref);	/* alive through the call */
 	q->fn_ref = LUA_NOREF;
 	req_unref(q);
@@ -312,7 +303,7 @@ on_timeout(evutil_socket_t fd, short what, void *arg)
 	if (q->evcon == NULL)
 		return;
 	lcore_enter(0, "http");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	q->fn_ref = LUA_NOREF;
 	req_unref(q);
 	req_detach(q, 1);

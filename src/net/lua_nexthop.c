@@ -164,15 +164,6 @@ park_done(void *arg, struct nexthop *nh, const struct nexthop_reply *r)
 
 /* ---- results into Lua ------------------------------------------------------- */
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-	return 1;
-}
-
 static void
 lnh_forget(struct lnh *o)
 {
@@ -197,7 +188,7 @@ on_step(void *arg, struct nexthop *nh, const struct nexthop_reply *r)
 		o->fn_ref = o->self_ref = LUA_NOREF;
 	top = lua_gettop(L);
 	lcore_enter(0, "nexthop");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
 	lua_pushinteger(L, r->code);
 	lua_pushstring(L, r->enhanced);

@@ -74,15 +74,6 @@ struct tsock {
 	char			 why[384];	/* why it closed */
 };
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-	return 1;
-}
-
 /* frees the bufferevent (and with it the fd); the object stays for Lua */
 static void
 sock_shut(struct tsock *s, const char *why)
@@ -127,7 +118,7 @@ deliver_begin(struct tsock *s, int *top)
 	lcore_enter(0, "tcp");
 	lua_rawgeti(L, LUA_REGISTRYINDEX, self);
 	luaL_unref(L, LUA_REGISTRYINDEX, self);
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
 	luaL_unref(L, LUA_REGISTRYINDEX, fn);
 	return L;

@@ -85,15 +85,6 @@ now_s(void)
 	return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
 }
 
-static int
-traceback(lua_State *L)
-{
-	const char *msg = lua_tostring(L, 1);
-
-	luaL_traceback(L, L, msg ? msg : luaL_typename(L, 1), 1);
-	return 1;
-}
-
 /* Runs fn(ctx, n, ok, value[, flag]) of q and unrefs fn and ctx. */
 static void
 deliver(struct rclient *c, struct rreq *q, int ok, const redisReply *r, const char *err)
@@ -111,7 +102,7 @@ deliver(struct rclient *c, struct rreq *q, int ok, const redisReply *r, const ch
 		return;
 	}
 	lcore_enter(0, "redis");
-	lua_pushcfunction(L, traceback);
+	lua_pushcfunction(L, lcore_traceback);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, fn_ref);
 	luaL_unref(L, LUA_REGISTRYINDEX, fn_ref);
 	lua_rawgeti(L, LUA_REGISTRYINDEX, ctx_ref);
