@@ -40,6 +40,7 @@
 #include "log.h"
 #include "lua_core.h"
 #include "lua_http.h"
+#include "tlsclient.h"
 
 #define HTTP_CTX_MT		"luasmtpd.http"
 #define HTTP_REQ_MT		"luasmtpd.http.request"
@@ -421,44 +422,13 @@ method_of(const char *m, enum evhttp_cmd_type *t)
 	return -1;
 }
 
-static int
-is_ip(const char *host)
-{
-	unsigned char a[16];
-
-	return inet_pton(AF_INET, host, a) == 1 || inet_pton(AF_INET6, host, a) == 1;
-}
-
+/* an SSL for host on the worker's client context, made at the first https request */
 static SSL *
 ssl_for(struct hctx *c, const char *host, int verify, char *err, size_t errlen)
 {
-	SSL *ssl;
-
-	if (c->ssl == NULL) {
-		if ((c->ssl = SSL_CTX_new(TLS_client_method())) == NULL) {
-			snprintf(err, errlen, "tls: cannot make a context");
-			return NULL;
-		}
-		SSL_CTX_set_min_proto_version(c->ssl, TLS1_2_VERSION);
-		if (SSL_CTX_set_default_verify_paths(c->ssl) != 1)
-			log_warn(0, "http: cannot load the system's CA certificates");
-		SSL_CTX_set_verify(c->ssl, SSL_VERIFY_PEER, NULL);
-	}
-	if ((ssl = SSL_new(c->ssl)) == NULL) {
-		snprintf(err, errlen, "tls: out of memory");
+	if (c->ssl == NULL && (c->ssl = tlsclient_ctx(NULL, err, errlen)) == NULL)
 		return NULL;
-	}
-	if (!is_ip(host))
-		SSL_set_tlsext_host_name(ssl, host);
-	if (!verify) {
-		SSL_set_verify(ssl, SSL_VERIFY_NONE, NULL);
-	} else if (is_ip(host)) {
-		X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host);
-	} else {
-		SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
-		SSL_set1_host(ssl, host);
-	}
-	return ssl;
+	return tlsclient_ssl(c->ssl, host, verify, err, errlen);
 }
 
 /* the string field k of the table at 1, or NULL */

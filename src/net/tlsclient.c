@@ -34,14 +34,12 @@ fail:
 	return NULL;
 }
 
-struct bufferevent *
-tlsclient_wrap(struct bufferevent *plain, SSL_CTX *ctx, const char *servername, bool verify,
-    char *err, size_t errlen)
+SSL *
+tlsclient_ssl(SSL_CTX *ctx, const char *servername, bool verify, char *err, size_t errlen)
 {
-	SSL			*ssl;
-	struct bufferevent	*b;
-	struct in6_addr		 a6;
-	int			 literal;
+	SSL		*ssl;
+	struct in6_addr	 a6;
+	int		 literal;
 
 	if ((ssl = SSL_new(ctx)) == NULL) {
 		snprintf(err, errlen, "tls: out of memory");
@@ -53,11 +51,25 @@ tlsclient_wrap(struct bufferevent *plain, SSL_CTX *ctx, const char *servername, 
 	if (servername[0] != '\0' && !literal)
 		SSL_set_tlsext_host_name(ssl, servername);
 	if (verify && servername[0] != '\0') {
-		if (literal)
+		if (literal) {
 			X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), servername);
-		else
+		} else {
+			SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
 			SSL_set1_host(ssl, servername);
+		}
 	}
+	return ssl;
+}
+
+struct bufferevent *
+tlsclient_wrap(struct bufferevent *plain, SSL_CTX *ctx, const char *servername, bool verify,
+    char *err, size_t errlen)
+{
+	SSL			*ssl;
+	struct bufferevent	*b;
+
+	if ((ssl = tlsclient_ssl(ctx, servername, verify, err, errlen)) == NULL)
+		return NULL;
 	evbuffer_drain(bufferevent_get_input(plain),
 	    evbuffer_get_length(bufferevent_get_input(plain)));
 	b = bufferevent_openssl_filter_new(bufferevent_get_base(plain), plain, ssl,

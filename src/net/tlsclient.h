@@ -1,6 +1,6 @@
 /*
- * tlsclient.h -- the TLS client side shared by smtp.tcp (lua_tcp.c) and the
- * next-hop client (nexthop.c): a client context on the system's CA store or
+ * tlsclient.h -- the TLS client side shared by smtp.tcp (lua_tcp.c), smtp.http
+ * (lua_http.c) and the next-hop client (nexthop.c): a client context on the system's CA store or
  * a file, and a plain bufferevent wrapped for the handshake with SNI and the
  * name check.
  */
@@ -15,6 +15,14 @@
 
 /* A client context (TLS 1.2 or later) trusting cafile, or the system store when NULL. */
 SSL_CTX	*tlsclient_ctx(const char *cafile, char *err, size_t errlen);
+
+/*
+ * A client connection's SSL on ctx: servername for SNI (not for an address
+ * literal) and, with verify, the certificate's name (no partial wildcards)
+ * or address check.  NULL (err set) on failure.
+ */
+SSL	*tlsclient_ssl(SSL_CTX *ctx, const char *servername, bool verify, char *err,
+	    size_t errlen);
 
 /*
  * Wraps plain (freed with the result) in a TLS client that starts its
