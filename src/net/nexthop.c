@@ -184,10 +184,17 @@ fail(struct nexthop *nh, const char *why)
 	r.local = true;
 	snprintf(r.enhanced, sizeof(r.enhanced), "%s", was <= ST_GREETING ? "4.4.1" : "4.4.2");
 	snprintf(r.text, sizeof(r.text), "%s", nh->why);
-	left = was == ST_END && nh->lmtp && nh->end_left > 0 ? nh->end_left : 1;
-	r.count = left;
+	/*
+	 * LMTP's end of data: a 451 for each recipient not answered yet,
+	 * numbered after those that were (index of count, as on_reply's)
+	 */
+	left = r.count = 1;
+	if (was == ST_END && nh->lmtp && nh->end_left > 0) {
+		left = nh->end_left;
+		r.count = nh->accepted > left ? nh->accepted : left;
+	}
 	for (unsigned i = 0; i < left; i++) {
-		r.index = i;
+		r.index = r.count - left + i;
 		/* the callback may destroy nh on the last one only */
 		deliver(nh, &r, i + 1 == left);
 	}

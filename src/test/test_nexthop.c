@@ -290,6 +290,54 @@ test_lmtp(void)
 	run_free(&r);
 }
 
+/*
+ * LMTP: the next hop answers for the first recipient, then goes away: the
+ * second's reply is the local failure, numbered as the second of two (it
+ * was numbered anew, as the first of one, so a caller filing replies by
+ * index put it over the first recipient's)
+ */
+static void
+test_lmtp_close_after_first(void)
+{
+	static const char *const script[] = {
+		"220 lmtp\r\n", "250 lmtp\r\n", "250 ok\r\n", "250 ok\r\n", "250 ok\r\n",
+		"354 go\r\n", "250 2.0.0 <a> saved\r\n", NULL,
+	};
+	struct nexthop_target	 t = smtp_target;
+	struct run		 r;
+
+	t.lmtp = true;
+	run_init(&r, script, &t);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_rcpt(r.nh, "b@x", NULL, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_data(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_write(r.nh, "hi\r\n", 4);
+	r.replies = 0;
+	nexthop_end(r.nh, on_step, &r);
+	for (int i = 0; i < 100 && r.replies == 0; i++)
+		pump_out(&r);
+	CHECK_INT(r.replies, 1);
+	CHECK_INT(r.last.code, 250);
+	CHECK_INT((int)r.last.index, 0);
+	CHECK_INT((int)r.last.count, 2);
+	bufferevent_free(r.peer.bev);	/* gone before the second reply */
+	r.peer.bev = NULL;
+	CHECK(wait_step(&r));
+	CHECK_INT(r.replies, 2);
+	CHECK_INT(r.last.code, 451);
+	CHECK(r.last.local);
+	CHECK_INT((int)r.last.index, 1);
+	CHECK_INT((int)r.last.count, 2);
+	run_free(&r);
+}
+
 static void
 test_malformed(void)
 {
@@ -592,6 +640,7 @@ main(void)
 	test_size_limit();
 	test_helo_fallback();
 	test_lmtp();
+	test_lmtp_close_after_first();
 	test_malformed();
 	test_long_reply();
 	test_timeout();
