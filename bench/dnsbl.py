@@ -7,7 +7,9 @@
    policy plus smtp.dnsbl against 3 zones on knotd (the client is listed
    nowhere: 3 NXDOMAIN lookups per connection), with the cache off (every
    connection a miss) and on.  Prints microseconds per connection and the
-   difference to the plain path.  With --callgrind, the same as instructions
+   difference to the plain path, and how often per connection the worker
+   slept waiting for an event (voluntary context switches: each costs its
+   CPU a wake-up, and a lookup's answers arriving apart cost one each).  With --callgrind, the same as instructions
    (valgrind, --workers 0; (total(N) - total(1)) / (N - 1)): the figure to
    compare commits by on a loaded machine.
 2. Waiting sessions: a UDP server that answers every query NXDOMAIN 1 s late
@@ -141,6 +143,14 @@ class Server:
             fields = f.read().rsplit(")", 1)[1].split()
         return int(fields[11]) / TCK, int(fields[12]) / TCK	# utime, stime
 
+    def sleeps(self):
+        """times the worker waited for an event (voluntary context switches)"""
+        with open("/proc/%d/status" % self.worker) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches:"):
+                    return int(line.split()[1])
+        return 0
+
     def rss_kib(self):
         with open("/proc/%d/status" % self.worker) as f:
             for line in f:
@@ -176,9 +186,9 @@ def cpu_per_connection(args, tmp, knot):
                     srv = Server(binary, tmp, script)
                     try:
                         source(srv.port, 200)	# warm up: pools, the resolver's socket, the cache
-                        c0, t0 = srv.cpu(), time.time()
+                        c0, t0, w0 = srv.cpu(), time.time(), srv.sleeps()
                         source(srv.port, args.n)
-                        c1, t1 = srv.cpu(), time.time()
+                        c1, t1, w1 = srv.cpu(), time.time(), srv.sleeps()
                         break
                     except subprocess.CalledProcessError:
                         if attempt == 2:
@@ -187,7 +197,7 @@ def cpu_per_connection(args, tmp, knot):
                     finally:
                         srv.stop()
                 user, system = (c1[0] - c0[0]) / args.n * 1e6, (c1[1] - c0[1]) / args.n * 1e6
-                runs[(binary, label)].append((user + system, user, system, args.n / (t1 - t0)))
+                runs[(binary, label)].append((user + system, user, system, args.n / (t1 - t0), (w1 - w0) / args.n))
     print("CPU of the worker per connection (one message each), %d connections, median of %d runs:"
           % (args.n, args.rounds))
     for binary in binaries:
@@ -195,11 +205,11 @@ def cpu_per_connection(args, tmp, knot):
             print(" %s" % binary)
         base = None
         for label, _, _ in variants:
-            us, user, system, rate = sorted(runs[(binary, label)])[len(runs[(binary, label)]) // 2]
+            us, user, system, rate, sleeps = sorted(runs[(binary, label)])[len(runs[(binary, label)]) // 2]
             base = us if base is None else base
             extra = "" if label == "plain" else "  (+%.1f us on the plain path)" % (us - base)
-            print("  %-28s %7.1f us (user %.1f, system %.1f)  %6.0f conn/s%s" % (label, us, user, system,
-                                                                               rate, extra))
+            print("  %-28s %7.1f us (user %.1f, system %.1f)  %6.0f conn/s  %.2f sleeps/conn%s"
+                  % (label, us, user, system, rate, sleeps, extra))
 
 
 def callgrind(args, tmp, knot):

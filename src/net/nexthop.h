@@ -14,6 +14,8 @@
 
 #include "reply.h"
 
+struct evdns_base;
+
 enum nexthop_tls {
 	NH_TLS_NONE,		/* plaintext, STARTTLS never sent */
 	NH_TLS_OPPORTUNISTIC,	/* STARTTLS when offered, no certificate check */
