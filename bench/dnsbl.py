@@ -18,7 +18,7 @@
    per waiting session (VmRSS when all 1,000 lookups are held, minus before)
    and how many sessions got their 220.
 
-Usage: bench/dnsbl.py [-b BINARY] [--baseline BINARY] [-n CONNECTIONS] [-c AT_ONCE] [--rounds 3]
+Usage: bench/dnsbl.py [-b BINARY] [--baseline BINARY] [-n CONNECTIONS] [-c AT_ONCE] [-p 0,1] [--rounds 3]
                       [--sessions 1000] [--callgrind] [--callgrind-keep DIR]
 Needs knotd (Debian knot), smtp-source (postfix), valgrind for --callgrind.
 """
@@ -37,6 +37,15 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 ZONES = ["bl1.test", "bl2.test", "bl3.test"]
 TCK = os.sysconf("SC_CLK_TCK")
+# as bench.py: the server on one core, what loads it (smtp-source and knotd)
+# on another, so that neither takes the worker's core and its caches
+# (-p/--pin; None: unpinned)
+PIN = {"server": None, "load": None}
+
+
+def pinned(role, argv):
+    cpu = PIN[role]
+    return ["taskset", "-c", str(cpu)] + argv if cpu is not None and shutil.which("taskset") else argv
 
 
 def free_port(kind=socket.SOCK_STREAM):
@@ -77,7 +86,7 @@ class Knot:
         with open(os.path.join(self.dir, "knot.conf"), "w") as f:
             f.write("\n".join(conf) + "\n")
         self.log = open(os.path.join(self.dir, "knot.log"), "w")
-        self.proc = subprocess.Popen(["knotd", "-c", os.path.join(self.dir, "knot.conf")],
+        self.proc = subprocess.Popen(pinned("load", ["knotd", "-c", os.path.join(self.dir, "knot.conf")]),
                                      stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL)
         wait_for(lambda: subprocess.run(["dig", "+short", "+time=1", "+tries=1", "-p", str(self.port),
                                          "@127.0.0.1", ZONES[0], "SOA"], capture_output=True,
@@ -121,9 +130,9 @@ class Server:
             os.remove(ready)
         workers = "0" if wrapper else "1"
         self.err = open(os.path.join(tmp, "server.log"), "w")
-        self.proc = subprocess.Popen(list(wrapper) + [binary, "--workers", workers, "--log-level", "warn",
+        self.proc = subprocess.Popen(pinned("server", list(wrapper) + [binary, "--workers", workers, "--log-level", "warn",
                                                       "--listen", "127.0.0.1:%d" % self.port,
-                                                      "--ready-file", ready, script],
+                                                      "--ready-file", ready, script]),
                                      stdout=self.err, stderr=self.err, stdin=subprocess.DEVNULL)
         wait_for(lambda: os.path.exists(ready) or self.proc.poll() is not None, 120, "the ready file")
         if self.proc.poll() is not None:
@@ -168,9 +177,9 @@ class Server:
 
 
 def source(port, n, sessions=10):
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(n), "-l", "200", "-f", "a@example.net",
-                    "-t", "b@example.org", "127.0.0.1:%d" % port], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(pinned("load", ["smtp-source", "-s", str(sessions), "-m", str(n), "-l", "200",
+                                   "-f", "a@example.net", "-t", "b@example.org", "127.0.0.1:%d" % port]),
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def cpu_per_connection(args, tmp, knot):
@@ -395,6 +404,9 @@ def main():
                     help="another luasmtpd (an older commit's build) measured in the same rounds")
     ap.add_argument("-n", type=int, default=5000, help="connections for the CPU figures")
     ap.add_argument("--rounds", type=int, default=3, help="runs of each, the median reported")
+    ap.add_argument("-p", "--pin", metavar="SERVER,LOAD", default="0,1",
+                    help="cores for the server and for smtp-source and knotd (default 0,1; "
+                         "'none': unpinned)")
     ap.add_argument("-c", "--concurrency", type=int, default=10,
                     help="smtp-source's sessions at once for the CPU figures (-s); enough of them "
                          "and the worker never waits idle for an answer, so the figure is its cost "
@@ -409,6 +421,8 @@ def main():
                     help="system calls per connection (strace -c), and a bare UDP round trip's CPU")
     ap.add_argument("--strace-n", type=int, default=300)
     args = ap.parse_args()
+    if args.pin != "none":
+        PIN["server"], PIN["load"] = (int(c) for c in args.pin.split(","))
     for tool in ("knotd", "smtp-source", "dig"):
         if not shutil.which(tool):
             raise SystemExit("dnsbl.py: %s is missing" % tool)
