@@ -74,6 +74,7 @@ struct nexthop {
 	struct evdns_base	*dns;
 	struct bufferevent	*bev;
 	struct event		*timer;
+	struct event		*flush;		/* direct: writes the output, end of the turn */
 	SSL_CTX			*ssl;
 	enum step		 step;
 	nexthop_cb		*cb;
@@ -99,6 +100,8 @@ struct nexthop {
 	/* the stream */
 	bool			 bol;		/* the next octet starts a line */
 	bool			 drain_wait;
+	bool			 direct;	/* plain TCP, connected: see kick() */
+	bool			 wr_on;		/* ... a partial write: EV_WRITE enabled */
 	bool			 local_pending;	/* r is a local reply due from the loop */
 	bool			*gone;		/* set by nexthop_destroy: a callback freed it */
 	char			 why[NEXTHOP_TEXT_MAX];	/* why it is dead */
@@ -118,6 +121,7 @@ struct nexthop {
 static void	nh_read(struct bufferevent *, void *);
 static void	nh_write(struct bufferevent *, void *);
 static void	nh_event(struct bufferevent *, short, void *);
+static void	kick(struct nexthop *);
 
 /* ---- results -------------------------------------------------------------- */
 
@@ -241,6 +245,7 @@ send_line(struct nexthop *nh, enum step step, const char *fmt, const char *a, co
 	evbuffer_add(out, "\r\n", 2);
 	nh->step = step;
 	arm(nh);
+	kick(nh);
 }
 
 static int
@@ -389,6 +394,8 @@ start_tls(struct nexthop *nh)
 		fail(nh, err);
 		return;
 	}
+	/* the TLS filter writes through the socket's bufferevent (it enables EV_WRITE) */
+	nh->direct = nh->wr_on = false;
 	b = tlsclient_wrap(nh->bev, nh->ssl, nh->servername != NULL ? nh->servername : nh->host,
 	    verify, err, sizeof(err));
 	if (b == NULL) {
@@ -742,12 +749,10 @@ nh_read(struct bufferevent *bev, void *arg)
 	pump(arg);
 }
 
+/* the output went out, all of it or what the socket took (left waits) */
 static void
-nh_write(struct bufferevent *bev, void *arg)
+wrote(struct nexthop *nh, size_t left)
 {
-	struct nexthop	*nh = arg;
-	size_t		 left = evbuffer_get_length(bufferevent_get_output(bev));
-
 	if (nh->step == ST_STREAM) {
 		if (left > 0)
 			arm(nh);	/* progress: the next hop reads */
@@ -757,8 +762,96 @@ nh_write(struct bufferevent *bev, void *arg)
 	if (nh->drain_wait && left <= nh->low) {
 		nh->drain_wait = false;
 		if (nh->drained != NULL)
-			nh->drained(nh->drained_arg);
+			nh->drained(nh->drained_arg);	/* may free nh */
 	}
+}
+
+static void
+nh_write(struct bufferevent *bev, void *arg)
+{
+	struct nexthop	*nh = arg;
+	size_t		 left = evbuffer_get_length(bufferevent_get_output(bev));
+
+	if (nh->wr_on && left == 0) {
+		/* the rest of a partial write is out: direct writes again */
+		nh->wr_on = false;
+		bufferevent_disable(bev, EV_WRITE);
+	}
+	wrote(nh, left);
+}
+
+/* the socket failed with err */
+static void
+fail_errno(struct nexthop *nh, int err)
+{
+	char why[384];
+
+	snprintf(why, sizeof(why), "%s", err != 0 ? evutil_socket_error_to_string(err) :
+	    "connection lost");
+	if (why[0] >= 'A' && why[0] <= 'Z')	/* "connection refused" */
+		why[0] = (char)(why[0] - 'A' + 'a');
+	fail(nh, why);
+}
+
+/*
+ * Plain TCP, connected (nh->direct): what a loop turn queued goes out at
+ * the turn's end in one writev, straight on the socket.  Through the
+ * bufferevent each burst would enable its write event and, once flushed,
+ * disable it again: two epoll_ctl a burst, four a forwarded message (the
+ * envelope, the body with its dot).  Only a partial write (the socket is
+ * full: the next hop reads slower than we send) enables EV_WRITE, until
+ * the bufferevent has written the rest (nh_write).  TLS goes through the
+ * bufferevent as before.
+ */
+static void
+kick(struct nexthop *nh)
+{
+	if (nh->direct && !nh->wr_on)
+		event_active(nh->flush, EV_WRITE, 0);	/* once a turn: active already is a no-op */
+}
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct nexthop	*nh = arg;
+	struct evbuffer	*out;
+	size_t		 left;
+	int		 n, err;
+
+	(void)fd;
+	(void)what;
+	if (!nh->direct || nh->wr_on || nh->bev == NULL)
+		return;
+	out = bufferevent_get_output(nh->bev);
+	if (evbuffer_get_length(out) == 0)
+		return;
+	/* the bufferevent freezes its output's start: it alone drains it, as here */
+	evbuffer_unfreeze(out, 1);
+	n = evbuffer_write(out, bufferevent_getfd(nh->bev));
+	err = EVUTIL_SOCKET_ERROR();
+	evbuffer_freeze(out, 1);
+	if (n == -1) {
+		if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+			fail_errno(nh, err);
+			return;
+		}
+	}
+	if ((left = evbuffer_get_length(out)) > 0) {
+		nh->wr_on = true;
+		bufferevent_enable(nh->bev, EV_WRITE);
+	}
+	wrote(nh, left);
+}
+
+/* the socket is connected and plain: writes go direct from now on */
+static void
+direct_on(struct nexthop *nh)
+{
+	nh->direct = true;
+	if (evbuffer_get_length(bufferevent_get_output(nh->bev)) > 0)
+		nh->wr_on = true;	/* nothing is queued before the greeting, but */
+	else
+		bufferevent_disable(nh->bev, EV_WRITE);
 }
 
 static void
@@ -779,6 +872,7 @@ nh_event(struct bufferevent *bev, short what, void *arg)
 			/* a command or the final dot goes out at once, not behind Nagle */
 			setsockopt(bufferevent_getfd(nh->bev), IPPROTO_TCP, TCP_NODELAY, &one,
 			    sizeof(one));
+			direct_on(nh);
 			nh->step = ST_GREETING;
 			arm(nh);
 		}
@@ -790,10 +884,8 @@ nh_event(struct bufferevent *bev, short what, void *arg)
 			snprintf(why, sizeof(why), "cannot resolve %s: %s", nh->host,
 			    evutil_gai_strerror(dns));
 		else if (!tlsclient_error(nh->bev, why, sizeof(why))) {
-			snprintf(why, sizeof(why), "%s", err != 0 ?
-			    evutil_socket_error_to_string(err) : "connection lost");
-			if (why[0] >= 'A' && why[0] <= 'Z')	/* "connection refused" */
-				why[0] = (char)(why[0] - 'A' + 'a');
+			fail_errno(nh, err);
+			return;
 		}
 		fail(nh, why);
 		return;
@@ -846,8 +938,9 @@ nexthop_create(struct event_base *base, struct evdns_base *dns,
 	nh->low = OUT_HIGH / 2;
 	snprintf(nh->name, sizeof(nh->name), "%s:%d", nh->host, nh->port);
 	nh->timer = evtimer_new(base, on_timer, nh);
+	nh->flush = event_new(base, -1, 0, on_flush, nh);
 	nh->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (!ok || nh->timer == NULL || nh->bev == NULL) {
+	if (!ok || nh->timer == NULL || nh->flush == NULL || nh->bev == NULL) {
 		nexthop_destroy(nh);
 		return NULL;
 	}
@@ -869,6 +962,8 @@ nexthop_destroy(struct nexthop *nh)
 		bufferevent_free(nh->bev);
 	if (nh->timer != NULL)
 		event_free(nh->timer);
+	if (nh->flush != NULL)
+		event_free(nh->flush);
 	SSL_CTX_free(nh->ssl);
 	env_free(nh);
 	free(nh->env_res);
@@ -904,7 +999,11 @@ nexthop_open(struct nexthop *nh, nexthop_cb *cb, void *arg)
 		return -1;
 	nh->cb = cb;
 	nh->arg = arg;
-	bufferevent_enable(nh->bev, EV_READ | EV_WRITE);
+	if (nh->step == ST_GREETING) {	/* a socket connected already */
+		bufferevent_enable(nh->bev, EV_READ);
+		direct_on(nh);
+	} else
+		bufferevent_enable(nh->bev, EV_READ | EV_WRITE);	/* the connect's */
 	arm(nh);
 	if (nh->step == ST_CONNECT &&
 	    bufferevent_socket_connect_hostname(nh->bev, nh->dns, AF_UNSPEC, nh->host,
@@ -1096,7 +1195,9 @@ nexthop_write(struct nexthop *nh, const char *buf, size_t len)
 	if (end > span)
 		evbuffer_add(out, span, (size_t)(end - span));
 	left = evbuffer_get_length(out);
-	if (left > 0)
+	if (nh->direct)
+		kick(nh);	/* the timer is armed only if the write leaves some */
+	else if (left > 0)
 		arm(nh);
 	if (left > nh->low * 2)
 		nh->drain_wait = true;
@@ -1116,6 +1217,7 @@ nexthop_end(struct nexthop *nh, nexthop_cb *cb, void *arg)
 	if (!nh->bol)
 		evbuffer_add(out, "\r\n", 2);
 	evbuffer_add(out, ".\r\n", 3);
+	kick(nh);
 	nh->end_left = nh->lmtp ? nh->accepted : 1;
 	nh->step = ST_END;
 	arm(nh);
