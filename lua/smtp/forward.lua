@@ -22,6 +22,7 @@ local FIELDS = { host = "string", port = "number", protocol = "string", tls = "s
   helo = "string", timeout = "number", auth = "table", authWithoutTls = "boolean",
   cafile = "string", servername = "string", verify = "boolean" }
 local DEFAULT_TIMEOUT = 60	-- seconds per step
+local NONE = {}
 
 -- the target as the platform takes it, and a name for logs
 local function check_target(t, hostname, what)
@@ -79,18 +80,24 @@ end
 
 function M.install(I)
   local platform, log, settle, decide_message = I.platform, I.log, I.settle, I.decide_message
+  local core = I.core
+  local function info_on()
+    local level = core.log_level and core.log_level()
+    return level == nil or level == "info" or level == "debug"
+  end
   local current_task, resume = I.current_task, I.resume
 
   local Fwd = {}
   Fwd.__index = Fwd
 
-  -- nh:method(args..., fn): the platform's callback comes last
-  local function call(nh, method, fn, ...)
-    local n = select("#", ...)
-    if n == 0 then return nh[method](nh, fn) end
-    local args = table.pack(...)
-    args[n + 1] = fn
-    return nh[method](nh, table.unpack(args, 1, n + 1))
+  -- nh:method(args..., fn): the platform's callback comes last (n
+  -- arguments before it, at most 4: no table per call)
+  local function call(nh, method, fn, n, a, b, c, d)
+    if n == 0 then return nh[method](nh, fn)
+    elseif n == 1 then return nh[method](nh, a, fn)
+    elseif n == 2 then return nh[method](nh, a, b, fn)
+    elseif n == 3 then return nh[method](nh, a, b, c, fn) end
+    return nh[method](nh, a, b, c, d, fn)
   end
 
   -- fwd:step(method, ...) -> reply (the last one), replies (LMTP's, all)
@@ -112,7 +119,7 @@ function M.install(I)
     local owned = task.owned
     if not owned then owned = {} ; task.owned = owned end
     owned[self] = true	-- the session going away ends it
-    local ok, err = call(self.nh, method, fn, ...)
+    local ok, err = call(self.nh, method, fn, select("#", ...), ...)
     if ok == nil then
       owned[self] = nil
       self.dead = true
@@ -139,7 +146,7 @@ function M.install(I)
         if index < count then return end
       end
       cb(r, all)
-    end, ...)
+    end, select("#", ...), ...)
     if ok == nil then
       self.dead = true
       return nil, err
@@ -232,10 +239,42 @@ function M.install(I)
     return h
   end
 
+  -- The checked target per target table: a policy that passes the same
+  -- table for every message has its checks and the pool's key (a concat of
+  -- 11 strings) made once.  A table changed since (a field, the auth's user
+  -- or password) or a new server.hostname is checked again.  A table is
+  -- only marked the first time it is seen, so a policy that makes a new
+  -- one per message pays no copy.
+  local checked = setmetatable({}, { __mode = "k" })
+  local function same_target(c, target, hostname)
+    if c.hostname ~= hostname then return false end
+    local snap, n = c.snap, 0
+    for k, v in pairs(target) do
+      if snap[k] ~= v then return false end
+      n = n + 1
+    end
+    local auth = target.auth
+    return n == c.n and (not auth or auth.user == c.user and auth.password == c.password)
+  end
+
   local function new_fwd(conn, target, what)
     local server = I.server
-    local t, name = check_target(target,
-      (type(target) ~= "table" or target.helo == nil) and hostname_of(server) or nil, what)
+    local hostname = (type(target) ~= "table" or target.helo == nil) and hostname_of(server) or nil
+    local c = checked[target]
+    local t, name
+    if c and c ~= true and same_target(c, target, hostname) then
+      t, name = c.t, c.name
+    elseif not c then
+      t, name = check_target(target, hostname, what)
+      checked[target] = true	-- seen once
+    else
+      t, name = check_target(target, hostname, what)
+      local snap, n = {}, 0
+      for k, v in pairs(target) do snap[k] = v ; n = n + 1 end
+      local auth = target.auth
+      checked[target] = { t = t, name = name, snap = snap, n = n, hostname = hostname,
+        user = auth and auth.user, password = auth and auth.password }
+    end
     if not platform.nexthop then
       return nil, "no network here: forwarding runs in luasmtpd's workers and smtp.testing"
     end
@@ -279,7 +318,7 @@ function M.install(I)
     local r = open_and_mail(fwd, m.sender, size_of(m.sender), addrs)
     if r then return refuse(r) end
     local temp, first
-    for i, rr in ipairs(fwd.nh:results()) do
+    for i, rr in ipairs(fwd.nh:results() or NONE) do
       if math.floor(rr.code / 100) ~= 2 then
         first = first or { rcpt = rcpts[i], r = rr }
         if rr.code < 500 then temp = true end
@@ -400,8 +439,10 @@ function M.install(I)
           log("warn", conn.id, "next hop %s took the message for some recipients only", name)
         end
       end
-      log("info", conn.id, "forwarded to %s: %d %s%s", name, r.code,
-        r.enhanced ~= "" and r.enhanced .. " " or "", (r.text:gsub("\n", " ")))
+      if info_on() then	-- the text's gsub and the format only for a line that is kept
+        log("info", conn.id, "forwarded to %s: %d %s%s", name, r.code,
+          r.enhanced ~= "" and r.enhanced .. " " or "", (r.text:gsub("\n", " ")))
+      end
       self.streaming = false
       self.completed = not r["local"]	-- the next hop's transaction is over: no RSET
       if self.sink then
