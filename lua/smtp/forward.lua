@@ -201,26 +201,29 @@ function M.install(I)
           text = ("Next hop %s refused the session: %d %s"):format(fwd.name, r.code, (r.text:gsub("\n", " "))) }
       end
     end
-    local ext, tls_on = fwd.nh:ext()
-    fwd.tls = tls_on
-    local params = {}
-    local p = sender.params or {}
-    if p.BODY and p.BODY:upper() == "BINARYMIME" then
-      -- BDAT's binary octets cannot be said with DATA: the client must send text
-      return { code = 554, enhanced = "5.6.1", text = "The next hop takes no BINARYMIME" }
-    end
-    if p.BODY and ext["8BITMIME"] then params[#params + 1] = "BODY=" .. p.BODY end
-    if sender.utf8 then
-      if not ext.SMTPUTF8 then
-        return { code = 553, enhanced = "5.6.7", text = "The next hop does not take SMTPUTF8 addresses" }
+    local p, utf8 = sender.params or NONE, sender.utf8
+    local body = p.BODY
+    local params = ""
+    if body or utf8 then	-- the next hop's extensions matter (a table: only then)
+      local ext, list = fwd.nh:ext(), {}
+      if body and body:upper() == "BINARYMIME" then
+        -- BDAT's binary octets cannot be said with DATA: the client must send text
+        return { code = 554, enhanced = "5.6.1", text = "The next hop takes no BINARYMIME" }
       end
-      params[#params + 1] = "SMTPUTF8"
+      if body and ext["8BITMIME"] then list[#list + 1] = "BODY=" .. body end
+      if utf8 then
+        if not ext.SMTPUTF8 then
+          return { code = 553, enhanced = "5.6.7", text = "The next hop does not take SMTPUTF8 addresses" }
+        end
+        list[#list + 1] = "SMTPUTF8"
+      end
+      params = table.concat(list, " ")
     end
     local r
     if rcpts then
-      r = fwd:step("envelope", sender.address or "", table.concat(params, " "), size or 0, rcpts)
+      r = fwd:step("envelope", sender.address or "", params, size or 0, rcpts)
     else
-      r = fwd:step("mail", sender.address or "", table.concat(params, " "), size or 0)
+      r = fwd:step("mail", sender.address or "", params, size or 0)
     end
     if reused and r["local"] and r.code == 451 then return retry_fresh(fwd, sender, size, rcpts) end
     if math.floor(r.code / 100) ~= 2 then return r end

@@ -248,6 +248,37 @@ send_line(struct nexthop *nh, enum step step, const char *fmt, const char *a, co
 	kick(nh);
 }
 
+/*
+ * The same from up to four parts, copied into one line (no printf: MAIL,
+ * each RCPT and DATA of every message come here)
+ */
+static void
+send_parts(struct nexthop *nh, enum step step, const char *a, const char *b, const char *c,
+    const char *d)
+{
+	struct evbuffer	*out = bufferevent_get_output(nh->bev);
+	const char	*part[4] = { a, b, c, d };
+	char		 line[1024];
+	size_t		 len = 0, l;
+
+	for (int i = 0; i < 4 && part[i] != NULL; i++) {
+		l = strlen(part[i]);
+		if (len + l > sizeof(line) - 2) {	/* a long one: in pieces */
+			evbuffer_add(out, line, len);
+			evbuffer_add(out, part[i], l);
+			len = 0;
+			continue;
+		}
+		memcpy(line + len, part[i], l);
+		len += l;
+	}
+	memcpy(line + len, "\r\n", 2);
+	evbuffer_add(out, line, len + 2);
+	nh->step = step;
+	arm(nh);
+	kick(nh);
+}
+
 static int
 start(struct nexthop *nh, nexthop_cb *cb, void *arg)
 {
@@ -483,7 +514,7 @@ env_free(struct nexthop *nh)
 static void
 env_send_rcpt(struct nexthop *nh)
 {
-	send_line(nh, ST_ENV_RCPT, "RCPT TO:<%s>%s", nh->env_rcpts[nh->env_sent++], NULL);
+	send_parts(nh, ST_ENV_RCPT, "RCPT TO:<", nh->env_rcpts[nh->env_sent++], ">", NULL);
 }
 
 /*
@@ -1082,11 +1113,13 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 	free(nh->env_res);
 	nh->env_res = res;
 	nh->env_n = n;
-	if ((nh->env_rcpts = calloc(n, sizeof(*nh->env_rcpts))) == NULL) {
+	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
+	/* one RCPT at a time (no PIPELINING): the addresses are kept until sent */
+	if (!nh->env_pipelined && (nh->env_rcpts = calloc(n, sizeof(*nh->env_rcpts))) == NULL) {
 		nh->env_n = 0;
 		return -1;
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; !nh->env_pipelined && i < n; i++)
 		if ((nh->env_rcpts[i] = strdup(rcpts[i])) == NULL) {
 			env_free(nh);
 			return -1;
@@ -1108,14 +1141,13 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 		snprintf(extra, sizeof(extra), " SIZE=%llu", (unsigned long long)size);
 	snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
 	    params != NULL ? params : "", extra);
-	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
 	nh->env_354 = nh->data_open = false;
-	send_line(nh, ST_ENV_MAIL, "MAIL FROM:<%s>%s", from, all);
+	send_parts(nh, ST_ENV_MAIL, "MAIL FROM:<", from, ">", all);
 	if (nh->env_pipelined) {
 		/* RFC 2920: DATA ends the group; its reply is read in order */
-		while (nh->env_sent < nh->env_n)
-			env_send_rcpt(nh);
-		send_line(nh, ST_ENV_MAIL, "DATA%s%s", "", NULL);
+		for (size_t i = 0; i < n; i++)
+			send_parts(nh, ST_ENV_MAIL, "RCPT TO:<", rcpts[i], ">", NULL);
+		send_parts(nh, ST_ENV_MAIL, "DATA", NULL, NULL, NULL);
 	}
 	return 0;
 }
