@@ -100,58 +100,77 @@ function M.install(I)
     return nh[method](nh, a, b, c, d, fn)
   end
 
+  -- The platform's replies to every step of a transaction come to one
+  -- callback made with it (fwd.cb, see new_fwd: no closure per step), which
+  -- hands the step's reply (LMTP: all of them, then) to the step in flight:
+  -- fwd.k(fwd, r, all), set by step (a task waits) or step_cb (an ask's
+  -- finish); what the step needs later is in the fwd's fields.
+  local function on_reply(fwd, code, enhanced, text, loc, index, count)
+    local r = { code = code, enhanced = enhanced, text = text, ["local"] = loc }
+    if loc then fwd.dead = true end
+    local all = fwd.all
+    if count and count > 1 then
+      if not all then all = {} ; fwd.all = all end
+      all[index] = r
+      if index < count then return end
+    end
+    local k = fwd.k
+    fwd.k, fwd.all = false, false
+    if k then return k(fwd, r, all or nil) end
+  end
+
+  -- step's continuation: the reply is in, the task resumes
+  local function step_done(fwd, r, all)
+    local task = fwd.w_task
+    fwd.w_done, fwd.w_last, fwd.w_all = true, r, all or false
+    if fwd.w_waiting and task.gen == fwd.w_gen and not task.dead and not task.dropped then
+      resume(task, nil)
+    end
+  end
+
   -- fwd:step(method, ...) -> reply (the last one), replies (LMTP's, all)
   -- from a handler: the task waits; the step's timeout is the platform's
   function Fwd:step(method, ...)
     local task = current_task()
-    local gen = task.gen
-    local done, waiting, last, all = false, false, nil, nil
-    local function fn(code, enhanced, text, loc, index, count)
-      local r = { code = code, enhanced = enhanced, text = text, ["local"] = loc }
-      if count and count > 1 then
-        all = all or {}
-        all[index] = r
-        if index < count then return end
-      end
-      done, last = true, r
-      if waiting and task.gen == gen and not task.dead and not task.dropped then resume(task, nil) end
-    end
+    self.w_task, self.w_gen, self.w_done, self.w_waiting = task, task.gen, false, false
+    self.k, self.all = step_done, false
     local owned = task.owned
     if not owned then owned = {} ; task.owned = owned end
     owned[self] = true	-- the session going away ends it
-    local ok, err = call(self.nh, method, fn, select("#", ...), ...)
+    local ok, err = call(self.nh, method, self.cb, select("#", ...), ...)
     if ok == nil then
+      self.k, self.w_task = false, false
       owned[self] = nil
       self.dead = true
       return { code = 451, enhanced = "4.4.2", text = ("Next hop %s: %s"):format(self.name, err or "closed"),
         ["local"] = true }
     end
-    waiting = true
-    repeat coroutine.yield() until done
-    waiting = false
+    self.w_waiting = true
+    repeat coroutine.yield() until self.w_done
+    self.w_waiting = false
     if task.owned then task.owned[self] = nil end
+    local last, all = self.w_last, self.w_all
+    self.w_task, self.w_last, self.w_all = false, false, false
     if last["local"] then self.dead = true end
-    return last, all
+    return last, all or nil
   end
 
-  -- a step whose result settles an ask (no task: from an ask's finish)
-  function Fwd:step_cb(method, cb, ...)
-    local all
-    local ok, err = call(self.nh, method, function(code, enhanced, text, loc, index, count)
-      local r = { code = code, enhanced = enhanced, text = text, ["local"] = loc }
-      if r["local"] then self.dead = true end
-      if count and count > 1 then
-        all = all or {}
-        all[index] = r
-        if index < count then return end
-      end
-      cb(r, all)
-    end, select("#", ...), ...)
+  local ANSWERED = { code = 354, enhanced = "", text = "" }	-- nh:data's true (read only)
+
+  -- a step whose result settles an ask (no task: from an ask's finish):
+  -- k(fwd, r, all) gets the reply
+  function Fwd:step_cb(method, k, ...)
+    self.k, self.all = k, false
+    local ok, err = call(self.nh, method, self.cb, select("#", ...), ...)
     if ok == nil then
+      self.k = false
       self.dead = true
       return nil, err
     end
-    if ok == true then cb({ code = 354, enhanced = "", text = "" }) end	-- answered already (nh:data)
+    if ok == true then	-- answered already (nh:data)
+      self.k = false
+      k(self, ANSWERED)
+    end
     return true
   end
 
@@ -283,9 +302,17 @@ function M.install(I)
     end
     local nh, err = platform.nexthop(t)
     if not nh then return nil, err end
-    return setmetatable({ nh = nh, conn = conn, name = name, lmtp = t.lmtp, dead = false, target = t,
+    -- every field it will have, made at once (no rehash as the steps go)
+    local fwd = setmetatable({ nh = nh, conn = conn, name = name, lmtp = t.lmtp, dead = false, target = t,
       completed = false,
-      closed = false, streaming = false, sink = false, accepted = 0, refused = false }, Fwd)
+      closed = false, streaming = false, sink = false, accepted = 0, refused = false,
+      cb = false, k = false, all = false, m = false, inside = false, ready = false, rcpt = false,
+      w_task = false, w_gen = false, w_done = false, w_waiting = false, w_last = false,
+      w_all = false }, Fwd)
+    fwd.cb = function(code, enhanced, text, loc, index, count)
+      return on_reply(fwd, code, enhanced, text, loc, index, count)
+    end
+    return fwd
   end
 
   local function size_of(sender)
@@ -307,19 +334,18 @@ function M.install(I)
       m:reject(451, "4.4.1 Next hop unavailable")
       return nil, err
     end
-    local function refuse(r, why)
-      fwd:close(not r["local"])
-      local _, code, text = verdict_of_reply(r, 2)
-      if code < 400 then code, text = 451, "4.4.2 " .. (text or "") end
-      log("info", conn.id, "forward to %s refused: %s %s", fwd.name, r.code, why or r.text)
-      m:reject(code, text)
-      return nil, ("%d %s"):format(r.code, r.text)
-    end
     -- MAIL and every RCPT in one step (pipelined when the next hop offers it)
     local rcpts, addrs = m.recipients, {}
     for i, rcpt in ipairs(rcpts) do addrs[i] = rcpt.address end
     local r = open_and_mail(fwd, m.sender, size_of(m.sender), addrs)
-    if r then return refuse(r) end
+    if r then
+      fwd:close(not r["local"])
+      local _, code, text = verdict_of_reply(r, 2)
+      if code < 400 then code, text = 451, "4.4.2 " .. (text or "") end
+      log("info", conn.id, "forward to %s refused: %s %s", fwd.name, r.code, r.text)
+      m:reject(code, text)
+      return nil, ("%d %s"):format(r.code, r.text)
+    end
     local temp, first
     for i, rr in ipairs(fwd.nh:results() or NONE) do
       if math.floor(rr.code / 100) ~= 2 then
@@ -341,22 +367,27 @@ function M.install(I)
     return true
   end
 
+  -- the next hop's RCPT reply settles the client's (fwd.rcpt: its address object)
+  local function rcpt_done(fwd, r)
+    local acc, c, t = verdict_of_reply(r, 2)
+    if acc then fwd.accepted = fwd.accepted + 1 end
+    local conn, rcpt = fwd.conn, fwd.rcpt
+    fwd.rcpt = false
+    local a = conn._ask
+    if a and a.obj == rcpt and a.waiting then settle(conn, a, acc, c, t) end
+  end
+
   -- an RCPT's verdict under proxy (fwd.rcpt_finish): the policy's, then
   -- the next hop's
   local function proxy_rcpt(fwd, rcpt)
-    local conn = fwd.conn
     local accept, code, text = verdict_of(rcpt)
     if not accept then return accept, code, text end
     if fwd.dead then return false, 451, "4.4.2 Next hop unavailable" end
     if fwd.lmtp and fwd.accepted >= 1 then
       return false, 452, "4.5.3 One recipient per transaction here, send the others again"
     end
-    local ok = fwd:step_cb("rcpt", function(r)
-      local acc, c, t = verdict_of_reply(r, 2)
-      if acc then fwd.accepted = fwd.accepted + 1 end
-      local a = conn._ask
-      if a and a.obj == rcpt and a.waiting then settle(conn, a, acc, c, t) end
-    end, rcpt.address, "")
+    fwd.rcpt = rcpt
+    local ok = fwd:step_cb("rcpt", rcpt_done, rcpt.address, "")
     if not ok then return false, 451, "4.4.2 Next hop unavailable" end
     return WAIT
   end
@@ -388,80 +419,87 @@ function M.install(I)
     return true
   end
 
+  -- the next hop's reply to DATA (fwd.m: the message): 354 starts the body
+  local function data_done(self, r)
+    local conn, m = self.conn, self.m
+    local a = conn._ask
+    local waiting = a and a.obj == m and a.waiting
+    if r.code == 354 then
+      self.streaming = true
+      if type(self.nh) == "userdata" then
+        conn._handle:sink(self.nh)	-- the body goes to the next hop in C
+        self.sink = true
+      else
+        I.watch_data(m)	-- the body goes to the next hop from Lua
+      end
+      if self.inside then self.ready = true
+      elseif waiting then settle(conn, a, true, 0, nil) end
+      return
+    end
+    local _, c, t = verdict_of_reply(r, 3)
+    if c < 400 then c, t = 451, "4.4.2 Next hop answered DATA with " .. r.code end
+    self:close(not r["local"])
+    m._forward = false
+    if waiting then settle(conn, a, false, c, t) end
+  end
+
   -- DATA accepted by the policy: the next hop's DATA (354) first
   function Fwd:start_data(m)
-    local conn = self.conn
     if self.dead then
       self:close(false)
       m._forward = false
       return false, 451, "4.4.2 Next hop unavailable"
     end
-    local inside, ready = true, false	-- ready: the 354 came with the envelope, no wait
-    local ok = self:step_cb("data", function(r)
-      local a = conn._ask
-      local waiting = a and a.obj == m and a.waiting
-      if r.code == 354 then
-        self.streaming = true
-        if type(self.nh) == "userdata" then
-          conn._handle:sink(self.nh)	-- the body goes to the next hop in C
-          self.sink = true
-        else
-          I.watch_data(m)	-- the body goes to the next hop from Lua
-        end
-        if inside then ready = true
-        elseif waiting then settle(conn, a, true, 0, nil) end
-        return
-      end
-      local _, c, t = verdict_of_reply(r, 3)
-      if c < 400 then c, t = 451, "4.4.2 Next hop answered DATA with " .. r.code end
-      self:close(not r["local"])
-      m._forward = false
-      if waiting then settle(conn, a, false, c, t) end
-    end)
-    inside = false
+    -- ready: the 354 came with the envelope, no wait
+    self.m, self.inside, self.ready = m, true, false
+    local ok = self:step_cb("data", data_done)
+    self.inside = false
     if not ok then
       m._forward = false
       return false, 451, "4.4.2 Next hop unavailable"
     end
-    if ready then return true, 0, nil end
+    if self.ready then return true, 0, nil end
     return WAIT
+  end
+
+  -- the next hop's reply to the final dot (LMTP: all, one per recipient)
+  local function end_done(self, r, all)
+    local conn, m, name = self.conn, self.m, self.name
+    local accept, code, text = verdict_of_reply(r, 2)
+    if all then	-- LMTP, several recipients: all or nothing (see the docs)
+      local bad
+      for _, x in ipairs(all) do if math.floor(x.code / 100) ~= 2 then bad = bad or x end end
+      if bad then
+        accept, code, text = verdict_of_reply(bad, 2)
+        log("warn", conn.id, "next hop %s took the message for some recipients only", name)
+      end
+    end
+    if info_on() then	-- the text's gsub and the format only for a line that is kept
+      log("info", conn.id, "forwarded to %s: %d %s%s", name, r.code,
+        r.enhanced ~= "" and r.enhanced .. " " or "", (r.text:gsub("\n", " ")))
+    end
+    self.streaming = false
+    self.completed = not r["local"]	-- the next hop's transaction is over: no RSET
+    if self.sink then
+      self.sink = false
+      conn._handle:sink(nil)
+    end
+    self:close(not r["local"])
+    m._forward = false
+    decide_message(m, accept, code, text)
   end
 
   -- the final dot: the next hop's reply is the client's
   function Fwd:end_verdict(m)
     local conn = self.conn
     if m._daccept == true then m._daccept = UNDECIDED end	-- the policy's yes: forward it
-    local name = self.name
-    local function done(r, all)
-      local accept, code, text = verdict_of_reply(r, 2)
-      if all then	-- LMTP, several recipients: all or nothing (see the docs)
-        local bad
-        for _, x in ipairs(all) do if math.floor(x.code / 100) ~= 2 then bad = bad or x end end
-        if bad then
-          accept, code, text = verdict_of_reply(bad, 2)
-          log("warn", conn.id, "next hop %s took the message for some recipients only", name)
-        end
-      end
-      if info_on() then	-- the text's gsub and the format only for a line that is kept
-        log("info", conn.id, "forwarded to %s: %d %s%s", name, r.code,
-          r.enhanced ~= "" and r.enhanced .. " " or "", (r.text:gsub("\n", " ")))
-      end
-      self.streaming = false
-      self.completed = not r["local"]	-- the next hop's transaction is over: no RSET
-      if self.sink then
-        self.sink = false
-        conn._handle:sink(nil)
-      end
-      self:close(not r["local"])
-      m._forward = false
-      decide_message(m, accept, code, text)
-    end
-    local ok, err = self:step_cb("finish", done)
+    self.m = m
+    local ok, err = self:step_cb("finish", end_done)
     if not ok then
       log("info", conn.id, "not forwarded: %s", err)
       self:close(false)
       m._forward = false
-      if not err or not err:find("^Next hop ") then err = ("Next hop %s unavailable"):format(name) end
+      if not err or not err:find("^Next hop ") then err = ("Next hop %s unavailable"):format(self.name) end
       return false, 451, "4.4.2 " .. err
     end
     return WAIT
