@@ -332,7 +332,7 @@ lnh_envelope(lua_State *L)
 	struct lnh	*o = check_nh(L, 6);
 	const char	*from = luaL_checkstring(L, 2), *params = luaL_optstring(L, 3, "");
 	lua_Integer	 size = luaL_optinteger(L, 4, 0), n;
-	const char	**rcpts;
+	const char	**rcpts, *few[16];
 	int		 rc;
 
 	luaL_checktype(L, 5, LUA_TTABLE);
@@ -340,7 +340,12 @@ lnh_envelope(lua_State *L)
 	luaL_argcheck(L, n >= 1 && n <= 100000, 5, "recipients expected");
 	if (o->nh == NULL)
 		return push_dead(L);
-	rcpts = lua_newuserdatauv(L, (size_t)n * sizeof(*rcpts), 0);	/* freed by the GC */
+	/* a few on the stack; more in a userdata the GC frees */
+	if (n <= (lua_Integer)(sizeof(few) / sizeof(few[0]))) {
+		rcpts = few;
+		lua_pushnil(L);	/* popped below, as the userdata */
+	} else
+		rcpts = lua_newuserdatauv(L, (size_t)n * sizeof(*rcpts), 0);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_geti(L, 5, i);
 		rcpts[i - 1] = luaL_checkstring(L, -1);	/* the table keeps it */

@@ -109,6 +109,7 @@ struct nexthop {
 	char			**env_rcpts;
 	size_t			 env_n, env_sent, env_got;
 	struct nexthop_brief	*env_res;
+	size_t			 env_cap;	/* env_res's room */
 	struct nexthop_reply	 env_mail;	/* MAIL's reply */
 	bool			 env_pipelined;
 	bool			 env_354;	/* the pipelined DATA got 354 */
@@ -249,12 +250,11 @@ send_line(struct nexthop *nh, enum step step, const char *fmt, const char *a, co
 }
 
 /*
- * The same from up to four parts, copied into one line (no printf: MAIL,
- * each RCPT and DATA of every message come here)
+ * A command line from up to four parts, copied into one line (no printf:
+ * MAIL, each RCPT and DATA of every message come here)
  */
 static void
-send_parts(struct nexthop *nh, enum step step, const char *a, const char *b, const char *c,
-    const char *d)
+add_parts(struct nexthop *nh, const char *a, const char *b, const char *c, const char *d)
 {
 	struct evbuffer	*out = bufferevent_get_output(nh->bev);
 	const char	*part[4] = { a, b, c, d };
@@ -274,6 +274,14 @@ send_parts(struct nexthop *nh, enum step step, const char *a, const char *b, con
 	}
 	memcpy(line + len, "\r\n", 2);
 	evbuffer_add(out, line, len + 2);
+}
+
+/* ... sent as the command of step */
+static void
+send_parts(struct nexthop *nh, enum step step, const char *a, const char *b, const char *c,
+    const char *d)
+{
+	add_parts(nh, a, b, c, d);
 	nh->step = step;
 	arm(nh);
 	kick(nh);
@@ -1107,11 +1115,15 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 
 	if (n == 0 || nh->step != ST_IDLE || nh->bev == NULL || nh->cb != NULL)
 		return -1;
-	if ((res = calloc(n, sizeof(*res))) == NULL)
-		return -1;
+	if (n > nh->env_cap) {
+		if ((res = calloc(n, sizeof(*res))) == NULL)
+			return -1;
+		free(nh->env_res);
+		nh->env_res = res;
+		nh->env_cap = n;
+	} else
+		memset(nh->env_res, 0, n * sizeof(*nh->env_res));	/* the last message's */
 	env_free(nh);
-	free(nh->env_res);
-	nh->env_res = res;
 	nh->env_n = n;
 	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
 	/* one RCPT at a time (no PIPELINING): the addresses are kept until sent */
@@ -1139,16 +1151,21 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 	}
 	if (size > 0 && (nh->ext & NH_EXT_SIZE))
 		snprintf(extra, sizeof(extra), " SIZE=%llu", (unsigned long long)size);
-	snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
-	    params != NULL ? params : "", extra);
+	all[0] = '\0';
+	if ((params != NULL && params[0] != '\0') || extra[0] != '\0')
+		snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
+		    params != NULL ? params : "", extra);
 	nh->env_354 = nh->data_open = false;
-	send_parts(nh, ST_ENV_MAIL, "MAIL FROM:<", from, ">", all);
+	add_parts(nh, "MAIL FROM:<", from, ">", all);
 	if (nh->env_pipelined) {
 		/* RFC 2920: DATA ends the group; its reply is read in order */
 		for (size_t i = 0; i < n; i++)
-			send_parts(nh, ST_ENV_MAIL, "RCPT TO:<", rcpts[i], ">", NULL);
-		send_parts(nh, ST_ENV_MAIL, "DATA", NULL, NULL, NULL);
+			add_parts(nh, "RCPT TO:<", rcpts[i], ">", NULL);
+		add_parts(nh, "DATA", NULL, NULL, NULL);
 	}
+	nh->step = ST_ENV_MAIL;
+	arm(nh);
+	kick(nh);
 	return 0;
 }
 
