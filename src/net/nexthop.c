@@ -39,6 +39,8 @@
 #define LINES_MAX_NH	64	/* lines of one reply (an EHLO reply is the longest) */
 #define KEEP_LINES	8	/* lines of a reply's text kept for the client */
 #define OUT_HIGH	(256 * 1024)	/* default drain mark: the stream's output buffer */
+#define BODY_BATCH	(64 * 1024)	/* direct: body octets held for one write (on_flush) */
+#define BODY_LINGER_MS	100		/* ... for at most this long */
 
 enum step {
 	ST_IDLE,
@@ -858,12 +860,26 @@ on_flush(evutil_socket_t fd, short what, void *arg)
 	int		 n, err;
 
 	(void)fd;
-	(void)what;
 	if (!nh->direct || nh->wr_on || nh->bev == NULL)
 		return;
 	out = bufferevent_get_output(nh->bev);
-	if (evbuffer_get_length(out) == 0)
+	if ((left = evbuffer_get_length(out)) == 0)
 		return;
+	/*
+	 * The body gathers up to BODY_BATCH: the client's octets come in reads
+	 * of 4 KiB (libevent's), and a write for each would be a syscall and a
+	 * wakeup of the next hop per 4 KiB.  The final dot sends what is held
+	 * (its step is ST_END), and BODY_LINGER_MS without more does too (a
+	 * client that trickles), so nothing is held for long.
+	 */
+	if (nh->step == ST_STREAM && left < BODY_BATCH && !(what & EV_TIMEOUT)) {
+		if (!evtimer_pending(nh->flush, NULL)) {
+			struct timeval tv = { 0, BODY_LINGER_MS * 1000 };
+
+			evtimer_add(nh->flush, &tv);
+		}
+		return;
+	}
 	/* the bufferevent freezes its output's start: it alone drains it, as here */
 	evbuffer_unfreeze(out, 1);
 	n = evbuffer_write(out, bufferevent_getfd(nh->bev));
@@ -1244,9 +1260,15 @@ nexthop_write(struct nexthop *nh, const char *buf, size_t len)
 	if (end > span)
 		evbuffer_add(out, span, (size_t)(end - span));
 	left = evbuffer_get_length(out);
-	if (nh->direct)
-		kick(nh);	/* the timer is armed only if the write leaves some */
-	else if (left > 0)
+	if (nh->direct) {
+		/*
+		 * The timer is armed only if the write leaves some.  Octets held
+		 * (on_flush) go at BODY_LINGER_MS after the first of them: a
+		 * kick meanwhile would cancel that deadline, so only a batch kicks.
+		 */
+		if (left >= BODY_BATCH || !evtimer_pending(nh->flush, NULL))
+			kick(nh);
+	} else if (left > 0)
 		arm(nh);
 	if (left > nh->low * 2)
 		nh->drain_wait = true;

@@ -399,6 +399,41 @@ test_slow_reader(void)
 	run_free(&r);
 }
 
+/*
+ * Small body chunks are held for one write, but no longer than the linger
+ * after the first of them: a client that keeps trickling does not push the
+ * deadline back (the next hop would wait for ever).
+ */
+static void
+test_body_linger(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250 x\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n",
+		"250 done\r\n", NULL,
+	};
+	struct run	r;
+
+	run_init(&r, script, &smtp_target);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_data(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	for (int i = 0; i < 10; i++) {	/* a chunk every 20 ms of the loop, 200 ms in all */
+		CHECK(nexthop_write(r.nh, "abc\r\n", 5) >= 0);
+		pump_out(&r);
+	}
+	CHECK(r.peer.body_total > 0);	/* the first ones went at their linger */
+	CHECK(nexthop_end(r.nh, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 250);
+	CHECK(r.peer.body_total == 10 * 5 + 3);
+	run_free(&r);
+}
+
 static void
 test_close_mid_data(void)
 {
@@ -652,6 +687,7 @@ main(void)
 	test_timeout();
 	test_close_mid_data();
 	test_slow_reader();
+	test_body_linger();
 	test_require_tls();
 	test_auth_needs_tls();
 	return tap_done();
