@@ -172,6 +172,31 @@ describe("message:forward (fake next hop)", function()
     assert.equal(0, #peer.transactions)
   end)
 
+  it("checks a target table again once the policy changed it", function()
+    -- the checked target is kept per table; a changed field (or a new one) is seen
+    local h = support.policy([[
+local target = { host = "hub.example", port = 2525, tls = "none" }
+local n = 0
+smtp.createServer(function(conn)
+  conn:on("DATA", function(m)
+    n = n + 1
+    if n == 3 then target.port = 2526 end
+    if n == 4 then target.colour = "blue" end
+    m:forward(target)
+  end)
+end)
+]])
+    local a = h.nexthop:listen("hub.example", 2525)
+    local b = h.nexthop:listen("hub.example", 2526)
+    assert.equal(250, send(h, {}).done.code)
+    assert.equal(250, send(h, {}).done.code)
+    assert.equal(250, send(h, {}).done.code)
+    assert.equal(2, #a.messages)
+    assert.equal(1, #b.messages)
+    assert.equal(451, send(h, {}).data.code)
+    assert.matches('unknown target field "colour"', h:log(), 1, true)
+  end)
+
   it("raises for a bad target: the client gets 451, the log the reason", function()
     local h = forward_policy([[{ host = "hub.example", protocol = "uucp" }]])
     local r = send(h, {})

@@ -332,7 +332,7 @@ lnh_envelope(lua_State *L)
 	struct lnh	*o = check_nh(L, 6);
 	const char	*from = luaL_checkstring(L, 2), *params = luaL_optstring(L, 3, "");
 	lua_Integer	 size = luaL_optinteger(L, 4, 0), n;
-	const char	**rcpts;
+	const char	**rcpts, *few[16];
 	int		 rc;
 
 	luaL_checktype(L, 5, LUA_TTABLE);
@@ -340,7 +340,12 @@ lnh_envelope(lua_State *L)
 	luaL_argcheck(L, n >= 1 && n <= 100000, 5, "recipients expected");
 	if (o->nh == NULL)
 		return push_dead(L);
-	rcpts = lua_newuserdatauv(L, (size_t)n * sizeof(*rcpts), 0);	/* freed by the GC */
+	/* a few on the stack; more in a userdata the GC frees */
+	if (n <= (lua_Integer)(sizeof(few) / sizeof(few[0]))) {
+		rcpts = few;
+		lua_pushnil(L);	/* popped below, as the userdata */
+	} else
+		rcpts = lua_newuserdatauv(L, (size_t)n * sizeof(*rcpts), 0);
 	for (lua_Integer i = 1; i <= n; i++) {
 		lua_geti(L, 5, i);
 		rcpts[i - 1] = luaL_checkstring(L, -1);	/* the table keeps it */
@@ -352,13 +357,23 @@ lnh_envelope(lua_State *L)
 	return started(L, o, rc, 6);
 }
 
-/* nh:results() -> {{code =, enhanced =, text =}, ...}: the last envelope's RCPT replies */
+/*
+ * nh:results() -> {{code =, enhanced =, text =}, ...}: the last envelope's
+ * RCPT replies; nil when the next hop took every recipient (no tables for
+ * the common case)
+ */
 static int
 lnh_results(lua_State *L)
 {
 	struct lnh	*o = luaL_checkudata(L, 1, NH_MT);
-	size_t		 n = o->nh != NULL ? nexthop_rcpt_results(o->nh) : 0;
+	size_t		 n = o->nh != NULL ? nexthop_rcpt_results(o->nh) : 0, i;
 
+	for (i = 0; i < n && nexthop_rcpt_result(o->nh, i)->code / 100 == 2; i++)
+		;
+	if (i == n) {
+		lua_pushnil(L);
+		return 1;
+	}
 	lua_createtable(L, (int)n, 0);
 	for (size_t i = 0; i < n; i++) {
 		const struct nexthop_brief *b = nexthop_rcpt_result(o->nh, i);
@@ -626,6 +641,27 @@ lnexthop_new(lua_State *L)
 	memset(&t, 0, sizeof(t));
 	t.host = opt_string(L, 1, "host");
 	luaL_argcheck(L, t.host != NULL, 1, "host expected");
+	key = opt_string(L, 1, "key");
+	o = lua_newuserdatauv(L, sizeof(*o), 1);
+	memset(o, 0, sizeof(*o));
+	o->fn_ref = o->self_ref = LUA_NOREF;
+	o->sink.data = sink_data;
+	o->sink.detach = sink_detach;
+	o->ctx = ctx;
+	luaL_setmetatable(L, NH_MT);
+	lua_pushvalue(L, lua_upvalueindex(1));	/* the context outlives its objects */
+	lua_setiuservalue(L, -2, 1);
+	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
+	o->L = lua_tothread(L, -1);
+	lua_pop(L, 1);
+	if ((o->key = strdup(key != NULL ? key : t.host)) == NULL)
+		return luaL_error(L, "out of memory");
+	/* a pooled connection first: the rest of the target shapes new ones only */
+	if (!fresh && (o->nh = pool_take(ctx, o->key, &o->messages)) != NULL) {
+		o->reused = true;
+		nexthop_set_drain(o->nh, STREAM_HIGH / 2, stream_drained, o);
+		return 1;
+	}
 	t.port = (int)opt_int(L, 1, "port", 25);
 	lua_getfield(L, 1, "lmtp");
 	t.lmtp = lua_toboolean(L, -1);
@@ -643,26 +679,6 @@ lnexthop_new(lua_State *L)
 	t.password = opt_string(L, 1, "password");
 	t.cafile = opt_string(L, 1, "cafile");
 	t.servername = opt_string(L, 1, "servername");
-	key = opt_string(L, 1, "key");
-	o = lua_newuserdatauv(L, sizeof(*o), 1);
-	memset(o, 0, sizeof(*o));
-	o->fn_ref = o->self_ref = LUA_NOREF;
-	o->sink.data = sink_data;
-	o->sink.detach = sink_detach;
-	o->ctx = ctx;
-	luaL_setmetatable(L, NH_MT);
-	lua_pushvalue(L, lua_upvalueindex(1));	/* the context outlives its objects */
-	lua_setiuservalue(L, -2, 1);
-	lua_getfield(L, LUA_REGISTRYINDEX, "luasmtpd.main");
-	o->L = lua_tothread(L, -1);
-	lua_pop(L, 1);
-	if ((o->key = strdup(key != NULL ? key : t.host)) == NULL)
-		return luaL_error(L, "out of memory");
-	if (!fresh && (o->nh = pool_take(ctx, o->key, &o->messages)) != NULL) {
-		o->reused = true;
-		nexthop_set_drain(o->nh, STREAM_HIGH / 2, stream_drained, o);
-		return 1;
-	}
 	if (ctx->dns == NULL && (ctx->dns = evdns_base_new(ctx->base,
 	    EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE)) == NULL) {
 		lua_pushnil(L);

@@ -39,6 +39,8 @@
 #define LINES_MAX_NH	64	/* lines of one reply (an EHLO reply is the longest) */
 #define KEEP_LINES	8	/* lines of a reply's text kept for the client */
 #define OUT_HIGH	(256 * 1024)	/* default drain mark: the stream's output buffer */
+#define BODY_BATCH	(64 * 1024)	/* direct: body octets held for one write (on_flush) */
+#define BODY_LINGER_MS	100		/* ... for at most this long */
 
 enum step {
 	ST_IDLE,
@@ -74,6 +76,7 @@ struct nexthop {
 	struct evdns_base	*dns;
 	struct bufferevent	*bev;
 	struct event		*timer;
+	struct event		*flush;		/* direct: writes the output, end of the turn */
 	SSL_CTX			*ssl;
 	enum step		 step;
 	nexthop_cb		*cb;
@@ -99,6 +102,8 @@ struct nexthop {
 	/* the stream */
 	bool			 bol;		/* the next octet starts a line */
 	bool			 drain_wait;
+	bool			 direct;	/* plain TCP, connected: see kick() */
+	bool			 wr_on;		/* ... a partial write: EV_WRITE enabled */
 	bool			 local_pending;	/* r is a local reply due from the loop */
 	bool			*gone;		/* set by nexthop_destroy: a callback freed it */
 	char			 why[NEXTHOP_TEXT_MAX];	/* why it is dead */
@@ -106,6 +111,7 @@ struct nexthop {
 	char			**env_rcpts;
 	size_t			 env_n, env_sent, env_got;
 	struct nexthop_brief	*env_res;
+	size_t			 env_cap;	/* env_res's room */
 	struct nexthop_reply	 env_mail;	/* MAIL's reply */
 	bool			 env_pipelined;
 	bool			 env_354;	/* the pipelined DATA got 354 */
@@ -118,6 +124,7 @@ struct nexthop {
 static void	nh_read(struct bufferevent *, void *);
 static void	nh_write(struct bufferevent *, void *);
 static void	nh_event(struct bufferevent *, short, void *);
+static void	kick(struct nexthop *);
 
 /* ---- results -------------------------------------------------------------- */
 
@@ -248,6 +255,45 @@ send_line(struct nexthop *nh, enum step step, const char *fmt, const char *a, co
 	evbuffer_add(out, "\r\n", 2);
 	nh->step = step;
 	arm(nh);
+	kick(nh);
+}
+
+/*
+ * A command line from up to four parts, copied into one line (no printf:
+ * MAIL, each RCPT and DATA of every message come here)
+ */
+static void
+add_parts(struct nexthop *nh, const char *a, const char *b, const char *c, const char *d)
+{
+	struct evbuffer	*out = bufferevent_get_output(nh->bev);
+	const char	*part[4] = { a, b, c, d };
+	char		 line[1024];
+	size_t		 len = 0, l;
+
+	for (int i = 0; i < 4 && part[i] != NULL; i++) {
+		l = strlen(part[i]);
+		if (len + l > sizeof(line) - 2) {	/* a long one: in pieces */
+			evbuffer_add(out, line, len);
+			evbuffer_add(out, part[i], l);
+			len = 0;
+			continue;
+		}
+		memcpy(line + len, part[i], l);
+		len += l;
+	}
+	memcpy(line + len, "\r\n", 2);
+	evbuffer_add(out, line, len + 2);
+}
+
+/* ... sent as the command of step */
+static void
+send_parts(struct nexthop *nh, enum step step, const char *a, const char *b, const char *c,
+    const char *d)
+{
+	add_parts(nh, a, b, c, d);
+	nh->step = step;
+	arm(nh);
+	kick(nh);
 }
 
 static int
@@ -396,6 +442,8 @@ start_tls(struct nexthop *nh)
 		fail(nh, err);
 		return;
 	}
+	/* the TLS filter writes through the socket's bufferevent (it enables EV_WRITE) */
+	nh->direct = nh->wr_on = false;
 	b = tlsclient_wrap(nh->bev, nh->ssl, nh->servername != NULL ? nh->servername : nh->host,
 	    verify, err, sizeof(err));
 	if (b == NULL) {
@@ -483,7 +531,7 @@ env_free(struct nexthop *nh)
 static void
 env_send_rcpt(struct nexthop *nh)
 {
-	send_line(nh, ST_ENV_RCPT, "RCPT TO:<%s>%s", nh->env_rcpts[nh->env_sent++], NULL);
+	send_parts(nh, ST_ENV_RCPT, "RCPT TO:<", nh->env_rcpts[nh->env_sent++], ">", NULL);
 }
 
 /*
@@ -749,12 +797,10 @@ nh_read(struct bufferevent *bev, void *arg)
 	pump(arg);
 }
 
+/* the output went out, all of it or what the socket took (left waits) */
 static void
-nh_write(struct bufferevent *bev, void *arg)
+wrote(struct nexthop *nh, size_t left)
 {
-	struct nexthop	*nh = arg;
-	size_t		 left = evbuffer_get_length(bufferevent_get_output(bev));
-
 	if (nh->step == ST_STREAM) {
 		if (left > 0)
 			arm(nh);	/* progress: the next hop reads */
@@ -764,8 +810,110 @@ nh_write(struct bufferevent *bev, void *arg)
 	if (nh->drain_wait && left <= nh->low) {
 		nh->drain_wait = false;
 		if (nh->drained != NULL)
-			nh->drained(nh->drained_arg);
+			nh->drained(nh->drained_arg);	/* may free nh */
 	}
+}
+
+static void
+nh_write(struct bufferevent *bev, void *arg)
+{
+	struct nexthop	*nh = arg;
+	size_t		 left = evbuffer_get_length(bufferevent_get_output(bev));
+
+	if (nh->wr_on && left == 0) {
+		/* the rest of a partial write is out: direct writes again */
+		nh->wr_on = false;
+		bufferevent_disable(bev, EV_WRITE);
+	}
+	wrote(nh, left);
+}
+
+/* the socket failed with err */
+static void
+fail_errno(struct nexthop *nh, int err)
+{
+	char why[384];
+
+	snprintf(why, sizeof(why), "%s", err != 0 ? evutil_socket_error_to_string(err) :
+	    "connection lost");
+	if (why[0] >= 'A' && why[0] <= 'Z')	/* "connection refused" */
+		why[0] = (char)(why[0] - 'A' + 'a');
+	fail(nh, why);
+}
+
+/*
+ * Plain TCP, connected (nh->direct): what a loop turn queued goes out at
+ * the turn's end in one writev, straight on the socket.  Through the
+ * bufferevent each burst would enable its write event and, once flushed,
+ * disable it again: two epoll_ctl a burst, four a forwarded message (the
+ * envelope, the body with its dot).  Only a partial write (the socket is
+ * full: the next hop reads slower than we send) enables EV_WRITE, until
+ * the bufferevent has written the rest (nh_write).  TLS goes through the
+ * bufferevent as before.
+ */
+static void
+kick(struct nexthop *nh)
+{
+	if (nh->direct && !nh->wr_on)
+		event_active(nh->flush, EV_WRITE, 0);	/* once a turn: active already is a no-op */
+}
+
+static void
+on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct nexthop	*nh = arg;
+	struct evbuffer	*out;
+	size_t		 left;
+	int		 n, err;
+
+	(void)fd;
+	if (!nh->direct || nh->wr_on || nh->bev == NULL)
+		return;
+	out = bufferevent_get_output(nh->bev);
+	if ((left = evbuffer_get_length(out)) == 0)
+		return;
+	/*
+	 * The body gathers up to BODY_BATCH: the client's octets come in reads
+	 * of 4 KiB (libevent's), and a write for each would be a syscall and a
+	 * wakeup of the next hop per 4 KiB.  The final dot sends what is held
+	 * (its step is ST_END), and BODY_LINGER_MS without more does too (a
+	 * client that trickles), so nothing is held for long.
+	 */
+	if (nh->step == ST_STREAM && left < BODY_BATCH && !(what & EV_TIMEOUT)) {
+		if (!evtimer_pending(nh->flush, NULL)) {
+			struct timeval tv = { 0, BODY_LINGER_MS * 1000 };
+
+			evtimer_add(nh->flush, &tv);
+		}
+		return;
+	}
+	/* the bufferevent freezes its output's start: it alone drains it, as here */
+	evbuffer_unfreeze(out, 1);
+	n = evbuffer_write(out, bufferevent_getfd(nh->bev));
+	err = EVUTIL_SOCKET_ERROR();
+	evbuffer_freeze(out, 1);
+	if (n == -1) {
+		if (err != EAGAIN && err != EWOULDBLOCK && err != EINTR) {
+			fail_errno(nh, err);
+			return;
+		}
+	}
+	if ((left = evbuffer_get_length(out)) > 0) {
+		nh->wr_on = true;
+		bufferevent_enable(nh->bev, EV_WRITE);
+	}
+	wrote(nh, left);
+}
+
+/* the socket is connected and plain: writes go direct from now on */
+static void
+direct_on(struct nexthop *nh)
+{
+	nh->direct = true;
+	if (evbuffer_get_length(bufferevent_get_output(nh->bev)) > 0)
+		nh->wr_on = true;	/* nothing is queued before the greeting, but */
+	else
+		bufferevent_disable(nh->bev, EV_WRITE);
 }
 
 static void
@@ -786,6 +934,7 @@ nh_event(struct bufferevent *bev, short what, void *arg)
 			/* a command or the final dot goes out at once, not behind Nagle */
 			setsockopt(bufferevent_getfd(nh->bev), IPPROTO_TCP, TCP_NODELAY, &one,
 			    sizeof(one));
+			direct_on(nh);
 			nh->step = ST_GREETING;
 			arm(nh);
 		}
@@ -797,10 +946,8 @@ nh_event(struct bufferevent *bev, short what, void *arg)
 			snprintf(why, sizeof(why), "cannot resolve %s: %s", nh->host,
 			    evutil_gai_strerror(dns));
 		else if (!tlsclient_error(nh->bev, why, sizeof(why))) {
-			snprintf(why, sizeof(why), "%s", err != 0 ?
-			    evutil_socket_error_to_string(err) : "connection lost");
-			if (why[0] >= 'A' && why[0] <= 'Z')	/* "connection refused" */
-				why[0] = (char)(why[0] - 'A' + 'a');
+			fail_errno(nh, err);
+			return;
 		}
 		fail(nh, why);
 		return;
@@ -853,8 +1000,9 @@ nexthop_create(struct event_base *base, struct evdns_base *dns,
 	nh->low = OUT_HIGH / 2;
 	snprintf(nh->name, sizeof(nh->name), "%s:%d", nh->host, nh->port);
 	nh->timer = evtimer_new(base, on_timer, nh);
+	nh->flush = event_new(base, -1, 0, on_flush, nh);
 	nh->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (!ok || nh->timer == NULL || nh->bev == NULL) {
+	if (!ok || nh->timer == NULL || nh->flush == NULL || nh->bev == NULL) {
 		nexthop_destroy(nh);
 		return NULL;
 	}
@@ -876,6 +1024,8 @@ nexthop_destroy(struct nexthop *nh)
 		bufferevent_free(nh->bev);
 	if (nh->timer != NULL)
 		event_free(nh->timer);
+	if (nh->flush != NULL)
+		event_free(nh->flush);
 	SSL_CTX_free(nh->ssl);
 	env_free(nh);
 	free(nh->env_res);
@@ -911,7 +1061,11 @@ nexthop_open(struct nexthop *nh, nexthop_cb *cb, void *arg)
 		return -1;
 	nh->cb = cb;
 	nh->arg = arg;
-	bufferevent_enable(nh->bev, EV_READ | EV_WRITE);
+	if (nh->step == ST_GREETING) {	/* a socket connected already */
+		bufferevent_enable(nh->bev, EV_READ);
+		direct_on(nh);
+	} else
+		bufferevent_enable(nh->bev, EV_READ | EV_WRITE);	/* the connect's */
 	arm(nh);
 	if (nh->step == ST_CONNECT &&
 	    bufferevent_socket_connect_hostname(nh->bev, nh->dns, AF_UNSPEC, nh->host,
@@ -984,17 +1138,23 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 
 	if (n == 0 || nh->step != ST_IDLE || nh->bev == NULL || nh->cb != NULL)
 		return -1;
-	if ((res = calloc(n, sizeof(*res))) == NULL)
-		return -1;
+	if (n > nh->env_cap) {
+		if ((res = calloc(n, sizeof(*res))) == NULL)
+			return -1;
+		free(nh->env_res);
+		nh->env_res = res;
+		nh->env_cap = n;
+	} else
+		memset(nh->env_res, 0, n * sizeof(*nh->env_res));	/* the last message's */
 	env_free(nh);
-	free(nh->env_res);
-	nh->env_res = res;
 	nh->env_n = n;
-	if ((nh->env_rcpts = calloc(n, sizeof(*nh->env_rcpts))) == NULL) {
+	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
+	/* one RCPT at a time (no PIPELINING): the addresses are kept until sent */
+	if (!nh->env_pipelined && (nh->env_rcpts = calloc(n, sizeof(*nh->env_rcpts))) == NULL) {
 		nh->env_n = 0;
 		return -1;
 	}
-	for (size_t i = 0; i < n; i++)
+	for (size_t i = 0; !nh->env_pipelined && i < n; i++)
 		if ((nh->env_rcpts[i] = strdup(rcpts[i])) == NULL) {
 			env_free(nh);
 			return -1;
@@ -1014,17 +1174,21 @@ nexthop_envelope(struct nexthop *nh, const char *from, const char *params, uint6
 	}
 	if (size > 0 && (nh->ext & NH_EXT_SIZE))
 		snprintf(extra, sizeof(extra), " SIZE=%llu", (unsigned long long)size);
-	snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
-	    params != NULL ? params : "", extra);
-	nh->env_pipelined = (nh->ext & NH_EXT_PIPELINING) != 0;
+	all[0] = '\0';
+	if ((params != NULL && params[0] != '\0') || extra[0] != '\0')
+		snprintf(all, sizeof(all), "%s%s%s", params != NULL && params[0] ? " " : "",
+		    params != NULL ? params : "", extra);
 	nh->env_354 = nh->data_open = false;
-	send_line(nh, ST_ENV_MAIL, "MAIL FROM:<%s>%s", from, all);
+	add_parts(nh, "MAIL FROM:<", from, ">", all);
 	if (nh->env_pipelined) {
 		/* RFC 2920: DATA ends the group; its reply is read in order */
-		while (nh->env_sent < nh->env_n)
-			env_send_rcpt(nh);
-		send_line(nh, ST_ENV_MAIL, "DATA%s%s", "", NULL);
+		for (size_t i = 0; i < n; i++)
+			add_parts(nh, "RCPT TO:<", rcpts[i], ">", NULL);
+		add_parts(nh, "DATA", NULL, NULL, NULL);
 	}
+	nh->step = ST_ENV_MAIL;
+	arm(nh);
+	kick(nh);
 	return 0;
 }
 
@@ -1103,7 +1267,15 @@ nexthop_write(struct nexthop *nh, const char *buf, size_t len)
 	if (end > span)
 		evbuffer_add(out, span, (size_t)(end - span));
 	left = evbuffer_get_length(out);
-	if (left > 0)
+	if (nh->direct) {
+		/*
+		 * The timer is armed only if the write leaves some.  Octets held
+		 * (on_flush) go at BODY_LINGER_MS after the first of them: a
+		 * kick meanwhile would cancel that deadline, so only a batch kicks.
+		 */
+		if (left >= BODY_BATCH || !evtimer_pending(nh->flush, NULL))
+			kick(nh);
+	} else if (left > 0)
 		arm(nh);
 	if (left > nh->low * 2)
 		nh->drain_wait = true;
@@ -1123,6 +1295,7 @@ nexthop_end(struct nexthop *nh, nexthop_cb *cb, void *arg)
 	if (!nh->bol)
 		evbuffer_add(out, "\r\n", 2);
 	evbuffer_add(out, ".\r\n", 3);
+	kick(nh);
 	nh->end_left = nh->lmtp ? nh->accepted : 1;
 	nh->step = ST_END;
 	arm(nh);

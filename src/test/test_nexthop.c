@@ -27,6 +27,7 @@ struct peer {
 	size_t			 got_len;
 	char			 body[1 << 16];	/* the data as received, final dot included */
 	size_t			 body_len;
+	size_t			 body_total;	/* ... its octets, kept or not */
 };
 
 struct run {
@@ -68,6 +69,7 @@ peer_read(struct bufferevent *bev, void *arg)
 
 	while (p->bev != NULL && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF_STRICT)) != NULL) {
 		if (p->in_data) {
+			p->body_total += len + 2;
 			if (p->body_len + len + 2 < sizeof(p->body)) {
 				memcpy(p->body + p->body_len, line, len);
 				memcpy(p->body + p->body_len + len, "\r\n", 2);
@@ -393,6 +395,94 @@ test_timeout(void)
 }
 
 static void
+on_drained(void *arg)
+{
+	(*(int *)arg)++;
+}
+
+/*
+ * A body bigger than the socket takes while the next hop reads nothing:
+ * the write is partial, the rest waits (and the drain with it) until the
+ * next hop reads; then the whole body and the dot arrive, and the next
+ * message's envelope goes out as usual.
+ */
+static void
+test_slow_reader(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250 x\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n",
+		"250 done\r\n", "250 ok 2\r\n", NULL,
+	};
+	struct run	 r;
+	static char	 chunk[80 * 13000];	/* whole lines */
+	int		 drained = 0;
+	long		 queued;
+
+	for (size_t i = 0; i < sizeof(chunk); i++)
+		chunk[i] = i % 80 == 78 ? '\r' : i % 80 == 79 ? '\n' : 'a';
+	run_init(&r, script, &smtp_target);
+	nexthop_set_drain(r.nh, 1024, on_drained, &drained);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_data(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	bufferevent_disable(r.peer.bev, EV_READ);	/* the next hop stops reading */
+	queued = nexthop_write(r.nh, chunk, sizeof(chunk));
+	CHECK(queued == (long)sizeof(chunk));
+	pump_out(&r);
+	CHECK_INT(drained, 0);	/* the socket took part of it; the rest waits */
+	CHECK(nexthop_end(r.nh, on_step, &r) == 0);
+	bufferevent_enable(r.peer.bev, EV_READ);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 250);
+	CHECK_INT(drained, 1);
+	CHECK(r.peer.body_total == sizeof(chunk) + 3);
+	CHECK(nexthop_mail(r.nh, "t@x", NULL, 0, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_STR(r.last.text, "ok 2");
+	run_free(&r);
+}
+
+/*
+ * Small body chunks are held for one write, but no longer than the linger
+ * after the first of them: a client that keeps trickling does not push the
+ * deadline back (the next hop would wait for ever).
+ */
+static void
+test_body_linger(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250 x\r\n", "250 ok\r\n", "250 ok\r\n", "354 go\r\n",
+		"250 done\r\n", NULL,
+	};
+	struct run	r;
+
+	run_init(&r, script, &smtp_target);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
+	CHECK(wait_step(&r));
+	nexthop_data(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	for (int i = 0; i < 10; i++) {	/* a chunk every 20 ms of the loop, 200 ms in all */
+		CHECK(nexthop_write(r.nh, "abc\r\n", 5) >= 0);
+		pump_out(&r);
+	}
+	CHECK(r.peer.body_total > 0);	/* the first ones went at their linger */
+	CHECK(nexthop_end(r.nh, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 250);
+	CHECK(r.peer.body_total == 10 * 5 + 3);
+	run_free(&r);
+}
+
+static void
 test_close_mid_data(void)
 {
 	static const char *const script[] = {
@@ -645,6 +735,8 @@ main(void)
 	test_long_reply();
 	test_timeout();
 	test_close_mid_data();
+	test_slow_reader();
+	test_body_linger();
 	test_require_tls();
 	test_auth_needs_tls();
 	return tap_done();
