@@ -75,6 +75,8 @@ VARIANT_ROWS = {
 }
 # (row, scenario) -> the variant row it must also be ahead of, same run
 AHEAD_OF = {"luasmtpd-forward": {"S1": "haraka-forward"}}
+# the scenarios of the forward rows (the next hop alone is measured in each)
+FORWARD_SCENARIOS = sorted({s for v in VARIANT_ROWS.values() if v[1] == "forward" for s in v[2]})
 # the forward rows' next hop: smtp-sink -c on the load CPU (it counts what got there)
 NEXT_HOP_PORT = 24539
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -605,6 +607,20 @@ def main():
 					next_hop.start()
 					log("next hop smtp-sink: started (pid %d, cpus %s, port %d)"
 					    % (next_hop.proc.pid, args.load_cpu, NEXT_HOP_PORT))
+					# The next hop alone (the generator sending to it
+					# directly, both on the load CPU): the most a forwarding
+					# row can reach, whatever the server does.
+					res["next_hop_alone"] = {}
+					for gen in generators:
+						for scen in scenarios:
+							if scen not in FORWARD_SCENARIOS:
+								continue
+							try:
+								rate = run_load(next_hop, gen, scen, args)["rate"]
+								res["next_hop_alone"]["%s|%s" % (gen, scen)] = rate
+								log("next hop alone  %-11s %s  %8.0f msg/s" % (gen, scen, rate))
+							except Exception as e:
+								log("next hop alone %s %s: FAILED: %s" % (gen, scen, e))
 				extra.update(NEXT_HOP_HOST="127.0.0.1", NEXT_HOP_PORT=str(NEXT_HOP_PORT),
 				             HARAKA_MODULES=haraka_modules())
 			if name == "luasmtpd-ops":

@@ -150,6 +150,13 @@ def variant_rows(res):
 				if "next_hop_got" in r:
 					notes.append("next hop got %d (measured %d + warm-ups)"
 					             % (r["next_hop_got"], r["messages"]))
+					alone = res.get("next_hop_alone", {}).get("%s|%s" % (gen, scen))
+					if alone:
+						note = "the next hop alone took %s msg/s" % fmt_num(alone)
+						if plain and target is not None and target * plain["rate"] > alone:
+							note += (" (**below the target's %s**: the next hop, not the "
+							         "server, is the ceiling)" % fmt_num(target * plain["rate"]))
+						notes.append(note)
 				if "metrics_accepted" in r:
 					notes.append("/metrics after it: %s accepted since start" % r["metrics_accepted"])
 				rows.append([gen, label, scen, fmt_num(r["rate"]),
@@ -241,7 +248,9 @@ def write_md(res, path, png="benchmarks.png"):
 			       "the next hop's; `haraka-forward`: Haraka with `queue/smtp_forward` "
 			       "(`bench/peers/haraka-forward/`). Both to the same `smtp-sink -c` next hop on the "
 			       "load CPU (its CPU time is not the server's); the notes say how many messages "
-			       "reached it."]
+			       "reached it, and how fast the next hop took the same load alone (the generator "
+			       "sending to it directly, both on the load CPU): the most a forwarding row can "
+			       "reach."]
 		md += ["", table(["generator", "row", "scenario", "messages/s", "÷ plain luasmtpd",
 		                  "target", "met", "server CPU µs/msg (÷ plain)",
 		                  "server / generator / others", "notes"],
