@@ -29,7 +29,6 @@
 #include <lauxlib.h>
 #include <lua.h>
 
-#include "dns_sendq.h"
 #include "log.h"
 #include "lua_core.h"
 #include "lua_dns.h"
@@ -39,13 +38,7 @@
 #define DNSBL_MAX	32		/* zones of one platform.dnsbl */
 #define DNSBL_MAX_S	"32"
 #define CONFIG_MAX	512
-/*
- * Octets of UDP answers the kernel may queue: room for a burst (a thousand
- * sessions' lookups answered at once), where the default holds a few
- * hundred datagrams and one dropped is a lookup that times out.  The kernel
- * caps it at net.core.rmem_max.
- */
-#define RCVBUF		(4 << 20)
+#define RCVBUF		(4 << 20)	/* octets of UDP answers the kernel may queue */
 #define T_A		1
 #define T_NS		2
 #define T_CNAME		5
@@ -74,7 +67,6 @@ struct resolver {
 	long			 timeout_ms;	/* the channel's (first try's) timeout */
 	lua_State		*qL;		/* inside platform_dnsbl: its thread */
 	struct dnsbl_batch	*batches;	/* platform.dnsbl's not yet freed */
-	struct dns_sendq	 sendq;		/* a batch's queries, sent together */
 };
 
 struct dns_query {
@@ -724,13 +716,20 @@ resolver_setup(lua_State *L, struct resolver *r, char *err, size_t errlen)
 	o.flags = ARES_FLAG_NOCHECKRESP;
 	/* one UDP socket per server, kept: no socket, connect, close per lookup */
 	o.flags |= ARES_FLAG_STAYOPEN;
-	mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_FLAGS;
+	/*
+	 * Room for a burst of answers (a thousand sessions' lookups answered at
+	 * once): the default buffer holds a few hundred datagrams, and an
+	 * answer dropped there is a lookup that times out.  The kernel caps it
+	 * at net.core.rmem_max.
+	 */
+	o.socket_receive_buffer_size = RCVBUF;
+	mask = ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES | ARES_OPT_FLAGS |
+	    ARES_OPT_SOCK_RCVBUF;
 	if ((rc = ares_init_options(&r->channel, &o, mask)) != ARES_SUCCESS) {
 		snprintf(err, errlen, "dns: %s", ares_strerror(rc));
 		return -1;
 	}
 	r->have_channel = 1;
-	ares_set_socket_functions(r->channel, &dns_sendq_funcs, &r->sendq);
 	if (servers != NULL && servers[0] != '\0' &&
 	    (rc = ares_set_servers_ports_csv(r->channel, servers)) != ARES_SUCCESS) {
 		snprintf(err, errlen, "dns: resolvers %s: %s", servers, ares_strerror(rc));
@@ -1004,7 +1003,6 @@ platform_dnsbl(lua_State *L)
 	b->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 	r->querying = 1;
 	r->qL = L;
-	dns_sendq_hold(&r->sendq);	/* the zones' queries leave together */
 	for (i = 0; i < n; i++) {
 		const char *zone;
 
@@ -1024,7 +1022,6 @@ platform_dnsbl(lua_State *L)
 		b->left++;
 		ares_query(r->channel, name, 1 /* IN */, T_A, dnsbl_on_answer, &b->part[i]);
 	}
-	dns_sendq_flush(&r->sendq);
 	r->querying = 0;
 	r->qL = NULL;
 	arm_timer_sent(r);
@@ -1062,7 +1059,6 @@ ldns_push(lua_State *L, struct event_base *base)
 	/* user values: the opts the channel was made for, push_failure's strings */
 	r = lua_newuserdatauv(L, sizeof(*r), 2);
 	memset(r, 0, sizeof(*r));
-	dns_sendq_init(&r->sendq, RCVBUF);
 	if (luaL_newmetatable(L, DNS_MT)) {
 		lua_pushcfunction(L, resolver_gc);
 		lua_setfield(L, -2, "__gc");
