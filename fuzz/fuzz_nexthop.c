@@ -4,7 +4,7 @@
  * sends, then it closes.
  *
  * Input: a flag octet ([0] & 1 LMTP, & 2 the envelope in one step, else
- * MAIL and RCPT one by one, & 4 AUTH PLAIN, & 0x38 the body's chunk size),
+ * MAIL and RCPT one by one, & 4 AUTH, & 0x38 the body's chunk size),
  * a length octet n, n octets of message text (made into CRLF lines), then
  * what the next hop says: segments, each a length octet and its octets,
  * one said whenever the client waits (a reply, part of one, several, or

@@ -1,9 +1,10 @@
 -- spec/e2e/forward_tls_spec.lua -- message:forward with STARTTLS and AUTH:
 -- the next hop is a second luasmtpd with a certificate made here (openssl
--- req -x509), AUTH PLAIN after TLS only, recording what it accepted.  The
--- front verifies the certificate against it (cafile) and a name; a wrong
--- name, a wrong password and a next hop without STARTTLS each give the
--- client 451, never a bounce.
+-- req -x509), AUTH PLAIN after TLS only, recording what it accepted, and a
+-- second one that offers AUTH LOGIN only.  The front verifies the
+-- certificate against it (cafile) and a name; a wrong name, a wrong
+-- password and a next hop without STARTTLS each give the client 451, never
+-- a bounce.
 local support = require "spec.e2e.support"
 local shquote = support.shquote
 
@@ -24,7 +25,7 @@ local server = smtp.createServer(function(conn)
 	end)
 end)
 server.tls = { cert = CERT, key = KEY }
-server.authMethods = { "PLAIN" }
+server.authMethods = { METHODS }
 server:listen(2525)
 ]==]
 
@@ -32,13 +33,14 @@ local FRONT = [[
 local smtp = require "smtp"
 local routes = {
 	ok = { servername = "localhost", auth = { user = "relay", password = "secret" } },
+	login = { servername = "localhost", auth = { user = "relay", password = "secret" }, port = PORT2 },
 	badname = { servername = "wrong.example", auth = { user = "relay", password = "secret" } },
 	badpass = { servername = "localhost", auth = { user = "relay", password = "nope" } },
 }
 smtp.createServer(function(conn)
 	conn:on("DATA", function(m)
 		local r = routes[m.recipients[1].localPart]
-		local ok, err = m:forward { host = "127.0.0.1", port = PORT, tls = "require", cafile = CAFILE,
+		local ok, err = m:forward { host = "127.0.0.1", port = r.port or PORT, tls = "require", cafile = CAFILE,
 			servername = r.servername, auth = r.auth, timeout = 10 }
 		if not ok then conn:log("info", "not forwarded: %s", err) end
 	end)
@@ -46,7 +48,7 @@ end):listen(2525)
 ]]
 
 describe("e2e: message:forward over STARTTLS with AUTH", function()
-	local certdir, nexthop, front
+	local certdir, nexthop, nexthop_login, front
 
 	lazy_setup(function()
 		certdir = support.tmpdir()
@@ -55,12 +57,17 @@ describe("e2e: message:forward over STARTTLS with AUTH", function()
 			.. " -keyout %s/key.pem -out %s/cert.pem"):format(shquote(certdir), shquote(certdir)), 60)
 		assert(ok, out)
 		local cert, key = ("%q"):format(certdir .. "/cert.pem"), ("%q"):format(certdir .. "/key.pem")
-		nexthop = support.start { policy = (NEXTHOP:gsub("CERT", cert):gsub("KEY", key)) }
-		front = support.start { policy = (FRONT:gsub("PORT", tostring(nexthop.port)):gsub("CAFILE", cert)) }
+		local function nexthop_policy(methods)
+			return (NEXTHOP:gsub("CERT", cert):gsub("KEY", key):gsub("METHODS", methods))
+		end
+		nexthop = support.start { policy = nexthop_policy('"PLAIN"') }
+		nexthop_login = support.start { policy = nexthop_policy('"LOGIN"') }
+		front = support.start { policy = (FRONT:gsub("PORT2", tostring(nexthop_login.port))
+			:gsub("PORT", tostring(nexthop.port)):gsub("CAFILE", cert)) }
 	end)
 
 	lazy_teardown(function()
-		for _, s in ipairs { front, nexthop } do
+		for _, s in ipairs { front, nexthop, nexthop_login } do
 			if s then s:stop() ; s:cleanup() end
 		end
 		os.execute("rm -rf " .. shquote(certdir))
@@ -90,6 +97,13 @@ describe("e2e: message:forward over STARTTLS with AUTH", function()
 		assert.equal("Subject: tls\r\n\r\nover TLS\r\n", got:match("\r\n(Subject:.*)$"))
 		local _, n = got:gsub("Received: ", "")
 		assert.equal(2, n)
+	end)
+
+	it("authenticates with AUTH LOGIN to a next hop that offers only that", function()
+		assert.matches("^250 2%.0%.0 Stored over TLS", send("login"))
+		local files = nexthop_login:files("^msg%-")
+		assert.equal(1, #files)
+		assert.matches("^TLS true USER relay\n", nexthop_login:read(files[1]))
 	end)
 
 	it("refuses a certificate for another name: 451", function()

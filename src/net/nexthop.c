@@ -4,7 +4,7 @@
  *
  * Owns one connection to a next hop and its protocol: connect, greeting,
  * EHLO/LHLO (HELO when an SMTP server refuses EHLO), STARTTLS per the
- * target's tls, AUTH PLAIN, then MAIL, RCPT, DATA with the body streamed and
+ * target's tls, AUTH (PLAIN, or LOGIN), then MAIL, RCPT, DATA with the body streamed and
  * dot-stuffed as it arrives, the final dot, RSET and QUIT.  Each step is
  * started by its caller and answered once (LMTP's end of data: once per
  * accepted recipient) through a callback from the event loop, never from
@@ -51,7 +51,9 @@ enum step {
 	ST_STARTTLS,	/* its 220 */
 	ST_HANDSHAKE,
 	ST_EHLO2,	/* after TLS */
-	ST_AUTH,
+	ST_AUTH,	/* AUTH PLAIN's, or LOGIN's password's: 235 */
+	ST_AUTH_LOGIN,	/* AUTH LOGIN: 334, the username asked */
+	ST_AUTH_USER,	/* ... the username sent: 334, the password asked */
 	ST_MAIL,
 	ST_RCPT,
 	ST_ENV_MAIL,	/* the envelope step: MAIL's reply */
@@ -67,7 +69,7 @@ enum step {
 
 static const char *const step_names[] = {
 	"idle", "connect", "greeting", "EHLO", "HELO", "STARTTLS", "TLS handshake",
-	"EHLO after STARTTLS", "AUTH", "MAIL", "RCPT", "MAIL", "RCPT", "DATA", "DATA", "data", "end of data",
+	"EHLO after STARTTLS", "AUTH", "AUTH LOGIN", "AUTH LOGIN username", "MAIL", "RCPT", "MAIL", "RCPT", "DATA", "DATA", "data", "end of data",
 	"RSET", "QUIT", "closed",
 };
 
@@ -496,12 +498,17 @@ send_auth(struct nexthop *nh)
 		fail(nh, "AUTH refused without TLS (auth over plaintext not allowed)");
 		return;
 	}
-	if ((nh->ext & NH_EXT_AUTH_PLAIN) == 0) {
-		fail(nh, "AUTH PLAIN not offered");
+	if ((nh->ext & (NH_EXT_AUTH_PLAIN | NH_EXT_AUTH_LOGIN)) == 0) {
+		fail(nh, "neither AUTH PLAIN nor AUTH LOGIN offered");
 		return;
 	}
 	if (ul + pl + 2 > sizeof(plain)) {
 		fail(nh, "AUTH credentials too long");
+		return;
+	}
+	if ((nh->ext & NH_EXT_AUTH_PLAIN) == 0) {
+		/* LOGIN only (an older server): the username and password asked in turn */
+		send_line(nh, ST_AUTH_LOGIN, "AUTH LOGIN%s%s", "", "");
 		return;
 	}
 	plain[0] = '\0';
@@ -512,6 +519,20 @@ send_auth(struct nexthop *nh)
 	b64[n] = '\0';
 	OPENSSL_cleanse(plain, sizeof(plain));
 	send_line(nh, ST_AUTH, "AUTH PLAIN %s%s", b64, NULL);
+	OPENSSL_cleanse(b64, sizeof(b64));
+}
+
+/* AUTH LOGIN's answer to a 334: secret (the username or the password) in base64 */
+static void
+send_login_part(struct nexthop *nh, enum step step, const char *secret)
+{
+	char	b64[1400];
+	int	n;
+
+	/* send_auth checked the lengths: 1,022 octets make 1,364 */
+	n = EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)secret, (int)strlen(secret));
+	b64[n] = '\0';
+	send_line(nh, step, "%s%s", b64, "");
 	OPENSSL_cleanse(b64, sizeof(b64));
 }
 
@@ -611,9 +632,20 @@ on_reply(struct nexthop *nh)
 		evtimer_del(nh->timer);
 		start_tls(nh);
 		return;
+	case ST_AUTH_LOGIN:
+	case ST_AUTH_USER:
+		if (c == 334) {
+			if (nh->step == ST_AUTH_LOGIN)
+				send_login_part(nh, ST_AUTH_USER, nh->user);
+			else
+				send_login_part(nh, ST_AUTH, nh->password);
+			return;
+		}
+		deliver(nh, &nh->r, true);	/* refused: the caller's verdict */
+		return;
 	case ST_AUTH:
 		if (cls == 3) {
-			fail(nh, "AUTH PLAIN asked for more");
+			fail(nh, "AUTH asked for more after the credentials");
 			return;
 		}
 		deliver(nh, &nh->r, true);

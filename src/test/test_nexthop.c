@@ -558,6 +558,66 @@ test_auth_needs_tls(void)
 }
 
 /*
+ * A next hop that offers AUTH LOGIN only: the username and the password,
+ * each in base64 after its 334; a refused password is the caller's
+ * verdict; PLAIN is preferred when both are offered; neither is a 451
+ */
+static void
+test_auth_login(void)
+{
+	static const char *const script[] = {
+		"220 x\r\n", "250-x\r\n250 AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n",
+		"334 UGFzc3dvcmQ6\r\n", "235 2.7.0 ok\r\n", NULL,
+	};
+	static const char *const refused[] = {
+		"220 x\r\n", "250-x\r\n250 AUTH LOGIN\r\n", "334 VXNlcm5hbWU6\r\n",
+		"334 UGFzc3dvcmQ6\r\n", "535 5.7.8 bad credentials\r\n", NULL,
+	};
+	static const char *const both[] = {
+		"220 x\r\n", "250-x\r\n250 AUTH LOGIN PLAIN\r\n", "235 ok\r\n", NULL,
+	};
+	static const char *const neither[] = {
+		"220 x\r\n", "250-x\r\n250 AUTH CRAM-MD5\r\n", NULL,
+	};
+	struct nexthop_target	 t = smtp_target;
+	struct run		 r;
+
+	t.user = "user";
+	t.password = "secret";
+	t.auth_plaintext = true;
+	run_init(&r, script, &t);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 235);
+	CHECK(nexthop_alive(r.nh));
+	CHECK(strstr(r.peer.got, "AUTH LOGIN\ndXNlcg==\nc2VjcmV0\n") != NULL);
+	run_free(&r);
+
+	run_init(&r, refused, &t);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 535);
+	CHECK_STR(r.last.enhanced, "5.7.8");
+	CHECK(!r.last.local);
+	run_free(&r);
+
+	run_init(&r, both, &t);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 235);
+	CHECK(strstr(r.peer.got, "AUTH PLAIN AHVzZXIAc2VjcmV0\n") != NULL);
+	run_free(&r);
+
+	run_init(&r, neither, &t);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 451);
+	CHECK(r.last.local);
+	CHECK(strstr(r.last.text, "neither AUTH PLAIN nor AUTH LOGIN") != NULL);
+	run_free(&r);
+}
+
+/*
  * MAIL and the RCPTs in one step: pipelined when offered (DATA with them,
  * its 354 taken by nexthop_data at once), one by one else
  */
@@ -739,5 +799,6 @@ main(void)
 	test_body_linger();
 	test_require_tls();
 	test_auth_needs_tls();
+	test_auth_login();
 	return tap_done();
 }
