@@ -55,6 +55,23 @@ describe("summary lines", function()
       .. "refusals=2 bytes_in=%d+ bytes_out=%d+ end=closed duration=", c[1])
   end)
 
+  it("a DATA out of sequence or malformed is a refusal, not a rejected message", function()
+    local h = support.policy([[smtp.createServer():listen(25)]])
+    local s = support.helo(h)
+    s:send("MAIL FROM:<a@example.net>"):expect(250)
+    s:send("DATA"):expect(503)		-- no recipient yet
+    s:send("DATA x"):expect(501)
+    s:send("QUIT"):expect(221)
+    local log = s:log()
+    local tx = lines(log, "transaction")
+    assert.equal(1, #tx, log)
+    assert.matches(" from=<a@example.net> result=abandoned ", tx[1])
+    assert.not_matches("code=", tx[1])
+    assert.equal(2, #lines(log, "refusal"), log)
+    local c = lines(log, "connection")
+    assert.matches(" transactions=1 accepted=0 rejected=0 deferred=0 ", c[1])
+  end)
+
   it("a refused MAIL opens no transaction; a refused greeting is a refusal of CONNECT", function()
     local h = support.policy([[
       smtp.createServer(function(conn)

@@ -62,7 +62,12 @@ summary_reply(struct summary *sum, const struct session *s, const char *command,
 	if (address == NULL)
 		address = sum->lmtp_address;	/* an LMTP recipient's own reply */
 	sum->lmtp_address = NULL;
-	if (in_data && code != 354) {
+	/*
+	 * The message's result: the reply to DATA or to its end, unless it
+	 * says DATA itself was out of sequence (503) or malformed (501): no
+	 * message was offered, so none was rejected
+	 */
+	if (in_data && code != 354 && code != 501 && code != 503) {
 		sum->data_code = code;
 		n = enhanced != NULL ? strlen(enhanced) : 0;
 		if (n >= sizeof(sum->data_enhanced))
