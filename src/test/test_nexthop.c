@@ -162,6 +162,25 @@ static const struct nexthop_target smtp_target = {
 	.host = "peer", .port = 25, .helo = "front.example", .timeout_ms = 5000,
 };
 
+/*
+ * open, MAIL from s@x, RCPT for each of rcpts (NULL-ended), DATA: each step
+ * waited for (the script answers them; their codes are not looked at)
+ */
+static void
+open_to_data(struct run *r, const char *const *rcpts)
+{
+	nexthop_open(r->nh, on_step, r);
+	CHECK(wait_step(r));
+	nexthop_mail(r->nh, "s@x", NULL, 0, on_step, r);
+	CHECK(wait_step(r));
+	for (; *rcpts != NULL; rcpts++) {
+		nexthop_rcpt(r->nh, *rcpts, NULL, on_step, r);
+		CHECK(wait_step(r));
+	}
+	nexthop_data(r->nh, on_step, r);
+	CHECK(wait_step(r));
+}
+
 static void
 test_transaction(void)
 {
@@ -310,16 +329,7 @@ test_lmtp_close_after_first(void)
 
 	t.lmtp = true;
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_rcpt(r.nh, "b@x", NULL, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_data(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_to_data(&r, (const char *const[]){ "a@x", "b@x", NULL });
 	nexthop_write(r.nh, "hi\r\n", 4);
 	r.replies = 0;
 	nexthop_end(r.nh, on_step, &r);
@@ -422,14 +432,7 @@ test_slow_reader(void)
 		chunk[i] = i % 80 == 78 ? '\r' : i % 80 == 79 ? '\n' : 'a';
 	run_init(&r, script, &smtp_target);
 	nexthop_set_drain(r.nh, 1024, on_drained, &drained);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_data(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_to_data(&r, (const char *const[]){ "a@x", NULL });
 	bufferevent_disable(r.peer.bev, EV_READ);	/* the next hop stops reading */
 	queued = nexthop_write(r.nh, chunk, sizeof(chunk));
 	CHECK(queued == (long)sizeof(chunk));
@@ -462,14 +465,7 @@ test_body_linger(void)
 	struct run	r;
 
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_data(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_to_data(&r, (const char *const[]){ "a@x", NULL });
 	for (int i = 0; i < 10; i++) {	/* a chunk every 20 ms of the loop, 200 ms in all */
 		CHECK(nexthop_write(r.nh, "abc\r\n", 5) >= 0);
 		pump_out(&r);
@@ -493,14 +489,7 @@ test_close_mid_data(void)
 
 	memset(chunk, 'a', sizeof(chunk));
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_rcpt(r.nh, "a@x", NULL, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_data(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_to_data(&r, (const char *const[]){ "a@x", NULL });
 	nexthop_write(r.nh, chunk, sizeof(chunk));
 	pump_out(&r);
 	bufferevent_free(r.peer.bev);	/* the next hop goes away mid-DATA */
