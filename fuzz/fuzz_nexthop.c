@@ -29,16 +29,7 @@
 #include <event2/util.h>
 
 #include "nexthop.h"
-
-#define REQUIRE(cond) do {						\
-	if (!(cond)) {							\
-		fprintf(stderr, "%s:%d: invariant failed: %s\n",	\
-		    __FILE__, __LINE__, #cond);				\
-		abort();						\
-	}								\
-} while (0)
-
-int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+#include "fuzz.h"
 
 enum phase { P_OPEN, P_MAIL, P_RCPT1, P_RCPT2, P_ENVELOPE, P_DATA, P_END, P_RSET, P_DONE };
 

@@ -15,14 +15,7 @@
 #include <strings.h>
 
 #include "proto.h"
-
-#define REQUIRE(cond) do {						\
-	if (!(cond)) {							\
-		fprintf(stderr, "%s:%d: invariant failed: %s\n",	\
-		    __FILE__, __LINE__, #cond);				\
-		abort();						\
-	}								\
-} while (0)
+#include "fuzz.h"
 
 static bool	clean(const char *s, bool allow_utf8);
 static void	check_dsn(struct smtp_path *p, bool rcpt);
@@ -134,8 +127,6 @@ check_dsn(struct smtp_path *p, bool rcpt)
 			REQUIRE(*c >= 0x20 && *c <= 0x7e);
 	}
 }
-
-int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

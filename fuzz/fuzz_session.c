@@ -45,14 +45,7 @@
 #include "log.h"
 #include "session.h"
 #include "trace.h"
-
-#define REQUIRE(cond) do {						\
-	if (!(cond)) {							\
-		fprintf(stderr, "%s:%d: invariant failed: %s\n",	\
-		    __FILE__, __LINE__, #cond);				\
-		abort();						\
-	}								\
-} while (0)
+#include "fuzz.h"
 
 #define HEADER		8
 #define REPLY_MAX	512	/* RFC 5321 4.5.3.1.5, incl. CRLF */
@@ -595,8 +588,6 @@ quiet_log(void *arg, enum log_level level, const char *line)
 		REQUIRE((n = log_utf8_len((const unsigned char *)line + i, len - i)) != 0);
 	}
 }
-
-int	LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
