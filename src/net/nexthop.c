@@ -487,12 +487,29 @@ after_ehlo(struct nexthop *nh)
 	deliver(nh, &nh->r, true);
 }
 
+/*
+ * prefix and secret in base64 as the command of step, no copy of the
+ * secret left behind; send_auth checked the length (1,024 octets make
+ * 1,368)
+ */
+static void
+send_secret(struct nexthop *nh, enum step step, const char *prefix, const char *secret,
+    size_t len)
+{
+	char	b64[1400];
+	int	n;
+
+	n = EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)secret, (int)len);
+	b64[n] = '\0';
+	send_line(nh, step, "%s%s", prefix, b64);
+	OPENSSL_cleanse(b64, sizeof(b64));
+}
+
 static void
 send_auth(struct nexthop *nh)
 {
-	char		 plain[1024], b64[1400];
+	char		 plain[1024];
 	size_t		 ul = strlen(nh->user), pl = strlen(nh->password);
-	int		 n;
 
 	if (!nh->tls_on && !nh->auth_plaintext) {
 		fail(nh, "AUTH refused without TLS (auth over plaintext not allowed)");
@@ -515,25 +532,8 @@ send_auth(struct nexthop *nh)
 	memcpy(plain + 1, nh->user, ul);
 	plain[1 + ul] = '\0';
 	memcpy(plain + 2 + ul, nh->password, pl);
-	n = EVP_EncodeBlock((unsigned char *)b64, (unsigned char *)plain, (int)(ul + pl + 2));
-	b64[n] = '\0';
+	send_secret(nh, ST_AUTH, "AUTH PLAIN ", plain, ul + pl + 2);
 	OPENSSL_cleanse(plain, sizeof(plain));
-	send_line(nh, ST_AUTH, "AUTH PLAIN %s%s", b64, NULL);
-	OPENSSL_cleanse(b64, sizeof(b64));
-}
-
-/* AUTH LOGIN's answer to a 334: secret (the username or the password) in base64 */
-static void
-send_login_part(struct nexthop *nh, enum step step, const char *secret)
-{
-	char	b64[1400];
-	int	n;
-
-	/* send_auth checked the lengths: 1,022 octets make 1,364 */
-	n = EVP_EncodeBlock((unsigned char *)b64, (const unsigned char *)secret, (int)strlen(secret));
-	b64[n] = '\0';
-	send_line(nh, step, "%s%s", b64, "");
-	OPENSSL_cleanse(b64, sizeof(b64));
 }
 
 /* the recipients' copies (their results stay) */
@@ -636,9 +636,9 @@ on_reply(struct nexthop *nh)
 	case ST_AUTH_USER:
 		if (c == 334) {
 			if (nh->step == ST_AUTH_LOGIN)
-				send_login_part(nh, ST_AUTH_USER, nh->user);
+				send_secret(nh, ST_AUTH_USER, "", nh->user, strlen(nh->user));
 			else
-				send_login_part(nh, ST_AUTH, nh->password);
+				send_secret(nh, ST_AUTH, "", nh->password, strlen(nh->password));
 			return;
 		}
 		deliver(nh, &nh->r, true);	/* refused: the caller's verdict */
