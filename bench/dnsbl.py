@@ -152,20 +152,20 @@ class Server:
             fields = f.read().rsplit(")", 1)[1].split()
         return int(fields[11]) / TCK, int(fields[12]) / TCK	# utime, stime
 
-    def sleeps(self):
-        """times the worker waited for an event (voluntary context switches)"""
+    def _status(self, field):
+        """an integer field of the worker's /proc/PID/status (0 if missing)"""
         with open("/proc/%d/status" % self.worker) as f:
             for line in f:
-                if line.startswith("voluntary_ctxt_switches:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
         return 0
 
+    def sleeps(self):
+        """times the worker waited for an event (voluntary context switches)"""
+        return self._status("voluntary_ctxt_switches")
+
     def rss_kib(self):
-        with open("/proc/%d/status" % self.worker) as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-        return 0
+        return self._status("VmRSS")
 
     def stop(self):
         self.proc.send_signal(signal.SIGTERM)
