@@ -216,7 +216,13 @@ def cpu_per_connection(args, tmp, knot):
         for label, _, _ in variants:
             us, user, system, rate, sleeps = sorted(runs[(binary, label)])[len(runs[(binary, label)]) // 2]
             base = us if base is None else base
-            extra = "" if label == "plain" else "  (+%.1f us on the plain path)" % (us - base)
+            extra = ""
+            if label != "plain":
+                # the same round's plain run as the reference: what the host's
+                # load did to both cancels out, which medians apart keep
+                d = sorted(r[0] - p[0] for r, p in zip(runs[(binary, label)], runs[(binary, "plain")]))
+                extra = "  (+%.1f us on the plain path; round by round +%.1f, quartiles %+.1f..%+.1f)" % (
+                    us - base, d[len(d) // 2], d[len(d) // 4], d[(3 * len(d)) // 4])
             print("  %-28s %7.1f us (user %.1f, system %.1f)  %6.0f conn/s  %.2f sleeps/conn%s"
                   % (label, us, user, system, rate, sleeps, extra))
 
