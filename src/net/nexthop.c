@@ -41,6 +41,11 @@
 #define OUT_HIGH	(256 * 1024)	/* default drain mark: the stream's output buffer */
 #define BODY_BATCH	(64 * 1024)	/* direct: body octets held for one write (on_flush) */
 #define BODY_LINGER_MS	100		/* ... for at most this long */
+/*
+ * LMTP's end of data has a reply per accepted recipient: with none, DATA
+ * must fail (RFC 2033 4.2), and a 354 would leave no reply to wait for
+ */
+#define NO_RCPT_354	"DATA accepted with no recipient (RFC 2033 4.2)"
 
 enum step {
 	ST_IDLE,
@@ -656,6 +661,10 @@ on_reply(struct nexthop *nh)
 		deliver(nh, &nh->r, true);
 		return;
 	case ST_DATA:
+		if (c == 354 && nh->lmtp && nh->accepted == 0) {
+			fail(nh, NO_RCPT_354);
+			return;
+		}
 		if (c == 354) {
 			nh->step = ST_STREAM;
 			nh->bol = true;
@@ -727,6 +736,10 @@ on_reply(struct nexthop *nh)
 		return;
 	}
 	case ST_ENV_DATA:
+		if (c == 354 && nh->lmtp && nh->accepted == 0) {
+			fail(nh, NO_RCPT_354);
+			return;
+		}
 		/* 354: the body follows; else nexthop_data sends DATA again */
 		nh->env_354 = c == 354;
 		env_done(nh);

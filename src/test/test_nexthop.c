@@ -610,6 +610,50 @@ test_auth_login(void)
  * MAIL and the RCPTs in one step: pipelined when offered (DATA with them,
  * its 354 taken by nexthop_data at once), one by one else
  */
+/*
+ * LMTP: a next hop that answers DATA with 354 when it took no recipient
+ * (RFC 2033 4.2 says DATA must fail then) is a failure, not a stream: its
+ * end of data would have no reply to wait for (the count of them wrapped
+ * below zero, and a close then made a 451 for each of 2^32 recipients).
+ * Both ways DATA goes: alone, and pipelined with the envelope.
+ */
+static void
+test_lmtp_354_without_recipient(void)
+{
+	static const char *const alone[] = {
+		"220 lmtp\r\n", "250 lmtp\r\n", "250 ok\r\n", "550 5.1.1 unknown\r\n",
+		"354 go\r\n", NULL,
+	};
+	static const char *const piped[] = {
+		"220 lmtp\r\n", "250-lmtp\r\n250 PIPELINING\r\n", "250 ok\r\n",
+		"550 5.1.1 unknown\r\n", "354 go\r\n", NULL,
+	};
+	const char		*rcpts[] = { "a@x" };
+	struct nexthop_target	 t = smtp_target;
+	struct run		 r;
+
+	t.lmtp = true;
+	run_init(&r, alone, &t);
+	open_to_data(&r, (const char *const[]){ "a@x", NULL });
+	CHECK_INT(r.last.code, 451);
+	CHECK(r.last.local);
+	CHECK(strstr(r.last.text, "no recipient") != NULL);
+	CHECK(!nexthop_alive(r.nh));
+	CHECK(nexthop_end(r.nh, on_step, &r) == -1);
+	run_free(&r);
+
+	run_init(&r, piped, &t);
+	nexthop_open(r.nh, on_step, &r);
+	CHECK(wait_step(&r));
+	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 1, on_step, &r) == 0);
+	CHECK(wait_step(&r));
+	CHECK_INT(r.last.code, 451);
+	CHECK(r.last.local);
+	CHECK(!nexthop_alive(r.nh));
+	CHECK(nexthop_data(r.nh, on_step, &r) == -1);
+	run_free(&r);
+}
+
 static void
 test_envelope(bool pipelining)
 {
@@ -780,6 +824,7 @@ main(void)
 	test_helo_fallback();
 	test_lmtp();
 	test_lmtp_close_after_first();
+	test_lmtp_354_without_recipient();
 	test_malformed();
 	test_long_reply();
 	test_timeout();
