@@ -100,6 +100,38 @@ describe("e2e: protocol", function()
 			assert.equal("Subject: two\r\n\r\n.second\r\n", m2.body)
 		end)
 
+		-- Large bodies in one write: the server reads what the socket holds in
+		-- one go (not libevent's 4 KiB at a time), up to its input's high
+		-- watermark; the lines, the dots and the pipelined commands after the
+		-- final dot come out the same wherever a read ends.
+		it("answers transactions with bodies far over the input buffer, sent in one write", function()
+			local before = #server:deliveries()
+			local function body(seed)
+				local lines = {}
+				for i = 1, 4000 do	-- ~190 KiB; every 7th line starts with a dot
+					lines[i] = (i % 7 == 0 and "." or "") .. string.char(97 + (i + seed) % 26):rep(i % 97)
+				end
+				return table.concat(lines, "\r\n") .. "\r\n"
+			end
+			local function stuffed(text) return (("\n" .. text):gsub("\n%.", "\n.."):sub(2)) end
+			local b1, b2 = body(1), body(2)
+			local c = session()
+			c:send("MAIL FROM:<big1@client.example>\r\nRCPT TO:<a@dest.example>\r\nDATA\r\n"
+				.. stuffed(b1) .. ".\r\nMAIL FROM:<big2@client.example>\r\nRCPT TO:<b@dest.example>\r\n"
+				.. "DATA\r\n" .. stuffed(b2) .. ".\r\nQUIT\r\n")
+			local want = { "^250 2%.1%.0", "^250 2%.1%.5", "^354", "^250 2%.0%.0",
+				"^250 2%.1%.0", "^250 2%.1%.5", "^354", "^250 2%.0%.0", "^221 2%.0%.0" }
+			for i, pattern in ipairs(want) do c:expect(pattern, "reply " .. i) end
+			c:expect_closed()
+			c:close()
+			local list = server:deliveries()
+			assert.equal(before + 2, #list)
+			assert.equal("big1@client.example", list[#list - 1].from)
+			assert.is_true(list[#list - 1].body == b1, "the first body arrived byte-exact")
+			assert.equal("big2@client.example", list[#list].from)
+			assert.is_true(list[#list].body == b2, "the second body arrived byte-exact")
+		end)
+
 		it("answers a whole batch of commands byte by byte as well", function()
 			local c = session()
 			for ch in ("MAIL FROM:<bytes@client.example>\r\nRCPT TO:<x@dest.example>\r\nRSET\r\n"):gmatch(".") do

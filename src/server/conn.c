@@ -37,6 +37,7 @@
  */
 #include <sys/types.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
@@ -67,6 +68,7 @@
 #define CONN_OUT_HIGH	(64 * 1024)	/* unread replies before reading stops */
 #define CONN_OUT_LOW	(16 * 1024)	/* ... and where it resumes */
 #define CONN_FEED_MIN	4096		/* contiguous bytes offered to the engine */
+#define CONN_LIBEVENT_READ 4096		/* libevent 2.1's most in one read (EVBUFFER_MAX_READ) */
 #define CONN_CLOSE_SECS	10		/* bound on flushing a closing conn */
 #define CONN_TOO_MANY	"421 4.7.0 Too many connections\r\n"
 
@@ -92,6 +94,7 @@ struct conn {
 	uint64_t		 id;		/* session_id(), kept for the last log line */
 	struct session_peer	 peer;
 	uint64_t		 bytes_in;
+	size_t			 in_left;	/* input the last feed left: a read callback's new octets are the rest */
 	const char		*why;		/* why the conn ended, for the log */
 	const char		*hint;		/* the reason if the engine closes now */
 	struct session_config	 cfg;		/* its port's (server.c) */
@@ -134,6 +137,7 @@ static void	conn_timer_cb(evutil_socket_t, short, void *);
 static void	conn_limit_cb(evutil_socket_t, short, void *);
 static void	conn_deferred_cb(evutil_socket_t, short, void *);
 static void	conn_pump(struct conn *);
+static int	conn_read_more(struct conn *);
 static bool	conn_settle(struct conn *);
 static void	conn_end_session(struct conn *, const char *);
 static void	conn_free(struct conn *);
@@ -669,16 +673,76 @@ static void
 conn_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn	*c = arg;
+	int		 err;
 
-	(void)bev;
 	if (c->proxying) {
 		(void)conn_proxy_read(c);	/* may free c */
 		return;
 	}
 	if (c->held)		/* the engine waits: keep bytes until io->wake */
 		return;
+	err = conn_read_more(c);
 	conn_pump(c);
+	if (err != 0) {		/* as libevent says it after its own read */
+		errno = err;
+		conn_event_cb(bev, BEV_EVENT_READING | BEV_EVENT_ERROR, c);	/* frees c */
+		return;
+	}
 	(void)conn_settle(c);
+}
+
+/*
+ * libevent 2.1 reads at most 4 KiB in a read callback (EVBUFFER_MAX_READ;
+ * evbuffer_set_max_read is 2.2's): a 100 KiB message would take 25 turns
+ * of the loop, each an ioctl(FIONREAD), a readv and a feed.  When libevent's
+ * read was a full 4 KiB (more is likely waiting: a command's few octets
+ * never pay a read that finds nothing), a plain conn takes what else the
+ * socket holds now, up to just below the input's high watermark (reaching
+ * it would stop and restart the reading, two epoll_ctl, though the feed
+ * that follows takes it all), in one readv; the input's callbacks see it
+ * as they see libevent's reads.  Not under TLS (the records are
+ * bufferevent_openssl's) nor while a STARTTLS switch waits (octets after it
+ * are never read as plaintext).  An EOF is left in the socket for
+ * libevent's next read.  Returns 0, or the socket error that ended it.
+ */
+static int
+conn_read_more(struct conn *c)
+{
+	struct evbuffer		*in = bufferevent_get_input(c->bev);
+	struct evbuffer_iovec	 vec[2];
+	struct iovec		 iov[2];
+	size_t			 have = evbuffer_get_length(in), left;
+	ssize_t			 n;
+	int			 nvec, i, used, err;
+
+	if (c->tls_up || c->handshaking || c->tls_pending || c->out_full || c->eof ||
+	    c->closing || c->s == NULL || have >= CONN_IN_HIGH - 1 ||
+	    have < c->in_left || have - c->in_left < CONN_LIBEVENT_READ)
+		return 0;
+	/* the bufferevent keeps its input's end frozen but while it reads */
+	evbuffer_unfreeze(in, 0);
+	if ((nvec = evbuffer_reserve_space(in, (ev_ssize_t)(CONN_IN_HIGH - 1 - have), vec, 2)) < 1) {
+		evbuffer_freeze(in, 0);
+		return 0;
+	}
+	for (i = 0, left = CONN_IN_HIGH - 1 - have; i < nvec; i++) {	/* a chain may offer more */
+		iov[i].iov_base = vec[i].iov_base;
+		iov[i].iov_len = vec[i].iov_len < left ? vec[i].iov_len : left;
+		left -= iov[i].iov_len;
+	}
+	do
+		n = readv(bufferevent_getfd(c->bev), iov, nvec);
+	while (n == -1 && errno == EINTR);
+	err = n == -1 && errno != EAGAIN && errno != EWOULDBLOCK ? errno : 0;
+	if (n > 0) {	/* nothing reserved is committed otherwise */
+		for (i = used = 0, left = (size_t)n; i < nvec && left > 0; i++, used++) {
+			vec[i].iov_len = iov[i].iov_len < left ? iov[i].iov_len : left;
+			left -= vec[i].iov_len;
+		}
+		(void)evbuffer_commit_space(in, vec, used);
+	}
+	evbuffer_freeze(in, 0);
+	return err;
 }
 
 static void
@@ -871,6 +935,7 @@ conn_pump(struct conn *c)
 			c->held = true;
 	}
 	c->feeding = false;
+	c->in_left = evbuffer_get_length(in);
 	if (c->s != NULL && !c->closing && c->eof && !c->held &&
 	    evbuffer_get_length(in) == 0) {
 		/* everything before the client's EOF was answered */
