@@ -269,6 +269,16 @@ test_helo_fallback(void)
 	run_free(&r);
 }
 
+/* open, then MAIL from s@x and the n rcpts as one envelope step, waited for */
+static void
+open_envelope(struct run *r, const char **rcpts, size_t n)
+{
+	nexthop_open(r->nh, on_step, r);
+	CHECK(wait_step(r));
+	CHECK(nexthop_envelope(r->nh, "s@x", NULL, 0, rcpts, n, on_step, r) == 0);
+	CHECK(wait_step(r));
+}
+
 static void
 test_lmtp(void)
 {
@@ -643,10 +653,7 @@ test_lmtp_354_without_recipient(void)
 	run_free(&r);
 
 	run_init(&r, piped, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 1, on_step, &r) == 0);
-	CHECK(wait_step(&r));
+	open_envelope(&r, rcpts, 1);
 	CHECK_INT(r.last.code, 451);
 	CHECK(r.last.local);
 	CHECK(!nexthop_alive(r.nh));
@@ -669,10 +676,7 @@ test_envelope(bool pipelining)
 	struct run	 r;
 
 	run_init(&r, pipelining ? piped : plain, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 2, on_step, &r) == 0);
-	CHECK(wait_step(&r));
+	open_envelope(&r, rcpts, 2);
 	CHECK_INT(r.last.code, 250);
 	CHECK_STR(r.last.enhanced, "2.1.0");
 	CHECK_INT((int)nexthop_rcpt_results(r.nh), 2);
@@ -694,10 +698,7 @@ test_envelope(bool pipelining)
 
 	/* again, streaming the body after the 354 that came with the envelope */
 	run_init(&r, piped, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 2, on_step, &r) == 0);
-	CHECK(wait_step(&r));
+	open_envelope(&r, rcpts, 2);
 	CHECK_INT(r.replies, 2);	/* open, envelope: no callback for the 354 */
 	CHECK(nexthop_data(r.nh, on_step, &r) == 1);
 	CHECK(nexthop_write(r.nh, "hi\r\n", 4) >= 0);
@@ -723,10 +724,7 @@ test_envelope_data_refused(void)
 	struct run	 r;
 
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	CHECK(nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 1, on_step, &r) == 0);
-	CHECK(wait_step(&r));
+	open_envelope(&r, rcpts, 1);
 	CHECK_INT(r.last.code, 250);
 	CHECK(nexthop_alive(r.nh));
 	CHECK(nexthop_data(r.nh, on_step, &r) == 0);
@@ -746,10 +744,7 @@ test_envelope_mail_refused(void)
 	struct run	 r;
 
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
-	nexthop_envelope(r.nh, "s@x", NULL, 0, rcpts, 1, on_step, &r);
-	CHECK(wait_step(&r));
+	open_envelope(&r, rcpts, 1);
 	CHECK_INT(r.last.code, 553);
 	CHECK_INT(nexthop_rcpt_result(r.nh, 0)->code, 0);	/* never sent */
 	CHECK(strstr(r.peer.got, "RCPT") == NULL);
