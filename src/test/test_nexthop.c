@@ -162,6 +162,14 @@ static const struct nexthop_target smtp_target = {
 	.host = "peer", .port = 25, .helo = "front.example", .timeout_ms = 5000,
 };
 
+/* the open (greeting, EHLO or HELO, AUTH), waited for */
+static void
+open_step(struct run *r)
+{
+	nexthop_open(r->nh, on_step, r);
+	CHECK(wait_step(r));
+}
+
 /*
  * open, MAIL from s@x, RCPT for each of rcpts (NULL-ended), DATA: each step
  * waited for (the script answers them; their codes are not looked at)
@@ -169,8 +177,7 @@ static const struct nexthop_target smtp_target = {
 static void
 open_to_data(struct run *r, const char *const *rcpts)
 {
-	nexthop_open(r->nh, on_step, r);
-	CHECK(wait_step(r));
+	open_step(r);
 	nexthop_mail(r->nh, "s@x", NULL, 0, on_step, r);
 	CHECK(wait_step(r));
 	for (; *rcpts != NULL; rcpts++) {
@@ -241,8 +248,7 @@ test_size_limit(void)
 	struct run r;
 
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK(nexthop_mail(r.nh, "a@b", NULL, 2000, on_step, &r) == 0);
 	CHECK(wait_step(&r));
 	CHECK_INT(r.last.code, 552);
@@ -262,8 +268,7 @@ test_helo_fallback(void)
 	struct run r;
 
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 250);
 	CHECK(strstr(r.peer.got, "EHLO front.example\nHELO front.example\n") != NULL);
 	run_free(&r);
@@ -273,8 +278,7 @@ test_helo_fallback(void)
 static void
 open_envelope(struct run *r, const char **rcpts, size_t n)
 {
-	nexthop_open(r->nh, on_step, r);
-	CHECK(wait_step(r));
+	open_step(r);
 	CHECK(nexthop_envelope(r->nh, "s@x", NULL, 0, rcpts, n, on_step, r) == 0);
 	CHECK(wait_step(r));
 }
@@ -293,8 +297,7 @@ test_lmtp(void)
 
 	t.lmtp = true;
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK(strstr(r.peer.got, "LHLO front.example\n") != NULL);
 	nexthop_mail(r.nh, "s@x", NULL, 0, on_step, &r);
 	CHECK(wait_step(&r));
@@ -369,8 +372,7 @@ test_malformed(void)
 	struct run r;
 
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 451);
 	CHECK(r.last.local);
 	CHECK_STR(r.last.enhanced, "4.4.2");
@@ -391,8 +393,7 @@ test_long_reply(void)
 	big[sizeof(big) - 3] = '\r';
 	big[sizeof(big) - 2] = '\n';
 	run_init(&r, script, &smtp_target);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 451);
 	CHECK(strstr(r.last.text, "too long") != NULL);
 	run_free(&r);
@@ -407,8 +408,7 @@ test_timeout(void)
 
 	t.timeout_ms = 50;
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 451);
 	CHECK(strstr(r.last.text, "timed out (EHLO)") != NULL);
 	run_free(&r);
@@ -523,8 +523,7 @@ test_require_tls(void)
 
 	t.tls = NH_TLS_REQUIRE;
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 451);
 	CHECK(strstr(r.last.text, "STARTTLS not offered") != NULL);
 	run_free(&r);
@@ -542,15 +541,13 @@ test_auth_needs_tls(void)
 	t.user = "u";
 	t.password = "p";
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 451);
 	CHECK(strstr(r.last.text, "without TLS") != NULL);
 	run_free(&r);
 	t.auth_plaintext = true;
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 235);
 	CHECK(strstr(r.peer.got, "AUTH PLAIN AHUAcA==\n") != NULL);
 	run_free(&r);
@@ -585,31 +582,27 @@ test_auth_login(void)
 	t.password = "secret";
 	t.auth_plaintext = true;
 	run_init(&r, script, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 235);
 	CHECK(nexthop_alive(r.nh));
 	CHECK(strstr(r.peer.got, "AUTH LOGIN\ndXNlcg==\nc2VjcmV0\n") != NULL);
 	run_free(&r);
 
 	run_init(&r, refused, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 535);
 	CHECK_STR(r.last.enhanced, "5.7.8");
 	CHECK(!r.last.local);
 	run_free(&r);
 
 	run_init(&r, both, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 235);
 	CHECK(strstr(r.peer.got, "AUTH PLAIN AHVzZXIAc2VjcmV0\n") != NULL);
 	run_free(&r);
 
 	run_init(&r, neither, &t);
-	nexthop_open(r.nh, on_step, &r);
-	CHECK(wait_step(&r));
+	open_step(&r);
 	CHECK_INT(r.last.code, 451);
 	CHECK(r.last.local);
 	CHECK(strstr(r.last.text, "neither AUTH PLAIN nor AUTH LOGIN") != NULL);
